@@ -1,0 +1,102 @@
+//! The ClusterBus interface: what the Transponder needs from whatever carries
+//! envelopes between nodes.
+//!
+//! Today the only implementation is [`super::LoopbackCluster`], a cluster of
+//! this node alone. The ClusterBridge (gossip over encrypted TCP) implements
+//! the same messages, so the Transponder does not change when it arrives.
+
+use crate::wire::Envelope;
+use actix::prelude::*;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// A member's status in the cluster (SPEC §5, §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberStatus {
+    Alive,
+    Suspect,
+    Dead,
+    Left,
+}
+
+impl MemberStatus {
+    pub fn parse(s: &str) -> Option<MemberStatus> {
+        match s {
+            "alive" => Some(MemberStatus::Alive),
+            "suspect" => Some(MemberStatus::Suspect),
+            "dead" => Some(MemberStatus::Dead),
+            "left" => Some(MemberStatus::Left),
+            _ => None,
+        }
+    }
+}
+
+/// One member as `GET /v1/members` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub name: String,
+    /// The address other nodes reach it at; `None` while the node has no
+    /// cluster link listener (a loopback cluster of one).
+    pub addr: Option<String>,
+    pub status: MemberStatus,
+    pub tags: BTreeMap<String, String>,
+    pub incarnation: u64,
+}
+
+/// Push an envelope to every node of the cluster (including this one, whose
+/// Transponder then decides by target whether it is meant for it).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Broadcast(pub Envelope);
+
+/// Send an envelope straight to one node.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), String>")]
+pub struct Direct {
+    pub node: String,
+    pub envelope: Envelope,
+}
+
+/// The current members.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Vec<Member>")]
+pub struct ListMembers;
+
+/// An envelope that arrived from the cluster, for the Transponder.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct FromCluster(pub Envelope);
+
+/// The Transponder announces itself (again after every restart), so the
+/// cluster side always delivers to the live one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachTransponder(pub Recipient<FromCluster>);
+
+/// The handles the Transponder and the control API use to reach the cluster.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    pub broadcast: Recipient<Broadcast>,
+    pub direct: Recipient<Direct>,
+    pub members: Recipient<ListMembers>,
+    pub attach: Recipient<AttachTransponder>,
+}
+
+impl ClusterHandle {
+    pub fn of<A>(addr: &Addr<A>) -> ClusterHandle
+    where
+        A: Actor<Context = Context<A>>
+            + Handler<Broadcast>
+            + Handler<Direct>
+            + Handler<ListMembers>
+            + Handler<AttachTransponder>,
+    {
+        ClusterHandle {
+            broadcast: addr.clone().recipient(),
+            direct: addr.clone().recipient(),
+            members: addr.clone().recipient(),
+            attach: addr.clone().recipient(),
+        }
+    }
+}

@@ -1,0 +1,833 @@
+//! The NodeSupervisor: owns every module actor of a node and keeps it running.
+//!
+//! actix's own `Supervisor` does not restart an actor whose handler panicked,
+//! so this one watches each child's *task* instead: every module is spawned by
+//! [`spawn_module`] as its own task, and the task's `JoinHandle` tells us when
+//! the actor stopped and whether it panicked. On an unexpected exit the
+//! supervisor restarts the module through its factory with exponential
+//! backoff, and gives up after `max_restarts` restarts within `period`
+//! (OTP's intensity/period), marking the module `failed`.
+//!
+//! On shutdown it stops modules one by one in reverse start order, waiting
+//! for each to exit (or aborting it after a grace period) before the next.
+
+use super::messages::{DumpState, Snapshot, StopModule};
+use super::NodeIdentity;
+use actix::prelude::*;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::{AbortHandle, JoinHandle};
+use tracing::{error, info, warn};
+
+/// When a module that exited is started again (SPEC §8 `restart.policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartMode {
+    /// After any exit the supervisor did not ask for.
+    Always,
+    /// After a panic or an error exit, not after a clean stop.
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+/// How a module is restarted, and when the supervisor gives up on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub mode: RestartMode,
+    /// More restarts than this within `period` marks the module `failed`.
+    pub max_restarts: u32,
+    pub period: Duration,
+    /// The first restart waits this long; each further restart within the
+    /// period waits twice as long as the one before, up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for RestartPolicy {
+    /// SPEC §8 defaults: 5 restarts within 60 s.
+    fn default() -> Self {
+        RestartPolicy {
+            mode: RestartMode::Always,
+            max_restarts: 5,
+            period: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The wait before restart number `n` (1-based) within the period.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.backoff_initial.saturating_mul(factor).min(self.backoff_max)
+    }
+}
+
+/// How the supervisor reaches a running module.
+#[derive(Clone)]
+pub struct ModuleControl {
+    pub stop: Recipient<StopModule>,
+    pub dump: Recipient<DumpState>,
+}
+
+/// A started module: its control handles and the task that runs it.
+pub struct RunningModule {
+    pub control: ModuleControl,
+    pub task: JoinHandle<()>,
+}
+
+/// Builds (or rebuilds, on restart) a module. An `Err` counts as a failed
+/// start and goes through the same restart policy as a crash.
+pub type ModuleFactory = Box<dyn Fn() -> anyhow::Result<RunningModule> + Send>;
+
+/// Everything the supervisor needs to run one module.
+pub struct ModuleSpec {
+    pub name: String,
+    pub kind: String,
+    pub version: String,
+    pub restart: RestartPolicy,
+    pub factory: ModuleFactory,
+}
+
+/// Starts an actor as a module: in its own task, so its exit can be watched.
+pub fn spawn_module<A>(actor: A) -> (Addr<A>, RunningModule)
+where
+    A: Actor<Context = Context<A>> + Handler<StopModule> + Handler<DumpState>,
+{
+    let mut ctx = Context::<A>::new();
+    ctx.set_mailbox_capacity(1024);
+    let addr = ctx.address();
+    let task = actix_rt::spawn(ctx.into_future(actor));
+    let control = ModuleControl {
+        stop: addr.clone().recipient(),
+        dump: addr.clone().recipient(),
+    };
+    (addr, RunningModule { control, task })
+}
+
+/// The lifecycle state of a module, as `conjoiner modules` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleState {
+    Starting,
+    Running,
+    /// Waiting for the backoff delay before the next restart.
+    Restarting,
+    Stopping,
+    Stopped,
+    /// Gave up: too many restarts, or it failed under policy `never`.
+    Failed,
+}
+
+/// What one module looks like from outside.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleInfo {
+    pub name: String,
+    pub kind: String,
+    pub version: String,
+    pub state: ModuleState,
+    pub restarts: u32,
+    pub uptime_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+}
+
+/// Start a module under supervision. Fails if the name is taken.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct StartModule(pub ModuleSpec);
+
+/// Stop one module and forget it (undeploy).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct RemoveModule(pub String);
+
+/// List every module with its state.
+#[derive(Message)]
+#[rtype(result = "Vec<ModuleInfo>")]
+pub struct ListModules;
+
+/// Stop every module in reverse start order; answers when all are down.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+#[derive(Debug, Clone)]
+enum ExitOutcome {
+    /// The actor stopped (on its own, or because it was asked to).
+    Clean,
+    Panicked(String),
+    Cancelled,
+    StartFailed(String),
+}
+
+impl ExitOutcome {
+    fn is_failure(&self) -> bool {
+        !matches!(self, ExitOutcome::Clean)
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ExitOutcome::Clean => "stopped".into(),
+            ExitOutcome::Panicked(m) => format!("panicked: {m}"),
+            ExitOutcome::Cancelled => "task cancelled".into(),
+            ExitOutcome::StartFailed(m) => format!("failed to start: {m}"),
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ChildExited {
+    name: String,
+    generation: u64,
+    outcome: ExitOutcome,
+}
+
+struct Child {
+    spec: ModuleSpec,
+    state: ModuleState,
+    /// Bumped at every start, so a late exit notice of an old run is ignored.
+    generation: u64,
+    control: Option<ModuleControl>,
+    abort: Option<AbortHandle>,
+    restarts: u32,
+    recent_restarts: VecDeque<Instant>,
+    started_at: Option<Instant>,
+    last_exit: Option<String>,
+    /// Set when the module is removed: once it is down, forget it.
+    remove_when_stopped: Option<oneshot::Sender<()>>,
+}
+
+impl Child {
+    fn info(&self) -> ModuleInfo {
+        ModuleInfo {
+            name: self.spec.name.clone(),
+            kind: self.spec.kind.clone(),
+            version: self.spec.version.clone(),
+            state: self.state.clone(),
+            restarts: self.restarts,
+            uptime_ms: match (&self.state, self.started_at) {
+                (ModuleState::Running, Some(t)) => t.elapsed().as_millis() as u64,
+                _ => 0,
+            },
+            last_exit: self.last_exit.clone(),
+        }
+    }
+}
+
+/// The per-node supervisor actor.
+pub struct NodeSupervisor {
+    span: tracing::Span,
+    children: Vec<Child>,
+    shutting_down: bool,
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
+    /// How long a module may take to stop before its task is aborted.
+    stop_grace: Duration,
+}
+
+impl NodeSupervisor {
+    pub fn new(identity: &NodeIdentity) -> NodeSupervisor {
+        NodeSupervisor {
+            span: identity.span("supervisor"),
+            children: Vec::new(),
+            shutting_down: false,
+            shutdown_waiters: Vec::new(),
+            stop_grace: Duration::from_secs(5),
+        }
+    }
+
+    fn child_mut(&mut self, name: &str) -> Option<&mut Child> {
+        self.children.iter_mut().find(|c| c.spec.name == name)
+    }
+
+    /// Runs the factory and starts watching the new task.
+    fn start_child(&mut self, name: &str, ctx: &mut Context<Self>) {
+        let me = ctx.address();
+        let Some(child) = self.child_mut(name) else { return };
+        child.generation += 1;
+        let generation = child.generation;
+        child.state = ModuleState::Starting;
+        match (child.spec.factory)() {
+            Ok(running) => {
+                child.control = Some(running.control);
+                child.abort = Some(running.task.abort_handle());
+                child.started_at = Some(Instant::now());
+                child.state = ModuleState::Running;
+                info!(module_name = %name, kind = %child.spec.kind, generation, restarts = child.restarts,
+                    "module running");
+                let name = name.to_string();
+                actix_rt::spawn(async move {
+                    let outcome = match running.task.await {
+                        Ok(()) => ExitOutcome::Clean,
+                        Err(e) if e.is_panic() => ExitOutcome::Panicked(panic_message(e.into_panic())),
+                        Err(_) => ExitOutcome::Cancelled,
+                    };
+                    me.do_send(ChildExited {
+                        name,
+                        generation,
+                        outcome,
+                    });
+                });
+            }
+            Err(e) => {
+                let outcome = ExitOutcome::StartFailed(format!("{e:#}"));
+                self.on_exit(name.to_string(), generation, outcome, ctx);
+            }
+        }
+    }
+
+    fn on_exit(&mut self, name: String, generation: u64, outcome: ExitOutcome, ctx: &mut Context<Self>) {
+        let shutting_down = self.shutting_down;
+        let Some(index) = self.children.iter().position(|c| c.spec.name == name) else { return };
+        let child = &mut self.children[index];
+        if child.generation != generation {
+            return;
+        }
+        child.control = None;
+        child.abort = None;
+        child.last_exit = Some(outcome.describe());
+
+        if child.state == ModuleState::Stopping || shutting_down {
+            child.state = ModuleState::Stopped;
+            info!(module_name = %name, exit = %outcome.describe(), "module stopped");
+            if let Some(done) = child.remove_when_stopped.take() {
+                self.children.remove(index);
+                let _ = done.send(());
+                info!(module_name = %name, "module removed");
+            }
+            if shutting_down {
+                self.stop_next(ctx);
+            }
+            return;
+        }
+
+        let policy = child.spec.restart;
+        let restart = match policy.mode {
+            RestartMode::Always => true,
+            RestartMode::OnFailure => outcome.is_failure(),
+            RestartMode::Never => false,
+        };
+        if !restart {
+            child.state = if outcome.is_failure() {
+                ModuleState::Failed
+            } else {
+                ModuleState::Stopped
+            };
+            warn!(module_name = %name, exit = %outcome.describe(), state = ?child.state,
+                policy = ?policy.mode, "module exited and its policy does not restart it");
+            return;
+        }
+
+        let now = Instant::now();
+        while child.recent_restarts.front().is_some_and(|t| now.duration_since(*t) > policy.period) {
+            child.recent_restarts.pop_front();
+        }
+        if child.recent_restarts.len() as u32 >= policy.max_restarts {
+            child.state = ModuleState::Failed;
+            error!(module_name = %name, exit = %outcome.describe(), max_restarts = policy.max_restarts,
+                period_secs = policy.period.as_secs_f64(),
+                "module failed: it exited again after {} restarts within {:?}; giving up",
+                policy.max_restarts, policy.period);
+            return;
+        }
+        child.recent_restarts.push_back(now);
+        child.restarts += 1;
+        let delay = policy.backoff(child.recent_restarts.len() as u32);
+        child.state = ModuleState::Restarting;
+        warn!(module_name = %name, exit = %outcome.describe(), restarts = child.restarts,
+            backoff_ms = delay.as_millis() as u64, "module exited unexpectedly; restarting after backoff");
+        ctx.run_later(delay, move |act, ctx| {
+            let still_waiting = act
+                .child_mut(&name)
+                .is_some_and(|c| c.generation == generation && c.state == ModuleState::Restarting);
+            if still_waiting && !act.shutting_down {
+                let _g = act.span.clone().entered();
+                act.start_child(&name, ctx);
+            }
+        });
+    }
+
+    /// Asks one module to stop; aborts its task if it takes too long.
+    fn stop_child(&mut self, index: usize, ctx: &mut Context<Self>) {
+        let grace = self.stop_grace;
+        let child = &mut self.children[index];
+        let name = child.spec.name.clone();
+        let generation = child.generation;
+        match child.control.take() {
+            Some(control) => {
+                child.state = ModuleState::Stopping;
+                info!(module_name = %name, "stopping module");
+                if control.stop.try_send(StopModule).is_err() {
+                    if let Some(abort) = &child.abort {
+                        abort.abort();
+                    }
+                }
+                ctx.run_later(grace, move |act, _ctx| {
+                    let _g = act.span.clone().entered();
+                    if let Some(c) = act.child_mut(&name) {
+                        if c.generation == generation && c.state == ModuleState::Stopping {
+                            warn!(module_name = %name, grace_ms = grace.as_millis() as u64,
+                                "module did not stop in time; aborting its task");
+                            if let Some(abort) = &c.abort {
+                                abort.abort();
+                            }
+                        }
+                    }
+                });
+            }
+            None => {
+                // Not running (restarting, failed, stopped): nothing to wait for.
+                child.state = ModuleState::Stopped;
+                child.generation += 1;
+                let name = child.spec.name.clone();
+                if let Some(done) = child.remove_when_stopped.take() {
+                    self.children.remove(index);
+                    let _ = done.send(());
+                    info!(module_name = %name, "module removed");
+                }
+                if self.shutting_down {
+                    self.stop_next(ctx);
+                }
+            }
+        }
+    }
+
+    /// During shutdown: stop the last module that is not down yet, or finish.
+    fn stop_next(&mut self, ctx: &mut Context<Self>) {
+        if self.children.iter().any(|c| c.state == ModuleState::Stopping) {
+            return;
+        }
+        let next = self
+            .children
+            .iter()
+            .rposition(|c| !matches!(c.state, ModuleState::Stopped | ModuleState::Failed));
+        match next {
+            Some(index) => self.stop_child(index, ctx),
+            None => {
+                info!(modules = self.children.len(), "all modules stopped");
+                for waiter in self.shutdown_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Value {
+        json!({
+            "shutting_down": self.shutting_down,
+            "modules": self.children.iter().map(|c| {
+                let info = c.info();
+                json!({
+                    "name": info.name,
+                    "kind": info.kind,
+                    "state": info.state,
+                    "restarts": info.restarts,
+                    "restarts_in_period": c.recent_restarts.len(),
+                    "generation": c.generation,
+                    "uptime_ms": info.uptime_ms,
+                    "last_exit": info.last_exit,
+                })
+            }).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".into()
+    }
+}
+
+impl Actor for NodeSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        info!("supervisor started");
+    }
+}
+
+impl Handler<StartModule> for NodeSupervisor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, StartModule(spec): StartModule, ctx: &mut Self::Context) -> Self::Result {
+        let _g = self.span.clone().entered();
+        if self.shutting_down {
+            return Err("the node is shutting down".into());
+        }
+        if self.children.iter().any(|c| c.spec.name == spec.name) {
+            return Err(format!("a module named `{}` is already supervised", spec.name));
+        }
+        let name = spec.name.clone();
+        info!(module_name = %name, kind = %spec.kind, policy = ?spec.restart.mode,
+            max_restarts = spec.restart.max_restarts, "supervising module");
+        self.children.push(Child {
+            spec,
+            state: ModuleState::Starting,
+            generation: 0,
+            control: None,
+            abort: None,
+            restarts: 0,
+            recent_restarts: VecDeque::new(),
+            started_at: None,
+            last_exit: None,
+            remove_when_stopped: None,
+        });
+        self.start_child(&name, ctx);
+        Ok(())
+    }
+}
+
+impl Handler<RemoveModule> for NodeSupervisor {
+    type Result = ResponseFuture<Result<(), String>>;
+
+    fn handle(&mut self, RemoveModule(name): RemoveModule, ctx: &mut Self::Context) -> Self::Result {
+        let _g = self.span.clone().entered();
+        let Some(index) = self.children.iter().position(|c| c.spec.name == name) else {
+            return Box::pin(async move { Err(format!("no module named `{name}`")) });
+        };
+        let (tx, rx) = oneshot::channel();
+        self.children[index].remove_when_stopped = Some(tx);
+        if self.children[index].state != ModuleState::Stopping {
+            self.stop_child(index, ctx);
+        }
+        Box::pin(async move { rx.await.map_err(|_| "the supervisor stopped".to_string()) })
+    }
+}
+
+impl Handler<ChildExited> for NodeSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildExited, ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        self.on_exit(msg.name, msg.generation, msg.outcome, ctx);
+    }
+}
+
+impl Handler<ListModules> for NodeSupervisor {
+    type Result = Vec<ModuleInfo>;
+
+    fn handle(&mut self, _msg: ListModules, _ctx: &mut Self::Context) -> Self::Result {
+        self.children.iter().map(Child::info).collect()
+    }
+}
+
+impl Handler<Shutdown> for NodeSupervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        let _g = self.span.clone().entered();
+        let (tx, rx) = oneshot::channel();
+        self.shutdown_waiters.push(tx);
+        if !self.shutting_down {
+            info!(modules = self.children.len(), "shutting down: stopping modules in reverse start order");
+            self.shutting_down = true;
+        }
+        self.stop_next(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+impl Handler<DumpState> for NodeSupervisor {
+    type Result = ResponseFuture<Snapshot>;
+
+    /// Logs the supervisor's own snapshot, then asks every running module to
+    /// log its own, and answers with all of them keyed by module name.
+    fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Self::Result {
+        let _g = self.span.clone().entered();
+        let own = self.snapshot();
+        info!(state = %own, "state snapshot");
+        let asks: Vec<(String, ModuleControl)> = self
+            .children
+            .iter()
+            .filter_map(|c| c.control.clone().map(|ctl| (c.spec.name.clone(), ctl)))
+            .collect();
+        Box::pin(async move {
+            let mut modules = serde_json::Map::new();
+            for (name, control) in asks {
+                let state = match tokio::time::timeout(Duration::from_secs(2), control.dump.send(DumpState)).await {
+                    Ok(Ok(Snapshot(v))) => v,
+                    Ok(Err(_)) => json!({"error": "module is gone"}),
+                    Err(_) => json!({"error": "module did not answer within 2 s"}),
+                };
+                modules.insert(name, state);
+            }
+            Snapshot(json!({"supervisor": own, "modules": modules}))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    fn identity() -> NodeIdentity {
+        NodeIdentity {
+            name: "n1".into(),
+            cluster: "test".into(),
+            tags: Default::default(),
+        }
+    }
+
+    /// How a test actor misbehaves.
+    #[derive(Clone, Copy)]
+    enum Behaviour {
+        /// Runs until asked to stop.
+        Steady,
+        /// Stops itself right after starting.
+        StopsItself,
+        /// Panics in a handler right after starting.
+        Panics,
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Boom;
+
+    struct TestActor {
+        name: &'static str,
+        behaviour: Behaviour,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Actor for TestActor {
+        type Context = Context<Self>;
+        fn started(&mut self, ctx: &mut Self::Context) {
+            self.log.lock().unwrap().push(format!("start {}", self.name));
+            match self.behaviour {
+                Behaviour::Steady => {}
+                Behaviour::StopsItself => ctx.stop(),
+                Behaviour::Panics => ctx.notify(Boom),
+            }
+        }
+        fn stopped(&mut self, _ctx: &mut Self::Context) {
+            self.log.lock().unwrap().push(format!("stop {}", self.name));
+        }
+    }
+
+    impl Handler<Boom> for TestActor {
+        type Result = ();
+        fn handle(&mut self, _: Boom, _ctx: &mut Self::Context) {
+            panic!("test actor {} panics on purpose", self.name);
+        }
+    }
+
+    impl Handler<StopModule> for TestActor {
+        type Result = ();
+        fn handle(&mut self, _: StopModule, ctx: &mut Self::Context) {
+            ctx.stop();
+        }
+    }
+
+    impl Handler<DumpState> for TestActor {
+        type Result = Snapshot;
+        fn handle(&mut self, _: DumpState, _ctx: &mut Self::Context) -> Snapshot {
+            Snapshot(json!({"name": self.name}))
+        }
+    }
+
+    fn fast_policy(mode: RestartMode, max_restarts: u32) -> RestartPolicy {
+        RestartPolicy {
+            mode,
+            max_restarts,
+            period: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(80),
+        }
+    }
+
+    fn spec(
+        name: &'static str,
+        behaviour: Behaviour,
+        policy: RestartPolicy,
+        log: &Arc<Mutex<Vec<String>>>,
+        starts: &Arc<AtomicU32>,
+    ) -> ModuleSpec {
+        let log = log.clone();
+        let starts = starts.clone();
+        ModuleSpec {
+            name: name.into(),
+            kind: "test".into(),
+            version: "0".into(),
+            restart: policy,
+            factory: Box::new(move || {
+                starts.fetch_add(1, Ordering::SeqCst);
+                Ok(spawn_module(TestActor {
+                    name,
+                    behaviour,
+                    log: log.clone(),
+                })
+                .1)
+            }),
+        }
+    }
+
+    async fn module(sup: &Addr<NodeSupervisor>, name: &str) -> ModuleInfo {
+        sup.send(ListModules)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|m| m.name == name)
+            .expect("module is listed")
+    }
+
+    /// Polls until `pred` holds for the module, or fails after a deadline.
+    async fn wait_for(sup: &Addr<NodeSupervisor>, name: &str, pred: impl Fn(&ModuleInfo) -> bool) -> ModuleInfo {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = module(sup, name).await;
+            if pred(&info) {
+                return info;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting on module {name}: {info:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = fast_policy(RestartMode::Always, 5);
+        let delays: Vec<u64> = (1..=5).map(|n| p.backoff(n).as_millis() as u64).collect();
+        assert_eq!(delays, [10, 20, 40, 80, 80]);
+        assert_eq!(p.backoff(200), Duration::from_millis(80), "no overflow for huge counts");
+    }
+
+    #[actix_rt::test]
+    async fn a_panicking_module_is_restarted() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let starts = Arc::new(AtomicU32::new(0));
+        let sup = NodeSupervisor::new(&identity()).start();
+        // Panics at every start; allowed 2 restarts, so: start, 2 restarts, failed.
+        sup.send(StartModule(spec("crasher", Behaviour::Panics, fast_policy(RestartMode::Always, 2), &log, &starts)))
+            .await
+            .unwrap()
+            .unwrap();
+        let info = wait_for(&sup, "crasher", |m| m.state == ModuleState::Failed).await;
+        assert_eq!(info.restarts, 2);
+        assert_eq!(starts.load(Ordering::SeqCst), 3, "one start plus two restarts");
+        assert!(info.last_exit.unwrap().contains("panics on purpose"));
+    }
+
+    #[actix_rt::test]
+    async fn a_module_that_stops_is_restarted_with_growing_backoff() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let starts = Arc::new(AtomicU32::new(0));
+        let sup = NodeSupervisor::new(&identity()).start();
+        let t0 = Instant::now();
+        sup.send(StartModule(spec("quitter", Behaviour::StopsItself, fast_policy(RestartMode::Always, 4), &log, &starts)))
+            .await
+            .unwrap()
+            .unwrap();
+        let info = wait_for(&sup, "quitter", |m| m.state == ModuleState::Failed).await;
+        assert_eq!(info.restarts, 4);
+        assert_eq!(starts.load(Ordering::SeqCst), 5);
+        // The four backoffs are 10 + 20 + 40 + 80 ms: at least that much passed.
+        assert!(t0.elapsed() >= Duration::from_millis(150), "backoff was honoured: {:?}", t0.elapsed());
+    }
+
+    #[actix_rt::test]
+    async fn policies_on_failure_and_never() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let starts = Arc::new(AtomicU32::new(0));
+        let sup = NodeSupervisor::new(&identity()).start();
+        // on-failure: a clean stop is not a failure, so no restart.
+        sup.send(StartModule(spec("clean", Behaviour::StopsItself, fast_policy(RestartMode::OnFailure, 3), &log, &starts)))
+            .await
+            .unwrap()
+            .unwrap();
+        let info = wait_for(&sup, "clean", |m| m.state == ModuleState::Stopped).await;
+        assert_eq!(info.restarts, 0);
+        // never: a panic marks it failed at once.
+        let starts2 = Arc::new(AtomicU32::new(0));
+        sup.send(StartModule(spec("once", Behaviour::Panics, fast_policy(RestartMode::Never, 3), &log, &starts2)))
+            .await
+            .unwrap()
+            .unwrap();
+        let info = wait_for(&sup, "once", |m| m.state == ModuleState::Failed).await;
+        assert_eq!((info.restarts, starts2.load(Ordering::SeqCst)), (0, 1));
+    }
+
+    #[actix_rt::test]
+    async fn restarts_outside_the_period_do_not_count() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let starts = Arc::new(AtomicU32::new(0));
+        let sup = NodeSupervisor::new(&identity()).start();
+        let mut policy = fast_policy(RestartMode::Always, 1);
+        // With a period shorter than the backoff, each restart has left the
+        // window before the next exit, so the module is never given up on.
+        policy.period = Duration::from_millis(1);
+        policy.backoff_initial = Duration::from_millis(5);
+        sup.send(StartModule(spec("slowloop", Behaviour::StopsItself, policy, &log, &starts)))
+            .await
+            .unwrap()
+            .unwrap();
+        let info = wait_for(&sup, "slowloop", |m| m.restarts >= 5).await;
+        assert_ne!(info.state, ModuleState::Failed);
+    }
+
+    #[actix_rt::test]
+    async fn shutdown_stops_modules_in_reverse_start_order() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let starts = Arc::new(AtomicU32::new(0));
+        let sup = NodeSupervisor::new(&identity()).start();
+        for name in ["first", "second", "third"] {
+            sup.send(StartModule(spec(name, Behaviour::Steady, RestartPolicy::default(), &log, &starts)))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        wait_for(&sup, "third", |m| m.state == ModuleState::Running).await;
+        sup.send(Shutdown).await.unwrap();
+        let stops: Vec<String> = log.lock().unwrap().iter().filter(|l| l.starts_with("stop")).cloned().collect();
+        assert_eq!(stops, ["stop third", "stop second", "stop first"]);
+        for m in sup.send(ListModules).await.unwrap() {
+            assert_eq!(m.state, ModuleState::Stopped, "{m:?}");
+        }
+        assert_eq!(starts.load(Ordering::SeqCst), 3, "nothing restarted during shutdown");
+    }
+
+    #[actix_rt::test]
+    async fn remove_module_stops_it_and_forgets_it() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let starts = Arc::new(AtomicU32::new(0));
+        let sup = NodeSupervisor::new(&identity()).start();
+        sup.send(StartModule(spec("temp", Behaviour::Steady, RestartPolicy::default(), &log, &starts)))
+            .await
+            .unwrap()
+            .unwrap();
+        let dup = sup.send(StartModule(spec("temp", Behaviour::Steady, RestartPolicy::default(), &log, &starts))).await.unwrap();
+        assert!(dup.unwrap_err().contains("already supervised"));
+        sup.send(RemoveModule("temp".into())).await.unwrap().unwrap();
+        assert!(sup.send(ListModules).await.unwrap().is_empty());
+        assert_eq!(starts.load(Ordering::SeqCst), 1, "a requested stop is not restarted");
+        assert!(log.lock().unwrap().contains(&"stop temp".to_string()));
+    }
+
+    #[actix_rt::test]
+    async fn dump_state_covers_every_module() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let starts = Arc::new(AtomicU32::new(0));
+        let sup = NodeSupervisor::new(&identity()).start();
+        sup.send(StartModule(spec("alpha", Behaviour::Steady, RestartPolicy::default(), &log, &starts)))
+            .await
+            .unwrap()
+            .unwrap();
+        let Snapshot(dump) = sup.send(DumpState).await.unwrap();
+        assert_eq!(dump["modules"]["alpha"], json!({"name": "alpha"}));
+        assert_eq!(dump["supervisor"]["modules"][0]["state"], "running");
+    }
+}

@@ -1,0 +1,481 @@
+//! The Transponder: the node's border between the ClusterBus and its ModBus.
+//!
+//! - Outgoing: stamps envelopes with this node's name, the time and the
+//!   lamport clock (SPEC §3 says these are never trusted from modules), then
+//!   hands them to the ClusterBus.
+//! - Incoming: drops duplicates, advances the lamport clock, checks
+//!   `dst.target` against this node's name and tags, and delivers what is
+//!   meant for this node to the ModBus. A `request` is answered: the reply (or
+//!   an `error` envelope, e.g. `no_handler`) goes straight back to the origin.
+//! - Requests it sends are gathered per node: one reply per targeted alive
+//!   member, and the silent ones are named in `missing`.
+//! - Every `heartbeat_interval` it broadcasts a `heartbeat`.
+
+use super::cluster_bus::{AttachTransponder, Broadcast, ClusterHandle, Direct, FromCluster, ListMembers, MemberStatus};
+use super::messages::{DumpState, Snapshot, StopModule};
+use super::modbus::{self, BusError, ModBus};
+use super::NodeIdentity;
+use crate::wire::{now_ms, Envelope, MessageType, SeenIds, Source, Target};
+use actix::prelude::*;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+/// The address every node's Transponder listens to (SPEC §2); heartbeats go here.
+pub const CLUSTERBUS_ADDRESS: &str = "conjoiner.clusterbus";
+
+/// Tunables of the Transponder.
+#[derive(Debug, Clone)]
+pub struct TransponderConfig {
+    /// How often a heartbeat is broadcast.
+    pub heartbeat_interval: Duration,
+    /// How long a module on this node may take to answer a cluster request.
+    pub module_request_timeout: Duration,
+    /// How many envelope ids are remembered to drop duplicates.
+    pub dedup_capacity: usize,
+}
+
+impl Default for TransponderConfig {
+    fn default() -> Self {
+        TransponderConfig {
+            heartbeat_interval: Duration::from_secs(5),
+            module_request_timeout: Duration::from_secs(30),
+            dedup_capacity: 16_384,
+        }
+    }
+}
+
+/// Send an envelope to the cluster (an event, by default).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Uuid, String>")]
+pub struct PublishToCluster {
+    pub kind: MessageType,
+    pub module: String,
+    pub address: String,
+    pub target: Option<String>,
+    pub body: Value,
+}
+
+/// Send a request to the targeted nodes and gather one reply per node.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<RequestOutcome, String>")]
+pub struct RequestCluster {
+    pub module: String,
+    pub address: String,
+    pub target: Option<String>,
+    pub body: Value,
+    pub timeout: Duration,
+}
+
+/// One node's answer to a gathered request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeReply {
+    pub node: String,
+    pub body: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+/// The result of a gathered request (SPEC §6 `POST /v1/request`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestOutcome {
+    pub id: Uuid,
+    pub replies: Vec<NodeReply>,
+    /// Targeted alive nodes that did not answer in time.
+    pub missing: Vec<String>,
+}
+
+struct Gather {
+    expected: BTreeSet<String>,
+    replies: Vec<NodeReply>,
+    started: Instant,
+    done: Option<oneshot::Sender<RequestOutcome>>,
+}
+
+impl Gather {
+    fn outcome(self, id: Uuid) -> RequestOutcome {
+        let answered: BTreeSet<&String> = self.replies.iter().map(|r| &r.node).collect();
+        let missing = self.expected.iter().filter(|n| !answered.contains(n)).cloned().collect();
+        RequestOutcome {
+            id,
+            replies: self.replies,
+            missing,
+        }
+    }
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct Counters {
+    sent: u64,
+    received: u64,
+    delivered: u64,
+    duplicates: u64,
+    not_for_us: u64,
+    bad_target: u64,
+    no_handler: u64,
+    requests_answered: u64,
+    heartbeats_sent: u64,
+}
+
+pub struct Transponder {
+    identity: NodeIdentity,
+    config: TransponderConfig,
+    span: tracing::Span,
+    bus: Addr<ModBus>,
+    cluster: ClusterHandle,
+    lamport: u64,
+    seen: SeenIds,
+    gathers: HashMap<Uuid, Gather>,
+    /// The time (ms since epoch, as stamped by the sender) of the last
+    /// heartbeat from each node.
+    last_heartbeat: BTreeMap<String, u64>,
+    started: Instant,
+    counters: Counters,
+}
+
+impl Transponder {
+    pub fn new(identity: &NodeIdentity, config: TransponderConfig, bus: Addr<ModBus>, cluster: ClusterHandle) -> Self {
+        Transponder {
+            identity: identity.clone(),
+            span: identity.span("transponder"),
+            seen: SeenIds::new(config.dedup_capacity),
+            config,
+            bus,
+            cluster,
+            lamport: 0,
+            gathers: HashMap::new(),
+            last_heartbeat: BTreeMap::new(),
+            started: Instant::now(),
+            counters: Counters::default(),
+        }
+    }
+
+    fn source(&self, module: &str) -> Source {
+        Source {
+            node: self.identity.name.clone(),
+            module: module.to_string(),
+        }
+    }
+
+    /// Stamps an envelope leaving this node: node, time, lamport clock.
+    fn stamp(&mut self, envelope: &mut Envelope) {
+        self.lamport += 1;
+        envelope.src.node = self.identity.name.clone();
+        envelope.ts = now_ms();
+        envelope.lamport = self.lamport;
+        envelope.hops = 0;
+    }
+
+    fn broadcast(&mut self, mut envelope: Envelope) -> Uuid {
+        self.stamp(&mut envelope);
+        self.counters.sent += 1;
+        debug!(envelope = %envelope.id, kind = %envelope.kind, address = %envelope.dst.address,
+            target = ?envelope.dst.target, lamport = envelope.lamport, "sending to cluster");
+        let id = envelope.id;
+        self.cluster.broadcast.do_send(Broadcast(envelope));
+        id
+    }
+
+    fn direct(&mut self, node: String, mut envelope: Envelope) {
+        self.stamp(&mut envelope);
+        self.counters.sent += 1;
+        debug!(envelope = %envelope.id, kind = %envelope.kind, to = %node, reply_to = ?envelope.reply_to,
+            "sending direct");
+        let id = envelope.id;
+        let direct = self.cluster.direct.send(Direct { node, envelope });
+        actix_rt::spawn(async move {
+            match direct.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(envelope = %id, error = %e, "direct envelope not sent"),
+                Err(e) => warn!(envelope = %id, error = %e, "cluster bus unavailable"),
+            }
+        });
+    }
+
+    fn send_heartbeat(&mut self) {
+        let body = json!({
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "version": env!("CARGO_PKG_VERSION"),
+        });
+        let envelope = Envelope::new(MessageType::Heartbeat, self.source("transponder"), CLUSTERBUS_ADDRESS, None, body);
+        self.counters.heartbeats_sent += 1;
+        self.broadcast(envelope);
+    }
+
+    /// Is this envelope meant for this node? A bad selector from a peer is
+    /// logged and treated as "no".
+    fn is_for_us(&mut self, envelope: &Envelope) -> bool {
+        let Some(target) = &envelope.dst.target else { return true };
+        match Target::parse(target) {
+            Ok(t) => t.matches(&self.identity.name, &self.identity.tags),
+            Err(e) => {
+                self.counters.bad_target += 1;
+                warn!(envelope = %envelope.id, from = %envelope.src.node, error = %e,
+                    "dropping envelope with a malformed target");
+                false
+            }
+        }
+    }
+
+    /// A reply or error for one of our gathered requests.
+    fn record_reply(&mut self, envelope: Envelope) {
+        let Some(request_id) = envelope.reply_to else { return };
+        let Some(gather) = self.gathers.get_mut(&request_id) else {
+            debug!(envelope = %envelope.id, request = %request_id, from = %envelope.src.node,
+                "late or unknown reply dropped");
+            return;
+        };
+        if gather.replies.iter().any(|r| r.node == envelope.src.node) {
+            debug!(envelope = %envelope.id, from = %envelope.src.node, "second reply from the same node ignored");
+            return;
+        }
+        let (body, error, code) = if envelope.kind == MessageType::Error {
+            let error = envelope.body.get("error").and_then(Value::as_str).unwrap_or("error").to_string();
+            let code = envelope.body.get("code").and_then(Value::as_str).map(str::to_string);
+            (Value::Null, Some(error), code)
+        } else {
+            (envelope.body, None, None)
+        };
+        debug!(request = %request_id, from = %envelope.src.node, error = ?error, "reply gathered");
+        gather.replies.push(NodeReply {
+            node: envelope.src.node,
+            body,
+            error,
+            code,
+            elapsed_ms: gather.started.elapsed().as_millis() as u64,
+        });
+        let complete = gather.expected.iter().all(|n| gather.replies.iter().any(|r| &r.node == n));
+        if complete {
+            if let Some(mut gather) = self.gathers.remove(&request_id) {
+                if let Some(done) = gather.done.take() {
+                    let _ = done.send(gather.outcome(request_id));
+                }
+            }
+        }
+    }
+
+    /// A request from the cluster for a module on this node: ask it on the
+    /// ModBus and send its reply (or the reason there is none) to the origin.
+    fn answer_request(&mut self, request: Envelope, ctx: &mut Context<Self>) {
+        let ask = self.bus.send(modbus::Request {
+            envelope: request.clone(),
+            timeout: self.config.module_request_timeout,
+        });
+        let node = request.src.node.clone();
+        async move { ask.await }
+            .into_actor(self)
+            .map(move |result, act, _ctx| {
+                let _g = act.span.clone().entered();
+                let source = act.source("transponder");
+                let reply = match result {
+                    Ok(Ok(reply)) => Envelope::reply_to_request(&request, MessageType::Reply, source, reply.body),
+                    Ok(Err(e)) => {
+                        if matches!(e, BusError::NoHandler { .. }) {
+                            act.counters.no_handler += 1;
+                        }
+                        Envelope::reply_to_request(
+                            &request,
+                            MessageType::Error,
+                            source,
+                            json!({"error": e.to_string(), "code": e.code()}),
+                        )
+                    }
+                    Err(e) => Envelope::reply_to_request(
+                        &request,
+                        MessageType::Error,
+                        source,
+                        json!({"error": format!("modbus unavailable: {e}"), "code": "unavailable"}),
+                    ),
+                };
+                act.counters.requests_answered += 1;
+                act.direct(node, reply);
+            })
+            .spawn(ctx);
+    }
+
+    fn snapshot(&self) -> Value {
+        let now = now_ms();
+        let heartbeats: BTreeMap<&String, u64> =
+            self.last_heartbeat.iter().map(|(n, ts)| (n, now.saturating_sub(*ts))).collect();
+        json!({
+            "lamport": self.lamport,
+            "pending_gathers": self.gathers.len(),
+            "dedup_ids": self.seen.len(),
+            "heartbeat_age_ms": heartbeats,
+            "sent": self.counters.sent,
+            "received": self.counters.received,
+            "delivered": self.counters.delivered,
+            "duplicates": self.counters.duplicates,
+            "not_for_us": self.counters.not_for_us,
+            "bad_target": self.counters.bad_target,
+            "no_handler": self.counters.no_handler,
+            "requests_answered": self.counters.requests_answered,
+            "heartbeats_sent": self.counters.heartbeats_sent,
+        })
+    }
+}
+
+impl Actor for Transponder {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        self.cluster.attach.do_send(AttachTransponder(ctx.address().recipient()));
+        ctx.run_interval(self.config.heartbeat_interval, |act, _ctx| {
+            let _g = act.span.clone().entered();
+            act.send_heartbeat();
+        });
+        info!(heartbeat_ms = self.config.heartbeat_interval.as_millis() as u64, "transponder started");
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        info!(lamport = self.lamport, pending_gathers = self.gathers.len(), "transponder stopped");
+    }
+}
+
+impl Handler<FromCluster> for Transponder {
+    type Result = ();
+
+    fn handle(&mut self, FromCluster(envelope): FromCluster, ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        self.counters.received += 1;
+        if !self.seen.insert(envelope.id) {
+            self.counters.duplicates += 1;
+            debug!(envelope = %envelope.id, from = %envelope.src.node, "duplicate dropped");
+            return;
+        }
+        self.lamport = self.lamport.max(envelope.lamport) + 1;
+        if !self.is_for_us(&envelope) {
+            self.counters.not_for_us += 1;
+            debug!(envelope = %envelope.id, target = ?envelope.dst.target, "not for this node");
+            return;
+        }
+        debug!(envelope = %envelope.id, kind = %envelope.kind, from = %envelope.src.node,
+            address = %envelope.dst.address, lamport = self.lamport, "received from cluster");
+        self.counters.delivered += 1;
+
+        match envelope.kind {
+            MessageType::Heartbeat => {
+                self.last_heartbeat.insert(envelope.src.node.clone(), envelope.ts);
+                // Modules (the monitor) may listen; nobody listening is normal.
+                let _ = self.bus.try_send(modbus::Publish(envelope));
+            }
+            MessageType::Reply | MessageType::Error if envelope.reply_to.is_some() => {
+                self.record_reply(envelope);
+            }
+            MessageType::Request => self.answer_request(envelope, ctx),
+            _ => {
+                let publish = self.bus.send(modbus::Publish(envelope.clone()));
+                async move { publish.await }
+                    .into_actor(self)
+                    .map(move |result, act, _ctx| {
+                        if let Ok(Err(e)) = result {
+                            let _g = act.span.clone().entered();
+                            if matches!(e, BusError::NoHandler { .. }) {
+                                act.counters.no_handler += 1;
+                            }
+                            debug!(envelope = %envelope.id, error = %e, "event not delivered on the modbus");
+                        }
+                    })
+                    .spawn(ctx);
+            }
+        }
+    }
+}
+
+impl Handler<PublishToCluster> for Transponder {
+    type Result = Result<Uuid, String>;
+
+    fn handle(&mut self, msg: PublishToCluster, _ctx: &mut Self::Context) -> Self::Result {
+        let _g = self.span.clone().entered();
+        if let Some(target) = &msg.target {
+            Target::parse(target).map_err(|e| e.to_string())?;
+        }
+        let envelope = Envelope::new(msg.kind, self.source(&msg.module), msg.address, msg.target, msg.body);
+        Ok(self.broadcast(envelope))
+    }
+}
+
+impl Handler<RequestCluster> for Transponder {
+    type Result = ResponseActFuture<Self, Result<RequestOutcome, String>>;
+
+    fn handle(&mut self, msg: RequestCluster, _ctx: &mut Self::Context) -> Self::Result {
+        let target = match msg.target.as_deref().map(Target::parse).transpose() {
+            Ok(t) => t,
+            Err(e) => return Box::pin(fut::ready(Err(e.to_string()))),
+        };
+        let members = self.cluster.members.send(ListMembers);
+        Box::pin(
+            async move { members.await }
+                .into_actor(self)
+                .then(move |members, act, _ctx| {
+                    let _g = act.span.clone().entered();
+                    let members = members.unwrap_or_default();
+                    let expected: BTreeSet<String> = members
+                        .into_iter()
+                        .filter(|m| m.status == MemberStatus::Alive)
+                        .filter(|m| target.as_ref().is_none_or(|t| t.matches(&m.name, &m.tags)))
+                        .map(|m| m.name)
+                        .collect();
+                    let envelope =
+                        Envelope::new(MessageType::Request, act.source(&msg.module), msg.address, msg.target, msg.body);
+                    let id = envelope.id;
+                    let (tx, rx) = oneshot::channel();
+                    let nobody = expected.is_empty();
+                    info!(request = %id, address = %envelope.dst.address, expected = expected.len(),
+                        timeout_ms = msg.timeout.as_millis() as u64, "gathering request");
+                    act.gathers.insert(
+                        id,
+                        Gather {
+                            expected,
+                            replies: Vec::new(),
+                            started: Instant::now(),
+                            done: Some(tx),
+                        },
+                    );
+                    if !nobody {
+                        act.broadcast(envelope);
+                    }
+                    let timeout = if nobody { Duration::ZERO } else { msg.timeout };
+                    async move { tokio::time::timeout(timeout, rx).await }
+                        .into_actor(act)
+                        .map(move |result, act, _ctx| match result {
+                            Ok(Ok(outcome)) => Ok(outcome),
+                            _ => {
+                                let gather = act.gathers.remove(&id).ok_or("request state lost")?;
+                                let outcome = gather.outcome(id);
+                                let _g = act.span.clone().entered();
+                                info!(request = %id, replies = outcome.replies.len(), missing = ?outcome.missing,
+                                    "request timed out waiting for some nodes");
+                                Ok(outcome)
+                            }
+                        })
+                }),
+        )
+    }
+}
+
+impl Handler<StopModule> for Transponder {
+    type Result = ();
+    fn handle(&mut self, _msg: StopModule, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<DumpState> for Transponder {
+    type Result = Snapshot;
+    fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Snapshot {
+        let _g = self.span.clone().entered();
+        let snapshot = self.snapshot();
+        info!(state = %snapshot, "state snapshot");
+        Snapshot(snapshot)
+    }
+}

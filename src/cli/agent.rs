@@ -1,0 +1,155 @@
+//! `conjoiner agent`: runs a node until SIGINT or SIGTERM.
+//!
+//! SIGUSR1 makes every actor log one line with a snapshot of its state.
+
+use super::{parse_duration, CliError, EXIT_OK};
+use crate::actors::TransponderConfig;
+use crate::logging::{self, LogFormat};
+use crate::node::{Node, NodeConfig, DEFAULT_MAX_BODY};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// This node's name. Default: the hostname.
+    #[arg(long, env = "CONJOINER_NAME")]
+    pub name: Option<String>,
+    /// The cluster's name; nodes only talk to nodes of the same cluster.
+    #[arg(long, env = "CONJOINER_CLUSTER", default_value = "conjoiner")]
+    pub cluster: String,
+    /// A tag `KEY=VALUE` for target selectors (repeatable).
+    #[arg(long = "tag", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Where the node keeps its state.
+    #[arg(long, env = "CONJOINER_DATA_DIR", default_value = "./conjoiner-data")]
+    pub data_dir: PathBuf,
+    /// How often the node broadcasts a heartbeat.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Log line format (the filter comes from RUST_LOG, default `info`).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Parses `KEY=VALUE`; keys are letters, digits, `_`, `-` and `.`.
+pub fn parse_tag(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("tag `{text}` must be KEY=VALUE"))?;
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        return Err(format!("tag key `{key}` must be non-empty letters, digits, `_`, `-` or `.`"));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c == ',' || c == '|') {
+        return Err(format!("tag value `{value}` must not contain spaces, `,` or `|`"));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// Checks a node name: it goes into addresses (`<node>.host`) and selectors.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "node name `{name}` must be 1 to 64 letters, digits, `_`, `-` or `.` (use --name)"
+        ))
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length, and gethostname
+    // writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "conjoiner".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).to_string();
+    // Keep the short host name; replace anything a node name may not hold.
+    let short = name.split('.').next().unwrap_or(&name);
+    short
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .collect()
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, CliError> {
+    addr.to_socket_addrs()
+        .map_err(|e| CliError::usage(format!("--http `{addr}` is not an address: {e}")))?
+        .next()
+        .ok_or_else(|| CliError::usage(format!("--http `{addr}` resolves to nothing")))
+}
+
+pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
+    let name = args.name.clone().unwrap_or_else(hostname);
+    check_name(&name).map_err(CliError::usage)?;
+    let config = NodeConfig {
+        name,
+        cluster: args.cluster.clone(),
+        tags: args.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
+        data_dir: args.data_dir.clone(),
+        http: resolve(http)?,
+        transponder: TransponderConfig {
+            heartbeat_interval: args.heartbeat_interval,
+            ..TransponderConfig::default()
+        },
+        max_body_bytes: DEFAULT_MAX_BODY,
+    };
+    logging::init(args.log_format);
+    let system = actix_rt::System::new();
+    let result = system.block_on(run_node(config));
+    match result {
+        Ok(()) => Ok(EXIT_OK),
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "node failed");
+            Err(CliError::error(format!("{e:#}")))
+        }
+    }
+}
+
+async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
+    let node = Node::start(config).await?;
+    let span = node.handle.identity.span("node");
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => { span.in_scope(|| info!("SIGINT received")); break; }
+            _ = sigterm.recv() => { span.in_scope(|| info!("SIGTERM received")); break; }
+            _ = sigusr1.recv() => {
+                span.in_scope(|| info!("SIGUSR1 received: dumping every actor's state"));
+                node.handle.dump_state().await;
+            }
+        }
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_and_names() {
+        assert_eq!(parse_tag("dc=ams").unwrap(), ("dc".into(), "ams".into()));
+        assert_eq!(parse_tag("role=").unwrap(), ("role".into(), "".into()));
+        assert!(parse_tag("dc").is_err());
+        assert!(parse_tag("=x").is_err());
+        assert!(parse_tag("d c=x").is_err());
+        assert!(check_name("web-1").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("web 1").is_err());
+        assert!(check_name("web*").is_err());
+        assert!(check_name(&hostname()).is_ok(), "the default name is valid");
+    }
+}

@@ -1,0 +1,98 @@
+//! The HTTP client every CLI command uses to reach the local node's control API.
+
+use super::CliError;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub struct ApiClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// A client for the control API at `addr` (`host:port` or a full URL).
+    pub fn new(addr: &str) -> ApiClient {
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        ApiClient {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T, CliError> {
+        let response = self
+            .http
+            .get(self.url(path))
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.decode(response).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, CliError> {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.decode(response).await
+    }
+
+    /// Opens a streaming GET (for Server-Sent Events).
+    pub async fn stream(&self, path: &str, query: &[(&str, &str)]) -> Result<reqwest::Response, CliError> {
+        let response = self
+            .http
+            .get(self.url(path))
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !response.status().is_success() {
+            return Err(api_error(response).await);
+        }
+        Ok(response)
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> CliError {
+        CliError::error(format!(
+            "cannot reach the node's control API at {}: {e}. Is `conjoiner agent` running? (set --http or CONJOINER_HTTP)",
+            self.base
+        ))
+    }
+
+    async fn decode<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, CliError> {
+        if !response.status().is_success() {
+            return Err(api_error(response).await);
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| CliError::error(format!("the node answered something unexpected: {e}")))
+    }
+}
+
+/// Turns an API error answer (`{"error","code"}`) into a CLI error. A 400 is
+/// the caller's mistake, so it exits 2 like any usage error.
+async fn api_error(response: reqwest::Response) -> CliError {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let message = body.get("error").and_then(Value::as_str).unwrap_or("no error message");
+    let code = body.get("code").and_then(Value::as_str).unwrap_or("unknown");
+    let text = format!("{message} ({code}, HTTP {})", status.as_u16());
+    if status.as_u16() == 400 {
+        CliError::usage(text)
+    } else {
+        CliError::error(text)
+    }
+}

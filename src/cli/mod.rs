@@ -1,0 +1,176 @@
+//! The `conjoiner` command line (SPEC §5). One file per command; every client
+//! command talks to the local node's control API through [`client::ApiClient`].
+//!
+//! Exit codes: 0 success, 1 error, 2 usage error, 3 partial (some targeted
+//! nodes failed or did not answer; they are listed).
+
+pub mod agent;
+pub mod client;
+pub mod members;
+pub mod publish;
+pub mod request;
+pub mod tail;
+
+use clap::{Parser, Subcommand};
+use std::fmt;
+use std::time::Duration;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_ERROR: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_PARTIAL: i32 = 3;
+
+/// The default control API address (SPEC §5).
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7373";
+
+#[derive(Debug, Parser)]
+#[command(name = "conjoiner", version, about = "A decentralized management network for fleets of hosts")]
+pub struct Cli {
+    /// The node's control API address (the agent listens there; other commands talk to it).
+    #[arg(long, global = true, env = "CONJOINER_HTTP", default_value = DEFAULT_HTTP)]
+    pub http: String,
+
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Agent(agent::AgentArgs),
+    /// List the cluster's members with address, status and tags.
+    Members(members::MembersArgs),
+    /// Publish a fire-and-forget event to the targeted nodes.
+    Publish(publish::PublishArgs),
+    /// Send a request and gather one reply per targeted node.
+    Request(request::RequestArgs),
+    /// Stream the envelopes the local node sees.
+    Tail(tail::TailArgs),
+}
+
+/// An error that ends a command, with its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> CliError {
+        CliError {
+            code: EXIT_ERROR,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Runs the parsed command line and answers the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Agent(args) => agent::run(&cli.http, args),
+        Command::Members(args) => block_on(members::run(&cli.http, cli.json, args)),
+        Command::Publish(args) => block_on(publish::run(&cli.http, cli.json, args)),
+        Command::Request(args) => block_on(request::run(&cli.http, cli.json, args)),
+        Command::Tail(args) => block_on(tail::run(&cli.http, cli.json, args)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("conjoiner: {}", e.message);
+            e.code
+        }
+    }
+}
+
+fn block_on<F: std::future::Future<Output = Result<i32, CliError>>>(fut: F) -> Result<i32, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::error(format!("cannot start the async runtime: {e}")))?
+        .block_on(fut)
+}
+
+/// Reads a JSON body argument: text, `-` for stdin, or `{}` when absent.
+pub fn read_body(arg: Option<&str>) -> Result<serde_json::Value, CliError> {
+    let text = match arg {
+        None => return Ok(serde_json::json!({})),
+        Some("-") => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| CliError::error(format!("cannot read the body from stdin: {e}")))?;
+            s
+        }
+        Some(text) => text.to_string(),
+    };
+    serde_json::from_str(&text).map_err(|e| CliError::usage(format!("the body is not valid JSON: {e}")))
+}
+
+/// Checks each `--target` and joins them into one target (OR).
+pub fn read_targets(targets: &[String]) -> Result<Option<String>, CliError> {
+    crate::wire::Target::any_of(targets)
+        .map(|t| t.map(|t| t.to_string()))
+        .map_err(|e| CliError::usage(e.to_string()))
+}
+
+/// Parses a duration such as `500ms`, `5s`, `2m` or `1h`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try 500ms, 5s, 2m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{text}` (use ms, s, m or h)")),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 {
+        return Err(format!("`{text}` is out of range (more than 0, at most 24h)"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn bodies_and_targets() {
+        assert_eq!(read_body(Some(r#"{"x":1}"#)).unwrap(), serde_json::json!({"x": 1}));
+        assert_eq!(read_body(None).unwrap(), serde_json::json!({}));
+        assert_eq!(read_body(Some("{x")).unwrap_err().code, EXIT_USAGE);
+        assert_eq!(read_targets(&["name=a".into(), "tag.r=b".into()]).unwrap().unwrap(), "name=a|tag.r=b");
+        assert_eq!(read_targets(&["nam=a".into()]).unwrap_err().code, EXIT_USAGE);
+    }
+}

@@ -1,0 +1,18 @@
+//! Conjoiner: a decentralized management network for fleets of hosts.
+//!
+//! Every host runs the same node; nodes are equal. See `README.md` for use,
+//! `../shared/SPEC.md` for the external contract and `../shared/DESIGN.md`
+//! for the architecture.
+//!
+//! - [`wire`]: pure envelope, selector and frame code.
+//! - [`actors`]: the node's actors (supervisor, ModBus, Transponder, modules).
+//! - [`node`]: builds one node from a [`node::NodeConfig`].
+//! - [`api`]: the control API (HTTP) the CLI talks to.
+//! - [`cli`]: the `conjoiner` command line.
+
+pub mod actors;
+pub mod api;
+pub mod cli;
+pub mod logging;
+pub mod node;
+pub mod wire;

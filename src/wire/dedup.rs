@@ -1,0 +1,63 @@
+//! A bounded set of recently seen envelope ids, so duplicates are dropped
+//! without remembering every id forever. The oldest id is forgotten first.
+
+use std::collections::{HashSet, VecDeque};
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct SeenIds {
+    capacity: usize,
+    order: VecDeque<Uuid>,
+    set: HashSet<Uuid>,
+}
+
+impl SeenIds {
+    pub fn new(capacity: usize) -> SeenIds {
+        let capacity = capacity.max(1);
+        SeenIds {
+            capacity,
+            order: VecDeque::with_capacity(capacity),
+            set: HashSet::with_capacity(capacity),
+        }
+    }
+
+    /// Records `id`; answers `true` if it is new, `false` if already seen.
+    pub fn insert(&mut self, id: Uuid) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_up_to_capacity() {
+        let mut seen = SeenIds::new(2);
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        assert!(seen.insert(ids[0]));
+        assert!(!seen.insert(ids[0]), "a duplicate is reported");
+        assert!(seen.insert(ids[1]));
+        assert!(seen.insert(ids[2]));
+        assert_eq!(seen.len(), 2);
+        assert!(seen.insert(ids[0]), "the oldest was forgotten");
+        assert!(!seen.insert(ids[2]));
+    }
+}
