@@ -112,9 +112,10 @@ fn json_config(max_body: usize) -> web::JsonConfig {
                         format!("request body is larger than the limit of {limit} bytes"),
                     )
                 }
-                JsonPayloadError::Deserialize(e) if e.is_data() => {
-                    ApiError::bad_request("invalid_request", format!("request body is not what this route takes: {e}"))
-                }
+                JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::bad_request(
+                    "invalid_request",
+                    format!("request body is not what this route takes: {e}"),
+                ),
                 JsonPayloadError::Deserialize(e) => {
                     ApiError::bad_request("malformed_json", format!("request body is not valid JSON: {e}"))
                 }
@@ -198,7 +199,10 @@ async fn members(node: web::Data<NodeHandle>, query: web::Query<MembersQuery>) -
         None => None,
         Some(s) => Some(MemberStatus::parse(s).ok_or_else(|| {
             warn!(status = s, "rejected API request with a bad status filter");
-            ApiError::bad_request("bad_status", format!("unknown status `{s}`: use alive, suspect, dead or left"))
+            ApiError::bad_request(
+                "bad_status",
+                format!("unknown status `{s}`: use alive, suspect, dead or left"),
+            )
         })?),
     };
     let target = parse_target(query.target.as_deref().filter(|s| !s.is_empty()))?;
@@ -231,7 +235,9 @@ async fn publish(node: web::Data<NodeHandle>, req: web::Json<PublishBody>) -> Re
     parse_target(req.target.as_deref())?;
     let kind = match req.kind.as_deref() {
         None => MessageType::Event,
-        Some(k) => MessageType::parse(k).ok_or_else(|| ApiError::bad_request("invalid_request", "`type` must not be empty"))?,
+        Some(k) => {
+            MessageType::parse(k).ok_or_else(|| ApiError::bad_request("invalid_request", "`type` must not be empty"))?
+        }
     };
     let id = transponder(&node)?
         .send(PublishToCluster {

@@ -70,7 +70,11 @@ impl NodeHandle {
     pub async fn dump_state(&self) -> Value {
         let Snapshot(supervised) = self.supervisor.send(DumpState).await.unwrap_or(Snapshot(Value::Null));
         let Snapshot(modbus) = self.bus.send(DumpState).await.unwrap_or(Snapshot(Value::Null));
-        let Snapshot(cluster) = self.cluster_state.send(DumpState).await.unwrap_or(Snapshot(Value::Null));
+        let Snapshot(cluster) = self
+            .cluster_state
+            .send(DumpState)
+            .await
+            .unwrap_or(Snapshot(Value::Null));
         json!({
             "node": self.identity.name,
             "supervisor": supervised["supervisor"],
@@ -176,8 +180,12 @@ fn core_modules(identity: &NodeIdentity, config: &NodeConfig, handle: &NodeHandl
             version: version.clone(),
             restart: RestartPolicy::default(),
             factory: Box::new(move || {
-                let (addr, running) =
-                    spawn_module(Transponder::new(&identity, settings.clone(), bus.clone(), cluster.clone()));
+                let (addr, running) = spawn_module(Transponder::new(
+                    &identity,
+                    settings.clone(),
+                    bus.clone(),
+                    cluster.clone(),
+                ));
                 *slot.write().map_err(|_| anyhow::anyhow!("transponder slot poisoned"))? = Some(addr);
                 Ok(running)
             }),

@@ -12,7 +12,7 @@
 //! `reply_to` names a pending request goes to that request's caller,
 //! whatever its address.
 
-use super::messages::{Deliver, DumpState, Snapshot, EventTap};
+use super::messages::{Deliver, DumpState, EventTap, Snapshot};
 use crate::wire::Envelope;
 use actix::prelude::*;
 use serde_json::{json, Value};
@@ -28,7 +28,11 @@ pub enum BusError {
     #[error("no module handles address `{address}` on node {node}")]
     NoHandler { node: String, address: String },
     #[error("no reply from `{address}` on node {node} within {after_ms} ms")]
-    Timeout { node: String, address: String, after_ms: u64 },
+    Timeout {
+        node: String,
+        address: String,
+        after_ms: u64,
+    },
     #[error("module `{module}` is overloaded (its mailbox is full); envelope to `{address}` dropped")]
     MailboxFull { module: String, address: String },
 }
@@ -126,7 +130,9 @@ impl ModBus {
     /// If `envelope` answers a pending request, hand it over and say so.
     fn complete_pending(&mut self, envelope: &Envelope) -> bool {
         let Some(id) = envelope.reply_to else { return false };
-        let Some(pending) = self.pending.remove(&id) else { return false };
+        let Some(pending) = self.pending.remove(&id) else {
+            return false;
+        };
         self.counters.replies_matched += 1;
         debug!(envelope = %envelope.id, request = %id, address = %pending.address,
             elapsed_ms = pending.started.elapsed().as_millis() as u64, "reply matched to pending request");
@@ -448,7 +454,11 @@ mod tests {
         let _a = probe(&bus, "a", "topic", false, &seen).await;
         let _b = probe(&bus, "b", "topic", false, &seen).await;
 
-        let n = bus.send(Publish(envelope(MessageType::Event, "topic"))).await.unwrap().unwrap();
+        let n = bus
+            .send(Publish(envelope(MessageType::Event, "topic")))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(n, 2);
         settle().await;
         let mut got: Vec<String> = seen.lock().unwrap().iter().map(|(m, _)| m.clone()).collect();
@@ -457,7 +467,10 @@ mod tests {
 
         seen.lock().unwrap().clear();
         for _ in 0..4 {
-            bus.send(SendOne(envelope(MessageType::Event, "topic"))).await.unwrap().unwrap();
+            bus.send(SendOne(envelope(MessageType::Event, "topic")))
+                .await
+                .unwrap()
+                .unwrap();
         }
         settle().await;
         let got: Vec<String> = seen.lock().unwrap().iter().map(|(m, _)| m.clone()).collect();
@@ -469,8 +482,13 @@ mod tests {
     async fn nobody_listening_is_an_error_not_silence() {
         let bus = ModBus::new(&identity(), EventTap::default()).start();
         for result in [
-            bus.send(Publish(envelope(MessageType::Event, "mod.nobody"))).await.unwrap().map(|_| ()),
-            bus.send(SendOne(envelope(MessageType::Event, "mod.nobody"))).await.unwrap(),
+            bus.send(Publish(envelope(MessageType::Event, "mod.nobody")))
+                .await
+                .unwrap()
+                .map(|_| ()),
+            bus.send(SendOne(envelope(MessageType::Event, "mod.nobody")))
+                .await
+                .unwrap(),
             bus.send(Request {
                 envelope: envelope(MessageType::Request, "mod.nobody"),
                 timeout: Duration::from_secs(1),
@@ -531,7 +549,11 @@ mod tests {
         let p = probe(&bus, "short-lived", "topic", false, &seen).await;
         p.send(crate::actors::StopModule).await.unwrap();
         settle().await;
-        let err = bus.send(Publish(envelope(MessageType::Event, "topic"))).await.unwrap().unwrap_err();
+        let err = bus
+            .send(Publish(envelope(MessageType::Event, "topic")))
+            .await
+            .unwrap()
+            .unwrap_err();
         assert_eq!(err.code(), "no_handler");
         let Snapshot(state) = bus.send(DumpState).await.unwrap();
         assert_eq!(state["subscriptions"], json!({}));
@@ -552,6 +574,10 @@ mod tests {
         .unwrap();
         let env = envelope(MessageType::Event, "topic");
         assert!(bus.send(Publish(env.clone())).await.unwrap().is_err());
-        assert_eq!(events.recv().await.unwrap().id, env.id, "the tap sees even undeliverable envelopes");
+        assert_eq!(
+            events.recv().await.unwrap().id,
+            env.id,
+            "the tap sees even undeliverable envelopes"
+        );
     }
 }

@@ -284,7 +284,9 @@ impl NodeSupervisor {
 
     fn on_exit(&mut self, name: String, generation: u64, outcome: ExitOutcome, ctx: &mut Context<Self>) {
         let shutting_down = self.shutting_down;
-        let Some(index) = self.children.iter().position(|c| c.spec.name == name) else { return };
+        let Some(index) = self.children.iter().position(|c| c.spec.name == name) else {
+            return;
+        };
         let child = &mut self.children[index];
         if child.generation != generation {
             return;
@@ -325,7 +327,11 @@ impl NodeSupervisor {
         }
 
         let now = Instant::now();
-        while child.recent_restarts.front().is_some_and(|t| now.duration_since(*t) > policy.period) {
+        while child
+            .recent_restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.period)
+        {
             child.recent_restarts.pop_front();
         }
         if child.recent_restarts.len() as u32 >= policy.max_restarts {
@@ -530,7 +536,10 @@ impl Handler<Shutdown> for NodeSupervisor {
         let (tx, rx) = oneshot::channel();
         self.shutdown_waiters.push(tx);
         if !self.shutting_down {
-            info!(modules = self.children.len(), "shutting down: stopping modules in reverse start order");
+            info!(
+                modules = self.children.len(),
+                "shutting down: stopping modules in reverse start order"
+            );
             self.shutting_down = true;
         }
         self.stop_next(ctx);
@@ -693,7 +702,10 @@ mod tests {
             if pred(&info) {
                 return info;
             }
-            assert!(Instant::now() < deadline, "timed out waiting on module {name}: {info:?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting on module {name}: {info:?}"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -712,10 +724,16 @@ mod tests {
         let starts = Arc::new(AtomicU32::new(0));
         let sup = NodeSupervisor::new(&identity()).start();
         // Panics at every start; allowed 2 restarts, so: start, 2 restarts, failed.
-        sup.send(StartModule(spec("crasher", Behaviour::Panics, fast_policy(RestartMode::Always, 2), &log, &starts)))
-            .await
-            .unwrap()
-            .unwrap();
+        sup.send(StartModule(spec(
+            "crasher",
+            Behaviour::Panics,
+            fast_policy(RestartMode::Always, 2),
+            &log,
+            &starts,
+        )))
+        .await
+        .unwrap()
+        .unwrap();
         let info = wait_for(&sup, "crasher", |m| m.state == ModuleState::Failed).await;
         assert_eq!(info.restarts, 2);
         assert_eq!(starts.load(Ordering::SeqCst), 3, "one start plus two restarts");
@@ -728,15 +746,25 @@ mod tests {
         let starts = Arc::new(AtomicU32::new(0));
         let sup = NodeSupervisor::new(&identity()).start();
         let t0 = Instant::now();
-        sup.send(StartModule(spec("quitter", Behaviour::StopsItself, fast_policy(RestartMode::Always, 4), &log, &starts)))
-            .await
-            .unwrap()
-            .unwrap();
+        sup.send(StartModule(spec(
+            "quitter",
+            Behaviour::StopsItself,
+            fast_policy(RestartMode::Always, 4),
+            &log,
+            &starts,
+        )))
+        .await
+        .unwrap()
+        .unwrap();
         let info = wait_for(&sup, "quitter", |m| m.state == ModuleState::Failed).await;
         assert_eq!(info.restarts, 4);
         assert_eq!(starts.load(Ordering::SeqCst), 5);
         // The four backoffs are 10 + 20 + 40 + 80 ms: at least that much passed.
-        assert!(t0.elapsed() >= Duration::from_millis(150), "backoff was honoured: {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() >= Duration::from_millis(150),
+            "backoff was honoured: {:?}",
+            t0.elapsed()
+        );
     }
 
     #[actix_rt::test]
@@ -745,18 +773,30 @@ mod tests {
         let starts = Arc::new(AtomicU32::new(0));
         let sup = NodeSupervisor::new(&identity()).start();
         // on-failure: a clean stop is not a failure, so no restart.
-        sup.send(StartModule(spec("clean", Behaviour::StopsItself, fast_policy(RestartMode::OnFailure, 3), &log, &starts)))
-            .await
-            .unwrap()
-            .unwrap();
+        sup.send(StartModule(spec(
+            "clean",
+            Behaviour::StopsItself,
+            fast_policy(RestartMode::OnFailure, 3),
+            &log,
+            &starts,
+        )))
+        .await
+        .unwrap()
+        .unwrap();
         let info = wait_for(&sup, "clean", |m| m.state == ModuleState::Stopped).await;
         assert_eq!(info.restarts, 0);
         // never: a panic marks it failed at once.
         let starts2 = Arc::new(AtomicU32::new(0));
-        sup.send(StartModule(spec("once", Behaviour::Panics, fast_policy(RestartMode::Never, 3), &log, &starts2)))
-            .await
-            .unwrap()
-            .unwrap();
+        sup.send(StartModule(spec(
+            "once",
+            Behaviour::Panics,
+            fast_policy(RestartMode::Never, 3),
+            &log,
+            &starts2,
+        )))
+        .await
+        .unwrap()
+        .unwrap();
         let info = wait_for(&sup, "once", |m| m.state == ModuleState::Failed).await;
         assert_eq!((info.restarts, starts2.load(Ordering::SeqCst)), (0, 1));
     }
@@ -771,10 +811,16 @@ mod tests {
         // window before the next exit, so the module is never given up on.
         policy.period = Duration::from_millis(1);
         policy.backoff_initial = Duration::from_millis(5);
-        sup.send(StartModule(spec("slowloop", Behaviour::StopsItself, policy, &log, &starts)))
-            .await
-            .unwrap()
-            .unwrap();
+        sup.send(StartModule(spec(
+            "slowloop",
+            Behaviour::StopsItself,
+            policy,
+            &log,
+            &starts,
+        )))
+        .await
+        .unwrap()
+        .unwrap();
         let info = wait_for(&sup, "slowloop", |m| m.restarts >= 5).await;
         assert_ne!(info.state, ModuleState::Failed);
     }
@@ -785,14 +831,26 @@ mod tests {
         let starts = Arc::new(AtomicU32::new(0));
         let sup = NodeSupervisor::new(&identity()).start();
         for name in ["first", "second", "third"] {
-            sup.send(StartModule(spec(name, Behaviour::Steady, RestartPolicy::default(), &log, &starts)))
-                .await
-                .unwrap()
-                .unwrap();
+            sup.send(StartModule(spec(
+                name,
+                Behaviour::Steady,
+                RestartPolicy::default(),
+                &log,
+                &starts,
+            )))
+            .await
+            .unwrap()
+            .unwrap();
         }
         wait_for(&sup, "third", |m| m.state == ModuleState::Running).await;
         sup.send(Shutdown).await.unwrap();
-        let stops: Vec<String> = log.lock().unwrap().iter().filter(|l| l.starts_with("stop")).cloned().collect();
+        let stops: Vec<String> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("stop"))
+            .cloned()
+            .collect();
         assert_eq!(stops, ["stop third", "stop second", "stop first"]);
         for m in sup.send(ListModules).await.unwrap() {
             assert_eq!(m.state, ModuleState::Stopped, "{m:?}");
@@ -805,11 +863,26 @@ mod tests {
         let log = Arc::new(Mutex::new(Vec::new()));
         let starts = Arc::new(AtomicU32::new(0));
         let sup = NodeSupervisor::new(&identity()).start();
-        sup.send(StartModule(spec("temp", Behaviour::Steady, RestartPolicy::default(), &log, &starts)))
+        sup.send(StartModule(spec(
+            "temp",
+            Behaviour::Steady,
+            RestartPolicy::default(),
+            &log,
+            &starts,
+        )))
+        .await
+        .unwrap()
+        .unwrap();
+        let dup = sup
+            .send(StartModule(spec(
+                "temp",
+                Behaviour::Steady,
+                RestartPolicy::default(),
+                &log,
+                &starts,
+            )))
             .await
-            .unwrap()
             .unwrap();
-        let dup = sup.send(StartModule(spec("temp", Behaviour::Steady, RestartPolicy::default(), &log, &starts))).await.unwrap();
         assert!(dup.unwrap_err().contains("already supervised"));
         sup.send(RemoveModule("temp".into())).await.unwrap().unwrap();
         assert!(sup.send(ListModules).await.unwrap().is_empty());
@@ -822,10 +895,16 @@ mod tests {
         let log = Arc::new(Mutex::new(Vec::new()));
         let starts = Arc::new(AtomicU32::new(0));
         let sup = NodeSupervisor::new(&identity()).start();
-        sup.send(StartModule(spec("alpha", Behaviour::Steady, RestartPolicy::default(), &log, &starts)))
-            .await
-            .unwrap()
-            .unwrap();
+        sup.send(StartModule(spec(
+            "alpha",
+            Behaviour::Steady,
+            RestartPolicy::default(),
+            &log,
+            &starts,
+        )))
+        .await
+        .unwrap()
+        .unwrap();
         let Snapshot(dump) = sup.send(DumpState).await.unwrap();
         assert_eq!(dump["modules"]["alpha"], json!({"name": "alpha"}));
         assert_eq!(dump["supervisor"]["modules"][0]["state"], "running");

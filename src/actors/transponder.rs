@@ -102,7 +102,12 @@ struct Gather {
 impl Gather {
     fn outcome(self, id: Uuid) -> RequestOutcome {
         let answered: BTreeSet<&String> = self.replies.iter().map(|r| &r.node).collect();
-        let missing = self.expected.iter().filter(|n| !answered.contains(n)).cloned().collect();
+        let missing = self
+            .expected
+            .iter()
+            .filter(|n| !answered.contains(n))
+            .cloned()
+            .collect();
         RequestOutcome {
             id,
             replies: self.replies,
@@ -204,7 +209,13 @@ impl Transponder {
             "uptime_ms": self.started.elapsed().as_millis() as u64,
             "version": env!("CARGO_PKG_VERSION"),
         });
-        let envelope = Envelope::new(MessageType::Heartbeat, self.source("transponder"), CLUSTERBUS_ADDRESS, None, body);
+        let envelope = Envelope::new(
+            MessageType::Heartbeat,
+            self.source("transponder"),
+            CLUSTERBUS_ADDRESS,
+            None,
+            body,
+        );
         self.counters.heartbeats_sent += 1;
         self.broadcast(envelope);
     }
@@ -212,7 +223,9 @@ impl Transponder {
     /// Is this envelope meant for this node? A bad selector from a peer is
     /// logged and treated as "no".
     fn is_for_us(&mut self, envelope: &Envelope) -> bool {
-        let Some(target) = &envelope.dst.target else { return true };
+        let Some(target) = &envelope.dst.target else {
+            return true;
+        };
         match Target::parse(target) {
             Ok(t) => t.matches(&self.identity.name, &self.identity.tags),
             Err(e) => {
@@ -237,7 +250,12 @@ impl Transponder {
             return;
         }
         let (body, error, code) = if envelope.kind == MessageType::Error {
-            let error = envelope.body.get("error").and_then(Value::as_str).unwrap_or("error").to_string();
+            let error = envelope
+                .body
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("error")
+                .to_string();
             let code = envelope.body.get("code").and_then(Value::as_str).map(str::to_string);
             (Value::Null, Some(error), code)
         } else {
@@ -251,7 +269,10 @@ impl Transponder {
             code,
             elapsed_ms: gather.started.elapsed().as_millis() as u64,
         });
-        let complete = gather.expected.iter().all(|n| gather.replies.iter().any(|r| &r.node == n));
+        let complete = gather
+            .expected
+            .iter()
+            .all(|n| gather.replies.iter().any(|r| &r.node == n));
         if complete {
             if let Some(mut gather) = self.gathers.remove(&request_id) {
                 if let Some(done) = gather.done.take() {
@@ -269,8 +290,7 @@ impl Transponder {
             timeout: self.config.module_request_timeout,
         });
         let node = request.src.node.clone();
-        async move { ask.await }
-            .into_actor(self)
+        ask.into_actor(self)
             .map(move |result, act, _ctx| {
                 let _g = act.span.clone().entered();
                 let source = act.source("transponder");
@@ -302,8 +322,11 @@ impl Transponder {
 
     fn snapshot(&self) -> Value {
         let now = now_ms();
-        let heartbeats: BTreeMap<&String, u64> =
-            self.last_heartbeat.iter().map(|(n, ts)| (n, now.saturating_sub(*ts))).collect();
+        let heartbeats: BTreeMap<&String, u64> = self
+            .last_heartbeat
+            .iter()
+            .map(|(n, ts)| (n, now.saturating_sub(*ts)))
+            .collect();
         json!({
             "lamport": self.lamport,
             "pending_gathers": self.gathers.len(),
@@ -327,17 +350,28 @@ impl Actor for Transponder {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
-        self.cluster.attach.do_send(AttachTransponder(ctx.address().recipient()));
+        self.cluster
+            .attach
+            .do_send(AttachTransponder(ctx.address().recipient()));
+        // Announce this node at once rather than one interval from now.
+        self.send_heartbeat();
         ctx.run_interval(self.config.heartbeat_interval, |act, _ctx| {
             let _g = act.span.clone().entered();
             act.send_heartbeat();
         });
-        info!(heartbeat_ms = self.config.heartbeat_interval.as_millis() as u64, "transponder started");
+        info!(
+            heartbeat_ms = self.config.heartbeat_interval.as_millis() as u64,
+            "transponder started"
+        );
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
-        info!(lamport = self.lamport, pending_gathers = self.gathers.len(), "transponder stopped");
+        info!(
+            lamport = self.lamport,
+            pending_gathers = self.gathers.len(),
+            "transponder stopped"
+        );
     }
 }
 
@@ -374,7 +408,7 @@ impl Handler<FromCluster> for Transponder {
             MessageType::Request => self.answer_request(envelope, ctx),
             _ => {
                 let publish = self.bus.send(modbus::Publish(envelope.clone()));
-                async move { publish.await }
+                publish
                     .into_actor(self)
                     .map(move |result, act, _ctx| {
                         if let Ok(Err(e)) = result {
@@ -413,53 +447,54 @@ impl Handler<RequestCluster> for Transponder {
             Err(e) => return Box::pin(fut::ready(Err(e.to_string()))),
         };
         let members = self.cluster.members.send(ListMembers);
-        Box::pin(
-            async move { members.await }
-                .into_actor(self)
-                .then(move |members, act, _ctx| {
-                    let _g = act.span.clone().entered();
-                    let members = members.unwrap_or_default();
-                    let expected: BTreeSet<String> = members
-                        .into_iter()
-                        .filter(|m| m.status == MemberStatus::Alive)
-                        .filter(|m| target.as_ref().is_none_or(|t| t.matches(&m.name, &m.tags)))
-                        .map(|m| m.name)
-                        .collect();
-                    let envelope =
-                        Envelope::new(MessageType::Request, act.source(&msg.module), msg.address, msg.target, msg.body);
-                    let id = envelope.id;
-                    let (tx, rx) = oneshot::channel();
-                    let nobody = expected.is_empty();
-                    info!(request = %id, address = %envelope.dst.address, expected = expected.len(),
+        Box::pin(members.into_actor(self).then(move |members, act, _ctx| {
+            let _g = act.span.clone().entered();
+            let members = members.unwrap_or_default();
+            let expected: BTreeSet<String> = members
+                .into_iter()
+                .filter(|m| m.status == MemberStatus::Alive)
+                .filter(|m| target.as_ref().is_none_or(|t| t.matches(&m.name, &m.tags)))
+                .map(|m| m.name)
+                .collect();
+            let envelope = Envelope::new(
+                MessageType::Request,
+                act.source(&msg.module),
+                msg.address,
+                msg.target,
+                msg.body,
+            );
+            let id = envelope.id;
+            let (tx, rx) = oneshot::channel();
+            let nobody = expected.is_empty();
+            info!(request = %id, address = %envelope.dst.address, expected = expected.len(),
                         timeout_ms = msg.timeout.as_millis() as u64, "gathering request");
-                    act.gathers.insert(
-                        id,
-                        Gather {
-                            expected,
-                            replies: Vec::new(),
-                            started: Instant::now(),
-                            done: Some(tx),
-                        },
-                    );
-                    if !nobody {
-                        act.broadcast(envelope);
-                    }
-                    let timeout = if nobody { Duration::ZERO } else { msg.timeout };
-                    async move { tokio::time::timeout(timeout, rx).await }
-                        .into_actor(act)
-                        .map(move |result, act, _ctx| match result {
-                            Ok(Ok(outcome)) => Ok(outcome),
-                            _ => {
-                                let gather = act.gathers.remove(&id).ok_or("request state lost")?;
-                                let outcome = gather.outcome(id);
-                                let _g = act.span.clone().entered();
-                                info!(request = %id, replies = outcome.replies.len(), missing = ?outcome.missing,
+            act.gathers.insert(
+                id,
+                Gather {
+                    expected,
+                    replies: Vec::new(),
+                    started: Instant::now(),
+                    done: Some(tx),
+                },
+            );
+            if !nobody {
+                act.broadcast(envelope);
+            }
+            let timeout = if nobody { Duration::ZERO } else { msg.timeout };
+            async move { tokio::time::timeout(timeout, rx).await }
+                .into_actor(act)
+                .map(move |result, act, _ctx| match result {
+                    Ok(Ok(outcome)) => Ok(outcome),
+                    _ => {
+                        let gather = act.gathers.remove(&id).ok_or("request state lost")?;
+                        let outcome = gather.outcome(id);
+                        let _g = act.span.clone().entered();
+                        info!(request = %id, replies = outcome.replies.len(), missing = ?outcome.missing,
                                     "request timed out waiting for some nodes");
-                                Ok(outcome)
-                            }
-                        })
-                }),
-        )
+                        Ok(outcome)
+                    }
+                })
+        }))
     }
 }
 

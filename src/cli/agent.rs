@@ -41,7 +41,9 @@ pub fn parse_tag(text: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("tag `{text}` must be KEY=VALUE"))?;
     if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
-        return Err(format!("tag key `{key}` must be non-empty letters, digits, `_`, `-` or `.`"));
+        return Err(format!(
+            "tag key `{key}` must be non-empty letters, digits, `_`, `-` or `.`"
+        ));
     }
     if value.chars().any(|c| c.is_whitespace() || c == ',' || c == '|') {
         return Err(format!("tag value `{value}` must not contain spaces, `,` or `|`"));
@@ -51,9 +53,8 @@ pub fn parse_tag(text: &str) -> Result<(String, String), String> {
 
 /// Checks a node name: it goes into addresses (`<node>.host`) and selectors.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    let ok =
+        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
     if ok {
         Ok(())
     } else {
@@ -77,7 +78,13 @@ fn hostname() -> String {
     let short = name.split('.').next().unwrap_or(&name);
     short
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 

@@ -24,7 +24,11 @@ pub const EXIT_PARTIAL: i32 = 3;
 pub const DEFAULT_HTTP: &str = "127.0.0.1:7373";
 
 #[derive(Debug, Parser)]
-#[command(name = "conjoiner", version, about = "A decentralized management network for fleets of hosts")]
+#[command(
+    name = "conjoiner",
+    version,
+    about = "A decentralized management network for fleets of hosts"
+)]
 pub struct Cli {
     /// The node's control API address (the agent listens there; other commands talk to it).
     #[arg(long, global = true, env = "CONJOINER_HTTP", default_value = DEFAULT_HTTP)]
@@ -132,7 +136,9 @@ pub fn read_targets(targets: &[String]) -> Result<Option<String>, CliError> {
 /// Parses a duration such as `500ms`, `5s`, `2m` or `1h`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
@@ -170,7 +176,10 @@ mod tests {
         assert_eq!(read_body(Some(r#"{"x":1}"#)).unwrap(), serde_json::json!({"x": 1}));
         assert_eq!(read_body(None).unwrap(), serde_json::json!({}));
         assert_eq!(read_body(Some("{x")).unwrap_err().code, EXIT_USAGE);
-        assert_eq!(read_targets(&["name=a".into(), "tag.r=b".into()]).unwrap().unwrap(), "name=a|tag.r=b");
+        assert_eq!(
+            read_targets(&["name=a".into(), "tag.r=b".into()]).unwrap().unwrap(),
+            "name=a|tag.r=b"
+        );
         assert_eq!(read_targets(&["nam=a".into()]).unwrap_err().code, EXIT_USAGE);
     }
 }

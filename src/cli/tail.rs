@@ -51,7 +51,10 @@ fn print_envelope(data: &str, json_out: bool) {
         println!("{data}");
         return;
     };
-    let target = env["dst"]["target"].as_str().map(|t| format!(" [{t}]")).unwrap_or_default();
+    let target = env["dst"]["target"]
+        .as_str()
+        .map(|t| format!(" [{t}]"))
+        .unwrap_or_default();
     println!(
         "{} {:<9} {}/{} -> {}{} {}",
         clock(env["ts"].as_u64().unwrap_or(0)),

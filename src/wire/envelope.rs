@@ -203,8 +203,7 @@ impl Envelope {
 
     /// Parses an envelope from JSON bytes, naming the field at fault on error.
     pub fn from_slice(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Json(e.to_string()))?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Json(e.to_string()))?;
         Envelope::from_value(value)
     }
 
@@ -216,7 +215,10 @@ impl Envelope {
         };
         let v = take_u64(&mut map, "v")?;
         if v != ENVELOPE_VERSION {
-            return Err(invalid("v", format!("version {v} is not supported (this node speaks {ENVELOPE_VERSION})")));
+            return Err(invalid(
+                "v",
+                format!("version {v} is not supported (this node speaks {ENVELOPE_VERSION})"),
+            ));
         }
         let id = take_uuid(&mut map, "id")?;
         let kind_name = take_string(&mut map, "type")?;
@@ -233,7 +235,10 @@ impl Envelope {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(s.clone()),
                 Some(other) => {
-                    return Err(invalid("dst.target", format!("expected a string or null, got {}", json_kind(other))))
+                    return Err(invalid(
+                        "dst.target",
+                        format!("expected a string or null, got {}", json_kind(other)),
+                    ))
                 }
             },
         };
@@ -247,7 +252,12 @@ impl Envelope {
         let reply_to = match map.remove("reply_to") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(Uuid::parse_str(&s).map_err(|e| invalid("reply_to", e.to_string()))?),
-            Some(other) => return Err(invalid("reply_to", format!("expected a UUID string or null, got {}", json_kind(&other)))),
+            Some(other) => {
+                return Err(invalid(
+                    "reply_to",
+                    format!("expected a UUID string or null, got {}", json_kind(&other)),
+                ))
+            }
         };
         let body = map.remove("body").ok_or(EnvelopeError::MissingField("body"))?;
         Ok(Envelope {
@@ -295,9 +305,12 @@ fn take(map: &mut Map<String, Value>, field: &'static str) -> Result<Value, Enve
 
 fn take_u64(map: &mut Map<String, Value>, field: &'static str) -> Result<u64, EnvelopeError> {
     let value = take(map, field)?;
-    value
-        .as_u64()
-        .ok_or_else(|| invalid(field, format!("expected a non-negative integer, got {}", json_kind(&value))))
+    value.as_u64().ok_or_else(|| {
+        invalid(
+            field,
+            format!("expected a non-negative integer, got {}", json_kind(&value)),
+        )
+    })
 }
 
 fn take_string(map: &mut Map<String, Value>, field: &'static str) -> Result<String, EnvelopeError> {
@@ -404,7 +417,10 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         assert!(matches!(Envelope::from_slice(b"{nope"), Err(EnvelopeError::Json(_))));
-        assert!(matches!(Envelope::from_slice(b"[1,2]"), Err(EnvelopeError::NotAnObject(_))));
+        assert!(matches!(
+            Envelope::from_slice(b"[1,2]"),
+            Err(EnvelopeError::NotAnObject(_))
+        ));
         assert!(matches!(Envelope::from_slice(b""), Err(EnvelopeError::Json(_))));
     }
 

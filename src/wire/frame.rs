@@ -53,7 +53,10 @@ impl Decoder for FrameCodec {
         }
         let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
         if len > self.max {
-            return Err(FrameError::TooLarge { size: len, max: self.max });
+            return Err(FrameError::TooLarge {
+                size: len,
+                max: self.max,
+            });
         }
         if src.len() < HEADER + len {
             src.reserve(HEADER + len - src.len());

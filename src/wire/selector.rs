@@ -125,7 +125,11 @@ impl Selector {
             let position = offset + lead;
             offset += raw.len() + 1;
             if text.is_empty() {
-                return Err(error(text, position, "empty term (two commas in a row, or a comma at an end?)".into()));
+                return Err(error(
+                    text,
+                    position,
+                    "empty term (two commas in a row, or a comma at an end?)".into(),
+                ));
             }
             let (negated, body) = match text.strip_prefix('!') {
                 Some(rest) => (true, rest.trim_start()),
@@ -268,7 +272,9 @@ mod tests {
 
     #[test]
     fn alternatives_are_or() {
-        let t = Target::any_of(&["name=a".into(), "tag.role=db".into()]).unwrap().unwrap();
+        let t = Target::any_of(&["name=a".into(), "tag.role=db".into()])
+            .unwrap()
+            .unwrap();
         assert_eq!(t.as_str(), "name=a|tag.role=db");
         assert!(t.matches("a", &tags(&[])));
         assert!(t.matches("z", &tags(&[("role", "db")])));

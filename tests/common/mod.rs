@@ -1,0 +1,264 @@
+//! Test harness: runs the real `conjoiner` binary as a node with a temporary
+//! data dir and a free port, and talks to it through the CLI or raw HTTP.
+//!
+//! Every wait is a polling loop bounded by a deadline. A node is killed when
+//! its `TestNode` is dropped, so a failing test leaves no process behind.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_conjoiner");
+
+/// Polls `check` every 20 ms until it answers `Some`, or panics with `what`
+/// after `limit`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct TestNode {
+    pub name: String,
+    pub http: String,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    /// Starts a node named `name` with extra agent flags, and waits until its
+    /// control API answers.
+    pub fn start(name: &str, extra: &[&str]) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A data dir that does not exist yet: the agent must create it.
+        let data = dir.path().join("nested").join("data");
+        let log = dir.path().join("agent.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(BIN)
+            .args([
+                "agent",
+                "--name",
+                name,
+                "--http",
+                "127.0.0.1:0",
+                "--heartbeat-interval",
+                "1s",
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra)
+            .env("RUST_LOG", "conjoiner=debug,info")
+            .env_remove("CONJOINER_HTTP")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn conjoiner agent");
+        let mut node = TestNode {
+            name: name.to_string(),
+            http: String::new(),
+            dir,
+            log,
+            child: Some(child),
+        };
+        let addr_file = data.join("http.addr");
+        node.http = wait_for(Duration::from_secs(20), "the node to write http.addr", || {
+            if let Some(status) = node.try_exit() {
+                panic!("node exited early with {status}; log:\n{}", node.log_text());
+            }
+            std::fs::read_to_string(&addr_file)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        });
+        wait_for(Duration::from_secs(20), "the control API to answer", || {
+            http(&node.http, "GET", "/v1/health", None)
+                .ok()
+                .filter(|(status, _)| *status == 200)
+        });
+        node
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("nested").join("data")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("node is running").id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({signal}) failed");
+    }
+
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits for the node to exit (after a signal) and answers its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let status = wait_for(limit, "the node to exit", || self.try_exit());
+        self.child = None;
+        status
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs a CLI command against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("CONJOINER_HTTP", &self.http)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run conjoiner")
+    }
+
+    /// Starts a long-running CLI command (e.g. `tail`) with piped output.
+    pub fn cli_spawn(&self, args: &[&str]) -> Streaming {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("CONJOINER_HTTP", &self.http)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn conjoiner");
+        Streaming {
+            stdout: lines(child.stdout.take().unwrap()),
+            stderr: lines(child.stderr.take().unwrap()),
+            child,
+        }
+    }
+
+    pub fn http(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, serde_json::Value) {
+        let (status, text) = http(&self.http, method, path, body).expect("HTTP request");
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, json)
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A running CLI command whose output lines arrive on channels.
+pub struct Streaming {
+    pub child: Child,
+    pub stdout: mpsc::Receiver<String>,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Streaming {
+    /// Waits for a line on `which` that satisfies `pred`; answers it.
+    pub fn line_where(which: &mpsc::Receiver<String>, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match which.recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
+                Ok(_) => continue,
+                Err(e) => panic!("no matching line within {limit:?}: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines<R: Read + Send + 'static>(reader: R) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A minimal HTTP/1.1 client (one request per connection), so tests can send
+/// exactly the bytes they want, malformed ones included.
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.unwrap_or(b"");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    // The server may answer (413) and close before reading a huge body.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP status in answer: {text:?}")))?;
+    let (headers, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let payload = if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(payload)
+    } else {
+        payload.to_string()
+    };
+    Ok((status, payload))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}

@@ -1,0 +1,162 @@
+//! A node built in this process through the library, to look inside the
+//! Transponder: stamping, lamport clock, duplicates, heartbeats, restarts.
+
+use conjoiner::actors::cluster_bus::FromCluster;
+use conjoiner::actors::supervisor::ListModules;
+use conjoiner::actors::transponder::RequestCluster;
+use conjoiner::actors::{ModuleState, StopModule, TransponderConfig};
+use conjoiner::node::{Node, NodeConfig, DEFAULT_MAX_BODY};
+use conjoiner::wire::{Envelope, MessageType, Source};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+async fn start(name: &str, dir: &tempfile::TempDir) -> Node {
+    Node::start(NodeConfig {
+        name: name.into(),
+        cluster: "test".into(),
+        tags: BTreeMap::from([("dc".to_string(), "ams".to_string())]),
+        data_dir: dir.path().to_path_buf(),
+        http: "127.0.0.1:0".parse().unwrap(),
+        transponder: TransponderConfig {
+            heartbeat_interval: Duration::from_millis(50),
+            ..TransponderConfig::default()
+        },
+        max_body_bytes: DEFAULT_MAX_BODY,
+    })
+    .await
+    .expect("node starts")
+}
+
+/// Waits for the next envelope on the tap that satisfies `pred`.
+async fn next_where(rx: &mut broadcast::Receiver<Envelope>, pred: impl Fn(&Envelope) -> bool) -> Envelope {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rx.recv().await {
+                Ok(env) if pred(&env) => return env,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(e) => panic!("tap closed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("envelope within 10 s")
+}
+
+fn from_peer(address: &str, lamport: u64, target: Option<&str>) -> Envelope {
+    let mut env = Envelope::new(
+        MessageType::Event,
+        Source {
+            node: "peer-9".into(),
+            module: "test".into(),
+        },
+        address,
+        target.map(str::to_string),
+        json!({"from": "peer"}),
+    );
+    env.lamport = lamport;
+    env
+}
+
+#[actix_rt::test]
+async fn heartbeats_are_stamped_and_the_lamport_clock_follows_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start("inproc-1", &dir).await;
+    let mut tap = node.handle.tap.subscribe();
+
+    let first = next_where(&mut tap, |e| e.kind == MessageType::Heartbeat).await;
+    let second = next_where(&mut tap, |e| e.kind == MessageType::Heartbeat).await;
+    assert_eq!(first.src.node, "inproc-1");
+    assert_eq!(first.dst.address, "conjoiner.clusterbus");
+    assert!(second.lamport > first.lamport, "the lamport clock grows");
+    assert!(second.body["uptime_ms"].as_u64().is_some());
+    let age = conjoiner::wire::now_ms().abs_diff(second.ts);
+    assert!(age < 60_000, "ts is the current time in ms");
+
+    // A peer far ahead pulls our clock past its own.
+    let transponder = node.handle.transponder().unwrap();
+    transponder
+        .send(FromCluster(from_peer("anything", 1_000, None)))
+        .await
+        .unwrap();
+    let after = next_where(&mut tap, |e| {
+        e.kind == MessageType::Heartbeat && e.src.node == "inproc-1"
+    })
+    .await;
+    assert!(
+        after.lamport > 1_000,
+        "lamport = max(own, received) + 1, got {}",
+        after.lamport
+    );
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn duplicates_and_envelopes_for_other_nodes_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start("inproc-2", &dir).await;
+    let mut tap = node.handle.tap.subscribe();
+    let transponder = node.handle.transponder().unwrap();
+
+    let ours = from_peer("dup.topic", 1, Some("tag.dc=ams"));
+    let not_ours = from_peer("dup.topic", 1, Some("tag.dc=fra"));
+    let marker = from_peer("dup.topic", 1, None);
+    transponder.send(FromCluster(ours.clone())).await.unwrap();
+    transponder.send(FromCluster(ours.clone())).await.unwrap();
+    transponder.send(FromCluster(not_ours.clone())).await.unwrap();
+    transponder.send(FromCluster(marker.clone())).await.unwrap();
+
+    // Everything up to the marker, in order.
+    let mut seen = Vec::new();
+    loop {
+        let env = next_where(&mut tap, |e| e.dst.address == "dup.topic").await;
+        seen.push(env.id);
+        if env.id == marker.id {
+            break;
+        }
+    }
+    assert_eq!(seen, [ours.id, marker.id], "one copy of ours, none of the other node's");
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_transponder_that_dies_is_restarted_and_reattached() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start("inproc-3", &dir).await;
+    let old = node.handle.transponder().unwrap();
+    // Stop it behind the supervisor's back: an unexpected exit.
+    old.send(StopModule).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        if let Some(t) = node.handle.transponder() {
+            if t != old {
+                break t;
+            }
+        }
+        assert!(Instant::now() < deadline, "transponder was not restarted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let modules = node.handle.supervisor.send(ListModules).await.unwrap();
+    let info = modules.iter().find(|m| m.name == "transponder").unwrap();
+    assert_eq!(info.state, ModuleState::Running);
+    assert_eq!(info.restarts, 1);
+
+    // The new one is attached to the cluster bus: a round trip works.
+    let outcome = new
+        .send(RequestCluster {
+            module: "test".into(),
+            address: "mod.echo".into(),
+            target: None,
+            body: json!({"after": "restart"}),
+            timeout: Duration::from_secs(5),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.replies.len(), 1);
+    assert_eq!(outcome.replies[0].body, json!({"after": "restart"}));
+    assert!(outcome.missing.is_empty());
+    node.shutdown().await;
+}

@@ -1,0 +1,351 @@
+//! One real node, driven through its CLI and control API.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+use uuid::Uuid;
+
+#[test]
+fn echo_request_round_trips() {
+    let node = TestNode::start("solo-1", &[]);
+    let out = node.cli(&["request", "mod.echo", r#"{"x":1}"#]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), r#"solo-1: {"x":1}"#);
+
+    let out = node.cli(&["--json", "request", "mod.echo", r#"{"deep":{"list":[1,2]}}"#]);
+    assert_eq!(out.status.code(), Some(0));
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(answer["replies"][0]["node"], "solo-1");
+    assert_eq!(answer["replies"][0]["body"], json!({"deep": {"list": [1, 2]}}));
+    assert_eq!(answer["missing"], json!([]));
+    assert!(Uuid::parse_str(answer["id"].as_str().unwrap()).is_ok());
+}
+
+#[test]
+fn request_to_an_address_nobody_handles_fails_clearly() {
+    let node = TestNode::start("solo-2", &[]);
+    let out = node.cli(&["request", "mod.nobody", "{}"]);
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("no module handles address `mod.nobody`"), "stderr: {err}");
+    assert!(err.contains("no_handler"), "stderr: {err}");
+    assert!(stdout(&out).is_empty(), "no reply is printed as a success");
+}
+
+#[test]
+fn tail_sees_a_published_event() {
+    let node = TestNode::start("solo-3", &[]);
+    let tail = node.cli_spawn(&["--json", "tail", "--address", "test.topic"]);
+    Streaming::line_where(&tail.stderr, Duration::from_secs(20), |l| {
+        l.contains("tailing envelopes")
+    });
+
+    let marker = Uuid::now_v7().to_string();
+    let out = node.cli(&["publish", "test.topic", &format!(r#"{{"marker":"{marker}"}}"#)]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let published_id = stdout(&out)
+        .trim()
+        .strip_prefix("published ")
+        .expect("prints the id")
+        .to_string();
+
+    let line = Streaming::line_where(&tail.stdout, Duration::from_secs(20), |l| l.contains(&marker));
+    let envelope: Value = serde_json::from_str(&line).expect("tail --json prints envelopes");
+    assert_eq!(envelope["id"], published_id.as_str());
+    assert_eq!(envelope["type"], "event");
+    assert_eq!(envelope["src"]["node"], "solo-3", "the transponder stamps the node");
+    assert!(
+        envelope["lamport"].as_u64().unwrap() > 0,
+        "the transponder stamps the lamport clock"
+    );
+    assert_eq!(envelope["dst"]["address"], "test.topic");
+}
+
+#[test]
+fn targets_decide_who_receives() {
+    let node = TestNode::start("web-7", &["--tag", "dc=ams", "--tag", "role=api"]);
+    let tail = node.cli_spawn(&["--json", "tail", "--address", "targeted"]);
+    Streaming::line_where(&tail.stderr, Duration::from_secs(20), |l| {
+        l.contains("tailing envelopes")
+    });
+
+    // Not for this node: the Transponder drops it before the ModBus.
+    let miss = Uuid::now_v7().to_string();
+    let out = node.cli(&[
+        "publish",
+        "targeted",
+        &format!(r#"{{"m":"{miss}"}}"#),
+        "--target",
+        "tag.dc=fra",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    // For this node (any of several --target matches).
+    let hit = Uuid::now_v7().to_string();
+    let out = node.cli(&[
+        "publish",
+        "targeted",
+        &format!(r#"{{"m":"{hit}"}}"#),
+        "--target",
+        "name=db-*",
+        "--target",
+        "name=web-*,tag.role=api",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    // Both went through the same path in order, so if the first had been
+    // delivered it would show before the second.
+    let line = Streaming::line_where(&tail.stdout, Duration::from_secs(20), |l| {
+        l.contains(&hit) || l.contains(&miss)
+    });
+    assert!(line.contains(&hit), "the non-matching event was delivered: {line}");
+
+    // Requests: a target that matches nobody is an error, not a silent success.
+    let out = node.cli(&["request", "mod.echo", "{}", "--target", "!tag.dc=ams"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no alive node matches the target"),
+        "{}",
+        stderr(&out)
+    );
+    let out = node.cli(&["request", "mod.echo", "{}", "--target", "tag.role=a*"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let out = node.cli(&["--json", "members", "--target", "tag.dc=ams", "--status", "alive"]);
+    let members: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(members[0]["name"], "web-7");
+    assert_eq!(members[0]["tags"], json!({"dc": "ams", "role": "api"}));
+    let out = node.cli(&["--json", "members", "--status", "dead"]);
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!([]));
+}
+
+#[test]
+fn bad_input_gets_spec_errors_and_the_node_keeps_serving() {
+    let node = TestNode::start("solo-4", &[]);
+    let oversized = format!(r#"{{"address":"x","body":"{}"}}"#, "a".repeat(1_200_000));
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        ("POST", "/v1/publish", b"{not json".to_vec(), 400, "malformed_json"),
+        ("POST", "/v1/request", b"{not json".to_vec(), 400, "malformed_json"),
+        (
+            "POST",
+            "/v1/publish",
+            br#"{"body":{}}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/request",
+            br#"{"body":{}}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/publish",
+            br#"{"address":"x"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/request",
+            br#"{"address":"x"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/publish",
+            br#"{"address":"","body":1}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/request",
+            br#"{"address":"mod.echo","body":1,"timeout_ms":0}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/publish",
+            oversized.clone().into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+        ("POST", "/v1/request", oversized.into_bytes(), 413, "payload_too_large"),
+        (
+            "POST",
+            "/v1/publish",
+            br#"{"address":"x","body":1,"target":"nme=web"}"#.to_vec(),
+            400,
+            "bad_selector",
+        ),
+        (
+            "POST",
+            "/v1/request",
+            br#"{"address":"x","body":1,"target":"name=a,,b"}"#.to_vec(),
+            400,
+            "bad_selector",
+        ),
+        ("GET", "/v1/members?target=tag.nokey", Vec::new(), 400, "bad_selector"),
+        ("GET", "/v1/members?status=zombie", Vec::new(), 400, "bad_status"),
+        ("GET", "/v1/nowhere", Vec::new(), 404, "not_found"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (got, answer) = node.http(method, path, Some(&body));
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        assert_eq!(answer["code"], code, "{method} {path}: {answer}");
+        let message = answer["error"].as_str().expect("a human sentence in `error`");
+        assert!(message.len() > 10, "{message}");
+    }
+    // The bad selector error points at the bad term.
+    let (_, answer) = node.http(
+        "POST",
+        "/v1/publish",
+        Some(br#"{"address":"x","body":1,"target":"name=web-*,nme=x"}"#),
+    );
+    assert!(
+        answer["error"].as_str().unwrap().contains("`nme=x` at position 11"),
+        "{answer}"
+    );
+
+    // Every rejection was logged.
+    let log = node.log_text();
+    assert!(log.matches("rejected API request").count() >= 14, "log:\n{log}");
+
+    // And the node still serves, with its state intact.
+    let (status, health) = node.http("GET", "/v1/health", None);
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["node"], "solo-4");
+    assert_eq!(health["members_alive"], 1);
+    let out = node.cli(&["request", "mod.echo", r#"{"still":"alive"}"#]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains(r#"{"still":"alive"}"#));
+}
+
+#[test]
+fn cli_usage_errors_exit_2_before_sending_anything() {
+    let node = TestNode::start("solo-5", &[]);
+    let out = node.cli(&["request", "mod.echo", "{}", "--target", "name=web,bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("bad selector term `bogus`"), "{}", stderr(&out));
+    let out = node.cli(&["publish", "topic", "{broken"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not valid JSON"));
+    let out = node.cli(&["request", "mod.echo", "--timeout", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = node.cli(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    // Nothing reached the node: no request was gathered, nothing published.
+    let log = node.log_text();
+    assert!(
+        !log.contains("gathering request"),
+        "a rejected command reached the node:\n{log}"
+    );
+    assert!(
+        !log.contains("published through the API"),
+        "a rejected command reached the node:\n{log}"
+    );
+}
+
+#[test]
+fn an_unreachable_node_is_a_clear_error() {
+    let out = std::process::Command::new(BIN)
+        .args(["--http", "127.0.0.1:1", "members"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot reach the node's control API at http://127.0.0.1:1"));
+}
+
+#[test]
+fn sigusr1_makes_every_actor_log_its_state() {
+    let node = TestNode::start("solo-6", &[]);
+    // Some traffic first, so the snapshots have something to show.
+    assert_eq!(node.cli(&["request", "mod.echo", "{}"]).status.code(), Some(0));
+    node.signal(libc::SIGUSR1);
+    let actors = ["supervisor", "modbus", "cluster", "transponder", "echo"];
+    let log = wait_for(Duration::from_secs(20), "a state snapshot from every actor", || {
+        let log = node.log_text();
+        let all = actors.iter().all(|a| {
+            log.lines()
+                .any(|l| l.contains("state snapshot") && l.contains(&format!("module={a}}}")))
+        });
+        all.then_some(log)
+    });
+    let line = |actor: &str| {
+        log.lines()
+            .find(|l| l.contains("state snapshot") && l.contains(&format!("module={actor}}}")))
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        line("modbus").contains(r#""mod.echo":["echo"]"#),
+        "subscriptions are shown"
+    );
+    assert!(
+        line("transponder").contains(r#""lamport":"#),
+        "the lamport clock is shown"
+    );
+    assert!(
+        line("echo").contains(r#""requests":1"#),
+        "the echo module's count is shown"
+    );
+    let sup = line("supervisor");
+    assert!(
+        sup.contains(r#""name":"transponder""#) && sup.contains(r#""restarts":0"#),
+        "{sup}"
+    );
+    assert!(sup.contains(r#""state":"running""#), "{sup}");
+    // The node carries on after the dump.
+    assert_eq!(node.cli(&["request", "mod.echo", "{}"]).status.code(), Some(0));
+}
+
+#[test]
+fn sigterm_stops_modules_in_reverse_order_and_exits_cleanly() {
+    let mut node = TestNode::start("solo-7", &[]);
+    assert!(
+        node.data_dir().join("http.addr").exists(),
+        "the agent created its data dir"
+    );
+    node.signal(libc::SIGTERM);
+    let status = node.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    let log = node.log_text();
+    let echo = log.find("stopping module module_name=echo").expect("echo stopped");
+    let transponder = log
+        .find("stopping module module_name=transponder")
+        .expect("transponder stopped");
+    assert!(echo < transponder, "modules stop in reverse start order");
+    assert!(log.contains("node stopped"));
+}
+
+#[test]
+fn debug_logs_follow_an_envelope_by_its_id() {
+    let node = TestNode::start("solo-8", &[]);
+    let out = node.cli(&["--json", "request", "mod.echo", r#"{"trace":true}"#]);
+    assert_eq!(out.status.code(), Some(0));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = answer["id"].as_str().unwrap().to_string();
+    let log = wait_for(Duration::from_secs(10), "the reply to be logged", || {
+        let log = node.log_text();
+        log.contains(&format!("request={id}")).then_some(log)
+    });
+    let hops: Vec<&str> = log.lines().filter(|l| l.contains(&id)).collect();
+    for step in [
+        "sending to cluster",
+        "received from cluster",
+        "delivered",
+        "reply matched to pending request",
+    ] {
+        assert!(
+            hops.iter().any(|l| l.contains(step)),
+            "missing hop `{step}` for {id}:\n{}",
+            hops.join("\n")
+        );
+    }
+}
