@@ -170,13 +170,16 @@ fn transponder(node: &NodeHandle) -> Result<actix::Addr<crate::actors::Transpond
         .ok_or_else(|| ApiError::unavailable("the transponder is restarting; try again in a moment"))
 }
 
-async fn health(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
-    let members = node
-        .cluster
+async fn list_members(node: &NodeHandle) -> Result<Vec<crate::actors::Member>, ApiError> {
+    node.cluster
         .members
         .send(ListMembers)
         .await
-        .map_err(|_| ApiError::unavailable("the cluster bus is not running"))?;
+        .map_err(|_| ApiError::unavailable("the cluster bus is not running"))
+}
+
+async fn health(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
+    let members = list_members(&node).await?;
     let alive = members.iter().filter(|m| m.status == MemberStatus::Alive).count();
     Ok(HttpResponse::Ok().json(json!({
         "node": node.identity.name,
@@ -206,12 +209,7 @@ async fn members(node: web::Data<NodeHandle>, query: web::Query<MembersQuery>) -
         })?),
     };
     let target = parse_target(query.target.as_deref().filter(|s| !s.is_empty()))?;
-    let members = node
-        .cluster
-        .members
-        .send(ListMembers)
-        .await
-        .map_err(|_| ApiError::unavailable("the cluster bus is not running"))?;
+    let members = list_members(&node).await?;
     let members: Vec<_> = members
         .into_iter()
         .filter(|m| status.is_none_or(|s| m.status == s))

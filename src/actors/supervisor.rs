@@ -685,6 +685,32 @@ mod tests {
         }
     }
 
+    /// A supervisor plus the shared start log and start counter of its test modules.
+    struct Fixture {
+        sup: Addr<NodeSupervisor>,
+        log: Arc<Mutex<Vec<String>>>,
+        starts: Arc<AtomicU32>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Fixture {
+                sup: NodeSupervisor::new(&identity()).start(),
+                log: Arc::new(Mutex::new(Vec::new())),
+                starts: Arc::new(AtomicU32::new(0)),
+            }
+        }
+
+        async fn add(&self, name: &'static str, behaviour: Behaviour, policy: RestartPolicy) -> Result<(), String> {
+            let spec = spec(name, behaviour, policy, &self.log, &self.starts);
+            self.sup.send(StartModule(spec)).await.unwrap()
+        }
+
+        fn starts(&self) -> u32 {
+            self.starts.load(Ordering::SeqCst)
+        }
+    }
+
     async fn module(sup: &Addr<NodeSupervisor>, name: &str) -> ModuleInfo {
         sup.send(ListModules)
             .await
@@ -720,45 +746,29 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_panicking_module_is_restarted() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let starts = Arc::new(AtomicU32::new(0));
-        let sup = NodeSupervisor::new(&identity()).start();
+        let f = Fixture::new();
+        let sup = &f.sup;
         // Panics at every start; allowed 2 restarts, so: start, 2 restarts, failed.
-        sup.send(StartModule(spec(
-            "crasher",
-            Behaviour::Panics,
-            fast_policy(RestartMode::Always, 2),
-            &log,
-            &starts,
-        )))
-        .await
-        .unwrap()
-        .unwrap();
-        let info = wait_for(&sup, "crasher", |m| m.state == ModuleState::Failed).await;
+        f.add("crasher", Behaviour::Panics, fast_policy(RestartMode::Always, 2))
+            .await
+            .unwrap();
+        let info = wait_for(sup, "crasher", |m| m.state == ModuleState::Failed).await;
         assert_eq!(info.restarts, 2);
-        assert_eq!(starts.load(Ordering::SeqCst), 3, "one start plus two restarts");
+        assert_eq!(f.starts(), 3, "one start plus two restarts");
         assert!(info.last_exit.unwrap().contains("panics on purpose"));
     }
 
     #[actix_rt::test]
     async fn a_module_that_stops_is_restarted_with_growing_backoff() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let starts = Arc::new(AtomicU32::new(0));
-        let sup = NodeSupervisor::new(&identity()).start();
+        let f = Fixture::new();
+        let sup = &f.sup;
         let t0 = Instant::now();
-        sup.send(StartModule(spec(
-            "quitter",
-            Behaviour::StopsItself,
-            fast_policy(RestartMode::Always, 4),
-            &log,
-            &starts,
-        )))
-        .await
-        .unwrap()
-        .unwrap();
-        let info = wait_for(&sup, "quitter", |m| m.state == ModuleState::Failed).await;
+        f.add("quitter", Behaviour::StopsItself, fast_policy(RestartMode::Always, 4))
+            .await
+            .unwrap();
+        let info = wait_for(sup, "quitter", |m| m.state == ModuleState::Failed).await;
         assert_eq!(info.restarts, 4);
-        assert_eq!(starts.load(Ordering::SeqCst), 5);
+        assert_eq!(f.starts(), 5);
         // The four backoffs are 10 + 20 + 40 + 80 ms: at least that much passed.
         assert!(
             t0.elapsed() >= Duration::from_millis(150),
@@ -769,82 +779,47 @@ mod tests {
 
     #[actix_rt::test]
     async fn policies_on_failure_and_never() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let starts = Arc::new(AtomicU32::new(0));
-        let sup = NodeSupervisor::new(&identity()).start();
+        let f = Fixture::new();
+        let sup = &f.sup;
         // on-failure: a clean stop is not a failure, so no restart.
-        sup.send(StartModule(spec(
-            "clean",
-            Behaviour::StopsItself,
-            fast_policy(RestartMode::OnFailure, 3),
-            &log,
-            &starts,
-        )))
-        .await
-        .unwrap()
-        .unwrap();
-        let info = wait_for(&sup, "clean", |m| m.state == ModuleState::Stopped).await;
+        f.add("clean", Behaviour::StopsItself, fast_policy(RestartMode::OnFailure, 3))
+            .await
+            .unwrap();
+        let info = wait_for(sup, "clean", |m| m.state == ModuleState::Stopped).await;
         assert_eq!(info.restarts, 0);
         // never: a panic marks it failed at once.
-        let starts2 = Arc::new(AtomicU32::new(0));
-        sup.send(StartModule(spec(
-            "once",
-            Behaviour::Panics,
-            fast_policy(RestartMode::Never, 3),
-            &log,
-            &starts2,
-        )))
-        .await
-        .unwrap()
-        .unwrap();
-        let info = wait_for(&sup, "once", |m| m.state == ModuleState::Failed).await;
-        assert_eq!((info.restarts, starts2.load(Ordering::SeqCst)), (0, 1));
+        f.add("once", Behaviour::Panics, fast_policy(RestartMode::Never, 3))
+            .await
+            .unwrap();
+        let info = wait_for(sup, "once", |m| m.state == ModuleState::Failed).await;
+        assert_eq!((info.restarts, f.starts()), (0, 2), "one start each, no restart");
     }
 
     #[actix_rt::test]
     async fn restarts_outside_the_period_do_not_count() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let starts = Arc::new(AtomicU32::new(0));
-        let sup = NodeSupervisor::new(&identity()).start();
+        let f = Fixture::new();
+        let sup = &f.sup;
         let mut policy = fast_policy(RestartMode::Always, 1);
         // With a period shorter than the backoff, each restart has left the
         // window before the next exit, so the module is never given up on.
         policy.period = Duration::from_millis(1);
         policy.backoff_initial = Duration::from_millis(5);
-        sup.send(StartModule(spec(
-            "slowloop",
-            Behaviour::StopsItself,
-            policy,
-            &log,
-            &starts,
-        )))
-        .await
-        .unwrap()
-        .unwrap();
-        let info = wait_for(&sup, "slowloop", |m| m.restarts >= 5).await;
+        f.add("slowloop", Behaviour::StopsItself, policy).await.unwrap();
+        let info = wait_for(sup, "slowloop", |m| m.restarts >= 5).await;
         assert_ne!(info.state, ModuleState::Failed);
     }
 
     #[actix_rt::test]
     async fn shutdown_stops_modules_in_reverse_start_order() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let starts = Arc::new(AtomicU32::new(0));
-        let sup = NodeSupervisor::new(&identity()).start();
+        let f = Fixture::new();
+        let sup = &f.sup;
         for name in ["first", "second", "third"] {
-            sup.send(StartModule(spec(
-                name,
-                Behaviour::Steady,
-                RestartPolicy::default(),
-                &log,
-                &starts,
-            )))
-            .await
-            .unwrap()
-            .unwrap();
+            f.add(name, Behaviour::Steady, RestartPolicy::default()).await.unwrap();
         }
-        wait_for(&sup, "third", |m| m.state == ModuleState::Running).await;
+        wait_for(sup, "third", |m| m.state == ModuleState::Running).await;
         sup.send(Shutdown).await.unwrap();
-        let stops: Vec<String> = log
+        let stops: Vec<String> = f
+            .log
             .lock()
             .unwrap()
             .iter()
@@ -855,56 +830,31 @@ mod tests {
         for m in sup.send(ListModules).await.unwrap() {
             assert_eq!(m.state, ModuleState::Stopped, "{m:?}");
         }
-        assert_eq!(starts.load(Ordering::SeqCst), 3, "nothing restarted during shutdown");
+        assert_eq!(f.starts(), 3, "nothing restarted during shutdown");
     }
 
     #[actix_rt::test]
     async fn remove_module_stops_it_and_forgets_it() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let starts = Arc::new(AtomicU32::new(0));
-        let sup = NodeSupervisor::new(&identity()).start();
-        sup.send(StartModule(spec(
-            "temp",
-            Behaviour::Steady,
-            RestartPolicy::default(),
-            &log,
-            &starts,
-        )))
-        .await
-        .unwrap()
-        .unwrap();
-        let dup = sup
-            .send(StartModule(spec(
-                "temp",
-                Behaviour::Steady,
-                RestartPolicy::default(),
-                &log,
-                &starts,
-            )))
+        let f = Fixture::new();
+        let sup = &f.sup;
+        f.add("temp", Behaviour::Steady, RestartPolicy::default())
             .await
             .unwrap();
+        let dup = f.add("temp", Behaviour::Steady, RestartPolicy::default()).await;
         assert!(dup.unwrap_err().contains("already supervised"));
         sup.send(RemoveModule("temp".into())).await.unwrap().unwrap();
         assert!(sup.send(ListModules).await.unwrap().is_empty());
-        assert_eq!(starts.load(Ordering::SeqCst), 1, "a requested stop is not restarted");
-        assert!(log.lock().unwrap().contains(&"stop temp".to_string()));
+        assert_eq!(f.starts(), 1, "a requested stop is not restarted");
+        assert!(f.log.lock().unwrap().contains(&"stop temp".to_string()));
     }
 
     #[actix_rt::test]
     async fn dump_state_covers_every_module() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let starts = Arc::new(AtomicU32::new(0));
-        let sup = NodeSupervisor::new(&identity()).start();
-        sup.send(StartModule(spec(
-            "alpha",
-            Behaviour::Steady,
-            RestartPolicy::default(),
-            &log,
-            &starts,
-        )))
-        .await
-        .unwrap()
-        .unwrap();
+        let f = Fixture::new();
+        let sup = &f.sup;
+        f.add("alpha", Behaviour::Steady, RestartPolicy::default())
+            .await
+            .unwrap();
         let Snapshot(dump) = sup.send(DumpState).await.unwrap();
         assert_eq!(dump["modules"]["alpha"], json!({"name": "alpha"}));
         assert_eq!(dump["supervisor"]["modules"][0]["state"], "running");

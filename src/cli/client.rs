@@ -28,36 +28,24 @@ impl ApiClient {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T, CliError> {
-        let response = self
-            .http
-            .get(self.url(path))
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        self.decode(response).await
+        let response = self.stream(path, query).await?;
+        decode(response).await
     }
 
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, CliError> {
-        let response = self
-            .http
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        self.decode(response).await
+        let response = self.send(self.http.post(self.url(path)).json(body)).await?;
+        decode(response).await
     }
 
-    /// Opens a streaming GET (for Server-Sent Events).
+    /// Sends a GET and answers the response once its status says success;
+    /// the body can then be read whole or as a stream (Server-Sent Events).
     pub async fn stream(&self, path: &str, query: &[(&str, &str)]) -> Result<reqwest::Response, CliError> {
-        let response = self
-            .http
-            .get(self.url(path))
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let request = self.http.get(self.url(path)).query(query);
+        self.send(request).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         if !response.status().is_success() {
             return Err(api_error(response).await);
         }
@@ -70,16 +58,13 @@ impl ApiClient {
             self.base
         ))
     }
+}
 
-    async fn decode<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, CliError> {
-        if !response.status().is_success() {
-            return Err(api_error(response).await);
-        }
-        response
-            .json()
-            .await
-            .map_err(|e| CliError::error(format!("the node answered something unexpected: {e}")))
-    }
+async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, CliError> {
+    response
+        .json()
+        .await
+        .map_err(|e| CliError::error(format!("the node answered something unexpected: {e}")))
 }
 
 /// Turns an API error answer (`{"error","code"}`) into a CLI error. A 400 is
