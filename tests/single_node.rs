@@ -288,6 +288,10 @@ fn sigusr1_makes_every_actor_log_its_state() {
         "subscriptions are shown"
     );
     assert!(
+        line("modbus").contains(r#""queue_depths":{"echo":0}"#),
+        "queue depths are shown"
+    );
+    assert!(
         line("transponder").contains(r#""lamport":"#),
         "the lamport clock is shown"
     );

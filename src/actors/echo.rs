@@ -65,7 +65,7 @@ impl Actor for Echo {
 impl Handler<Deliver> for Echo {
     type Result = ();
 
-    fn handle(&mut self, Deliver(envelope): Deliver, _ctx: &mut Self::Context) {
+    fn handle(&mut self, Deliver { envelope, .. }: Deliver, _ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
         if envelope.kind != MessageType::Request {
             self.other += 1;

@@ -8,6 +8,8 @@ use actix::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::sync::broadcast;
 
 /// Who this node is: its name, cluster and tags. Handed to every actor at
@@ -39,9 +41,43 @@ impl NodeIdentity {
 }
 
 /// The ModBus hands an envelope to a module that subscribed to its address.
-#[derive(Message, Debug, Clone)]
+/// The ticket counts the envelope in the module's queue depth until the
+/// handler drops the message.
+#[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Envelope);
+pub struct Deliver {
+    pub envelope: Envelope,
+    pub ticket: QueueTicket,
+}
+
+/// Counts messages sent to an actor and not yet handled: the mailbox depth,
+/// which actix keeps private. The sender takes a [`QueueTicket`] per message;
+/// the ticket travels inside the message and gives itself back when the
+/// handler is done with it, so receivers need do nothing.
+#[derive(Debug, Clone, Default)]
+pub struct QueueGauge(Arc<AtomicUsize>);
+
+impl QueueGauge {
+    pub fn ticket(&self) -> QueueTicket {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        QueueTicket(self.0.clone())
+    }
+
+    /// Messages taken and not yet handled.
+    pub fn depth(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One message counted by a [`QueueGauge`]; dropping it uncounts it.
+#[derive(Debug)]
+pub struct QueueTicket(Arc<AtomicUsize>);
+
+impl Drop for QueueTicket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Ask an actor to log one line with a snapshot of its state (SIGUSR1) and
 /// return the same snapshot as JSON.
@@ -92,5 +128,22 @@ impl EventTap {
 impl Default for EventTap {
     fn default() -> Self {
         EventTap::new(1024)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_count_until_dropped() {
+        let gauge = QueueGauge::default();
+        let a = gauge.ticket();
+        let b = gauge.ticket();
+        assert_eq!(gauge.depth(), 2);
+        drop(a);
+        assert_eq!(gauge.depth(), 1);
+        drop(b);
+        assert_eq!(gauge.depth(), 0);
     }
 }

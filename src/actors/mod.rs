@@ -17,7 +17,7 @@ pub mod transponder;
 pub use cluster_bus::{ClusterHandle, Member, MemberStatus};
 pub use echo::Echo;
 pub use loopback_cluster::LoopbackCluster;
-pub use messages::{Deliver, DumpState, EventTap, NodeIdentity, Snapshot, StopModule};
+pub use messages::{Deliver, DumpState, EventTap, NodeIdentity, QueueGauge, QueueTicket, Snapshot, StopModule};
 pub use modbus::{BusError, ModBus};
 pub use supervisor::{spawn_module, ModuleInfo, ModuleSpec, ModuleState, NodeSupervisor, RestartMode, RestartPolicy};
 pub use transponder::{NodeReply, RequestOutcome, Transponder, TransponderConfig};

@@ -12,7 +12,7 @@
 //! `reply_to` names a pending request goes to that request's caller,
 //! whatever its address.
 
-use super::messages::{Deliver, DumpState, EventTap, Snapshot};
+use super::messages::{Deliver, DumpState, EventTap, QueueGauge, Snapshot};
 use crate::wire::Envelope;
 use actix::prelude::*;
 use serde_json::{json, Value};
@@ -86,6 +86,8 @@ pub struct Request {
 struct Subscriber {
     module: String,
     recipient: Recipient<Deliver>,
+    /// The module's queue depth, shared by all its subscriptions.
+    queue: QueueGauge,
 }
 
 struct PendingRequest {
@@ -157,7 +159,11 @@ impl ModBus {
             return Err(self.no_handler(envelope));
         };
         let sub = &subs[sub_index];
-        match sub.recipient.try_send(Deliver(envelope.clone())) {
+        let deliver = Deliver {
+            envelope: envelope.clone(),
+            ticket: sub.queue.ticket(),
+        };
+        match sub.recipient.try_send(deliver) {
             Ok(()) => {
                 self.counters.delivered += 1;
                 debug!(envelope = %envelope.id, address = %address, to = %sub.module, kind = %envelope.kind,
@@ -206,8 +212,15 @@ impl ModBus {
             .iter()
             .map(|(address, subs)| (address, subs.iter().map(|s| &s.module).collect()))
             .collect();
+        let queue_depths: BTreeMap<&String, usize> = self
+            .subscriptions
+            .values()
+            .flatten()
+            .map(|s| (&s.module, s.queue.depth()))
+            .collect();
         json!({
             "subscriptions": subscriptions,
+            "queue_depths": queue_depths,
             "pending_requests": self.pending.len(),
             "tap_listeners": self.tap.listeners(),
             "delivered": self.counters.delivered,
@@ -239,11 +252,19 @@ impl Handler<Subscribe> for ModBus {
 
     fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
+        let queue = self
+            .subscriptions
+            .values()
+            .flatten()
+            .find(|s| s.module == msg.module)
+            .map(|s| s.queue.clone())
+            .unwrap_or_default();
         let subs = self.subscriptions.entry(msg.address.clone()).or_default();
         subs.retain(|s| s.module != msg.module);
         subs.push(Subscriber {
             module: msg.module.clone(),
             recipient: msg.recipient,
+            queue,
         });
         info!(address = %msg.address, subscriber = %msg.module, subscribers = subs.len(), "subscribed");
     }
@@ -375,6 +396,29 @@ mod tests {
         bus: Addr<ModBus>,
         seen: Arc<Mutex<Vec<(String, Envelope)>>>,
         answer: bool,
+        /// Tickets of envelopes still "being worked on" (kept by the test).
+        held: Vec<crate::actors::QueueTicket>,
+    }
+
+    /// Answered once every message sent before it was handled (FIFO mailbox).
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Barrier;
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Release;
+
+    impl Handler<Release> for Probe {
+        type Result = ();
+        fn handle(&mut self, _: Release, _ctx: &mut Self::Context) {
+            self.held.clear();
+        }
+    }
+
+    impl Handler<Barrier> for Probe {
+        type Result = ();
+        fn handle(&mut self, _: Barrier, _ctx: &mut Self::Context) {}
     }
 
     impl Actor for Probe {
@@ -390,8 +434,11 @@ mod tests {
 
     impl Handler<Deliver> for Probe {
         type Result = ();
-        fn handle(&mut self, Deliver(env): Deliver, _ctx: &mut Self::Context) {
+        fn handle(&mut self, Deliver { envelope: env, ticket }: Deliver, _ctx: &mut Self::Context) {
             self.seen.lock().unwrap().push((self.name.clone(), env.clone()));
+            if env.dst.address == "slow" {
+                self.held.push(ticket);
+            }
             if self.answer && env.kind == MessageType::Request {
                 let reply = Envelope::reply_to_request(&env, MessageType::Reply, source(&self.name), env.body.clone());
                 self.bus.do_send(Publish(reply));
@@ -430,6 +477,7 @@ mod tests {
             bus: bus.clone(),
             seen: seen.clone(),
             answer,
+            held: Vec::new(),
         }
         .start();
         bus.send(Subscribe {
@@ -579,5 +627,24 @@ mod tests {
             env.id,
             "the tap sees even undeliverable envelopes"
         );
+    }
+
+    #[actix_rt::test]
+    async fn queue_depth_counts_envelopes_until_handled() {
+        let bus = ModBus::new(&identity(), EventTap::default()).start();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let probe = probe(&bus, "worker", "slow", false, &seen).await;
+        for _ in 0..3 {
+            bus.send(Publish(envelope(MessageType::Event, "slow")))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        probe.send(Barrier).await.unwrap();
+        let Snapshot(state) = bus.send(DumpState).await.unwrap();
+        assert_eq!(state["queue_depths"]["worker"], 3, "{state}");
+        probe.send(Release).await.unwrap();
+        let Snapshot(state) = bus.send(DumpState).await.unwrap();
+        assert_eq!(state["queue_depths"]["worker"], 0, "{state}");
     }
 }
