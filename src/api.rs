@@ -9,6 +9,7 @@ use crate::actors::cluster_bus::{ListMembers, MemberStatus};
 use crate::actors::transponder::{PublishToCluster, RequestCluster};
 use crate::node::NodeHandle;
 use crate::wire::{Envelope, MessageType, Target};
+use actix_web::dev::Service;
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
@@ -20,7 +21,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio_stream::wrappers::BroadcastStream;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 /// The default and the largest timeout of `POST /v1/request`.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5_000;
@@ -76,7 +77,11 @@ pub fn serve(
     max_body: usize,
 ) -> std::io::Result<(actix_web::dev::ServerHandle, SocketAddr)> {
     let server = HttpServer::new(move || {
+        // Every log line of a request (rejections included) names the node
+        // and `module=api`.
+        let span = node.identity.span("api");
         App::new()
+            .wrap_fn(move |req, srv| srv.call(req).instrument(span.clone()))
             .app_data(web::Data::new(node.clone()))
             .app_data(json_config(max_body))
             .app_data(web::PayloadConfig::new(max_body))
