@@ -116,7 +116,7 @@ impl Gather {
     }
 }
 
-#[derive(Default, Debug, Clone, Copy)]
+#[derive(Default, Debug, Clone, Copy, Serialize)]
 struct Counters {
     sent: u64,
     received: u64,
@@ -332,15 +332,7 @@ impl Transponder {
             "pending_gathers": self.gathers.len(),
             "dedup_ids": self.seen.len(),
             "heartbeat_age_ms": heartbeats,
-            "sent": self.counters.sent,
-            "received": self.counters.received,
-            "delivered": self.counters.delivered,
-            "duplicates": self.counters.duplicates,
-            "not_for_us": self.counters.not_for_us,
-            "bad_target": self.counters.bad_target,
-            "no_handler": self.counters.no_handler,
-            "requests_answered": self.counters.requests_answered,
-            "heartbeats_sent": self.counters.heartbeats_sent,
+            "counters": self.counters,
         })
     }
 }
