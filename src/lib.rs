@@ -6,6 +6,8 @@
 //!
 //! - [`wire`]: pure envelope, selector and frame code.
 //! - [`actors`]: the node's actors (supervisor, ModBus, Transponder, modules).
+//! - [`cluster`]: key, encrypted links, link protocol, membership identities.
+//! - [`discovery`]: mDNS and `--join` seeds, which hand peers to the bridge.
 //! - [`node`]: builds one node from a [`node::NodeConfig`].
 //! - [`api`]: the control API (HTTP) the CLI talks to.
 //! - [`cli`]: the `conjoiner` command line.
@@ -13,6 +15,8 @@
 pub mod actors;
 pub mod api;
 pub mod cli;
+pub mod cluster;
+pub mod discovery;
 pub mod logging;
 pub mod node;
 pub mod wire;

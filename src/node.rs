@@ -3,14 +3,18 @@
 //! Nothing here is global: a node is handed its addresses explicitly, so
 //! several nodes can run in one process (tests do this).
 
+use crate::actors::cluster_bridge::LeaveCluster;
 use crate::actors::cluster_bus::ClusterHandle;
 use crate::actors::supervisor::{ListModules, ModuleSpec, RestartPolicy, Shutdown, StartModule};
 use crate::actors::transponder::TransponderConfig;
+use crate::actors::ClusterBridge;
 use crate::actors::{
     spawn_module, DumpState, Echo, EventTap, LoopbackCluster, ModBus, ModuleInfo, NodeIdentity, NodeSupervisor,
     Snapshot, Transponder,
 };
 use crate::api;
+use crate::cluster::{ClusterConfig, ClusterKey, KeySource};
+use crate::discovery::{spawn_seeds, Mdns};
 use actix::prelude::*;
 use anyhow::Context as _;
 use serde_json::{json, Value};
@@ -33,6 +37,119 @@ pub struct NodeConfig {
     pub transponder: TransponderConfig,
     /// The largest request body the control API takes.
     pub max_body_bytes: usize,
+    /// How this node links to others; `None` runs it alone on a
+    /// [`LoopbackCluster`] (in-process tests do this).
+    pub network: Option<NetworkConfig>,
+}
+
+/// How a node reaches the rest of its cluster.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// Where the cluster listener binds (port 0 picks a free port).
+    pub bind: SocketAddr,
+    /// The address peers dial; default: the bind address, or this host's
+    /// first LAN address when bound to 0.0.0.0.
+    pub advertise: Option<SocketAddr>,
+    /// `--join` seeds, `host:port`.
+    pub join: Vec<String>,
+    pub mdns: bool,
+    pub key_file: Option<PathBuf>,
+    /// The `CONJOINER_KEY` value, if set.
+    pub key_env: Option<String>,
+    pub timing: ClusterConfig,
+}
+
+/// The file in the data dir that holds the cluster listener's advertised
+/// address, so scripts and tests can `--join` a node started on port 0.
+pub const CLUSTER_ADDR_FILE: &str = "cluster.addr";
+
+/// The address to advertise: the one given, else the bound address, else
+/// (bound to every interface) this host's first non-loopback IPv4 address.
+pub fn advertise_address(bound: SocketAddr, given: Option<SocketAddr>) -> SocketAddr {
+    if let Some(mut addr) = given {
+        if addr.port() == 0 {
+            addr.set_port(bound.port());
+        }
+        return addr;
+    }
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    let lan = if_addrs::get_if_addrs().ok().and_then(|ifaces| {
+        ifaces
+            .into_iter()
+            .map(|i| i.ip())
+            .find(|ip| ip.is_ipv4() && crate::discovery::mdns::usable_peer_ip(*ip))
+    });
+    match lan {
+        Some(ip) => SocketAddr::new(ip, bound.port()),
+        None => {
+            warn!("no LAN address found; advertising 127.0.0.1 (use --advertise)");
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), bound.port())
+        }
+    }
+}
+
+/// The cluster side of a running node, stopped in order at shutdown.
+struct ClusterParts {
+    bridge: Addr<ClusterBridge>,
+    mdns: Option<Mdns>,
+    seeds: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ClusterParts {
+    async fn start(identity: &NodeIdentity, config: &NodeConfig, net: &NetworkConfig) -> anyhow::Result<ClusterParts> {
+        let span = identity.span("cluster");
+        let (key, source) = ClusterKey::load(net.key_file.as_deref(), net.key_env.as_deref(), &config.data_dir)?;
+        span.in_scope(|| match &source {
+            KeySource::Created(path) => warn!(
+                file = %path.display(),
+                "created a new cluster key; give the same key to every node of this cluster \
+                 (copy this file and pass --key-file, or set CONJOINER_KEY to its contents)"
+            ),
+            other => info!(source = %other, "cluster key loaded"),
+        });
+        let listener = tokio::net::TcpListener::bind(net.bind)
+            .await
+            .with_context(|| format!("cannot bind the cluster listener on {} (use --bind)", net.bind))?;
+        let bound = listener.local_addr()?;
+        let advertise = advertise_address(bound, net.advertise);
+        let addr_file = config.data_dir.join(CLUSTER_ADDR_FILE);
+        std::fs::write(&addr_file, format!("{advertise}\n"))
+            .with_context(|| format!("cannot record the cluster address in {}", addr_file.display()))?;
+        let bridge = ClusterBridge::new(identity, net.timing.clone(), key, listener, advertise).start();
+        let mdns = if net.mdns {
+            match Mdns::start(
+                &identity.cluster,
+                &identity.name,
+                advertise,
+                bridge.clone().recipient(),
+                span.clone(),
+            ) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    span.in_scope(|| warn!(error = %format!("{e:#}"), "mDNS discovery is off; use --join seeds"));
+                    None
+                }
+            }
+        } else {
+            span.in_scope(|| info!("mDNS discovery off (--no-mdns)"));
+            None
+        };
+        let seeds = spawn_seeds(&net.join, bridge.clone().recipient(), span);
+        Ok(ClusterParts { bridge, mdns, seeds })
+    }
+
+    /// Stops discovery, then says goodbye to the cluster.
+    async fn stop(self) {
+        for seed in self.seeds {
+            seed.abort();
+        }
+        if let Some(m) = self.mdns {
+            m.stop();
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), self.bridge.send(LeaveCluster)).await;
+    }
 }
 
 /// The file in the data dir that holds the control API's bound address, so
@@ -94,6 +211,7 @@ pub struct Node {
     pub handle: NodeHandle,
     pub http_addr: SocketAddr,
     server: actix_web::dev::ServerHandle,
+    cluster: Option<ClusterParts>,
 }
 
 impl Node {
@@ -114,8 +232,17 @@ impl Node {
 
         let tap = EventTap::default();
         let bus = ModBus::new(&identity, tap.clone()).start();
-        let loopback = LoopbackCluster::new(&identity).start();
-        let cluster = ClusterHandle::of(&loopback);
+        let parts = match &config.network {
+            Some(net) => Some(ClusterParts::start(&identity, &config, net).await?),
+            None => None,
+        };
+        let (cluster, cluster_state) = match &parts {
+            Some(p) => (ClusterHandle::of(&p.bridge), p.bridge.clone().recipient()),
+            None => {
+                let loopback = LoopbackCluster::new(&identity).start();
+                (ClusterHandle::of(&loopback), loopback.recipient())
+            }
+        };
         let supervisor = NodeSupervisor::new(&identity).start();
         let transponder = Arc::new(RwLock::new(None));
 
@@ -123,7 +250,7 @@ impl Node {
             identity: identity.clone(),
             bus: bus.clone(),
             cluster: cluster.clone(),
-            cluster_state: loopback.recipient(),
+            cluster_state,
             supervisor: supervisor.clone(),
             transponder: transponder.clone(),
             tap,
@@ -151,13 +278,19 @@ impl Node {
             handle,
             http_addr,
             server,
+            cluster: parts,
         })
     }
 
-    /// Stops modules in reverse start order, then the control API.
+    /// Leaves the cluster, stops modules in reverse start order, then the
+    /// control API.
     pub async fn shutdown(self) {
         let span = self.handle.identity.span("node");
         span.in_scope(|| info!("node shutting down"));
+        // Leave first, so peers stop sending here before the modules go.
+        if let Some(cluster) = self.cluster {
+            cluster.stop().await;
+        }
         let _ = self.handle.supervisor.send(Shutdown).await;
         self.server.stop(true).await;
         span.in_scope(|| info!("node stopped"));

@@ -4,8 +4,9 @@
 
 use super::{parse_duration, CliError, EXIT_OK};
 use crate::actors::TransponderConfig;
+use crate::cluster::ClusterConfig;
 use crate::logging::{self, LogFormat};
-use crate::node::{Node, NodeConfig, DEFAULT_MAX_BODY};
+use crate::node::{NetworkConfig, Node, NodeConfig, DEFAULT_MAX_BODY};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -27,6 +28,23 @@ pub struct AgentArgs {
     /// Where the node keeps its state.
     #[arg(long, env = "CONJOINER_DATA_DIR", default_value = "./conjoiner-data")]
     pub data_dir: PathBuf,
+    /// Where the cluster listener binds (TCP, encrypted).
+    #[arg(long, env = "CONJOINER_BIND", default_value = "0.0.0.0:7946")]
+    pub bind: String,
+    /// The address other nodes dial to reach this one (IP or IP:PORT).
+    /// Default: the bind address, or this host's first LAN address.
+    #[arg(long, env = "CONJOINER_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// A seed node `host:port` to join, retried until reached (repeatable).
+    #[arg(long = "join")]
+    pub join: Vec<String>,
+    /// Do not register or browse mDNS (use --join seeds instead).
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// A file with the cluster key (from `conjoiner keygen`). Else
+    /// CONJOINER_KEY, else `<data-dir>/cluster.key`, created on first start.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
     /// How often the node broadcasts a heartbeat.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
@@ -88,11 +106,20 @@ fn hostname() -> String {
         .collect()
 }
 
-fn resolve(addr: &str) -> Result<SocketAddr, CliError> {
+fn resolve(flag: &str, addr: &str) -> Result<SocketAddr, CliError> {
     addr.to_socket_addrs()
-        .map_err(|e| CliError::usage(format!("--http `{addr}` is not an address: {e}")))?
+        .map_err(|e| CliError::usage(format!("{flag} `{addr}` is not an address: {e}")))?
         .next()
-        .ok_or_else(|| CliError::usage(format!("--http `{addr}` resolves to nothing")))
+        .ok_or_else(|| CliError::usage(format!("{flag} `{addr}` resolves to nothing")))
+}
+
+/// `--advertise` takes `IP` (the bound port is used) or `IP:PORT`.
+fn parse_advertise(text: &str) -> Result<SocketAddr, CliError> {
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, 0));
+    }
+    text.parse()
+        .map_err(|_| CliError::usage(format!("--advertise `{text}` must be IP or IP:PORT")))
 }
 
 pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
@@ -103,12 +130,21 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
         cluster: args.cluster.clone(),
         tags: args.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
         data_dir: args.data_dir.clone(),
-        http: resolve(http)?,
+        http: resolve("--http", http)?,
         transponder: TransponderConfig {
             heartbeat_interval: args.heartbeat_interval,
             ..TransponderConfig::default()
         },
         max_body_bytes: DEFAULT_MAX_BODY,
+        network: Some(NetworkConfig {
+            bind: resolve("--bind", &args.bind)?,
+            advertise: args.advertise.as_deref().map(parse_advertise).transpose()?,
+            join: args.join.clone(),
+            mdns: !args.no_mdns,
+            key_file: args.key_file.clone(),
+            key_env: std::env::var("CONJOINER_KEY").ok(),
+            timing: ClusterConfig::lan(),
+        }),
     };
     logging::init(args.log_format);
     let system = actix_rt::System::new();
@@ -158,5 +194,8 @@ mod tests {
         assert!(check_name("web 1").is_err());
         assert!(check_name("web*").is_err());
         assert!(check_name(&hostname()).is_ok(), "the default name is valid");
+        assert_eq!(parse_advertise("10.0.0.5").unwrap(), "10.0.0.5:0".parse().unwrap());
+        assert_eq!(parse_advertise("10.0.0.5:80").unwrap(), "10.0.0.5:80".parse().unwrap());
+        assert!(parse_advertise("nope").is_err());
     }
 }

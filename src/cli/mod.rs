@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod keygen;
 pub mod members;
 pub mod publish;
 pub mod request;
@@ -54,6 +55,8 @@ pub enum Command {
     Request(request::RequestArgs),
     /// Stream the envelopes the local node sees.
     Tail(tail::TailArgs),
+    /// Print a new cluster key (give the same key to every node).
+    Keygen,
 }
 
 /// An error that ends a command, with its exit code.
@@ -93,6 +96,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Publish(args) => block_on(publish::run(&cli.http, cli.json, args)),
         Command::Request(args) => block_on(request::run(&cli.http, cli.json, args)),
         Command::Tail(args) => block_on(tail::run(&cli.http, cli.json, args)),
+        Command::Keygen => keygen::run(cli.json),
     };
     match result {
         Ok(code) => code,

@@ -36,31 +36,83 @@ pub struct TestNode {
     pub http: String,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
+    launch: Launch,
     child: Option<Child>,
 }
 
+/// How a test node is started; kept so it can be restarted the same way.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    /// Where the control API listens; default `127.0.0.1:0`.
+    pub http: Option<String>,
+    /// Extra environment, e.g. `CONJOINER_KEY`.
+    pub env: Vec<(String, String)>,
+    /// Flags after the defaults.
+    pub extra: Vec<String>,
+    /// Leave out `--bind 127.0.0.1:0 --no-mdns` (for multi-host tests).
+    pub no_loopback_defaults: bool,
+}
+
 impl TestNode {
-    /// Starts a node named `name` with extra agent flags, and waits until its
-    /// control API answers.
+    /// Starts a node named `name` on loopback (no mDNS, free ports) with
+    /// extra agent flags, and waits until its control API answers.
     pub fn start(name: &str, extra: &[&str]) -> TestNode {
+        TestNode::launch(
+            name,
+            Launch {
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                ..Launch::default()
+            },
+        )
+    }
+
+    pub fn launch(name: &str, launch: Launch) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
-        // A data dir that does not exist yet: the agent must create it.
-        let data = dir.path().join("nested").join("data");
         let log = dir.path().join("agent.log");
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
-            .args([
-                "agent",
-                "--name",
-                name,
-                "--http",
-                "127.0.0.1:0",
-                "--heartbeat-interval",
-                "1s",
-            ])
+        let mut node = TestNode {
+            name: name.to_string(),
+            http: String::new(),
+            dir,
+            log,
+            launch,
+            child: None,
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        // A data dir that does not exist yet: the agent must create it.
+        let data = self.data_dir();
+        let addr_file = data.join("http.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut command = match &self.launch.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        command
+            .args(["agent", "--name", &self.name, "--heartbeat-interval", "1s"])
+            .arg("--http")
+            .arg(self.launch.http.as_deref().unwrap_or("127.0.0.1:0"))
             .arg("--data-dir")
-            .arg(&data)
-            .args(extra)
+            .arg(&data);
+        if !self.launch.no_loopback_defaults {
+            command.args(["--bind", "127.0.0.1:0", "--no-mdns"]);
+        }
+        let child = command
+            .args(&self.launch.extra)
+            .envs(self.launch.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "conjoiner=debug,info")
             .env_remove("CONJOINER_HTTP")
             .stdin(Stdio::null())
@@ -68,32 +120,59 @@ impl TestNode {
             .stderr(log_file)
             .spawn()
             .expect("spawn conjoiner agent");
-        let mut node = TestNode {
-            name: name.to_string(),
-            http: String::new(),
-            dir,
-            log,
-            child: Some(child),
-        };
-        let addr_file = data.join("http.addr");
-        node.http = wait_for(Duration::from_secs(20), "the node to write http.addr", || {
-            if let Some(status) = node.try_exit() {
-                panic!("node exited early with {status}; log:\n{}", node.log_text());
+        self.child = Some(child);
+        let http = wait_for(Duration::from_secs(20), "the node to write http.addr", || {
+            if let Some(status) = self.try_exit() {
+                panic!(
+                    "node {} exited early with {status}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
             std::fs::read_to_string(&addr_file)
                 .ok()
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
         });
+        self.http = match &self.launch.http {
+            // Inside a namespace the file names the address we asked for.
+            Some(asked) if !asked.ends_with(":0") => asked.clone(),
+            _ => http,
+        };
         wait_for(Duration::from_secs(20), "the control API to answer", || {
-            http(&node.http, "GET", "/v1/health", None)
+            http_request(&self.http, "GET", "/v1/health", None)
                 .ok()
                 .filter(|(status, _)| *status == 200)
         });
-        node
+    }
+
+    /// Starts the node again, same name, data dir and flags (after it exited).
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+
+    /// The address peers dial to reach this node (`--join` it).
+    pub fn cluster_addr(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("cluster.addr"))
+            .expect("cluster.addr")
+            .trim()
+            .to_string()
+    }
+
+    /// Kills the node with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
+        // Same path on every start, so a restarted node finds its state.
         self.dir.path().join("nested").join("data")
     }
 
@@ -150,7 +229,7 @@ impl TestNode {
     }
 
     pub fn http(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, serde_json::Value) {
-        let (status, text) = http(&self.http, method, path, body).expect("HTTP request");
+        let (status, text) = http_request(&self.http, method, path, body).expect("HTTP request");
         let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
         (status, json)
     }
@@ -209,7 +288,14 @@ fn lines<R: Read + Send + 'static>(reader: R) -> mpsc::Receiver<String> {
 /// A minimal HTTP/1.1 client (one request per connection), so tests can send
 /// exactly the bytes they want, malformed ones included.
 pub fn http(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr)?;
+    http_request(addr, method, path, body)
+}
+
+fn http_request(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<(u16, String)> {
+    let sock: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("bad address {addr}: {e}")))?;
+    let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(3))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or(b"");
     let head = format!(
@@ -261,4 +347,31 @@ pub fn stderr(out: &Output) -> String {
 
 pub fn exists(path: &Path) -> bool {
     path.exists()
+}
+
+/// `GET /v1/members` of a node; empty while the node does not answer.
+pub fn members_json(node: &TestNode) -> Vec<serde_json::Value> {
+    http_request(&node.http, "GET", "/v1/members", None)
+        .ok()
+        .and_then(|(status, body)| (status == 200).then(|| serde_json::from_str(&body).ok()).flatten())
+        .unwrap_or_default()
+}
+
+/// What `observer` says `member`'s status is.
+pub fn member_status(observer: &TestNode, member: &str) -> Option<String> {
+    members_json(observer)
+        .iter()
+        .find(|m| m["name"] == member)
+        .and_then(|m| m["status"].as_str().map(str::to_string))
+}
+
+/// The members `observer` lists as alive, sorted.
+pub fn alive_names(observer: &TestNode) -> Vec<String> {
+    let mut names: Vec<String> = members_json(observer)
+        .iter()
+        .filter(|m| m["status"] == "alive")
+        .filter_map(|m| m["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
 }

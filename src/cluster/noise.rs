@@ -1,0 +1,349 @@
+//! Encrypted links: a Noise `XXpsk3` handshake keyed by the cluster key, then
+//! frames carried in Noise transport messages.
+//!
+//! On the wire every Noise message is a 4-byte big-endian length and that many
+//! bytes, at most 65,535 (the Noise limit); a larger length is refused before
+//! anything is read. A frame (one envelope or one membership packet) is its
+//! own 4-byte length and payload, split over as many Noise messages as it
+//! needs, so frames up to `max_frame` bytes fit. The frame length is checked
+//! against `max_frame` as soon as the first chunk is decrypted.
+
+use super::key::ClusterKey;
+use bytes::{Bytes, BytesMut};
+use snow::{HandshakeState, StatelessTransportState};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The Noise protocol every link speaks.
+pub const NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
+/// Bound into the handshake, so nodes of another protocol version fail it.
+pub const PROLOGUE: &[u8] = b"conjoiner link v1";
+/// The largest Noise message (ciphertext, with its 16-byte tag).
+pub const MAX_NOISE_MESSAGE: usize = 65_535;
+const TAG_LEN: usize = 16;
+/// The most plaintext one Noise message carries.
+pub const MAX_CHUNK: usize = MAX_NOISE_MESSAGE - TAG_LEN;
+/// How long a peer has to finish the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a link failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("link i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("handshake failed: {0} (wrong cluster key, or not a conjoiner node)")]
+    Handshake(String),
+    #[error("handshake timed out after {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("noise message of {size} bytes exceeds the limit of {MAX_NOISE_MESSAGE} bytes")]
+    MessageTooLarge { size: usize },
+    #[error("frame of {size} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge { size: usize, max: usize },
+    #[error("cannot decrypt a message: {0}")]
+    Decrypt(String),
+    #[error("peer closed the link in the middle of a frame")]
+    Truncated,
+}
+
+fn noise_error(e: snow::Error) -> LinkError {
+    LinkError::Handshake(e.to_string())
+}
+
+/// Reads one length-prefixed Noise message. `Ok(None)` is a clean end of stream.
+async fn read_message<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>) -> Result<Option<()>, LinkError> {
+    let mut header = [0u8; 4];
+    match reader.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let size = u32::from_be_bytes(header) as usize;
+    if size > MAX_NOISE_MESSAGE {
+        return Err(LinkError::MessageTooLarge { size });
+    }
+    buf.resize(size, 0);
+    reader.read_exact(buf).await?;
+    Ok(Some(()))
+}
+
+async fn write_message<W: AsyncWrite + Unpin>(writer: &mut W, message: &[u8]) -> Result<(), LinkError> {
+    writer.write_all(&(message.len() as u32).to_be_bytes()).await?;
+    writer.write_all(message).await?;
+    Ok(())
+}
+
+fn builder(key: &ClusterKey) -> Result<snow::Builder<'_>, LinkError> {
+    let params = NOISE_PARAMS.parse().map_err(noise_error)?;
+    snow::Builder::new(params)
+        .psk(3, key.as_bytes())
+        .and_then(|b| b.prologue(PROLOGUE))
+        .map_err(noise_error)
+}
+
+/// Runs the XXpsk3 handshake as the dialing side or the accepting side, with
+/// a fresh static key per link (nodes are authenticated by the cluster key,
+/// not by their static keys).
+pub async fn handshake<S>(stream: &mut S, key: &ClusterKey, initiator: bool) -> Result<Transport, LinkError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let run = async {
+        let keypair = builder(key)?.generate_keypair().map_err(noise_error)?;
+        let b = builder(key)?.local_private_key(&keypair.private).map_err(noise_error)?;
+        let mut state: HandshakeState = if initiator {
+            b.build_initiator()
+        } else {
+            b.build_responder()
+        }
+        .map_err(noise_error)?;
+        let mut message = vec![0u8; MAX_NOISE_MESSAGE];
+        let mut payload = vec![0u8; MAX_NOISE_MESSAGE];
+        let mut incoming = Vec::new();
+        // XX has three messages: initiator, responder, initiator.
+        for turn in 0..3 {
+            let ours = (turn % 2 == 0) == initiator;
+            if ours {
+                let n = state.write_message(&[], &mut message).map_err(noise_error)?;
+                write_message(stream, &message[..n]).await?;
+                stream.flush().await?;
+            } else {
+                read_message(stream, &mut incoming)
+                    .await?
+                    .ok_or_else(|| LinkError::Handshake("peer closed the connection".into()))?;
+                state.read_message(&incoming, &mut payload).map_err(noise_error)?;
+            }
+        }
+        let transport = state.into_stateless_transport_mode().map_err(noise_error)?;
+        Ok(Transport(Arc::new(transport)))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, run)
+        .await
+        .map_err(|_| LinkError::HandshakeTimeout(HANDSHAKE_TIMEOUT))?
+}
+
+/// The keys of an established link, shared by its sending and receiving halves.
+#[derive(Clone)]
+pub struct Transport(Arc<StatelessTransportState>);
+
+impl Transport {
+    pub fn sender<W: AsyncWrite + Unpin>(&self, writer: W) -> FrameSender<W> {
+        FrameSender {
+            transport: self.clone(),
+            nonce: 0,
+            writer,
+            cipher: vec![0u8; MAX_NOISE_MESSAGE],
+        }
+    }
+
+    pub fn receiver<R: AsyncRead + Unpin>(&self, reader: R, max_frame: usize) -> FrameReceiver<R> {
+        FrameReceiver {
+            transport: self.clone(),
+            nonce: 0,
+            reader,
+            max_frame,
+            incoming: Vec::new(),
+            plain: vec![0u8; MAX_NOISE_MESSAGE],
+        }
+    }
+}
+
+/// Encrypts and writes frames. Not flushed until [`FrameSender::flush`], so a
+/// burst of frames goes out in few writes.
+pub struct FrameSender<W> {
+    transport: Transport,
+    nonce: u64,
+    writer: W,
+    cipher: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameSender<W> {
+    pub async fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
+        let mut plain = Vec::with_capacity(4 + frame.len());
+        plain.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        plain.extend_from_slice(frame);
+        for chunk in plain.chunks(MAX_CHUNK) {
+            let n = self
+                .transport
+                .0
+                .write_message(self.nonce, chunk, &mut self.cipher)
+                .map_err(|e| LinkError::Decrypt(e.to_string()))?;
+            self.nonce += 1;
+            write_message(&mut self.writer, &self.cipher[..n]).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    /// Writes raw bytes past the encryption, for tests that play a broken peer.
+    pub async fn send_raw_noise_message(&mut self, plain: &[u8]) -> Result<(), LinkError> {
+        let n = self
+            .transport
+            .0
+            .write_message(self.nonce, plain, &mut self.cipher)
+            .map_err(|e| LinkError::Decrypt(e.to_string()))?;
+        self.nonce += 1;
+        write_message(&mut self.writer, &self.cipher[..n]).await?;
+        self.flush().await
+    }
+}
+
+/// Reads and decrypts frames, refusing any larger than `max_frame`.
+pub struct FrameReceiver<R> {
+    transport: Transport,
+    nonce: u64,
+    reader: R,
+    max_frame: usize,
+    incoming: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReceiver<R> {
+    async fn next_chunk(&mut self) -> Result<Option<usize>, LinkError> {
+        if read_message(&mut self.reader, &mut self.incoming).await?.is_none() {
+            return Ok(None);
+        }
+        let n = self
+            .transport
+            .0
+            .read_message(self.nonce, &self.incoming, &mut self.plain)
+            .map_err(|e| LinkError::Decrypt(e.to_string()))?;
+        self.nonce += 1;
+        Ok(Some(n))
+    }
+
+    /// The next frame; `Ok(None)` when the peer closed the link cleanly.
+    pub async fn recv(&mut self) -> Result<Option<Bytes>, LinkError> {
+        let Some(n) = self.next_chunk().await? else {
+            return Ok(None);
+        };
+        if n < 4 {
+            return Err(LinkError::Decrypt(
+                "first chunk of a frame is shorter than its header".into(),
+            ));
+        }
+        let size = u32::from_be_bytes([self.plain[0], self.plain[1], self.plain[2], self.plain[3]]) as usize;
+        if size > self.max_frame {
+            return Err(LinkError::FrameTooLarge {
+                size,
+                max: self.max_frame,
+            });
+        }
+        let mut frame = BytesMut::with_capacity(size);
+        frame.extend_from_slice(&self.plain[4..n]);
+        while frame.len() < size {
+            let n = self.next_chunk().await?.ok_or(LinkError::Truncated)?;
+            frame.extend_from_slice(&self.plain[..n]);
+        }
+        if frame.len() != size {
+            return Err(LinkError::Decrypt(format!(
+                "frame announced {size} bytes but carried {}",
+                frame.len()
+            )));
+        }
+        Ok(Some(frame.freeze()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair(a: &ClusterKey, b: &ClusterKey) -> (Result<Transport, LinkError>, Result<Transport, LinkError>) {
+        let (mut left, mut right) = tokio::io::duplex(1 << 20);
+        let (ka, kb) = (a.clone(), b.clone());
+        let dial = tokio::spawn(async move { (handshake(&mut left, &ka, true).await, left) });
+        let accept = tokio::spawn(async move { (handshake(&mut right, &kb, false).await, right) });
+        let (d, a) = (dial.await.unwrap(), accept.await.unwrap());
+        (d.0, a.0)
+    }
+
+    #[tokio::test]
+    async fn frames_of_every_size_cross_a_link_in_order() {
+        let key = ClusterKey::generate();
+        let (mut left, mut right) = tokio::io::duplex(1 << 16);
+        let k2 = key.clone();
+        let accept = tokio::spawn(async move {
+            let t = handshake(&mut right, &k2, false).await.unwrap();
+            let mut rx = t.receiver(right, 1 << 20);
+            let mut got = Vec::new();
+            while let Some(frame) = rx.recv().await.unwrap() {
+                got.push(frame);
+            }
+            got
+        });
+        let t = handshake(&mut left, &key, true).await.unwrap();
+        let sizes = [
+            0usize,
+            1,
+            MAX_CHUNK - 4,
+            MAX_CHUNK - 3,
+            MAX_CHUNK,
+            3 * MAX_CHUNK + 7,
+            1 << 20,
+        ];
+        let mut tx = t.sender(left);
+        for (i, size) in sizes.iter().enumerate() {
+            let frame: Vec<u8> = (0..*size).map(|j| (i + j) as u8).collect();
+            tx.send(&frame).await.unwrap();
+        }
+        tx.flush().await.unwrap();
+        drop(tx);
+        let got = accept.await.unwrap();
+        assert_eq!(got.len(), sizes.len());
+        for (i, (frame, size)) in got.iter().zip(sizes).enumerate() {
+            assert_eq!(frame.len(), size);
+            assert!(frame.iter().enumerate().all(|(j, b)| *b == (i + j) as u8));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_fails_the_handshake_on_both_sides_or_at_first_frame() {
+        let (dial, accept) = pair(&ClusterKey::generate(), &ClusterKey::generate()).await;
+        // The responder checks the psk in the third message, so it always fails.
+        assert!(
+            matches!(accept, Err(LinkError::Handshake(_))),
+            "accept: {:?}",
+            accept.err()
+        );
+        // The initiator finishes its side; it learns of the refusal when the link closes.
+        let _ = dial;
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_and_messages_are_refused() {
+        let key = ClusterKey::generate();
+        let (mut left, mut right) = tokio::io::duplex(1 << 16);
+        let k2 = key.clone();
+        let accept = tokio::spawn(async move {
+            let t = handshake(&mut right, &k2, false).await.unwrap();
+            t.receiver(right, 1000).recv().await
+        });
+        let t = handshake(&mut left, &key, true).await.unwrap();
+        let mut tx = t.sender(left);
+        tx.send(&[7u8; 1001]).await.unwrap();
+        tx.flush().await.unwrap();
+        match accept.await.unwrap() {
+            Err(LinkError::FrameTooLarge { size: 1001, max: 1000 }) => {}
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+
+        // Before the handshake, a length over the Noise limit is refused unread.
+        let (mut left, mut right) = tokio::io::duplex(1 << 16);
+        left.write_all(&(10u32 << 20).to_be_bytes()).await.unwrap();
+        match handshake(&mut right, &key, false).await {
+            Err(LinkError::MessageTooLarge { size }) => assert_eq!(size, 10 << 20),
+            other => panic!("expected MessageTooLarge, got {:?}", other.err()),
+        }
+        // Garbage of a plausible length never completes a handshake.
+        let (mut left, mut right) = tokio::io::duplex(1 << 16);
+        left.write_all(&40u32.to_be_bytes()).await.unwrap();
+        left.write_all(&[0xAB; 40]).await.unwrap();
+        drop(left);
+        assert!(handshake(&mut right, &key, false).await.is_err());
+    }
+}

@@ -1,0 +1,248 @@
+//! A cluster of five real node processes on loopback, joined by `--join`:
+//! membership, targeted publish counted at the receivers, requests gathered
+//! from every node, crash detection, restart under the same name, and leave.
+
+mod common;
+
+use common::*;
+use conjoiner::cluster::ClusterKey;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Starts `names` as one cluster: the first is the seed the others join.
+fn start_cluster(names: &[(&str, &str)], key: &ClusterKey) -> Vec<TestNode> {
+    let env = vec![("CONJOINER_KEY".to_string(), key.to_base64())];
+    let mut nodes: Vec<TestNode> = Vec::new();
+    for (name, role) in names {
+        let mut extra = vec!["--tag".to_string(), format!("role={role}")];
+        if let Some(seed) = nodes.first() {
+            extra.extend(["--join".to_string(), seed.cluster_addr()]);
+        }
+        nodes.push(TestNode::launch(
+            name,
+            Launch {
+                env: env.clone(),
+                extra,
+                ..Launch::default()
+            },
+        ));
+    }
+    nodes
+}
+
+/// Waits until `observer` lists `member` with `status`.
+fn wait_status(observer: &TestNode, member: &str, status: &str, limit: Duration) {
+    wait_for(limit, &format!("{} to see {member} {status}", observer.name), || {
+        (member_status(observer, member).as_deref() == Some(status)).then_some(())
+    });
+}
+
+fn wait_converged(nodes: &[&TestNode], expected: usize) {
+    for node in nodes {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{} to see {expected} alive", node.name),
+            || (alive_names(node).len() == expected).then_some(()),
+        );
+    }
+}
+
+/// Starts `tail --json --address ADDRESS` on every node and waits until each
+/// is connected.
+fn tails(nodes: &[&TestNode], address: &str) -> Vec<Streaming> {
+    nodes
+        .iter()
+        .map(|n| {
+            let t = n.cli_spawn(&["--json", "tail", "--address", address]);
+            Streaming::line_where(&t.stderr, Duration::from_secs(20), |l| l.contains("tailing envelopes"));
+            t
+        })
+        .collect()
+}
+
+/// Collects every envelope a tail printed until it saw all `markers`. Each
+/// origin publishes its marker last, and a link keeps order, so everything an
+/// origin published earlier has arrived by then.
+fn ids_until_markers(tail: &Streaming, markers: &[String]) -> Vec<(String, Value)> {
+    let mut seen = Vec::new();
+    let mut missing: Vec<&String> = markers.iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = tail.stdout.recv_timeout(left).expect("every marker reaches every node");
+        let envelope: Value = serde_json::from_str(&line).expect("tail --json prints envelopes");
+        missing.retain(|m| envelope["body"]["marker"] != m.as_str());
+        seen.push((envelope["id"].as_str().unwrap_or_default().to_string(), envelope));
+    }
+    seen
+}
+
+fn publish(from: &TestNode, address: &str, body: &str, target: Option<&str>) -> String {
+    let mut args = vec!["publish", address, body];
+    if let Some(t) = target {
+        args.extend(["--target", t]);
+    }
+    let out = from.cli(&args);
+    assert_eq!(out.status.code(), Some(0), "publish failed: {}", stderr(&out));
+    stdout(&out)
+        .trim()
+        .strip_prefix("published ")
+        .expect("prints the id")
+        .to_string()
+}
+
+#[test]
+fn five_nodes_membership_bus_requests_failures_and_leave() {
+    let key = ClusterKey::generate();
+    let mut nodes = start_cluster(
+        &[("n1", "db"), ("n2", "api"), ("n3", "db"), ("n4", "api"), ("n5", "db")],
+        &key,
+    );
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    wait_converged(&all, 5);
+
+    // Tags reach every member.
+    let members = members_json(&nodes[0]);
+    let n4 = members.iter().find(|m| m["name"] == "n4").expect("n4 listed");
+    assert_eq!(n4["tags"]["role"], "api");
+    assert!(n4["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let api_only = nodes[2].cli(&["--json", "members", "--target", "tag.role=api"]);
+    let api_names: Vec<String> = serde_json::from_slice::<Vec<Value>>(&api_only.stdout)
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(api_names, ["n2", "n4"]);
+
+    // A targeted publish reaches exactly the matching nodes, once each.
+    let streams = tails(&all, "count.me");
+    let targeted: Vec<String> = (0..3)
+        .map(|i| publish(&nodes[i], "count.me", &format!(r#"{{"n":{i}}}"#), Some("tag.role=api")))
+        .collect();
+    // A 300 KB body crosses the links in several Noise messages.
+    let big = "x".repeat(300 * 1024);
+    let request = serde_json::json!({"address": "count.me", "body": {"big": big}});
+    let (status, answer) = nodes[4].http("POST", "/v1/publish", Some(request.to_string().as_bytes()));
+    assert_eq!(status, 202, "{answer}");
+    let big_id = answer["id"].as_str().unwrap().to_string();
+    let markers: Vec<String> = nodes
+        .iter()
+        .map(|origin| {
+            let marker = Uuid::now_v7().to_string();
+            publish(origin, "count.me", &format!(r#"{{"marker":"{marker}"}}"#), None);
+            marker
+        })
+        .collect();
+    for (node, stream) in nodes.iter().zip(&streams) {
+        let seen = ids_until_markers(stream, &markers);
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for (id, _) in &seen {
+            *counts.entry(id.as_str()).or_default() += 1;
+        }
+        let is_api = node.name == "n2" || node.name == "n4";
+        for id in &targeted {
+            let expected = usize::from(is_api);
+            assert_eq!(
+                counts.get(id.as_str()).copied().unwrap_or(0),
+                expected,
+                "{} received targeted envelope {id} the wrong number of times",
+                node.name
+            );
+        }
+        assert_eq!(
+            counts.get(big_id.as_str()),
+            Some(&1),
+            "{} got the big envelope once",
+            node.name
+        );
+        let big_body = &seen.iter().find(|(id, _)| *id == big_id).unwrap().1["body"]["big"];
+        assert_eq!(
+            big_body.as_str().map(str::len),
+            Some(300 * 1024),
+            "{}: big body intact",
+            node.name
+        );
+    }
+    drop(streams);
+
+    // A request gathers one reply per node.
+    let out = nodes[2].cli(&["--json", "request", "mod.echo", r#"{"ping":1}"#]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut repliers: Vec<&str> = answer["replies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["node"].as_str().unwrap())
+        .collect();
+    repliers.sort();
+    assert_eq!(repliers, ["n1", "n2", "n3", "n4", "n5"]);
+    assert_eq!(answer["missing"], serde_json::json!([]));
+
+    // kill -9: every survivor marks it dead.
+    nodes[4].kill9();
+    let killed = Instant::now();
+    for observer in &nodes[..4] {
+        wait_status(observer, "n5", "dead", Duration::from_secs(15));
+    }
+    eprintln!("n5 seen dead by all survivors after {:?}", killed.elapsed());
+    let out = nodes[0].cli(&["--json", "request", "mod.echo", "{}"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a dead node is not expected: {}",
+        stderr(&out)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["replies"].as_array().unwrap().len(), 4);
+
+    // Restarted, it is alive again under the same name everywhere.
+    nodes[4].restart();
+    for observer in &nodes {
+        wait_status(observer, "n5", "alive", Duration::from_secs(15));
+    }
+    wait_for(Duration::from_secs(15), "n5 to see everyone", || {
+        (alive_names(&nodes[4]).len() == 5).then_some(())
+    });
+
+    // SIGTERM: it says it leaves, and the others list it as left.
+    nodes[3].signal(libc::SIGTERM);
+    let status = nodes[3].wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "SIGTERM is a clean exit: {status}");
+    for i in [0, 1, 2, 4] {
+        wait_status(&nodes[i], "n4", "left", Duration::from_secs(10));
+    }
+    let left_only = nodes[0].cli(&["--json", "members", "--status", "left"]);
+    let left: Vec<Value> = serde_json::from_slice(&left_only.stdout).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["name"], "n4");
+}
+
+#[test]
+fn a_request_names_the_nodes_that_stay_silent() {
+    let key = ClusterKey::generate();
+    let mut nodes = start_cluster(&[("s1", "a"), ("s2", "a"), ("s3", "b")], &key);
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    wait_converged(&all, 3);
+    // Freeze s3: still a member for a moment, but it cannot answer.
+    nodes[2].signal(libc::SIGSTOP);
+    let out = nodes[0].cli(&["--json", "request", "mod.echo", "{}", "--timeout", "300ms"]);
+    nodes[2].signal(libc::SIGCONT);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(out.status.code(), Some(3), "partial result exits 3: {answer}");
+    assert_eq!(answer["missing"], serde_json::json!(["s3"]));
+    assert_eq!(answer["replies"].as_array().unwrap().len(), 2);
+    // Not calling a silent node a success is also what the plain output says.
+    nodes[2].signal(libc::SIGSTOP);
+    let out = nodes[0].cli(&["request", "mod.echo", "{}", "--timeout", "300ms"]);
+    nodes[2].signal(libc::SIGCONT);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("s3") || stdout(&out).contains("s3"),
+        "names s3: {}",
+        stdout(&out)
+    );
+    nodes[2].kill9();
+}

@@ -1,0 +1,145 @@
+//! The cluster key keeps strangers out: a node with another key cannot join
+//! or put anything on the ClusterBus, and garbage or oversized frames sent to
+//! the cluster port are refused while the node keeps working.
+
+mod common;
+
+use common::*;
+use conjoiner::cluster::noise::handshake;
+use conjoiner::cluster::ClusterKey;
+use serde_json::Value;
+use std::io::Write as _;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+fn keyed(name: &str, key: &ClusterKey, join: Option<&TestNode>) -> TestNode {
+    let mut extra = Vec::new();
+    if let Some(seed) = join {
+        extra.extend(["--join".to_string(), seed.cluster_addr()]);
+    }
+    TestNode::launch(
+        name,
+        Launch {
+            env: vec![("CONJOINER_KEY".into(), key.to_base64())],
+            extra,
+            ..Launch::default()
+        },
+    )
+}
+
+/// Waits until `node`'s log has `count` lines containing `text`.
+fn wait_log(node: &TestNode, text: &str, count: usize) {
+    wait_for(
+        Duration::from_secs(15),
+        &format!("{count}× `{text}` in {}'s log", node.name),
+        || (node.log_text().matches(text).count() >= count).then_some(()),
+    );
+}
+
+fn publish_marker(from: &TestNode, address: &str) -> String {
+    let marker = Uuid::now_v7().to_string();
+    let out = from.cli(&["publish", address, &format!(r#"{{"marker":"{marker}"}}"#)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    marker
+}
+
+#[test]
+fn a_node_with_the_wrong_key_cannot_join_or_inject() {
+    let key = ClusterKey::generate();
+    let a = keyed("a", &key, None);
+    let b = keyed("b", &key, Some(&a));
+    wait_for(Duration::from_secs(20), "a and b to converge", || {
+        (alive_names(&a) == ["a", "b"] && alive_names(&b) == ["a", "b"]).then_some(())
+    });
+    let tail_a = a.cli_spawn(&["--json", "tail", "--address", "secret.topic"]);
+    let tail_b = b.cli_spawn(&["--json", "tail", "--address", "secret.topic"]);
+    for t in [&tail_a, &tail_b] {
+        Streaming::line_where(&t.stderr, Duration::from_secs(20), |l| l.contains("tailing envelopes"));
+    }
+
+    let intruder = keyed("intruder", &ClusterKey::generate(), Some(&a));
+    // Positive evidence that it tried and was refused, on both sides.
+    wait_log(&a, "failed the encrypted handshake", 1);
+    wait_log(&intruder, "does it have the same cluster key?", 1);
+    let injected = publish_marker(&intruder, "secret.topic");
+
+    // Anything the intruder could have injected would arrive before this.
+    let marker = publish_marker(&b, "secret.topic");
+    for (name, tail) in [("a", &tail_a), ("b", &tail_b)] {
+        let line = Streaming::line_where(&tail.stdout, Duration::from_secs(20), |l| {
+            assert!(!l.contains(&injected), "{name} received the intruder's envelope: {l}");
+            l.contains(&marker)
+        });
+        let envelope: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(envelope["src"]["node"], "b");
+    }
+    for node in [&a, &b] {
+        let names: Vec<String> = members_json(node)
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["a", "b"], "{} never lists the intruder", node.name);
+    }
+    assert_eq!(alive_names(&intruder), ["intruder"], "the intruder is alone");
+}
+
+#[test]
+fn garbage_and_oversized_frames_are_refused_and_the_node_keeps_working() {
+    let key = ClusterKey::generate();
+    let a = keyed("g1", &key, None);
+    let b = keyed("g2", &key, Some(&a));
+    wait_for(Duration::from_secs(20), "g1 and g2 to converge", || {
+        (alive_names(&a) == ["g1", "g2"]).then_some(())
+    });
+    let target = a.cluster_addr();
+
+    // 1. Random garbage instead of a handshake.
+    let mut garbage = TcpStream::connect(&target).unwrap();
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let _ = garbage.write_all(&noise);
+    drop(garbage);
+    // 2. A frame header announcing 100 MiB before any handshake.
+    let mut huge = TcpStream::connect(&target).unwrap();
+    let _ = huge.write_all(&(100u32 << 20).to_be_bytes());
+    let _ = huge.write_all(&[0u8; 1024]);
+    wait_log(&a, "failed the encrypted handshake", 2);
+    assert!(
+        a.log_text().contains("exceeds the limit of 65535 bytes"),
+        "the oversized header is named"
+    );
+    drop(huge);
+
+    // 3. A peer with the right key that sends a 10 MiB frame after the handshake.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut stream = tokio::net::TcpStream::connect(&target).await.unwrap();
+        let transport = handshake(&mut stream, &key, true)
+            .await
+            .expect("right key, handshake succeeds");
+        let (_read, write) = stream.into_split();
+        let mut sender = transport.sender(write);
+        let mut claim = (10u32 << 20).to_be_bytes().to_vec();
+        claim.extend_from_slice(&[1u8; 1000]);
+        sender.send_raw_noise_message(&claim).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !a.log_text().contains("oversized frame") {
+            assert!(Instant::now() < deadline, "g1 never refused the oversized frame");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+
+    // The node is still a working member: both nodes answer a request.
+    let out = a.cli(&["--json", "request", "mod.echo", "{}"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["replies"].as_array().unwrap().len(), 2, "{answer}");
+    assert_eq!(alive_names(&b), ["g1", "g2"]);
+    let (status, dump) = a.http("GET", "/v1/health", None);
+    assert_eq!(status, 200, "{dump}");
+}
