@@ -2,11 +2,18 @@
 
 CARGO ?= cargo
 
-.PHONY: run build test lint fmt clean
+.PHONY: run demo build test bench lint fmt clean
+
+# Nodes in the benchmark (`make bench N=50`).
+N ?= 20
 
 ## run: build and run one node with the defaults (API on 127.0.0.1:7373, data in ./conjoiner-data)
 run:
 	$(CARGO) run --release --bin conjoiner -- agent
+
+## demo: a local cluster of three nodes on loopback; shows members and a request answered by all three
+demo: build
+	scripts/demo.sh target/release/conjoiner
 
 ## build: build the release binary at target/release/conjoiner
 build:
@@ -15,6 +22,10 @@ build:
 ## test: every test (unit, property, and the real binary in tests/)
 test:
 	$(CARGO) test --all-targets --no-fail-fast
+
+## bench: N node processes on loopback (and Serf, if installed): convergence, broadcast latency, failure detection, RSS
+bench:
+	N=$(N) $(CARGO) bench --bench cluster
 
 ## lint: formatting and clippy, as CI checks them
 lint:

@@ -93,7 +93,7 @@ pub fn serve(
             .route("/v1/events", web::get().to(events))
             .default_service(web::to(not_found))
     })
-    .workers(2)
+    .workers(1)
     .disable_signals()
     .shutdown_timeout(2)
     .bind(addr)?;

@@ -177,7 +177,7 @@ async fn run_link(mut stream: TcpStream, remote: SocketAddr, direction: Directio
         Err(e) => return failed(&setup, remote, direction, e.to_string(), true),
     };
     let (read_half, write_half) = stream.into_split();
-    let mut sender = transport.sender(BufWriter::with_capacity(64 * 1024, write_half));
+    let mut sender = transport.sender(BufWriter::with_capacity(8 * 1024, write_half));
     let hello = setup.hello.read().map(|h| h.clone()).unwrap_or_default();
     let sent = async {
         sender.send(&hello).await?;
@@ -252,5 +252,34 @@ async fn write_loop(
             });
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_queue_refuses_frames_past_its_byte_limit() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (close, _closed) = oneshot::channel();
+        let idle = tokio::spawn(async {});
+        let handle = LinkHandle {
+            id: 1,
+            remote: "127.0.0.1:1".parse().unwrap(),
+            direction: Direction::Outbound,
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            writer: idle.abort_handle(),
+            _close_reader: close,
+        };
+        handle.enqueue(Bytes::from(vec![0u8; 600]), 1000).unwrap();
+        assert_eq!(handle.queued_bytes(), 600);
+        let full = handle.enqueue(Bytes::from(vec![0u8; 500]), 1000).unwrap_err();
+        assert_eq!(full.queued, 600, "the refused frame is not counted");
+        assert_eq!(handle.queued_bytes(), 600);
+        handle.enqueue(Bytes::from(vec![0u8; 400]), 1000).unwrap();
+        assert_eq!(rx.recv().await.unwrap().len(), 600);
+        assert_eq!(rx.recv().await.unwrap().len(), 400);
     }
 }

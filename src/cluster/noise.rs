@@ -24,6 +24,9 @@ pub const MAX_NOISE_MESSAGE: usize = 65_535;
 const TAG_LEN: usize = 16;
 /// The most plaintext one Noise message carries.
 pub const MAX_CHUNK: usize = MAX_NOISE_MESSAGE - TAG_LEN;
+/// Receive buffers larger than this are released after the frame that
+/// needed them, so idle links stay small.
+const KEEP_BUFFER: usize = 8 * 1024;
 /// How long a peer has to finish the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -132,7 +135,7 @@ impl Transport {
             transport: self.clone(),
             nonce: 0,
             writer,
-            cipher: vec![0u8; MAX_NOISE_MESSAGE],
+            cipher: Vec::new(),
         }
     }
 
@@ -143,7 +146,7 @@ impl Transport {
             reader,
             max_frame,
             incoming: Vec::new(),
-            plain: vec![0u8; MAX_NOISE_MESSAGE],
+            plain: Vec::new(),
         }
     }
 }
@@ -163,6 +166,7 @@ impl<W: AsyncWrite + Unpin> FrameSender<W> {
         plain.extend_from_slice(&(frame.len() as u32).to_be_bytes());
         plain.extend_from_slice(frame);
         for chunk in plain.chunks(MAX_CHUNK) {
+            self.cipher.resize(chunk.len() + TAG_LEN, 0);
             let n = self
                 .transport
                 .0
@@ -170,6 +174,9 @@ impl<W: AsyncWrite + Unpin> FrameSender<W> {
                 .map_err(|e| LinkError::Decrypt(e.to_string()))?;
             self.nonce += 1;
             write_message(&mut self.writer, &self.cipher[..n]).await?;
+        }
+        if self.cipher.capacity() > KEEP_BUFFER {
+            self.cipher = Vec::new();
         }
         Ok(())
     }
@@ -181,6 +188,7 @@ impl<W: AsyncWrite + Unpin> FrameSender<W> {
 
     /// Writes raw bytes past the encryption, for tests that play a broken peer.
     pub async fn send_raw_noise_message(&mut self, plain: &[u8]) -> Result<(), LinkError> {
+        self.cipher.resize(plain.len() + TAG_LEN, 0);
         let n = self
             .transport
             .0
@@ -207,6 +215,7 @@ impl<R: AsyncRead + Unpin> FrameReceiver<R> {
         if read_message(&mut self.reader, &mut self.incoming).await?.is_none() {
             return Ok(None);
         }
+        self.plain.resize(self.incoming.len(), 0);
         let n = self
             .transport
             .0
@@ -238,6 +247,11 @@ impl<R: AsyncRead + Unpin> FrameReceiver<R> {
         while frame.len() < size {
             let n = self.next_chunk().await?.ok_or(LinkError::Truncated)?;
             frame.extend_from_slice(&self.plain[..n]);
+        }
+        // A big frame should not pin 64 KiB buffers per link for good.
+        if self.plain.capacity() > KEEP_BUFFER {
+            self.plain = Vec::new();
+            self.incoming = Vec::new();
         }
         if frame.len() != size {
             return Err(LinkError::Decrypt(format!(

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod netlab;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,117 @@
+//! A small lab of "hosts" on one machine: network namespaces joined by veth
+//! pairs to one bridge, for tests of what crosses a real network (multicast
+//! mDNS, a host cut off and healed).
+//!
+//! Every namespace, veth and bridge the lab makes is removed when it is
+//! dropped, so a failing test leaves nothing behind. Names carry this test
+//! process's pid, so parallel or leftover runs do not collide.
+
+use std::process::Command;
+
+pub struct Netlab {
+    tag: String,
+    subnet: String,
+    bridge: String,
+    hosts: usize,
+    made_bridge: bool,
+    made_namespaces: Vec<String>,
+    made_veths: Vec<String>,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netlab {
+    /// Builds `hosts` namespaces on a bridge. Fails with the reason (not
+    /// root, no iproute2) rather than skipping.
+    pub fn new(hosts: usize) -> Result<Netlab, String> {
+        let pid = std::process::id();
+        let tag = format!("{}", pid % 100_000);
+        let mut lab = Netlab {
+            subnet: format!("10.{}.{}", 100 + (pid / 250) % 100, pid % 250),
+            bridge: format!("cjbr{tag}"),
+            tag,
+            hosts,
+            made_bridge: false,
+            made_namespaces: Vec::new(),
+            made_veths: Vec::new(),
+        };
+        lab.build()?;
+        Ok(lab)
+    }
+
+    fn build(&mut self) -> Result<(), String> {
+        let br = self.bridge.clone();
+        ip(&["link", "add", &br, "type", "bridge", "mcast_snooping", "0"])?;
+        self.made_bridge = true;
+        ip(&["addr", "add", &format!("{}.1/24", self.subnet), "dev", &br])?;
+        ip(&["link", "set", &br, "up"])?;
+        for i in 1..=self.hosts {
+            let ns = self.namespace(i);
+            ip(&["netns", "add", &ns])?;
+            self.made_namespaces.push(ns.clone());
+            let host_end = format!("cjv{}h{i}", self.tag);
+            let ns_end = format!("cjv{}n{i}", self.tag);
+            ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &ns_end])?;
+            self.made_veths.push(host_end.clone());
+            ip(&["link", "set", &ns_end, "netns", &ns])?;
+            ip(&["link", "set", &host_end, "master", &br])?;
+            ip(&["link", "set", &host_end, "up"])?;
+            ip(&["-n", &ns, "link", "set", &ns_end, "name", "eth0"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{}/24", self.ip(i)), "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    pub fn namespace(&self, i: usize) -> String {
+        format!("cjt{}-{i}", self.tag)
+    }
+
+    /// Host `i`'s address on the bridge (1-based).
+    pub fn ip(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, 10 + i)
+    }
+
+    /// Cuts host `i` off: its interface goes down.
+    pub fn cut(&self, i: usize) {
+        ip(&["-n", &self.namespace(i), "link", "set", "eth0", "down"]).expect("cut host");
+    }
+
+    pub fn heal(&self, i: usize) {
+        ip(&["-n", &self.namespace(i), "link", "set", "eth0", "up"]).expect("heal host");
+    }
+}
+
+impl Drop for Netlab {
+    fn drop(&mut self) {
+        for ns in self.made_namespaces.drain(..) {
+            if let Err(e) = ip(&["netns", "del", &ns]) {
+                eprintln!("netlab cleanup: {e}");
+            }
+        }
+        // Deleting a namespace deletes its veth end, and with it the pair.
+        for veth in self.made_veths.drain(..) {
+            let _ = ip(&["link", "del", &veth]);
+        }
+        if self.made_bridge {
+            if let Err(e) = ip(&["link", "del", &self.bridge]) {
+                eprintln!("netlab cleanup: {e}");
+            }
+        }
+    }
+}
