@@ -9,7 +9,6 @@ use conjoiner::cluster::ClusterKey;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use uuid::Uuid;
 
 /// Starts `names` as one cluster: the first is the seed the others join.
 fn start_cluster(names: &[(&str, &str)], key: &ClusterKey) -> Vec<TestNode> {
@@ -32,11 +31,23 @@ fn start_cluster(names: &[(&str, &str)], key: &ClusterKey) -> Vec<TestNode> {
     nodes
 }
 
-/// Waits until `observer` lists `member` with `status`.
+/// Waits until `observer` lists `member` with `status`; on timeout the panic
+/// shows what it listed and the end of its log.
 fn wait_status(observer: &TestNode, member: &str, status: &str, limit: Duration) {
-    wait_for(limit, &format!("{} to see {member} {status}", observer.name), || {
-        (member_status(observer, member).as_deref() == Some(status)).then_some(())
-    });
+    let deadline = Instant::now() + limit;
+    while member_status(observer, member).as_deref() != Some(status) {
+        if Instant::now() > deadline {
+            let log = observer.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{} did not see {member} {status} within {limit:?}; it lists {:?}\nlast log lines:\n{}",
+                observer.name,
+                members_json(observer),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn wait_converged(nodes: &[&TestNode], expected: usize) {
@@ -62,21 +73,28 @@ fn tails(nodes: &[&TestNode], address: &str) -> Vec<Streaming> {
         .collect()
 }
 
-/// Collects every envelope a tail printed until it saw all `markers`. Each
-/// origin publishes its marker last, and a link keeps order, so everything an
-/// origin published earlier has arrived by then.
-fn ids_until_markers(tail: &Streaming, markers: &[String]) -> Vec<(String, Value)> {
-    let mut seen = Vec::new();
-    let mut missing: Vec<&String> = markers.iter().collect();
+/// Collects every envelope a tail prints until all of `expected` arrived
+/// and then nothing more for a quiet spell, so a late duplicate would be
+/// counted too. Relays may deliver envelopes in any order.
+fn collect(tail: &Streaming, expected: &[String]) -> Vec<(String, Value)> {
+    let mut seen: Vec<(String, Value)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !missing.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = tail.stdout.recv_timeout(left).expect("every marker reaches every node");
-        let envelope: Value = serde_json::from_str(&line).expect("tail --json prints envelopes");
-        missing.retain(|m| envelope["body"]["marker"] != m.as_str());
-        seen.push((envelope["id"].as_str().unwrap_or_default().to_string(), envelope));
+    loop {
+        let all_in = expected.iter().all(|e| seen.iter().any(|(id, _)| id == e));
+        let wait = if all_in {
+            Duration::from_millis(500)
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
+        match tail.stdout.recv_timeout(wait) {
+            Ok(line) => {
+                let envelope: Value = serde_json::from_str(&line).expect("tail --json prints envelopes");
+                seen.push((envelope["id"].as_str().unwrap_or_default().to_string(), envelope));
+            }
+            Err(_) if all_in => return seen,
+            Err(e) => panic!("not every expected envelope arrived: {e}; got {}", seen.len()),
+        }
     }
-    seen
 }
 
 fn publish(from: &TestNode, address: &str, body: &str, target: Option<&str>) -> String {
@@ -127,21 +145,17 @@ fn five_nodes_membership_bus_requests_failures_and_leave() {
     let (status, answer) = nodes[4].http("POST", "/v1/publish", Some(request.to_string().as_bytes()));
     assert_eq!(status, 202, "{answer}");
     let big_id = answer["id"].as_str().unwrap().to_string();
-    let markers: Vec<String> = nodes
-        .iter()
-        .map(|origin| {
-            let marker = Uuid::now_v7().to_string();
-            publish(origin, "count.me", &format!(r#"{{"marker":"{marker}"}}"#), None);
-            marker
-        })
-        .collect();
     for (node, stream) in nodes.iter().zip(&streams) {
-        let seen = ids_until_markers(stream, &markers);
+        let is_api = node.name == "n2" || node.name == "n4";
+        let mut expected = vec![big_id.clone()];
+        if is_api {
+            expected.extend(targeted.iter().cloned());
+        }
+        let seen = collect(stream, &expected);
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for (id, _) in &seen {
             *counts.entry(id.as_str()).or_default() += 1;
         }
-        let is_api = node.name == "n2" || node.name == "n4";
         for id in &targeted {
             let expected = usize::from(is_api);
             assert_eq!(
@@ -178,7 +192,12 @@ fn five_nodes_membership_bus_requests_failures_and_leave() {
         .map(|r| r["node"].as_str().unwrap())
         .collect();
     repliers.sort();
-    assert_eq!(repliers, ["n1", "n2", "n3", "n4", "n5"]);
+    assert_eq!(
+        repliers,
+        ["n1", "n2", "n3", "n4", "n5"],
+        "answer: {answer}\nlog of n3:\n{}",
+        nodes[2].log_text()
+    );
     assert_eq!(answer["missing"], serde_json::json!([]));
 
     // kill -9: every survivor marks it dead.

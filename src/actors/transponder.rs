@@ -444,7 +444,9 @@ impl Handler<RequestCluster> for Transponder {
             let members = members.unwrap_or_default();
             let expected: BTreeSet<String> = members
                 .into_iter()
-                .filter(|m| m.status == MemberStatus::Alive)
+                // A suspect node is still a member: it is asked, and named
+                // in `missing` if it stays silent.
+                .filter(|m| matches!(m.status, MemberStatus::Alive | MemberStatus::Suspect))
                 .filter(|m| target.as_ref().is_none_or(|t| t.matches(&m.name, &m.tags)))
                 .map(|m| m.name)
                 .collect();
