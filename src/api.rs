@@ -91,6 +91,10 @@ pub fn serve(
             .route("/v1/publish", web::post().to(publish))
             .route("/v1/request", web::post().to(request))
             .route("/v1/events", web::get().to(events))
+            .route("/v1/deploy", web::post().to(deploy))
+            .route("/v1/undeploy", web::post().to(undeploy))
+            .route("/v1/modules", web::get().to(modules))
+            .route("/v1/debug/state", web::get().to(debug_state))
             .default_service(web::to(not_found))
     })
     .workers(1)
@@ -278,13 +282,13 @@ async fn request(node: web::Data<NodeHandle>, req: web::Json<RequestBody>) -> Re
         ));
     }
     let outcome = transponder(&node)?
-        .send(RequestCluster {
-            module: "api".into(),
-            address: req.address,
-            target: req.target,
-            body: req.body,
-            timeout: Duration::from_millis(timeout_ms),
-        })
+        .send(RequestCluster::new(
+            "api",
+            &req.address,
+            req.target,
+            req.body,
+            Duration::from_millis(timeout_ms),
+        ))
         .await
         .map_err(|_| ApiError::unavailable("the transponder stopped while the request was in flight"))?
         .map_err(|e| ApiError::bad_request("bad_selector", e))?;
@@ -325,4 +329,280 @@ async fn events(node: web::Data<NodeHandle>, query: web::Query<EventsQuery>) -> 
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .streaming(hello.chain(live))
+}
+
+/// The default and the largest time one node may take to deploy.
+pub const DEFAULT_DEPLOY_TIMEOUT_MS: u64 = 120_000;
+
+#[derive(Deserialize)]
+struct SourceBody {
+    url: Option<String>,
+    path: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeployBody {
+    module: String,
+    source: SourceBody,
+    sha256: Option<String>,
+    config: Option<Value>,
+    target: Option<String>,
+    batch: Option<usize>,
+    #[serde(default)]
+    continue_on_error: bool,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct UndeployBody {
+    module: String,
+    target: Option<String>,
+    batch: Option<usize>,
+    #[serde(default)]
+    continue_on_error: bool,
+    timeout_ms: Option<u64>,
+}
+
+fn rejected(code: &'static str, message: impl Into<String>) -> ApiError {
+    let api = ApiError::bad_request(code, message);
+    warn!(code, error = %api.message, "rejected API request");
+    api
+}
+
+fn deploy_timeout(timeout_ms: Option<u64>) -> Result<Duration, ApiError> {
+    let ms = timeout_ms.unwrap_or(DEFAULT_DEPLOY_TIMEOUT_MS);
+    if ms == 0 || ms > MAX_REQUEST_TIMEOUT_MS {
+        return Err(rejected(
+            "invalid_request",
+            format!("`timeout_ms` must be between 1 and {MAX_REQUEST_TIMEOUT_MS}"),
+        ));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn check_batch(batch: Option<usize>) -> Result<(), ApiError> {
+    if batch == Some(0) {
+        return Err(rejected("invalid_request", "`batch` must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Turns a deploy request into the order nodes get. A `path` is read here,
+/// on the origin: it goes into this node's package cache and the order
+/// names this node as the peer to fetch it from.
+async fn deploy_order(node: &NodeHandle, req: &DeployBody) -> Result<Value, ApiError> {
+    use crate::actors::deployer::{DeployOrder, OrderSource};
+    use crate::modules::fetch::PackageSource;
+    crate::modules::manifest::check_module_name(&req.module).map_err(|e| rejected("invalid_request", e))?;
+    let sha256 = req
+        .sha256
+        .as_deref()
+        .map(crate::modules::package::parse_sha256)
+        .transpose()
+        .map_err(|e| rejected("invalid_request", e))?;
+    if req.config.as_ref().is_some_and(|c| !c.is_object()) {
+        return Err(rejected("invalid_request", "`config` must be a JSON object"));
+    }
+    let source = match (&req.source.url, &req.source.path) {
+        (Some(url), None) => {
+            PackageSource::parse(url).map_err(|e| rejected("bad_source", e.to_string()))?;
+            OrderSource {
+                url: Some(url.clone()),
+                peer: None,
+                size: None,
+            }
+        }
+        (None, Some(path)) => {
+            let path = std::path::PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(rejected(
+                    "bad_source",
+                    "`source.path` must be absolute (it is read by the node, not the client)",
+                ));
+            }
+            let state = &node.deploy;
+            let limit = node.settings.deployer.max_package_bytes;
+            let cached = state
+                .cache
+                .fetch(&PackageSource::File(path), sha256.as_deref(), limit, &state.http)
+                .await
+                .map_err(|e| rejected(e.code(), e.to_string()))?;
+            let package = cached.path.clone();
+            let manifest = tokio::task::spawn_blocking(move || crate::modules::package::read_manifest(&package))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+                .map_err(|e| rejected("bad_package", e))?;
+            if manifest.name != req.module {
+                return Err(rejected(
+                    "bad_package",
+                    format!("the package holds module `{}`, not `{}`", manifest.name, req.module),
+                ));
+            }
+            return Ok(serde_json::to_value(DeployOrder {
+                module: req.module.clone(),
+                source: OrderSource {
+                    url: None,
+                    peer: Some(node.identity.name.clone()),
+                    size: Some(cached.size),
+                },
+                sha256: Some(cached.sha256),
+                config: req.config.clone(),
+            })
+            .unwrap_or(Value::Null));
+        }
+        _ => {
+            return Err(rejected(
+                "invalid_request",
+                "`source` must have exactly one of `url` or `path`",
+            ))
+        }
+    };
+    Ok(serde_json::to_value(DeployOrder {
+        module: req.module.clone(),
+        source,
+        sha256,
+        config: req.config.clone(),
+    })
+    .unwrap_or(Value::Null))
+}
+
+async fn deploy(
+    node: web::Data<NodeHandle>,
+    http: HttpRequest,
+    req: web::Json<DeployBody>,
+) -> Result<HttpResponse, ApiError> {
+    let req = req.into_inner();
+    parse_target(req.target.as_deref())?;
+    check_batch(req.batch)?;
+    let timeout = deploy_timeout(req.timeout_ms)?;
+    let order = deploy_order(&node, &req).await?;
+    let rollout = crate::rollout::Rollout {
+        kind: MessageType::Deploy,
+        order,
+        target: req.target,
+        batch: req.batch,
+        continue_on_error: req.continue_on_error,
+        timeout,
+    };
+    run_rollout(node.get_ref().clone(), &http, rollout).await
+}
+
+async fn undeploy(
+    node: web::Data<NodeHandle>,
+    http: HttpRequest,
+    req: web::Json<UndeployBody>,
+) -> Result<HttpResponse, ApiError> {
+    let req = req.into_inner();
+    crate::modules::manifest::check_module_name(&req.module).map_err(|e| rejected("invalid_request", e))?;
+    parse_target(req.target.as_deref())?;
+    check_batch(req.batch)?;
+    let rollout = crate::rollout::Rollout {
+        kind: MessageType::Undeploy,
+        order: json!({"module": req.module}),
+        target: req.target,
+        batch: req.batch,
+        continue_on_error: req.continue_on_error,
+        timeout: deploy_timeout(req.timeout_ms)?,
+    };
+    run_rollout(node.get_ref().clone(), &http, rollout).await
+}
+
+/// Answers the outcome as one JSON object, or, when the client accepts
+/// `application/x-ndjson`, streams one line per event as results arrive:
+/// `{"event":"start","expected":[…]}`, `{"event":"result",…}` per node, and
+/// `{"event":"done",…outcome}` (or `{"event":"error","error"}`) last.
+async fn run_rollout(
+    node: NodeHandle,
+    http: &HttpRequest,
+    rollout: crate::rollout::Rollout,
+) -> Result<HttpResponse, ApiError> {
+    let streaming = http
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    if !streaming {
+        let outcome = crate::rollout::run(&node, rollout, None)
+            .await
+            .map_err(ApiError::unavailable)?;
+        return Ok(HttpResponse::Ok().json(outcome));
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
+    let forward = tx.clone();
+    actix_rt::spawn(async move {
+        while let Some(p) = progress_rx.recv().await {
+            let _ = forward.send(serde_json::to_value(p).unwrap_or(Value::Null));
+        }
+    });
+    actix_rt::spawn(
+        async move {
+            let last = match crate::rollout::run(&node, rollout, Some(progress_tx)).await {
+                Ok(outcome) => {
+                    let mut v = serde_json::to_value(outcome).unwrap_or(Value::Null);
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.insert("event".into(), json!("done"));
+                    }
+                    v
+                }
+                Err(e) => json!({"event": "error", "error": e}),
+            };
+            // Let the forwarder flush the last results first.
+            tokio::task::yield_now().await;
+            let _ = tx.send(last);
+        }
+        .in_current_span(),
+    );
+    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|v| {
+        let mut line = serde_json::to_vec(&v).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, actix_web::Error>(Bytes::from(line))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(lines))
+}
+
+#[derive(Deserialize)]
+struct ModulesQuery {
+    target: Option<String>,
+}
+
+/// How long `GET /v1/modules` waits for each node.
+const MODULES_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn modules(node: web::Data<NodeHandle>, query: web::Query<ModulesQuery>) -> Result<HttpResponse, ApiError> {
+    let target = query.into_inner().target.filter(|t| !t.is_empty());
+    parse_target(target.as_deref())?;
+    let outcome = transponder(&node)?
+        .send(RequestCluster::new(
+            "api",
+            crate::actors::deployer::DEPLOYER_ADDRESS,
+            target,
+            json!({"op": "modules"}),
+            MODULES_TIMEOUT,
+        ))
+        .await
+        .map_err(|_| ApiError::unavailable("the transponder stopped while the request was in flight"))?
+        .map_err(|e| ApiError::bad_request("bad_selector", e))?;
+    let mut nodes: Vec<Value> = outcome
+        .replies
+        .into_iter()
+        .map(|r| match r.error {
+            Some(error) => json!({"node": r.node, "modules": [], "error": error}),
+            None => json!({"node": r.node, "modules": r.body.get("modules").cloned().unwrap_or(json!([]))}),
+        })
+        .collect();
+    for missing in outcome.missing {
+        let error = format!("did not answer within {} s", MODULES_TIMEOUT.as_secs());
+        nodes.push(json!({"node": missing, "modules": [], "error": error, "missing": true}));
+    }
+    nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+    Ok(HttpResponse::Ok().json(nodes))
+}
+
+/// Every actor's state snapshot (what SIGUSR1 logs), as JSON.
+async fn debug_state(node: web::Data<NodeHandle>) -> HttpResponse {
+    HttpResponse::Ok().json(node.dump_state().await)
 }

@@ -8,7 +8,9 @@
 //! - [`actors`]: the node's actors (supervisor, ModBus, Transponder, modules).
 //! - [`cluster`]: key, encrypted links, link protocol, membership identities.
 //! - [`discovery`]: mDNS and `--join` seeds, which hand peers to the bridge.
+//! - [`modules`]: packages, manifests, installs and the built-in registry.
 //! - [`node`]: builds one node from a [`node::NodeConfig`].
+//! - [`rollout`]: deploys and undeploys from the origin, batch by batch.
 //! - [`api`]: the control API (HTTP) the CLI talks to.
 //! - [`cli`]: the `conjoiner` command line.
 
@@ -18,5 +20,7 @@ pub mod cli;
 pub mod cluster;
 pub mod discovery;
 pub mod logging;
+pub mod modules;
 pub mod node;
+pub mod rollout;
 pub mod wire;

@@ -5,23 +5,24 @@
 
 use crate::actors::cluster_bridge::LeaveCluster;
 use crate::actors::cluster_bus::ClusterHandle;
-use crate::actors::supervisor::{ListModules, ModuleSpec, RestartPolicy, Shutdown, StartModule};
-use crate::actors::transponder::TransponderConfig;
+use crate::actors::deployer::{self, DeployState, DeployerConfig};
+use crate::actors::supervisor::{ListModules, RestartPolicy, Shutdown, StartModule};
+use crate::actors::transponder::{TransponderConfig, TransponderSlot};
 use crate::actors::ClusterBridge;
 use crate::actors::{
-    spawn_module, DumpState, Echo, EventTap, LoopbackCluster, ModBus, ModuleInfo, NodeIdentity, NodeSupervisor,
-    Snapshot, Transponder,
+    DumpState, EventTap, LoopbackCluster, ModBus, ModuleInfo, NodeIdentity, NodeSupervisor, Snapshot, Transponder,
 };
 use crate::api;
 use crate::cluster::{ClusterConfig, ClusterKey, KeySource};
 use crate::discovery::{spawn_seeds, Mdns};
+use crate::modules::registry::{self, CORE_MODULES};
 use actix::prelude::*;
 use anyhow::Context as _;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::{info, warn};
 
@@ -35,6 +36,7 @@ pub struct NodeConfig {
     /// Where the control API listens (port 0 picks a free port).
     pub http: SocketAddr,
     pub transponder: TransponderConfig,
+    pub deployer: DeployerConfig,
     /// The largest request body the control API takes.
     pub max_body_bytes: usize,
     /// How this node links to others; `None` runs it alone on a
@@ -159,7 +161,16 @@ pub const HTTP_ADDR_FILE: &str = "http.addr";
 /// The largest envelope body, and so the largest API request body: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 
-/// The parts of a node the control API needs. Cheap to clone, `Send + Sync`.
+/// The settings modules read when they (re)start.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub data_dir: PathBuf,
+    pub transponder: TransponderConfig,
+    pub deployer: DeployerConfig,
+}
+
+/// The parts of a node that the control API and the modules need. Cheap to
+/// clone, `Send + Sync`; module factories get one.
 #[derive(Clone)]
 pub struct NodeHandle {
     pub identity: NodeIdentity,
@@ -168,19 +179,18 @@ pub struct NodeHandle {
     pub cluster_state: Recipient<DumpState>,
     pub supervisor: Addr<NodeSupervisor>,
     /// The live Transponder; replaced by its factory on every restart.
-    pub transponder: Arc<RwLock<Option<Addr<Transponder>>>>,
+    pub transponder: TransponderSlot,
     pub tap: EventTap,
     pub started: Instant,
+    pub settings: Arc<NodeSettings>,
+    /// Installed modules and the package cache, shared with the Deployer.
+    pub deploy: Arc<DeployState>,
 }
 
 impl NodeHandle {
     /// The Transponder, if it is running right now.
     pub fn transponder(&self) -> Option<Addr<Transponder>> {
-        self.transponder
-            .read()
-            .ok()
-            .and_then(|t| t.clone())
-            .filter(|t| t.connected())
+        self.transponder.get()
     }
 
     /// Makes every actor log one line with its state, and returns them all.
@@ -243,8 +253,8 @@ impl Node {
                 (ClusterHandle::of(&loopback), loopback.recipient())
             }
         };
-        let supervisor = NodeSupervisor::new(&identity).start();
-        let transponder = Arc::new(RwLock::new(None));
+        let supervisor = NodeSupervisor::new(&identity).with_bus(bus.clone()).start();
+        let deploy = Arc::new(DeployState::open(&config.data_dir)?);
 
         let handle = NodeHandle {
             identity: identity.clone(),
@@ -252,18 +262,30 @@ impl Node {
             cluster: cluster.clone(),
             cluster_state,
             supervisor: supervisor.clone(),
-            transponder: transponder.clone(),
+            transponder: TransponderSlot::default(),
             tap,
             started: Instant::now(),
+            settings: Arc::new(NodeSettings {
+                data_dir: config.data_dir.clone(),
+                transponder: config.transponder.clone(),
+                deployer: config.deployer.clone(),
+            }),
+            deploy,
         };
 
-        for spec in core_modules(&identity, &config, &handle) {
+        // The Transponder first (it is the border), then the other core modules.
+        let version = env!("CARGO_PKG_VERSION");
+        for name in CORE_MODULES {
+            let spec = registry::builtin_spec(&handle, name, name, version, json!({}), RestartPolicy::default())
+                .map_err(anyhow::Error::msg)?;
             supervisor
                 .send(StartModule(spec))
                 .await
                 .context("supervisor is gone")?
                 .map_err(anyhow::Error::msg)?;
         }
+        // Then whatever was deployed here before the node last stopped.
+        deployer::start_installed(&handle).await;
 
         let (server, http_addr) = api::serve(handle.clone(), config.http, config.max_body_bytes)
             .with_context(|| format!("cannot start the control API on {}", config.http))?;
@@ -295,45 +317,4 @@ impl Node {
         self.server.stop(true).await;
         span.in_scope(|| info!("node stopped"));
     }
-}
-
-/// The modules every node runs: the Transponder first (it is the border), then
-/// the built-in modules.
-fn core_modules(identity: &NodeIdentity, config: &NodeConfig, handle: &NodeHandle) -> Vec<ModuleSpec> {
-    let version = env!("CARGO_PKG_VERSION").to_string();
-    let transponder = {
-        let identity = identity.clone();
-        let settings = config.transponder.clone();
-        let bus = handle.bus.clone();
-        let cluster = handle.cluster.clone();
-        let slot = handle.transponder.clone();
-        ModuleSpec {
-            name: "transponder".into(),
-            kind: "transponder".into(),
-            version: version.clone(),
-            restart: RestartPolicy::default(),
-            factory: Box::new(move || {
-                let (addr, running) = spawn_module(Transponder::new(
-                    &identity,
-                    settings.clone(),
-                    bus.clone(),
-                    cluster.clone(),
-                ));
-                *slot.write().map_err(|_| anyhow::anyhow!("transponder slot poisoned"))? = Some(addr);
-                Ok(running)
-            }),
-        }
-    };
-    let echo = {
-        let identity = identity.clone();
-        let bus = handle.bus.clone();
-        ModuleSpec {
-            name: "echo".into(),
-            kind: "echo".into(),
-            version,
-            restart: RestartPolicy::default(),
-            factory: Box::new(move || Ok(spawn_module(Echo::new(&identity, "echo", bus.clone())).1)),
-        }
-    };
-    vec![transponder, echo]
 }

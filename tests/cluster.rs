@@ -10,27 +10,6 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// Starts `names` as one cluster: the first is the seed the others join.
-fn start_cluster(names: &[(&str, &str)], key: &ClusterKey) -> Vec<TestNode> {
-    let env = vec![("CONJOINER_KEY".to_string(), key.to_base64())];
-    let mut nodes: Vec<TestNode> = Vec::new();
-    for (name, role) in names {
-        let mut extra = vec!["--tag".to_string(), format!("role={role}")];
-        if let Some(seed) = nodes.first() {
-            extra.extend(["--join".to_string(), seed.cluster_addr()]);
-        }
-        nodes.push(TestNode::launch(
-            name,
-            Launch {
-                env: env.clone(),
-                extra,
-                ..Launch::default()
-            },
-        ));
-    }
-    nodes
-}
-
 /// Waits until `observer` lists `member` with `status`; on timeout the panic
 /// shows what it listed and the end of its log.
 fn wait_status(observer: &TestNode, member: &str, status: &str, limit: Duration) {
@@ -47,16 +26,6 @@ fn wait_status(observer: &TestNode, member: &str, status: &str, limit: Duration)
             );
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_converged(nodes: &[&TestNode], expected: usize) {
-    for node in nodes {
-        wait_for(
-            Duration::from_secs(20),
-            &format!("{} to see {expected} alive", node.name),
-            || (alive_names(node).len() == expected).then_some(()),
-        );
     }
 }
 

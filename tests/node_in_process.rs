@@ -23,6 +23,7 @@ async fn start(name: &str, dir: &tempfile::TempDir) -> Node {
             heartbeat_interval: Duration::from_millis(50),
             ..TransponderConfig::default()
         },
+        deployer: Default::default(),
         max_body_bytes: DEFAULT_MAX_BODY,
         network: None,
     })
@@ -146,13 +147,13 @@ async fn a_transponder_that_dies_is_restarted_and_reattached() {
 
     // The new one is attached to the cluster bus: a round trip works.
     let outcome = new
-        .send(RequestCluster {
-            module: "test".into(),
-            address: "mod.echo".into(),
-            target: None,
-            body: json!({"after": "restart"}),
-            timeout: Duration::from_secs(5),
-        })
+        .send(RequestCluster::new(
+            "test",
+            "mod.echo",
+            None,
+            json!({"after": "restart"}),
+            Duration::from_secs(5),
+        ))
         .await
         .unwrap()
         .unwrap();

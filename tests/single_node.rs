@@ -272,7 +272,7 @@ fn sigusr1_makes_every_actor_log_its_state() {
     // Some traffic first, so the snapshots have something to show.
     assert_eq!(node.cli(&["request", "mod.echo", "{}"]).status.code(), Some(0));
     node.signal(libc::SIGUSR1);
-    let actors = ["supervisor", "modbus", "cluster", "transponder", "echo"];
+    let actors = ["supervisor", "modbus", "cluster", "transponder", "deployer", "echo"];
     let log = wait_for(Duration::from_secs(20), "a state snapshot from every actor", || {
         let log = node.log_text();
         let all = actors.iter().all(|a| {
@@ -292,7 +292,7 @@ fn sigusr1_makes_every_actor_log_its_state() {
         "subscriptions are shown"
     );
     assert!(
-        line("modbus").contains(r#""queue_depths":{"echo":0}"#),
+        line("modbus").contains(r#""queue_depths":{"deployer":0,"echo":0}"#),
         "queue depths are shown"
     );
     assert!(

@@ -6,6 +6,7 @@
 
 use super::messages::{Deliver, DumpState, Snapshot, StopModule};
 use super::modbus::{ModBus, Publish, Subscribe, Unsubscribe};
+use super::supervisor::{spawn_module, RunningModule};
 use super::NodeIdentity;
 use crate::wire::{Envelope, MessageType, Source};
 use actix::prelude::*;
@@ -19,6 +20,12 @@ pub struct Echo {
     bus: Addr<ModBus>,
     requests: u64,
     other: u64,
+}
+
+/// The registry's factory for kind `echo` (the config is not used).
+pub fn start_module(args: &crate::modules::ModuleArgs<'_>) -> anyhow::Result<RunningModule> {
+    let echo = Echo::new(&args.node.identity, args.name, args.node.bus.clone());
+    Ok(spawn_module(echo).1)
 }
 
 impl Echo {

@@ -5,22 +5,31 @@
 //! - [`Transponder`]: the border between the ClusterBus and the ModBus.
 //! - [`ClusterBridge`]: links to other nodes, membership and the ClusterBus.
 //! - [`LoopbackCluster`]: the ClusterBus of a node that is alone.
+//! - [`Deployer`]: installs and removes modules on order from the cluster.
+//! - [`ProcessModule`]: runs a package's program and bridges its stdio.
 //! - [`Echo`]: the simplest module, for round trips.
+//! - [`Uptime`]: reports the host's load and uptime (the README's example).
 
 pub mod cluster_bridge;
 pub mod cluster_bus;
+pub mod deployer;
 pub mod echo;
 pub mod loopback_cluster;
 pub mod messages;
 pub mod modbus;
+pub mod process_module;
 pub mod supervisor;
 pub mod transponder;
+pub mod uptime;
 
 pub use cluster_bridge::ClusterBridge;
 pub use cluster_bus::{ClusterHandle, Member, MemberStatus};
+pub use deployer::Deployer;
 pub use echo::Echo;
 pub use loopback_cluster::LoopbackCluster;
 pub use messages::{Deliver, DumpState, EventTap, NodeIdentity, QueueGauge, QueueTicket, Snapshot, StopModule};
 pub use modbus::{BusError, ModBus};
+pub use process_module::ProcessModule;
 pub use supervisor::{spawn_module, ModuleInfo, ModuleSpec, ModuleState, NodeSupervisor, RestartMode, RestartPolicy};
 pub use transponder::{NodeReply, RequestOutcome, Transponder, TransponderConfig};
+pub use uptime::Uptime;

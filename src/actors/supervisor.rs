@@ -12,7 +12,9 @@
 //! for each to exit (or aborting it after a grace period) before the next.
 
 use super::messages::{DumpState, Snapshot, StopModule};
+use super::modbus::{ModBus, Publish};
 use super::NodeIdentity;
+use crate::wire::{Envelope, MessageType, Source};
 use actix::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -79,6 +81,35 @@ pub struct ModuleControl {
 pub struct RunningModule {
     pub control: ModuleControl,
     pub task: JoinHandle<()>,
+    /// Why the module failed, if it stopped itself because of a failure
+    /// (a process module whose child exited non-zero).
+    pub exit_note: ExitNote,
+}
+
+impl RunningModule {
+    /// Shares `note` with the actor, which fills it before stopping on a failure.
+    pub fn with_exit_note(mut self, note: ExitNote) -> RunningModule {
+        self.exit_note = note;
+        self
+    }
+}
+
+/// A module's own account of why it stopped. An actor that stops itself on
+/// a failure writes the reason here first; a stop with a note counts as a
+/// failure for the restart policy, one without is a clean exit.
+#[derive(Debug, Clone, Default)]
+pub struct ExitNote(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl ExitNote {
+    pub fn fail(&self, reason: impl Into<String>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(reason.into());
+        }
+    }
+
+    fn take(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
 }
 
 /// Builds (or rebuilds, on restart) a module. An `Err` counts as a failed
@@ -91,6 +122,8 @@ pub struct ModuleSpec {
     pub kind: String,
     pub version: String,
     pub restart: RestartPolicy,
+    /// How long the module may take to stop before its task is aborted.
+    pub stop_grace: Duration,
     pub factory: ModuleFactory,
 }
 
@@ -107,7 +140,14 @@ where
         stop: addr.clone().recipient(),
         dump: addr.clone().recipient(),
     };
-    (addr, RunningModule { control, task })
+    (
+        addr,
+        RunningModule {
+            control,
+            task,
+            exit_note: ExitNote::default(),
+        },
+    )
 }
 
 /// The lifecycle state of a module, as `conjoiner modules` shows it.
@@ -162,6 +202,8 @@ enum ExitOutcome {
     /// The actor stopped (on its own, or because it was asked to).
     Clean,
     Panicked(String),
+    /// The module stopped itself and said why (an [`ExitNote`]).
+    Failed(String),
     Cancelled,
     StartFailed(String),
 }
@@ -175,6 +217,7 @@ impl ExitOutcome {
         match self {
             ExitOutcome::Clean => "stopped".into(),
             ExitOutcome::Panicked(m) => format!("panicked: {m}"),
+            ExitOutcome::Failed(m) => m.clone(),
             ExitOutcome::Cancelled => "task cancelled".into(),
             ExitOutcome::StartFailed(m) => format!("failed to start: {m}"),
         }
@@ -223,23 +266,47 @@ impl Child {
 
 /// The per-node supervisor actor.
 pub struct NodeSupervisor {
+    identity: NodeIdentity,
     span: tracing::Span,
+    bus: Option<Addr<ModBus>>,
     children: Vec<Child>,
     shutting_down: bool,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
-    /// How long a module may take to stop before its task is aborted.
-    stop_grace: Duration,
 }
 
 impl NodeSupervisor {
     pub fn new(identity: &NodeIdentity) -> NodeSupervisor {
         NodeSupervisor {
+            identity: identity.clone(),
             span: identity.span("supervisor"),
+            bus: None,
             children: Vec::new(),
             shutting_down: false,
             shutdown_waiters: Vec::new(),
-            stop_grace: Duration::from_secs(5),
         }
+    }
+
+    /// Tells the node's modules on the ModBus (`<node>.local`, event
+    /// `module_failed`) that a module was given up on.
+    pub fn with_bus(mut self, bus: Addr<ModBus>) -> NodeSupervisor {
+        self.bus = Some(bus);
+        self
+    }
+
+    fn report_failed(&self, name: &str, reason: &str) {
+        let Some(bus) = &self.bus else { return };
+        let envelope = Envelope::new(
+            MessageType::Event,
+            Source {
+                node: self.identity.name.clone(),
+                module: "supervisor".into(),
+            },
+            self.identity.local_address(),
+            None,
+            json!({"event": "module_failed", "module": name, "reason": reason}),
+        );
+        // Nobody listening is normal; the failure is in the log and the module list.
+        bus.do_send(Publish(envelope));
     }
 
     fn child_mut(&mut self, name: &str) -> Option<&mut Child> {
@@ -262,9 +329,13 @@ impl NodeSupervisor {
                 info!(module_name = %name, kind = %child.spec.kind, generation, restarts = child.restarts,
                     "module running");
                 let name = name.to_string();
+                let note = running.exit_note;
                 actix_rt::spawn(async move {
                     let outcome = match running.task.await {
-                        Ok(()) => ExitOutcome::Clean,
+                        Ok(()) => match note.take() {
+                            Some(reason) => ExitOutcome::Failed(reason),
+                            None => ExitOutcome::Clean,
+                        },
                         Err(e) if e.is_panic() => ExitOutcome::Panicked(panic_message(e.into_panic())),
                         Err(_) => ExitOutcome::Cancelled,
                     };
@@ -323,6 +394,10 @@ impl NodeSupervisor {
             };
             warn!(module_name = %name, exit = %outcome.describe(), state = ?child.state,
                 policy = ?policy.mode, "module exited and its policy does not restart it");
+            if child.state == ModuleState::Failed {
+                let reason = format!("{} (restart policy {:?})", outcome.describe(), policy.mode);
+                self.report_failed(&name, &reason);
+            }
             return;
         }
 
@@ -340,6 +415,13 @@ impl NodeSupervisor {
                 period_secs = policy.period.as_secs_f64(),
                 "module failed: it exited again after {} restarts within {:?}; giving up",
                 policy.max_restarts, policy.period);
+            let reason = format!(
+                "{}; gave up after {} restarts within {} s",
+                outcome.describe(),
+                policy.max_restarts,
+                policy.period.as_secs()
+            );
+            self.report_failed(&name, &reason);
             return;
         }
         child.recent_restarts.push_back(now);
@@ -361,8 +443,8 @@ impl NodeSupervisor {
 
     /// Asks one module to stop; aborts its task if it takes too long.
     fn stop_child(&mut self, index: usize, ctx: &mut Context<Self>) {
-        let grace = self.stop_grace;
         let child = &mut self.children[index];
+        let grace = child.spec.stop_grace;
         let name = child.spec.name.clone();
         let generation = child.generation;
         match child.control.take() {
@@ -673,6 +755,7 @@ mod tests {
             kind: "test".into(),
             version: "0".into(),
             restart: policy,
+            stop_grace: Duration::from_secs(5),
             factory: Box::new(move || {
                 starts.fetch_add(1, Ordering::SeqCst);
                 Ok(spawn_module(TestActor {

@@ -21,12 +21,45 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 /// The address every node's Transponder listens to (SPEC §2); heartbeats go here.
 pub const CLUSTERBUS_ADDRESS: &str = "conjoiner.clusterbus";
+
+/// Where modules find the live Transponder: its factory puts each new one
+/// here, so a module keeps reaching the cluster across Transponder restarts.
+#[derive(Clone, Default)]
+pub struct TransponderSlot(std::sync::Arc<std::sync::RwLock<Option<Addr<Transponder>>>>);
+
+impl TransponderSlot {
+    /// The Transponder, if it is running right now.
+    pub fn get(&self) -> Option<Addr<Transponder>> {
+        self.0.read().ok().and_then(|t| t.clone()).filter(|t| t.connected())
+    }
+
+    pub fn set(&self, transponder: Addr<Transponder>) {
+        if let Ok(mut slot) = self.0.write() {
+            *slot = Some(transponder);
+        }
+    }
+}
+
+/// The registry's factory for kind `transponder`: a fresh Transponder with
+/// the node's settings, put in the node's slot so modules and the API reach it.
+pub fn start_module(args: &crate::modules::ModuleArgs<'_>) -> anyhow::Result<super::supervisor::RunningModule> {
+    let node = args.node;
+    let transponder = Transponder::new(
+        &node.identity,
+        node.settings.transponder.clone(),
+        node.bus.clone(),
+        node.cluster.clone(),
+    );
+    let (addr, running) = super::supervisor::spawn_module(transponder);
+    node.transponder.set(addr);
+    Ok(running)
+}
 
 /// Tunables of the Transponder.
 #[derive(Debug, Clone)]
@@ -60,15 +93,48 @@ pub struct PublishToCluster {
     pub body: Value,
 }
 
-/// Send a request to the targeted nodes and gather one reply per node.
+/// Send a request to the targeted nodes and gather one answer per node: any
+/// envelope whose `reply_to` is the request's id (a `reply`, an `error`, a
+/// `deploy_result`).
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<RequestOutcome, String>")]
 pub struct RequestCluster {
+    /// `request` for module requests; `deploy`/`undeploy` for the Deployer.
+    pub kind: MessageType,
     pub module: String,
     pub address: String,
     pub target: Option<String>,
+    /// Ask this one node only, straight over its link (no ClusterBus push).
+    pub to: Option<String>,
     pub body: Value,
     pub timeout: Duration,
+    /// Gets each node's answer as it arrives.
+    pub progress: Option<mpsc::UnboundedSender<NodeReply>>,
+}
+
+impl RequestCluster {
+    /// A `request` to every node that `target` selects.
+    pub fn new(module: &str, address: &str, target: Option<String>, body: Value, timeout: Duration) -> RequestCluster {
+        RequestCluster {
+            kind: MessageType::Request,
+            module: module.to_string(),
+            address: address.to_string(),
+            target,
+            to: None,
+            body,
+            timeout,
+            progress: None,
+        }
+    }
+}
+
+/// Send an envelope straight to one node (a `deploy_result` to its origin).
+/// The Transponder stamps it.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct SendDirect {
+    pub node: String,
+    pub envelope: Envelope,
 }
 
 /// One node's answer to a gathered request.
@@ -97,6 +163,7 @@ struct Gather {
     replies: Vec<NodeReply>,
     started: Instant,
     done: Option<oneshot::Sender<RequestOutcome>>,
+    progress: Option<mpsc::UnboundedSender<NodeReply>>,
 }
 
 impl Gather {
@@ -261,14 +328,19 @@ impl Transponder {
         } else {
             (envelope.body, None, None)
         };
-        debug!(request = %request_id, from = %envelope.src.node, error = ?error, "reply gathered");
-        gather.replies.push(NodeReply {
+        debug!(request = %request_id, from = %envelope.src.node, kind = %envelope.kind, error = ?error,
+            "reply gathered");
+        let reply = NodeReply {
             node: envelope.src.node,
             body,
             error,
             code,
             elapsed_ms: gather.started.elapsed().as_millis() as u64,
-        });
+        };
+        if let Some(progress) = &gather.progress {
+            let _ = progress.send(reply.clone());
+        }
+        gather.replies.push(reply);
         let complete = gather
             .expected
             .iter()
@@ -394,6 +466,10 @@ impl Handler<FromCluster> for Transponder {
                 // Modules (the monitor) may listen; nobody listening is normal.
                 let _ = self.bus.try_send(modbus::Publish(envelope));
             }
+            // An answer to one of our gathered requests, whatever its type.
+            _ if envelope.reply_to.is_some_and(|id| self.gathers.contains_key(&id)) => {
+                self.record_reply(envelope);
+            }
             MessageType::Reply | MessageType::Error if envelope.reply_to.is_some() => {
                 self.record_reply(envelope);
             }
@@ -448,10 +524,11 @@ impl Handler<RequestCluster> for Transponder {
                 // in `missing` if it stays silent.
                 .filter(|m| matches!(m.status, MemberStatus::Alive | MemberStatus::Suspect))
                 .filter(|m| target.as_ref().is_none_or(|t| t.matches(&m.name, &m.tags)))
+                .filter(|m| msg.to.as_ref().is_none_or(|to| &m.name == to))
                 .map(|m| m.name)
                 .collect();
             let envelope = Envelope::new(
-                MessageType::Request,
+                msg.kind.clone(),
                 act.source(&msg.module),
                 msg.address,
                 msg.target,
@@ -460,8 +537,14 @@ impl Handler<RequestCluster> for Transponder {
             let id = envelope.id;
             let (tx, rx) = oneshot::channel();
             let nobody = expected.is_empty();
-            info!(request = %id, address = %envelope.dst.address, expected = expected.len(),
-                        timeout_ms = msg.timeout.as_millis() as u64, "gathering request");
+            if msg.to.is_some() {
+                // Single-node requests (package chunks) are many; keep them out of the info log.
+                debug!(request = %id, kind = %envelope.kind, address = %envelope.dst.address, to = ?msg.to,
+                    expected = expected.len(), "asking one node");
+            } else {
+                info!(request = %id, kind = %envelope.kind, address = %envelope.dst.address,
+                    expected = expected.len(), timeout_ms = msg.timeout.as_millis() as u64, "gathering request");
+            }
             act.gathers.insert(
                 id,
                 Gather {
@@ -469,10 +552,15 @@ impl Handler<RequestCluster> for Transponder {
                     replies: Vec::new(),
                     started: Instant::now(),
                     done: Some(tx),
+                    progress: msg.progress,
                 },
             );
-            if !nobody {
-                act.broadcast(envelope);
+            match (&msg.to, nobody) {
+                (_, true) => {}
+                (Some(node), false) => act.direct(node.clone(), envelope),
+                (None, false) => {
+                    act.broadcast(envelope);
+                }
             }
             let timeout = if nobody { Duration::ZERO } else { msg.timeout };
             async move { tokio::time::timeout(timeout, rx).await }
@@ -489,6 +577,15 @@ impl Handler<RequestCluster> for Transponder {
                     }
                 })
         }))
+    }
+}
+
+impl Handler<SendDirect> for Transponder {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendDirect, _ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        self.direct(msg.node, msg.envelope);
     }
 }
 

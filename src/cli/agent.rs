@@ -3,6 +3,7 @@
 //! SIGUSR1 makes every actor log one line with a snapshot of its state.
 
 use super::{parse_duration, CliError, EXIT_OK};
+use crate::actors::deployer::DeployerConfig;
 use crate::actors::TransponderConfig;
 use crate::cluster::ClusterConfig;
 use crate::logging::{self, LogFormat};
@@ -45,6 +46,9 @@ pub struct AgentArgs {
     /// CONJOINER_KEY, else `<data-dir>/cluster.key`, created on first start.
     #[arg(long)]
     pub key_file: Option<PathBuf>,
+    /// The largest module package this node fetches (e.g. 64M, 512K, 1048576).
+    #[arg(long, env = "CONJOINER_MAX_PACKAGE", default_value = "64M", value_parser = parse_size)]
+    pub max_package: u64,
     /// How often the node broadcasts a heartbeat.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
@@ -67,6 +71,23 @@ pub fn parse_tag(text: &str) -> Result<(String, String), String> {
         return Err(format!("tag value `{value}` must not contain spaces, `,` or `|`"));
     }
     Ok((key.to_string(), value.to_string()))
+}
+
+/// Parses a size: bytes, or a number with `K`, `M` or `G` (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, factor) = match text.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&text[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&text[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&text[..i], 1 << 30),
+        _ => (text, 1),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (try 64M, 512K or a number of bytes)"))?;
+    n.checked_mul(factor)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{text}` is out of range"))
 }
 
 /// Checks a node name: it goes into addresses (`<node>.host`) and selectors.
@@ -146,6 +167,10 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
             heartbeat_interval: args.heartbeat_interval,
             ..TransponderConfig::default()
         },
+        deployer: DeployerConfig {
+            max_package_bytes: args.max_package,
+            ..DeployerConfig::default()
+        },
         max_body_bytes: DEFAULT_MAX_BODY,
         network: Some(NetworkConfig {
             bind: resolve("--bind", &args.bind)?,
@@ -209,5 +234,10 @@ mod tests {
         assert_eq!(parse_advertise("10.0.0.5").unwrap(), "10.0.0.5:0".parse().unwrap());
         assert_eq!(parse_advertise("10.0.0.5:80").unwrap(), "10.0.0.5:80".parse().unwrap());
         assert!(parse_advertise("nope").is_err());
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("lots").is_err());
     }
 }

@@ -17,6 +17,8 @@ impl ApiClient {
         } else {
             format!("http://{addr}")
         };
+        // reqwest is built with rustls and no default crypto provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         ApiClient {
             base,
             http: reqwest::Client::new(),
@@ -35,6 +37,12 @@ impl ApiClient {
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, CliError> {
         let response = self.send(self.http.post(self.url(path)).json(body)).await?;
         decode(response).await
+    }
+
+    /// POSTs and answers the response for streaming (NDJSON rollouts).
+    pub async fn post_stream(&self, path: &str, body: &Value, accept: &str) -> Result<reqwest::Response, CliError> {
+        let request = self.http.post(self.url(path)).header("Accept", accept).json(body);
+        self.send(request).await
     }
 
     /// Sends a GET and answers the response once its status says success;

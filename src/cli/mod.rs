@@ -6,8 +6,11 @@
 
 pub mod agent;
 pub mod client;
+pub mod deploy;
 pub mod keygen;
 pub mod members;
+pub mod modules;
+pub mod package;
 pub mod publish;
 pub mod request;
 pub mod tail;
@@ -57,6 +60,14 @@ pub enum Command {
     Tail(tail::TailArgs),
     /// Print a new cluster key (give the same key to every node).
     Keygen,
+    /// Deploy a module package to the targeted nodes.
+    Deploy(deploy::DeployArgs),
+    /// Stop and remove a module from the targeted nodes.
+    Undeploy(deploy::UndeployArgs),
+    /// List each node's modules with state, restarts and uptime.
+    Modules(modules::ModulesArgs),
+    /// Build a module package from a folder with mod.json; prints its sha256.
+    Package(package::PackageArgs),
 }
 
 /// An error that ends a command, with its exit code.
@@ -97,6 +108,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Request(args) => block_on(request::run(&cli.http, cli.json, args)),
         Command::Tail(args) => block_on(tail::run(&cli.http, cli.json, args)),
         Command::Keygen => keygen::run(cli.json),
+        Command::Deploy(args) => block_on(deploy::deploy(&cli.http, cli.json, args)),
+        Command::Undeploy(args) => block_on(deploy::undeploy(&cli.http, cli.json, args)),
+        Command::Modules(args) => block_on(modules::run(&cli.http, cli.json, args)),
+        Command::Package(args) => package::run(cli.json, args),
     };
     match result {
         Ok(code) => code,

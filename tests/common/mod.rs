@@ -377,3 +377,35 @@ pub fn alive_names(observer: &TestNode) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Starts `names` as one cluster: the first is the seed the others join.
+pub fn start_cluster(names: &[(&str, &str)], key: &conjoiner::cluster::ClusterKey) -> Vec<TestNode> {
+    let env = vec![("CONJOINER_KEY".to_string(), key.to_base64())];
+    let mut nodes: Vec<TestNode> = Vec::new();
+    for (name, role) in names {
+        let mut extra = vec!["--tag".to_string(), format!("role={role}")];
+        if let Some(seed) = nodes.first() {
+            extra.extend(["--join".to_string(), seed.cluster_addr()]);
+        }
+        nodes.push(TestNode::launch(
+            name,
+            Launch {
+                env: env.clone(),
+                extra,
+                ..Launch::default()
+            },
+        ));
+    }
+    nodes
+}
+
+/// Waits until each of `nodes` sees `expected` alive members.
+pub fn wait_converged(nodes: &[&TestNode], expected: usize) {
+    for node in nodes {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{} to see {expected} alive", node.name),
+            || (alive_names(node).len() == expected).then_some(()),
+        );
+    }
+}

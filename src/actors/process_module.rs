@@ -1,0 +1,486 @@
+//! ProcessModule: runs a package's `main` as a child process and bridges it
+//! to the node (SPEC §8, "Process module protocol").
+//!
+//! - stdin gets an `init` line, then one envelope per line for everything
+//!   delivered to the module's subscriptions.
+//! - stdout lines are operations (`publish`, `reply`, `status`, `subscribe`,
+//!   `log`). A line that is not JSON or names an unknown `op` is logged and
+//!   counted; the module keeps running.
+//! - stderr lines go to the node's log under the module's name.
+//!
+//! The child dies with the node: `kill_on_drop`, and `PR_SET_PDEATHSIG` for
+//! when the node itself is killed. Stopping sends SIGTERM, then SIGKILL after
+//! the manifest's `stop_grace_secs`. A non-zero exit stops the actor with an
+//! [`ExitNote`], which the supervisor's restart policy sees as a failure.
+
+use super::messages::{Deliver, DumpState, Snapshot, StopModule};
+use super::modbus::{ModBus, Publish, Subscribe, Unsubscribe};
+use super::supervisor::ExitNote;
+use super::transponder::{PublishToCluster, TransponderSlot};
+use super::NodeIdentity;
+use crate::modules::Manifest;
+use crate::wire::{Envelope, MessageType, Source};
+use actix::prelude::*;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+/// The longest stdout/stderr line taken from a child; longer ones are bad lines.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Lines waiting for the child's stdin; more are dropped (and counted).
+const STDIN_QUEUE: usize = 1024;
+/// Requests remembered so the child can reply to them by id.
+const REMEMBERED_REQUESTS: usize = 1024;
+
+/// What the node hands a process module.
+pub struct ProcessModuleSetup {
+    pub name: String,
+    /// The installed module folder; the child runs here.
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// The effective config, sent in the `init` line.
+    pub config: Value,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ChildExited(std::io::Result<std::process::ExitStatus>);
+
+#[derive(Default, Debug, Clone, Copy, Serialize)]
+struct Counters {
+    lines_in: u64,
+    bad_lines: u64,
+    stderr_lines: u64,
+    envelopes_in: u64,
+    envelopes_dropped: u64,
+    published: u64,
+    replies: u64,
+}
+
+pub struct ProcessModule {
+    identity: NodeIdentity,
+    setup: ProcessModuleSetup,
+    span: tracing::Span,
+    bus: Addr<ModBus>,
+    transponder: TransponderSlot,
+    exit_note: ExitNote,
+    stdin: Option<mpsc::Sender<String>>,
+    pid: Option<u32>,
+    kill: Option<oneshot::Sender<()>>,
+    stopping: bool,
+    subscriptions: BTreeSet<String>,
+    requests: HashMap<Uuid, Envelope>,
+    request_order: VecDeque<Uuid>,
+    last_status: Option<(Value, Instant)>,
+    started: Instant,
+    counters: Counters,
+}
+
+impl ProcessModule {
+    pub fn new(
+        identity: &NodeIdentity,
+        setup: ProcessModuleSetup,
+        bus: Addr<ModBus>,
+        transponder: TransponderSlot,
+        exit_note: ExitNote,
+    ) -> ProcessModule {
+        ProcessModule {
+            identity: identity.clone(),
+            span: identity.span(&setup.name),
+            setup,
+            bus,
+            transponder,
+            exit_note,
+            stdin: None,
+            pid: None,
+            kill: None,
+            stopping: false,
+            subscriptions: BTreeSet::new(),
+            requests: HashMap::new(),
+            request_order: VecDeque::new(),
+            last_status: None,
+            started: Instant::now(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Starts the child and its stdin writer, stderr reader and exit watcher.
+    fn spawn_child(&mut self, ctx: &mut Context<Self>) -> Result<(), String> {
+        let main = self.setup.manifest.main.as_ref().ok_or("the manifest has no `main`")?;
+        let program = self.setup.dir.join(main);
+        let mut command = tokio::process::Command::new(&program);
+        command
+            .args(&self.setup.manifest.args)
+            .envs(&self.setup.manifest.env)
+            .env("CONJOINER_NODE", &self.identity.name)
+            .env("CONJOINER_MODULE", &self.setup.name)
+            // The cluster key is the node's secret, not the module's.
+            .env_remove("CONJOINER_KEY")
+            .current_dir(&self.setup.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        self.pid = child.id();
+        let stdin = child.stdin.take().ok_or("no stdin pipe")?;
+        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+
+        let (lines, mut queue) = mpsc::channel::<String>(STDIN_QUEUE);
+        let init = json!({"type": "init", "body": {
+            "node": self.identity.name, "module": self.setup.name, "config": self.setup.config,
+        }});
+        let _ = lines.try_send(init.to_string());
+        self.stdin = Some(lines);
+        let span = self.span.clone();
+        actix_rt::spawn(async move {
+            let mut stdin = stdin;
+            while let Some(mut line) = queue.recv().await {
+                line.push('\n');
+                if let Err(e) = stdin.write_all(line.as_bytes()).await {
+                    span.in_scope(|| debug!(error = %e, "module stdin closed"));
+                    break;
+                }
+            }
+        });
+
+        ctx.add_stream(FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE_BYTES)));
+
+        let span = self.span.clone();
+        actix_rt::spawn(async move {
+            let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+            while let Some(line) = futures_util::StreamExt::next(&mut lines).await {
+                match line {
+                    Ok(line) => span.in_scope(|| info!(stream = "stderr", "{line}")),
+                    Err(LinesCodecError::MaxLineLengthExceeded) => {
+                        span.in_scope(|| warn!(stream = "stderr", "a stderr line over {MAX_LINE_BYTES} bytes was cut"))
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+
+        let (kill, killed) = oneshot::channel::<()>();
+        self.kill = Some(kill);
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            let status = tokio::select! {
+                status = child.wait() => status,
+                // Asked to kill, or the actor is gone (its sender dropped).
+                _ = killed => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            me.do_send(ChildExited(status));
+        });
+        Ok(())
+    }
+
+    fn subscribe(&mut self, address: String, ctx: &mut Context<Self>) {
+        if self.subscriptions.insert(address.clone()) {
+            debug!(address = %address, "subscribing");
+            self.bus.do_send(Subscribe {
+                address,
+                module: self.setup.name.clone(),
+                recipient: ctx.address().recipient(),
+            });
+        }
+    }
+
+    fn remember_request(&mut self, envelope: &Envelope) {
+        if self.request_order.len() >= REMEMBERED_REQUESTS {
+            if let Some(old) = self.request_order.pop_front() {
+                self.requests.remove(&old);
+            }
+        }
+        self.request_order.push_back(envelope.id);
+        self.requests.insert(envelope.id, envelope.clone());
+    }
+
+    fn bad_line(&mut self, why: &str, line: &str) {
+        self.counters.bad_lines += 1;
+        let shown: String = line.chars().take(200).collect();
+        warn!(bad_lines = self.counters.bad_lines, line = %shown, "bad line from module: {why}; ignored");
+    }
+
+    /// One line the child wrote on stdout.
+    fn handle_line(&mut self, line: &str, ctx: &mut Context<Self>) {
+        self.counters.lines_in += 1;
+        if line.trim().is_empty() {
+            return;
+        }
+        let value: Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => return self.bad_line(&format!("not JSON ({e})"), line),
+        };
+        let op = value.get("op").and_then(Value::as_str).unwrap_or_default().to_string();
+        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
+        match op.as_str() {
+            "publish" => {
+                let Some(address) = text("address").filter(|a| !a.is_empty()) else {
+                    return self.bad_line("`publish` needs an `address`", line);
+                };
+                let body = value.get("body").cloned().unwrap_or(Value::Null);
+                let kind = text("type")
+                    .and_then(|t| MessageType::parse(&t))
+                    .unwrap_or(MessageType::Event);
+                self.publish(address, text("target"), kind, body);
+            }
+            "reply" => {
+                let Some(request) = text("to").and_then(|id| Uuid::parse_str(&id).ok()) else {
+                    return self.bad_line("`reply` needs `to`, the id of the request", line);
+                };
+                let Some(request) = self.requests.remove(&request) else {
+                    return self.bad_line("`reply` to an unknown or already answered request", line);
+                };
+                let body = value.get("body").cloned().unwrap_or(Value::Null);
+                let reply = Envelope::reply_to_request(&request, MessageType::Reply, self.source(), body);
+                self.counters.replies += 1;
+                debug!(envelope = %reply.id, request = %request.id, "module replied");
+                self.bus.do_send(Publish(reply));
+            }
+            "status" => {
+                let body = value.get("body").cloned().unwrap_or(Value::Null);
+                debug!(status = %body, "module reported its status");
+                self.last_status = Some((body, Instant::now()));
+            }
+            "subscribe" => match text("address").filter(|a| !a.is_empty()) {
+                Some(address) => self.subscribe(address, ctx),
+                None => self.bad_line("`subscribe` needs an `address`", line),
+            },
+            "log" => {
+                let msg = text("msg").unwrap_or_default();
+                match text("level").as_deref() {
+                    Some("error") => error!(stream = "log", "{msg}"),
+                    Some("warn") => warn!(stream = "log", "{msg}"),
+                    Some("debug") | Some("trace") => debug!(stream = "log", "{msg}"),
+                    _ => info!(stream = "log", "{msg}"),
+                }
+            }
+            "" => self.bad_line("no `op`", line),
+            other => self.bad_line(&format!("unknown op `{other}`"), line),
+        }
+    }
+
+    fn source(&self) -> Source {
+        Source {
+            node: self.identity.name.clone(),
+            module: self.setup.name.clone(),
+        }
+    }
+
+    /// A `publish` goes to the cluster, except to this node's own
+    /// `<node>.local`, which stays on the ModBus.
+    fn publish(&mut self, address: String, target: Option<String>, kind: MessageType, body: Value) {
+        self.counters.published += 1;
+        if address == self.identity.local_address() {
+            let envelope = Envelope::new(kind, self.source(), address, None, body);
+            self.bus.do_send(Publish(envelope));
+            return;
+        }
+        let Some(transponder) = self.transponder.get() else {
+            warn!(address = %address, "cannot publish: the transponder is restarting");
+            return;
+        };
+        let send = transponder.send(PublishToCluster {
+            kind,
+            module: self.setup.name.clone(),
+            address: address.clone(),
+            target,
+            body,
+        });
+        let span = self.span.clone();
+        actix_rt::spawn(async move {
+            match send.await {
+                Ok(Ok(id)) => span.in_scope(|| debug!(envelope = %id, address = %address, "module published")),
+                Ok(Err(e)) => span.in_scope(|| warn!(address = %address, error = %e, "module publish refused")),
+                Err(_) => span.in_scope(|| warn!(address = %address, "module publish lost: transponder stopped")),
+            }
+        });
+    }
+
+    fn snapshot(&self) -> Value {
+        json!({
+            "kind": "process",
+            "pid": self.pid,
+            "dir": self.setup.dir,
+            "version": self.setup.manifest.version,
+            "stopping": self.stopping,
+            "subscriptions": self.subscriptions,
+            "pending_requests": self.requests.len(),
+            "status": self.last_status.as_ref().map(|(v, _)| v),
+            "status_age_ms": self.last_status.as_ref().map(|(_, t)| t.elapsed().as_millis() as u64),
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "counters": self.counters,
+        })
+    }
+}
+
+impl Actor for ProcessModule {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        if let Err(e) = self.spawn_child(ctx) {
+            error!(error = %e, "process module cannot start");
+            self.exit_note.fail(e);
+            ctx.stop();
+            return;
+        }
+        for address in self.setup.manifest.subscriptions() {
+            self.subscribe(address, ctx);
+        }
+        info!(pid = ?self.pid, main = ?self.setup.manifest.main, subscriptions = ?self.subscriptions,
+            "process module started");
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        self.bus.do_send(Unsubscribe {
+            address: None,
+            module: self.setup.name.clone(),
+        });
+        info!(counters = ?self.counters, "process module stopped");
+    }
+}
+
+impl StreamHandler<Result<String, LinesCodecError>> for ProcessModule {
+    fn handle(&mut self, line: Result<String, LinesCodecError>, ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        match line {
+            Ok(line) => self.handle_line(&line, ctx),
+            Err(LinesCodecError::MaxLineLengthExceeded) => {
+                self.bad_line(&format!("longer than {MAX_LINE_BYTES} bytes"), "")
+            }
+            Err(LinesCodecError::Io(e)) => warn!(error = %e, "cannot read the module's stdout"),
+        }
+    }
+
+    /// stdout closing is not the end: the exit watcher says when the child is gone.
+    fn finished(&mut self, _ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        debug!("module stdout closed");
+    }
+}
+
+impl Handler<ChildExited> for ProcessModule {
+    type Result = ();
+
+    fn handle(&mut self, ChildExited(status): ChildExited, ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        self.pid = None;
+        self.kill = None;
+        let described = match &status {
+            Ok(s) => describe_exit(s),
+            Err(e) => format!("cannot wait for the process: {e}"),
+        };
+        let clean = status.as_ref().is_ok_and(|s| s.success());
+        if self.stopping {
+            info!(exit = %described, "module process stopped on request");
+        } else if clean {
+            info!(exit = %described, "module process exited on its own");
+        } else {
+            warn!(exit = %described, "module process failed");
+            self.exit_note.fail(format!("process {described}"));
+        }
+        ctx.stop();
+    }
+}
+
+fn describe_exit(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => "exited".into(),
+    }
+}
+
+impl Handler<Deliver> for ProcessModule {
+    type Result = ();
+
+    fn handle(&mut self, Deliver { envelope, .. }: Deliver, _ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        self.counters.envelopes_in += 1;
+        if envelope.kind == MessageType::Request {
+            self.remember_request(&envelope);
+        }
+        let Some(stdin) = &self.stdin else { return };
+        let line = match serde_json::to_string(&envelope) {
+            Ok(line) => line,
+            Err(e) => return warn!(envelope = %envelope.id, error = %e, "cannot encode envelope for the module"),
+        };
+        if stdin.try_send(line).is_err() {
+            self.counters.envelopes_dropped += 1;
+            warn!(envelope = %envelope.id, dropped = self.counters.envelopes_dropped,
+                "module is not reading its stdin fast enough; envelope dropped");
+        } else {
+            debug!(envelope = %envelope.id, kind = %envelope.kind, address = %envelope.dst.address,
+                "envelope written to module stdin");
+        }
+    }
+}
+
+impl Handler<StopModule> for ProcessModule {
+    type Result = ();
+
+    /// SIGTERM now, SIGKILL after the grace period; the actor stops when the
+    /// child is gone.
+    fn handle(&mut self, _msg: StopModule, ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        let Some(pid) = self.pid else {
+            ctx.stop();
+            return;
+        };
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        let grace = Duration::from_secs_f64(self.setup.manifest.stop_grace_secs);
+        info!(
+            pid,
+            grace_ms = grace.as_millis() as u64,
+            "stopping module process: SIGTERM"
+        );
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+        ctx.run_later(grace, |act, _ctx| {
+            if let Some(kill) = act.kill.take() {
+                let _g = act.span.clone().entered();
+                warn!("module process ignored SIGTERM; sending SIGKILL");
+                let _ = kill.send(());
+            }
+        });
+    }
+}
+
+impl Handler<DumpState> for ProcessModule {
+    type Result = Snapshot;
+    fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Snapshot {
+        let _g = self.span.clone().entered();
+        let state = self.snapshot();
+        info!(state = %state, "state snapshot");
+        Snapshot(state)
+    }
+}

@@ -1,0 +1,145 @@
+//! The `uptime` built-in module: reports the host's load and uptime.
+//!
+//! Ask it with a request to `mod.uptime` (any body); with `"publish_secs"` in
+//! its config it also publishes the figures as an event on `uptime` every so
+//! often. It is also the worked example in the README's "Writing a module":
+//! an actor, a `start_module` factory, and one line in the registry.
+
+use super::messages::{Deliver, DumpState, Snapshot, StopModule};
+use super::modbus::{ModBus, Publish, Subscribe, Unsubscribe};
+use super::supervisor::{spawn_module, RunningModule};
+use super::transponder::{PublishToCluster, TransponderSlot};
+use super::NodeIdentity;
+use crate::modules::ModuleArgs;
+use crate::wire::{Envelope, MessageType, Source};
+use actix::prelude::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+pub struct Uptime {
+    identity: NodeIdentity,
+    name: String,
+    span: tracing::Span,
+    bus: Addr<ModBus>,
+    transponder: TransponderSlot,
+    /// Publish the figures cluster-wide this often (config `publish_secs`).
+    publish_every: Option<Duration>,
+    answered: u64,
+}
+
+/// The registry's factory for kind `uptime`.
+pub fn start_module(args: &ModuleArgs<'_>) -> anyhow::Result<RunningModule> {
+    let publish_every = match args.config.get("publish_secs") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let secs = v
+                .as_f64()
+                .filter(|s| *s >= 0.1)
+                .ok_or_else(|| anyhow::anyhow!("config `publish_secs` must be a number of seconds ≥ 0.1, not {v}"))?;
+            Some(Duration::from_secs_f64(secs))
+        }
+    };
+    let uptime = Uptime {
+        identity: args.node.identity.clone(),
+        name: args.name.to_string(),
+        span: args.node.identity.span(args.name),
+        bus: args.node.bus.clone(),
+        transponder: args.node.transponder.clone(),
+        publish_every,
+        answered: 0,
+    };
+    Ok(spawn_module(uptime).1)
+}
+
+/// The host's figures from `/proc`: load averages and seconds since boot.
+pub fn host_figures() -> Value {
+    let load: Vec<f64> = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let uptime_secs: Option<f64> = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()));
+    json!({"load": load, "uptime_secs": uptime_secs})
+}
+
+impl Uptime {
+    fn source(&self) -> Source {
+        Source {
+            node: self.identity.name.clone(),
+            module: self.name.clone(),
+        }
+    }
+}
+
+impl Actor for Uptime {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        self.bus.do_send(Subscribe {
+            address: format!("mod.{}", self.name),
+            module: self.name.clone(),
+            recipient: ctx.address().recipient(),
+        });
+        if let Some(every) = self.publish_every {
+            ctx.run_interval(every, |act, _ctx| {
+                let Some(transponder) = act.transponder.get() else {
+                    return;
+                };
+                transponder.do_send(PublishToCluster {
+                    kind: MessageType::Event,
+                    module: act.name.clone(),
+                    address: "uptime".into(),
+                    target: None,
+                    body: host_figures(),
+                });
+            });
+        }
+        info!(publish_every = ?self.publish_every, "uptime module started");
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.bus.do_send(Unsubscribe {
+            address: None,
+            module: self.name.clone(),
+        });
+    }
+}
+
+impl Handler<Deliver> for Uptime {
+    type Result = ();
+
+    fn handle(&mut self, Deliver { envelope, .. }: Deliver, _ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        if envelope.kind != MessageType::Request {
+            return debug!(envelope = %envelope.id, kind = %envelope.kind, "ignoring a non-request");
+        }
+        self.answered += 1;
+        let reply = Envelope::reply_to_request(&envelope, MessageType::Reply, self.source(), host_figures());
+        if self.bus.try_send(Publish(reply)).is_err() {
+            warn!(envelope = %envelope.id, "modbus is full; reply dropped");
+        }
+    }
+}
+
+impl Handler<StopModule> for Uptime {
+    type Result = ();
+    fn handle(&mut self, _msg: StopModule, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<DumpState> for Uptime {
+    type Result = Snapshot;
+    fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Snapshot {
+        let _g = self.span.clone().entered();
+        let state =
+            json!({"answered": self.answered, "publish_every_ms": self.publish_every.map(|d| d.as_millis() as u64)});
+        info!(state = %state, "state snapshot");
+        Snapshot(state)
+    }
+}

@@ -1,0 +1,338 @@
+//! Fetching packages into the node's package cache (`<data-dir>/packages/`).
+//!
+//! Every fetch streams into a `.partial-*` file while hashing and counting,
+//! so a package over the size limit is cut off as soon as it passes it, and
+//! one whose sha256 is wrong never gets a cache name. A finished package is
+//! renamed to `<sha256>.tar.gz`; the cache is content-addressed, so a package
+//! already there is never fetched again.
+
+use super::package::parse_sha256;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+
+/// The HTTP client packages are downloaded with. https uses rustls with the
+/// ring provider; installing the provider again (several nodes in one
+/// process) is harmless.
+pub fn http_client() -> Result<reqwest::Client, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .user_agent(concat!("conjoiner/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// Where a package comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackageSource {
+    /// `http://` or `https://`, fetched by each node itself.
+    Http(String),
+    /// A file on this node (`file://` URL or a plain path).
+    File(PathBuf),
+}
+
+impl PackageSource {
+    /// Parses `--from`: a URL (`http`, `https`, `file`) or a path.
+    pub fn parse(s: &str) -> Result<PackageSource, FetchError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(FetchError::BadSource("the package source is empty".into()));
+        }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            reqwest::Url::parse(s).map_err(|e| FetchError::BadSource(format!("`{s}` is not a valid URL: {e}")))?;
+            return Ok(PackageSource::Http(s.to_string()));
+        }
+        if s.starts_with("file://") {
+            let url =
+                reqwest::Url::parse(s).map_err(|e| FetchError::BadSource(format!("`{s}` is not a valid URL: {e}")))?;
+            let path = url
+                .to_file_path()
+                .map_err(|_| FetchError::BadSource(format!("`{s}` is not a local file URL")))?;
+            return Ok(PackageSource::File(path));
+        }
+        if let Some((scheme, _)) = s.split_once("://") {
+            return Err(FetchError::BadSource(format!(
+                "unsupported URL scheme `{scheme}`: use http://, https://, file:// or a path"
+            )));
+        }
+        Ok(PackageSource::File(PathBuf::from(s)))
+    }
+}
+
+/// Why a package could not be fetched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("{0}")]
+    BadSource(String),
+    #[error("package is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("sha256 mismatch: expected {expected}, the package has {actual}")]
+    ChecksumMismatch { expected: String, actual: String },
+    #[error("cannot fetch the package: {0}")]
+    Transfer(String),
+    #[error("package cache error: {0}")]
+    Cache(String),
+}
+
+impl FetchError {
+    /// The stable code reported in `deploy_result`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FetchError::BadSource(_) => "bad_source",
+            FetchError::TooLarge { .. } => "too_large",
+            FetchError::ChecksumMismatch { .. } => "checksum_mismatch",
+            FetchError::Transfer(_) => "fetch_failed",
+            FetchError::Cache(_) => "cache_error",
+        }
+    }
+}
+
+/// A package in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedPackage {
+    pub sha256: String,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// The content-addressed package cache of a node.
+#[derive(Debug, Clone)]
+pub struct PackageCache {
+    dir: PathBuf,
+}
+
+impl PackageCache {
+    /// Opens (creating) the cache in `dir` and removes leftovers of fetches
+    /// that a crash interrupted.
+    pub fn open(dir: &Path) -> std::io::Result<PackageCache> {
+        std::fs::create_dir_all(dir)?;
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".partial-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(PackageCache { dir: dir.to_path_buf() })
+    }
+
+    /// Where the package with this sha256 lives (whether or not it is there).
+    /// `sha256` must already be validated hex, so the name cannot escape.
+    pub fn path_of(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.tar.gz"))
+    }
+
+    /// The cached package with this sha256, if any.
+    pub fn get(&self, sha256: &str) -> Option<CachedPackage> {
+        let sha = parse_sha256(sha256).ok()?;
+        let path = self.path_of(&sha);
+        let meta = std::fs::metadata(&path).ok()?;
+        meta.is_file().then_some(CachedPackage {
+            sha256: sha,
+            path,
+            size: meta.len(),
+        })
+    }
+
+    /// Starts a new download into the cache.
+    pub async fn begin(&self, limit: u64) -> Result<PartialPackage, FetchError> {
+        let path = self.dir.join(format!(".partial-{}", uuid::Uuid::now_v7()));
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| FetchError::Cache(format!("cannot create {}: {e}", path.display())))?;
+        Ok(PartialPackage {
+            cache: self.clone(),
+            path,
+            file: Some(file),
+            stored: false,
+            hasher: Sha256::new(),
+            size: 0,
+            limit,
+        })
+    }
+
+    /// Fetches from `source` into the cache, unless the expected sha256 is
+    /// cached already.
+    pub async fn fetch(
+        &self,
+        source: &PackageSource,
+        expected: Option<&str>,
+        limit: u64,
+        http: &reqwest::Client,
+    ) -> Result<CachedPackage, FetchError> {
+        if let Some(hit) = expected.and_then(|sha| self.get(sha)) {
+            return Ok(hit);
+        }
+        let mut partial = self.begin(limit).await?;
+        match source {
+            PackageSource::File(path) => {
+                let mut file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| FetchError::BadSource(format!("cannot open {}: {e}", path.display())))?;
+                let meta = file.metadata().await.map_err(|e| FetchError::Transfer(e.to_string()))?;
+                if !meta.is_file() {
+                    return Err(FetchError::BadSource(format!(
+                        "{} is not a regular file",
+                        path.display()
+                    )));
+                }
+                if meta.len() > limit {
+                    return Err(FetchError::TooLarge { limit });
+                }
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf)
+                        .await
+                        .map_err(|e| FetchError::Transfer(format!("reading {}: {e}", path.display())))?;
+                    if n == 0 {
+                        break;
+                    }
+                    partial.write(&buf[..n]).await?;
+                }
+            }
+            PackageSource::Http(url) => {
+                let response = http
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|e| FetchError::Transfer(format!("GET {url}: {e}")))?;
+                if !response.status().is_success() {
+                    return Err(FetchError::Transfer(format!("GET {url}: HTTP {}", response.status())));
+                }
+                if response.content_length().is_some_and(|len| len > limit) {
+                    return Err(FetchError::TooLarge { limit });
+                }
+                let mut body = response.bytes_stream();
+                while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+                    let chunk = chunk.map_err(|e| FetchError::Transfer(format!("GET {url}: {e}")))?;
+                    partial.write(&chunk).await?;
+                }
+            }
+        }
+        partial.finish(expected).await
+    }
+}
+
+/// A download in progress: hashed and counted as it is written.
+pub struct PartialPackage {
+    cache: PackageCache,
+    path: PathBuf,
+    file: Option<tokio::fs::File>,
+    /// Renamed into the cache; nothing to clean up.
+    stored: bool,
+    hasher: Sha256,
+    size: u64,
+    limit: u64,
+}
+
+impl PartialPackage {
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), FetchError> {
+        self.size += data.len() as u64;
+        if self.size > self.limit {
+            return Err(FetchError::TooLarge { limit: self.limit });
+        }
+        self.hasher.update(data);
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| FetchError::Cache("download already finished".into()))?;
+        file.write_all(data)
+            .await
+            .map_err(|e| FetchError::Cache(format!("cannot write {}: {e}", self.path.display())))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Checks the sha256 and gives the package its cache name.
+    pub async fn finish(mut self, expected: Option<&str>) -> Result<CachedPackage, FetchError> {
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| FetchError::Cache("download already finished".into()))?;
+        file.flush().await.map_err(|e| FetchError::Cache(e.to_string()))?;
+        file.sync_all().await.map_err(|e| FetchError::Cache(e.to_string()))?;
+        drop(file);
+        let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        if let Some(expected) = expected {
+            if expected != actual {
+                return Err(FetchError::ChecksumMismatch {
+                    expected: expected.to_string(),
+                    actual,
+                });
+            }
+        }
+        let path = self.cache.path_of(&actual);
+        tokio::fs::rename(&self.path, &path)
+            .await
+            .map_err(|e| FetchError::Cache(format!("cannot store {}: {e}", path.display())))?;
+        self.stored = true;
+        Ok(CachedPackage {
+            sha256: actual,
+            path,
+            size: self.size,
+        })
+    }
+}
+
+impl Drop for PartialPackage {
+    /// An abandoned download leaves nothing behind.
+    fn drop(&mut self) {
+        if !self.stored {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_parse() {
+        assert_eq!(
+            PackageSource::parse("https://repo/x.tar.gz").unwrap(),
+            PackageSource::Http("https://repo/x.tar.gz".into())
+        );
+        assert_eq!(
+            PackageSource::parse("file:///tmp/x.tar.gz").unwrap(),
+            PackageSource::File("/tmp/x.tar.gz".into())
+        );
+        assert_eq!(
+            PackageSource::parse("./x.tar.gz").unwrap(),
+            PackageSource::File("./x.tar.gz".into())
+        );
+        assert!(PackageSource::parse("ftp://x").unwrap_err().to_string().contains("ftp"));
+        assert!(PackageSource::parse("").is_err());
+    }
+
+    #[actix_rt::test]
+    async fn fetch_checks_size_and_sha_and_caches() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = PackageCache::open(&tmp.path().join("packages")).unwrap();
+        let src = tmp.path().join("pkg.tar.gz");
+        std::fs::write(&src, vec![7u8; 1000]).unwrap();
+        let sha = super::super::package::sha256_file(&src).unwrap();
+        let http = http_client().unwrap();
+        let source = PackageSource::File(src.clone());
+
+        let err = cache.fetch(&source, None, 999, &http).await.unwrap_err();
+        assert_eq!(err, FetchError::TooLarge { limit: 999 });
+        let wrong = "0".repeat(64);
+        let err = cache.fetch(&source, Some(&wrong), 4096, &http).await.unwrap_err();
+        assert_eq!(err.code(), "checksum_mismatch");
+        assert!(cache.get(&wrong).is_none());
+
+        let got = cache.fetch(&source, Some(&sha), 4096, &http).await.unwrap();
+        assert_eq!((got.sha256.as_str(), got.size), (sha.as_str(), 1000));
+        std::fs::remove_file(&src).unwrap();
+        let again = cache.fetch(&source, Some(&sha), 4096, &http).await.unwrap();
+        assert_eq!(again, got, "served from the cache once the source is gone");
+        let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("packages"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".partial"))
+            .collect();
+        assert!(leftovers.is_empty(), "failed downloads are cleaned up");
+    }
+}

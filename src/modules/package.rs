@@ -1,0 +1,428 @@
+//! Module packages (SPEC §8): a gzip'd tar with `mod.json` at its root.
+//!
+//! [`build`] makes one from a folder, the same bytes for the same files (so
+//! the same folder gives the same sha256). [`unpack`] opens one into a
+//! staging folder and refuses anything that could escape it or surprise the
+//! node: absolute paths, `..`, links, devices, and archives that grow past a
+//! limit when decompressed.
+
+use super::manifest::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+/// The default largest package (compressed), SPEC §8.
+pub const DEFAULT_MAX_PACKAGE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Limits on what a package may unpack to.
+#[derive(Debug, Clone, Copy)]
+pub struct UnpackLimits {
+    /// Total bytes of all files once unpacked (stops gzip bombs).
+    pub max_unpacked_bytes: u64,
+    pub max_entries: usize,
+}
+
+impl UnpackLimits {
+    /// Unpacked content may be at most four times the package size limit.
+    pub fn for_package_limit(max_package_bytes: u64) -> UnpackLimits {
+        UnpackLimits {
+            max_unpacked_bytes: max_package_bytes.saturating_mul(4),
+            max_entries: 10_000,
+        }
+    }
+}
+
+/// The sha256 of a file, as lowercase hex.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Is `s` a sha256 in lowercase or uppercase hex? Answers it in lowercase.
+pub fn parse_sha256(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!("`{s}` is not a sha256: expected 64 hex digits"))
+    }
+}
+
+/// Builds a package from `dir` into `out`: checks `mod.json` (and that its
+/// `main` is an executable file in the folder), then writes every regular
+/// file and folder in name order with fixed owners and times. Symlinks and
+/// special files in the folder are an error rather than silently skipped.
+/// Answers the manifest and the package's sha256.
+pub fn build(dir: &Path, out: &Path) -> Result<(Manifest, String), String> {
+    let manifest = Manifest::read_from(dir)?;
+    if let Some(main) = &manifest.main {
+        check_executable(&dir.join(main)).map_err(|e| format!("{MANIFEST_FILE}: `main` {e}"))?;
+    }
+    let mut entries = Vec::new();
+    collect(dir, Path::new(""), &mut entries)?;
+    let file = File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let mut tar = tar::Builder::new(GzEncoder::new(file, flate2::Compression::default()));
+    tar.mode(tar::HeaderMode::Deterministic);
+    for (relative, is_dir) in &entries {
+        let full = dir.join(relative);
+        let result = if *is_dir {
+            tar.append_dir(relative, &full)
+        } else {
+            tar.append_path_with_name(&full, relative)
+        };
+        result.map_err(|e| format!("cannot add {} to the package: {e}", full.display()))?;
+    }
+    let gz = tar
+        .into_inner()
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let mut file = gz
+        .finish()
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    file.flush()
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let sha = sha256_file(out).map_err(|e| format!("cannot read back {}: {e}", out.display()))?;
+    Ok((manifest, sha))
+}
+
+/// Lists `dir` recursively, sorted, as (relative path, is a folder).
+fn collect(root: &Path, relative: &Path, out: &mut Vec<(PathBuf, bool)>) -> Result<(), String> {
+    let dir = root.join(relative);
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        let rel = relative.join(&name);
+        let meta =
+            std::fs::symlink_metadata(root.join(&rel)).map_err(|e| format!("cannot read {}: {e}", rel.display()))?;
+        if meta.is_dir() {
+            out.push((rel.clone(), true));
+            collect(root, &rel, out)?;
+        } else if meta.is_file() {
+            out.push((rel, false));
+        } else {
+            return Err(format!(
+                "{} is a symlink or special file; packages hold only regular files and folders",
+                rel.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_executable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path).map_err(|_| format!("names {} but it is not there", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("names {} but it is not a regular file", path.display()));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!(
+            "names {} but it is not executable (chmod +x it)",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Unpacks the package at `package` into `dest` (which must not exist yet),
+/// refusing unsafe entries, then reads and checks its `mod.json`. On any
+/// error `dest` may hold a partial tree; the caller removes it.
+pub fn unpack(package: &Path, dest: &Path, limits: UnpackLimits) -> Result<Manifest, String> {
+    std::fs::create_dir(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    let file = File::open(package).map_err(|e| format!("cannot open the package: {e}"))?;
+    let mut archive = tar::Archive::new(GzDecoder::new(file));
+    let mut unpacked: u64 = 0;
+    let mut count = 0usize;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("the package is not a gzip'd tar: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("the package is not a valid gzip'd tar: {e}"))?;
+        count += 1;
+        if count > limits.max_entries {
+            return Err(format!("the package has more than {} entries", limits.max_entries));
+        }
+        let path = entry
+            .path()
+            .map_err(|e| format!("the package has an entry with an unreadable path: {e}"))?
+            .into_owned();
+        let shown = path.display().to_string();
+        let relative = safe_relative(&path)?;
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Directory => {
+                if let Some(rel) = relative {
+                    std::fs::create_dir_all(dest.join(rel)).map_err(|e| format!("cannot create {shown}: {e}"))?;
+                }
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let Some(rel) = relative else {
+                    return Err(format!("the package has a file entry without a name (`{shown}`)"));
+                };
+                let size = entry.header().size().unwrap_or(u64::MAX);
+                unpacked = unpacked.saturating_add(size);
+                if unpacked > limits.max_unpacked_bytes {
+                    return Err(format!(
+                        "the package unpacks to more than {} bytes (a compression bomb?)",
+                        limits.max_unpacked_bytes
+                    ));
+                }
+                let target = dest.join(&rel);
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {shown}: {e}"))?;
+                }
+                let mode = entry.header().mode().unwrap_or(0o644) & 0o755;
+                write_file(&mut entry, &target, mode, size).map_err(|e| format!("cannot unpack {shown}: {e}"))?;
+            }
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                return Err(format!("the package has a link (`{shown}`); links are refused"))
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                return Err(format!(
+                    "the package has a device or fifo (`{shown}`); they are refused"
+                ))
+            }
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
+            other => {
+                return Err(format!(
+                    "the package has an entry of unsupported type {other:?} (`{shown}`)"
+                ))
+            }
+        }
+    }
+    let manifest = Manifest::read_from(dest)?;
+    if let Some(main) = &manifest.main {
+        check_executable(&dest.join(main)).map_err(|e| format!("{MANIFEST_FILE}: `main` {e}"))?;
+    }
+    Ok(manifest)
+}
+
+/// The entry's path without `./`, or an error for absolute paths and `..`.
+/// `None` for the archive root itself.
+fn safe_relative(path: &Path) -> Result<Option<PathBuf>, String> {
+    let shown = path.display();
+    let mut clean = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(format!(
+                    "the package has an entry leaving its folder with `..` (`{shown}`)"
+                ))
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("the package has an entry with an absolute path (`{shown}`)"))
+            }
+        }
+    }
+    Ok((!clean.as_os_str().is_empty()).then_some(clean))
+}
+
+fn write_file(reader: &mut impl Read, target: &Path, mode: u32, expected: u64) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(target)?;
+    // Never trust the header's size more than the limit already checked.
+    let copied = io::copy(&mut reader.take(expected), &mut file)?;
+    if copied != expected {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the entry is truncated"));
+    }
+    Ok(())
+}
+
+/// The manifest of a package without unpacking it to disk (the CLI uses this
+/// to name what it deploys).
+pub fn read_manifest(package: &Path) -> Result<Manifest, String> {
+    let file = File::open(package).map_err(|e| format!("cannot open {}: {e}", package.display()))?;
+    let mut archive = tar::Archive::new(GzDecoder::new(file));
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("{} is not a gzip'd tar: {e}", package.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{} is not a valid gzip'd tar: {e}", package.display()))?;
+        let is_manifest = entry
+            .path()
+            .ok()
+            .and_then(|p| safe_relative(&p).ok().flatten())
+            .is_some_and(|p| p == Path::new(MANIFEST_FILE));
+        if is_manifest {
+            let mut bytes = Vec::new();
+            entry
+                .take(MAX_MANIFEST_BYTES + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("cannot read {MANIFEST_FILE}: {e}"))?;
+            return Manifest::parse(&bytes);
+        }
+    }
+    Err(format!("{} has no {MANIFEST_FILE} at its root", package.display()))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Writes a small valid module folder.
+    pub fn module_dir(root: &Path, name: &str) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::write(
+            dir.join(MANIFEST_FILE),
+            format!(r#"{{"name":"{name}","version":"1.0.0","main":"bin/run"}}"#),
+        )
+        .unwrap();
+        std::fs::write(dir.join("bin/run"), "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(dir.join("bin/run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    /// Writes a tar.gz whose entries are made by `add`, bypassing the checks
+    /// of `build` (to make hostile packages).
+    pub fn raw_package(out: &Path, add: impl FnOnce(&mut tar::Builder<GzEncoder<File>>)) {
+        let file = File::create(out).unwrap();
+        let mut tar = tar::Builder::new(GzEncoder::new(file, flate2::Compression::fast()));
+        add(&mut tar);
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+
+    /// Appends a regular file with a raw (unchecked) name.
+    pub fn append_raw(tar: &mut tar::Builder<GzEncoder<File>>, name: &str, data: &[u8]) {
+        let mut header = tar::Header::new_gnu();
+        {
+            let raw = header.as_old_mut();
+            raw.name[..name.len()].copy_from_slice(name.as_bytes());
+        }
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        tar.append(&header, data).unwrap();
+    }
+
+    const MANIFEST: &[u8] = br#"{"name":"m","version":"1","builtin":"echo"}"#;
+
+    #[test]
+    fn build_then_unpack_round_trips_and_is_deterministic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = module_dir(tmp.path(), "demo");
+        let (manifest, sha1) = build(&dir, &tmp.path().join("a.tar.gz")).unwrap();
+        let (_, sha2) = build(&dir, &tmp.path().join("b.tar.gz")).unwrap();
+        assert_eq!(manifest.name, "demo");
+        assert_eq!(sha1, sha2, "the same folder gives the same package");
+        assert_eq!(sha256_file(&tmp.path().join("a.tar.gz")).unwrap(), sha1);
+        let out = tmp.path().join("out");
+        let unpacked = unpack(
+            &tmp.path().join("a.tar.gz"),
+            &out,
+            UnpackLimits::for_package_limit(1 << 20),
+        )
+        .unwrap();
+        assert_eq!(unpacked, manifest);
+        let mode = std::fs::metadata(out.join("bin/run")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o111, 0o111, "executable bit survives");
+        assert_eq!(read_manifest(&tmp.path().join("a.tar.gz")).unwrap().name, "demo");
+    }
+
+    #[test]
+    fn build_refuses_a_folder_with_a_symlink_or_a_missing_main() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = module_dir(tmp.path(), "demo");
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("link")).unwrap();
+        assert!(build(&dir, &tmp.path().join("x.tar.gz"))
+            .unwrap_err()
+            .contains("symlink"));
+        std::fs::remove_file(dir.join("link")).unwrap();
+        std::fs::remove_file(dir.join("bin/run")).unwrap();
+        assert!(build(&dir, &tmp.path().join("x.tar.gz"))
+            .unwrap_err()
+            .contains("not there"));
+    }
+
+    fn unpack_err(make: impl FnOnce(&mut tar::Builder<GzEncoder<File>>)) -> String {
+        let tmp = tempfile::tempdir().unwrap();
+        let pkg = tmp.path().join("p.tar.gz");
+        raw_package(&pkg, make);
+        unpack(&pkg, &tmp.path().join("out"), UnpackLimits::for_package_limit(1 << 20)).unwrap_err()
+    }
+
+    #[test]
+    fn hostile_entries_are_refused() {
+        let err = unpack_err(|t| {
+            append_raw(t, "mod.json", MANIFEST);
+            append_raw(t, "../x", b"escape");
+        });
+        assert!(err.contains(".."), "{err}");
+        let err = unpack_err(|t| append_raw(t, "/tmp/abs", b"abs"));
+        assert!(err.contains("absolute"), "{err}");
+        let err = unpack_err(|t| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            t.append_link(&mut h, "link", "/etc/passwd").unwrap();
+        });
+        assert!(err.contains("link"), "{err}");
+        let err = unpack_err(|t| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Char);
+            h.set_size(0);
+            t.append_data(&mut h, "tty", io::empty()).unwrap();
+        });
+        assert!(err.contains("device"), "{err}");
+        let err = unpack_err(|t| append_raw(t, "readme", b"no manifest"));
+        assert!(err.contains("mod.json"), "{err}");
+        let err = unpack_err(|t| append_raw(t, "mod.json", b"{\"name\":\"UP\"}"));
+        assert!(err.contains("manifest"), "{err}");
+    }
+
+    #[test]
+    fn a_compression_bomb_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pkg = tmp.path().join("bomb.tar.gz");
+        raw_package(&pkg, |t| {
+            append_raw(t, "mod.json", MANIFEST);
+            append_raw(t, "zeros", &vec![0u8; 2 << 20]);
+        });
+        assert!(std::fs::metadata(&pkg).unwrap().len() < 64 * 1024, "compresses well");
+        let limits = UnpackLimits {
+            max_unpacked_bytes: 1 << 20,
+            max_entries: 100,
+        };
+        let err = unpack(&pkg, &tmp.path().join("out"), limits).unwrap_err();
+        assert!(err.contains("compression bomb"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_not_a_package() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pkg = tmp.path().join("junk.tar.gz");
+        std::fs::write(&pkg, b"this is not gzip").unwrap();
+        let err = unpack(&pkg, &tmp.path().join("out"), UnpackLimits::for_package_limit(1 << 20)).unwrap_err();
+        assert!(err.contains("gzip"), "{err}");
+    }
+
+    #[test]
+    fn sha256_is_parsed_strictly() {
+        assert_eq!(parse_sha256(&"AB".repeat(32)).unwrap(), "ab".repeat(32));
+        assert!(parse_sha256("abc").is_err());
+        assert!(parse_sha256(&"zz".repeat(32)).is_err());
+    }
+}

@@ -1,0 +1,446 @@
+//! Deploying modules to real node processes: targeted deploys fetched peer
+//! to peer, `unchanged` and undeploy; hostile and broken packages; crashing
+//! modules, restarts and `failed`; installs that survive a node crash; and
+//! process modules that write garbage.
+
+mod common;
+
+use common::*;
+use conjoiner::cluster::ClusterKey;
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Writes a module folder: `mod.json` (with `manifest` merged in) and an
+/// executable `bin/run` holding `script`.
+fn module_dir(root: &Path, name: &str, version: &str, script: &str, manifest: Value) -> PathBuf {
+    let dir = root.join(format!("{name}-{version}"));
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    let mut doc = json!({"name": name, "version": version, "main": "bin/run"});
+    for (k, v) in manifest.as_object().unwrap() {
+        doc[k] = v.clone();
+    }
+    std::fs::write(dir.join("mod.json"), doc.to_string()).unwrap();
+    std::fs::write(dir.join("bin/run"), script).unwrap();
+    std::fs::set_permissions(dir.join("bin/run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// `conjoiner package DIR -o OUT`; answers the printed sha256.
+fn package(node: &TestNode, dir: &Path, out: &Path) -> String {
+    let output = node.cli(&["package", dir.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(output.status.success(), "package failed: {}", stderr(&output));
+    let text = stdout(&output);
+    let sha = text.split_whitespace().next().unwrap().to_string();
+    assert_eq!(sha.len(), 64, "{text}");
+    sha
+}
+
+/// Runs a CLI command with `--json`; answers its exit code and output.
+fn cli_json(node: &TestNode, args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let output = node.cli(&all);
+    let value = serde_json::from_str(&stdout(&output)).unwrap_or(Value::Null);
+    (output.status.code().unwrap_or(-1), value)
+}
+
+/// Each node's result, by node name: (status, code).
+fn results(outcome: &Value) -> Vec<(String, String, String)> {
+    let mut r: Vec<(String, String, String)> = outcome["results"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|r| {
+            (
+                r["node"].as_str().unwrap_or("?").to_string(),
+                r["status"].as_str().unwrap_or("?").to_string(),
+                format!(
+                    "{} {}",
+                    r["code"].as_str().unwrap_or(""),
+                    r["error"].as_str().unwrap_or("")
+                ),
+            )
+        })
+        .collect();
+    r.sort();
+    r
+}
+
+/// The module `name` on `node` as `conjoiner modules --json` lists it.
+fn module_state(node: &TestNode, name: &str) -> Option<Value> {
+    let (_, nodes) = cli_json(node, &["modules", "--target", &format!("name={}", node.name)]);
+    nodes
+        .as_array()?
+        .iter()
+        .flat_map(|n| n["modules"].as_array().cloned().unwrap_or_default())
+        .find(|m| m["name"] == name)
+}
+
+fn wait_module(node: &TestNode, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    wait_for(LIMIT, &format!("{name} on {} to be {what}", node.name), || {
+        module_state(node, name).filter(|m| pred(m))
+    })
+}
+
+/// Asks `address` on the one node; answers the reply body if it answered well.
+fn ask(node: &TestNode, address: &str) -> Option<Value> {
+    let (code, out) = cli_json(
+        node,
+        &["request", address, "{}", "--target", &format!("name={}", node.name)],
+    );
+    (code == 0).then(|| out["replies"][0]["body"].clone())
+}
+
+fn installed_sha(node: &TestNode, name: &str) -> Option<String> {
+    let record = std::fs::read(node.data_dir().join("mods").join(name).join("install.json")).ok()?;
+    let record: Value = serde_json::from_slice(&record).ok()?;
+    record["sha256"].as_str().map(str::to_string)
+}
+
+fn process_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn hello_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("mods/hello")
+}
+
+#[test]
+fn a_targeted_deploy_reaches_exactly_its_nodes_peer_to_peer() {
+    let key = ClusterKey::generate();
+    let nodes = start_cluster(&[("web-1", "web"), ("web-2", "web"), ("db-1", "db")], &key);
+    let [web1, web2, db1] = [&nodes[0], &nodes[1], &nodes[2]];
+    wait_converged(&[web1, web2, db1], 3);
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("hello.tar.gz");
+    let sha = package(db1, &hello_dir(), &pkg);
+
+    // The origin, db-1, is not targeted: web-1 and web-2 fetch the package
+    // from it over the cluster links; no HTTP server runs anywhere.
+    let (code, outcome) = cli_json(
+        db1,
+        &[
+            "deploy",
+            "hello",
+            "--from",
+            pkg.to_str().unwrap(),
+            "--target",
+            "tag.role=web",
+            "--config",
+            r#"{"greeting":"hej"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{outcome}");
+    let deployed: Vec<_> = results(&outcome).into_iter().map(|(n, s, _)| (n, s)).collect();
+    assert_eq!(
+        deployed,
+        [
+            ("web-1".to_string(), "deployed".to_string()),
+            ("web-2".to_string(), "deployed".to_string())
+        ]
+    );
+    assert_eq!(outcome["missing"], json!([]));
+    assert_eq!(installed_sha(web1, "hello").as_deref(), Some(sha.as_str()));
+    assert_eq!(installed_sha(web2, "hello").as_deref(), Some(sha.as_str()));
+    assert!(installed_sha(db1, "hello").is_none(), "the origin was not targeted");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(web1.data_dir().join("mods/hello/config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config,
+        json!({"greeting": "hej"}),
+        "the deploy's config is merged over the manifest's"
+    );
+
+    // Both answer requests; db-1 has no such module.
+    let (code, asked) = cli_json(db1, &["request", "mod.hello", r#"{"n":1}"#]);
+    assert_eq!(code, 3, "db-1 answers with an error: {asked}");
+    let mut greeted: Vec<(String, Value)> = asked["replies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["node"].as_str().unwrap().to_string(), r["body"]["greeting"].clone()))
+        .collect();
+    greeted.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        greeted,
+        [
+            ("db-1".to_string(), Value::Null),
+            ("web-1".to_string(), json!("hej")),
+            ("web-2".to_string(), json!("hej"))
+        ]
+    );
+    let pids: Vec<u64> = [web1, web2]
+        .iter()
+        .map(|n| ask(n, "mod.hello").unwrap()["pid"].as_u64().unwrap())
+        .collect();
+    assert!(pids.iter().all(|p| process_alive(*p)));
+
+    // The same package and config again: nothing to do.
+    let (code, again) = cli_json(
+        db1,
+        &[
+            "deploy",
+            "hello",
+            "--from",
+            pkg.to_str().unwrap(),
+            "--target",
+            "tag.role=web",
+            "--config",
+            r#"{"greeting":"hej"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{again}");
+    assert!(results(&again).iter().all(|(_, s, _)| s == "unchanged"), "{again}");
+
+    // `modules` on any node lists the module on the two web nodes.
+    let (code, listed) = cli_json(web1, &["modules"]);
+    assert_eq!(code, 0);
+    let hello_on: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| {
+            n["modules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == "hello" && m["state"] == "running")
+        })
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(hello_on, ["web-1", "web-2"]);
+
+    // Undeploy: gone from disk, processes stopped.
+    let (code, removed) = cli_json(db1, &["undeploy", "hello", "--target", "tag.role=web"]);
+    assert_eq!(code, 0, "{removed}");
+    assert!(results(&removed).iter().all(|(_, s, _)| s == "undeployed"), "{removed}");
+    for node in [web1, web2] {
+        assert!(!node.data_dir().join("mods/hello").exists());
+    }
+    for pid in pids {
+        wait_for(LIMIT, "the module process to exit", || {
+            (!process_alive(pid)).then_some(())
+        });
+    }
+}
+
+#[test]
+fn bad_packages_are_refused_and_the_running_version_stays() {
+    let node = TestNode::start("solo", &["--max-package", "64K"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("hello.tar.gz");
+    let sha = package(&node, &hello_dir(), &good);
+    let url = |p: &Path| format!("file://{}", p.display());
+    let (code, out) = cli_json(&node, &["deploy", "hello", "--from", &url(&good), "--sha256", &sha]);
+    assert_eq!(code, 0, "{out}");
+    let pid = ask(&node, "mod.hello").expect("hello answers")["pid"].as_u64().unwrap();
+
+    let deploy_fails = |from: &str, extra: &[&str], expect: &str| {
+        let mut args = vec!["deploy", "hello", "--from", from];
+        args.extend_from_slice(extra);
+        let (code, out) = cli_json(&node, &args);
+        let r = results(&out);
+        assert_eq!(code, 1, "{from}: {out}");
+        assert_eq!(r.len(), 1, "{out}");
+        assert_eq!(r[0].1, "failed");
+        assert!(r[0].2.contains(expect), "{from}: expected `{expect}` in {:?}", r[0].2);
+    };
+
+    // A wrong sha256.
+    deploy_fails(&url(&good), &["--sha256", &"0".repeat(64)], "checksum_mismatch");
+
+    // Hostile packages, each fetched by the node itself.
+    let hostile = |name: &str, build: &dyn Fn(&mut tar::Builder<flate2::write::GzEncoder<std::fs::File>>)| {
+        let path = tmp.path().join(name);
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            std::fs::File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        ));
+        build(&mut tar);
+        tar.into_inner().unwrap().finish().unwrap();
+        path
+    };
+    let manifest = br#"{"name":"hello","version":"9","main":"run"}"#;
+    let add = |t: &mut tar::Builder<_>, name: &str, data: &[u8], kind: tar::EntryType| {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(data.len() as u64);
+        h.set_mode(0o755);
+        h.set_entry_type(kind);
+        h.set_cksum();
+        t.append(&h, data).unwrap();
+    };
+    let dotdot = hostile("dotdot.tar.gz", &|t| {
+        add(t, "mod.json", manifest, tar::EntryType::Regular);
+        add(t, "../x", b"escape", tar::EntryType::Regular);
+    });
+    deploy_fails(&url(&dotdot), &[], "`..`");
+    let absolute = hostile("abs.tar.gz", &|t| {
+        add(t, "mod.json", manifest, tar::EntryType::Regular);
+        add(t, "/tmp/conjoiner-abs", b"abs", tar::EntryType::Regular);
+    });
+    deploy_fails(&url(&absolute), &[], "absolute path");
+    let symlink = hostile("link.tar.gz", &|t| {
+        add(t, "mod.json", manifest, tar::EntryType::Regular);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        t.append_link(&mut h, "run", "/bin/sh").unwrap();
+    });
+    deploy_fails(&url(&symlink), &[], "links are refused");
+    let big = hostile("big.tar.gz", &|t| {
+        add(t, "mod.json", manifest, tar::EntryType::Regular);
+        // Random bytes do not compress: the package is over the 64 KiB limit.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let noise: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        add(t, "run", &noise, tar::EntryType::Regular);
+    });
+    deploy_fails(&url(&big), &[], "too_large");
+    let bad_manifest = hostile("manifest.tar.gz", &|t| {
+        add(
+            t,
+            "mod.json",
+            br#"{"name":"hello","version":"2"}"#,
+            tar::EntryType::Regular,
+        );
+    });
+    deploy_fails(&url(&bad_manifest), &[], "`main` is missing");
+
+    // A new version that cannot start is rolled back.
+    let broken = module_dir(
+        tmp.path(),
+        "hello",
+        "2.0.0",
+        "#!/bin/sh\necho broken >&2\nexit 7\n",
+        json!({}),
+    );
+    let broken_pkg = tmp.path().join("broken.tar.gz");
+    package(&node, &broken, &broken_pkg);
+    deploy_fails(&url(&broken_pkg), &[], "exited with code 7");
+
+    // Through all of it, version 1 stayed installed and answers; the failed
+    // upgrade restarted it from its own install.
+    assert_eq!(installed_sha(&node, "hello").as_deref(), Some(sha.as_str()));
+    let after = ask(&node, "mod.hello").expect("hello still answers");
+    assert!(after["greeting"] == "hello");
+    let _ = pid;
+    let leftovers: Vec<String> = std::fs::read_dir(node.data_dir().join("mods"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leftovers, ["hello"], "no staging folders or other installs remain");
+    assert!(!Path::new("/tmp/conjoiner-abs").exists());
+}
+
+#[test]
+fn crashing_modules_are_restarted_then_failed_and_installs_survive_a_node_crash() {
+    let mut node = TestNode::start("phoenix", &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // Exits 3 whenever it gets a request.
+    let crashy = module_dir(
+        tmp.path(),
+        "crashy",
+        "1.0.0",
+        "#!/bin/sh\nwhile IFS= read -r line; do case \"$line\" in *'\"type\":\"request\"'*) exit 3;; esac; done\n",
+        json!({"restart": {"policy": "on-failure", "max_restarts": 2, "period_secs": 60}}),
+    );
+    for (name, dir) in [("crashy", crashy.as_path()), ("hello", hello_dir().as_path())] {
+        let (code, out) = cli_json(&node, &["deploy", name, "--from", dir.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}");
+    }
+    for restarts in 1..=2u64 {
+        let _ = cli_json(&node, &["request", "mod.crashy", "{}", "--timeout", "300ms"]);
+        wait_module(&node, "crashy", &format!("running after {restarts} restarts"), |m| {
+            m["restarts"] == restarts && m["state"] == "running"
+        });
+    }
+    let _ = cli_json(&node, &["request", "mod.crashy", "{}", "--timeout", "300ms"]);
+    let failed = wait_module(&node, "crashy", "failed", |m| m["state"] == "failed");
+    assert_eq!(failed["restarts"], 2);
+    let table = stdout(&node.cli(&["modules"]));
+    let line = table.lines().find(|l| l.contains("crashy")).expect("crashy listed");
+    assert!(line.contains("failed"), "{table}");
+    assert!(node.log_text().contains("module failed"), "the failure is logged");
+
+    // Crash the node: its module processes die with it. Leave the debris of
+    // a deploy cut short, then start it again on the same data dir.
+    let pid = ask(&node, "mod.hello").unwrap()["pid"].as_u64().unwrap();
+    node.kill9();
+    wait_for(LIMIT, "the module process to die with its node", || {
+        (!process_alive(pid)).then_some(())
+    });
+    let mods = node.data_dir().join("mods");
+    std::fs::create_dir_all(mods.join(".staging-cut-short/bin")).unwrap();
+    std::fs::create_dir_all(mods.join("half")).unwrap();
+    std::fs::write(mods.join("half/mod.json"), "{}").unwrap();
+    node.restart();
+    let back = wait_for(LIMIT, "hello to answer after the restart", || ask(&node, "mod.hello"));
+    assert_ne!(back["pid"].as_u64().unwrap(), pid, "a new process");
+    wait_module(&node, "crashy", "running again", |m| {
+        m["state"] == "running" && m["restarts"] == 0
+    });
+    let mut left: Vec<String> = std::fs::read_dir(&mods)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["crashy", "hello"], "the half-written installs were cleaned up");
+    assert!(node.log_text().contains("removed the half-written install of half"));
+}
+
+#[test]
+fn bad_lines_from_a_module_are_counted_and_it_keeps_running() {
+    let node = TestNode::start("listener", &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // On each request: a line that is not JSON, an unknown op, a stderr
+    // line, then a proper reply.
+    let script = r#"#!/bin/sh
+while IFS= read -r line; do
+  case "$line" in
+  *'"type":"request"'*)
+    id=$(printf '%s\n' "$line" | sed -n 's/^{"v":1,"id":"\([^"]*\)".*/\1/p')
+    echo 'this is not json'
+    echo '{"op":"explode"}'
+    echo "noisy says hi on stderr" >&2
+    printf '{"op":"reply","to":"%s","body":{"ok":true}}\n' "$id"
+    ;;
+  esac
+done
+"#;
+    let dir = module_dir(tmp.path(), "noisy", "1.0.0", script, json!({}));
+    let (code, out) = cli_json(&node, &["deploy", "noisy", "--from", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    for _ in 0..2 {
+        assert_eq!(ask(&node, "mod.noisy"), Some(json!({"ok": true})), "it still answers");
+    }
+    let (status, state) = node.http("GET", "/v1/debug/state", None);
+    assert_eq!(status, 200);
+    let counters = &state["modules"]["noisy"]["counters"];
+    assert_eq!(counters["bad_lines"], 4, "two bad lines per request: {state}");
+    assert_eq!(counters["replies"], 2);
+    let module = module_state(&node, "noisy").unwrap();
+    assert_eq!(
+        (module["state"].as_str(), module["restarts"].as_u64()),
+        (Some("running"), Some(0))
+    );
+    let log = node.log_text();
+    assert!(log.contains("unknown op `explode`"), "bad lines are logged");
+    let stderr_line = log
+        .lines()
+        .find(|l| l.contains("noisy says hi on stderr"))
+        .expect("stderr reaches the log");
+    assert!(stderr_line.contains("module=noisy"), "{stderr_line}");
+}
