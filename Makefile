@@ -11,7 +11,7 @@ N ?= 20
 run:
 	$(CARGO) run --release --bin conjoiner -- agent
 
-## demo: a local cluster of three nodes on loopback; shows members and a request answered by all three
+## demo: a local cluster of three nodes on loopback: members, requests, deploying the example modules, `modules`
 demo: build
 	scripts/demo.sh target/release/conjoiner
 

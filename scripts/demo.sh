@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local cluster of three nodes on loopback: one key, their own ports and
-# data dirs. Shows the members and a request answered by all three, then
-# stops them. Usage: scripts/demo.sh [path/to/conjoiner]
+# data dirs. Shows the members and a request answered by all three, deploys
+# the example modules from mods/ (fetched peer to peer, no HTTP server),
+# lists every node's modules, then stops them. Usage: scripts/demo.sh [path/to/conjoiner]
 set -euo pipefail
 
 BIN=${1:-target/release/conjoiner}
@@ -56,5 +57,21 @@ echo "\$ conjoiner request mod.echo '{\"hello\":\"cluster\"}'"
 echo
 echo "\$ conjoiner request mod.echo '{\"only\":\"web\"}' --target tag.role=web"
 "$BIN" request mod.echo '{"only":"web"}' --target tag.role=web
+MODS=$(cd "$(dirname "$0")/../mods" && pwd)
+echo
+echo "\$ conjoiner deploy hello --from mods/hello --config '{\"greeting\":\"hi from the demo\"}'"
+"$BIN" deploy hello --from "$MODS/hello" --config '{"greeting":"hi from the demo"}'
+echo
+echo "\$ conjoiner deploy uptime --from mods/uptime --target tag.role=web"
+"$BIN" deploy uptime --from "$MODS/uptime" --target tag.role=web
+echo
+echo "\$ conjoiner request mod.hello '{\"from\":\"demo\"}'"
+"$BIN" request mod.hello '{"from":"demo"}'
+echo
+echo "\$ conjoiner request mod.uptime --target tag.role=web"
+"$BIN" request mod.uptime --target tag.role=web
+echo
+echo "\$ conjoiner modules"
+"$BIN" modules
 echo
 echo "== stopping the nodes (each says it leaves)"

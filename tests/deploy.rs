@@ -226,6 +226,47 @@ fn a_targeted_deploy_reaches_exactly_its_nodes_peer_to_peer() {
             (!process_alive(pid)).then_some(())
         });
     }
+
+    // A rolling deploy, one node at a time, of a module that cannot start on
+    // web-1: web-2 (next in name order) is not started after the failure...
+    let picky = module_dir(
+        tmp.path(),
+        "picky",
+        "1.0.0",
+        "#!/bin/sh\n[ \"$CONJOINER_NODE\" = web-1 ] && exit 7\nwhile IFS= read -r line; do :; done\n",
+        json!({}),
+    );
+    let picky = picky.to_str().unwrap();
+    let rolling = [
+        "deploy",
+        "picky",
+        "--from",
+        picky,
+        "--target",
+        "tag.role=web",
+        "--batch",
+        "1",
+    ];
+    let (code, halted) = cli_json(db1, &rolling);
+    assert_eq!(code, 3, "{halted}");
+    let statuses: Vec<_> = results(&halted).into_iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(statuses, [("web-1".to_string(), "failed".to_string())]);
+    assert_eq!(halted["skipped"], json!(["web-2"]));
+    assert!(!web2.data_dir().join("mods/picky").exists());
+    // ...unless asked to go on.
+    let mut going_on = rolling.to_vec();
+    going_on.push("--continue-on-error");
+    let (code, all) = cli_json(db1, &going_on);
+    assert_eq!(code, 3, "{all}");
+    let statuses: Vec<_> = results(&all).into_iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(
+        statuses,
+        [
+            ("web-1".to_string(), "failed".to_string()),
+            ("web-2".to_string(), "deployed".to_string())
+        ]
+    );
+    assert_eq!(all["skipped"], json!([]));
 }
 
 #[test]
