@@ -27,10 +27,25 @@ pub struct DeployArgs {
     /// Config merged over the manifest's `config`: JSON, or `@FILE`.
     #[arg(long)]
     pub config: Option<String>,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UndeployArgs {
+    /// The module to stop and remove.
+    pub module: String,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+}
+
+/// Which nodes, how many at a time, and how long each may take.
+#[derive(Debug, clap::Args)]
+pub struct RolloutArgs {
     /// Only nodes matching this selector (repeat for OR). Default: every node.
     #[arg(long)]
     pub target: Vec<String>,
-    /// Deploy to at most N nodes at a time (a rolling window).
+    /// Act on at most N nodes at a time (a rolling window, in name order).
     #[arg(long)]
     pub batch: Option<usize>,
     /// With --batch: go on to further nodes after a failure.
@@ -41,22 +56,15 @@ pub struct DeployArgs {
     pub timeout: Duration,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct UndeployArgs {
-    /// The module to stop and remove.
-    pub module: String,
-    /// Only nodes matching this selector (repeat for OR). Default: every node.
-    #[arg(long)]
-    pub target: Vec<String>,
-    /// Remove from at most N nodes at a time.
-    #[arg(long)]
-    pub batch: Option<usize>,
-    /// With --batch: go on to further nodes after a failure.
-    #[arg(long)]
-    pub continue_on_error: bool,
-    /// How long one node may take.
-    #[arg(long, default_value = "1m", value_parser = parse_duration)]
-    pub timeout: Duration,
+impl RolloutArgs {
+    /// Adds the rollout fields to an API request body.
+    fn fill(&self, body: &mut Value) -> Result<(), CliError> {
+        body["target"] = json!(read_targets(&self.target)?);
+        body["batch"] = json!(self.batch);
+        body["continue_on_error"] = json!(self.continue_on_error);
+        body["timeout_ms"] = json!(self.timeout.as_millis() as u64);
+        Ok(())
+    }
 }
 
 pub async fn deploy(http: &str, json_out: bool, args: DeployArgs) -> Result<i32, CliError> {
@@ -81,27 +89,19 @@ pub async fn deploy(http: &str, json_out: bool, args: DeployArgs) -> Result<i32,
         None => None,
         Some(text) => Some(read_config(text)?),
     };
-    let body = json!({
+    let mut body = json!({
         "module": args.module,
         "source": source,
         "sha256": args.sha256,
         "config": config,
-        "target": read_targets(&args.target)?,
-        "batch": args.batch,
-        "continue_on_error": args.continue_on_error,
-        "timeout_ms": args.timeout.as_millis() as u64,
     });
+    args.rollout.fill(&mut body)?;
     rollout(http, json_out, "/v1/deploy", &body).await
 }
 
 pub async fn undeploy(http: &str, json_out: bool, args: UndeployArgs) -> Result<i32, CliError> {
-    let body = json!({
-        "module": args.module,
-        "target": read_targets(&args.target)?,
-        "batch": args.batch,
-        "continue_on_error": args.continue_on_error,
-        "timeout_ms": args.timeout.as_millis() as u64,
-    });
+    let mut body = json!({"module": args.module});
+    args.rollout.fill(&mut body)?;
     rollout(http, json_out, "/v1/undeploy", &body).await
 }
 

@@ -306,6 +306,47 @@ mod tests {
         assert!(PackageSource::parse("").is_err());
     }
 
+    /// Serves `body` over plain HTTP to every connection; answers the URL.
+    fn serve(body: Vec<u8>) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(&body);
+            }
+        });
+        format!("http://{addr}/pkg.tar.gz")
+    }
+
+    #[actix_rt::test]
+    async fn fetch_over_http_streams_checks_and_limits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = PackageCache::open(&tmp.path().join("packages")).unwrap();
+        let body = vec![42u8; 5000];
+        let sha = hex::encode(Sha256::digest(&body));
+        let source = PackageSource::parse(&serve(body)).unwrap();
+        let http = http_client().unwrap();
+        let err = cache.fetch(&source, None, 4999, &http).await.unwrap_err();
+        assert_eq!(
+            err,
+            FetchError::TooLarge { limit: 4999 },
+            "Content-Length over the limit"
+        );
+        let got = cache.fetch(&source, Some(&sha), 10_000, &http).await.unwrap();
+        assert_eq!((got.size, got.sha256), (5000, sha));
+        let missing = PackageSource::parse("http://127.0.0.1:9/nothing").unwrap();
+        let err = cache.fetch(&missing, None, 10_000, &http).await.unwrap_err();
+        assert_eq!(err.code(), "fetch_failed");
+    }
+
     #[actix_rt::test]
     async fn fetch_checks_size_and_sha_and_caches() {
         let tmp = tempfile::tempdir().unwrap();
