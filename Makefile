@@ -11,7 +11,7 @@ N ?= 20
 run:
 	$(CARGO) run --release --bin conjoiner -- agent
 
-## demo: a local cluster of three nodes on loopback: members, requests, deploying the example modules, `modules`
+## demo: a local cluster of three nodes on loopback: members, requests, deploys, `modules`, `status` (KEEP=1 keeps it running for the dashboard)
 demo: build
 	scripts/demo.sh target/release/conjoiner
 

@@ -2,7 +2,10 @@
 # A local cluster of three nodes on loopback: one key, their own ports and
 # data dirs. Shows the members and a request answered by all three, deploys
 # the example modules from mods/ (fetched peer to peer, no HTTP server),
-# lists every node's modules, then stops them. Usage: scripts/demo.sh [path/to/conjoiner]
+# lists every node's modules and the fleet's status, then stops them.
+# Usage: scripts/demo.sh [path/to/conjoiner]
+# With KEEP=1 (`make demo KEEP=1`) the nodes keep running until Ctrl-C, so
+# you can open the dashboard and try the CLI against them.
 set -euo pipefail
 
 BIN=${1:-target/release/conjoiner}
@@ -30,7 +33,7 @@ echo "== cluster key made with \`conjoiner keygen\`; all three nodes share it"
 start_node() {
     local name=$1 role=$2; shift 2
     "$BIN" agent --name "$name" --tag "role=$role" --http 127.0.0.1:0 --bind 127.0.0.1:0 \
-        --no-mdns --data-dir "$WORK/$name" "$@" 2>"$WORK/$name.log" &
+        --no-mdns --status-interval 2s --data-dir "$WORK/$name" "$@" 2>"$WORK/$name.log" &
     PIDS+=($!)
     wait_file "$WORK/$name/http.addr"
 }
@@ -72,6 +75,14 @@ echo "\$ conjoiner request mod.uptime --target tag.role=web"
 "$BIN" request mod.uptime --target tag.role=web
 echo
 echo "\$ conjoiner modules"
-"$BIN" modules
+"$BIN" modules || echo "(exit $?: a node's report is stale)"
 echo
+echo "\$ conjoiner status"
+"$BIN" status || echo "(exit $?: something is failing)"
+echo
+if [ "${KEEP:-}" = 1 ]; then
+    echo "== dashboard: http://$CONJOINER_HTTP/   CLI: export CONJOINER_HTTP=$CONJOINER_HTTP CONJOINER_KEY=$CONJOINER_KEY"
+    echo "== the nodes keep running; press Ctrl-C to stop them"
+    wait
+fi
 echo "== stopping the nodes (each says it leaves)"

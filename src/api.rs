@@ -5,9 +5,11 @@
 //! a 4xx/5xx status, and every rejected input is logged. Bad input never
 //! touches the node's state.
 
-use crate::actors::cluster_bus::{ListMembers, MemberStatus};
+use crate::actors::cluster_bus::{ClusterStatus, ListMembers, MemberStatus};
 use crate::actors::transponder::{PublishToCluster, RequestCluster};
+use crate::actors::ModuleState;
 use crate::node::NodeHandle;
+use crate::status::{summarize, NodeView};
 use crate::wire::{Envelope, MessageType, Target};
 use actix_web::dev::Service;
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
@@ -19,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_stream::wrappers::BroadcastStream;
 use tracing::{debug, warn, Instrument};
 
@@ -94,6 +96,9 @@ pub fn serve(
             .route("/v1/deploy", web::post().to(deploy))
             .route("/v1/undeploy", web::post().to(undeploy))
             .route("/v1/modules", web::get().to(modules))
+            .route("/v1/status", web::get().to(status))
+            .route("/metrics", web::get().to(metrics))
+            .route("/", web::get().to(dashboard))
             .route("/v1/debug/state", web::get().to(debug_state))
             .default_service(web::to(not_found))
     })
@@ -569,38 +574,97 @@ struct ModulesQuery {
     target: Option<String>,
 }
 
-/// How long `GET /v1/modules` waits for each node.
-const MODULES_TIMEOUT: Duration = Duration::from_secs(5);
-
+/// Every targeted node's modules from the status board: one local read,
+/// however large the fleet. Nodes whose report is stale, or that are dead,
+/// are listed with `stale: true` and an `error`; nodes that left are not
+/// listed.
 async fn modules(node: web::Data<NodeHandle>, query: web::Query<ModulesQuery>) -> Result<HttpResponse, ApiError> {
-    let target = query.into_inner().target.filter(|t| !t.is_empty());
-    parse_target(target.as_deref())?;
-    let outcome = transponder(&node)?
-        .send(RequestCluster::new(
-            "api",
-            crate::actors::deployer::DEPLOYER_ADDRESS,
-            target,
-            json!({"op": "modules"}),
-            MODULES_TIMEOUT,
-        ))
-        .await
-        .map_err(|_| ApiError::unavailable("the transponder stopped while the request was in flight"))?
-        .map_err(|e| ApiError::bad_request("bad_selector", e))?;
-    let mut nodes: Vec<Value> = outcome
-        .replies
+    let target = parse_target(query.into_inner().target.as_deref().filter(|t| !t.is_empty()))?;
+    let members = list_members(&node).await?;
+    let views: Vec<NodeView> = node
+        .status
+        .view(&members, Instant::now())
         .into_iter()
-        .map(|r| match r.error {
-            Some(error) => json!({"node": r.node, "modules": [], "error": error}),
-            None => json!({"node": r.node, "modules": r.body.get("modules").cloned().unwrap_or(json!([]))}),
-        })
+        .filter(|v| v.member != Some(MemberStatus::Left))
+        .filter(|v| target.as_ref().is_none_or(|t| t.matches(&v.node, &v.tags)))
         .collect();
-    for missing in outcome.missing {
-        let error = format!("did not answer within {} s", MODULES_TIMEOUT.as_secs());
-        nodes.push(json!({"node": missing, "modules": [], "error": error, "missing": true}));
-    }
-    nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
-    Ok(HttpResponse::Ok().json(nodes))
+    Ok(HttpResponse::Ok().json(views))
 }
+
+/// `conjoiner status` and the dashboard: every node with its membership,
+/// report age and module health, failing nodes first, and a summary.
+async fn status(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
+    let members = list_members(&node).await?;
+    let mut views = node.status.view(&members, Instant::now());
+    views.sort_by_key(|v| (!v.is_failing(), v.node.clone()));
+    let summary = summarize(&views);
+    Ok(HttpResponse::Ok().json(json!({
+        "node": node.identity.name,
+        "cluster": node.identity.cluster,
+        "status_interval_ms": node.settings.monitor.interval.as_millis() as u64,
+        "summary": summary,
+        "nodes": views,
+    })))
+}
+
+/// Prometheus text. Counters are kept as events happen; levels (members,
+/// peers, queues, modules) are read from the actors now.
+async fn metrics(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
+    let m = &node.metrics;
+    let members = list_members(&node).await?;
+    for status in [
+        MemberStatus::Alive,
+        MemberStatus::Suspect,
+        MemberStatus::Dead,
+        MemberStatus::Left,
+    ] {
+        let count = members.iter().filter(|x| x.status == status).count();
+        m.set_level("conjoiner_members", &[("status", status.as_str())], count as f64);
+    }
+    if let Ok(cluster) = node.cluster.status.send(ClusterStatus).await {
+        m.set_level("conjoiner_peers", &[], cluster.peers as f64);
+        for link in &cluster.links {
+            m.set_level(
+                "conjoiner_peer_queue_bytes",
+                &[("peer", &link.peer)],
+                link.queued_bytes as f64,
+            );
+        }
+    }
+    let modules = node.modules().await;
+    for state in ["starting", "running", "restarting", "stopping", "stopped", "failed"] {
+        let count = modules.iter().filter(|x| module_state_name(&x.state) == state).count();
+        m.set_level("conjoiner_modules", &[("state", state)], count as f64);
+    }
+    for module in &modules {
+        let name = module.name.as_str();
+        m.set_level("conjoiner_module_restarts", &[("module", name)], module.restarts as f64);
+        let up = if module.state == ModuleState::Running { 1.0 } else { 0.0 };
+        m.set_level("conjoiner_module_up", &[("module", name)], up);
+    }
+    m.set_level("conjoiner_uptime_seconds", &[], node.started.elapsed().as_secs_f64());
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(m.render()))
+}
+
+fn module_state_name(state: &ModuleState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The dashboard: one static page, embedded in the binary, that polls
+/// `/v1/status` and streams `/v1/events`.
+async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(DASHBOARD_HTML)
+}
+
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
 
 /// Every actor's state snapshot (what SIGUSR1 logs), as JSON.
 async fn debug_state(node: web::Data<NodeHandle>) -> HttpResponse {

@@ -11,6 +11,8 @@
 //! - [`modules`]: packages, manifests, installs and the built-in registry.
 //! - [`node`]: builds one node from a [`node::NodeConfig`].
 //! - [`rollout`]: deploys and undeploys from the origin, batch by batch.
+//! - [`status`]: the fleet's latest status reports, judged fresh or stale.
+//! - [`metrics`]: the node's Prometheus metrics.
 //! - [`api`]: the control API (HTTP) the CLI talks to.
 //! - [`cli`]: the `conjoiner` command line.
 
@@ -20,7 +22,9 @@ pub mod cli;
 pub mod cluster;
 pub mod discovery;
 pub mod logging;
+pub mod metrics;
 pub mod modules;
 pub mod node;
 pub mod rollout;
+pub mod status;
 pub mod wire;

@@ -6,6 +6,7 @@
 use crate::actors::cluster_bridge::LeaveCluster;
 use crate::actors::cluster_bus::ClusterHandle;
 use crate::actors::deployer::{self, DeployState, DeployerConfig};
+use crate::actors::monitor::MonitorConfig;
 use crate::actors::supervisor::{ListModules, RestartPolicy, Shutdown, StartModule};
 use crate::actors::transponder::{TransponderConfig, TransponderSlot};
 use crate::actors::ClusterBridge;
@@ -15,7 +16,9 @@ use crate::actors::{
 use crate::api;
 use crate::cluster::{ClusterConfig, ClusterKey, KeySource};
 use crate::discovery::{spawn_seeds, Mdns};
+use crate::metrics::Metrics;
 use crate::modules::registry::{self, CORE_MODULES};
+use crate::status::StatusBoard;
 use actix::prelude::*;
 use anyhow::Context as _;
 use serde_json::{json, Value};
@@ -37,6 +40,7 @@ pub struct NodeConfig {
     pub http: SocketAddr,
     pub transponder: TransponderConfig,
     pub deployer: DeployerConfig,
+    pub monitor: MonitorConfig,
     /// The largest request body the control API takes.
     pub max_body_bytes: usize,
     /// How this node links to others; `None` runs it alone on a
@@ -100,7 +104,12 @@ struct ClusterParts {
 }
 
 impl ClusterParts {
-    async fn start(identity: &NodeIdentity, config: &NodeConfig, net: &NetworkConfig) -> anyhow::Result<ClusterParts> {
+    async fn start(
+        identity: &NodeIdentity,
+        config: &NodeConfig,
+        net: &NetworkConfig,
+        metrics: &Metrics,
+    ) -> anyhow::Result<ClusterParts> {
         let span = identity.span("cluster");
         let (key, source) = ClusterKey::load(net.key_file.as_deref(), net.key_env.as_deref(), &config.data_dir)?;
         span.in_scope(|| match &source {
@@ -119,7 +128,9 @@ impl ClusterParts {
         let addr_file = config.data_dir.join(CLUSTER_ADDR_FILE);
         std::fs::write(&addr_file, format!("{advertise}\n"))
             .with_context(|| format!("cannot record the cluster address in {}", addr_file.display()))?;
-        let bridge = ClusterBridge::new(identity, net.timing.clone(), key, listener, advertise).start();
+        let bridge = ClusterBridge::new(identity, net.timing.clone(), key, listener, advertise)
+            .with_metrics(metrics.clone())
+            .start();
         let mdns = if net.mdns {
             match Mdns::start(
                 &identity.cluster,
@@ -167,6 +178,7 @@ pub struct NodeSettings {
     pub data_dir: PathBuf,
     pub transponder: TransponderConfig,
     pub deployer: DeployerConfig,
+    pub monitor: MonitorConfig,
 }
 
 /// The parts of a node that the control API and the modules need. Cheap to
@@ -185,6 +197,9 @@ pub struct NodeHandle {
     pub settings: Arc<NodeSettings>,
     /// Installed modules and the package cache, shared with the Deployer.
     pub deploy: Arc<DeployState>,
+    /// Every node's latest status report, filled by the Monitor.
+    pub status: StatusBoard,
+    pub metrics: Metrics,
 }
 
 impl NodeHandle {
@@ -241,9 +256,12 @@ impl Node {
         });
 
         let tap = EventTap::default();
-        let bus = ModBus::new(&identity, tap.clone()).start();
+        let metrics = Metrics::new();
+        let bus = ModBus::new(&identity, tap.clone())
+            .with_metrics(metrics.clone())
+            .start();
         let parts = match &config.network {
-            Some(net) => Some(ClusterParts::start(&identity, &config, net).await?),
+            Some(net) => Some(ClusterParts::start(&identity, &config, net, &metrics).await?),
             None => None,
         };
         let (cluster, cluster_state) = match &parts {
@@ -269,8 +287,11 @@ impl Node {
                 data_dir: config.data_dir.clone(),
                 transponder: config.transponder.clone(),
                 deployer: config.deployer.clone(),
+                monitor: config.monitor.clone(),
             }),
             deploy,
+            status: StatusBoard::default(),
+            metrics,
         };
 
         // The Transponder first (it is the border), then the other core modules.

@@ -8,26 +8,10 @@ mod common;
 use common::*;
 use conjoiner::cluster::ClusterKey;
 use serde_json::{json, Value};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// Writes a module folder: `mod.json` (with `manifest` merged in) and an
-/// executable `bin/run` holding `script`.
-fn module_dir(root: &Path, name: &str, version: &str, script: &str, manifest: Value) -> PathBuf {
-    let dir = root.join(format!("{name}-{version}"));
-    std::fs::create_dir_all(dir.join("bin")).unwrap();
-    let mut doc = json!({"name": name, "version": version, "main": "bin/run"});
-    for (k, v) in manifest.as_object().unwrap() {
-        doc[k] = v.clone();
-    }
-    std::fs::write(dir.join("mod.json"), doc.to_string()).unwrap();
-    std::fs::write(dir.join("bin/run"), script).unwrap();
-    std::fs::set_permissions(dir.join("bin/run"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
 
 /// `conjoiner package DIR -o OUT`; answers the printed sha256.
 fn package(node: &TestNode, dir: &Path, out: &Path) -> String {
@@ -37,15 +21,6 @@ fn package(node: &TestNode, dir: &Path, out: &Path) -> String {
     let sha = text.split_whitespace().next().unwrap().to_string();
     assert_eq!(sha.len(), 64, "{text}");
     sha
-}
-
-/// Runs a CLI command with `--json`; answers its exit code and output.
-fn cli_json(node: &TestNode, args: &[&str]) -> (i32, Value) {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let output = node.cli(&all);
-    let value = serde_json::from_str(&stdout(&output)).unwrap_or(Value::Null);
-    (output.status.code().unwrap_or(-1), value)
 }
 
 /// Each node's result, by node name: (status, code).
@@ -103,10 +78,6 @@ fn installed_sha(node: &TestNode, name: &str) -> Option<String> {
 
 fn process_alive(pid: u64) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn hello_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("mods/hello")
 }
 
 #[test]
@@ -196,23 +167,22 @@ fn a_targeted_deploy_reaches_exactly_its_nodes_peer_to_peer() {
     assert_eq!(code, 0, "{again}");
     assert!(results(&again).iter().all(|(_, s, _)| s == "unchanged"), "{again}");
 
-    // `modules` on any node lists the module on the two web nodes.
-    let (code, listed) = cli_json(web1, &["modules"]);
-    assert_eq!(code, 0);
-    let hello_on: Vec<&str> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| {
-            n["modules"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|m| m["name"] == "hello" && m["state"] == "running")
-        })
-        .map(|n| n["node"].as_str().unwrap())
-        .collect();
-    assert_eq!(hello_on, ["web-1", "web-2"]);
+    // `modules` on any node lists the module on the two web nodes (from the
+    // status reports, which follow a deploy at once).
+    wait_for(LIMIT, "modules to list hello on the web nodes", || {
+        let (code, listed) = cli_json(web1, &["modules"]);
+        let hello_on: Vec<String> = listed
+            .as_array()?
+            .iter()
+            .filter(|n| {
+                n["modules"]
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().any(|m| m["name"] == "hello" && m["state"] == "running"))
+            })
+            .filter_map(|n| n["node"].as_str().map(str::to_string))
+            .collect();
+        (code == 0 && hello_on == ["web-1", "web-2"]).then_some(())
+    });
 
     // Undeploy: gone from disk, processes stopped.
     let (code, removed) = cli_json(db1, &["undeploy", "hello", "--target", "tag.role=web"]);
@@ -472,7 +442,7 @@ done
     let counters = &state["modules"]["noisy"]["counters"];
     assert_eq!(counters["bad_lines"], 4, "two bad lines per request: {state}");
     assert_eq!(counters["replies"], 2);
-    let module = module_state(&node, "noisy").unwrap();
+    let module = wait_module(&node, "noisy", "listed", |_| true);
     assert_eq!(
         (module["state"].as_str(), module["restarts"].as_u64()),
         (Some("running"), Some(0))

@@ -24,6 +24,7 @@ async fn start(name: &str, dir: &tempfile::TempDir) -> Node {
             ..TransponderConfig::default()
         },
         deployer: Default::default(),
+        monitor: Default::default(),
         max_body_bytes: DEFAULT_MAX_BODY,
         network: None,
     })

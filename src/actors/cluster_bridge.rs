@@ -20,6 +20,7 @@ use super::NodeIdentity;
 use crate::cluster::link::{self, Direction, HelloCard, LinkEvent, LinkHandle, LinkId, LinkSetup};
 use crate::cluster::protocol::{Hello, Leave, LinkFrame, PROTOCOL_VERSION};
 use crate::cluster::{ClusterConfig, ClusterKey, NodeId};
+use crate::metrics::{DropReason, Metrics};
 use crate::wire::{Envelope, SeenIds};
 use actix::prelude::*;
 use bytes::Bytes;
@@ -114,6 +115,7 @@ pub struct ClusterBridge {
     transponder: Option<Recipient<FromCluster>>,
     rng: StdRng,
     counters: Counters,
+    metrics: Metrics,
 }
 
 impl ClusterBridge {
@@ -154,7 +156,14 @@ impl ClusterBridge {
             transponder: None,
             rng: rand::make_rng(),
             counters: Counters::default(),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts drops and handshake failures in the node's metrics.
+    pub fn with_metrics(mut self, metrics: Metrics) -> ClusterBridge {
+        self.metrics = metrics;
+        self
     }
 
     fn me(&self) -> &NodeId {
@@ -376,6 +385,7 @@ impl ClusterBridge {
             Ok(f) => f,
             Err(e) => {
                 self.counters.malformed += 1;
+                self.metrics.dropped(DropReason::Malformed);
                 warn!(%remote, error = %e, "malformed frame from a peer dropped");
                 return;
             }
@@ -385,11 +395,13 @@ impl ClusterBridge {
             (LinkFrame::Hello(hello), None) => self.on_hello(ctx, link_id, hello),
             (LinkFrame::Hello(_), Some(_)) => {
                 self.counters.malformed += 1;
+                self.metrics.dropped(DropReason::Malformed);
                 warn!(%remote, "second hello on a link; closing it");
                 self.close_link(link_id, "protocol violation: second hello");
             }
             (other, None) => {
                 self.counters.malformed += 1;
+                self.metrics.dropped(DropReason::Malformed);
                 warn!(%remote, kind = other.kind(), "frame before hello; closing the link");
                 self.close_link(link_id, "protocol violation: frame before hello");
             }
@@ -405,6 +417,7 @@ impl ClusterBridge {
                         self.deliver_local(envelope);
                     } else {
                         self.counters.duplicates += 1;
+                        self.metrics.dropped(DropReason::Duplicate);
                     }
                 }
             }
@@ -452,6 +465,7 @@ impl ClusterBridge {
             Ok(e) => Some(e),
             Err(e) => {
                 self.counters.malformed += 1;
+                self.metrics.dropped(DropReason::Malformed);
                 warn!(peer = %from, error = %e, "malformed envelope from a peer dropped");
                 None
             }
@@ -465,6 +479,7 @@ impl ClusterBridge {
         self.counters.broadcasts_received += 1;
         if !self.seen.insert(envelope.id) {
             self.counters.duplicates += 1;
+            self.metrics.dropped(DropReason::Duplicate);
             return;
         }
         debug!(envelope = %envelope.id, from = %from, origin = %envelope.src.node, hops = envelope.hops,
@@ -603,11 +618,14 @@ impl Handler<LinkEvent> for ClusterBridge {
                 let refused_us = link.is_some_and(|l| l.peer.is_none() && l.handle.direction == Direction::Outbound);
                 if refused_us {
                     self.counters.handshake_failures += 1;
+                    self.metrics.handshake_failed();
+                    self.metrics.dropped(DropReason::Unauthorized);
                     let remote = link.map(|l| l.handle.remote);
                     warn!(link = id, ?remote, %reason,
                         "the peer closed the link during the handshake; does it have the same cluster key?");
                 } else if reason.contains("exceeds the limit") {
                     self.counters.oversized += 1;
+                    self.metrics.dropped(DropReason::Oversize);
                     warn!(link = id, ?peer, %reason, "peer sent an oversized frame; link closed");
                 } else if reason != "peer closed the link" {
                     warn!(link = id, ?peer, %reason, "link failed");
@@ -622,6 +640,8 @@ impl Handler<LinkEvent> for ClusterBridge {
             } => {
                 if handshake {
                     self.counters.handshake_failures += 1;
+                    self.metrics.handshake_failed();
+                    self.metrics.dropped(DropReason::Unauthorized);
                     warn!(%remote, ?direction, %reason, "refused a link: the peer failed the encrypted handshake");
                 } else {
                     self.counters.dial_failures += 1;
@@ -654,6 +674,7 @@ impl Handler<Broadcast> for ClusterBridge {
         let frame = LinkFrame::Broadcast(envelope.to_vec().into()).encode();
         if frame.len() > self.config.max_frame {
             self.counters.oversized += 1;
+            self.metrics.dropped(DropReason::Oversize);
             error!(envelope = %envelope.id, size = frame.len(), max = self.config.max_frame,
                 "envelope too large for the cluster; not sent");
             return;
@@ -784,6 +805,37 @@ impl Handler<IsDrained> for ClusterBridge {
     type Result = bool;
     fn handle(&mut self, _msg: IsDrained, _ctx: &mut Self::Context) -> bool {
         self.dialing.is_empty() && self.links.values().all(|l| l.handle.queued_bytes() == 0)
+    }
+}
+
+impl Handler<ClusterStatus> for ClusterBridge {
+    type Result = ClusterSummary;
+    fn handle(&mut self, _msg: ClusterStatus, _ctx: &mut Self::Context) -> ClusterSummary {
+        let mut members: BTreeMap<String, usize> = BTreeMap::new();
+        for m in self.members() {
+            *members.entry(m.status.as_str().to_string()).or_default() += 1;
+        }
+        let mut links: Vec<PeerLink> = self
+            .links
+            .values()
+            .filter_map(|l| {
+                Some(PeerLink {
+                    peer: l.peer.as_ref()?.name.clone(),
+                    queued_bytes: l.handle.queued_bytes(),
+                    frames_in: l.frames_in,
+                    age_ms: l.since.elapsed().as_millis() as u64,
+                })
+            })
+            .collect();
+        links.sort_by(|a, b| a.peer.cmp(&b.peer));
+        let peers: std::collections::BTreeSet<&String> = links.iter().map(|l| &l.peer).collect();
+        ClusterSummary {
+            peers: peers.len(),
+            members,
+            max_queued_bytes: links.iter().map(|l| l.queued_bytes).max().unwrap_or(0),
+            links,
+            dialing: self.dialing.len(),
+        }
     }
 }
 

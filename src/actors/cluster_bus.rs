@@ -21,6 +21,15 @@ pub enum MemberStatus {
 }
 
 impl MemberStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Alive => "alive",
+            MemberStatus::Suspect => "suspect",
+            MemberStatus::Dead => "dead",
+            MemberStatus::Left => "left",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<MemberStatus> {
         match s {
             "alive" => Some(MemberStatus::Alive),
@@ -74,6 +83,36 @@ pub struct FromCluster(pub Envelope);
 #[rtype(result = "()")]
 pub struct AttachTransponder(pub Recipient<FromCluster>);
 
+/// Ask the cluster side for its peers, links and queue depths (the Monitor
+/// reports it; `/metrics` exports it).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "ClusterSummary")]
+pub struct ClusterStatus;
+
+/// One open link to a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerLink {
+    pub peer: String,
+    /// Bytes waiting to be written to this peer.
+    pub queued_bytes: usize,
+    pub frames_in: u64,
+    pub age_ms: u64,
+}
+
+/// The cluster side's state in brief.
+#[derive(MessageResponse, Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ClusterSummary {
+    /// Peers with an open link that said hello.
+    pub peers: usize,
+    /// Members by status (`alive`, `suspect`, …), this node included.
+    pub members: BTreeMap<String, usize>,
+    pub links: Vec<PeerLink>,
+    /// Dials in progress.
+    pub dialing: usize,
+    /// Largest queue among the links, in bytes.
+    pub max_queued_bytes: usize,
+}
+
 /// The handles the Transponder and the control API use to reach the cluster.
 #[derive(Clone)]
 pub struct ClusterHandle {
@@ -81,6 +120,7 @@ pub struct ClusterHandle {
     pub direct: Recipient<Direct>,
     pub members: Recipient<ListMembers>,
     pub attach: Recipient<AttachTransponder>,
+    pub status: Recipient<ClusterStatus>,
 }
 
 impl ClusterHandle {
@@ -90,13 +130,15 @@ impl ClusterHandle {
             + Handler<Broadcast>
             + Handler<Direct>
             + Handler<ListMembers>
-            + Handler<AttachTransponder>,
+            + Handler<AttachTransponder>
+            + Handler<ClusterStatus>,
     {
         ClusterHandle {
             broadcast: addr.clone().recipient(),
             direct: addr.clone().recipient(),
             members: addr.clone().recipient(),
             attach: addr.clone().recipient(),
+            status: addr.clone().recipient(),
         }
     }
 }

@@ -12,7 +12,7 @@
 //! Orders run one at a time, in arrival order, on a worker task, so the actor
 //! itself stays free to serve package chunks and module lists meanwhile.
 
-use super::messages::{Deliver, DumpState, Snapshot, StopModule};
+use super::messages::{answer_status, Deliver, DumpState, Snapshot, StopModule};
 use super::modbus::{Publish, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, ListModules, ModuleInfo, ModuleState, RemoveModule, RunningModule, StartModule};
 use super::transponder::{PublishToCluster, RequestCluster, SendDirect};
@@ -442,6 +442,16 @@ impl Handler<Deliver> for Deployer {
                     let _ = jobs.send(envelope);
                 }
             }
+            MessageType::StatusRequest => {
+                let state = &self.node.deploy;
+                let body = json!({
+                    "activity": state.activity.lock().ok().and_then(|a| a.clone()),
+                    "queued_orders": self.queued.load(std::sync::atomic::Ordering::Relaxed),
+                    "known_packages": state.holders.lock().map(|h| h.len()).unwrap_or(0),
+                    "counters": state.counters.lock().map(|c| *c).unwrap_or_default(),
+                });
+                answer_status(&self.node.bus, &envelope, self.source(), body);
+            }
             MessageType::Request => match envelope.body.get("op").and_then(Value::as_str) {
                 Some("chunk") => self.serve_chunk(envelope),
                 Some("modules") => self.list_modules(envelope),
@@ -508,6 +518,7 @@ impl Worker {
                     _ => self.undeploy(&order).await,
                 };
                 state.set_activity(None);
+                self.node.metrics.deploy_result(&report.status);
                 let elapsed_ms = started.elapsed().as_millis() as u64;
                 match report.status.as_str() {
                     "failed" => {

@@ -4,7 +4,7 @@
 //! a full round trip: CLI → control API → Transponder → ClusterBus → (target
 //! check) → ModBus → echo → back the same way.
 
-use super::messages::{Deliver, DumpState, Snapshot, StopModule};
+use super::messages::{answer_status, Deliver, DumpState, Snapshot, StopModule};
 use super::modbus::{ModBus, Publish, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, RunningModule};
 use super::NodeIdentity;
@@ -41,6 +41,13 @@ impl Echo {
         }
     }
 
+    fn source(&self) -> Source {
+        Source {
+            node: self.identity.name.clone(),
+            module: self.name.clone(),
+        }
+    }
+
     fn address(&self) -> String {
         format!("mod.{}", self.name)
     }
@@ -74,17 +81,17 @@ impl Handler<Deliver> for Echo {
 
     fn handle(&mut self, Deliver { envelope, .. }: Deliver, _ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
+        if envelope.kind == MessageType::StatusRequest {
+            let body = json!({"requests": self.requests, "other_envelopes": self.other});
+            return answer_status(&self.bus, &envelope, self.source(), body);
+        }
         if envelope.kind != MessageType::Request {
             self.other += 1;
             debug!(envelope = %envelope.id, kind = %envelope.kind, "not a request; nothing to echo");
             return;
         }
         self.requests += 1;
-        let source = Source {
-            node: self.identity.name.clone(),
-            module: self.name.clone(),
-        };
-        let reply = Envelope::reply_to_request(&envelope, MessageType::Reply, source, envelope.body.clone());
+        let reply = Envelope::reply_to_request(&envelope, MessageType::Reply, self.source(), envelope.body.clone());
         debug!(envelope = %envelope.id, reply = %reply.id, "echoing request");
         self.bus.do_send(Publish(reply));
     }

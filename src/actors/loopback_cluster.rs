@@ -105,6 +105,16 @@ impl Handler<ListMembers> for LoopbackCluster {
     }
 }
 
+impl Handler<ClusterStatus> for LoopbackCluster {
+    type Result = ClusterSummary;
+    fn handle(&mut self, _msg: ClusterStatus, _ctx: &mut Self::Context) -> ClusterSummary {
+        ClusterSummary {
+            members: [("alive".to_string(), 1)].into(),
+            ..ClusterSummary::default()
+        }
+    }
+}
+
 impl Handler<DumpState> for LoopbackCluster {
     type Result = Snapshot;
     fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Snapshot {

@@ -6,6 +6,8 @@
 //! - [`ClusterBridge`]: links to other nodes, membership and the ClusterBus.
 //! - [`LoopbackCluster`]: the ClusterBus of a node that is alone.
 //! - [`Deployer`]: installs and removes modules on order from the cluster.
+//! - [`Monitor`]: asks the modules for their status, publishes it, and keeps
+//!   every node's latest report.
 //! - [`ProcessModule`]: runs a package's program and bridges its stdio.
 //! - [`Echo`]: the simplest module, for round trips.
 //! - [`Uptime`]: reports the host's load and uptime (the README's example).
@@ -17,6 +19,7 @@ pub mod echo;
 pub mod loopback_cluster;
 pub mod messages;
 pub mod modbus;
+pub mod monitor;
 pub mod process_module;
 pub mod supervisor;
 pub mod transponder;
@@ -29,6 +32,7 @@ pub use echo::Echo;
 pub use loopback_cluster::LoopbackCluster;
 pub use messages::{Deliver, DumpState, EventTap, NodeIdentity, QueueGauge, QueueTicket, Snapshot, StopModule};
 pub use modbus::{BusError, ModBus};
+pub use monitor::Monitor;
 pub use process_module::ProcessModule;
 pub use supervisor::{spawn_module, ModuleInfo, ModuleSpec, ModuleState, NodeSupervisor, RestartMode, RestartPolicy};
 pub use transponder::{NodeReply, RequestOutcome, Transponder, TransponderConfig};

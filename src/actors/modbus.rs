@@ -13,6 +13,7 @@
 //! whatever its address.
 
 use super::messages::{Deliver, DumpState, EventTap, QueueGauge, Snapshot};
+use crate::metrics::{DropReason, Metrics};
 use crate::wire::Envelope;
 use actix::prelude::*;
 use serde_json::{json, Value};
@@ -114,9 +115,16 @@ pub struct ModBus {
     pending: HashMap<Uuid, PendingRequest>,
     tap: EventTap,
     counters: Counters,
+    metrics: Metrics,
 }
 
 impl ModBus {
+    /// Counts drops and request latencies in the node's metrics.
+    pub fn with_metrics(mut self, metrics: Metrics) -> ModBus {
+        self.metrics = metrics;
+        self
+    }
+
     pub fn new(identity: &super::NodeIdentity, tap: EventTap) -> ModBus {
         ModBus {
             node: identity.name.clone(),
@@ -126,6 +134,7 @@ impl ModBus {
             pending: HashMap::new(),
             tap,
             counters: Counters::default(),
+            metrics: Metrics::default(),
         }
     }
 
@@ -136,6 +145,7 @@ impl ModBus {
             return false;
         };
         self.counters.replies_matched += 1;
+        self.metrics.modbus_request_answered(pending.started.elapsed());
         debug!(envelope = %envelope.id, request = %id, address = %pending.address,
             elapsed_ms = pending.started.elapsed().as_millis() as u64, "reply matched to pending request");
         let _ = pending.reply.send(envelope.clone());
@@ -144,6 +154,7 @@ impl ModBus {
 
     fn no_handler(&mut self, envelope: &Envelope) -> BusError {
         self.counters.no_handler += 1;
+        self.metrics.dropped(DropReason::NoHandler);
         debug!(envelope = %envelope.id, address = %envelope.dst.address, kind = %envelope.kind,
             "no subscriber for address");
         BusError::NoHandler {
@@ -172,6 +183,7 @@ impl ModBus {
             }
             Err(SendError::Full(_)) => {
                 self.counters.mailbox_full += 1;
+                self.metrics.dropped(DropReason::Overloaded);
                 let module = sub.module.clone();
                 warn!(envelope = %envelope.id, address = %address, to = %module,
                     "module mailbox full, envelope dropped");

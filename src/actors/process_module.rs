@@ -80,6 +80,9 @@ pub struct ProcessModule {
     requests: HashMap<Uuid, Envelope>,
     request_order: VecDeque<Uuid>,
     last_status: Option<(Value, Instant)>,
+    /// `status_request`s the child has not answered yet; its next
+    /// `{"op":"status"}` answers them all.
+    status_requests: VecDeque<Envelope>,
     started: Instant,
     counters: Counters,
 }
@@ -107,6 +110,7 @@ impl ProcessModule {
             requests: HashMap::new(),
             request_order: VecDeque::new(),
             last_status: None,
+            status_requests: VecDeque::new(),
             started: Instant::now(),
             counters: Counters::default(),
         }
@@ -260,7 +264,12 @@ impl ProcessModule {
             }
             "status" => {
                 let body = value.get("body").cloned().unwrap_or(Value::Null);
-                debug!(status = %body, "module reported its status");
+                debug!(status = %body, answers = self.status_requests.len(), "module reported its status");
+                let source = self.source();
+                for request in self.status_requests.drain(..) {
+                    let reply = Envelope::reply_to_request(&request, MessageType::Status, source.clone(), body.clone());
+                    self.bus.do_send(Publish(reply));
+                }
                 self.last_status = Some((body, Instant::now()));
             }
             "subscribe" => match text("address").filter(|a| !a.is_empty()) {
@@ -346,7 +355,14 @@ impl Actor for ProcessModule {
             ctx.stop();
             return;
         }
-        for address in self.setup.manifest.subscriptions() {
+        // The module's own inbox is always open, so the Monitor's
+        // `status_request` reaches it even when `subscribe` leaves it out.
+        let inbox = format!("mod.{}", self.setup.name);
+        let mut addresses = self.setup.manifest.subscriptions();
+        if !addresses.contains(&inbox) {
+            addresses.push(inbox);
+        }
+        for address in addresses {
             self.subscribe(address, ctx);
         }
         info!(pid = ?self.pid, main = ?self.setup.manifest.main, subscriptions = ?self.subscriptions,
@@ -423,6 +439,14 @@ impl Handler<Deliver> for ProcessModule {
         self.counters.envelopes_in += 1;
         if envelope.kind == MessageType::Request {
             self.remember_request(&envelope);
+        }
+        if envelope.kind == MessageType::StatusRequest {
+            // Unanswered ones stay unanswered: the Monitor calls the module
+            // unresponsive. Keep only the latest few.
+            if self.status_requests.len() >= 4 {
+                self.status_requests.pop_front();
+            }
+            self.status_requests.push_back(envelope.clone());
         }
         let Some(stdin) = &self.stdin else { return };
         let line = match serde_json::to_string(&envelope) {

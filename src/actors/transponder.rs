@@ -12,9 +12,11 @@
 //! - Every `heartbeat_interval` it broadcasts a `heartbeat`.
 
 use super::cluster_bus::{AttachTransponder, Broadcast, ClusterHandle, Direct, FromCluster, ListMembers, MemberStatus};
-use super::messages::{DumpState, Snapshot, StopModule};
+use super::messages::{Deliver, DumpState, Snapshot, StopModule};
 use super::modbus::{self, BusError, ModBus};
 use super::NodeIdentity;
+use crate::metrics::{DropReason, Metrics};
+use crate::status::StatusBoard;
 use crate::wire::{now_ms, Envelope, MessageType, SeenIds, Source, Target};
 use actix::prelude::*;
 use serde::Serialize;
@@ -56,6 +58,9 @@ pub fn start_module(args: &crate::modules::ModuleArgs<'_>) -> anyhow::Result<sup
         node.bus.clone(),
         node.cluster.clone(),
     );
+    let transponder = transponder
+        .with_metrics(node.metrics.clone(), args.name)
+        .with_status_board(node.status.clone());
     let (addr, running) = super::supervisor::spawn_module(transponder);
     node.transponder.set(addr);
     Ok(running)
@@ -159,6 +164,8 @@ pub struct RequestOutcome {
 }
 
 struct Gather {
+    /// The request's envelope type, the label of its latency histogram.
+    kind: String,
     expected: BTreeSet<String>,
     replies: Vec<NodeReply>,
     started: Instant,
@@ -210,9 +217,30 @@ pub struct Transponder {
     last_heartbeat: BTreeMap<String, u64>,
     started: Instant,
     counters: Counters,
+    metrics: Metrics,
+    /// The module name it answers `status_request` under (`mod.<name>`).
+    name: String,
+    /// Where heartbeat arrivals are recorded for `conjoiner status`.
+    board: Option<StatusBoard>,
 }
 
 impl Transponder {
+    /// Counts envelopes and request latencies in the node's metrics, and
+    /// answers `status_request` on `mod.<name>`.
+    pub fn with_metrics(mut self, metrics: Metrics, name: &str) -> Transponder {
+        self.metrics = metrics;
+        self.name = name.to_string();
+        self
+    }
+
+    /// Records every heartbeat's arrival on the node's status board. The
+    /// Transponder sees them first (its own included), even before the
+    /// Monitor has started.
+    pub fn with_status_board(mut self, board: StatusBoard) -> Transponder {
+        self.board = Some(board);
+        self
+    }
+
     pub fn new(identity: &NodeIdentity, config: TransponderConfig, bus: Addr<ModBus>, cluster: ClusterHandle) -> Self {
         Transponder {
             identity: identity.clone(),
@@ -226,6 +254,9 @@ impl Transponder {
             last_heartbeat: BTreeMap::new(),
             started: Instant::now(),
             counters: Counters::default(),
+            metrics: Metrics::default(),
+            name: "transponder".to_string(),
+            board: None,
         }
     }
 
@@ -248,6 +279,7 @@ impl Transponder {
     fn broadcast(&mut self, mut envelope: Envelope) -> Uuid {
         self.stamp(&mut envelope);
         self.counters.sent += 1;
+        self.metrics.envelope_out(envelope.kind.as_str());
         debug!(envelope = %envelope.id, kind = %envelope.kind, address = %envelope.dst.address,
             target = ?envelope.dst.target, lamport = envelope.lamport, "sending to cluster");
         let id = envelope.id;
@@ -258,6 +290,7 @@ impl Transponder {
     fn direct(&mut self, node: String, mut envelope: Envelope) {
         self.stamp(&mut envelope);
         self.counters.sent += 1;
+        self.metrics.envelope_out(envelope.kind.as_str());
         debug!(envelope = %envelope.id, kind = %envelope.kind, to = %node, reply_to = ?envelope.reply_to,
             "sending direct");
         let id = envelope.id;
@@ -297,6 +330,7 @@ impl Transponder {
             Ok(t) => t.matches(&self.identity.name, &self.identity.tags),
             Err(e) => {
                 self.counters.bad_target += 1;
+                self.metrics.dropped(DropReason::BadTarget);
                 warn!(envelope = %envelope.id, from = %envelope.src.node, error = %e,
                     "dropping envelope with a malformed target");
                 false
@@ -330,12 +364,14 @@ impl Transponder {
         };
         debug!(request = %request_id, from = %envelope.src.node, kind = %envelope.kind, error = ?error,
             "reply gathered");
+        let elapsed = gather.started.elapsed();
+        self.metrics.request_answered(&gather.kind, elapsed);
         let reply = NodeReply {
             node: envelope.src.node,
             body,
             error,
             code,
-            elapsed_ms: gather.started.elapsed().as_millis() as u64,
+            elapsed_ms: elapsed.as_millis() as u64,
         };
         if let Some(progress) = &gather.progress {
             let _ = progress.send(reply.clone());
@@ -417,6 +453,11 @@ impl Actor for Transponder {
         self.cluster
             .attach
             .do_send(AttachTransponder(ctx.address().recipient()));
+        self.bus.do_send(modbus::Subscribe {
+            address: format!("mod.{}", self.name),
+            module: self.name.clone(),
+            recipient: ctx.address().recipient(),
+        });
         // Announce this node at once rather than one interval from now.
         self.send_heartbeat();
         ctx.run_interval(self.config.heartbeat_interval, |act, _ctx| {
@@ -431,6 +472,10 @@ impl Actor for Transponder {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
+        self.bus.do_send(modbus::Unsubscribe {
+            address: None,
+            module: self.name.clone(),
+        });
         info!(
             lamport = self.lamport,
             pending_gathers = self.gathers.len(),
@@ -447,9 +492,11 @@ impl Handler<FromCluster> for Transponder {
         self.counters.received += 1;
         if !self.seen.insert(envelope.id) {
             self.counters.duplicates += 1;
+            self.metrics.dropped(DropReason::Duplicate);
             debug!(envelope = %envelope.id, from = %envelope.src.node, "duplicate dropped");
             return;
         }
+        self.metrics.envelope_in(envelope.kind.as_str());
         self.lamport = self.lamport.max(envelope.lamport) + 1;
         if !self.is_for_us(&envelope) {
             self.counters.not_for_us += 1;
@@ -463,6 +510,9 @@ impl Handler<FromCluster> for Transponder {
         match envelope.kind {
             MessageType::Heartbeat => {
                 self.last_heartbeat.insert(envelope.src.node.clone(), envelope.ts);
+                if let Some(board) = &self.board {
+                    board.heartbeat(&envelope.src.node, Instant::now());
+                }
                 // Modules (the monitor) may listen; nobody listening is normal.
                 let _ = self.bus.try_send(modbus::Publish(envelope));
             }
@@ -548,6 +598,7 @@ impl Handler<RequestCluster> for Transponder {
             act.gathers.insert(
                 id,
                 Gather {
+                    kind: envelope.kind.as_str().to_string(),
                     expected,
                     replies: Vec::new(),
                     started: Instant::now(),
@@ -586,6 +637,30 @@ impl Handler<SendDirect> for Transponder {
     fn handle(&mut self, msg: SendDirect, _ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
         self.direct(msg.node, msg.envelope);
+    }
+}
+
+/// The Monitor's `status_request` on `mod.<name>`: answered with the
+/// counters, the lamport clock and the heartbeat ages.
+impl Handler<Deliver> for Transponder {
+    type Result = ();
+
+    fn handle(&mut self, Deliver { envelope, .. }: Deliver, _ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        if envelope.kind == MessageType::Request {
+            // Say so rather than let the asker wait for its timeout.
+            let error = json!({"error": "the transponder answers only status_request", "code": "unsupported"});
+            let reply = Envelope::reply_to_request(&envelope, MessageType::Error, self.source(&self.name), error);
+            self.bus.do_send(modbus::Publish(reply));
+            return;
+        }
+        if envelope.kind != MessageType::StatusRequest {
+            debug!(envelope = %envelope.id, kind = %envelope.kind, "the transponder only answers status_request here");
+            return;
+        }
+        let reply =
+            Envelope::reply_to_request(&envelope, MessageType::Status, self.source(&self.name), self.snapshot());
+        self.bus.do_send(modbus::Publish(reply));
     }
 }
 

@@ -5,7 +5,7 @@
 //! often. It is also the worked example in the README's "Writing a module":
 //! an actor, a `start_module` factory, and one line in the registry.
 
-use super::messages::{Deliver, DumpState, Snapshot, StopModule};
+use super::messages::{answer_status, Deliver, DumpState, Snapshot, StopModule};
 use super::modbus::{ModBus, Publish, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, RunningModule};
 use super::transponder::{PublishToCluster, TransponderSlot};
@@ -63,7 +63,31 @@ pub fn host_figures() -> Value {
     let uptime_secs: Option<f64> = std::fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()));
-    json!({"load": load, "uptime_secs": uptime_secs})
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |field: &str| -> Option<u64> {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|k| k * 1024)
+    };
+    let rss = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|k| k * 1024)
+    });
+    json!({
+        "load": load,
+        "uptime_secs": uptime_secs,
+        "memory": {
+            "total_bytes": kib("MemTotal:"),
+            "available_bytes": kib("MemAvailable:"),
+            "node_rss_bytes": rss,
+        },
+    })
 }
 
 impl Uptime {
@@ -115,6 +139,10 @@ impl Handler<Deliver> for Uptime {
 
     fn handle(&mut self, Deliver { envelope, .. }: Deliver, _ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
+        if envelope.kind == MessageType::StatusRequest {
+            let body = json!({"answered": self.answered, "host": host_figures()});
+            return answer_status(&self.bus, &envelope, self.source(), body);
+        }
         if envelope.kind != MessageType::Request {
             return debug!(envelope = %envelope.id, kind = %envelope.kind, "ignoring a non-request");
         }

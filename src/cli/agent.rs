@@ -4,6 +4,7 @@
 
 use super::{parse_duration, CliError, EXIT_OK};
 use crate::actors::deployer::DeployerConfig;
+use crate::actors::monitor::MonitorConfig;
 use crate::actors::TransponderConfig;
 use crate::cluster::ClusterConfig;
 use crate::logging::{self, LogFormat};
@@ -52,6 +53,11 @@ pub struct AgentArgs {
     /// How often the node broadcasts a heartbeat.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+    /// How often the Monitor asks this node's modules for their status and
+    /// publishes it to the cluster. A report older than three intervals is
+    /// shown as stale.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub status_interval: Duration,
     /// Log line format (the filter comes from RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -157,6 +163,9 @@ fn parse_advertise(text: &str) -> Result<SocketAddr, CliError> {
 pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
     let name = args.name.clone().unwrap_or_else(hostname);
     check_name(&name).map_err(CliError::usage)?;
+    if args.status_interval < Duration::from_millis(100) {
+        return Err(CliError::usage("--status-interval must be at least 100ms"));
+    }
     let config = NodeConfig {
         name,
         cluster: args.cluster.clone(),
@@ -171,6 +180,7 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
             max_package_bytes: args.max_package,
             ..DeployerConfig::default()
         },
+        monitor: MonitorConfig::every(args.status_interval),
         max_body_bytes: DEFAULT_MAX_BODY,
         network: Some(NetworkConfig {
             bind: resolve("--bind", &args.bind)?,

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod debug;
 pub mod deploy;
 pub mod keygen;
 pub mod members;
@@ -13,6 +14,7 @@ pub mod modules;
 pub mod package;
 pub mod publish;
 pub mod request;
+pub mod status;
 pub mod tail;
 
 use clap::{Parser, Subcommand};
@@ -64,8 +66,18 @@ pub enum Command {
     Deploy(deploy::DeployArgs),
     /// Stop and remove a module from the targeted nodes.
     Undeploy(deploy::UndeployArgs),
-    /// List each node's modules with state, restarts and uptime.
+    /// List each node's modules with state, health, restarts, uptime and status.
     Modules(modules::ModulesArgs),
+    /// The fleet on one screen: nodes, their health, failing modules (exit 3 if any fail).
+    Status,
+    /// Inspect the local node's actors.
+    #[command(subcommand)]
+    Debug(debug::DebugCommand),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Build a module package from a folder with mod.json; prints its sha256.
     Package(package::PackageArgs),
 }
@@ -112,6 +124,13 @@ pub fn run(cli: Cli) -> i32 {
         Command::Undeploy(args) => block_on(deploy::undeploy(&cli.http, cli.json, args)),
         Command::Modules(args) => block_on(modules::run(&cli.http, cli.json, args)),
         Command::Package(args) => package::run(cli.json, args),
+        Command::Status => block_on(status::run(&cli.http, cli.json)),
+        Command::Debug(command) => block_on(debug::run(&cli.http, command)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "conjoiner", &mut std::io::stdout());
+            Ok(EXIT_OK)
+        }
     };
     match result {
         Ok(code) => code,
@@ -200,5 +219,44 @@ mod tests {
             "name=a|tag.r=b"
         );
         assert_eq!(read_targets(&["nam=a".into()]).unwrap_err().code, EXIT_USAGE);
+    }
+
+    /// The systemd unit in `dist/` starts the agent with flags it takes.
+    #[test]
+    fn the_systemd_unit_runs_a_valid_agent_command() {
+        let unit = include_str!("../../dist/conjoiner.service");
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("ExecStart");
+        let mut words: Vec<&str> = exec.split_whitespace().filter(|w| *w != "$CONJOINER_ARGS").collect();
+        assert_eq!(words[0], "/usr/local/bin/conjoiner");
+        words.extend(["--tag", "role=web"]);
+        let cli = Cli::try_parse_from(&words).unwrap_or_else(|e| panic!("{exec}: {e}"));
+        let Command::Agent(args) = cli.command else {
+            panic!("not an agent command: {exec}")
+        };
+        assert_eq!(args.data_dir, std::path::PathBuf::from("/var/lib/conjoiner"));
+        assert!(
+            unit.contains("StateDirectory=conjoiner"),
+            "systemd creates the data dir"
+        );
+    }
+
+    #[test]
+    fn completions_name_every_command() {
+        use clap::CommandFactory;
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "conjoiner", &mut out);
+            let text = String::from_utf8(out).unwrap();
+            for command in ["agent", "status", "modules", "deploy", "debug", "completions"] {
+                assert!(text.contains(command), "{shell}: `{command}` missing");
+            }
+        }
     }
 }

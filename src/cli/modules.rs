@@ -1,6 +1,8 @@
 //! `conjoiner modules`: every targeted node's modules with kind, version,
-//! state, restarts and uptime. Nodes that did not answer are listed, and
-//! make the exit code 3.
+//! state, health, restarts, uptime and the module's own status, answered from
+//! the local node's status board (one local call, however large the fleet).
+//! Nodes whose report is stale or that are dead are listed, and make the
+//! exit code 3.
 
 use super::client::ApiClient;
 use super::members::print_table;
@@ -21,11 +23,7 @@ pub async fn run(http: &str, json_out: bool, args: ModulesArgs) -> Result<i32, C
         query.push(("target", t.as_str()));
     }
     let nodes: Vec<Value> = ApiClient::new(http).get("/v1/modules", &query).await?;
-    let silent: Vec<&str> = nodes
-        .iter()
-        .filter(|n| n.get("error").is_some())
-        .filter_map(|n| n["node"].as_str())
-        .collect();
+    let stale: Vec<&Value> = nodes.iter().filter(|n| n["stale"] == true).collect();
     if json_out {
         println!("{}", serde_json::to_string_pretty(&nodes).unwrap_or_default());
     } else {
@@ -34,30 +32,51 @@ pub async fn run(http: &str, json_out: bool, args: ModulesArgs) -> Result<i32, C
             let name = node["node"].as_str().unwrap_or("?");
             for m in node["modules"].as_array().into_iter().flatten() {
                 let text = |k: &str| m[k].as_str().unwrap_or("-").to_string();
+                let status = match m["status_error"].as_str() {
+                    Some(e) => e.to_string(),
+                    None => short_json(&m["status"], 60),
+                };
                 rows.push([
                     name.to_string(),
                     text("name"),
                     text("kind"),
                     text("version"),
                     text("state"),
+                    text("health"),
                     m["restarts"].as_u64().unwrap_or(0).to_string(),
                     uptime(m["uptime_ms"].as_u64().unwrap_or(0)),
+                    status,
                 ]);
             }
         }
         print_table(
-            ["NODE", "MODULE", "KIND", "VERSION", "STATE", "RESTARTS", "UPTIME"],
+            [
+                "NODE", "MODULE", "KIND", "VERSION", "STATE", "HEALTH", "RESTARTS", "UPTIME", "STATUS",
+            ],
             &rows,
         );
-        for node in nodes.iter().filter(|n| n.get("error").is_some()) {
+        for node in &stale {
             eprintln!(
                 "{}: {}",
                 node["node"].as_str().unwrap_or("?"),
-                node["error"].as_str().unwrap_or("no answer")
+                node["error"].as_str().unwrap_or("stale")
             );
         }
     }
-    Ok(if silent.is_empty() { EXIT_OK } else { EXIT_PARTIAL })
+    Ok(if stale.is_empty() { EXIT_OK } else { EXIT_PARTIAL })
+}
+
+/// Compact JSON cut to `max` characters, `-` for null.
+pub fn short_json(value: &Value, max: usize) -> String {
+    if value.is_null() {
+        return "-".into();
+    }
+    let text = value.to_string();
+    if text.chars().count() <= max {
+        return text;
+    }
+    let cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    format!("{cut}…")
 }
 
 /// `3d4h`, `2h5m`, `4m10s`, `12s`, or `-` when not running.
@@ -81,5 +100,13 @@ mod tests {
         assert_eq!(super::uptime(250_000), "4m10s");
         assert_eq!(super::uptime(7_500_000), "2h5m");
         assert_eq!(super::uptime(280_000_000), "3d5h");
+    }
+
+    #[test]
+    fn long_statuses_are_cut() {
+        use serde_json::json;
+        assert_eq!(super::short_json(&json!(null), 10), "-");
+        assert_eq!(super::short_json(&json!({"a": 1}), 10), r#"{"a":1}"#);
+        assert_eq!(super::short_json(&json!({"abcdef": 123456}), 10), r#"{"abcdef"…"#);
     }
 }

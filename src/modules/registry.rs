@@ -9,7 +9,7 @@ use super::manifest::Manifest;
 use super::store::InstalledModule;
 use crate::actors::process_module::{ProcessModule, ProcessModuleSetup};
 use crate::actors::supervisor::{spawn_module, ExitNote, ModuleSpec, RestartPolicy, RunningModule};
-use crate::actors::{deployer, echo, transponder, uptime};
+use crate::actors::{deployer, echo, monitor, transponder, uptime};
 use crate::node::NodeHandle;
 use serde_json::Value;
 use std::time::Duration;
@@ -30,15 +30,16 @@ pub type BuiltinFactory = fn(&ModuleArgs<'_>) -> anyhow::Result<RunningModule>;
 pub const BUILTINS: &[(&str, BuiltinFactory)] = &[
     ("transponder", transponder::start_module),
     ("deployer", deployer::start_module),
+    ("monitor", monitor::start_module),
     ("echo", echo::start_module),
     ("uptime", uptime::start_module),
 ];
 
 /// Kinds that are node infrastructure: started by the node itself, never by a package.
-pub const CORE_ONLY: &[&str] = &["transponder", "deployer"];
+pub const CORE_ONLY: &[&str] = &["transponder", "deployer", "monitor"];
 
 /// The modules every node runs, in start order, with their names.
-pub const CORE_MODULES: &[&str] = &["transponder", "deployer", "echo"];
+pub const CORE_MODULES: &[&str] = &["transponder", "deployer", "monitor", "echo"];
 
 pub fn builtin(kind: &str) -> Option<BuiltinFactory> {
     BUILTINS.iter().find(|(k, _)| *k == kind).map(|(_, f)| *f)

@@ -6,10 +6,13 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod netlab;
 
+use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -111,6 +114,10 @@ impl TestNode {
             .arg(&data);
         if !self.launch.no_loopback_defaults {
             command.args(["--bind", "127.0.0.1:0", "--no-mdns"]);
+        }
+        // Reports every second, so tests see changes quickly.
+        if !self.launch.extra.iter().any(|a| a == "--status-interval") {
+            command.args(["--status-interval", "1s"]);
         }
         let child = command
             .args(&self.launch.extra)
@@ -408,4 +415,33 @@ pub fn wait_converged(nodes: &[&TestNode], expected: usize) {
             || (alive_names(node).len() == expected).then_some(()),
         );
     }
+}
+
+/// Writes a module folder: `mod.json` (with `manifest` merged in) and an
+/// executable `bin/run` holding `script`.
+pub fn module_dir(root: &Path, name: &str, version: &str, script: &str, manifest: Value) -> PathBuf {
+    let dir = root.join(format!("{name}-{version}"));
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    let mut doc = json!({"name": name, "version": version, "main": "bin/run"});
+    for (k, v) in manifest.as_object().unwrap() {
+        doc[k] = v.clone();
+    }
+    std::fs::write(dir.join("mod.json"), doc.to_string()).unwrap();
+    std::fs::write(dir.join("bin/run"), script).unwrap();
+    std::fs::set_permissions(dir.join("bin/run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Runs a CLI command with `--json`; answers its exit code and output.
+pub fn cli_json(node: &TestNode, args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let output = node.cli(&all);
+    let value = serde_json::from_str(&stdout(&output)).unwrap_or(Value::Null);
+    (output.status.code().unwrap_or(-1), value)
+}
+
+/// The example process module in `mods/hello`.
+pub fn hello_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("mods/hello")
 }

@@ -1,0 +1,425 @@
+//! The Monitor: how the fleet sees this node, and how this node sees the fleet.
+//!
+//! Every `interval` (and at once after a deploy or a module failure on this
+//! node) it runs a round:
+//! - it asks every running module for its status with a `status_request` on
+//!   the ModBus (`mod.<name>`), all at once, each bounded by `timeout`; a
+//!   module that does not answer is `unresponsive`;
+//! - it joins the answers with the supervisor's facts (state, restarts,
+//!   uptime), the install records (sha256), the cluster side's peers and
+//!   queues, and the host's load and memory;
+//! - it publishes the result as one `status` envelope to `mod.monitor` on
+//!   every node, through the Transponder.
+//!
+//! Every node's Monitor keeps the latest report of every node in the node's
+//! [`StatusBoard`] (the Transponder adds heartbeat arrivals), so `conjoiner modules` and
+//! `conjoiner status` answer from one local read.
+
+use super::cluster_bus::ClusterStatus;
+use super::messages::{answer_status, Deliver, DumpState, Snapshot, StopModule};
+use super::modbus::{self, Subscribe, Unsubscribe};
+use super::supervisor::{spawn_module, ListModules, ModuleInfo, ModuleState, RunningModule};
+use super::transponder::{PublishToCluster, CLUSTERBUS_ADDRESS};
+use crate::modules::store::InstalledModule;
+use crate::modules::ModuleArgs;
+use crate::node::NodeHandle;
+use crate::status::{Health, ModuleReport, NodeReport, StatusBoard};
+use crate::wire::{now_ms, Envelope, MessageType, Source};
+use actix::prelude::*;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Where `status` envelopes go on every node.
+pub const MONITOR_ADDRESS: &str = "mod.monitor";
+
+/// The largest status one module may report, in bytes of JSON; a larger one
+/// is replaced by a note, so one chatty module cannot push the node's report
+/// over the envelope limit.
+pub const MAX_MODULE_STATUS_BYTES: usize = 8 * 1024;
+
+/// Tunables of the Monitor.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    /// How often a round runs and a report is published.
+    pub interval: Duration,
+    /// How long a module may take to answer `status_request`.
+    pub timeout: Duration,
+}
+
+impl MonitorConfig {
+    /// A config for `interval`, with a timeout of half of it, at most 2 s.
+    pub fn every(interval: Duration) -> MonitorConfig {
+        MonitorConfig {
+            interval,
+            timeout: (interval / 2).min(Duration::from_secs(2)),
+        }
+    }
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig::every(Duration::from_secs(10))
+    }
+}
+
+/// The registry's factory for kind `monitor`.
+pub fn start_module(args: &ModuleArgs<'_>) -> anyhow::Result<RunningModule> {
+    let monitor = Monitor::new(args.node.clone(), args.name);
+    Ok(spawn_module(monitor).1)
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct Counters {
+    rounds: u64,
+    published: u64,
+    not_published: u64,
+    reports_received: u64,
+    reports_rejected: u64,
+    heartbeats: u64,
+}
+
+pub struct Monitor {
+    node: NodeHandle,
+    name: String,
+    span: tracing::Span,
+    config: MonitorConfig,
+    board: StatusBoard,
+    /// When this node started, ms since epoch: orders reports across restarts.
+    started_ms: u64,
+    round: u64,
+    running: bool,
+    /// A round was asked for while one ran: run another right after.
+    again: bool,
+    last_round: Option<(Instant, Duration)>,
+    last_unresponsive: Vec<String>,
+    counters: Counters,
+}
+
+impl Monitor {
+    pub fn new(node: NodeHandle, name: &str) -> Monitor {
+        let started_ms = now_ms().saturating_sub(node.started.elapsed().as_millis() as u64);
+        Monitor {
+            span: node.identity.span(name),
+            config: node.settings.monitor.clone(),
+            board: node.status.clone(),
+            node,
+            name: name.to_string(),
+            started_ms,
+            round: 0,
+            running: false,
+            again: false,
+            last_round: None,
+            last_unresponsive: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    fn source(&self) -> Source {
+        Source {
+            node: self.node.identity.name.clone(),
+            module: self.name.clone(),
+        }
+    }
+
+    fn addresses(&self) -> [String; 3] {
+        [
+            format!("mod.{}", self.name),
+            CLUSTERBUS_ADDRESS.to_string(),
+            self.node.identity.local_address(),
+        ]
+    }
+
+    /// Starts a round unless one is running (then one more follows it).
+    fn start_round(&mut self, ctx: &mut Context<Self>) {
+        if self.running {
+            self.again = true;
+            return;
+        }
+        self.running = true;
+        self.round += 1;
+        let gather = gather_report(
+            self.node.clone(),
+            self.source(),
+            self.config.clone(),
+            self.started_ms,
+            self.round,
+        );
+        let began = Instant::now();
+        gather
+            .into_actor(self)
+            .map(move |report, act, ctx| {
+                act.running = false;
+                act.counters.rounds += 1;
+                act.last_round = Some((began, began.elapsed()));
+                act.publish(report);
+                if std::mem::take(&mut act.again) {
+                    act.start_round(ctx);
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn publish(&mut self, report: NodeReport) {
+        let _g = self.span.clone().entered();
+        let unresponsive: Vec<String> = report
+            .modules
+            .iter()
+            .filter(|m| m.health == Health::Unresponsive)
+            .map(|m| m.name.clone())
+            .collect();
+        if unresponsive != self.last_unresponsive {
+            if unresponsive.is_empty() {
+                info!("every module answers its status_request again");
+            } else {
+                warn!(modules = ?unresponsive, timeout_ms = self.config.timeout.as_millis() as u64,
+                    "modules did not answer their status_request: unresponsive");
+            }
+            self.last_unresponsive = unresponsive;
+        }
+        debug!(
+            round = report.round,
+            modules = report.modules.len(),
+            "status round done"
+        );
+        let body = match serde_json::to_value(&report) {
+            Ok(body) => body,
+            Err(e) => return warn!(error = %e, "cannot encode the status report"),
+        };
+        // Our own entry is fresh even when the cluster is unreachable.
+        self.board.record(report, Instant::now());
+        let Some(transponder) = self.node.transponder() else {
+            self.counters.not_published += 1;
+            return debug!("no transponder right now; status report kept locally");
+        };
+        self.counters.published += 1;
+        transponder.do_send(PublishToCluster {
+            kind: MessageType::Status,
+            module: self.name.clone(),
+            address: MONITOR_ADDRESS.to_string(),
+            target: None,
+            body,
+        });
+    }
+
+    /// A `status` envelope from a node (this one included).
+    fn receive_report(&mut self, envelope: Envelope) {
+        let report: NodeReport = match serde_json::from_value(envelope.body) {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.reports_rejected += 1;
+                return warn!(envelope = %envelope.id, from = %envelope.src.node, error = %e,
+                    "malformed status report dropped");
+            }
+        };
+        // `src.node` is stamped by the sender's Transponder; the body is not.
+        if report.node != envelope.src.node {
+            self.counters.reports_rejected += 1;
+            return warn!(envelope = %envelope.id, from = %envelope.src.node, claims = %report.node,
+                "status report about another node dropped");
+        }
+        self.counters.reports_received += 1;
+        debug!(envelope = %envelope.id, from = %report.node, round = report.round, "status report received");
+        self.board.record(report, Instant::now());
+    }
+
+    fn snapshot(&self) -> Value {
+        json!({
+            "interval_ms": self.config.interval.as_millis() as u64,
+            "timeout_ms": self.config.timeout.as_millis() as u64,
+            "round": self.round,
+            "round_running": self.running,
+            "last_round_ago_ms": self.last_round.map(|(t, _)| t.elapsed().as_millis() as u64),
+            "last_round_took_ms": self.last_round.map(|(_, d)| d.as_millis() as u64),
+            "nodes_known": self.board.len(),
+            "unresponsive": self.last_unresponsive,
+            "counters": self.counters,
+        })
+    }
+}
+
+/// One round: ask every running module, then build the report.
+async fn gather_report(node: NodeHandle, me: Source, config: MonitorConfig, started_ms: u64, round: u64) -> NodeReport {
+    let modules = node.supervisor.send(ListModules).await.unwrap_or_default();
+    let asks = modules.iter().map(|m| {
+        let bus = node.bus.clone();
+        let envelope = Envelope::new(
+            MessageType::StatusRequest,
+            me.clone(),
+            format!("mod.{}", m.name),
+            None,
+            json!({"round": round}),
+        );
+        let running = m.state == ModuleState::Running;
+        async move {
+            if !running {
+                return None;
+            }
+            let answer = bus
+                .send(modbus::Request {
+                    envelope,
+                    timeout: config.timeout,
+                })
+                .await;
+            Some(match answer {
+                Ok(Ok(reply)) => Ok(reply.body),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("modbus unavailable: {e}")),
+            })
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let store = node.deploy.store.clone();
+    let installed = tokio::task::spawn_blocking(move || store.installed())
+        .await
+        .unwrap_or_default();
+    let cluster = node.cluster.status.send(ClusterStatus).await.unwrap_or_default();
+    let modules = modules
+        .into_iter()
+        .zip(answers)
+        .map(|(info, answer)| module_report(info, answer, &installed))
+        .collect();
+    NodeReport {
+        node: node.identity.name.clone(),
+        tags: node.identity.tags.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_ms,
+        round,
+        uptime_ms: node.started.elapsed().as_millis() as u64,
+        interval_ms: config.interval.as_millis() as u64,
+        host: super::uptime::host_figures(),
+        cluster: serde_json::to_value(cluster).unwrap_or(Value::Null),
+        modules,
+    }
+}
+
+/// Joins what the supervisor says with what the module said (`None`: not
+/// asked because it is not running).
+fn module_report(
+    info: ModuleInfo,
+    answer: Option<Result<Value, String>>,
+    installed: &[InstalledModule],
+) -> ModuleReport {
+    let (health, status, status_error) = match (&info.state, answer) {
+        (ModuleState::Running, Some(Ok(status))) => (Health::Ok, bounded(status), None),
+        (ModuleState::Running, Some(Err(e))) => (Health::Unresponsive, Value::Null, Some(e)),
+        (ModuleState::Starting, _) => (Health::Starting, Value::Null, None),
+        (ModuleState::Restarting, _) => (Health::Restarting, Value::Null, None),
+        (ModuleState::Stopping, _) => (Health::Stopping, Value::Null, None),
+        (ModuleState::Stopped, _) => (Health::Stopped, Value::Null, None),
+        (ModuleState::Failed, _) => (Health::Failed, Value::Null, None),
+        (ModuleState::Running, None) => (Health::Unresponsive, Value::Null, Some("not asked".into())),
+    };
+    let state = serde_json::to_value(&info.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    ModuleReport {
+        sha256: installed
+            .iter()
+            .find(|i| i.manifest.name == info.name)
+            .map(|i| i.record.sha256.clone()),
+        name: info.name,
+        kind: info.kind,
+        version: info.version,
+        state,
+        health,
+        restarts: info.restarts,
+        uptime_ms: info.uptime_ms,
+        status,
+        status_error,
+        last_exit: info.last_exit,
+    }
+}
+
+/// A module's status, or a note in its place when it is too large.
+fn bounded(status: Value) -> Value {
+    let size = serde_json::to_vec(&status).map(|v| v.len()).unwrap_or(0);
+    if size > MAX_MODULE_STATUS_BYTES {
+        json!({"truncated": true, "bytes": size, "limit": MAX_MODULE_STATUS_BYTES})
+    } else {
+        status
+    }
+}
+
+impl Actor for Monitor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        for address in self.addresses() {
+            self.node.bus.do_send(Subscribe {
+                address,
+                module: self.name.clone(),
+                recipient: ctx.address().recipient(),
+            });
+        }
+        self.start_round(ctx);
+        ctx.run_interval(self.config.interval, |act, ctx| act.start_round(ctx));
+        info!(
+            interval_ms = self.config.interval.as_millis() as u64,
+            timeout_ms = self.config.timeout.as_millis() as u64,
+            "monitor started"
+        );
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        self.node.bus.do_send(Unsubscribe {
+            address: None,
+            module: self.name.clone(),
+        });
+        info!(rounds = self.counters.rounds, "monitor stopped");
+    }
+}
+
+impl Handler<Deliver> for Monitor {
+    type Result = ();
+
+    fn handle(&mut self, Deliver { envelope, .. }: Deliver, ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        match &envelope.kind {
+            MessageType::Status => self.receive_report(envelope),
+            MessageType::StatusRequest => {
+                let body = self.snapshot();
+                answer_status(&self.node.bus, &envelope, self.source(), body);
+            }
+            // `conjoiner request mod.monitor`: each node answers with its
+            // Monitor's state.
+            MessageType::Request => {
+                let reply = Envelope::reply_to_request(&envelope, MessageType::Reply, self.source(), self.snapshot());
+                self.node.bus.do_send(modbus::Publish(reply));
+            }
+            // The Transponder records their arrival; the Monitor listens so
+            // they are not dropped as unhandled, and counts them.
+            MessageType::Heartbeat => self.counters.heartbeats += 1,
+            kind if envelope.dst.address == self.node.identity.local_address() => {
+                let changed = kind.as_str() == "deployment_changed"
+                    || envelope.body.get("event").and_then(Value::as_str) == Some("module_failed");
+                if changed {
+                    debug!(envelope = %envelope.id, kind = %kind, "local change; reporting now");
+                    self.start_round(ctx);
+                }
+            }
+            kind => debug!(envelope = %envelope.id, kind = %kind, "ignoring an envelope the monitor does not handle"),
+        }
+    }
+}
+
+impl Handler<StopModule> for Monitor {
+    type Result = ();
+    fn handle(&mut self, _msg: StopModule, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<DumpState> for Monitor {
+    type Result = Snapshot;
+    fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Snapshot {
+        let _g = self.span.clone().entered();
+        let state = self.snapshot();
+        info!(state = %state, "state snapshot");
+        Snapshot(state)
+    }
+}

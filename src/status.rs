@@ -1,0 +1,407 @@
+//! The fleet's status as this node knows it: the latest `status` report of
+//! every node (published by each node's Monitor) and when it arrived, joined
+//! with membership into the views `GET /v1/modules` and `GET /v1/status`
+//! answer from. Asking about the whole fleet is one local read.
+//!
+//! Pure data and rules, tested with a mocked clock; the Monitor fills the
+//! board and the control API reads it.
+
+use crate::actors::{Member, MemberStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// A report older than this many of its sender's intervals is stale.
+pub const STALE_AFTER_INTERVALS: u32 = 3;
+
+/// How a module is doing, from its supervisor state and whether it answered
+/// the last `status_request`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Running and answered.
+    Ok,
+    /// Running, but did not answer `status_request` in time.
+    Unresponsive,
+    /// Waiting to be restarted after an exit.
+    Restarting,
+    /// The supervisor gave up on it.
+    Failed,
+    Starting,
+    Stopping,
+    Stopped,
+}
+
+impl Health {
+    /// Whether `conjoiner status` counts this module as failing.
+    pub fn is_failing(self) -> bool {
+        matches!(self, Health::Unresponsive | Health::Restarting | Health::Failed)
+    }
+}
+
+/// One module in a node's report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleReport {
+    pub name: String,
+    pub kind: String,
+    pub version: String,
+    /// The supervisor's state (`running`, `restarting`, `failed`, …).
+    pub state: String,
+    pub health: Health,
+    pub restarts: u32,
+    pub uptime_ms: u64,
+    /// What the module said about itself, or null.
+    pub status: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+}
+
+/// The body of a `status` envelope: one node's Monitor round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub version: String,
+    /// When the node started (ms since epoch) and the Monitor's round
+    /// number: together they order reports from one node.
+    pub started_ms: u64,
+    pub round: u64,
+    pub uptime_ms: u64,
+    /// The sender's Monitor interval; receivers judge staleness by it.
+    pub interval_ms: u64,
+    /// Load, memory and host uptime.
+    #[serde(default)]
+    pub host: Value,
+    /// Peers, links and queue depths of the node's cluster side.
+    #[serde(default)]
+    pub cluster: Value,
+    pub modules: Vec<ModuleReport>,
+}
+
+struct Entry {
+    report: NodeReport,
+    received: Instant,
+}
+
+#[derive(Default)]
+struct Board {
+    reports: BTreeMap<String, Entry>,
+    heartbeats: BTreeMap<String, Instant>,
+}
+
+/// The latest report of every node. Shared (cheap clone) between the
+/// Monitor, which writes, and the control API, which reads; it outlives
+/// Monitor restarts.
+#[derive(Clone, Default)]
+pub struct StatusBoard(Arc<RwLock<Board>>);
+
+impl StatusBoard {
+    /// Keeps `report` unless a newer one from the same node is already here.
+    /// Answers whether it was kept.
+    pub fn record(&self, report: NodeReport, now: Instant) -> bool {
+        let Ok(mut board) = self.0.write() else { return false };
+        let newer = board
+            .reports
+            .get(&report.node)
+            .is_none_or(|e| (report.started_ms, report.round) >= (e.report.started_ms, e.report.round));
+        if newer {
+            board
+                .reports
+                .insert(report.node.clone(), Entry { report, received: now });
+        }
+        newer
+    }
+
+    pub fn heartbeat(&self, node: &str, now: Instant) {
+        if let Ok(mut board) = self.0.write() {
+            board.heartbeats.insert(node.to_string(), now);
+        }
+    }
+
+    /// How many nodes have reported.
+    pub fn len(&self) -> usize {
+        self.0.read().map(|b| b.reports.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every node known by membership or by report, with its status judged
+    /// at `now`, sorted by name.
+    pub fn view(&self, members: &[Member], now: Instant) -> Vec<NodeView> {
+        let Ok(board) = self.0.read() else { return Vec::new() };
+        let names: BTreeSet<&String> = members.iter().map(|m| &m.name).chain(board.reports.keys()).collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let member = members.iter().find(|m| &m.name == name);
+                let entry = board.reports.get(name);
+                let heartbeat = board.heartbeats.get(name).map(|t| age(now, *t));
+                NodeView::judge(
+                    name,
+                    member,
+                    entry.map(|e| (&e.report, age(now, e.received))),
+                    heartbeat,
+                )
+            })
+            .collect()
+    }
+}
+
+fn age(now: Instant, then: Instant) -> Duration {
+    now.saturating_duration_since(then)
+}
+
+/// How a node is doing, as `conjoiner status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeHealth {
+    Ok,
+    /// Alive, with failing modules.
+    Degraded,
+    /// Its latest report is too old (or it never sent one).
+    Stale,
+    Suspect,
+    Dead,
+    /// Left the cluster on purpose: not a failure.
+    Left,
+}
+
+/// One node as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    pub node: String,
+    /// Membership status, or null if membership does not know it.
+    pub member: Option<MemberStatus>,
+    pub addr: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub health: NodeHealth,
+    pub stale: bool,
+    /// Age of the latest report, or null if none arrived.
+    pub status_age_ms: Option<u64>,
+    pub heartbeat_age_ms: Option<u64>,
+    pub version: Option<String>,
+    pub uptime_ms: Option<u64>,
+    pub host: Value,
+    pub cluster: Value,
+    pub modules: Vec<ModuleReport>,
+    /// Names of modules that are unresponsive, restarting or failed.
+    pub failing: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl NodeView {
+    fn judge(
+        name: &str,
+        member: Option<&Member>,
+        report: Option<(&NodeReport, Duration)>,
+        heartbeat: Option<Duration>,
+    ) -> NodeView {
+        let member_status = member.map(|m| m.status);
+        let stale_after = report.map(|(r, _)| Duration::from_millis(r.interval_ms) * STALE_AFTER_INTERVALS);
+        let report_stale = match (report, stale_after) {
+            (Some((_, age)), Some(limit)) => age > limit,
+            _ => true,
+        };
+        let gone = matches!(member_status, Some(MemberStatus::Dead | MemberStatus::Left) | None);
+        let stale = report_stale || gone;
+        // Running modules have aged along with the report.
+        let modules: Vec<ModuleReport> = report
+            .map(|(r, age)| {
+                let mut modules = r.modules.clone();
+                for m in modules.iter_mut().filter(|m| m.state == "running") {
+                    m.uptime_ms += age.as_millis() as u64;
+                }
+                modules
+            })
+            .unwrap_or_default();
+        let failing: Vec<String> = modules
+            .iter()
+            .filter(|m| m.health.is_failing())
+            .map(|m| m.name.clone())
+            .collect();
+        let health = match member_status {
+            Some(MemberStatus::Left) => NodeHealth::Left,
+            Some(MemberStatus::Dead) | None => NodeHealth::Dead,
+            Some(MemberStatus::Suspect) => NodeHealth::Suspect,
+            Some(MemberStatus::Alive) if report_stale => NodeHealth::Stale,
+            Some(MemberStatus::Alive) if !failing.is_empty() => NodeHealth::Degraded,
+            Some(MemberStatus::Alive) => NodeHealth::Ok,
+        };
+        let error = match (report, member_status) {
+            (None, _) => Some("no status report received yet".to_string()),
+            (Some(_), Some(MemberStatus::Dead)) => Some("the node is dead; its last report is shown".to_string()),
+            (Some(_), Some(MemberStatus::Left)) => Some("the node left; its last report is shown".to_string()),
+            (Some((_, age)), _) if report_stale => Some(format!(
+                "the latest report is {} ms old (stale after {} ms)",
+                age.as_millis(),
+                stale_after.unwrap_or_default().as_millis()
+            )),
+            _ => None,
+        };
+        let millis = |d: Duration| d.as_millis() as u64;
+        NodeView {
+            node: name.to_string(),
+            member: member_status,
+            addr: member.and_then(|m| m.addr.clone()),
+            tags: member
+                .map(|m| m.tags.clone())
+                .or_else(|| report.map(|(r, _)| r.tags.clone()))
+                .unwrap_or_default(),
+            health,
+            stale,
+            status_age_ms: report.map(|(_, age)| millis(age)),
+            heartbeat_age_ms: heartbeat.map(millis),
+            version: report.map(|(r, _)| r.version.clone()),
+            uptime_ms: report.map(|(r, age)| r.uptime_ms + millis(age)),
+            host: report.map(|(r, _)| r.host.clone()).unwrap_or(Value::Null),
+            cluster: report.map(|(r, _)| r.cluster.clone()).unwrap_or(Value::Null),
+            modules,
+            failing,
+            error,
+        }
+    }
+
+    /// Whether `conjoiner status` counts this node as failing.
+    pub fn is_failing(&self) -> bool {
+        !matches!(self.health, NodeHealth::Ok | NodeHealth::Left)
+    }
+}
+
+/// The one-line summary of `conjoiner status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    pub nodes: usize,
+    pub ok: usize,
+    pub failing_nodes: usize,
+    pub modules: usize,
+    pub failing_modules: usize,
+}
+
+pub fn summarize(views: &[NodeView]) -> Summary {
+    Summary {
+        nodes: views.len(),
+        ok: views.iter().filter(|v| v.health == NodeHealth::Ok).count(),
+        failing_nodes: views.iter().filter(|v| v.is_failing()).count(),
+        modules: views.iter().map(|v| v.modules.len()).sum(),
+        failing_modules: views.iter().map(|v| v.failing.len()).sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn member(name: &str, status: MemberStatus) -> Member {
+        Member {
+            name: name.into(),
+            addr: Some("10.0.0.1:7946".into()),
+            status,
+            tags: BTreeMap::from([("role".to_string(), "web".to_string())]),
+            incarnation: 0,
+        }
+    }
+
+    fn module(name: &str, health: Health) -> ModuleReport {
+        ModuleReport {
+            name: name.into(),
+            kind: "process".into(),
+            version: "1.0.0".into(),
+            state: "running".into(),
+            health,
+            restarts: 0,
+            uptime_ms: 10,
+            status: json!({"ok": true}),
+            status_error: None,
+            sha256: None,
+            last_exit: None,
+        }
+    }
+
+    fn report(node: &str, round: u64, modules: Vec<ModuleReport>) -> NodeReport {
+        NodeReport {
+            node: node.into(),
+            tags: BTreeMap::new(),
+            version: "0.1.0".into(),
+            started_ms: 1000,
+            round,
+            uptime_ms: 5000,
+            interval_ms: 1000,
+            host: json!({}),
+            cluster: json!({}),
+            modules,
+        }
+    }
+
+    #[test]
+    fn older_reports_never_replace_newer_ones() {
+        let board = StatusBoard::default();
+        let t0 = Instant::now();
+        assert!(board.record(report("a", 2, vec![]), t0));
+        assert!(!board.record(report("a", 1, vec![]), t0));
+        let mut restarted = report("a", 0, vec![]);
+        restarted.started_ms = 2000;
+        assert!(board.record(restarted, t0), "a restarted node starts counting again");
+    }
+
+    #[test]
+    fn fresh_reports_are_ok_old_ones_stale_and_dead_members_dead() {
+        let board = StatusBoard::default();
+        let t0 = Instant::now();
+        board.record(report("a", 1, vec![module("m", Health::Ok)]), t0);
+        board.record(report("b", 1, vec![module("m", Health::Unresponsive)]), t0);
+        board.record(report("c", 1, vec![]), t0);
+        let members = [
+            member("a", MemberStatus::Alive),
+            member("b", MemberStatus::Alive),
+            member("c", MemberStatus::Dead),
+            member("d", MemberStatus::Alive),
+        ];
+        let views = board.view(&members, t0 + Duration::from_millis(500));
+        let health: Vec<_> = views.iter().map(|v| (v.node.as_str(), v.health, v.stale)).collect();
+        assert_eq!(
+            health,
+            [
+                ("a", NodeHealth::Ok, false),
+                ("b", NodeHealth::Degraded, false),
+                ("c", NodeHealth::Dead, true),
+                ("d", NodeHealth::Stale, true),
+            ]
+        );
+        assert_eq!(views[1].failing, ["m"]);
+        assert_eq!(
+            views[0].modules[0].uptime_ms, 510,
+            "a running module ages with its report"
+        );
+        assert!(views[3].error.as_deref().unwrap().contains("no status"));
+
+        // Three intervals later, a's report is stale.
+        let later = board.view(&members, t0 + Duration::from_millis(3500));
+        assert_eq!(later[0].health, NodeHealth::Stale);
+        assert!(later[0].error.as_deref().unwrap().contains("stale"));
+        let summary = summarize(&later);
+        assert_eq!(summary.nodes, 4);
+        assert_eq!(summary.failing_nodes, 4);
+        assert_eq!(summary.failing_modules, 1);
+    }
+
+    #[test]
+    fn a_node_that_left_is_not_failing() {
+        let board = StatusBoard::default();
+        let t0 = Instant::now();
+        board.record(report("a", 1, vec![]), t0);
+        let views = board.view(&[member("a", MemberStatus::Left)], t0);
+        assert_eq!(views[0].health, NodeHealth::Left);
+        assert!(!views[0].is_failing());
+    }
+}

@@ -1,0 +1,426 @@
+//! How operators see the fleet, on real node processes: every node's module
+//! statuses reach every other node through the Monitors; unresponsive
+//! modules and killed nodes show up in `conjoiner status` (exit code 3);
+//! `/metrics` is Prometheus text whose counters move with traffic; `debug
+//! dump` prints every actor's state, and an envelope can be followed by its
+//! id through the debug logs of two nodes.
+
+mod common;
+
+use common::*;
+use conjoiner::cluster::ClusterKey;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(30);
+/// The harness runs every node with `--status-interval 1s`.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The module `module` on `node` as `observer`'s `modules --json` lists it.
+fn module_on(observer: &TestNode, node: &str, module: &str) -> Option<Value> {
+    let (_, nodes) = cli_json(observer, &["modules"]);
+    nodes
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == node)?
+        .get("modules")?
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == module)
+        .cloned()
+}
+
+/// `node` as `observer`'s `status --json` shows it, with the exit code.
+fn status_of(observer: &TestNode, node: &str) -> (i32, Option<Value>) {
+    let (code, status) = cli_json(observer, &["status"]);
+    let entry = status["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["node"] == node).cloned());
+    (code, entry)
+}
+
+/// A process module that reports its status until it gets a request, then
+/// hangs without reading stdin again (a wedged module).
+const WEDGING_MODULE: &str = r#"#!/bin/sh
+n=0
+while IFS= read -r line; do
+    case "$line" in
+    *'"type":"status_request"'*)
+        n=$((n + 1))
+        printf '{"op":"status","body":{"answered":%s}}\n' "$n"
+        ;;
+    *'"type":"request"'*)
+        exec sleep 1000
+        ;;
+    esac
+done
+"#;
+
+#[test]
+fn statuses_reach_every_node_and_failures_show_in_status() {
+    let key = ClusterKey::generate();
+    let mut nodes = start_cluster(&[("a", "web"), ("b", "web"), ("c", "db")], &key);
+    wait_converged(&[&nodes[0], &nodes[1], &nodes[2]], 3);
+    let a = &nodes[0];
+
+    // hello on every node, deployed from a.
+    let (code, out) = cli_json(a, &["deploy", "hello", "--from", hello_dir().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+
+    // b's hello counts a request in its status. a learns the new status
+    // from b's Monitor within two intervals (plus a second of slack for a
+    // loaded machine); c's hello is listed with its own status too.
+    let (code, asked) = cli_json(a, &["request", "mod.hello", "{}", "--target", "name=b"]);
+    assert_eq!(code, 0, "{asked}");
+    let asked_at = Instant::now();
+    let seen = wait_for(
+        STATUS_INTERVAL * 2 + Duration::from_secs(1),
+        "b's new hello status on a",
+        || {
+            let hello_b = module_on(a, "b", "hello")?;
+            let hello_c = module_on(a, "c", "hello")?;
+            (hello_b["status"]["requests"] == 1 && hello_c["status"]["greeting"] == "hello")
+                .then_some((hello_b, hello_c))
+        },
+    );
+    eprintln!("b's status reached a {:?} after the request", asked_at.elapsed());
+    let (hello_b, hello_c) = seen;
+    assert_eq!(hello_b["health"], "ok");
+    assert_eq!(hello_b["state"], "running");
+    assert!(hello_c["status"]["pid"].as_u64().is_some(), "{hello_c}");
+    assert_ne!(hello_b["status"]["pid"], hello_c["status"]["pid"]);
+
+    // Built-ins report their real state; the node its host facts.
+    let (_, listed) = cli_json(a, &["modules"]);
+    let entry_b = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "b")
+        .unwrap()
+        .clone();
+    let module = |name: &str| {
+        entry_b["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} on b: {entry_b}"))
+    };
+    assert!(module("transponder")["status"]["lamport"].as_u64().unwrap() > 0);
+    assert!(module("deployer")["status"]["counters"]["deployed"].as_u64().unwrap() >= 1);
+    assert!(module("echo")["status"]["requests"].is_u64());
+    assert!(module("monitor")["status"]["round"].as_u64().unwrap() >= 1);
+    assert_eq!(entry_b["stale"], false);
+    assert!(entry_b["host"]["load"].is_array(), "{entry_b}");
+    assert!(entry_b["host"]["memory"]["total_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(entry_b["cluster"]["peers"], 2, "b's bridge reports its peers");
+
+    // Everything is fine: `status` exits 0.
+    let all_ok = wait_for(LIMIT, "status to be all ok", || {
+        let out = a.cli(&["status"]);
+        (out.status.code() == Some(0)).then(|| stdout(&out))
+    });
+    assert!(all_ok.contains("3 nodes: 3 ok, 0 failing"), "{all_ok}");
+
+    // A module that stops answering is unresponsive, and status says so.
+    let root = tempfile::tempdir().unwrap();
+    let wedge = module_dir(root.path(), "wedge", "1.0.0", WEDGING_MODULE, json!({}));
+    let (code, out) = cli_json(
+        a,
+        &[
+            "deploy",
+            "wedge",
+            "--from",
+            wedge.to_str().unwrap(),
+            "--target",
+            "name=c",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    wait_for(LIMIT, "wedge on c to report a status", || {
+        module_on(a, "c", "wedge").filter(|m| m["health"] == "ok" && m["status"]["answered"].is_u64())
+    });
+    let _ = cli_json(
+        a,
+        &["request", "mod.wedge", "{}", "--target", "name=c", "--timeout", "200ms"],
+    );
+    let wedged = wait_for(LIMIT, "wedge on c to be unresponsive", || {
+        module_on(a, "c", "wedge").filter(|m| m["health"] == "unresponsive")
+    });
+    assert_eq!(wedged["state"], "running", "the process is alive, just not answering");
+    assert!(
+        wedged["status_error"].as_str().unwrap().contains("no reply"),
+        "{wedged}"
+    );
+    let out = a.cli(&["status"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("c/wedge: unresponsive"), "{text}");
+    assert!(text.contains("1 failing"), "{text}");
+
+    // A killed node goes stale, then dead; status keeps exiting 3.
+    nodes[2].kill9();
+    let a = &nodes[0];
+    let (code, stale) = wait_for(LIMIT, "c to be stale or suspect on a", || {
+        let (code, c) = status_of(a, "c");
+        c.filter(|c| c["stale"] == true || c["member"] != "alive")
+            .map(|c| (code, c))
+    });
+    eprintln!(
+        "c first seen failing as health={} member={} stale={}",
+        stale["health"], stale["member"], stale["stale"]
+    );
+    assert_eq!(code, 3);
+    let dead = wait_for(LIMIT, "c to be dead on a", || {
+        let (code, c) = status_of(a, "c");
+        c.filter(|c| c["health"] == "dead").map(|c| (code, c))
+    });
+    assert_eq!(dead.0, 3);
+    assert_eq!(dead.1["stale"], true);
+    let out = a.cli(&["status"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    let line = text.lines().find(|l| l.starts_with("c ")).expect("c listed");
+    assert!(line.contains("dead"), "{text}");
+    assert!(
+        text.lines().next().unwrap().starts_with("NODE") && text.lines().nth(1).unwrap().starts_with("c "),
+        "failing nodes come first: {text}"
+    );
+    let (code, _) = cli_json(a, &["modules"]);
+    assert_eq!(code, 3, "modules names the dead node as stale");
+}
+
+/// One sample of Prometheus text: name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// Parses the Prometheus text format strictly enough to catch a malformed
+/// line: `# HELP`/`# TYPE` comments, and `name{k="v",…} value` samples whose
+/// family was typed before.
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut typed: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = Vec::new();
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .enumerate()
+                .all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()))
+    };
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name, what) = (
+                parts.next().unwrap(),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
+            assert!(valid_name(name), "bad metric name in `{line}`");
+            match kind {
+                "TYPE" => {
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&what),
+                        "`{line}`"
+                    );
+                    typed.insert(name.to_string(), what.to_string());
+                }
+                "HELP" => {}
+                _ => panic!("unknown comment `{line}`"),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value in `{line}`"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in `{line}`")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series, BTreeMap::new()),
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels in `{line}`"));
+                let mut labels = BTreeMap::new();
+                for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("bad label in `{line}`"));
+                    assert!(valid_name(k), "bad label name in `{line}`");
+                    labels.insert(k.to_string(), v.trim_end_matches('"').to_string());
+                }
+                (name, labels)
+            }
+        };
+        assert!(valid_name(name), "bad metric name in `{line}`");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains_key(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains_key(family), "`{line}` has no # TYPE before it");
+        samples.push((name.to_string(), labels, value));
+    }
+    samples
+}
+
+fn metrics(node: &TestNode) -> Vec<Sample> {
+    let (code, text) = http(&node.http, "GET", "/metrics", None).expect("GET /metrics");
+    assert_eq!(code, 200);
+    parse_prometheus(&text)
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+#[test]
+fn metrics_are_prometheus_text_and_counters_move_with_traffic() {
+    let key = ClusterKey::generate();
+    let nodes = start_cluster(&[("m1", "web"), ("m2", "web")], &key);
+    wait_converged(&[&nodes[0], &nodes[1]], 2);
+    let (m1, m2) = (&nodes[0], &nodes[1]);
+
+    let before1 = metrics(m1);
+    let before2 = metrics(m2);
+    for family in [
+        "conjoiner_envelopes_in_total",
+        "conjoiner_envelopes_out_total",
+        "conjoiner_members",
+        "conjoiner_peers",
+        "conjoiner_peer_queue_bytes",
+        "conjoiner_modules",
+        "conjoiner_module_restarts",
+        "conjoiner_modbus_request_duration_seconds_bucket",
+    ] {
+        assert!(before1.iter().any(|(n, _, _)| n == family), "{family} missing");
+    }
+    assert_eq!(value(&before1, "conjoiner_members", &[("status", "alive")]), 2.0);
+    assert_eq!(value(&before1, "conjoiner_peers", &[]), 1.0);
+    assert_eq!(value(&before1, "conjoiner_modules", &[("state", "running")]), 4.0);
+
+    // Five requests from m1 to echo on m2.
+    for i in 0..5 {
+        let (code, out) = cli_json(
+            m1,
+            &["request", "mod.echo", &format!("{{\"i\":{i}}}"), "--target", "name=m2"],
+        );
+        assert_eq!(code, 0, "{out}");
+    }
+    // A publish to an address nobody handles is a `no_handler` drop on m2.
+    let (code, _) = cli_json(m1, &["publish", "nobody.listens", "{}", "--target", "name=m2"]);
+    assert_eq!(code, 0);
+
+    let after2 = wait_for(LIMIT, "m2 to count the publish as no_handler", || {
+        let after = metrics(m2);
+        let drops = |s: &[Sample]| value(s, "conjoiner_envelopes_dropped_total", &[("reason", "no_handler")]);
+        (drops(&after) > drops(&before2)).then_some(after)
+    });
+    let after1 = metrics(m1);
+    let delta = |a: &[Sample], b: &[Sample], name: &str, labels: &[(&str, &str)]| {
+        value(a, name, labels) - value(b, name, labels)
+    };
+    assert!(
+        delta(
+            &after1,
+            &before1,
+            "conjoiner_envelopes_out_total",
+            &[("type", "request")]
+        ) >= 5.0
+    );
+    assert!(
+        delta(
+            &after2,
+            &before2,
+            "conjoiner_envelopes_in_total",
+            &[("type", "request")]
+        ) >= 5.0
+    );
+    assert!(delta(&after2, &before2, "conjoiner_envelopes_out_total", &[("type", "reply")]) >= 5.0);
+    assert!(delta(&after1, &before1, "conjoiner_envelopes_in_total", &[("type", "reply")]) >= 5.0);
+    assert!(
+        delta(
+            &after1,
+            &before1,
+            "conjoiner_request_duration_seconds_count",
+            &[("type", "request")]
+        ) >= 5.0,
+        "each reply is timed"
+    );
+    assert!(
+        value(
+            &after1,
+            "conjoiner_request_duration_seconds_bucket",
+            &[("type", "request"), ("le", "+Inf")]
+        ) >= 5.0
+    );
+}
+
+#[test]
+fn debug_dump_prints_every_actor_and_an_envelope_can_be_followed_by_id() {
+    let key = ClusterKey::generate();
+    let nodes = start_cluster(&[("d1", "web"), ("d2", "web")], &key);
+    wait_converged(&[&nodes[0], &nodes[1]], 2);
+    let (d1, d2) = (&nodes[0], &nodes[1]);
+
+    let out = d1.cli(&["debug", "dump"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dump: Value = serde_json::from_str(&stdout(&out)).expect("debug dump prints JSON");
+    for module in ["transponder", "deployer", "monitor", "echo"] {
+        assert!(dump["modules"][module].is_object(), "{module} missing from {dump}");
+    }
+    assert!(dump["modbus"]["subscriptions"]["mod.monitor"].is_array(), "{dump}");
+    assert_eq!(dump["cluster"]["kind"], "bridge");
+    wait_for(LIMIT, "every actor's snapshot in the log", || {
+        let log = d1.log_text();
+        [
+            "module=transponder",
+            "module=monitor",
+            "module=modbus",
+            "module=cluster",
+        ]
+        .iter()
+        .all(|m| log.lines().any(|l| l.contains("state snapshot") && l.contains(m)))
+        .then_some(())
+    });
+
+    // A request from d1 to d2's echo, followed by its id in both logs.
+    let (code, out) = cli_json(d1, &["request", "mod.echo", "{}", "--target", "name=d2"]);
+    assert_eq!(code, 0, "{out}");
+    let id = out["id"].as_str().expect("request id").to_string();
+    let hops = |node: &TestNode| -> Vec<String> {
+        node.log_text()
+            .lines()
+            .filter(|l| l.contains(&id))
+            .map(str::to_string)
+            .collect()
+    };
+    let on_d2 = wait_for(LIMIT, "the request in d2's log", || {
+        let lines = hops(d2);
+        (lines.iter().any(|l| l.contains("received from cluster"))
+            && lines.iter().any(|l| l.contains("delivered") && l.contains("to=echo")))
+        .then_some(lines)
+    });
+    let on_d1 = hops(d1);
+    assert!(
+        on_d1
+            .iter()
+            .any(|l| l.contains("sending to cluster") && l.contains("module=transponder")),
+        "{on_d1:#?}"
+    );
+    assert!(
+        on_d1
+            .iter()
+            .any(|l| l.contains("pushing envelope to the cluster") && l.contains("module=cluster")),
+        "{on_d1:#?}"
+    );
+    assert!(
+        on_d1.iter().any(|l| l.contains("reply gathered")),
+        "the reply names the request: {on_d1:#?}"
+    );
+    assert!(on_d2.iter().all(|l| l.contains("node=d2")), "every line names its node");
+}
