@@ -70,11 +70,21 @@ fn hosts_find_each_other_by_mdns_survive_a_cut_and_rejoin() {
     lab.heal(HOSTS);
     let healed = Instant::now();
     for node in &nodes {
-        wait_for(
-            Duration::from_secs(30),
-            &format!("{} to see all hosts alive again", node.name),
-            || (alive_names(node) == all).then_some(()),
-        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while alive_names(node) != all {
+            if Instant::now() > deadline {
+                let tail: Vec<String> = node.log_text().lines().rev().take(120).map(str::to_string).collect();
+                let tail: Vec<&str> = tail.iter().rev().map(String::as_str).collect();
+                panic!(
+                    "{} does not see all hosts alive 30 s after the heal: {:?}\n{}'s log ends:\n{}",
+                    node.name,
+                    members_json(node),
+                    node.name,
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     eprintln!("h4 rejoined after {:?}", healed.elapsed());
 

@@ -116,6 +116,9 @@ pub struct ClusterBridge {
     rng: StdRng,
     counters: Counters,
     metrics: Metrics,
+    /// Members foca holds as suspect, with the incarnation and when we first
+    /// saw it: see [`ClusterBridge::expire_lost_suspicions`].
+    suspects: HashMap<String, (foca::Incarnation, Instant)>,
 }
 
 impl ClusterBridge {
@@ -157,6 +160,7 @@ impl ClusterBridge {
             rng: rand::make_rng(),
             counters: Counters::default(),
             metrics: Metrics::default(),
+            suspects: HashMap::new(),
         }
     }
 
@@ -536,6 +540,40 @@ impl ClusterBridge {
         }
     }
 
+    /// Declares dead the members that stayed suspect well past the
+    /// suspicion timeout. foca drops its pending suspicion timers whenever
+    /// this node renews its identity (after a partition heals, say), which
+    /// would leave such a member suspect for good: nobody tells it that it
+    /// is suspected, so it never refutes. Declared dead, it is announced to
+    /// and renews, the same path every healed member takes.
+    fn expire_lost_suspicions(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let limit = self.config.suspect_to_down_after * 2;
+        let suspects: Vec<(NodeId, foca::Incarnation)> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect();
+        self.suspects
+            .retain(|name, (inc, _)| suspects.iter().any(|(id, i)| &id.name == name && i == inc));
+        let mut expired = Vec::new();
+        for (id, incarnation) in suspects {
+            let (_, since) = *self.suspects.entry(id.name.clone()).or_insert((incarnation, now));
+            if now.duration_since(since) > limit {
+                warn!(member = %id.name, suspect_ms = now.duration_since(since).as_millis() as u64,
+                    "member stayed suspect past its suspicion timeout; declaring it dead so it can rejoin");
+                self.suspects.remove(&id.name);
+                expired.push(foca::Member::new(id, incarnation, State::Down));
+            }
+        }
+        if !expired.is_empty() {
+            self.membership(ctx, "expire suspicion", |foca, rt| {
+                foca.apply_many(expired.into_iter(), true, rt)
+            });
+        }
+    }
+
     fn members(&self) -> Vec<Member> {
         let me = self.me();
         let mut out = vec![Member {
@@ -583,6 +621,10 @@ impl Actor for ClusterBridge {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(8192);
+        ctx.run_interval(self.config.probe_period, |act, ctx| {
+            let _g = act.span.clone().entered();
+            act.expire_lost_suspicions(ctx);
+        });
         let _g = self.span.clone().entered();
         if let Some(listener) = self.listener.take() {
             let local = listener.local_addr().ok();

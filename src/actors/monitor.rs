@@ -274,7 +274,11 @@ async fn gather_report(node: NodeHandle, me: Source, config: MonitorConfig, star
     let installed = tokio::task::spawn_blocking(move || store.installed())
         .await
         .unwrap_or_default();
-    let cluster = node.cluster.status.send(ClusterStatus).await.unwrap_or_default();
+    let mut cluster = node.cluster.status.send(ClusterStatus).await.unwrap_or_default();
+    // Every node stores every report, so a list of all links would make the
+    // fleet's memory grow with the square of its size. Only links with a
+    // backlog are named; `/metrics` and `debug dump` show them all.
+    cluster.links.retain(|l| l.queued_bytes > 0);
     let modules = modules
         .into_iter()
         .zip(answers)
