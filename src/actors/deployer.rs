@@ -10,7 +10,7 @@
 //! (type `deployment_changed`).
 //!
 //! Orders run one at a time, in arrival order, on a worker task, so the actor
-//! itself stays free to serve package chunks and module lists meanwhile.
+//! itself stays free to serve package chunks and answer the Monitor meanwhile.
 
 use super::messages::{answer_status, Deliver, DumpState, Snapshot, StopModule};
 use super::modbus::{Publish, Subscribe, Unsubscribe};
@@ -324,44 +324,6 @@ impl Deployer {
             .instrument(self.span.clone()),
         );
     }
-
-    /// Lists this node's modules with what the Deployer knows of them.
-    fn list_modules(&self, request: Envelope) {
-        let node = self.node.clone();
-        let me = self.source();
-        actix_rt::spawn(async move {
-            let modules = node.supervisor.send(ListModules).await.unwrap_or_default();
-            let store = node.deploy.store.clone();
-            let installed = blocking(move || store.installed()).await;
-            let body = json!({"modules": describe_modules(modules, &installed)});
-            node.bus.do_send(Publish(Envelope::reply_to_request(
-                &request,
-                MessageType::Reply,
-                me,
-                body,
-            )));
-        });
-    }
-}
-
-/// Supervisor facts joined with install records, as `GET /v1/modules` shows them.
-pub fn describe_modules(modules: Vec<ModuleInfo>, installed: &[InstalledModule]) -> Vec<Value> {
-    modules
-        .into_iter()
-        .map(|m| {
-            let record = installed.iter().find(|i| i.manifest.name == m.name).map(|i| &i.record);
-            let mut v = serde_json::to_value(&m).unwrap_or(Value::Null);
-            if let Some(obj) = v.as_object_mut() {
-                obj.insert("status".into(), Value::Null);
-                obj.insert("core".into(), json!(CORE_MODULES.contains(&m.name.as_str())));
-                if let Some(r) = record {
-                    obj.insert("sha256".into(), json!(r.sha256));
-                    obj.insert("installed_at_ms".into(), json!(r.installed_at_ms));
-                }
-            }
-            v
-        })
-        .collect()
 }
 
 async fn read_chunk(state: &DeployState, body: &Value) -> Result<Vec<u8>, (&'static str, String)> {
@@ -454,9 +416,8 @@ impl Handler<Deliver> for Deployer {
             }
             MessageType::Request => match envelope.body.get("op").and_then(Value::as_str) {
                 Some("chunk") => self.serve_chunk(envelope),
-                Some("modules") => self.list_modules(envelope),
                 other => {
-                    let error = format!("the deployer does not know op {other:?}; it takes `chunk` and `modules`");
+                    let error = format!("the deployer does not know op {other:?}; it takes `chunk`");
                     warn!(envelope = %envelope.id, from = %envelope.src.node, "{error}");
                     self.reply(&envelope, Err(("unknown_op", error)));
                 }
