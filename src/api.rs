@@ -16,6 +16,7 @@ use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use bytes::Bytes;
+use futures_util::future::Either;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -78,11 +79,27 @@ pub fn serve(
     addr: SocketAddr,
     max_body: usize,
 ) -> std::io::Result<(actix_web::dev::ServerHandle, SocketAddr)> {
+    // Names the API answers to besides IP addresses (see `check_browser_guard`).
+    let mut names = vec!["localhost".to_string()];
+    if let Some(host) = crate::node::system_hostname() {
+        names.push(host.split('.').next().unwrap_or(&host).to_string());
+        names.push(host);
+    }
+    let names = std::sync::Arc::new(names);
     let server = HttpServer::new(move || {
+        let names = names.clone();
         // Every log line of a request (rejections included) names the node
         // and `module=api`.
         let span = node.identity.span("api");
         App::new()
+            .wrap_fn(move |req, srv| match check_browser_guard(req.request(), &names) {
+                Ok(()) => Either::Left(srv.call(req)),
+                Err(e) => {
+                    warn!(path = %req.path(), host = ?req.headers().get("host"),
+                        origin = ?req.headers().get("origin"), error = %e, "refused a request from a web page");
+                    Either::Right(futures_util::future::ready(Err(e.into())))
+                }
+            })
             .wrap_fn(move |req, srv| srv.call(req).instrument(span.clone()))
             .app_data(web::Data::new(node.clone()))
             .app_data(json_config(max_body))
@@ -111,6 +128,47 @@ pub fn serve(
     let handle = server.handle();
     actix_rt::spawn(server);
     Ok((handle, bound))
+}
+
+/// Keeps web pages from driving the API through a browser. The API can
+/// deploy code to the whole fleet, and it takes JSON without a JSON content
+/// type (for curl), so a page elsewhere must not be able to post to it:
+/// - a request carrying an `Origin` must come from the API's own origin
+///   (browsers send it on cross-site posts; the CLI and curl never do);
+/// - the `Host` must be an IP address, `localhost` or this host's own name
+///   (`names`), so a page cannot rebind its own domain name to 127.0.0.1
+///   and pass as same-origin.
+fn check_browser_guard(req: &HttpRequest, names: &[String]) -> Result<(), ApiError> {
+    let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let host = header("host");
+    if let Some(host) = host {
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        };
+        let allowed = name.parse::<std::net::IpAddr>().is_ok() || names.iter().any(|n| n.eq_ignore_ascii_case(name));
+        if !allowed {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                format!(
+                    "the control API answers only requests addressed to an IP address, localhost or this host's \
+                     name, not `{host}` (this keeps web pages from reaching it through DNS rebinding)"
+                ),
+            ));
+        }
+    }
+    if let Some(origin) = header("origin") {
+        let authority = origin.split_once("://").map(|(_, rest)| rest.trim_end_matches('/'));
+        if authority.is_none() || authority != host {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                format!("the control API refuses requests from other web origins (`{origin}`)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn json_config(max_body: usize) -> web::JsonConfig {

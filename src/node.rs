@@ -96,6 +96,19 @@ pub fn advertise_address(bound: SocketAddr, given: Option<SocketAddr>) -> Socket
     }
 }
 
+/// This host's name as the kernel knows it (`gethostname`), if it has one.
+pub fn system_hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length, and gethostname
+    // writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).to_string()).filter(|n| !n.is_empty())
+}
+
 /// The cluster side of a running node, stopped in order at shutdown.
 struct ClusterParts {
     bridge: Addr<ClusterBridge>,

@@ -370,3 +370,47 @@ fn debug_logs_follow_an_envelope_by_its_id() {
         );
     }
 }
+
+/// Web pages cannot drive the API through a browser: a foreign `Origin` is
+/// refused (cross-site posts), and so is a `Host` that is a domain name
+/// (DNS rebinding). The CLI, curl and the node's own dashboard get through.
+#[test]
+fn web_pages_from_elsewhere_are_refused() {
+    let node = TestNode::start("solo-web", &[]);
+    let publish = br#"{"address":"web.test","body":{}}"#;
+    let addr = node.http.as_str();
+    let origin = format!("http://{addr}");
+    // (headers, expected status, expected error code)
+    type Case<'a> = (&'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: [Case; 5] = [
+        (&[("Host", addr)], 202, ""),
+        (&[("Host", addr), ("Origin", &origin)], 202, ""),
+        (
+            &[("Host", addr), ("Origin", "https://evil.example")],
+            403,
+            "forbidden_origin",
+        ),
+        (&[("Host", addr), ("Origin", "null")], 403, "forbidden_origin"),
+        (
+            &[("Host", "evil.example:7373"), ("Origin", "http://evil.example:7373")],
+            403,
+            "forbidden_host",
+        ),
+    ];
+    for (headers, status, code) in cases {
+        let (got, text) = http_with_headers(addr, "POST", "/v1/publish", headers, Some(publish)).unwrap();
+        assert_eq!(got, status, "{headers:?}: {text}");
+        if !code.is_empty() {
+            let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(body["code"], code, "{text}");
+        }
+    }
+    let (got, _) = http_with_headers(addr, "GET", "/", &[("Host", "localhost")], None).unwrap();
+    assert_eq!(got, 200, "the dashboard is served to localhost");
+    let own = conjoiner::node::system_hostname().expect("this host has a name");
+    let (got, text) = http_with_headers(addr, "GET", "/v1/health", &[("Host", &own)], None).unwrap();
+    assert_eq!(got, 200, "the host's own name is fine: {text}");
+    assert!(node.log_text().contains("refused a request from a web page"));
+    // Still serving.
+    assert_eq!(node.cli(&["request", "mod.echo", "{}"]).status.code(), Some(0));
+}

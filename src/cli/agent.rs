@@ -110,15 +110,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
 }
 
 fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its whole length, and gethostname
-    // writes at most that many bytes.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
+    let Some(name) = crate::node::system_hostname() else {
         return "conjoiner".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..end]).to_string();
+    };
     // Keep the short host name; replace anything a node name may not hold.
     let short = name.split('.').next().unwrap_or(&name);
     short

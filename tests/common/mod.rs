@@ -301,14 +301,27 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> std::i
 }
 
 fn http_request(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<(u16, String)> {
+    http_with_headers(addr, method, path, &[("Host", addr)], body)
+}
+
+/// A raw HTTP/1.1 request with the given headers (a `Host` among them, or
+/// none at all), answering the status and the body.
+pub fn http_with_headers(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<(u16, String)> {
     let sock: std::net::SocketAddr = addr
         .parse()
         .map_err(|e| std::io::Error::other(format!("bad address {addr}: {e}")))?;
     let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(3))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or(b"");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes())?;
