@@ -183,7 +183,7 @@ fn start_conjoiner(root: &Path, i: usize, key: &str, seed: Option<&str>) -> Conj
         "--bind",
         "127.0.0.1:0",
     ])
-    .args(["--no-mdns", "--heartbeat-interval", "1h", "--data-dir"])
+    .args(["--no-mdns", "--data-dir"])
     .arg(&data)
     .env("CONJOINER_KEY", key)
     .env("RUST_LOG", "warn")

@@ -11,6 +11,7 @@
 //! - [`modules`]: packages, manifests, installs and the built-in registry.
 //! - [`node`]: builds one node from a [`node::NodeConfig`].
 //! - [`rollout`]: deploys and undeploys from the origin, batch by batch.
+//! - [`sim`]: the cluster core of many nodes on a virtual network.
 //! - [`status`]: the fleet's latest status reports, judged fresh or stale.
 //! - [`metrics`]: the node's Prometheus metrics.
 //! - [`api`]: the control API (HTTP) the CLI talks to.
@@ -26,5 +27,6 @@ pub mod metrics;
 pub mod modules;
 pub mod node;
 pub mod rollout;
+pub mod sim;
 pub mod status;
 pub mod wire;

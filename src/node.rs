@@ -14,6 +14,8 @@ use crate::actors::{
     DumpState, EventTap, LoopbackCluster, ModBus, ModuleInfo, NodeIdentity, NodeSupervisor, Snapshot, Transponder,
 };
 use crate::api;
+use crate::cluster::memory::MemoryNetwork;
+use crate::cluster::transport::{TcpTransport, Transport};
 use crate::cluster::{ClusterConfig, ClusterKey, KeySource};
 use crate::discovery::{spawn_seeds, Mdns};
 use crate::metrics::Metrics;
@@ -63,6 +65,9 @@ pub struct NetworkConfig {
     /// The `CONJOINER_KEY` value, if set.
     pub key_env: Option<String>,
     pub timing: ClusterConfig,
+    /// Link over this in-process network instead of TCP (tests); `bind`
+    /// and mDNS are then unused.
+    pub memory: Option<MemoryNetwork>,
 }
 
 /// The file in the data dir that holds the cluster listener's advertised
@@ -133,18 +138,24 @@ impl ClusterParts {
             ),
             other => info!(source = %other, "cluster key loaded"),
         });
-        let listener = tokio::net::TcpListener::bind(net.bind)
-            .await
-            .with_context(|| format!("cannot bind the cluster listener on {} (use --bind)", net.bind))?;
-        let bound = listener.local_addr()?;
+        let transport: Arc<dyn Transport> = match &net.memory {
+            Some(network) => Arc::new(network.transport()),
+            None => {
+                let listener = tokio::net::TcpListener::bind(net.bind)
+                    .await
+                    .with_context(|| format!("cannot bind the cluster listener on {} (use --bind)", net.bind))?;
+                Arc::new(TcpTransport::new(listener)?)
+            }
+        };
+        let bound = transport.local_addr();
         let advertise = advertise_address(bound, net.advertise);
         let addr_file = config.data_dir.join(CLUSTER_ADDR_FILE);
         std::fs::write(&addr_file, format!("{advertise}\n"))
             .with_context(|| format!("cannot record the cluster address in {}", addr_file.display()))?;
-        let bridge = ClusterBridge::new(identity, net.timing.clone(), key, listener, advertise)
+        let bridge = ClusterBridge::new(identity, net.timing.clone(), key, transport, advertise)
             .with_metrics(metrics.clone())
             .start();
-        let mdns = if net.mdns {
+        let mdns = if net.mdns && net.memory.is_none() {
             match Mdns::start(
                 &identity.cluster,
                 &identity.name,

@@ -3,6 +3,13 @@
 //! with membership into the views `GET /v1/modules` and `GET /v1/status`
 //! answer from. Asking about the whole fleet is one local read.
 //!
+//! A report is a node's *state* in the cluster core: it spreads once to
+//! every node when it changes, not periodically from every node to every
+//! node. [`Publication`] decides when a node publishes: at once when
+//! anything an operator acts on changed, else every [`refresh_interval`],
+//! which grows with the cluster so the whole cluster carries about two
+//! reports a second. Liveness comes from membership, not from reports.
+//!
 //! Pure data and rules, tested with a mocked clock; the Monitor fills the
 //! board and the control API reads it.
 
@@ -13,8 +20,74 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-/// A report older than this many of its sender's intervals is stale.
+/// A report older than this many of its sender's refresh periods is stale.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
+
+/// How many reports per second the whole cluster carries at most in steady
+/// state (each node republishes unchanged reports every `N / this` seconds).
+pub const CLUSTER_REPORTS_PER_SECOND: f64 = 2.0;
+
+/// How often a node republishes an unchanged report in a cluster of
+/// `cluster_size`: its Monitor interval, or `N / 2` seconds if that is longer.
+pub fn refresh_interval(interval: Duration, cluster_size: usize) -> Duration {
+    interval.max(Duration::from_secs_f64(
+        cluster_size as f64 / CLUSTER_REPORTS_PER_SECOND,
+    ))
+}
+
+/// The least time between two publications of changed reports, so a
+/// flapping module cannot flood the cluster.
+pub const MIN_PUBLISH_GAP: Duration = Duration::from_secs(1);
+
+/// Decides when this node's Monitor publishes its report.
+#[derive(Debug, Default)]
+pub struct Publication {
+    signature: Option<u64>,
+    last: Option<Instant>,
+}
+
+/// Why a report is published now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    First,
+    /// A module's state, health, restarts, version or install changed, or
+    /// the node's tags or version.
+    Changed,
+    /// Nothing changed for a refresh period; figures (load, module status
+    /// bodies) are refreshed.
+    Refresh,
+}
+
+impl Publication {
+    /// Whether to publish `report` now; if so, it counts as published.
+    pub fn due(&mut self, report: &NodeReport, now: Instant, refresh: Duration) -> Option<Publish> {
+        let signature = signature(report);
+        let since = self.last.map(|t| now.saturating_duration_since(t));
+        let why = match (self.signature, since) {
+            (None, _) | (_, None) => Publish::First,
+            (Some(old), Some(since)) if old != signature && since >= MIN_PUBLISH_GAP => Publish::Changed,
+            (_, Some(since)) if since >= refresh => Publish::Refresh,
+            _ => return None,
+        };
+        self.signature = Some(signature);
+        self.last = Some(now);
+        Some(why)
+    }
+}
+
+/// A hash of what an operator acts on in a report (not its figures).
+fn signature(report: &NodeReport) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    report.version.hash(&mut h);
+    report.tags.hash(&mut h);
+    report.started_ms.hash(&mut h);
+    for m in &report.modules {
+        (&m.name, &m.kind, &m.version, &m.state, m.health as u8, m.restarts).hash(&mut h);
+        (&m.sha256, &m.last_exit, &m.status_error).hash(&mut h);
+    }
+    h.finish()
+}
 
 /// How a module is doing, from its supervisor state and whether it answered
 /// the last `status_request`.
@@ -74,8 +147,12 @@ pub struct NodeReport {
     pub started_ms: u64,
     pub round: u64,
     pub uptime_ms: u64,
-    /// The sender's Monitor interval; receivers judge staleness by it.
+    /// The sender's Monitor interval.
     pub interval_ms: u64,
+    /// The longest the sender goes without republishing its report;
+    /// receivers judge staleness by it.
+    #[serde(default)]
+    pub refresh_ms: u64,
     /// Load, memory and host uptime.
     #[serde(default)]
     pub host: Value,
@@ -93,7 +170,6 @@ struct Entry {
 #[derive(Default)]
 struct Board {
     reports: BTreeMap<String, Entry>,
-    heartbeats: BTreeMap<String, Instant>,
 }
 
 /// The latest report of every node. Shared (cheap clone) between the
@@ -119,12 +195,6 @@ impl StatusBoard {
         newer
     }
 
-    pub fn heartbeat(&self, node: &str, now: Instant) {
-        if let Ok(mut board) = self.0.write() {
-            board.heartbeats.insert(node.to_string(), now);
-        }
-    }
-
     /// How many nodes have reported.
     pub fn len(&self) -> usize {
         self.0.read().map(|b| b.reports.len()).unwrap_or(0)
@@ -144,13 +214,7 @@ impl StatusBoard {
             .map(|name| {
                 let member = members.iter().find(|m| &m.name == name);
                 let entry = board.reports.get(name);
-                let heartbeat = board.heartbeats.get(name).map(|t| age(now, *t));
-                NodeView::judge(
-                    name,
-                    member,
-                    entry.map(|e| (&e.report, age(now, e.received))),
-                    heartbeat,
-                )
+                NodeView::judge(name, member, entry.map(|e| (&e.report, age(now, e.received))))
             })
             .collect()
     }
@@ -181,13 +245,16 @@ pub struct NodeView {
     pub node: String,
     /// Membership status, or null if membership does not know it.
     pub member: Option<MemberStatus>,
+    /// How long it has had that status.
+    pub member_since_ms: Option<u64>,
     pub addr: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub health: NodeHealth,
     pub stale: bool,
     /// Age of the latest report, or null if none arrived.
     pub status_age_ms: Option<u64>,
-    pub heartbeat_age_ms: Option<u64>,
+    /// How old the report may grow before it is stale.
+    pub stale_after_ms: Option<u64>,
     pub version: Option<String>,
     pub uptime_ms: Option<u64>,
     pub host: Value,
@@ -200,14 +267,10 @@ pub struct NodeView {
 }
 
 impl NodeView {
-    fn judge(
-        name: &str,
-        member: Option<&Member>,
-        report: Option<(&NodeReport, Duration)>,
-        heartbeat: Option<Duration>,
-    ) -> NodeView {
+    fn judge(name: &str, member: Option<&Member>, report: Option<(&NodeReport, Duration)>) -> NodeView {
         let member_status = member.map(|m| m.status);
-        let stale_after = report.map(|(r, _)| Duration::from_millis(r.interval_ms) * STALE_AFTER_INTERVALS);
+        let stale_after =
+            report.map(|(r, _)| Duration::from_millis(r.interval_ms.max(r.refresh_ms)) * STALE_AFTER_INTERVALS);
         let report_stale = match (report, stale_after) {
             (Some((_, age)), Some(limit)) => age > limit,
             _ => true,
@@ -252,6 +315,7 @@ impl NodeView {
         NodeView {
             node: name.to_string(),
             member: member_status,
+            member_since_ms: member.map(|m| m.since_ms),
             addr: member.and_then(|m| m.addr.clone()),
             tags: member
                 .map(|m| m.tags.clone())
@@ -260,7 +324,7 @@ impl NodeView {
             health,
             stale,
             status_age_ms: report.map(|(_, age)| millis(age)),
-            heartbeat_age_ms: heartbeat.map(millis),
+            stale_after_ms: stale_after.map(millis),
             version: report.map(|(r, _)| r.version.clone()),
             uptime_ms: report.map(|(r, age)| r.uptime_ms + millis(age)),
             host: report.map(|(r, _)| r.host.clone()).unwrap_or(Value::Null),
@@ -309,6 +373,7 @@ mod tests {
             status,
             tags: BTreeMap::from([("role".to_string(), "web".to_string())]),
             incarnation: 0,
+            since_ms: 0,
         }
     }
 
@@ -337,6 +402,7 @@ mod tests {
             round,
             uptime_ms: 5000,
             interval_ms: 1000,
+            refresh_ms: 1000,
             host: json!({}),
             cluster: json!({}),
             modules,
@@ -393,6 +459,60 @@ mod tests {
         assert_eq!(summary.nodes, 4);
         assert_eq!(summary.failing_nodes, 4);
         assert_eq!(summary.failing_modules, 1);
+    }
+
+    #[test]
+    fn reports_are_published_on_change_or_refresh_only() {
+        let t0 = Instant::now();
+        let mut p = Publication::default();
+        let refresh = Duration::from_secs(10);
+        let mut r = report("a", 1, vec![module("m", Health::Ok)]);
+        assert_eq!(p.due(&r, t0, refresh), Some(Publish::First));
+        r.round = 2;
+        r.modules[0].status = json!({"requests": 9});
+        r.modules[0].uptime_ms = 99;
+        assert_eq!(p.due(&r, t0 + Duration::from_secs(2), refresh), None, "figures wait");
+        r.modules[0].health = Health::Unresponsive;
+        assert_eq!(
+            p.due(&r, t0 + Duration::from_millis(2500), refresh),
+            Some(Publish::Changed),
+            "health goes out at once"
+        );
+        r.modules[0].restarts = 1;
+        assert_eq!(
+            p.due(&r, t0 + Duration::from_millis(2800), refresh),
+            None,
+            "at most one change a second"
+        );
+        assert_eq!(
+            p.due(&r, t0 + Duration::from_millis(3600), refresh),
+            Some(Publish::Changed)
+        );
+        assert_eq!(p.due(&r, t0 + Duration::from_secs(13), refresh), None);
+        assert_eq!(p.due(&r, t0 + Duration::from_secs(14), refresh), Some(Publish::Refresh));
+    }
+
+    #[test]
+    fn larger_clusters_refresh_less_often_so_the_total_stays_flat() {
+        let interval = Duration::from_secs(10);
+        assert_eq!(refresh_interval(interval, 3), interval);
+        assert_eq!(refresh_interval(interval, 100), Duration::from_secs(50));
+        assert_eq!(refresh_interval(interval, 10_000), Duration::from_secs(5000));
+        // Stale after three refresh periods of the sender.
+        let board = StatusBoard::default();
+        let t0 = Instant::now();
+        let mut r = report("a", 1, vec![]);
+        r.refresh_ms = 50_000;
+        board.record(r, t0);
+        let members = [member("a", MemberStatus::Alive)];
+        assert_eq!(
+            board.view(&members, t0 + Duration::from_secs(149))[0].health,
+            NodeHealth::Ok
+        );
+        assert_eq!(
+            board.view(&members, t0 + Duration::from_secs(151))[0].health,
+            NodeHealth::Stale
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! A node built in this process through the library, to look inside the
-//! Transponder: stamping, lamport clock, duplicates, heartbeats, restarts.
+//! Transponder: stamping, lamport clock, duplicates, restarts.
 
 use conjoiner::actors::cluster_bus::FromCluster;
 use conjoiner::actors::supervisor::ListModules;
-use conjoiner::actors::transponder::RequestCluster;
+use conjoiner::actors::transponder::{PublishToCluster, RequestCluster};
 use conjoiner::actors::{ModuleState, StopModule, TransponderConfig};
 use conjoiner::node::{Node, NodeConfig, DEFAULT_MAX_BODY};
 use conjoiner::wire::{Envelope, MessageType, Source};
@@ -19,10 +19,7 @@ async fn start(name: &str, dir: &tempfile::TempDir) -> Node {
         tags: BTreeMap::from([("dc".to_string(), "ams".to_string())]),
         data_dir: dir.path().to_path_buf(),
         http: "127.0.0.1:0".parse().unwrap(),
-        transponder: TransponderConfig {
-            heartbeat_interval: Duration::from_millis(50),
-            ..TransponderConfig::default()
-        },
+        transponder: TransponderConfig::default(),
         deployer: Default::default(),
         monitor: Default::default(),
         max_body_bytes: DEFAULT_MAX_BODY,
@@ -62,18 +59,34 @@ fn from_peer(address: &str, lamport: u64, target: Option<&str>) -> Envelope {
     env
 }
 
+/// Publishes an event as a module would, and answers it as stamped.
+async fn publish(node: &Node, tap: &mut broadcast::Receiver<Envelope>, n: u32) -> Envelope {
+    let transponder = node.handle.transponder().unwrap();
+    let id = transponder
+        .send(PublishToCluster {
+            kind: MessageType::Event,
+            module: "test".into(),
+            address: "stamp.topic".into(),
+            target: None,
+            body: json!({"n": n}),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    next_where(tap, |e| e.id == id).await
+}
+
 #[actix_rt::test]
-async fn heartbeats_are_stamped_and_the_lamport_clock_follows_peers() {
+async fn envelopes_are_stamped_and_the_lamport_clock_follows_peers() {
     let dir = tempfile::tempdir().unwrap();
     let node = start("inproc-1", &dir).await;
     let mut tap = node.handle.tap.subscribe();
 
-    let first = next_where(&mut tap, |e| e.kind == MessageType::Heartbeat).await;
-    let second = next_where(&mut tap, |e| e.kind == MessageType::Heartbeat).await;
+    let first = publish(&node, &mut tap, 1).await;
+    let second = publish(&node, &mut tap, 2).await;
     assert_eq!(first.src.node, "inproc-1");
-    assert_eq!(first.dst.address, "conjoiner.clusterbus");
+    assert_eq!(first.src.module, "test");
     assert!(second.lamport > first.lamport, "the lamport clock grows");
-    assert!(second.body["uptime_ms"].as_u64().is_some());
     let age = conjoiner::wire::now_ms().abs_diff(second.ts);
     assert!(age < 60_000, "ts is the current time in ms");
 
@@ -83,14 +96,24 @@ async fn heartbeats_are_stamped_and_the_lamport_clock_follows_peers() {
         .send(FromCluster(from_peer("anything", 1_000, None)))
         .await
         .unwrap();
-    let after = next_where(&mut tap, |e| {
-        e.kind == MessageType::Heartbeat && e.src.node == "inproc-1"
-    })
-    .await;
+    let after = publish(&node, &mut tap, 3).await;
     assert!(
         after.lamport > 1_000,
         "lamport = max(own, received) + 1, got {}",
         after.lamport
+    );
+
+    // A hostile or broken peer at the end of the clock's range does not
+    // overflow it (it used to panic the Transponder in debug builds).
+    transponder
+        .send(FromCluster(from_peer("anything", u64::MAX, None)))
+        .await
+        .unwrap();
+    let last = publish(&node, &mut tap, 4).await;
+    assert_eq!(last.lamport, u64::MAX, "the clock saturates");
+    assert!(
+        node.handle.transponder().is_some_and(|t| t == transponder),
+        "the same Transponder runs"
     );
     node.shutdown().await;
 }

@@ -1,9 +1,8 @@
 //! The ClusterBus interface: what the Transponder needs from whatever carries
 //! envelopes between nodes.
 //!
-//! Today the only implementation is [`super::LoopbackCluster`], a cluster of
-//! this node alone. The ClusterBridge (gossip over encrypted TCP) implements
-//! the same messages, so the Transponder does not change when it arrives.
+//! Two actors implement it: the [`super::ClusterBridge`] (the cluster core
+//! over real links) and the [`super::LoopbackCluster`] (a node alone).
 
 use crate::wire::Envelope;
 use actix::prelude::*;
@@ -51,6 +50,8 @@ pub struct Member {
     pub status: MemberStatus,
     pub tags: BTreeMap<String, String>,
     pub incarnation: u64,
+    /// How long the member has had this status, as this node saw it.
+    pub since_ms: u64,
 }
 
 /// Push an envelope to every node of the cluster (including this one, whose
@@ -66,6 +67,13 @@ pub struct Direct {
     pub node: String,
     pub envelope: Envelope,
 }
+
+/// Publish this node's state: its Monitor's latest `status` envelope. The
+/// cluster keeps one state per node and spreads each new one once, as a
+/// delta, instead of every node broadcasting reports periodically.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), String>")]
+pub struct SetNodeState(pub Envelope);
 
 /// The current members.
 #[derive(Message, Debug, Clone, Copy)]
@@ -95,8 +103,9 @@ pub struct PeerLink {
     pub peer: String,
     /// Bytes waiting to be written to this peer.
     pub queued_bytes: usize,
-    pub frames_in: u64,
-    pub age_ms: u64,
+    /// Part of the overlay (the broadcast tree runs over it), not a link
+    /// opened for one direct message or probe.
+    pub overlay: bool,
 }
 
 /// The cluster side's state in brief.
@@ -111,6 +120,11 @@ pub struct ClusterSummary {
     pub dialing: usize,
     /// Largest queue among the links, in bytes.
     pub max_queued_bytes: usize,
+    /// `joined`, `alone`, `left`, or `refused: <why>` (another live node
+    /// holds this node's name).
+    pub standing: String,
+    /// The failure detector's local health score (0 is healthy).
+    pub health: u32,
 }
 
 /// The handles the Transponder and the control API use to reach the cluster.
@@ -121,6 +135,7 @@ pub struct ClusterHandle {
     pub members: Recipient<ListMembers>,
     pub attach: Recipient<AttachTransponder>,
     pub status: Recipient<ClusterStatus>,
+    pub set_state: Recipient<SetNodeState>,
 }
 
 impl ClusterHandle {
@@ -131,7 +146,8 @@ impl ClusterHandle {
             + Handler<Direct>
             + Handler<ListMembers>
             + Handler<AttachTransponder>
-            + Handler<ClusterStatus>,
+            + Handler<ClusterStatus>
+            + Handler<SetNodeState>,
     {
         ClusterHandle {
             broadcast: addr.clone().recipient(),
@@ -139,6 +155,7 @@ impl ClusterHandle {
             members: addr.clone().recipient(),
             attach: addr.clone().recipient(),
             status: addr.clone().recipient(),
+            set_state: addr.clone().recipient(),
         }
     }
 }

@@ -17,6 +17,7 @@ pub struct LoopbackCluster {
     identity: NodeIdentity,
     span: tracing::Span,
     transponder: Option<Recipient<FromCluster>>,
+    started: std::time::Instant,
     broadcasts: u64,
     directs: u64,
     undeliverable: u64,
@@ -28,6 +29,7 @@ impl LoopbackCluster {
             identity: identity.clone(),
             span: identity.span("cluster"),
             transponder: None,
+            started: std::time::Instant::now(),
             broadcasts: 0,
             directs: 0,
             undeliverable: 0,
@@ -92,6 +94,15 @@ impl Handler<Direct> for LoopbackCluster {
     }
 }
 
+impl Handler<SetNodeState> for LoopbackCluster {
+    type Result = Result<(), String>;
+    fn handle(&mut self, SetNodeState(envelope): SetNodeState, _ctx: &mut Self::Context) -> Self::Result {
+        let _g = self.span.clone().entered();
+        self.deliver(envelope);
+        Ok(())
+    }
+}
+
 impl Handler<ListMembers> for LoopbackCluster {
     type Result = Vec<Member>;
     fn handle(&mut self, _msg: ListMembers, _ctx: &mut Self::Context) -> Self::Result {
@@ -101,6 +112,7 @@ impl Handler<ListMembers> for LoopbackCluster {
             status: MemberStatus::Alive,
             tags: self.identity.tags.clone(),
             incarnation: 0,
+            since_ms: self.started.elapsed().as_millis() as u64,
         }]
     }
 }
@@ -110,6 +122,7 @@ impl Handler<ClusterStatus> for LoopbackCluster {
     fn handle(&mut self, _msg: ClusterStatus, _ctx: &mut Self::Context) -> ClusterSummary {
         ClusterSummary {
             members: [("alive".to_string(), 1)].into(),
+            standing: "alone".into(),
             ..ClusterSummary::default()
         }
     }

@@ -8,22 +8,26 @@
 //! - it joins the answers with the supervisor's facts (state, restarts,
 //!   uptime), the install records (sha256), the cluster side's peers and
 //!   queues, and the host's load and memory;
-//! - it publishes the result as one `status` envelope to `mod.monitor` on
-//!   every node, through the Transponder.
+//! - it keeps the result on this node's status board, and publishes it as
+//!   this node's state in the cluster (a `status` envelope to
+//!   `mod.monitor`) when anything an operator acts on changed, or when a
+//!   refresh period passed (see [`Publication`]): the cluster spreads each
+//!   report once, so the whole fleet carries about two reports a second
+//!   whatever its size.
 //!
 //! Every node's Monitor keeps the latest report of every node in the node's
-//! [`StatusBoard`] (the Transponder adds heartbeat arrivals), so `conjoiner modules` and
-//! `conjoiner status` answer from one local read.
+//! [`StatusBoard`], so `conjoiner modules` and `conjoiner status` answer from
+//! one local read.
 
 use super::cluster_bus::ClusterStatus;
 use super::messages::{answer_status, Deliver, DumpState, Snapshot, StopModule};
 use super::modbus::{self, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, ListModules, ModuleInfo, ModuleState, RunningModule};
-use super::transponder::{PublishToCluster, CLUSTERBUS_ADDRESS};
+use super::transponder::PublishNodeState;
 use crate::modules::store::InstalledModule;
 use crate::modules::ModuleArgs;
 use crate::node::NodeHandle;
-use crate::status::{Health, ModuleReport, NodeReport, StatusBoard};
+use crate::status::{refresh_interval, Health, ModuleReport, NodeReport, Publication, StatusBoard};
 use crate::wire::{now_ms, Envelope, MessageType, Source};
 use actix::prelude::*;
 use serde::Serialize;
@@ -42,7 +46,8 @@ pub const MAX_MODULE_STATUS_BYTES: usize = 8 * 1024;
 /// Tunables of the Monitor.
 #[derive(Debug, Clone)]
 pub struct MonitorConfig {
-    /// How often a round runs and a report is published.
+    /// How often a round runs (a report is published when it changed, and
+    /// at least every `max(interval, N/2 s)`).
     pub interval: Duration,
     /// How long a module may take to answer `status_request`.
     pub timeout: Duration,
@@ -77,7 +82,6 @@ struct Counters {
     not_published: u64,
     reports_received: u64,
     reports_rejected: u64,
-    heartbeats: u64,
 }
 
 pub struct Monitor {
@@ -94,6 +98,7 @@ pub struct Monitor {
     again: bool,
     last_round: Option<(Instant, Duration)>,
     last_unresponsive: Vec<String>,
+    publication: Publication,
     counters: Counters,
 }
 
@@ -112,6 +117,7 @@ impl Monitor {
             again: false,
             last_round: None,
             last_unresponsive: Vec::new(),
+            publication: Publication::default(),
             counters: Counters::default(),
         }
     }
@@ -123,12 +129,8 @@ impl Monitor {
         }
     }
 
-    fn addresses(&self) -> [String; 3] {
-        [
-            format!("mod.{}", self.name),
-            CLUSTERBUS_ADDRESS.to_string(),
-            self.node.identity.local_address(),
-        ]
+    fn addresses(&self) -> [String; 2] {
+        [format!("mod.{}", self.name), self.node.identity.local_address()]
     }
 
     /// Starts a round unless one is running (then one more follows it).
@@ -188,17 +190,20 @@ impl Monitor {
             Err(e) => return warn!(error = %e, "cannot encode the status report"),
         };
         // Our own entry is fresh even when the cluster is unreachable.
-        self.board.record(report, Instant::now());
+        let now = Instant::now();
+        let why = self
+            .publication
+            .due(&report, now, Duration::from_millis(report.refresh_ms));
+        self.board.record(report, now);
+        let Some(why) = why else { return };
         let Some(transponder) = self.node.transponder() else {
             self.counters.not_published += 1;
             return debug!("no transponder right now; status report kept locally");
         };
+        debug!(why = ?why, "publishing the status report");
         self.counters.published += 1;
-        transponder.do_send(PublishToCluster {
-            kind: MessageType::Status,
+        transponder.do_send(PublishNodeState {
             module: self.name.clone(),
-            address: MONITOR_ADDRESS.to_string(),
-            target: None,
             body,
         });
     }
@@ -275,6 +280,10 @@ async fn gather_report(node: NodeHandle, me: Source, config: MonitorConfig, star
         .await
         .unwrap_or_default();
     let mut cluster = node.cluster.status.send(ClusterStatus).await.unwrap_or_default();
+    let cluster_size = ["alive", "suspect"]
+        .iter()
+        .filter_map(|s| cluster.members.get(*s))
+        .sum::<usize>();
     // Every node stores every report, so a list of all links would make the
     // fleet's memory grow with the square of its size. Only links with a
     // backlog are named; `/metrics` and `debug dump` show them all.
@@ -292,6 +301,7 @@ async fn gather_report(node: NodeHandle, me: Source, config: MonitorConfig, star
         round,
         uptime_ms: node.started.elapsed().as_millis() as u64,
         interval_ms: config.interval.as_millis() as u64,
+        refresh_ms: refresh_interval(config.interval, cluster_size).as_millis() as u64,
         host: super::uptime::host_figures(),
         cluster: serde_json::to_value(cluster).unwrap_or(Value::Null),
         modules,
@@ -395,9 +405,6 @@ impl Handler<Deliver> for Monitor {
                 let reply = Envelope::reply_to_request(&envelope, MessageType::Reply, self.source(), self.snapshot());
                 self.node.bus.do_send(modbus::Publish(reply));
             }
-            // The Transponder records their arrival; the Monitor listens so
-            // they are not dropped as unhandled, and counts them.
-            MessageType::Heartbeat => self.counters.heartbeats += 1,
             kind if envelope.dst.address == self.node.identity.local_address() => {
                 let changed = kind.as_str() == "deployment_changed"
                     || envelope.body.get("event").and_then(Value::as_str) == Some("module_failed");

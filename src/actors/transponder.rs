@@ -9,25 +9,28 @@
 //!   an `error` envelope, e.g. `no_handler`) goes straight back to the origin.
 //! - Requests it sends are gathered per node: one reply per targeted alive
 //!   member, and the silent ones are named in `missing`.
-//! - Every `heartbeat_interval` it broadcasts a `heartbeat`.
+//! - The Monitor's report leaves through it as this node's *state*, which
+//!   the cluster spreads once per change. There are no heartbeats: liveness
+//!   comes from membership.
 
-use super::cluster_bus::{AttachTransponder, Broadcast, ClusterHandle, Direct, FromCluster, ListMembers, MemberStatus};
+use super::cluster_bus::{
+    AttachTransponder, Broadcast, ClusterHandle, Direct, FromCluster, ListMembers, MemberStatus, SetNodeState,
+};
 use super::messages::{Deliver, DumpState, Snapshot, StopModule};
 use super::modbus::{self, BusError, ModBus};
 use super::NodeIdentity;
 use crate::metrics::{DropReason, Metrics};
-use crate::status::StatusBoard;
 use crate::wire::{now_ms, Envelope, MessageType, SeenIds, Source, Target};
 use actix::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-/// The address every node's Transponder listens to (SPEC §2); heartbeats go here.
+/// The address every node's Transponder listens to (SPEC §2).
 pub const CLUSTERBUS_ADDRESS: &str = "conjoiner.clusterbus";
 
 /// Where modules find the live Transponder: its factory puts each new one
@@ -58,9 +61,7 @@ pub fn start_module(args: &crate::modules::ModuleArgs<'_>) -> anyhow::Result<sup
         node.bus.clone(),
         node.cluster.clone(),
     );
-    let transponder = transponder
-        .with_metrics(node.metrics.clone(), args.name)
-        .with_status_board(node.status.clone());
+    let transponder = transponder.with_metrics(node.metrics.clone(), args.name);
     let (addr, running) = super::supervisor::spawn_module(transponder);
     node.transponder.set(addr);
     Ok(running)
@@ -69,8 +70,6 @@ pub fn start_module(args: &crate::modules::ModuleArgs<'_>) -> anyhow::Result<sup
 /// Tunables of the Transponder.
 #[derive(Debug, Clone)]
 pub struct TransponderConfig {
-    /// How often a heartbeat is broadcast.
-    pub heartbeat_interval: Duration,
     /// How long a module on this node may take to answer a cluster request.
     pub module_request_timeout: Duration,
     /// How many envelope ids are remembered to drop duplicates.
@@ -80,7 +79,6 @@ pub struct TransponderConfig {
 impl Default for TransponderConfig {
     fn default() -> Self {
         TransponderConfig {
-            heartbeat_interval: Duration::from_secs(5),
             module_request_timeout: Duration::from_secs(30),
             dedup_capacity: 16_384,
         }
@@ -131,6 +129,15 @@ impl RequestCluster {
             progress: None,
         }
     }
+}
+
+/// Publish this node's status report (the body of a `status` envelope to
+/// `mod.monitor`) as its state in the cluster.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), String>")]
+pub struct PublishNodeState {
+    pub module: String,
+    pub body: Value,
 }
 
 /// Send an envelope straight to one node (a `deploy_result` to its origin).
@@ -200,7 +207,7 @@ struct Counters {
     bad_target: u64,
     no_handler: u64,
     requests_answered: u64,
-    heartbeats_sent: u64,
+    states_published: u64,
 }
 
 pub struct Transponder {
@@ -212,16 +219,10 @@ pub struct Transponder {
     lamport: u64,
     seen: SeenIds,
     gathers: HashMap<Uuid, Gather>,
-    /// The time (ms since epoch, as stamped by the sender) of the last
-    /// heartbeat from each node.
-    last_heartbeat: BTreeMap<String, u64>,
-    started: Instant,
     counters: Counters,
     metrics: Metrics,
     /// The module name it answers `status_request` under (`mod.<name>`).
     name: String,
-    /// Where heartbeat arrivals are recorded for `conjoiner status`.
-    board: Option<StatusBoard>,
 }
 
 impl Transponder {
@@ -230,14 +231,6 @@ impl Transponder {
     pub fn with_metrics(mut self, metrics: Metrics, name: &str) -> Transponder {
         self.metrics = metrics;
         self.name = name.to_string();
-        self
-    }
-
-    /// Records every heartbeat's arrival on the node's status board. The
-    /// Transponder sees them first (its own included), even before the
-    /// Monitor has started.
-    pub fn with_status_board(mut self, board: StatusBoard) -> Transponder {
-        self.board = Some(board);
         self
     }
 
@@ -251,12 +244,9 @@ impl Transponder {
             cluster,
             lamport: 0,
             gathers: HashMap::new(),
-            last_heartbeat: BTreeMap::new(),
-            started: Instant::now(),
             counters: Counters::default(),
             metrics: Metrics::default(),
             name: "transponder".to_string(),
-            board: None,
         }
     }
 
@@ -269,7 +259,7 @@ impl Transponder {
 
     /// Stamps an envelope leaving this node: node, time, lamport clock.
     fn stamp(&mut self, envelope: &mut Envelope) {
-        self.lamport += 1;
+        self.lamport = self.lamport.saturating_add(1);
         envelope.src.node = self.identity.name.clone();
         envelope.ts = now_ms();
         envelope.lamport = self.lamport;
@@ -302,22 +292,6 @@ impl Transponder {
                 Err(e) => warn!(envelope = %id, error = %e, "cluster bus unavailable"),
             }
         });
-    }
-
-    fn send_heartbeat(&mut self) {
-        let body = json!({
-            "uptime_ms": self.started.elapsed().as_millis() as u64,
-            "version": env!("CARGO_PKG_VERSION"),
-        });
-        let envelope = Envelope::new(
-            MessageType::Heartbeat,
-            self.source("transponder"),
-            CLUSTERBUS_ADDRESS,
-            None,
-            body,
-        );
-        self.counters.heartbeats_sent += 1;
-        self.broadcast(envelope);
     }
 
     /// Is this envelope meant for this node? A bad selector from a peer is
@@ -429,17 +403,10 @@ impl Transponder {
     }
 
     fn snapshot(&self) -> Value {
-        let now = now_ms();
-        let heartbeats: BTreeMap<&String, u64> = self
-            .last_heartbeat
-            .iter()
-            .map(|(n, ts)| (n, now.saturating_sub(*ts)))
-            .collect();
         json!({
             "lamport": self.lamport,
             "pending_gathers": self.gathers.len(),
             "dedup_ids": self.seen.len(),
-            "heartbeat_age_ms": heartbeats,
             "counters": self.counters,
         })
     }
@@ -458,16 +425,7 @@ impl Actor for Transponder {
             module: self.name.clone(),
             recipient: ctx.address().recipient(),
         });
-        // Announce this node at once rather than one interval from now.
-        self.send_heartbeat();
-        ctx.run_interval(self.config.heartbeat_interval, |act, _ctx| {
-            let _g = act.span.clone().entered();
-            act.send_heartbeat();
-        });
-        info!(
-            heartbeat_ms = self.config.heartbeat_interval.as_millis() as u64,
-            "transponder started"
-        );
+        info!("transponder started");
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -497,7 +455,8 @@ impl Handler<FromCluster> for Transponder {
             return;
         }
         self.metrics.envelope_in(envelope.kind.as_str());
-        self.lamport = self.lamport.max(envelope.lamport) + 1;
+        // A peer's clock near u64::MAX must not overflow ours.
+        self.lamport = self.lamport.max(envelope.lamport).saturating_add(1);
         if !self.is_for_us(&envelope) {
             self.counters.not_for_us += 1;
             debug!(envelope = %envelope.id, target = ?envelope.dst.target, "not for this node");
@@ -508,12 +467,8 @@ impl Handler<FromCluster> for Transponder {
         self.counters.delivered += 1;
 
         match envelope.kind {
-            MessageType::Heartbeat => {
-                self.last_heartbeat.insert(envelope.src.node.clone(), envelope.ts);
-                if let Some(board) = &self.board {
-                    board.heartbeat(&envelope.src.node, Instant::now());
-                }
-                // Modules (the monitor) may listen; nobody listening is normal.
+            // Status reports: the Monitor listens; a node without one is normal.
+            MessageType::Status if envelope.reply_to.is_none() => {
                 let _ = self.bus.try_send(modbus::Publish(envelope));
             }
             // An answer to one of our gathered requests, whatever its type.
@@ -631,6 +586,40 @@ impl Handler<RequestCluster> for Transponder {
     }
 }
 
+impl Handler<PublishNodeState> for Transponder {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: PublishNodeState, ctx: &mut Self::Context) -> Self::Result {
+        let _g = self.span.clone().entered();
+        let mut envelope = Envelope::new(
+            MessageType::Status,
+            self.source(&msg.module),
+            format!("mod.{}", msg.module),
+            None,
+            msg.body,
+        );
+        self.stamp(&mut envelope);
+        self.counters.states_published += 1;
+        self.metrics.envelope_out(envelope.kind.as_str());
+        debug!(envelope = %envelope.id, lamport = envelope.lamport, "publishing this node's status report");
+        let id = envelope.id;
+        self.cluster
+            .set_state
+            .send(SetNodeState(envelope))
+            .into_actor(self)
+            .map(move |result, act, _ctx| {
+                let _g = act.span.clone().entered();
+                match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(envelope = %id, error = %e, "status report not published"),
+                    Err(e) => warn!(envelope = %id, error = %e, "cluster bus unavailable; status report not published"),
+                }
+            })
+            .spawn(ctx);
+        Ok(())
+    }
+}
+
 impl Handler<SendDirect> for Transponder {
     type Result = ();
 
@@ -659,14 +648,8 @@ impl Handler<Deliver> for Transponder {
             return;
         }
         // The report travels to every node, so it stays the same size
-        // however large the cluster: heartbeat ages are on the status board.
-        let status = json!({
-            "lamport": self.lamport,
-            "pending_gathers": self.gathers.len(),
-            "dedup_ids": self.seen.len(),
-            "heartbeats_from": self.last_heartbeat.len(),
-            "counters": self.counters,
-        });
+        // however large the cluster.
+        let status = self.snapshot();
         let reply = Envelope::reply_to_request(&envelope, MessageType::Status, self.source(&self.name), status);
         self.bus.do_send(modbus::Publish(reply));
     }

@@ -50,12 +50,15 @@ pub struct AgentArgs {
     /// The largest module package this node fetches (e.g. 64M, 512K, 1048576).
     #[arg(long, env = "CONJOINER_MAX_PACKAGE", default_value = "64M", value_parser = parse_size)]
     pub max_package: u64,
-    /// How often the node broadcasts a heartbeat.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub heartbeat_interval: Duration,
-    /// How often the Monitor asks this node's modules for their status and
-    /// publishes it to the cluster. A report older than three intervals is
-    /// shown as stale.
+    /// Cluster timings: `lan` (hosts on one network), `wan` (slow or lossy
+    /// links: about five times slower to judge), or `local` (nodes on one
+    /// host: quicker to judge). See `src/cluster/config.rs`.
+    #[arg(long, env = "CONJOINER_PROFILE", default_value = "lan", value_parser = ["lan", "wan", "local"])]
+    pub profile: String,
+    /// How often the Monitor asks this node's modules for their status. A
+    /// changed report is published at once; an unchanged one every
+    /// max(interval, N/2 s) in a cluster of N nodes, and shown as stale
+    /// after three such periods.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub status_interval: Duration,
     /// Log line format (the filter comes from RUST_LOG, default `info`).
@@ -166,10 +169,7 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
         tags: args.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
         data_dir: args.data_dir.clone(),
         http: resolve("--http", http)?,
-        transponder: TransponderConfig {
-            heartbeat_interval: args.heartbeat_interval,
-            ..TransponderConfig::default()
-        },
+        transponder: TransponderConfig::default(),
         deployer: DeployerConfig {
             max_package_bytes: args.max_package,
             ..DeployerConfig::default()
@@ -183,7 +183,9 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
             mdns: !args.no_mdns,
             key_file: args.key_file.clone(),
             key_env: std::env::var("CONJOINER_KEY").ok(),
-            timing: ClusterConfig::lan(),
+            timing: ClusterConfig::preset(&args.profile)
+                .ok_or_else(|| CliError::usage(format!("unknown --profile `{}`", args.profile)))?,
+            memory: None,
         }),
     };
     logging::init(args.log_format);

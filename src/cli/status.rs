@@ -1,5 +1,5 @@
 //! `conjoiner status`: the fleet on one screen. Every node with its
-//! membership, heartbeat and report ages and module health, failing nodes
+//! membership (and since when), report age and module health, failing nodes
 //! first, failing modules named, and a summary line. Exit code 3 when
 //! anything is failing.
 
@@ -40,7 +40,7 @@ fn print_screen(status: &Value) {
                 n["node"].as_str().unwrap_or("?").to_string(),
                 n["health"].as_str().unwrap_or("?").to_string(),
                 n["member"].as_str().unwrap_or("unknown").to_string(),
-                age(&n["heartbeat_age_ms"]),
+                age(&n["member_since_ms"]),
                 age(&n["status_age_ms"]),
                 format!("{}/{modules} ok", modules - failing),
                 load,
@@ -48,7 +48,7 @@ fn print_screen(status: &Value) {
         })
         .collect();
     print_table(
-        ["NODE", "HEALTH", "MEMBER", "HEARTBEAT", "REPORT", "MODULES", "LOAD"],
+        ["NODE", "HEALTH", "MEMBER", "SINCE", "REPORT", "MODULES", "LOAD"],
         &rows,
     );
 

@@ -1,125 +1,211 @@
 //! Every timing and size knob of the cluster layer, in one place, with
 //! presets in the manner of memberlist's `DefaultLANConfig`.
 
-use std::num::{NonZeroU8, NonZeroUsize};
+use super::core::detector::DetectorConfig;
+use super::core::tree::TreeConfig;
 use std::time::Duration;
 
 /// Cluster timings and limits.
 ///
-/// The LAN preset aims to have every survivor see a crashed node `dead` in
-/// about two seconds, without false alarms on a busy host:
+/// With the LAN preset a crashed node is seen `dead` by every survivor in
+/// about one to two seconds, whatever the size of the cluster:
 ///
-/// - a member is probed by someone about once per `probe_period`;
-/// - it is `suspect` when neither the probe nor `indirect_probes` helpers get
-///   an answer within the period;
-/// - it has `suspect_to_down_after` to refute the suspicion (it hears of it by
-///   gossip within a few `gossip_interval`s), else it is `dead`;
-/// - the verdict then spreads by gossip to `gossip_fanout` members per
-///   `gossip_interval`, reaching 50 nodes in about three rounds.
+/// - a node's `rings` observers each probe it every `rings × probe_interval`,
+///   so someone probes it every `probe_interval`; a process that dies closes
+///   its links, and its observers probe it at once;
+/// - no answer within `probe_timeout`, nor through `indirect_probes` helpers
+///   within another: the observer suspects it and says so to every node
+///   along the broadcast tree (milliseconds);
+/// - the other observers probe it at once and confirm; with every
+///   confirmation in, the suspicion runs `suspicion_min`, else up to
+///   `suspicion_max` (a lone accuser, often the slow one, waits longest);
+/// - the verdict reaches every node along the tree.
 ///
-/// Expected detection: ½·period + period + suspicion + 3·gossip ≈ 1.8 s.
+/// A slow node stretches its own probe intervals and timeouts (up to
+/// `max_health + 1` times), so it holds back its accusations.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// How often this node probes one member.
-    pub probe_period: Duration,
-    /// How long a direct probe may take before helpers are asked.
-    pub probe_rtt: Duration,
-    /// How many members are asked to probe indirectly.
+    // ---- overlay and links
+    /// Hash rings of the overlay: each node probes `rings` subjects and is
+    /// probed by `rings` observers, and holds at most `2 × rings` overlay links.
+    pub rings: usize,
+    /// Links kept open at most; beyond this, idle non-overlay links (direct
+    /// messages, helpers, joins) are closed, least recently used first.
+    pub max_links: usize,
+    /// A link that is not part of the overlay is closed after this long unused.
+    pub link_idle: Duration,
+    /// How long a new link may take to say hello.
+    pub hello_timeout: Duration,
+    /// How long dialing a peer may take, TCP connect plus handshake.
+    pub dial_timeout: Duration,
+    /// The least time between two dials of one address.
+    pub redial_interval: Duration,
+
+    // ---- failure detection (Lifeguard)
+    /// How often this node probes one of its subjects.
+    pub probe_interval: Duration,
+    /// How long a probe waits for its ack before asking helpers, and the
+    /// helpers for theirs.
+    pub probe_timeout: Duration,
+    /// How many neighbours are asked to probe a silent subject.
     pub indirect_probes: usize,
-    /// How long a suspect member may refute before it is declared dead.
-    pub suspect_to_down_after: Duration,
-    /// How often membership updates are pushed to random members.
-    pub gossip_interval: Duration,
-    /// How many members each gossip round reaches.
-    pub gossip_fanout: usize,
-    /// How many times one membership update is piggybacked.
-    pub max_transmissions: u8,
-    /// How often a member asks a random member for more members.
-    pub announce_interval: Duration,
-    /// How often dead members are contacted again, so a healed partition
-    /// or a restarted host rejoins without help.
-    pub announce_to_dead_interval: Duration,
-    /// How long a dead member is remembered (and listed).
+    /// A suspicion every observer confirms runs this long.
+    pub suspicion_min: Duration,
+    /// A suspicion nobody confirms runs this long.
+    pub suspicion_max: Duration,
+    /// The highest local health score; probes stretch up to `max_health + 1`×.
+    pub max_health: u32,
+
+    // ---- broadcast tree
+    /// How often the tree's root floods a beacon: how soon the tree heals
+    /// after losing its root or a parent without a word.
+    pub beacon_interval: Duration,
+    /// How long a node waits for its old parent's beacon before following
+    /// a quicker one.
+    pub switch_grace: Duration,
+    /// How long an announced message may take to arrive by the tree before
+    /// it is grafted from the announcer.
+    pub graft_timeout: Duration,
+    /// How long a graft may take before the next announcer is asked.
+    pub graft_retry: Duration,
+    /// How often lazy neighbours get the ids of new messages (batched).
+    pub lazy_interval: Duration,
+    /// How long a broadcast is kept to answer grafts.
+    pub cache_ttl: Duration,
+    /// The most broadcast bytes kept to answer grafts.
+    pub cache_bytes: usize,
+    /// How long a broadcast id is remembered to drop duplicates.
+    pub dedup_ttl: Duration,
+
+    // ---- anti-entropy and recovery
+    /// How often the member table is compared (by digest) with one
+    /// neighbour; ten times as often while the last comparison found
+    /// differences.
+    pub anti_entropy_interval: Duration,
+    /// How often one member, picked at random, is looked at; if it is dead,
+    /// it is dialed, so a healed partition or a restarted host rejoins
+    /// without help. Each dead member is tried about once per interval
+    /// across the whole cluster.
+    pub reconnect_interval: Duration,
+    /// How long a dead or departed member is remembered (and listed).
     pub remember_dead_for: Duration,
-    /// How many random peers each node forwards a ClusterBus envelope to,
-    /// besides the origin pushing to everyone it knows.
-    pub relay_fanout: usize,
-    /// How many times a ClusterBus envelope is forwarded at most.
-    pub max_hops: u32,
-    /// How many envelope ids are remembered to drop duplicates.
-    pub dedup_capacity: usize,
-    /// The largest frame (envelope JSON or membership packet) on a link.
+
+    // ---- limits
+    /// The largest frame (one envelope, or one batch of messages) on a link.
     pub max_frame: usize,
     /// The most bytes queued for one peer; a peer that does not drain past
     /// this is disconnected.
     pub peer_queue_bytes: usize,
-    /// How long dialing a peer may take, TCP connect plus handshake.
-    pub dial_timeout: Duration,
-    /// The largest membership packet foca produces.
-    pub max_packet_size: usize,
+    /// The largest state (status report) a node publishes.
+    pub max_state_bytes: usize,
+    /// Messages held for a peer while its link is being dialed.
+    pub max_pending_per_dial: usize,
 }
 
 impl ClusterConfig {
-    /// For hosts on one LAN (and loopback test clusters).
+    /// For hosts on one LAN.
     pub fn lan() -> ClusterConfig {
         ClusterConfig {
-            probe_period: Duration::from_millis(400),
-            probe_rtt: Duration::from_millis(150),
+            rings: 5,
+            max_links: 32,
+            link_idle: Duration::from_secs(15),
+            hello_timeout: Duration::from_secs(5),
+            dial_timeout: Duration::from_secs(2),
+            redial_interval: Duration::from_millis(500),
+
+            probe_interval: Duration::from_millis(500),
+            // Above one TCP retransmission (200 ms), so a single lost
+            // segment does not fail a probe.
+            probe_timeout: Duration::from_millis(400),
             indirect_probes: 3,
-            suspect_to_down_after: Duration::from_millis(900),
-            gossip_interval: Duration::from_millis(100),
-            gossip_fanout: 4,
-            max_transmissions: 10,
-            announce_interval: Duration::from_secs(5),
-            announce_to_dead_interval: Duration::from_secs(1),
+            suspicion_min: Duration::from_secs(1),
+            suspicion_max: Duration::from_secs(6),
+            max_health: 8,
+
+            beacon_interval: Duration::from_secs(5),
+            switch_grace: Duration::from_millis(100),
+            graft_timeout: Duration::from_millis(80),
+            graft_retry: Duration::from_millis(40),
+            lazy_interval: Duration::from_millis(100),
+            cache_ttl: Duration::from_secs(15),
+            cache_bytes: 8 * 1024 * 1024,
+            dedup_ttl: Duration::from_secs(20),
+
+            anti_entropy_interval: Duration::from_secs(2),
+            reconnect_interval: Duration::from_secs(2),
             remember_dead_for: Duration::from_secs(24 * 3600),
-            relay_fanout: 2,
-            max_hops: 3,
-            dedup_capacity: 16_384,
+
             max_frame: crate::wire::DEFAULT_MAX_FRAME,
             peer_queue_bytes: 8 * 1024 * 1024,
-            dial_timeout: Duration::from_secs(2),
-            max_packet_size: 32 * 1024,
+            max_state_bytes: 64 * 1024,
+            max_pending_per_dial: 4096,
         }
     }
 
-    /// For hosts across slow or lossy links: five times slower to judge.
+    /// For hosts across slow or lossy links: about five times slower to judge.
     pub fn wan() -> ClusterConfig {
         ClusterConfig {
-            probe_period: Duration::from_secs(2),
-            probe_rtt: Duration::from_millis(800),
-            suspect_to_down_after: Duration::from_secs(6),
-            gossip_interval: Duration::from_millis(500),
-            announce_to_dead_interval: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(5),
+            redial_interval: Duration::from_secs(2),
+            probe_interval: Duration::from_secs(2),
+            probe_timeout: Duration::from_millis(1200),
+            suspicion_min: Duration::from_secs(5),
+            suspicion_max: Duration::from_secs(30),
+            beacon_interval: Duration::from_secs(15),
+            switch_grace: Duration::from_millis(500),
+            graft_timeout: Duration::from_millis(400),
+            graft_retry: Duration::from_millis(200),
+            lazy_interval: Duration::from_millis(300),
+            anti_entropy_interval: Duration::from_secs(10),
+            reconnect_interval: Duration::from_secs(10),
             ..ClusterConfig::lan()
         }
     }
 
-    /// The foca settings these timings mean.
-    pub fn foca(&self) -> foca::Config {
-        let nz = |n: usize| NonZeroUsize::new(n.max(1)).expect("max(1) is non-zero");
-        foca::Config {
-            probe_period: self.probe_period,
-            probe_rtt: self.probe_rtt,
-            num_indirect_probes: nz(self.indirect_probes),
-            max_transmissions: NonZeroU8::new(self.max_transmissions.max(1)).expect("max(1) is non-zero"),
-            suspect_to_down_after: self.suspect_to_down_after,
-            remove_down_after: Some(self.remember_dead_for),
-            max_packet_size: nz(self.max_packet_size),
-            notify_down_members: true,
-            periodic_announce: Some(foca::PeriodicParams {
-                frequency: self.announce_interval,
-                num_members: nz(1),
-            }),
-            periodic_announce_to_down_members: Some(foca::PeriodicParams {
-                frequency: self.announce_to_dead_interval,
-                num_members: nz(2),
-            }),
-            periodic_gossip: Some(foca::PeriodicParams {
-                frequency: self.gossip_interval,
-                num_members: nz(self.gossip_fanout),
-            }),
+    /// For nodes on one host (tests, demos): quick to judge.
+    pub fn local() -> ClusterConfig {
+        ClusterConfig {
+            probe_interval: Duration::from_millis(250),
+            probe_timeout: Duration::from_millis(150),
+            suspicion_min: Duration::from_millis(600),
+            suspicion_max: Duration::from_secs(4),
+            anti_entropy_interval: Duration::from_secs(1),
+            reconnect_interval: Duration::from_secs(1),
+            ..ClusterConfig::lan()
+        }
+    }
+
+    /// A preset by name: `lan`, `wan` or `local`.
+    pub fn preset(name: &str) -> Option<ClusterConfig> {
+        match name {
+            "lan" => Some(ClusterConfig::lan()),
+            "wan" => Some(ClusterConfig::wan()),
+            "local" => Some(ClusterConfig::local()),
+            _ => None,
+        }
+    }
+
+    pub fn detector(&self) -> DetectorConfig {
+        DetectorConfig {
+            probe_interval: self.probe_interval,
+            probe_timeout: self.probe_timeout,
+            indirect_probes: self.indirect_probes,
+            suspicion_min: self.suspicion_min,
+            suspicion_max: self.suspicion_max,
+            max_health: self.max_health,
+        }
+    }
+
+    pub fn tree(&self) -> TreeConfig {
+        TreeConfig {
+            beacon_interval: self.beacon_interval,
+            switch_grace: self.switch_grace,
+            graft_timeout: self.graft_timeout,
+            graft_retry: self.graft_retry,
+            lazy_interval: self.lazy_interval,
+            cache_ttl: self.cache_ttl,
+            cache_bytes: self.cache_bytes,
+            dedup_ttl: self.dedup_ttl,
         }
     }
 }
@@ -135,13 +221,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn presets_are_valid_for_foca() {
-        for config in [ClusterConfig::lan(), ClusterConfig::wan()] {
-            let f = config.foca();
-            assert!(f.probe_rtt < f.probe_period, "foca needs rtt < period");
-            assert!(config.max_packet_size + 64 < config.max_frame);
-            // A membership packet always fits one frame, and one frame fits the queue.
-            assert!(config.max_frame < config.peer_queue_bytes);
+    fn presets_are_consistent() {
+        for config in [ClusterConfig::lan(), ClusterConfig::wan(), ClusterConfig::local()] {
+            assert!(
+                config.probe_timeout * 2 <= config.probe_interval * 2,
+                "a probe fits its interval"
+            );
+            assert!(config.suspicion_min <= config.suspicion_max);
+            assert!(
+                config.rings >= 2,
+                "two rings keep the overlay connected through a death"
+            );
+            assert!(
+                config.max_links >= 2 * config.rings + 4,
+                "room for the overlay and a few more"
+            );
+            assert!(config.max_frame < config.peer_queue_bytes, "one frame fits the queue");
         }
+        assert!(ClusterConfig::preset("lan").is_some() && ClusterConfig::preset("moon").is_none());
     }
 }

@@ -1,83 +1,44 @@
-//! A member's identity as the membership protocol (foca) sees it.
+//! Who a member is, as the membership protocol sees it.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-/// Who a member is: its name, where to reach it, which boot of it this is,
-/// and its tags.
+/// A member's identity: its name, where to reach it, which boot of it this
+/// is, and its tags.
 ///
-/// foca treats identities with the same *name* as the same member, and keeps
-/// the one that wins [`foca::Identity::win_addr_conflict`]: a later boot, or
-/// the same boot renewed after being wrongly declared down. That is how a
-/// restarted node rejoins under its old name.
+/// The name is the member: the table holds one entry per name. `boot`
+/// (milliseconds since the epoch when the process started) tells two
+/// processes of one name apart: a restarted node takes over from its old
+/// boot, and of two live processes claiming one name the older boot keeps
+/// it (see `core::members`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeId {
-    pub name: String,
+    pub name: Arc<str>,
     /// The address other nodes dial to reach this one.
     pub addr: SocketAddr,
     /// Milliseconds since the epoch when this process started.
     pub boot: u64,
-    /// How many times this boot renewed its identity after being declared down.
-    pub renewal: u16,
     /// The node's `--tag K=V` pairs; carried in the identity so they reach
-    /// every member with the first packet.
+    /// every member with the first packet about it.
     pub tags: BTreeMap<String, String>,
 }
 
 impl NodeId {
-    /// Orders identities of the same name: newer boot first, then renewals.
-    fn generation(&self) -> (u64, u16) {
-        (self.boot, self.renewal)
-    }
-}
-
-impl foca::Identity for NodeId {
-    type Addr = String;
-
-    fn renew(&self) -> Option<Self> {
-        Some(NodeId {
-            renewal: self.renewal.wrapping_add(1),
-            ..self.clone()
-        })
-    }
-
-    fn addr(&self) -> String {
-        self.name.clone()
-    }
-
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        self.generation() > adversary.generation()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use foca::Identity as _;
-
-    fn id(boot: u64) -> NodeId {
+    pub fn new(name: &str, addr: SocketAddr, boot: u64, tags: BTreeMap<String, String>) -> NodeId {
         NodeId {
-            name: "web-1".into(),
-            addr: "127.0.0.1:7946".parse().unwrap(),
+            name: Arc::from(name),
+            addr,
             boot,
-            renewal: 0,
-            tags: BTreeMap::new(),
+            tags,
         }
     }
 
-    #[test]
-    fn later_boots_and_renewals_win() {
-        let old = id(1);
-        let restarted = id(2);
-        assert_eq!(old.addr(), restarted.addr(), "same name is the same member");
-        assert!(restarted.win_addr_conflict(&old));
-        assert!(!old.win_addr_conflict(&restarted));
-        let renewed = old.renew().unwrap();
-        assert!(renewed.win_addr_conflict(&old));
-        assert!(
-            restarted.win_addr_conflict(&renewed),
-            "a new boot beats any renewal of an old one"
-        );
+    /// Roughly what this identity costs in memory, for the simulator's and
+    /// the debug dump's accounting.
+    pub fn heap_bytes(&self) -> usize {
+        let tags: usize = self.tags.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
+        std::mem::size_of::<NodeId>() + self.name.len() + tags
     }
 }

@@ -1,13 +1,18 @@
-//! The cluster layer's parts that are not actors: the key, the encrypted
-//! link, the link protocol, member identities and the timing config.
-//! The ClusterBridge actor (`actors::cluster_bridge`) puts them together.
+//! The cluster layer: the sans-IO core that decides everything, and the
+//! parts that carry it: the key, encrypted links, the link protocol,
+//! identities and the timing config. The ClusterBridge actor
+//! (`actors::cluster_bridge`) drives the core over real links; the
+//! simulator (`crate::sim`) drives thousands of cores over a virtual network.
 
 pub mod config;
+pub mod core;
 pub mod identity;
 pub mod key;
 pub mod link;
+pub mod memory;
 pub mod noise;
 pub mod protocol;
+pub mod transport;
 
 pub use config::ClusterConfig;
 pub use identity::NodeId;

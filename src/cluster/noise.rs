@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The Noise protocol every link speaks.
 pub const NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
 /// Bound into the handshake, so nodes of another protocol version fail it.
-pub const PROLOGUE: &[u8] = b"conjoiner link v1";
+pub const PROLOGUE: &[u8] = b"conjoiner link v2";
 /// The largest Noise message (ciphertext, with its 16-byte tag).
 pub const MAX_NOISE_MESSAGE: usize = 65_535;
 const TAG_LEN: usize = 16;

@@ -107,7 +107,7 @@ impl TestNode {
             None => Command::new(BIN),
         };
         command
-            .args(["agent", "--name", &self.name, "--heartbeat-interval", "1s"])
+            .args(["agent", "--name", &self.name])
             .arg("--http")
             .arg(self.launch.http.as_deref().unwrap_or("127.0.0.1:0"))
             .arg("--data-dir")

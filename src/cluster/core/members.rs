@@ -1,0 +1,514 @@
+//! The member table: one entry per name, and the rules that decide which of
+//! two records about a member wins.
+//!
+//! Within one boot of a member, SWIM's rules: a higher incarnation wins; at
+//! the same incarnation `dead` beats `suspect` beats `alive`; `left` is final.
+//! Between two boots of one name (two processes), see [`judge`]: a newer
+//! boot takes over from a dead one or from one at the same address (a
+//! restart), but never from a live process elsewhere. Of two live processes
+//! claiming one name, the older boot keeps it everywhere, whatever order
+//! the news arrives in, so they never flap.
+//!
+//! The table also keeps a digest: a hash per bucket of the live members'
+//! records, updated as entries change, so anti-entropy compares two tables
+//! by exchanging a few hundred bytes.
+
+use super::hash::{combine, name_hash};
+use crate::cluster::identity::NodeId;
+use crate::cluster::protocol::{Record, StateRecord, Status};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Buckets of the anti-entropy digest.
+pub const DIGEST_BUCKETS: usize = 64;
+
+/// What this node knows about one member.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: Arc<NodeId>,
+    pub incarnation: u32,
+    pub status: Status,
+    /// When `status` last changed here.
+    pub since: Instant,
+    /// Its latest published state that reached this node.
+    pub state: Option<Arc<StateRecord>>,
+}
+
+impl Member {
+    pub fn state_version(&self) -> u64 {
+        self.state.as_ref().map_or(0, |s| s.version)
+    }
+
+    pub fn record(&self) -> Record {
+        Record {
+            id: self.id.clone(),
+            incarnation: self.incarnation,
+            status: self.status,
+            state_version: self.state_version(),
+        }
+    }
+
+    /// This entry's share of its digest bucket, if it counts (live members only:
+    /// dead and left ones are forgotten at different times on different nodes).
+    fn contribution(&self) -> Option<(usize, u64)> {
+        if !self.status.is_up() {
+            return None;
+        }
+        let h = name_hash(&self.id.name);
+        let status = match self.status {
+            Status::Alive => 1,
+            _ => 2,
+        };
+        let v = combine(
+            combine(combine(h, self.id.boot), u64::from(self.incarnation) << 2 | status),
+            self.state_version(),
+        );
+        Some(((h % DIGEST_BUCKETS as u64) as usize, v))
+    }
+}
+
+/// The decision about one incoming record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing new: keep what we have.
+    Stale,
+    /// Take the record (a new name, or news about the same boot).
+    Accept,
+    /// Take the record; it is a newer (or the rightful older) boot replacing
+    /// the one we hold.
+    Replace,
+    /// A suspicion at the incarnation we already suspect: another accuser.
+    SameSuspicion,
+    /// Refused: another live process at another address holds the name.
+    Conflict,
+}
+
+/// Decides what to do with `record` given what we hold. Pure, so the rules
+/// are tested as a table.
+pub fn judge(current: Option<&Member>, record: &Record) -> Verdict {
+    let Some(cur) = current else { return Verdict::Accept };
+    if cur.id.boot != record.id.boot {
+        return judge_boots(cur, record);
+    }
+    let (i, j) = (cur.incarnation, record.incarnation);
+    let accept = match (cur.status, record.status) {
+        (Status::Left, _) => false,
+        (_, Status::Left) => true,
+        (_, Status::Alive) => j > i,
+        (Status::Alive, Status::Suspect) => j >= i,
+        (Status::Suspect, Status::Suspect) if j == i => return Verdict::SameSuspicion,
+        (Status::Suspect | Status::Dead, Status::Suspect) => j > i,
+        (Status::Alive | Status::Suspect, Status::Dead) => j >= i,
+        (Status::Dead, Status::Dead) => j > i,
+    };
+    if accept {
+        Verdict::Accept
+    } else {
+        Verdict::Stale
+    }
+}
+
+/// Two processes of one name.
+fn judge_boots(cur: &Member, record: &Record) -> Verdict {
+    let same_place = cur.id.addr == record.id.addr;
+    if record.id.boot > cur.id.boot {
+        // A newer process: a restart takes over; a second live process
+        // elsewhere does not.
+        if !cur.status.is_up() || same_place {
+            Verdict::Replace
+        } else if record.status.is_up() {
+            Verdict::Conflict
+        } else {
+            Verdict::Stale
+        }
+    } else if cur.status.is_up() && record.status.is_up() && !same_place {
+        // The older of two live processes keeps the name, wherever we heard
+        // of the newer one first.
+        Verdict::Replace
+    } else {
+        Verdict::Stale
+    }
+}
+
+/// What applying a record changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Stale,
+    /// A name we did not know.
+    Added,
+    /// Same boot: status or incarnation moved (`from` is the old status).
+    Changed {
+        from: Status,
+    },
+    /// Another boot replaced the one we held.
+    Replaced {
+        old: Arc<NodeId>,
+        from: Status,
+    },
+    SameSuspicion,
+    /// Refused; `holder` keeps the name.
+    Conflict {
+        holder: Arc<NodeId>,
+    },
+}
+
+/// Every member this node knows, itself included.
+pub struct MemberTable {
+    me: Arc<str>,
+    members: HashMap<Arc<str>, Member>,
+    buckets: [u64; DIGEST_BUCKETS],
+    up: usize,
+}
+
+impl MemberTable {
+    /// A table holding only this node, alive.
+    pub fn new(me: Arc<NodeId>, now: Instant) -> MemberTable {
+        let mut table = MemberTable {
+            me: me.name.clone(),
+            members: HashMap::new(),
+            buckets: [0; DIGEST_BUCKETS],
+            up: 0,
+        };
+        table.insert(Member {
+            id: me,
+            incarnation: 0,
+            status: Status::Alive,
+            since: now,
+            state: None,
+        });
+        table
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Member> {
+        self.members.get(name)
+    }
+
+    pub fn me(&self) -> &Member {
+        self.members.get(&self.me).expect("the table always holds this node")
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Alive and suspect members, this node included.
+    pub fn up_count(&self) -> usize {
+        self.up
+    }
+
+    /// Runs `change` on the entry for `name`, keeping the digest right.
+    fn update(&mut self, name: &str, change: impl FnOnce(&mut Member)) {
+        let Some(m) = self.members.get_mut(name) else { return };
+        let was_up = m.status.is_up();
+        if let Some((b, v)) = m.contribution() {
+            self.buckets[b] ^= v;
+        }
+        change(m);
+        if let Some((b, v)) = m.contribution() {
+            self.buckets[b] ^= v;
+        }
+        match (was_up, m.status.is_up()) {
+            (true, false) => self.up -= 1,
+            (false, true) => self.up += 1,
+            _ => {}
+        }
+    }
+
+    fn insert(&mut self, member: Member) {
+        if let Some((b, v)) = member.contribution() {
+            self.buckets[b] ^= v;
+        }
+        if member.status.is_up() {
+            self.up += 1;
+        }
+        if let Some(old) = self.members.insert(member.id.name.clone(), member) {
+            if let Some((b, v)) = old.contribution() {
+                self.buckets[b] ^= v;
+            }
+            if old.status.is_up() {
+                self.up -= 1;
+            }
+        }
+    }
+
+    /// Applies a record about another member (records about this node are
+    /// the core's to answer).
+    pub fn apply(&mut self, record: &Record, now: Instant) -> Applied {
+        let current = self.members.get(&record.id.name);
+        match judge(current, record) {
+            Verdict::Stale => Applied::Stale,
+            Verdict::SameSuspicion => Applied::SameSuspicion,
+            Verdict::Conflict => Applied::Conflict {
+                holder: current.expect("a conflict needs a holder").id.clone(),
+            },
+            Verdict::Accept => match current.map(|c| c.status) {
+                None => {
+                    self.insert(Member {
+                        id: record.id.clone(),
+                        incarnation: record.incarnation,
+                        status: record.status,
+                        since: now,
+                        state: None,
+                    });
+                    Applied::Added
+                }
+                Some(from) => {
+                    self.update(&record.id.name, |m| {
+                        if m.status != record.status {
+                            m.since = now;
+                        }
+                        m.status = record.status;
+                        m.incarnation = m.incarnation.max(record.incarnation);
+                    });
+                    Applied::Changed { from }
+                }
+            },
+            Verdict::Replace => {
+                let old = current.expect("a replacement needs an entry");
+                let (old_id, from) = (old.id.clone(), old.status);
+                self.insert(Member {
+                    id: record.id.clone(),
+                    incarnation: record.incarnation,
+                    status: record.status,
+                    since: now,
+                    state: None,
+                });
+                Applied::Replaced { old: old_id, from }
+            }
+        }
+    }
+
+    /// Sets this node's own incarnation or status.
+    pub fn set_me(&mut self, incarnation: u32, status: Status, now: Instant) {
+        let me = self.me.clone();
+        self.update(&me, |m| {
+            if m.status != status {
+                m.since = now;
+            }
+            m.incarnation = incarnation;
+            m.status = status;
+        });
+    }
+
+    /// Stores a member's state if it is newer than what we hold for the
+    /// same boot. Answers whether it was stored.
+    pub fn set_state(&mut self, state: &Arc<StateRecord>) -> bool {
+        let newer = self
+            .members
+            .get(&state.name)
+            .is_some_and(|m| m.id.boot == state.boot && state.version > m.state_version());
+        if newer {
+            self.update(&state.name, |m| m.state = Some(state.clone()));
+        }
+        newer
+    }
+
+    /// Removes dead and left members older than `after`; answers their names.
+    pub fn forget(&mut self, now: Instant, after: Duration) -> Vec<Arc<str>> {
+        let gone: Vec<Arc<str>> = self
+            .members
+            .values()
+            .filter(|m| !m.status.is_up() && now.saturating_duration_since(m.since) > after)
+            .map(|m| m.id.name.clone())
+            .collect();
+        for name in &gone {
+            self.members.remove(name);
+        }
+        gone
+    }
+
+    pub fn digest(&self) -> Vec<u64> {
+        self.buckets.to_vec()
+    }
+
+    /// The buckets where `theirs` differs from ours (all of them if it has
+    /// the wrong length).
+    pub fn differing(&self, theirs: &[u64]) -> Vec<u16> {
+        (0..DIGEST_BUCKETS)
+            .filter(|b| theirs.get(*b) != Some(&self.buckets[*b]))
+            .map(|b| b as u16)
+            .collect()
+    }
+
+    /// Our records in `buckets`, dead and left members included (the other
+    /// side may hold them alive).
+    pub fn records_in(&self, buckets: &[u16]) -> Vec<Record> {
+        let wanted: std::collections::HashSet<u16> = buckets.iter().copied().collect();
+        self.members
+            .values()
+            .filter(|m| wanted.contains(&((name_hash(&m.id.name) % DIGEST_BUCKETS as u64) as u16)))
+            .map(Member::record)
+            .collect()
+    }
+
+    pub fn snapshot(&self) -> Vec<Record> {
+        self.members.values().map(Member::record).collect()
+    }
+
+    /// Roughly the bytes this table holds (for the simulator and `debug dump`).
+    pub fn heap_bytes(&self) -> usize {
+        self.members
+            .values()
+            .map(|m| {
+                std::mem::size_of::<Member>()
+                    + 24
+                    + m.id.heap_bytes()
+                    + m.state.as_ref().map_or(0, |s| s.data.len() + 64)
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn id(boot: u64, port: u16) -> Arc<NodeId> {
+        Arc::new(NodeId::new(
+            "x",
+            format!("10.0.0.1:{port}").parse().unwrap(),
+            boot,
+            Default::default(),
+        ))
+    }
+
+    fn member(boot: u64, port: u16, incarnation: u32, status: Status) -> Member {
+        Member {
+            id: id(boot, port),
+            incarnation,
+            status,
+            since: Instant::now(),
+            state: None,
+        }
+    }
+
+    fn record(boot: u64, port: u16, incarnation: u32, status: Status) -> Record {
+        Record {
+            id: id(boot, port),
+            incarnation,
+            status,
+            state_version: 0,
+        }
+    }
+
+    #[test]
+    fn one_boot_follows_swim_precedence() {
+        use Status::*;
+        use Verdict::*;
+        // (held status, held inc, record status, record inc, verdict)
+        let table = [
+            (Alive, 1, Alive, 1, Stale),
+            (Alive, 1, Alive, 2, Accept),
+            (Alive, 1, Suspect, 1, Accept),
+            (Alive, 2, Suspect, 1, Stale),
+            (Suspect, 1, Suspect, 1, SameSuspicion),
+            (Suspect, 1, Suspect, 2, Accept),
+            (Suspect, 1, Alive, 1, Stale),
+            (Suspect, 1, Alive, 2, Accept),
+            (Alive, 1, Dead, 1, Accept),
+            (Suspect, 1, Dead, 1, Accept),
+            (Dead, 1, Dead, 1, Stale),
+            (Dead, 1, Alive, 1, Stale),
+            (Dead, 1, Alive, 2, Accept),
+            (Dead, 1, Suspect, 1, Stale),
+            (Alive, 3, Left, 1, Accept),
+            (Left, 1, Alive, 9, Stale),
+            (Left, 1, Dead, 9, Stale),
+        ];
+        for (held, i, status, j, want) in table {
+            let got = judge(Some(&member(1, 1, i, held)), &record(1, 1, j, status));
+            assert_eq!(got, want, "held {held:?}@{i}, record {status:?}@{j}");
+        }
+        assert_eq!(judge(None, &record(1, 1, 0, Dead)), Accept);
+    }
+
+    #[test]
+    fn boots_restart_in_place_and_live_duplicates_never_win() {
+        use Status::*;
+        use Verdict::*;
+        // (held boot, held port, held status, record boot, record port, record status, verdict)
+        let table = [
+            // A restart at the same address takes over at once.
+            (1, 1, Alive, 2, 1, Alive, Replace),
+            // A newer boot elsewhere waits until the holder is gone.
+            (1, 1, Alive, 2, 2, Alive, Conflict),
+            (1, 1, Suspect, 2, 2, Alive, Conflict),
+            (1, 1, Dead, 2, 2, Alive, Replace),
+            (1, 1, Left, 2, 2, Alive, Replace),
+            (1, 1, Alive, 2, 2, Dead, Stale),
+            // We took the newer one first: the older live holder wins it back.
+            (2, 2, Alive, 1, 1, Alive, Replace),
+            // Old news about an older boot changes nothing.
+            (2, 1, Alive, 1, 1, Alive, Stale),
+            (2, 2, Alive, 1, 1, Dead, Stale),
+            (2, 2, Dead, 1, 1, Alive, Stale),
+        ];
+        for (hb, hp, hs, rb, rp, rs, want) in table {
+            let got = judge(Some(&member(hb, hp, 0, hs)), &record(rb, rp, 0, rs));
+            assert_eq!(got, want, "held boot {hb}@{hp} {hs:?}, record boot {rb}@{rp} {rs:?}");
+        }
+    }
+
+    #[test]
+    fn the_digest_follows_live_members_whatever_the_order_of_news() {
+        let me = Arc::new(NodeId::new("me", "10.0.0.9:1".parse().unwrap(), 1, Default::default()));
+        let now = Instant::now();
+        let mut a = MemberTable::new(me.clone(), now);
+        let mut b = MemberTable::new(me, now);
+        let news = [record(1, 1, 0, Status::Alive), record(1, 1, 1, Status::Alive)];
+        a.apply(&news[0], now);
+        a.apply(&news[1], now);
+        b.apply(&news[1], now);
+        b.apply(&news[0], now);
+        assert_eq!(a.digest(), b.digest());
+        assert!(a.differing(&b.digest()).is_empty());
+        assert_eq!(a.up_count(), 2);
+
+        a.apply(&record(1, 1, 1, Status::Dead), now);
+        assert_eq!(a.up_count(), 1);
+        let diff = a.differing(&b.digest());
+        assert_eq!(diff.len(), 1, "one bucket differs");
+        let records = a.records_in(&diff);
+        assert!(
+            records.iter().any(|r| r.status == Status::Dead),
+            "dead members are sent in a differing bucket"
+        );
+
+        // Once both hold it dead, the digests agree again.
+        b.apply(&record(1, 1, 1, Status::Dead), now);
+        assert_eq!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn state_is_kept_per_boot_and_only_if_newer() {
+        let me = Arc::new(NodeId::new("me", "10.0.0.9:1".parse().unwrap(), 1, Default::default()));
+        let now = Instant::now();
+        let mut t = MemberTable::new(me, now);
+        t.apply(&record(1, 1, 0, Status::Alive), now);
+        let state = |boot: u64, version: u64| {
+            Arc::new(StateRecord {
+                name: "x".into(),
+                boot,
+                version,
+                data: Bytes::from_static(b"report"),
+            })
+        };
+        assert!(t.set_state(&state(1, 2)));
+        assert!(!t.set_state(&state(1, 1)), "older version");
+        assert!(!t.set_state(&state(9, 5)), "another boot");
+        assert_eq!(t.get("x").unwrap().state_version(), 2);
+        let before = t.digest();
+        t.set_state(&state(1, 3));
+        assert_ne!(before, t.digest(), "a new state version shows in the digest");
+    }
+}

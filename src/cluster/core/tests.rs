@@ -1,0 +1,441 @@
+//! The core's rules, each on a few cores joined by an instant in-test
+//! network under a mocked clock. (Many-node behaviour is tested on the
+//! simulator, in `tests/cluster_sim.rs`.)
+
+use super::*;
+use std::collections::BTreeMap;
+
+/// Cores joined by instant links.
+struct Net {
+    cores: Vec<ClusterCore>,
+    /// Which cores run.
+    up: Vec<bool>,
+    now: Instant,
+    /// Our end of a link → (peer core, peer's end).
+    links: HashMap<LinkId, (usize, usize, LinkId)>,
+    next: LinkId,
+    /// Every action each core took, for assertions.
+    log: Vec<(usize, Action)>,
+}
+
+impl Net {
+    fn new() -> Net {
+        Net {
+            cores: Vec::new(),
+            up: Vec::new(),
+            now: Instant::now(),
+            links: HashMap::new(),
+            next: 1,
+            log: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, name: &str, port: u16, boot: u64) -> usize {
+        let id = NodeId::new(name, addr(port), boot, BTreeMap::new());
+        let i = self.cores.len();
+        self.cores
+            .push(ClusterCore::new("test", id, ClusterConfig::local(), i as u64, self.now));
+        self.up.push(true);
+        i
+    }
+
+    fn core_at(&self, a: SocketAddr) -> Option<usize> {
+        (0..self.cores.len()).find(|i| self.up[*i] && self.cores[*i].me().addr == a)
+    }
+
+    /// Delivers every action until nothing moves.
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            for i in 0..self.cores.len() {
+                while let Some(action) = self.cores[i].poll() {
+                    moved = true;
+                    self.log.push((i, action.clone()));
+                    self.carry(i, action);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the network never settled");
+    }
+
+    fn carry(&mut self, i: usize, action: Action) {
+        let now = self.now;
+        match action {
+            Action::Dial { addr } => match self.core_at(addr) {
+                Some(j) => {
+                    let (a, b) = (self.next, self.next + 1);
+                    self.next += 2;
+                    self.links.insert(a, (i, j, b));
+                    self.links.insert(b, (j, i, a));
+                    let from = self.cores[i].me().addr;
+                    self.cores[j].link_up(b, Direction::Inbound, from, now);
+                    self.cores[i].link_up(a, Direction::Outbound, addr, now);
+                }
+                None => self.cores[i].dial_failed(addr, "connection refused", now),
+            },
+            Action::Send { link, frame, .. } => {
+                if let Some(&(_, j, peer)) = self.links.get(&link) {
+                    if self.up[j] {
+                        // Through the codec, as on a real link.
+                        let frame = Frame::decode(frame.encode()).expect("frames decode");
+                        self.cores[j].frame(peer, frame, now);
+                    }
+                }
+            }
+            Action::Close { link, .. } => {
+                if let Some((_, j, peer)) = self.links.remove(&link) {
+                    self.links.remove(&peer);
+                    if self.up[j] {
+                        self.cores[j].link_down(peer, "peer closed the link", now);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Moves the clock in small steps, ticking every core.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += Duration::from_millis(10);
+            for i in 0..self.cores.len() {
+                if self.up[i] {
+                    self.cores[i].tick(self.now);
+                }
+            }
+            self.settle();
+        }
+    }
+
+    fn join(&mut self, i: usize, j: usize) {
+        let a = self.cores[j].me().addr;
+        self.cores[i].join(a, self.now);
+        self.settle();
+    }
+
+    /// Kills core `i`: its links close, as its kernel would.
+    fn kill(&mut self, i: usize) {
+        self.up[i] = false;
+        let mine: Vec<LinkId> = self.links.iter().filter(|(_, l)| l.0 == i).map(|(id, _)| *id).collect();
+        for link in mine {
+            if let Some((_, j, peer)) = self.links.remove(&link) {
+                self.links.remove(&peer);
+                if self.up[j] {
+                    self.cores[j].link_down(peer, "peer closed the link", self.now);
+                }
+            }
+        }
+        self.settle();
+    }
+
+    fn status(&self, observer: usize, name: &str) -> Option<Status> {
+        self.cores[observer].member(name).map(|m| m.status)
+    }
+
+    fn joined(&self, i: usize) -> Vec<&Result<Arc<str>, JoinError>> {
+        self.log
+            .iter()
+            .filter(|(c, _)| *c == i)
+            .filter_map(|(_, a)| match a {
+                Action::Joined { result, .. } => Some(result),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], port))
+}
+
+#[test]
+fn a_join_exchanges_tables_and_every_node_learns_every_other() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let b = net.add("b", 2, 100);
+    let c = net.add("c", 3, 100);
+    net.join(b, a);
+    net.join(c, a);
+    net.advance(Duration::from_millis(500));
+    for i in [a, b, c] {
+        assert_eq!(net.cores[i].up_count(), 3, "{} lists everyone", net.cores[i].me().name);
+        assert_eq!(net.cores[i].standing(), &Standing::Joined);
+    }
+    assert!(matches!(net.joined(b)[..], [Ok(ref n)] if &**n == "a"));
+    // A small cluster is all one overlay.
+    assert_eq!(net.cores[c].linked_peers(), 2);
+}
+
+#[test]
+fn joining_yourself_or_nothing_is_a_clear_answer() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    net.cores[a].join(addr(1), net.now);
+    net.cores[a].join(addr(9), net.now);
+    net.settle();
+    let answers = net.joined(a);
+    assert!(matches!(answers[0], Err(JoinError::Myself)));
+    assert!(matches!(answers[1], Err(JoinError::Link(e)) if e.contains("refused")));
+    assert_eq!(net.cores[a].standing(), &Standing::Alone);
+}
+
+#[test]
+fn a_killed_member_is_suspected_confirmed_and_declared_dead() {
+    let mut net = Net::new();
+    let ids: Vec<usize> = (0..5).map(|i| net.add(&format!("n{i}"), i as u16 + 1, 100)).collect();
+    for i in &ids[1..] {
+        net.join(*i, ids[0]);
+    }
+    net.advance(Duration::from_secs(1));
+    net.kill(ids[4]);
+    // Its links closed: observers probe it at once, fail, and agree.
+    net.advance(Duration::from_secs(2));
+    for i in &ids[..4] {
+        assert_eq!(net.status(*i, "n4"), Some(Status::Dead), "seen by n{i}");
+    }
+    let deaths: u64 = ids[..4].iter().map(|i| net.cores[*i].counters.deaths_declared).sum();
+    assert!(deaths >= 1);
+    let false_alarms: u64 = ids[..4].iter().map(|i| net.cores[*i].counters.refutations).sum();
+    assert_eq!(false_alarms, 0);
+}
+
+#[test]
+fn a_node_suspected_or_declared_dead_refutes_and_comes_back() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let b = net.add("b", 2, 100);
+    net.join(b, a);
+    net.advance(Duration::from_millis(200));
+    // a hears a rumour that b is dead (as after a partition).
+    let b_id = net.cores[b].me().clone();
+    let rumour = Record {
+        id: b_id,
+        incarnation: 0,
+        status: Status::Dead,
+        state_version: 0,
+    };
+    let link = *net.links.iter().find(|(_, l)| l.0 == b).map(|(_, l)| &l.2).unwrap();
+    let now = net.now;
+    net.cores[a].frame(
+        link,
+        Frame::Msgs(vec![Msg::Members {
+            records: vec![rumour.clone()],
+            snapshot: false,
+        }]),
+        now,
+    );
+    net.settle();
+    assert_eq!(
+        net.status(a, "b"),
+        Some(Status::Alive),
+        "anti-entropy news only suspects, and b refutes at once"
+    );
+    assert_eq!(net.cores[b].incarnation(), 1);
+    assert_eq!(net.cores[a].member("b").unwrap().incarnation, 1);
+    assert_eq!(net.cores[b].counters.refutations, 1);
+    assert!(net.cores[b].health() >= 1, "refuting costs local health");
+}
+
+#[test]
+fn a_restart_at_the_same_address_takes_over_at_once() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let b = net.add("b", 2, 100);
+    net.join(b, a);
+    net.advance(Duration::from_millis(200));
+    net.kill(b);
+    let b2 = net.add("b", 2, 200);
+    net.join(b2, a);
+    net.advance(Duration::from_millis(100));
+    let held = net.cores[a].member("b").unwrap();
+    assert_eq!((held.id.boot, held.status), (200, Status::Alive));
+    assert!(net.log.iter().any(|(i, act)| *i == a
+        && matches!(
+            act,
+            Action::Member {
+                change: Change::Restarted,
+                ..
+            }
+        )));
+}
+
+#[test]
+fn a_second_live_process_of_a_name_is_refused_and_gets_in_once_the_first_is_gone() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let x = net.add("x", 2, 100);
+    net.join(x, a);
+    net.advance(Duration::from_millis(300));
+    // Another process claims "x" from another address, started later.
+    let dup = net.add("x", 3, 200);
+    net.join(dup, a);
+    net.advance(Duration::from_millis(300));
+    match net.cores[dup].standing() {
+        Standing::Refused { holder, reason } => {
+            assert_eq!(*holder, addr(2), "names the holder's address");
+            assert!(reason.contains("10.0.0.1:2"), "{reason}");
+        }
+        other => panic!("the duplicate should be refused, is {other:?}"),
+    }
+    assert!(matches!(net.joined(dup)[..], [Err(JoinError::Refused(_))]));
+    let held = net.cores[a].member("x").unwrap();
+    assert_eq!(
+        (held.id.boot, held.status),
+        (100, Status::Alive),
+        "the holder keeps its name"
+    );
+    assert_eq!(net.cores[x].standing(), &Standing::Joined);
+    // Retried while the holder lives: refused again, nothing flaps.
+    net.join(dup, a);
+    net.advance(Duration::from_millis(300));
+    assert!(matches!(net.cores[dup].standing(), Standing::Refused { .. }));
+    assert_eq!(net.cores[a].member("x").unwrap().id.boot, 100);
+    assert_eq!(net.cores[x].counters.refutations, 0);
+
+    // The holder goes away; the next attempt gets in.
+    net.cores[x].leave(net.now);
+    net.settle();
+    net.kill(x);
+    net.advance(Duration::from_millis(100));
+    net.join(dup, a);
+    net.advance(Duration::from_millis(300));
+    assert_eq!(net.cores[dup].standing(), &Standing::Joined);
+    let held = net.cores[a].member("x").unwrap();
+    assert_eq!((held.id.boot, held.status), (200, Status::Alive));
+}
+
+#[test]
+fn the_older_of_two_live_claims_wins_wherever_the_newer_was_seen_first() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let old = net.add("x", 2, 100);
+    let new = net.add("x", 3, 200);
+    // The newer one reaches a first; then the older one says hello.
+    net.join(new, a);
+    net.advance(Duration::from_millis(100));
+    assert_eq!(net.cores[a].member("x").unwrap().id.boot, 200);
+    net.join(old, a);
+    net.advance(Duration::from_millis(300));
+    assert_eq!(
+        net.cores[a].member("x").unwrap().id.boot,
+        100,
+        "the older boot keeps the name"
+    );
+    assert!(matches!(net.cores[new].standing(), Standing::Refused { .. }));
+    assert_eq!(net.cores[old].standing(), &Standing::Joined);
+}
+
+#[test]
+fn a_node_that_leaves_is_listed_left_not_dead() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let b = net.add("b", 2, 100);
+    let c = net.add("c", 3, 100);
+    net.join(b, a);
+    net.join(c, a);
+    net.advance(Duration::from_millis(300));
+    net.cores[c].leave(net.now);
+    net.settle();
+    net.kill(c);
+    net.advance(Duration::from_secs(6));
+    assert_eq!(net.status(a, "c"), Some(Status::Left));
+    assert_eq!(net.status(b, "c"), Some(Status::Left));
+    assert_eq!(net.cores[a].counters.members_died, 0);
+}
+
+#[test]
+fn a_frame_before_hello_or_a_second_hello_closes_the_link() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let now = net.now;
+    net.cores[a].link_up(7, Direction::Inbound, addr(9), now);
+    net.cores[a].frame(7, Frame::Msgs(vec![Msg::Ping { seq: 1 }]), now);
+    assert!(net.cores[a].counters.malformed == 1);
+    let closes: Vec<Action> = std::iter::from_fn(|| net.cores[a].poll())
+        .filter(|a| matches!(a, Action::Close { link: 7, .. }))
+        .collect();
+    assert_eq!(closes.len(), 1);
+    assert_eq!(net.cores[a].link_count(), 0);
+
+    // A hello from another cluster is refused with the reason.
+    net.cores[a].link_up(8, Direction::Inbound, addr(9), now);
+    let stranger = Arc::new(NodeId::new("s", addr(9), 1, BTreeMap::new()));
+    net.cores[a].frame(
+        8,
+        Frame::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            cluster: "other".into(),
+            id: stranger,
+            incarnation: 0,
+        }),
+        now,
+    );
+    let sent: Vec<Action> = std::iter::from_fn(|| net.cores[a].poll()).collect();
+    assert!(sent
+        .iter()
+        .any(|a| matches!(a, Action::Send { frame: Frame::Msgs(m), .. }
+        if matches!(m[..], [Msg::Refused(Refusal::OtherCluster { .. })]))));
+    assert!(sent.iter().any(|a| matches!(a, Action::Close { link: 8, .. })));
+    assert!(net.cores[a].member("s").is_none());
+}
+
+#[test]
+fn states_reach_every_node_once_and_late_ones_are_pulled_by_digest() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let b = net.add("b", 2, 100);
+    net.join(b, a);
+    net.advance(Duration::from_millis(200));
+    net.cores[a]
+        .set_state(Bytes::from_static(b"report one"), net.now)
+        .unwrap();
+    net.settle();
+    let states = |net: &Net, i: usize| -> Vec<Bytes> {
+        net.log
+            .iter()
+            .filter(|(c, _)| *c == i)
+            .filter_map(|(_, act)| match act {
+                Action::State { data, .. } => Some(data.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(states(&net, b), vec![Bytes::from_static(b"report one")]);
+    // A node that joins later gets it through the table exchange.
+    let c = net.add("c", 3, 100);
+    net.join(c, b);
+    net.advance(Duration::from_secs(3));
+    assert_eq!(states(&net, c), vec![Bytes::from_static(b"report one")]);
+    assert_eq!(net.cores[c].member("a").unwrap().state_version(), 1);
+    // Too large a state is refused, not sent.
+    let huge = Bytes::from(vec![0u8; ClusterConfig::local().max_state_bytes + 1]);
+    assert!(matches!(
+        net.cores[a].set_state(huge, net.now),
+        Err(CoreError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn direct_messages_reach_their_node_and_silent_nodes_are_errors() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let b = net.add("b", 2, 100);
+    net.join(b, a);
+    net.advance(Duration::from_millis(200));
+    net.cores[a]
+        .send_direct("b", Bytes::from_static(b"{}"), net.now)
+        .unwrap();
+    net.settle();
+    assert!(net
+        .log
+        .iter()
+        .any(|(i, act)| *i == b && matches!(act, Action::Deliver { direct: true, .. })));
+    assert!(matches!(
+        net.cores[a].send_direct("nobody", Bytes::new(), net.now),
+        Err(CoreError::NotAlive(_))
+    ));
+}

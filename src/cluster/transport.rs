@@ -1,0 +1,181 @@
+//! The transport seam: how the ClusterBridge gets links, whatever carries
+//! them. [`TcpTransport`] is TCP with a Noise `XXpsk3` handshake keyed by the
+//! cluster key; `cluster::memory` is an in-process network for tests.
+
+use super::core::Direction;
+use super::link::{next_link_id, DownReason, LinkEvent, LinkHandle, LinkSetup, Outgoing};
+use super::noise::{handshake, FrameSender, LinkError};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::io::BufWriter;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tracing::{debug, warn, Instrument as _};
+
+/// Something that carries links between nodes.
+pub trait Transport: Send + Sync + 'static {
+    /// The address peers reach this node at, as bound.
+    fn local_addr(&self) -> SocketAddr;
+    /// Starts accepting links; they are reported to `setup.events`.
+    fn listen(&self, setup: LinkSetup) -> tokio::task::JoinHandle<()>;
+    /// Dials `addr`; the outcome is reported to `setup.events`.
+    fn dial(&self, addr: SocketAddr, timeout: Duration, setup: LinkSetup);
+}
+
+/// TCP links with a Noise handshake.
+pub struct TcpTransport {
+    listener: Mutex<Option<TcpListener>>,
+    local: SocketAddr,
+}
+
+impl TcpTransport {
+    /// Takes a bound listener (binding first lets port 0 pick a port).
+    pub fn new(listener: TcpListener) -> std::io::Result<TcpTransport> {
+        let local = listener.local_addr()?;
+        Ok(TcpTransport {
+            listener: Mutex::new(Some(listener)),
+            local,
+        })
+    }
+}
+
+impl Transport for TcpTransport {
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn listen(&self, setup: LinkSetup) -> tokio::task::JoinHandle<()> {
+        let listener = self.listener.lock().ok().and_then(|mut l| l.take());
+        let span = setup.span.clone();
+        tokio::spawn(
+            async move {
+                let Some(listener) = listener else {
+                    warn!("the cluster listener was already taken; not accepting links");
+                    return;
+                };
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, remote)) => {
+                            debug!(%remote, "inbound connection");
+                            tokio::spawn(run_link(stream, remote, Direction::Inbound, setup.clone()));
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "accepting a link failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    fn dial(&self, remote: SocketAddr, timeout: Duration, setup: LinkSetup) {
+        let span = setup.span.clone();
+        tokio::spawn(
+            async move {
+                match tokio::time::timeout(timeout, TcpStream::connect(remote)).await {
+                    Ok(Ok(stream)) => run_link(stream, remote, Direction::Outbound, setup).await,
+                    Ok(Err(e)) => failed(&setup, remote, Direction::Outbound, e.to_string(), false),
+                    Err(_) => failed(
+                        &setup,
+                        remote,
+                        Direction::Outbound,
+                        format!("connect timed out after {timeout:?}"),
+                        false,
+                    ),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn failed(setup: &LinkSetup, remote: SocketAddr, direction: Direction, reason: String, handshake: bool) {
+    setup.events.do_send(LinkEvent::Failed {
+        remote,
+        direction,
+        reason,
+        handshake,
+    });
+}
+
+async fn run_link(mut stream: TcpStream, remote: SocketAddr, direction: Direction, setup: LinkSetup) {
+    let _ = stream.set_nodelay(true);
+    let transport = match handshake(&mut stream, &setup.key, direction == Direction::Outbound).await {
+        Ok(t) => t,
+        Err(e) => return failed(&setup, remote, direction, e.to_string(), true),
+    };
+    let (read_half, write_half) = stream.into_split();
+    let sender = transport.sender(BufWriter::with_capacity(8 * 1024, write_half));
+    let id = next_link_id();
+    let (start_tx, start_rx) = oneshot::channel::<Outgoing>();
+    let events = setup.events.clone();
+    let writer = tokio::spawn(
+        async move {
+            if let Ok(outgoing) = start_rx.await {
+                write_loop(id, sender, outgoing, events).await;
+            }
+        }
+        .instrument(setup.span.clone()),
+    );
+    let (close_tx, mut close_rx) = oneshot::channel();
+    let (handle, outgoing) = LinkHandle::new(id, remote, direction, writer.abort_handle(), close_tx);
+    let _ = start_tx.send(outgoing);
+    if setup.events.send(LinkEvent::Up(handle)).await.is_err() {
+        return;
+    }
+    let mut receiver = transport.receiver(read_half, setup.max_frame);
+    let reason = loop {
+        tokio::select! {
+            _ = &mut close_rx => return,
+            next = receiver.recv() => match next {
+                Ok(Some(frame)) => {
+                    if setup.events.send(LinkEvent::Frame { id, frame }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break DownReason::PeerClosed,
+                Err(e @ LinkError::FrameTooLarge { .. }) => break DownReason::Oversized(e.to_string()),
+                Err(e) => break DownReason::Failed(e.to_string()),
+            }
+        }
+    };
+    setup.events.do_send(LinkEvent::Down { id, reason });
+}
+
+async fn write_loop(
+    id: u64,
+    mut sender: FrameSender<BufWriter<OwnedWriteHalf>>,
+    mut outgoing: Outgoing,
+    events: actix::Recipient<LinkEvent>,
+) {
+    while let Some(first) = outgoing.next().await {
+        let mut written = 0;
+        let mut next = Some(first);
+        // Write what is waiting, then flush once.
+        let result = async {
+            while let Some(frame) = next.take() {
+                sender.send(&frame).await?;
+                written += frame.len();
+                if written < 256 * 1024 {
+                    next = outgoing.try_next();
+                }
+            }
+            sender.flush().await
+        }
+        .await;
+        outgoing.written(written);
+        if let Err(e) = result {
+            events.do_send(LinkEvent::Down {
+                id,
+                reason: DownReason::Failed(format!("write failed: {e}")),
+            });
+            return;
+        }
+    }
+    // The handle is gone and everything queued is written: close our side.
+    let _ = sender.flush().await;
+}

@@ -1,0 +1,499 @@
+//! The simulator's standard run (`make sim N=…`): a simultaneous start, a
+//! late joiner, an idle window, broadcasts, two crashes, then 10% loss and
+//! overload, measured the way the benchmark measures real nodes.
+
+use super::{Crash, NodeStats, Sim, SimConfig};
+use crate::cluster::core::{Change, Standing};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ScenarioConfig {
+    pub nodes: usize,
+    pub seed: u64,
+    /// Nodes start at random moments within this window.
+    pub start_spread: Duration,
+    pub idle: Duration,
+    pub broadcasts: usize,
+    pub loss: f64,
+    pub loss_duration: Duration,
+    /// Share of nodes made slow, how slow, and the broadcasts per second
+    /// the cluster carries meanwhile.
+    pub overload_share: f64,
+    pub overload_factor: f64,
+    pub overload_rate: f64,
+    pub overload_duration: Duration,
+    /// Bytes of each node's state: a status report, deflated, as a node
+    /// publishes it (a three-module report of 2.5 KiB deflates to about
+    /// 700 bytes).
+    pub state_bytes: usize,
+    /// Give up on convergence after this long.
+    pub limit: Duration,
+}
+
+impl ScenarioConfig {
+    pub fn new(nodes: usize) -> ScenarioConfig {
+        ScenarioConfig {
+            nodes,
+            seed: 1,
+            start_spread: Duration::from_millis(500),
+            idle: Duration::from_secs(30),
+            broadcasts: 100,
+            loss: 0.10,
+            loss_duration: Duration::from_secs(300),
+            overload_share: 0.10,
+            overload_factor: 1000.0,
+            overload_rate: 20.0,
+            overload_duration: Duration::from_secs(60),
+            state_bytes: 700,
+            limit: Duration::from_secs(180),
+        }
+    }
+}
+
+/// Per-node figures over a window: mean and max.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Spread {
+    pub mean: f64,
+    pub max: f64,
+}
+
+fn spread(values: impl Iterator<Item = f64>) -> Spread {
+    let (mut sum, mut max, mut n) = (0.0, 0.0f64, 0usize);
+    for v in values {
+        sum += v;
+        max = max.max(v);
+        n += 1;
+    }
+    Spread {
+        mean: if n == 0 { 0.0 } else { sum / n as f64 },
+        max,
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub nodes: usize,
+    pub seed: u64,
+    /// From the first node's start until every node lists every node up;
+    /// `None` if that did not happen within the limit.
+    pub converge_ms: Option<f64>,
+    /// Nodes that listed everyone when the limit came (if it did).
+    pub converged_nodes: usize,
+    pub late_join_ms: Option<f64>,
+    /// Per node, in the idle window (a state republished every
+    /// `state_refresh_s` per node, as the Monitor does).
+    pub idle_msgs_per_s: Spread,
+    pub idle_frames_per_s: Spread,
+    pub idle_bytes_per_s: Spread,
+    pub state_refresh_s: f64,
+    pub open_links: Spread,
+    pub max_links_ever: usize,
+    pub memory_kib: Spread,
+    pub broadcasts: usize,
+    pub broadcast_reach: f64,
+    pub broadcast_p50_ms: f64,
+    pub broadcast_p99_ms: f64,
+    pub broadcast_max_ms: f64,
+    /// p99 in mean one-way link latencies.
+    pub broadcast_p99_link_latencies: f64,
+    /// Frames each node received per broadcast (1 is ideal).
+    pub frames_per_broadcast: f64,
+    /// Until every survivor lists a silently crashed host dead.
+    pub detect_silent_ms: Option<f64>,
+    pub detect_silent_p50_ms: Option<f64>,
+    /// Until every survivor lists a killed process dead.
+    pub detect_reset_ms: Option<f64>,
+    pub false_dead_steady: u64,
+    pub loss: f64,
+    pub loss_s: f64,
+    pub false_dead_loss: u64,
+    pub suspicions_loss: u64,
+    pub overload_nodes: usize,
+    pub overload_s: f64,
+    pub false_dead_overload: u64,
+    pub suspicions_overload: u64,
+    pub overload_max_queue_ms: f64,
+    pub sim_events: u64,
+    pub wall_s: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Starts `n` nodes at random moments within `spread`, all joining node 0,
+/// retrying like the seed task does, and runs until every node lists every
+/// node, or `limit`. Answers the time it took.
+pub fn start_cluster(sim: &mut Sim, n: usize, spread: Duration, limit: Duration) -> Option<Duration> {
+    let t0 = sim.now();
+    let mut starts: Vec<(Duration, usize)> = Vec::new();
+    for i in 0..n {
+        let at = if i == 0 {
+            Duration::ZERO
+        } else {
+            spread.mul_f64(rand_unit(sim.config.seed, i))
+        };
+        starts.push((at, i));
+    }
+    starts.sort();
+    let first = sim.nodes.len();
+    let mut pending = starts.into_iter().peekable();
+    let mut retry: HashMap<usize, (Duration, Duration)> = HashMap::new();
+    loop {
+        let now = sim.now() - t0;
+        while let Some((at, i)) = pending.peek().copied() {
+            if at > now {
+                break;
+            }
+            pending.next();
+            let idx = sim.add_node(&format!("n{i}"));
+            if i > 0 {
+                sim.join(idx, first);
+                retry.insert(
+                    idx,
+                    (sim.now() + Duration::from_millis(250), Duration::from_millis(250)),
+                );
+            }
+        }
+        // Seeds are retried with backoff until the node is in.
+        let due: Vec<usize> = retry
+            .iter()
+            .filter(|(_, (at, _))| *at <= sim.now())
+            .map(|(i, _)| *i)
+            .collect();
+        for i in due {
+            if sim.nodes[i].core.standing() == &Standing::Joined {
+                retry.remove(&i);
+            } else {
+                let (_, backoff) = retry[&i];
+                sim.join(i, first);
+                let next = (backoff * 2).min(Duration::from_secs(30));
+                retry.insert(i, (sim.now() + next, next));
+            }
+        }
+        if pending.peek().is_none() && sim.converged() {
+            return Some(sim.now() - t0);
+        }
+        if now > limit {
+            return None;
+        }
+        sim.run_for(Duration::from_millis(20));
+    }
+}
+
+/// A repeatable number in [0, 1) for node `i`.
+fn rand_unit(seed: u64, i: usize) -> f64 {
+    let h = crate::cluster::core::hash::combine(seed, i as u64);
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Runs until every running node has seen `victim` dead; answers when
+/// the last and the median one did.
+fn wait_dead(sim: &mut Sim, victim: &str, since: Duration, limit: Duration) -> (Option<f64>, Option<f64>) {
+    let deadline = sim.now() + limit;
+    loop {
+        let seen: HashSet<usize> = sim
+            .seen
+            .iter()
+            .filter(|s| s.member == victim && s.change == Change::Dead)
+            .map(|s| s.observer)
+            .collect();
+        let survivors: Vec<usize> = (0..sim.nodes.len())
+            .filter(|i| sim.nodes[*i].up && sim.nodes[*i].name != victim)
+            .collect();
+        if survivors.iter().all(|i| seen.contains(i)) {
+            let mut times: Vec<f64> = survivors
+                .iter()
+                .filter_map(|i| {
+                    sim.seen
+                        .iter()
+                        .find(|s| s.observer == *i && s.member == victim && s.change == Change::Dead)
+                        .map(|s| ms(s.at - since))
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            return (times.last().copied(), Some(percentile(&times, 50.0)));
+        }
+        if sim.now() > deadline {
+            return (None, None);
+        }
+        sim.run_for(Duration::from_millis(10));
+    }
+}
+
+fn totals(sim: &Sim) -> Vec<NodeStats> {
+    sim.nodes.iter().map(|n| n.stats).collect()
+}
+
+/// Every node republishes its state this often, as the Monitor does: at
+/// least every 10 s, and every N/2 s in larger clusters, so the cluster
+/// carries about two states per second whatever its size.
+pub fn state_refresh(nodes: usize) -> Duration {
+    Duration::from_secs_f64((nodes as f64 / 2.0).max(10.0))
+}
+
+/// The standard run.
+pub fn run(config: &ScenarioConfig, progress: impl Fn(&str)) -> Report {
+    let wall = Instant::now();
+    let mut sim = Sim::new(SimConfig::lan(config.seed));
+    let n = config.nodes;
+    let mut report = Report {
+        nodes: n,
+        seed: config.seed,
+        ..Report::default()
+    };
+
+    progress(&format!("starting {n} nodes"));
+    report.converge_ms = start_cluster(&mut sim, n, config.start_spread, config.limit).map(ms);
+    report.converged_nodes = sim.nodes.iter().filter(|x| x.core.up_count() == n).count();
+    if report.converge_ms.is_none() {
+        progress(&format!(
+            "not converged after {:?}: {} of {n} nodes list everyone",
+            config.limit, report.converged_nodes
+        ));
+        report.sim_events = sim.events;
+        report.wall_s = wall.elapsed().as_secs_f64();
+        return report;
+    }
+    progress(&format!("converged in {:.0} ms", report.converge_ms.unwrap_or(0.0)));
+
+    // Every node publishes its status report once.
+    for i in 0..n {
+        sim.set_state(i, config.state_bytes);
+    }
+    sim.run_for(Duration::from_secs(2));
+
+    progress("late joiner");
+    let t = sim.now();
+    let late = sim.add_node("late");
+    sim.join(late, 0);
+    loop {
+        if sim.nodes.iter().all(|x| x.core.up_count() == n + 1) {
+            report.late_join_ms = Some(ms(sim.now() - t));
+            break;
+        }
+        if sim.now() - t > Duration::from_secs(60) {
+            break;
+        }
+        sim.run_for(Duration::from_millis(10));
+    }
+    sim.run_for(Duration::from_secs(2));
+
+    progress("idle window");
+    let false_before = sim.false_deaths;
+    let before = totals(&sim);
+    let refresh = state_refresh(n + 1);
+    report.state_refresh_s = refresh.as_secs_f64();
+    let start = sim.now();
+    let mut next_state: Vec<Duration> = (0..sim.nodes.len())
+        .map(|i| start + refresh.mul_f64(rand_unit(config.seed ^ 0x5eed, i)))
+        .collect();
+    while sim.now() < start + config.idle {
+        for (i, at) in next_state.iter_mut().enumerate() {
+            if *at <= sim.now() {
+                sim.set_state(i, config.state_bytes);
+                *at += refresh;
+            }
+        }
+        sim.run_for(Duration::from_millis(100));
+    }
+    let secs = (sim.now() - start).as_secs_f64();
+    let after = totals(&sim);
+    let rate = |f: fn(&NodeStats) -> u64| spread(before.iter().zip(&after).map(|(b, a)| (f(a) - f(b)) as f64 / secs));
+    report.idle_msgs_per_s = rate(|s| s.msgs_in + s.msgs_out);
+    report.idle_frames_per_s = rate(|s| s.frames_in + s.frames_out);
+    report.idle_bytes_per_s = rate(|s| s.bytes_in + s.bytes_out);
+    report.open_links = spread(sim.nodes.iter().map(|x| x.core.link_count() as f64));
+    report.max_links_ever = sim.nodes.iter().map(|x| x.stats.max_links).max().unwrap_or(0);
+    report.memory_kib = spread(sim.nodes.iter().map(|x| x.core.heap_bytes() as f64 / 1024.0));
+
+    progress("broadcasts");
+    let frames_before: u64 = sim.nodes.iter().map(|x| x.stats.frames_in).sum();
+    let mut sent: Vec<(u128, usize, Duration)> = Vec::new();
+    sim.deliveries.clear();
+    let total = sim.nodes.len();
+    for b in 0..config.broadcasts {
+        let origin = (crate::cluster::core::hash::combine(config.seed, b as u64) as usize) % total;
+        let id = sim.broadcast(origin, 256);
+        sent.push((id, origin, sim.now()));
+        sim.run_for(Duration::from_millis(50));
+    }
+    sim.run_for(Duration::from_secs(3));
+    let frames_after: u64 = sim.nodes.iter().map(|x| x.stats.frames_in).sum();
+    let by_id: HashMap<u128, (usize, Duration)> = sent.iter().map(|(id, o, t)| (*id, (*o, *t))).collect();
+    let mut latencies = Vec::new();
+    let mut reached: HashSet<(u128, usize)> = HashSet::new();
+    for d in &sim.deliveries {
+        if let Some((origin, t)) = by_id.get(&d.id) {
+            if d.node != *origin && reached.insert((d.id, d.node)) {
+                latencies.push(ms(d.at - *t));
+            }
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    report.broadcasts = config.broadcasts;
+    report.broadcast_reach = reached.len() as f64 / (config.broadcasts * (total - 1)) as f64;
+    report.broadcast_p50_ms = percentile(&latencies, 50.0);
+    report.broadcast_p99_ms = percentile(&latencies, 99.0);
+    report.broadcast_max_ms = latencies.last().copied().unwrap_or(f64::NAN);
+    report.broadcast_p99_link_latencies = report.broadcast_p99_ms / ms(sim.config.mean_latency());
+    report.frames_per_broadcast = (frames_after - frames_before) as f64 / (config.broadcasts as f64 * total as f64);
+
+    progress("silent crash");
+    let victim = sim.nodes[total / 2].name.clone();
+    sim.watch.insert(victim.clone());
+    let t = sim.now();
+    sim.crash(total / 2, Crash::Silent);
+    let (last, median) = wait_dead(&mut sim, &victim, t, Duration::from_secs(60));
+    report.detect_silent_ms = last;
+    report.detect_silent_p50_ms = median;
+    sim.run_for(Duration::from_secs(2));
+
+    progress("killed process");
+    let victim = sim.nodes[total / 3].name.clone();
+    sim.watch.insert(victim.clone());
+    let t = sim.now();
+    sim.crash(total / 3, Crash::Reset);
+    report.detect_reset_ms = wait_dead(&mut sim, &victim, t, Duration::from_secs(60)).0;
+    sim.run_for(Duration::from_secs(2));
+    report.false_dead_steady = sim.false_deaths - false_before;
+
+    if !config.loss_duration.is_zero() {
+        progress(&format!(
+            "{:.0}% loss for {:?}",
+            config.loss * 100.0,
+            config.loss_duration
+        ));
+        let (f0, s0) = (sim.false_deaths, sim.suspicions);
+        sim.config.loss = config.loss;
+        sim.run_for(config.loss_duration);
+        sim.config.loss = 0.0;
+        sim.run_for(Duration::from_secs(5));
+        report.loss = config.loss;
+        report.loss_s = config.loss_duration.as_secs_f64();
+        report.false_dead_loss = sim.false_deaths - f0;
+        report.suspicions_loss = sim.suspicions - s0;
+    }
+
+    if !config.overload_duration.is_zero() {
+        progress(&format!("overload for {:?}", config.overload_duration));
+        let (f0, s0) = (sim.false_deaths, sim.suspicions);
+        let slow: Vec<usize> = (0..total)
+            .filter(|i| sim.nodes[*i].up && rand_unit(config.seed ^ 0x510, *i) < config.overload_share)
+            .collect();
+        for i in &slow {
+            sim.nodes[*i].slow = config.overload_factor;
+            sim.nodes[*i].stats.max_queue_delay = Duration::ZERO;
+        }
+        let start = sim.now();
+        let step = Duration::from_secs_f64(1.0 / config.overload_rate.max(0.1));
+        let mut b = 0u64;
+        while sim.now() < start + config.overload_duration {
+            let origin = (crate::cluster::core::hash::combine(config.seed ^ 0xb, b) as usize) % total;
+            b += 1;
+            if sim.nodes[origin].up {
+                sim.broadcast(origin, 1024);
+            }
+            sim.run_for(step);
+        }
+        report.overload_max_queue_ms = slow
+            .iter()
+            .map(|i| ms(sim.nodes[*i].stats.max_queue_delay))
+            .fold(0.0, f64::max);
+        for i in &slow {
+            sim.nodes[*i].slow = 1.0;
+        }
+        sim.run_for(Duration::from_secs(10));
+        report.overload_nodes = slow.len();
+        report.overload_s = config.overload_duration.as_secs_f64();
+        report.false_dead_overload = sim.false_deaths - f0;
+        report.suspicions_overload = sim.suspicions - s0;
+    }
+
+    report.sim_events = sim.events;
+    report.wall_s = wall.elapsed().as_secs_f64();
+    report
+}
+
+/// The report as the table `make sim` prints.
+pub fn table(reports: &[Report]) -> String {
+    let opt = |v: Option<f64>| v.map_or("never".to_string(), |v| format!("{v:.0}"));
+    let mut out = String::new();
+    out.push_str("| measure | ");
+    out.push_str(
+        &reports
+            .iter()
+            .map(|r| format!("N = {}", r.nodes))
+            .collect::<Vec<_>>()
+            .join(" | "),
+    );
+    out.push_str(" |\n|---|");
+    out.push_str(&"---:|".repeat(reports.len()));
+    out.push('\n');
+    let mut row = |name: &str, f: &dyn Fn(&Report) -> String| {
+        out.push_str(&format!("| {name} | "));
+        out.push_str(&reports.iter().map(f).collect::<Vec<_>>().join(" | "));
+        out.push_str(" |\n");
+    };
+    row("simultaneous start: all list all (ms)", &|r| opt(r.converge_ms));
+    row("late joiner known to all (ms)", &|r| opt(r.late_join_ms));
+    row("idle msgs/s per node, mean (max)", &|r| {
+        format!("{:.1} ({:.1})", r.idle_msgs_per_s.mean, r.idle_msgs_per_s.max)
+    });
+    row("idle frames/s per node, mean (max)", &|r| {
+        format!("{:.1} ({:.1})", r.idle_frames_per_s.mean, r.idle_frames_per_s.max)
+    });
+    row("idle KB/s per node, mean (max)", &|r| {
+        format!(
+            "{:.2} ({:.2})",
+            r.idle_bytes_per_s.mean / 1000.0,
+            r.idle_bytes_per_s.max / 1000.0
+        )
+    });
+    row("open links per node, mean (max ever)", &|r| {
+        format!("{:.1} ({})", r.open_links.mean, r.max_links_ever)
+    });
+    row("cluster state held per node, KiB mean (max)", &|r| {
+        format!("{:.0} ({:.0})", r.memory_kib.mean, r.memory_kib.max)
+    });
+    row("broadcast reach", &|r| format!("{:.2}%", r.broadcast_reach * 100.0));
+    row("broadcast p50 / p99 / max (ms)", &|r| {
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            r.broadcast_p50_ms, r.broadcast_p99_ms, r.broadcast_max_ms
+        )
+    });
+    row("broadcast p99 in link latencies", &|r| {
+        format!("{:.1}", r.broadcast_p99_link_latencies)
+    });
+    row("frames received per node per broadcast", &|r| {
+        format!("{:.2}", r.frames_per_broadcast)
+    });
+    row("host lost silently: dead on all (ms), median", &|r| {
+        format!("{}, {}", opt(r.detect_silent_ms), opt(r.detect_silent_p50_ms))
+    });
+    row("process killed: dead on all (ms)", &|r| opt(r.detect_reset_ms));
+    row("false dead, steady", &|r| r.false_dead_steady.to_string());
+    row("false dead at 10% loss (suspicions)", &|r| {
+        format!("{} ({}) over {:.0} s", r.false_dead_loss, r.suspicions_loss, r.loss_s)
+    });
+    row("false dead under overload (suspicions)", &|r| {
+        format!(
+            "{} ({}), {} slow nodes, queue ≤ {:.0} ms",
+            r.false_dead_overload, r.suspicions_overload, r.overload_nodes, r.overload_max_queue_ms
+        )
+    });
+    row("simulator wall time (s)", &|r| format!("{:.1}", r.wall_s));
+    out
+}

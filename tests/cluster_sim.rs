@@ -1,0 +1,190 @@
+//! Many nodes' cluster cores — the code every node runs — on the
+//! simulator's virtual network, in one process and in virtual time: a
+//! simultaneous start, overload, a duplicate name, and a partition that
+//! heals. Each runs in seconds without root or sockets.
+
+use conjoiner::cluster::core::Standing;
+use conjoiner::cluster::protocol::Status;
+use conjoiner::sim::scenario::start_cluster;
+use conjoiner::sim::{Crash, Sim, SimConfig};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn cluster(n: usize, seed: u64) -> Sim {
+    let mut sim = Sim::new(SimConfig::lan(seed));
+    let took = start_cluster(&mut sim, n, Duration::from_millis(500), Duration::from_secs(60));
+    assert!(
+        took.is_some(),
+        "{n} nodes did not converge in 60 s: {} list everyone",
+        sim.nodes.iter().filter(|x| x.core.up_count() == n).count()
+    );
+    sim
+}
+
+fn status(sim: &Sim, observer: usize, member: &str) -> Option<Status> {
+    sim.nodes[observer].core.member(member).map(|m| m.status)
+}
+
+#[test]
+fn a_hundred_nodes_started_at_once_converge_without_false_deaths_or_link_growth() {
+    let mut sim = Sim::new(SimConfig::lan(7));
+    let took =
+        start_cluster(&mut sim, 100, Duration::from_millis(500), Duration::from_secs(60)).expect("100 nodes converge");
+    assert!(took < Duration::from_secs(30), "converged only after {took:?}");
+    // And stay converged through a steady minute. The seed held one link
+    // per joiner during the start; those close once idle, and then each
+    // node holds a few links (its ring neighbours), not one per member.
+    let cap = sim.config.cluster.max_links;
+    let overlay_bound = 2 * sim.config.cluster.rings + 4;
+    let settle = sim.config.cluster.link_idle + Duration::from_secs(2);
+    let mut most_links = 0;
+    for second in 0..60 {
+        sim.run_for(Duration::from_secs(1));
+        let now_most = sim.nodes.iter().map(|n| n.core.link_count()).max().unwrap_or(0);
+        assert!(now_most <= cap, "a node held {now_most} links (cap {cap})");
+        if Duration::from_secs(second) >= settle {
+            most_links = most_links.max(now_most);
+        }
+    }
+    assert!(sim.converged(), "still every node lists every node");
+    assert_eq!(sim.false_deaths, 0, "no node was declared dead");
+    assert_eq!(sim.suspicions, 0, "nor even suspected");
+    assert!(
+        (1..=overlay_bound).contains(&most_links),
+        "a node held {most_links} links once settled (bound {overlay_bound})"
+    );
+}
+
+#[test]
+fn slow_nodes_under_a_broadcast_storm_are_not_declared_dead() {
+    let mut sim = cluster(60, 3);
+    // Six nodes whose CPU runs 200 times slower than the rest, while the
+    // cluster carries twenty 1 KiB broadcasts a second.
+    for i in (5..60).step_by(10) {
+        sim.nodes[i].slow = 500.0;
+    }
+    for b in 0..400 {
+        let origin = (b * 7) % 60;
+        sim.broadcast(origin, 1024);
+        sim.run_for(Duration::from_millis(50));
+    }
+    let slowest = sim
+        .nodes
+        .iter()
+        .map(|n| n.stats.max_queue_delay)
+        .max()
+        .unwrap_or_default();
+    assert!(
+        slowest > Duration::from_secs(1),
+        "the overload is real: frames waited {slowest:?}"
+    );
+    for n in &mut sim.nodes {
+        n.slow = 1.0;
+    }
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.false_deaths, 0, "no slow node was declared dead");
+    assert!(sim.converged());
+}
+
+#[test]
+fn a_second_process_with_a_taken_name_is_refused_and_never_disturbs_the_holder() {
+    let mut sim = cluster(20, 5);
+    let holder = sim.index_of("n7").unwrap();
+    let holder_addr = sim.nodes[holder].addr;
+    sim.watch.insert("n7".into());
+    // A second "n7" on another host joins through n0.
+    let dup_addr = SocketAddr::from(([10, 9, 9, 9], 7946));
+    let dup = sim.add_node_at("n7", dup_addr);
+    sim.join(dup, 0);
+    sim.run_for(Duration::from_secs(5));
+    match sim.nodes[dup].core.standing() {
+        Standing::Refused { holder, reason } => {
+            assert_eq!(*holder, holder_addr);
+            assert!(reason.contains(&holder_addr.to_string()), "{reason}");
+        }
+        other => panic!("the duplicate should be refused, is {other:?}"),
+    }
+    // It keeps trying, as the seed task does; nothing flaps meanwhile.
+    for _ in 0..5 {
+        sim.join(dup, 3);
+        sim.run_for(Duration::from_secs(2));
+    }
+    let boot = sim.nodes[holder].core.me().boot;
+    for (i, node) in sim.nodes.iter().enumerate().filter(|(i, _)| *i != dup && *i != holder) {
+        let held = node.core.member("n7").unwrap();
+        assert_eq!(
+            (held.id.boot, held.status),
+            (boot, Status::Alive),
+            "as seen by node {i}"
+        );
+    }
+    let changes: Vec<_> = sim.seen.iter().filter(|s| s.member == "n7").collect();
+    assert!(
+        changes.is_empty(),
+        "the holder never changed state anywhere: {changes:?}"
+    );
+    assert_eq!(sim.nodes[holder].core.counters.refutations, 0);
+
+    // The duplicate goes away: nothing changes for the holder.
+    sim.crash(dup, Crash::Reset);
+    sim.run_for(Duration::from_secs(5));
+    assert!(sim.converged());
+    assert_eq!(sim.false_deaths, 0);
+
+    // If instead the holder dies, a newcomer of that name gets in.
+    let second = sim.add_node_at("n7", SocketAddr::from(([10, 9, 9, 8], 7946)));
+    sim.join(second, 0);
+    sim.run_for(Duration::from_secs(2));
+    assert!(matches!(sim.nodes[second].core.standing(), Standing::Refused { .. }));
+    sim.crash(holder, Crash::Silent);
+    sim.run_for(Duration::from_secs(10));
+    sim.join(second, 0);
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.nodes[second].core.standing(), &Standing::Joined);
+    let new_boot = sim.nodes[second].core.me().boot;
+    for i in 0..20 {
+        if i != holder {
+            let held = sim.nodes[i].core.member("n7").unwrap();
+            assert_eq!((held.id.boot, held.status), (new_boot, Status::Alive), "node {i}");
+        }
+    }
+}
+
+#[test]
+fn a_partition_is_seen_on_both_sides_and_heals_by_itself() {
+    let n = 40;
+    let mut sim = cluster(n, 11);
+    let groups: Vec<u32> = (0..n as u32).map(|i| i % 2).collect();
+    sim.partition(&groups);
+    sim.run_for(Duration::from_secs(30));
+    // Each side sees the other side dead, and its own side alive.
+    for i in 0..n {
+        for j in 0..n {
+            let want = if groups[i] == groups[j] {
+                Status::Alive
+            } else {
+                Status::Dead
+            };
+            let name = sim.nodes[j].name.clone();
+            let observer = &sim.nodes[i].name;
+            assert_eq!(status(&sim, i, &name), Some(want), "{observer} about {name}");
+        }
+    }
+    assert_eq!(sim.false_deaths, 0, "nobody declared a node of its own side dead");
+    sim.heal();
+    let healed = sim.now();
+    let mut took = None;
+    for _ in 0..600 {
+        sim.run_for(Duration::from_millis(100));
+        if sim.converged() {
+            took = Some(sim.now() - healed);
+            break;
+        }
+    }
+    let took = took.expect("every node lists every node again within 60 s of the heal");
+    assert!(took < Duration::from_secs(30), "healed after {took:?}");
+    assert_eq!(
+        sim.false_deaths, 0,
+        "after the heal every node is reachable, and none was declared dead"
+    );
+}
