@@ -36,14 +36,15 @@ fn dashboard_lists_the_nodes_and_shows_a_killed_one_dead_without_reload() {
     names.sort();
     assert_eq!(names, ["alpha", "beta", "gamma"]);
 
-    // Tags and the module tables with each module's own status.
-    let gamma_text = browser.eval("document.querySelector('[data-node=gamma]').textContent");
-    let gamma_text = gamma_text.as_str().unwrap();
+    // Tags and the module tables with each module's own status. A node's
+    // first report may come before its last module started (a changed
+    // report goes out at once), so wait for the one that lists echo.
+    let gamma_text = wait_for(LIMIT, "gamma's card to list its echo module", || {
+        let text = browser.eval("document.querySelector('[data-node=gamma]').textContent");
+        let text = text.as_str()?.to_string();
+        (text.contains("echo") && text.contains("requests")).then_some(text)
+    });
     assert!(gamma_text.contains("role=db"), "{gamma_text}");
-    assert!(
-        gamma_text.contains("echo") && gamma_text.contains("requests"),
-        "{gamma_text}"
-    );
     let modules = browser.eval("document.querySelectorAll('[data-node=beta] tr[data-module]').length");
     assert_eq!(
         modules,

@@ -216,8 +216,17 @@ impl ClusterBridge {
         }
     }
 
+    /// Membership changes are rare and are what an operator looks for, so
+    /// they are logged at info (a death at warn), as Serf does.
     fn member_changed(&mut self, id: &NodeId, change: Change) {
-        debug!(member = %id.name, change = ?change, "membership change");
+        let (member, addr) = (&*id.name, id.addr);
+        match change {
+            Change::Alive => info!(member, %addr, "member alive"),
+            Change::Suspect => info!(member, %addr, "member suspect"),
+            Change::Dead => warn!(member, %addr, "member declared dead"),
+            Change::Left => info!(member, %addr, "member left"),
+            Change::Restarted => info!(member, %addr, boot = id.boot, "member restarted with a new boot"),
+        }
     }
 
     fn members(&self) -> Vec<Member> {

@@ -216,6 +216,9 @@ pub enum Msg {
     },
     /// Stop pushing to me eagerly over this grafted link: I had it already.
     Prune,
+    /// The sender lost its parent and has no neighbour nearer the root:
+    /// its children look for another parent, the rest send their beacon.
+    Orphan,
     /// Anti-entropy: a hash per bucket of the sender's live members.
     Digest {
         buckets: Vec<u64>,
@@ -235,6 +238,20 @@ pub enum Msg {
     },
     /// The link is refused, and why; the sender closes it.
     Refused(Refusal),
+}
+
+impl Msg {
+    /// The queue this message waits in. Liveness (probes, membership news,
+    /// the tree's shape) goes first; payloads and the lazy repair ids that
+    /// grow with the broadcast rate wait behind, so a flood of broadcasts
+    /// never delays an ack.
+    pub fn lane(&self) -> Lane {
+        match self {
+            Msg::Gossip { payload, .. } => payload.lane(),
+            Msg::Members { .. } | Msg::States { .. } | Msg::IHave { .. } => Lane::Bulk,
+            _ => Lane::Control,
+        }
+    }
 }
 
 /// Which queue of a link a frame waits in: control frames go first, so

@@ -25,7 +25,7 @@
 pub mod scenario;
 
 use crate::cluster::core::{Action, Change, ClusterCore, Direction, LinkId};
-use crate::cluster::protocol::{Frame, Lane, Msg, MsgId};
+use crate::cluster::protocol::{Frame, Lane, MsgId};
 use crate::cluster::{ClusterConfig, NodeId};
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -134,12 +134,7 @@ impl Work {
             Work::Frame {
                 frame: Frame::Msgs(msgs),
                 ..
-            } if msgs
-                .iter()
-                .any(|m| matches!(m, Msg::Gossip { payload, .. } if payload.lane() == Lane::Bulk)) =>
-            {
-                Lane::Bulk
-            }
+            } if msgs.iter().any(|m| m.lane() == Lane::Bulk) => Lane::Bulk,
             Work::Frame {
                 frame: Frame::Direct(_),
                 ..

@@ -461,8 +461,8 @@ pub fn table(reports: &[Report]) -> String {
             r.idle_bytes_per_s.max / 1000.0
         )
     });
-    row("open links per node, mean (max ever)", &|r| {
-        format!("{:.1} ({})", r.open_links.mean, r.max_links_ever)
+    row("open links per node after idle, mean (max); max during start", &|r| {
+        format!("{:.1} ({}); {}", r.open_links.mean, r.open_links.max, r.max_links_ever)
     });
     row("cluster state held per node, KiB mean (max)", &|r| {
         format!("{:.0} ({:.0})", r.memory_kib.mean, r.memory_kib.max)

@@ -47,8 +47,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
-/// Anti-entropy ships at most this many differing buckets per exchange.
-const MAX_BUCKETS_PER_EXCHANGE: usize = 4;
+/// Anti-entropy ships about this many member records per exchange at most:
+/// every differing bucket in a small cluster, one or two in a large one.
+const MAX_RECORDS_PER_EXCHANGE: usize = 256;
 
 /// Identifies one link for its whole life (given by the transport).
 pub type LinkId = u64;
@@ -747,6 +748,12 @@ impl ClusterCore {
         helpers(&self.by_peer, &self.table, target, offset, self.config.indirect_probes)
     }
 
+    /// Brings the next anti-entropy round forward to a tenth of its interval.
+    fn anti_entropy_soon(&mut self) {
+        let soon = self.now + self.config.anti_entropy_interval / 10;
+        self.next_anti_entropy = self.next_anti_entropy.min(soon);
+    }
+
     fn anti_entropy(&mut self) {
         let overlay: Vec<LinkId> = self
             .links
@@ -1334,6 +1341,16 @@ impl ClusterCore {
                     );
                 }
                 self.queue(link, Lane::Bulk, Msg::JoinDone);
+                // In a mass start every joiner dials the same seed. Past half
+                // the link cap the seed hangs up once it has answered (the
+                // close follows the table on the wire), so it never holds a
+                // link per joiner; a joiner that wants it as a neighbour
+                // dials again.
+                let busy = self.links.len() > self.config.max_links / 2;
+                if busy && !self.links.get(&link).is_some_and(|l| l.i_want) {
+                    self.flush();
+                    self.close(link, "join answered; this node is busy");
+                }
             }
             Msg::JoinDone => {
                 let overlay = self.links.get(&link).is_some_and(|l| l.i_want || l.peer_wants);
@@ -1389,14 +1406,22 @@ impl ClusterCore {
                 self.tree_out(out);
             }
             Msg::Prune => self.tree.on_prune(from),
+            Msg::Orphan => {
+                let mut out = Vec::new();
+                self.tree.on_orphan(from, &mut out);
+                self.tree_out(out);
+            }
             Msg::Digest { buckets } => {
                 let mut differing = self.table.differing(&buckets);
                 // While tables change fast (a mass start) most buckets
-                // differ; a few per exchange keeps each one cheap.
-                if differing.len() > MAX_BUCKETS_PER_EXCHANGE {
+                // differ; a bounded number of records per exchange keeps
+                // each one cheap at any size.
+                let per_bucket = self.table.len().div_ceil(members::DIGEST_BUCKETS).max(1);
+                let most = (MAX_RECORDS_PER_EXCHANGE / per_bucket).max(1);
+                if differing.len() > most {
                     let start = self.rng.random_range(0..differing.len());
                     differing.rotate_left(start);
-                    differing.truncate(MAX_BUCKETS_PER_EXCHANGE);
+                    differing.truncate(most);
                 }
                 if !differing.is_empty() {
                     let records = self.table.records_in(&differing);
@@ -1405,8 +1430,7 @@ impl ClusterCore {
             }
             Msg::DigestReply { differing, records } => {
                 // Tables differ: compare again soon, until they agree.
-                let soon = self.now + self.config.anti_entropy_interval / 10;
-                self.next_anti_entropy = self.next_anti_entropy.min(soon);
+                self.anti_entropy_soon();
                 let mine = self.table.records_in(&differing);
                 self.on_members(link, records, false);
                 self.queue(
@@ -1862,6 +1886,9 @@ impl ClusterCore {
     }
 
     fn event(&mut self, id: &Arc<NodeId>, change: Change) {
+        // News here may be news elsewhere (a mass start loses updates while
+        // the tree forms): compare tables soon rather than at the next round.
+        self.anti_entropy_soon();
         self.actions.push_back(Action::Member { id: id.clone(), change });
     }
 

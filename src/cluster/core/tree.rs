@@ -116,6 +116,8 @@ pub struct TreeCounters {
     pub prunes_sent: u64,
     pub beacons_sent: u64,
     pub parent_changes: u64,
+    /// Times this node lost its parent with no neighbour nearer the root.
+    pub orphaned: u64,
 }
 
 /// One node's side of the broadcast tree.
@@ -251,6 +253,40 @@ impl BroadcastTree {
         if let Some((p, hops)) = best {
             self.my_hops = hops + 1;
             self.set_parent(p, out);
+        } else {
+            self.orphan(out);
+        }
+    }
+
+    /// No neighbour is known to be nearer the root. Taking one that is not
+    /// could close a loop through this node's own subtree, so the round is
+    /// dropped instead: the subtree drops it too (each child hears `Orphan`),
+    /// and the other neighbours answer with their beacon, from which the
+    /// first one is taken as in any new round.
+    fn orphan(&mut self, out: &mut Vec<TreeOut>) {
+        if self.root.is_some() {
+            return;
+        }
+        self.round = None;
+        self.parent = None;
+        self.switch = None;
+        self.counters.orphaned += 1;
+        for n in &self.neighbours {
+            out.push(control(n, Msg::Orphan));
+        }
+    }
+
+    /// A neighbour lost its way to the root.
+    pub fn on_orphan(&mut self, from: &Arc<str>, out: &mut Vec<TreeOut>) {
+        self.heard.remove(from);
+        self.children.remove(from);
+        if self.parent.as_ref() == Some(from) {
+            self.parent = None;
+            self.replace_parent(out);
+        } else if let Some(round) = &self.round {
+            if self.neighbours.contains(from) {
+                out.push(beacon(from, round, self.my_hops));
+            }
         }
     }
 
@@ -490,7 +526,11 @@ impl BroadcastTree {
             self.lazy_due = None;
             for (to, ids) in self.lazy_queue.drain() {
                 if !ids.is_empty() {
-                    out.push(control(&to, Msg::IHave { ids }));
+                    out.push(TreeOut::Send {
+                        to: to.clone(),
+                        msg: Msg::IHave { ids },
+                        lane: Lane::Bulk,
+                    });
                 }
             }
         }
@@ -796,6 +836,47 @@ mod tests {
             "c is farther than this node: maybe below it"
         );
         assert!(sends(&out).contains(&("b".into(), Msg::Parent { yes: true })));
+    }
+
+    #[test]
+    fn a_node_with_no_way_to_the_root_drops_the_round_and_its_subtree_follows() {
+        let t0 = Instant::now();
+        // "me" hangs below a (hops 1 → me at 2); c is below me.
+        let mut tree = tree_with(&["a", "b", "c"]);
+        let mut out = Vec::new();
+        tree.on_beacon(&name("a"), round(1), 1, true, t0, &mut out);
+        tree.on_beacon(&name("b"), round(1), 4, true, t0, &mut out);
+        tree.on_parent(&name("c"), true);
+        out.clear();
+        tree.neighbour_down("a", &mut out);
+        assert_eq!(
+            tree.parent(),
+            None,
+            "b is farther from the root: it may be below this node"
+        );
+        assert!(tree.round().is_none());
+        let told: Vec<String> = sends(&out)
+            .into_iter()
+            .filter(|(_, m)| *m == Msg::Orphan)
+            .map(|(to, _)| to)
+            .collect();
+        assert_eq!(told.len(), 2, "b and c hear it: {told:?}");
+        // b, not below this node, answers with its beacon: taken at once.
+        out.clear();
+        tree.on_beacon(&name("b"), round(1), 1, true, t0, &mut out);
+        assert_eq!(tree.parent().map(|p| &**p), Some("b"));
+
+        // As the child of an orphan, a node looks for another parent; as
+        // anyone else's neighbour, it answers with its beacon.
+        let mut child = tree_with(&["p", "q", "r"]);
+        child.on_beacon(&name("p"), round(1), 1, true, t0, &mut out);
+        child.on_beacon(&name("q"), round(1), 0, true, t0, &mut out);
+        out.clear();
+        child.on_orphan(&name("p"), &mut out);
+        assert_eq!(child.parent().map(|p| &**p), Some("q"));
+        out.clear();
+        child.on_orphan(&name("r"), &mut out);
+        assert!(matches!(&sends(&out)[..], [(to, Msg::Beacon { round: 1, hops: 1, .. })] if to == "r"));
     }
 
     #[test]
