@@ -1,11 +1,13 @@
-# Conjoiner: the two commands of the quick start are `make run` and `make test`.
+# Conjoiner: the two commands of the quick start are `make demo` and `make test`.
 
 CARGO ?= cargo
 
-.PHONY: run demo build test bench lint fmt clean
+.PHONY: run demo build test bench sim lint fmt clean
 
-# Nodes in the benchmark (`make bench N=50`).
+# Nodes in the benchmark (`make bench N=50`) and the simulator (`make sim N=100,1000`).
 N ?= 20
+# Extra simulator flags, e.g. SIM_ARGS="--idle 30 --loss-secs 0".
+SIM_ARGS ?=
 
 ## run: build and run one node with the defaults (API on 127.0.0.1:7373, data in ./conjoiner-data)
 run:
@@ -26,6 +28,10 @@ test:
 ## bench: N node processes on loopback (and Serf, if installed): convergence, broadcast latency, failure detection, RSS
 bench:
 	N=$(N) $(CARGO) bench --bench cluster
+
+## sim: N nodes' cluster cores on a simulated network with a virtual clock: convergence, broadcast, detection, false deaths, per-node traffic (writes target/sim/sim-N.json)
+sim:
+	$(CARGO) run --profile sim --bin conjoiner-sim -- $(if $(filter 20,$(N)),100,$(N)) $(SIM_ARGS)
 
 ## lint: formatting and clippy, as CI checks them
 lint:

@@ -1,19 +1,28 @@
-//! `make bench`: N node processes on loopback (default 20, `N=50` works),
-//! measured from outside the way an operator would see them:
+//! `make bench`: N node processes on loopback (default 20; `N=200` works),
+//! and, when the `serf` binary is on the PATH, N Serf agents after them in
+//! the same run, measured the same way from outside:
 //!
-//! - convergence: from launching the first node until every node lists N alive;
-//! - broadcast latency: publish on one node, arrival time at every receiver's
-//!   event stream (`/v1/events`), over `BROADCASTS` (default 100) broadcasts;
-//! - failure detection: `kill -9` one node, until every survivor lists it dead;
-//! - idle RSS per node (`/proc/PID/status`).
+//! - convergence: from launching the first node (the seed; the other N−1 are
+//!   launched at once as soon as it answers) until the first, middle and last
+//!   node each list N alive; then how many of all N do. A run that does not
+//!   converge within `CONVERGE_LIMIT` seconds (default 180) is reported as
+//!   such, with the most alive members any of those three listed;
+//! - a steady window (`STEADY_SECS`, default 60) with nothing happening:
+//!   `dead` verdicts logged by every node (all false: nothing failed), and
+//!   CPU per node from `/proc/PID/stat`; then idle RSS;
+//! - broadcast latency: publish on one node, arrival at every receiver
+//!   (conjoiner: its `/v1/events` stream; Serf: a user-event handler that
+//!   records the time), over `BROADCASTS` (default 100) broadcasts;
+//! - failure detection: `kill -9` the last node, until every survivor has
+//!   logged it dead (conjoiner: the `member declared dead` log line; Serf: a
+//!   member-failed handler). Both are read from files, so measuring adds no
+//!   load to the nodes.
 //!
-//! When the `serf` binary is on the PATH, the same measures run on a Serf
-//! cluster of the same N (user events with `-coalesce=false`, an event handler
-//! that records arrival, `serf members` for failures), and the ratios are
-//! printed. Figures are printed and written to `target/bench/cluster-N.json`;
-//! nothing is asserted.
+//! Figures are printed and written to `target/bench/cluster-N.json`; nothing
+//! is asserted, and a figure that could not be measured is printed as `-`.
 
 use serde_json::{json, Value};
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -28,18 +37,22 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+/// Polls `check` until it answers, or gives up at `limit`.
+fn poll<T>(limit: Duration, every: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = check() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(20));
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(every);
     }
+}
+
+fn unix_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
 }
 
 /// One HTTP/1.1 request; answers status and body.
@@ -73,6 +86,27 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// User plus system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may hold spaces: state is the
+    // 3rd field of the whole line, utime the 14th and stime the 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
+fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf only reads a constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -81,32 +115,84 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-/// What one run of a system measured.
+/// Lines appended to the files since `offsets` were taken.
+fn appended(files: &[PathBuf], offsets: &[u64]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (file, from) in files.iter().zip(offsets) {
+        let bytes = std::fs::read(file).unwrap_or_default();
+        let start = (*from as usize).min(bytes.len());
+        lines.extend(String::from_utf8_lossy(&bytes[start..]).lines().map(str::to_string));
+    }
+    lines
+}
+
+fn sizes(files: &[PathBuf]) -> Vec<u64> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .collect()
+}
+
+/// `2026-11-25T10:11:12.345678Z` (tracing's default) as Unix nanoseconds.
+fn rfc3339_ns(stamp: &str) -> Option<u128> {
+    let (date, time) = stamp.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|v| v.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|v| v.parse::<i64>());
+    let (h, min, s) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    // Days from 1970-01-01 to y-m-d (proleptic Gregorian).
+    let (y, m) = if m <= 2 { (y - 1, m + 12) } else { (y, m) };
+    let days = 365 * y + y / 4 - y / 100 + y / 400 + (153 * (m - 3) + 2) / 5 + day - 719469;
+    let secs = days * 86400 + h * 3600 + min * 60 + s;
+    let frac_ns: u128 = format!("{frac:0<9}")[..9].parse().ok()?;
+    Some(secs as u128 * 1_000_000_000 + frac_ns)
+}
+
+/// What one run of a system measured. `None`: could not be measured.
 #[derive(Debug, Default)]
 struct Figures {
-    converge_ms: f64,
+    converge_ms: Option<f64>,
+    /// The most alive members one of the watched nodes listed, if it never
+    /// reached N.
+    best_alive: usize,
+    /// Nodes listing all N alive once the watched ones did (or at the limit).
+    listing_all: usize,
+    steady_s: f64,
+    false_dead: usize,
+    cpu_pct_per_node: f64,
+    cpu_cores_total: f64,
+    rss_mean_mib: f64,
+    rss_max_mib: f64,
     broadcast_p50_ms: f64,
     broadcast_p99_ms: f64,
     broadcast_max_ms: f64,
     broadcasts: usize,
     deliveries_missed: usize,
-    detect_all_ms: f64,
-    rss_mean_mib: f64,
-    rss_max_mib: f64,
+    detect_all_ms: Option<f64>,
+    detect_saw: usize,
 }
 
 impl Figures {
     fn json(&self) -> Value {
         json!({
+            "converged": self.converge_ms.is_some(),
             "converge_ms": self.converge_ms,
+            "best_alive_if_not_converged": self.best_alive,
+            "nodes_listing_all": self.listing_all,
+            "steady_window_s": self.steady_s,
+            "false_dead_in_steady_window": self.false_dead,
+            "idle_cpu_percent_per_node": self.cpu_pct_per_node,
+            "idle_cpu_cores_all_nodes": self.cpu_cores_total,
+            "idle_rss_mean_mib": self.rss_mean_mib,
+            "idle_rss_max_mib": self.rss_max_mib,
             "broadcast_p50_ms": self.broadcast_p50_ms,
             "broadcast_p99_ms": self.broadcast_p99_ms,
             "broadcast_max_ms": self.broadcast_max_ms,
             "broadcasts": self.broadcasts,
             "deliveries_missed": self.deliveries_missed,
             "failure_seen_by_all_ms": self.detect_all_ms,
-            "idle_rss_mean_mib": self.rss_mean_mib,
-            "idle_rss_max_mib": self.rss_max_mib,
+            "survivors_that_saw_the_failure": self.detect_saw,
         })
     }
 }
@@ -135,44 +221,109 @@ fn rss_figures(f: &mut Figures, pids: &[u32]) {
     f.rss_max_mib = rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
 }
 
-/// Polls every survivor in its own thread until `alive` says the victim is
-/// gone; answers when the last survivor saw it.
-fn detect_all(survivors: usize, killed: Instant, poll: impl Fn(usize) -> bool + Sync) -> f64 {
-    thread::scope(|s| {
-        let handles: Vec<_> = (0..survivors)
-            .map(|i| {
-                let poll = &poll;
-                s.spawn(move || {
-                    let deadline = killed + Duration::from_secs(60);
-                    while Instant::now() < deadline {
-                        if poll(i) {
-                            return killed.elapsed().as_secs_f64() * 1000.0;
-                        }
-                        thread::sleep(Duration::from_millis(20));
-                    }
-                    f64::NAN
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(f64::NAN))
-            .fold(
-                0.0,
-                |a: f64, b| if b.is_nan() || a.is_nan() { f64::NAN } else { a.max(b) },
-            )
-    })
+/// The quiet window: `dead` verdicts counted by `is_death` in the lines the
+/// nodes append to `logs`, and the CPU the processes use.
+fn steady_window(f: &mut Figures, secs: u64, pids: &[u32], logs: &[PathBuf], is_death: impl Fn(&str) -> bool) {
+    let offsets = sizes(logs);
+    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let started = Instant::now();
+    thread::sleep(Duration::from_secs(secs));
+    let elapsed = started.elapsed().as_secs_f64();
+    let after: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let ticks: u64 = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).sum();
+    f.steady_s = elapsed;
+    f.cpu_cores_total = ticks as f64 / clock_ticks_per_s() / elapsed;
+    f.cpu_pct_per_node = 100.0 * f.cpu_cores_total / pids.len() as f64;
+    f.false_dead = appended(logs, &offsets).iter().filter(|l| is_death(l)).count();
+}
+
+/// Waits until `seen_at` finds the victim's death in every survivor's file;
+/// answers the last of those times after `killed_ns`, and how many saw it.
+fn detection(files: &[PathBuf], killed_ns: u128, seen_at: impl Fn(&str) -> Option<u128>) -> (Option<f64>, usize) {
+    let mut seen: Vec<Option<u128>> = vec![None; files.len()];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.iter().any(Option::is_none) && Instant::now() < deadline {
+        for (slot, file) in seen.iter_mut().zip(files) {
+            if slot.is_none() {
+                let text = std::fs::read_to_string(file).unwrap_or_default();
+                *slot = text.lines().filter_map(&seen_at).find(|t| *t >= killed_ns);
+            }
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let saw = seen.iter().flatten().count();
+    let all = (saw == files.len())
+        .then(|| seen.iter().flatten().max().map(|t| (t - killed_ns) as f64 / 1e6))
+        .flatten();
+    (all, saw)
+}
+
+/// `n` consecutive free ports below the kernel's ephemeral range (32768 and
+/// up on Linux), so no node's outgoing connection can take one of them
+/// between this check and the node binding it.
+fn port_block(n: usize) -> Vec<u16> {
+    let mut base: u16 = 10_000 + (std::process::id() % 8_000) as u16;
+    loop {
+        let ports: Vec<u16> = (0..n as u16).map(|i| base + i).collect();
+        if ports
+            .iter()
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        {
+            return ports;
+        }
+        base = if base as usize + 2 * n < 32_000 {
+            base + n as u16
+        } else {
+            10_000
+        };
+    }
+}
+
+/// Convergence, the same way for both systems: the first, middle and last
+/// node each list `n` alive (`alive(i)`), polled every 250 ms.
+fn converge(f: &mut Figures, n: usize, started: Instant, limit: Duration, mut alive: impl FnMut(usize) -> usize) {
+    let watched = [0, n / 2, n - 1];
+    let mut done: HashSet<usize> = HashSet::new();
+    let converged = poll(limit, Duration::from_millis(250), || {
+        for i in watched {
+            if !done.contains(&i) {
+                let count = alive(i);
+                f.best_alive = f.best_alive.max(count);
+                if count == n {
+                    done.insert(i);
+                }
+            }
+        }
+        (done.len() == watched.len()).then_some(())
+    });
+    f.converge_ms = converged.map(|()| started.elapsed().as_secs_f64() * 1000.0);
+    f.listing_all = (0..n).filter(|i| alive(*i) == n).count();
 }
 
 // ---------------------------------------------------------------- conjoiner
 
 struct ConjoinerNode {
     proc: Proc,
-    http: String,
+    data: PathBuf,
+    log: PathBuf,
+    http: Option<String>,
 }
 
-fn start_conjoiner(root: &Path, i: usize, key: &str, seed: Option<&str>) -> ConjoinerNode {
+impl ConjoinerNode {
+    fn http(&mut self) -> Option<&str> {
+        if self.http.is_none() {
+            self.http = std::fs::read_to_string(self.data.join("http.addr"))
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty());
+        }
+        self.http.as_deref()
+    }
+}
+
+fn start_conjoiner(root: &Path, i: usize, key: &str, bind: &str, seed: &str) -> ConjoinerNode {
     let data = root.join(format!("n{i}"));
+    let log = root.join(format!("n{i}.log"));
     let mut cmd = Command::new(BIN);
     cmd.args([
         "agent",
@@ -181,7 +332,7 @@ fn start_conjoiner(root: &Path, i: usize, key: &str, seed: Option<&str>) -> Conj
         "--http",
         "127.0.0.1:0",
         "--bind",
-        "127.0.0.1:0",
+        bind,
     ])
     .args(["--no-mdns", "--data-dir"])
     .arg(&data)
@@ -189,20 +340,16 @@ fn start_conjoiner(root: &Path, i: usize, key: &str, seed: Option<&str>) -> Conj
     .env("RUST_LOG", "warn")
     .stdin(Stdio::null())
     .stdout(Stdio::null())
-    .stderr(std::fs::File::create(root.join(format!("n{i}.log"))).unwrap());
-    if let Some(seed) = seed {
+    .stderr(std::fs::File::create(&log).unwrap());
+    if i > 1 {
         cmd.args(["--join", seed]);
     }
     let child = cmd.spawn().expect("spawn conjoiner");
-    let http = wait_until(Duration::from_secs(30), "http.addr", || {
-        std::fs::read_to_string(data.join("http.addr"))
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-    });
     ConjoinerNode {
         proc: Proc { child },
-        http,
+        data,
+        log,
+        http: None,
     }
 }
 
@@ -217,12 +364,17 @@ fn alive_count(http_addr: &str) -> usize {
 /// Reads a node's `/v1/events` stream and sends (marker, arrival) pairs.
 fn sse_reader(addr: String, node: usize, tx: mpsc::Sender<(usize, String, Instant)>, ready: mpsc::Sender<()>) {
     let sock: SocketAddr = addr.parse().unwrap();
-    let mut stream = TcpStream::connect(sock).expect("events stream");
-    write!(
+    let Ok(mut stream) = TcpStream::connect(sock) else {
+        return;
+    };
+    if write!(
         stream,
         "GET /v1/events?address=bench.lat HTTP/1.1\r\nHost: {addr}\r\n\r\n"
     )
-    .unwrap();
+    .is_err()
+    {
+        return;
+    }
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     let mut said_ready = false;
@@ -243,50 +395,78 @@ fn sse_reader(addr: String, node: usize, tx: mpsc::Sender<(usize, String, Instan
     }
 }
 
-fn bench_conjoiner(n: usize, broadcasts: usize) -> Figures {
+/// A `member declared dead` line of the node logs: when, and whom.
+fn conjoiner_death(line: &str) -> Option<(u128, String)> {
+    if !line.contains("member declared dead") {
+        return None;
+    }
+    let at = rfc3339_ns(line.split_whitespace().next()?)?;
+    let member = line.split("member=").nth(1)?.split_whitespace().next()?.to_string();
+    Some((at, member))
+}
+
+fn bench_conjoiner(n: usize, broadcasts: usize, limit: Duration, steady: u64) -> Figures {
     let root = tempfile::tempdir().unwrap();
     let key = {
         let out = Command::new(BIN).arg("keygen").output().unwrap();
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     let mut f = Figures::default();
+    let binds: Vec<String> = port_block(n).iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let seed = binds[0].clone();
     let started = Instant::now();
-    let mut nodes = vec![start_conjoiner(root.path(), 1, &key, None)];
-    let seed = std::fs::read_to_string(root.path().join("n1/cluster.addr"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let mut nodes = vec![start_conjoiner(root.path(), 1, &key, &binds[0], &seed)];
+    if poll(Duration::from_secs(30), Duration::from_millis(20), || {
+        nodes[0].http().map(|_| ())
+    })
+    .is_none()
+    {
+        eprintln!("conjoiner: the seed node never answered");
+        return f;
+    }
     for i in 2..=n {
-        nodes.push(start_conjoiner(root.path(), i, &key, Some(&seed)));
+        nodes.push(start_conjoiner(root.path(), i, &key, &binds[i - 1], &seed));
     }
-    for node in &nodes {
-        wait_until(Duration::from_secs(120), "conjoiner convergence", || {
-            (alive_count(&node.http) == n).then_some(())
-        });
+    converge(&mut f, n, started, limit, |i| {
+        nodes[i].http().map(alive_count).unwrap_or(0)
+    });
+    match f.converge_ms {
+        Some(ms) => eprintln!("conjoiner: {n} nodes converged in {ms:.0} ms"),
+        None => eprintln!(
+            "conjoiner: NOT converged within {limit:?} (best {} of {n} alive)",
+            f.best_alive
+        ),
     }
-    f.converge_ms = started.elapsed().as_secs_f64() * 1000.0;
-    eprintln!("conjoiner: {n} nodes converged in {:.0} ms", f.converge_ms);
+    let pids: Vec<u32> = nodes.iter().map(|n| n.proc.child.id()).collect();
+    let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
+    eprintln!("conjoiner: steady window of {steady} s");
+    steady_window(&mut f, steady, &pids, &logs, |l| conjoiner_death(l).is_some());
+    rss_figures(&mut f, &pids);
 
     // Broadcast latency at every receiver.
+    let https: Vec<Option<String>> = nodes.iter_mut().map(|n| n.http().map(str::to_string)).collect();
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
-    for (i, node) in nodes.iter().enumerate() {
-        let (addr, tx, ready) = (node.http.clone(), tx.clone(), ready_tx.clone());
-        thread::spawn(move || sse_reader(addr, i, tx, ready));
+    for (i, addr) in https.iter().enumerate() {
+        if let Some(addr) = addr.clone() {
+            let (tx, ready) = (tx.clone(), ready_tx.clone());
+            thread::spawn(move || sse_reader(addr, i, tx, ready));
+        }
     }
-    for _ in 0..n {
-        ready_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("every events stream connects");
-    }
+    let connected = (0..n)
+        .take_while(|_| ready_rx.recv_timeout(Duration::from_secs(20)).is_ok())
+        .count();
+    eprintln!("conjoiner: {broadcasts} broadcasts ({connected} event streams)");
     let mut latencies = Vec::new();
     for b in 0..broadcasts {
-        let origin = &nodes[b % n];
+        let Some(origin) = &https[b % n] else { continue };
         let marker = format!("m{b}");
         let body = json!({"address": "bench.lat", "body": {"marker": marker}}).to_string();
         let sent = Instant::now();
-        let (status, _) = http(&origin.http, "POST", "/v1/publish", &body).expect("publish");
-        assert_eq!(status, 202);
+        if !matches!(http(origin, "POST", "/v1/publish", &body), Ok((202, _))) {
+            f.deliveries_missed += n;
+            continue;
+        }
         let mut got = vec![false; n];
         let deadline = sent + Duration::from_secs(2);
         while got.iter().any(|g| !g) {
@@ -307,33 +487,21 @@ fn bench_conjoiner(n: usize, broadcasts: usize) -> Figures {
     f.broadcasts = broadcasts;
     latency_figures(&mut f, latencies);
 
-    thread::sleep(Duration::from_secs(2));
-    let pids: Vec<u32> = nodes.iter().map(|n| n.proc.child.id()).collect();
-    rss_figures(&mut f, &pids);
-
-    // kill -9 the last node; every survivor must list it dead.
+    // kill -9 the last node; every survivor must log it dead.
+    eprintln!("conjoiner: kill -9 n{n}");
     let victim = format!("n{n}");
     let mut victim_node = nodes.pop().unwrap();
+    let killed_ns = unix_ns();
     let _ = victim_node.proc.child.kill();
-    let killed = Instant::now();
     let _ = victim_node.proc.child.wait();
-    f.detect_all_ms = detect_all(nodes.len(), killed, |i| {
-        http(&nodes[i].http, "GET", "/v1/members?status=dead", "")
-            .map(|(_, b)| b.contains(&format!("\"name\":\"{victim}\"")))
-            .unwrap_or(false)
+    let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
+    (f.detect_all_ms, f.detect_saw) = detection(&logs, killed_ns, |l| {
+        conjoiner_death(l).filter(|(_, m)| *m == victim).map(|(t, _)| t)
     });
     f
 }
 
 // ---------------------------------------------------------------- serf
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn serf_members_alive(rpc: &str) -> usize {
     Command::new("serf")
@@ -348,11 +516,13 @@ fn serf_members_alive(rpc: &str) -> usize {
         .unwrap_or(0)
 }
 
-fn bench_serf(n: usize, broadcasts: usize) -> Figures {
+fn bench_serf(n: usize, broadcasts: usize, limit: Duration, steady: u64) -> Figures {
     let root = tempfile::tempdir().unwrap();
     let arrivals = root.path().join("arrivals");
+    let failures = root.path().join("failures");
     std::fs::create_dir_all(&arrivals).unwrap();
-    let handler = root.path().join("handler.sh");
+    std::fs::create_dir_all(&failures).unwrap();
+    let handler = root.path().join("lat.sh");
     std::fs::write(
         &handler,
         format!(
@@ -361,28 +531,42 @@ fn bench_serf(n: usize, broadcasts: usize) -> Figures {
         ),
     )
     .unwrap();
-    Command::new("chmod").arg("+x").arg(&handler).status().unwrap();
+    // member-failed: one line per failed member, "<ns> <name>".
+    let failed = root.path().join("failed.sh");
+    std::fs::write(
+        &failed,
+        format!(
+            "#!/bin/sh\nt=$(date +%s%N)\nwhile read -r name rest; do echo \"$t $name\" >> {}/$1.log; done\n",
+            failures.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&handler)
+        .arg(&failed)
+        .status()
+        .unwrap();
     let mut f = Figures::default();
     let mut procs = Vec::new();
     let mut rpcs = Vec::new();
-    let mut seed = String::new();
+    let ports = port_block(2 * n);
+    let binds: Vec<String> = ports[..n].iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let started = Instant::now();
     for i in 1..=n {
-        let bind = format!("127.0.0.1:{}", free_port());
-        let rpc = format!("127.0.0.1:{}", free_port());
+        let rpc = format!("127.0.0.1:{}", ports[n + i - 1]);
         let mut cmd = Command::new("serf");
         cmd.args([
             "agent",
             &format!("-node=s{i}"),
-            &format!("-bind={bind}"),
+            &format!("-bind={}", binds[i - 1]),
             &format!("-rpc-addr={rpc}"),
             &format!("-event-handler=user:lat={} s{i}", handler.display()),
+            &format!("-event-handler=member-failed={} s{i}", failed.display()),
             "-log-level=err",
         ]);
         if i > 1 {
-            cmd.arg(format!("-join={seed}"));
-        } else {
-            seed = bind.clone();
+            cmd.arg(format!("-join={}", binds[0]));
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -392,22 +576,37 @@ fn bench_serf(n: usize, broadcasts: usize) -> Figures {
             .expect("serf agent");
         procs.push(Proc { child });
         rpcs.push(rpc);
-        thread::sleep(Duration::from_millis(50));
+        if i == 1
+            && poll(Duration::from_secs(30), Duration::from_millis(20), || {
+                (serf_members_alive(&rpcs[0]) == 1).then_some(())
+            })
+            .is_none()
+        {
+            eprintln!("serf: the seed agent never answered");
+            return f;
+        }
     }
-    for rpc in &rpcs {
-        wait_until(Duration::from_secs(120), "serf convergence", || {
-            (serf_members_alive(rpc) == n).then_some(())
-        });
+    converge(&mut f, n, started, limit, |i| serf_members_alive(&rpcs[i]));
+    match f.converge_ms {
+        Some(ms) => eprintln!("serf: {n} nodes converged in {ms:.0} ms"),
+        None => eprintln!(
+            "serf: NOT converged within {limit:?} (best {} of {n} alive)",
+            f.best_alive
+        ),
     }
-    f.converge_ms = started.elapsed().as_secs_f64() * 1000.0;
-    eprintln!("serf: {n} nodes converged in {:.0} ms", f.converge_ms);
+    let pids: Vec<u32> = procs.iter().map(|p| p.child.id()).collect();
+    let fail_logs: Vec<PathBuf> = (1..=n).map(|i| failures.join(format!("s{i}.log"))).collect();
+    eprintln!("serf: steady window of {steady} s");
+    steady_window(&mut f, steady, &pids, &fail_logs, |l| !l.trim().is_empty());
+    rss_figures(&mut f, &pids);
 
+    eprintln!("serf: {broadcasts} broadcasts");
     let mut latencies = Vec::new();
     for b in 0..broadcasts {
         let origin = &rpcs[b % n];
-        let sent_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let sent_ns = unix_ns();
         let marker = format!("m{b}");
-        Command::new("serf")
+        let sent = Command::new("serf")
             .args([
                 "event",
                 &format!("-rpc-addr={origin}"),
@@ -416,7 +615,11 @@ fn bench_serf(n: usize, broadcasts: usize) -> Figures {
                 &marker,
             ])
             .output()
-            .expect("serf event");
+            .is_ok_and(|o| o.status.success());
+        if !sent {
+            f.deliveries_missed += n;
+            continue;
+        }
         let want = format!("{marker} ");
         let mut arrived = vec![None; n];
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -443,27 +646,16 @@ fn bench_serf(n: usize, broadcasts: usize) -> Figures {
     f.broadcasts = broadcasts;
     latency_figures(&mut f, latencies);
 
-    thread::sleep(Duration::from_secs(2));
-    let pids: Vec<u32> = procs.iter().map(|p| p.child.id()).collect();
-    rss_figures(&mut f, &pids);
-
+    eprintln!("serf: kill -9 s{n}");
     let victim = format!("s{n}");
     let mut victim_proc = procs.pop().unwrap();
+    let killed_ns = unix_ns();
     let _ = victim_proc.child.kill();
-    let killed = Instant::now();
     let _ = victim_proc.child.wait();
-    f.detect_all_ms = detect_all(n - 1, killed, |i| {
-        Command::new("serf")
-            .args(["members", &format!("-rpc-addr={}", rpcs[i]), "-status=failed"])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .any(|w| w == victim)
-            })
-            .unwrap_or(false)
+    (f.detect_all_ms, f.detect_saw) = detection(&fail_logs[..n - 1], killed_ns, |l| {
+        let (t, name) = l.split_once(' ')?;
+        (name.trim() == victim).then(|| t.parse().ok()).flatten()
     });
-    drop(victim_proc);
     f
 }
 
@@ -476,17 +668,29 @@ fn serf_present() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn row(name: &str, f: &Figures) -> String {
+fn opt(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())
+}
+
+fn row(name: &str, n: usize, f: &Figures) -> String {
+    let converge = match f.converge_ms {
+        Some(ms) => format!("{ms:.0}"),
+        None => format!("never ({}/{n})", f.best_alive),
+    };
     format!(
-        "| {name:<9} | {:>9.0} | {:>7.1} | {:>7.1} | {:>7.1} | {:>6} | {:>11.0} | {:>8.1} | {:>7.1} |",
-        f.converge_ms,
+        "| {name} | {converge} | {}/{n} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} ({}/{}) |",
+        f.listing_all,
+        f.false_dead,
+        f.cpu_pct_per_node,
+        f.cpu_cores_total,
+        f.rss_mean_mib,
         f.broadcast_p50_ms,
         f.broadcast_p99_ms,
         f.broadcast_max_ms,
         f.deliveries_missed,
-        f.detect_all_ms,
-        f.rss_mean_mib,
-        f.rss_max_mib
+        opt(f.detect_all_ms),
+        f.detect_saw,
+        n - 1,
     )
 }
 
@@ -499,10 +703,12 @@ fn main() {
     }
     let n = env_usize("N", 20).max(3);
     let broadcasts = env_usize("BROADCASTS", 100).max(1);
-    eprintln!("benchmark: {n} nodes, {broadcasts} broadcasts");
-    let ours = bench_conjoiner(n, broadcasts);
+    let limit = Duration::from_secs(env_usize("CONVERGE_LIMIT", 180) as u64);
+    let steady = env_usize("STEADY_SECS", 60) as u64;
+    eprintln!("benchmark: {n} nodes, {broadcasts} broadcasts, steady window {steady} s");
+    let ours = bench_conjoiner(n, broadcasts, limit, steady);
     let serf = if serf_present() {
-        Some(bench_serf(n, broadcasts))
+        Some(bench_serf(n, broadcasts, limit, steady))
     } else {
         eprintln!("serf not found on PATH (apt-get install serf) — skipping the comparison");
         None
@@ -510,23 +716,17 @@ fn main() {
 
     println!();
     println!(
-        "N = {n} nodes on loopback, {broadcasts} broadcasts, {} cores",
+        "N = {n} processes on loopback, {broadcasts} broadcasts, steady window {steady} s, {} cores",
         thread::available_parallelism().map(|p| p.get()).unwrap_or(1)
     );
-    println!("| system    | converge  | bc p50  | bc p99  | bc max  | missed | dead by all | RSS mean | RSS max |");
-    println!("|           | ms        | ms      | ms      | ms      |        | ms          | MiB      | MiB     |");
-    println!("|-----------|-----------|---------|---------|---------|--------|-------------|----------|---------|");
-    println!("{}", row("conjoiner", &ours));
+    println!(
+        "| system | converge ms | listing all | false dead (steady) | idle CPU % per node | CPU cores, all | RSS mean MiB | bc p50 ms | bc p99 ms | bc max ms | missed | dead seen by all ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("{}", row("conjoiner", n, &ours));
     let mut report = json!({"nodes": n, "broadcasts": broadcasts, "conjoiner": ours.json()});
     if let Some(serf) = &serf {
-        println!("{}", row("serf", serf));
-        let ratio = |a: f64, b: f64| if a > 0.0 { b / a } else { f64::NAN };
-        println!(
-            "serf / conjoiner: broadcast p99 {:.1}×, failure detection {:.1}×, idle RSS {:.1}×",
-            ratio(ours.broadcast_p99_ms, serf.broadcast_p99_ms),
-            ratio(ours.detect_all_ms, serf.detect_all_ms),
-            ratio(ours.rss_mean_mib, serf.rss_mean_mib)
-        );
+        println!("{}", row("serf", n, serf));
         report["serf"] = serf.json();
     }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("bench");
