@@ -680,19 +680,23 @@ impl Sim {
         }
     }
 
+    /// Nothing listens at `addr`: the dialer hears so after a round trip.
+    fn refuse_dial(&mut self, i: usize, addr: SocketAddr) {
+        let rtt = self.latency() * 2;
+        self.send_work(
+            i,
+            Work::DialFailed {
+                addr,
+                reason: "connection refused",
+            },
+            self.now + rtt,
+        );
+    }
+
     fn dial(&mut self, i: usize, addr: SocketAddr) {
         let dial_timeout = self.config.cluster.dial_timeout;
         let Some(&j) = self.by_addr.get(&addr) else {
-            let rtt = self.latency() * 2;
-            self.send_work(
-                i,
-                Work::DialFailed {
-                    addr,
-                    reason: "connection refused",
-                },
-                self.now + rtt,
-            );
-            return;
+            return self.refuse_dial(i, addr);
         };
         if !self.reachable(i, j) {
             self.send_work(
@@ -707,16 +711,7 @@ impl Sim {
         }
         let latency = self.latency();
         if !self.nodes[j].up {
-            let rtt = self.latency() * 2;
-            self.send_work(
-                i,
-                Work::DialFailed {
-                    addr,
-                    reason: "connection refused",
-                },
-                self.now + rtt,
-            );
-            return;
+            return self.refuse_dial(i, addr);
         }
         // SYN, SYN-ACK (1 s initial timeout each), then the handshake.
         let mut took = Duration::ZERO;
