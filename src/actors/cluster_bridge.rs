@@ -248,7 +248,7 @@ impl ClusterBridge {
                 },
                 tags: m.id.tags.clone(),
                 incarnation: u64::from(m.incarnation),
-                since_ms: now.saturating_duration_since(m.since).as_millis() as u64,
+                since_ms: now.saturating_duration_since(self.core.member_since(m)).as_millis() as u64,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -57,7 +57,7 @@ fn main() {
         }
         let started = std::time::Instant::now();
         let report = run(&config, |step| {
-            eprintln!("[N={n} {:>6.1}s] {step}", started.elapsed().as_secs_f64())
+            eprintln!("[N={n} {:>6.1}s {}] {step}", started.elapsed().as_secs_f64(), memory())
         });
         let file = dir.join(format!("sim-{n}.json"));
         std::fs::write(&file, serde_json::to_string_pretty(&report).expect("report serializes"))
@@ -67,6 +67,20 @@ fn main() {
     }
     println!();
     println!("{}", table(&reports));
+}
+
+/// The simulator's own resident and peak memory, so a run shows where its
+/// memory goes as the node count grows.
+fn memory() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or_else(|| "?".to_string(), |kib| format!("{} MiB", kib / 1024))
+    };
+    format!("rss {} peak {}", field("VmRSS:"), field("VmHWM:"))
 }
 
 fn usage(error: &str) -> ! {

@@ -22,6 +22,7 @@
 pub mod detector;
 pub mod hash;
 pub mod members;
+pub mod recent;
 pub mod rings;
 pub mod tree;
 
@@ -327,6 +328,11 @@ impl ClusterCore {
         self.table.get(name)
     }
 
+    /// When `member`'s status last changed here.
+    pub fn member_since(&self, member: &Member) -> Instant {
+        self.table.since(member)
+    }
+
     /// Alive and suspect members, this node included.
     pub fn up_count(&self) -> usize {
         self.table.up_count()
@@ -417,7 +423,13 @@ impl ClusterCore {
 
     /// The next action to carry out.
     pub fn poll(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let action = self.actions.pop_front();
+        if action.is_none() && self.actions.capacity() > 256 {
+            // A snapshot of 10,000 members queues 10,000 events at once;
+            // do not hold that room for the rest of the process's life.
+            self.actions.shrink_to(32);
+        }
+        action
     }
 
     /// When [`ClusterCore::tick`] has work next.

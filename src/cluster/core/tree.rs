@@ -30,6 +30,7 @@
 //! announced lazily for repair; node states are not, since anti-entropy
 //! repairs them.
 
+use super::recent::RecentIds;
 use crate::cluster::protocol::{Lane, Msg, MsgId, Payload};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -140,8 +141,7 @@ pub struct BroadcastTree {
     root: Option<(u64, u64, u64, Instant)>,
     /// Ids seen lately, folded to 64 bits (a collision in a window of
     /// seconds is about as likely as a 2⁻⁶⁴ coin), to keep this small.
-    seen: HashSet<u64>,
-    seen_order: VecDeque<(Instant, u64)>,
+    seen: RecentIds,
     cache: HashMap<MsgId, Cached>,
     cache_order: VecDeque<(Instant, MsgId)>,
     cache_bytes: usize,
@@ -154,6 +154,7 @@ pub struct BroadcastTree {
 
 impl BroadcastTree {
     pub fn new(me: &Arc<str>, config: TreeConfig) -> BroadcastTree {
+        let dedup_ttl = config.dedup_ttl;
         BroadcastTree {
             config,
             me: me.clone(),
@@ -166,8 +167,7 @@ impl BroadcastTree {
             heard: HashMap::new(),
             switch: None,
             root: None,
-            seen: HashSet::new(),
-            seen_order: VecDeque::new(),
+            seen: RecentIds::new(dedup_ttl),
             cache: HashMap::new(),
             cache_order: VecDeque::new(),
             cache_bytes: 0,
@@ -399,7 +399,7 @@ impl BroadcastTree {
     }
 
     pub fn has_seen(&self, id: MsgId) -> bool {
-        self.seen.contains(&fold(id))
+        self.seen.contains(fold(id))
     }
 
     /// Starts a broadcast from this node. Answers false if the id was seen.
@@ -448,7 +448,7 @@ impl BroadcastTree {
     /// Ids a neighbour has.
     pub fn on_ihave(&mut self, from: &Arc<str>, ids: &[(MsgId, u16)], now: Instant) {
         for (id, _hops) in ids {
-            if self.seen.contains(&fold(*id)) {
+            if self.seen.contains(fold(*id)) {
                 continue;
             }
             let deadline = now + self.config.graft_timeout;
@@ -592,11 +592,7 @@ impl BroadcastTree {
 
     fn remember(&mut self, id: MsgId, now: Instant) -> bool {
         let key = fold(id);
-        if !self.seen.insert(key) {
-            return false;
-        }
-        self.seen_order.push_back((now, key));
-        true
+        self.seen.insert(key, now)
     }
 
     fn push(
@@ -665,18 +661,16 @@ impl BroadcastTree {
             self.cache_order.pop_front();
             self.uncache(id);
         }
-        while let Some((at, id)) = self.seen_order.front().copied() {
-            if now.saturating_duration_since(at) < self.config.dedup_ttl {
-                break;
-            }
-            self.seen_order.pop_front();
-            self.seen.remove(&id);
+        self.seen.expire(now);
+        if self.cache_order.capacity() > 4 * self.cache_order.len() + 64 {
+            self.cache_order.shrink_to_fit();
+            self.cache.shrink_to_fit();
         }
     }
 
     /// Roughly the bytes held (ids, cached payloads, queues).
     pub fn heap_bytes(&self) -> usize {
-        self.seen.len() * 34
+        self.seen.heap_bytes()
             + self.cache_bytes
             + self.cache.len() * 96
             + self.missing.len() * 64
