@@ -136,7 +136,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// retrying like the seed task does, and runs until every node lists every
 /// node, or `limit`. Answers the time it took.
 pub fn start_cluster(sim: &mut Sim, n: usize, spread: Duration, limit: Duration) -> Option<Duration> {
+    start_cluster_with(sim, n, spread, limit, &|_: &str| {})
+}
+
+/// [`start_cluster`], telling `progress` how far it got every simulated
+/// second (a 10,000-node start takes minutes of wall time).
+pub fn start_cluster_with(
+    sim: &mut Sim,
+    n: usize,
+    spread: Duration,
+    limit: Duration,
+    progress: &dyn Fn(&str),
+) -> Option<Duration> {
     let t0 = sim.now();
+    let mut next_report = t0 + Duration::from_secs(1);
     let mut starts: Vec<(Duration, usize)> = Vec::new();
     for i in 0..n {
         let at = if i == 0 {
@@ -187,6 +200,16 @@ pub fn start_cluster(sim: &mut Sim, n: usize, spread: Duration, limit: Duration)
         }
         if now > limit {
             return None;
+        }
+        if sim.now() >= next_report {
+            next_report += Duration::from_secs(1);
+            let least = sim.nodes.iter().map(|x| x.core.up_count()).min().unwrap_or(0);
+            let full = sim.nodes.iter().filter(|x| x.core.up_count() == n).count();
+            progress(&format!(
+                "start +{:.0}s: {} of {n} started, {full} list everyone, the least informed lists {least}",
+                now.as_secs_f64(),
+                sim.nodes.len() - first,
+            ));
         }
         sim.run_for(Duration::from_millis(20));
     }
@@ -255,7 +278,7 @@ pub fn run(config: &ScenarioConfig, progress: impl Fn(&str)) -> Report {
     };
 
     progress(&format!("starting {n} nodes"));
-    report.converge_ms = start_cluster(&mut sim, n, config.start_spread, config.limit).map(ms);
+    report.converge_ms = start_cluster_with(&mut sim, n, config.start_spread, config.limit, &progress).map(ms);
     report.converged_nodes = sim.nodes.iter().filter(|x| x.core.up_count() == n).count();
     if report.converge_ms.is_none() {
         progress(&format!(
