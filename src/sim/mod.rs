@@ -24,6 +24,7 @@
 
 pub mod scenario;
 
+use crate::cluster::core::hash::{StableMap, StableSet};
 use crate::cluster::core::{Action, Change, ClusterCore, Direction, LinkId};
 use crate::cluster::protocol::{Frame, Lane, MsgId};
 use crate::cluster::{ClusterConfig, NodeId};
@@ -31,7 +32,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{RngExt as _, SeedableRng as _};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -230,13 +231,13 @@ pub struct Sim {
     now: Duration,
     queue: BinaryHeap<Reverse<Queued>>,
     seq: u64,
-    links: HashMap<LinkId, LinkEnd>,
+    links: StableMap<LinkId, LinkEnd>,
     next_link: LinkId,
-    by_addr: HashMap<SocketAddr, usize>,
-    by_name: HashMap<String, usize>,
+    by_addr: StableMap<SocketAddr, usize>,
+    by_name: StableMap<String, usize>,
     rng: SmallRng,
     /// Members whose changes are recorded in `seen`.
-    pub watch: HashSet<String>,
+    pub watch: StableSet<String>,
     pub seen: Vec<Seen>,
     /// Envelope deliveries (broadcast and direct), in order.
     pub deliveries: Vec<Delivery>,
@@ -259,11 +260,11 @@ impl Sim {
             now: Duration::ZERO,
             queue: BinaryHeap::new(),
             seq: 0,
-            links: HashMap::new(),
+            links: StableMap::default(),
             next_link: 1,
-            by_addr: HashMap::new(),
-            by_name: HashMap::new(),
-            watch: HashSet::new(),
+            by_addr: StableMap::default(),
+            by_name: StableMap::default(),
+            watch: StableSet::default(),
             seen: Vec::new(),
             deliveries: Vec::new(),
             false_deaths: 0,

@@ -3,9 +3,9 @@
 //! overload, measured the way the benchmark measures real nodes.
 
 use super::{Crash, NodeStats, Sim, SimConfig};
+use crate::cluster::core::hash::{StableMap, StableSet};
 use crate::cluster::core::{Change, Standing};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// What to run.
@@ -162,7 +162,7 @@ pub fn start_cluster_with(
     starts.sort();
     let first = sim.nodes.len();
     let mut pending = starts.into_iter().peekable();
-    let mut retry: HashMap<usize, (Duration, Duration)> = HashMap::new();
+    let mut retry: StableMap<usize, (Duration, Duration)> = StableMap::default();
     loop {
         let now = sim.now() - t0;
         while let Some((at, i)) = pending.peek().copied() {
@@ -226,7 +226,7 @@ fn rand_unit(seed: u64, i: usize) -> f64 {
 fn wait_dead(sim: &mut Sim, victim: &str, since: Duration, limit: Duration) -> (Option<f64>, Option<f64>) {
     let deadline = sim.now() + limit;
     loop {
-        let seen: HashSet<usize> = sim
+        let seen: StableSet<usize> = sim
             .seen
             .iter()
             .filter(|s| s.member == victim && s.change == Change::Dead)
@@ -354,9 +354,9 @@ pub fn run(config: &ScenarioConfig, progress: impl Fn(&str)) -> Report {
     }
     sim.run_for(Duration::from_secs(3));
     let frames_after: u64 = sim.nodes.iter().map(|x| x.stats.frames_in).sum();
-    let by_id: HashMap<u128, (usize, Duration)> = sent.iter().map(|(id, o, t)| (*id, (*o, *t))).collect();
+    let by_id: StableMap<u128, (usize, Duration)> = sent.iter().map(|(id, o, t)| (*id, (*o, *t))).collect();
     let mut latencies = Vec::new();
-    let mut reached: HashSet<(u128, usize)> = HashSet::new();
+    let mut reached: StableSet<(u128, usize)> = StableSet::default();
     for d in &sim.deliveries {
         if let Some((origin, t)) = by_id.get(&d.id) {
             if d.node != *origin && reached.insert((d.id, d.node)) {

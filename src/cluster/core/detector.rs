@@ -18,7 +18,8 @@
 //!   expected confirmations. A lone accuser (often the slow one) waits long;
 //!   a crash that every observer sees is declared quickly.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use super::hash::StableMap;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -116,8 +117,8 @@ pub struct Detector {
     probe: Option<Probe>,
     urgent: VecDeque<Arc<str>>,
     urgent_since: Option<Instant>,
-    helping: HashMap<u32, Helping>,
-    suspicions: HashMap<Arc<str>, Suspicion>,
+    helping: StableMap<u32, Helping>,
+    suspicions: StableMap<Arc<str>, Suspicion>,
     /// `suspicions` by deadline.
     expiry: BTreeSet<(Instant, Arc<str>)>,
     pub counters: DetectorCounters,
@@ -134,8 +135,8 @@ impl Detector {
             probe: None,
             urgent: VecDeque::new(),
             urgent_since: None,
-            helping: HashMap::new(),
-            suspicions: HashMap::new(),
+            helping: StableMap::default(),
+            suspicions: StableMap::default(),
             expiry: BTreeSet::new(),
             counters: DetectorCounters::default(),
         }

@@ -24,6 +24,15 @@ pub fn combine(a: u64, b: u64) -> u64 {
     mix(a ^ b.rotate_left(17).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
+/// A fixed-key hasher for the core's and the simulator's maps: their
+/// iteration order then depends only on what went in, so a simulated run
+/// repeats exactly from its seed (a per-process random key made two runs of
+/// one seed differ). Every key comes from this node or an authenticated
+/// member, so a fixed key gives an attacker nothing to flood.
+pub type Stable = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+pub type StableMap<K, V> = std::collections::HashMap<K, V, Stable>;
+pub type StableSet<T> = std::collections::HashSet<T, Stable>;
+
 pub fn name_hash(name: &str) -> u64 {
     mix(fnv1a(name.as_bytes()))
 }

@@ -27,7 +27,7 @@ pub mod rings;
 pub mod tree;
 
 use self::detector::{Detector, DetectorOut};
-use self::hash::{combine, name_hash, ring_position};
+use self::hash::{combine, name_hash, ring_position, StableMap, StableSet};
 use self::members::{Applied, Member, MemberTable};
 use self::rings::Rings;
 use self::tree::{BroadcastTree, Round, TreeOut};
@@ -42,7 +42,7 @@ use rand::seq::IteratorRandom as _;
 use rand::{RngExt as _, SeedableRng as _};
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -237,25 +237,25 @@ pub struct ClusterCore {
     tree: BroadcastTree,
     /// The tree's root: the live member first on ring 0 (this node included).
     root: (u64, Arc<str>),
-    links: HashMap<LinkId, Link>,
-    by_peer: HashMap<Arc<str>, LinkId>,
-    dialing: HashMap<SocketAddr, Dialing>,
+    links: StableMap<LinkId, Link>,
+    by_peer: StableMap<Arc<str>, LinkId>,
+    dialing: StableMap<SocketAddr, Dialing>,
     /// Joins asked on a link, answered when the member table arrives.
-    joining: HashMap<LinkId, SocketAddr>,
-    last_dial: HashMap<SocketAddr, Instant>,
+    joining: StableMap<LinkId, SocketAddr>,
+    last_dial: StableMap<SocketAddr, Instant>,
     /// The overlay neighbours this node wants (from the rings), and since when.
-    wanted: HashMap<Arc<str>, Instant>,
+    wanted: StableMap<Arc<str>, Instant>,
     overlay_dirty: bool,
     state_version: u64,
     next_anti_entropy: Instant,
     next_reconnect: Instant,
     next_housekeeping: Instant,
-    outbox: HashMap<LinkId, Vec<(Lane, Msg)>>,
+    outbox: StableMap<LinkId, Vec<(Lane, Msg)>>,
     actions: VecDeque<Action>,
     rng: SmallRng,
     now: Instant,
     /// Duplicate claims already logged, so a flood of them logs once.
-    conflicts_logged: HashSet<(Arc<str>, u64)>,
+    conflicts_logged: StableSet<(Arc<str>, u64)>,
     pub counters: CoreCounters,
 }
 
@@ -280,19 +280,19 @@ impl ClusterCore {
             me,
             incarnation: 0,
             standing: Standing::Alone,
-            links: HashMap::new(),
-            by_peer: HashMap::new(),
-            dialing: HashMap::new(),
-            joining: HashMap::new(),
-            last_dial: HashMap::new(),
-            wanted: HashMap::new(),
+            links: StableMap::default(),
+            by_peer: StableMap::default(),
+            dialing: StableMap::default(),
+            joining: StableMap::default(),
+            last_dial: StableMap::default(),
+            wanted: StableMap::default(),
             overlay_dirty: false,
             state_version: 0,
-            outbox: HashMap::new(),
+            outbox: StableMap::default(),
             actions: VecDeque::new(),
             rng,
             now,
-            conflicts_logged: HashSet::new(),
+            conflicts_logged: StableSet::default(),
             counters: CoreCounters::default(),
         };
         // Alone, this node is the root of its own tree.
@@ -1044,7 +1044,7 @@ impl ClusterCore {
         if matches!(self.standing, Standing::Refused { .. } | Standing::Left) {
             return;
         }
-        let neighbours: HashSet<Arc<str>> = self.rings.neighbours().into_iter().collect();
+        let neighbours: StableSet<Arc<str>> = self.rings.neighbours().into_iter().collect();
         let added: Vec<Arc<str>> = neighbours
             .iter()
             .filter(|n| !self.wanted.contains_key(*n))
@@ -1987,7 +1987,7 @@ impl ClusterCore {
 /// Up to `count` linked, alive peers other than `target`, starting at a
 /// random `offset` among them.
 fn helpers(
-    by_peer: &HashMap<Arc<str>, LinkId>,
+    by_peer: &StableMap<Arc<str>, LinkId>,
     table: &MemberTable,
     target: &str,
     offset: usize,

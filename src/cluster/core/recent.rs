@@ -6,14 +6,14 @@
 //! 37 bytes, and the queue kept its peak size forever. Here an id costs its
 //! slot in one set, and a whole generation is dropped at once.
 
-use std::collections::HashSet;
+use super::hash::StableSet;
 use std::time::{Duration, Instant};
 
 /// Remembers each id for at least `ttl` and at most twice that.
 pub struct RecentIds {
     ttl: Duration,
-    new: HashSet<u64>,
-    old: HashSet<u64>,
+    new: StableSet<u64>,
+    old: StableSet<u64>,
     /// When `new` started; `None` until the first id.
     started: Option<Instant>,
 }
@@ -22,8 +22,8 @@ impl RecentIds {
     pub fn new(ttl: Duration) -> RecentIds {
         RecentIds {
             ttl,
-            new: HashSet::new(),
-            old: HashSet::new(),
+            new: StableSet::default(),
+            old: StableSet::default(),
             started: None,
         }
     }

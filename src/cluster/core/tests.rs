@@ -3,7 +3,7 @@
 //! simulator, in `tests/cluster_sim.rs`.)
 
 use super::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Cores joined by instant links.
 struct Net {

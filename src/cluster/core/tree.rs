@@ -30,9 +30,10 @@
 //! announced lazily for repair; node states are not, since anti-entropy
 //! repairs them.
 
+use super::hash::{StableMap, StableSet};
 use super::recent::RecentIds;
 use crate::cluster::protocol::{Lane, Msg, MsgId, Payload};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -126,15 +127,15 @@ pub struct BroadcastTree {
     config: TreeConfig,
     me: Arc<str>,
     /// Overlay neighbours with a link.
-    neighbours: HashSet<Arc<str>>,
+    neighbours: StableSet<Arc<str>>,
     parent: Option<Arc<str>>,
-    children: HashSet<Arc<str>>,
+    children: StableSet<Arc<str>>,
     /// Links made eager by a graft, until a duplicate prunes them.
-    grafted: HashSet<Arc<str>>,
+    grafted: StableSet<Arc<str>>,
     round: Option<Round>,
     my_hops: u16,
     /// The beacon round and hops each neighbour last sent us.
-    heard: HashMap<Arc<str>, (Round, u16)>,
+    heard: StableMap<Arc<str>, (Round, u16)>,
     /// A better parent, taken at the deadline unless the old one shows up.
     switch: Option<(Arc<str>, Instant)>,
     /// This node is the root: its own round number and next beacon.
@@ -142,12 +143,12 @@ pub struct BroadcastTree {
     /// Ids seen lately, folded to 64 bits (a collision in a window of
     /// seconds is about as likely as a 2⁻⁶⁴ coin), to keep this small.
     seen: RecentIds,
-    cache: HashMap<MsgId, Cached>,
+    cache: StableMap<MsgId, Cached>,
     cache_order: VecDeque<(Instant, MsgId)>,
     cache_bytes: usize,
-    missing: HashMap<MsgId, Missing>,
+    missing: StableMap<MsgId, Missing>,
     graft_due: BTreeSet<(Instant, MsgId)>,
-    lazy_queue: HashMap<Arc<str>, Vec<(MsgId, u16)>>,
+    lazy_queue: StableMap<Arc<str>, Vec<(MsgId, u16)>>,
     lazy_due: Option<Instant>,
     pub counters: TreeCounters,
 }
@@ -158,22 +159,22 @@ impl BroadcastTree {
         BroadcastTree {
             config,
             me: me.clone(),
-            neighbours: HashSet::new(),
+            neighbours: StableSet::default(),
             parent: None,
-            children: HashSet::new(),
-            grafted: HashSet::new(),
+            children: StableSet::default(),
+            grafted: StableSet::default(),
             round: None,
             my_hops: 0,
-            heard: HashMap::new(),
+            heard: StableMap::default(),
             switch: None,
             root: None,
             seen: RecentIds::new(dedup_ttl),
-            cache: HashMap::new(),
+            cache: StableMap::default(),
             cache_order: VecDeque::new(),
             cache_bytes: 0,
-            missing: HashMap::new(),
+            missing: StableMap::default(),
             graft_due: BTreeSet::new(),
-            lazy_queue: HashMap::new(),
+            lazy_queue: StableMap::default(),
             lazy_due: None,
             counters: TreeCounters::default(),
         }
@@ -545,7 +546,7 @@ impl BroadcastTree {
             self.graft_due.pop_first();
             overdue.push(first.1);
         }
-        let mut grafts: HashMap<Arc<str>, Vec<MsgId>> = HashMap::new();
+        let mut grafts: StableMap<Arc<str>, Vec<MsgId>> = StableMap::default();
         for id in overdue {
             let Some(missing) = self.missing.get_mut(&id) else {
                 continue;
