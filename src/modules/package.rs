@@ -150,17 +150,34 @@ pub fn unpack(package: &Path, dest: &Path, limits: UnpackLimits) -> Result<Manif
     let mut count = 0usize;
     let entries = archive
         .entries()
-        .map_err(|e| format!("the package is not a gzip'd tar: {e}"))?;
+        .map_err(|e| format!("the package is not a gzip'd tar: {e}"))?
+        .raw(true);
+    let mut long_path: Option<PathBuf> = None;
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("the package is not a valid gzip'd tar: {e}"))?;
         count += 1;
         if count > limits.max_entries {
             return Err(format!("the package has more than {} entries", limits.max_entries));
         }
-        let path = entry
-            .path()
-            .map_err(|e| format!("the package has an entry with an unreadable path: {e}"))?
-            .into_owned();
+        if let Some(path) = read_extension(&mut entry)? {
+            // Extensions count towards the unpacked total like files do.
+            unpacked = unpacked.saturating_add(entry.size());
+            if unpacked > limits.max_unpacked_bytes {
+                return Err(format!(
+                    "the package unpacks to more than {} bytes (a compression bomb?)",
+                    limits.max_unpacked_bytes
+                ));
+            }
+            long_path = path.or(long_path);
+            continue;
+        }
+        let path = match long_path.take() {
+            Some(path) => path,
+            None => entry
+                .path()
+                .map_err(|e| format!("the package has an entry with an unreadable path: {e}"))?
+                .into_owned(),
+        };
         let shown = path.display().to_string();
         let relative = safe_relative(&path)?;
         let kind = entry.header().entry_type();
@@ -197,7 +214,6 @@ pub fn unpack(package: &Path, dest: &Path, limits: UnpackLimits) -> Result<Manif
                     "the package has a device or fifo (`{shown}`); they are refused"
                 ))
             }
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
             other => {
                 return Err(format!(
                     "the package has an entry of unsupported type {other:?} (`{shown}`)"
@@ -210,6 +226,64 @@ pub fn unpack(package: &Path, dest: &Path, limits: UnpackLimits) -> Result<Manif
         check_executable(&dest.join(main)).map_err(|e| format!("{MANIFEST_FILE}: `main` {e}"))?;
     }
     Ok(manifest)
+}
+
+/// The most bytes of one header extension (a GNU long name or a PAX
+/// header). The tar crate would read any size into memory: a 1 MB package
+/// holding a 1 GiB long name took a node to 16.8 GB and wrote the name into
+/// its log. Paths are at most 4 KiB on Linux; PAX records beyond a path are
+/// small.
+pub const MAX_EXTENSION_BYTES: u64 = 64 * 1024;
+
+/// If `entry` is a header extension, reads it (within
+/// [`MAX_EXTENSION_BYTES`]) and answers `Some(path it sets for the next
+/// entry, if any)`; answers `None` for an ordinary entry. The archive is
+/// read raw, so this is the only place extensions are read.
+fn read_extension<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<Option<PathBuf>>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let kind = entry.header().entry_type();
+    let what = match kind {
+        tar::EntryType::GNULongName => "GNU long name",
+        tar::EntryType::GNULongLink => "GNU long link name",
+        tar::EntryType::XHeader => "PAX header",
+        tar::EntryType::XGlobalHeader => "PAX global header",
+        _ => return Ok(None),
+    };
+    let size = entry.header().size().unwrap_or(u64::MAX);
+    if size > MAX_EXTENSION_BYTES {
+        return Err(format!(
+            "the package has a {what} of {size} bytes; at most {MAX_EXTENSION_BYTES} are accepted"
+        ));
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    entry
+        .take(MAX_EXTENSION_BYTES)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("the package's {what} cannot be read: {e}"))?;
+    let path = match kind {
+        tar::EntryType::GNULongName => {
+            let name = data.split(|b| *b == 0).next().unwrap_or_default();
+            Some(PathBuf::from(std::ffi::OsStr::from_bytes(name)))
+        }
+        tar::EntryType::XHeader => {
+            let mut path = None;
+            for record in tar::PaxExtensions::new(&data) {
+                let record = record.map_err(|e| format!("the package has a malformed {what}: {e}"))?;
+                match record.key_bytes() {
+                    b"path" => path = Some(PathBuf::from(std::ffi::OsStr::from_bytes(record.value_bytes()))),
+                    // Sizes past the ustar header's 8 GiB are far past any
+                    // package limit; refusing beats trusting two sizes.
+                    b"size" => return Err(format!("the package has a {what} that overrides an entry's size")),
+                    _ => {}
+                }
+            }
+            path
+        }
+        // A long link name only precedes a link, which is refused anyway;
+        // global PAX headers carry nothing a package needs.
+        _ => None,
+    };
+    Ok(Some(path))
 }
 
 /// The entry's path without `./`, or an error for absolute paths and `..`.
@@ -256,12 +330,17 @@ pub fn read_manifest(package: &Path) -> Result<Manifest, String> {
     let mut archive = tar::Archive::new(GzDecoder::new(file));
     let entries = archive
         .entries()
-        .map_err(|e| format!("{} is not a gzip'd tar: {e}", package.display()))?;
+        .map_err(|e| format!("{} is not a gzip'd tar: {e}", package.display()))?
+        .raw(true);
+    let mut long_path: Option<PathBuf> = None;
     for entry in entries {
-        let entry = entry.map_err(|e| format!("{} is not a valid gzip'd tar: {e}", package.display()))?;
-        let is_manifest = entry
-            .path()
-            .ok()
+        let mut entry = entry.map_err(|e| format!("{} is not a valid gzip'd tar: {e}", package.display()))?;
+        if let Some(path) = read_extension(&mut entry)? {
+            long_path = path.or(long_path);
+            continue;
+        }
+        let path = long_path.take().or_else(|| entry.path().ok().map(|p| p.into_owned()));
+        let is_manifest = path
             .and_then(|p| safe_relative(&p).ok().flatten())
             .is_some_and(|p| p == Path::new(MANIFEST_FILE));
         if is_manifest {
@@ -408,6 +487,65 @@ pub(crate) mod tests {
         };
         let err = unpack(&pkg, &tmp.path().join("out"), limits).unwrap_err();
         assert!(err.contains("compression bomb"), "{err}");
+    }
+
+    /// Appends a header extension of `kind` holding `data`.
+    fn append_extension(tar: &mut tar::Builder<GzEncoder<File>>, kind: tar::EntryType, data: &[u8]) {
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(kind);
+        header.set_cksum();
+        tar.append(&header, data).unwrap();
+    }
+
+    #[test]
+    fn long_paths_unpack_but_oversized_header_extensions_are_refused_unread() {
+        // A path past ustar's 100 bytes travels as a GNU long name.
+        let tmp = tempfile::tempdir().unwrap();
+        let pkg = tmp.path().join("long.tar.gz");
+        let long = format!("{}/data.txt", "d".repeat(150));
+        raw_package(&pkg, |t| {
+            append_raw(t, "mod.json", MANIFEST);
+            let mut h = tar::Header::new_gnu();
+            h.set_size(2);
+            h.set_mode(0o644);
+            t.append_data(&mut h, &long, &b"ok"[..]).unwrap();
+        });
+        let out = tmp.path().join("out");
+        unpack(&pkg, &out, UnpackLimits::for_package_limit(1 << 20)).unwrap();
+        assert_eq!(std::fs::read(out.join(&long)).unwrap(), b"ok");
+        assert_eq!(read_manifest(&pkg).unwrap().name, "m");
+
+        // The tar crate read any long name or PAX header into memory, and
+        // the refusal then echoed the name (1 GiB of it, once, into a log).
+        let huge = vec![b'a'; 100 * 1024];
+        for kind in [tar::EntryType::GNULongName, tar::EntryType::XHeader] {
+            let err = unpack_err(|t| {
+                append_raw(t, "mod.json", MANIFEST);
+                append_extension(t, kind, &huge);
+                append_raw(t, "after", b"x");
+            });
+            assert!(err.contains("102400 bytes"), "{kind:?}: {}", &err[..err.len().min(300)]);
+            assert!(err.len() < 300, "{kind:?}: the refusal echoes {} bytes", err.len());
+            let tmp = tempfile::tempdir().unwrap();
+            let pkg = tmp.path().join("p.tar.gz");
+            raw_package(&pkg, |t| {
+                append_extension(t, kind, &huge);
+                append_raw(t, "mod.json", MANIFEST);
+            });
+            let err = read_manifest(&pkg).unwrap_err();
+            assert!(err.len() < 300 && err.contains("102400 bytes"), "{kind:?}: {err:.300}");
+        }
+
+        // A PAX header may rename an entry; the name it gives is checked.
+        let err = unpack_err(|t| {
+            append_raw(t, "mod.json", MANIFEST);
+            append_extension(t, tar::EntryType::XHeader, b"22 path=../escaped.sh\n");
+            append_raw(t, "innocent", b"x");
+        });
+        assert!(err.contains(".."), "{err}");
     }
 
     #[test]
