@@ -494,7 +494,10 @@ async fn deploy_order(node: &NodeHandle, req: &DeployBody) -> Result<Value, ApiE
             let manifest = tokio::task::spawn_blocking(move || crate::modules::package::read_manifest(&package))
                 .await
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-                .map_err(|e| rejected("bad_package", e))?;
+                .map_err(|e| {
+                    state.cache.evict(&cached);
+                    rejected("bad_package", e)
+                })?;
             if manifest.name != req.module {
                 return Err(rejected(
                     "bad_package",

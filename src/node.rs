@@ -266,7 +266,7 @@ pub struct Node {
 impl Node {
     /// Builds and starts a node. Must be called inside an actix system.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
-        std::fs::create_dir_all(&config.data_dir)
+        crate::modules::fetch::private_dir(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let identity = NodeIdentity {
             name: config.name.clone(),

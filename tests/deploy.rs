@@ -353,6 +353,33 @@ fn bad_packages_are_refused_and_the_running_version_stays() {
         .collect();
     assert_eq!(leftovers, ["hello"], "no staging folders or other installs remain");
     assert!(!Path::new("/tmp/conjoiner-abs").exists());
+
+    // The cache keeps only valid packages, private to the node's user: a
+    // refused file (it could have been /etc/shadow) leaves no copy.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let cache = node.data_dir().join("packages");
+    assert_eq!(mode(&node.data_dir()), 0o700, "the data dir is private");
+    assert_eq!(mode(&cache), 0o700, "the package cache is private");
+    let sha_of = |p: &Path| conjoiner::modules::package::sha256_file(p).unwrap();
+    let mut cached: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(&cache).unwrap().flatten() {
+        assert_eq!(mode(&entry.path()), 0o600, "{:?} is private", entry.file_name());
+        cached.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    cached.sort();
+    let mut expected = vec![format!("{sha}.tar.gz"), format!("{}.tar.gz", sha_of(&broken_pkg))];
+    expected.sort();
+    assert_eq!(
+        cached,
+        expected,
+        "only the two valid packages are cached (refused: {})",
+        [&dotdot, &absolute, &symlink, &bad_manifest]
+            .iter()
+            .map(|p| sha_of(p))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 #[test]

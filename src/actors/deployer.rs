@@ -602,9 +602,13 @@ impl Worker {
         let store = state.store.clone();
         let limits = UnpackLimits::for_package_limit(node.settings.deployer.max_package_bytes);
         let path = package.path.clone();
-        let staged = blocking(move || store.stage(&path, limits))
-            .await
-            .map_err(|e| ("bad_package", e))?;
+        let staged = match blocking(move || store.stage(&path, limits)).await {
+            Ok(staged) => staged,
+            Err(e) => {
+                state.cache.evict(&package);
+                return Err(("bad_package", e));
+            }
+        };
         let manifest = staged.manifest.clone();
         if manifest.name != name {
             self.discard(staged).await;

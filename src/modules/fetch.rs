@@ -97,6 +97,15 @@ pub struct CachedPackage {
 }
 
 /// The content-addressed package cache of a node.
+/// Creates `dir` (and its parents) if needed and makes it 0700: the data
+/// dir and the package cache may hold what an operator fetched by mistake,
+/// and other local users must not read it.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 #[derive(Debug, Clone)]
 pub struct PackageCache {
     dir: PathBuf,
@@ -106,7 +115,7 @@ impl PackageCache {
     /// Opens (creating) the cache in `dir` and removes leftovers of fetches
     /// that a crash interrupted.
     pub fn open(dir: &Path) -> std::io::Result<PackageCache> {
-        std::fs::create_dir_all(dir)?;
+        private_dir(dir)?;
         for entry in std::fs::read_dir(dir)?.flatten() {
             if entry.file_name().to_string_lossy().starts_with(".partial-") {
                 let _ = std::fs::remove_file(entry.path());
@@ -119,6 +128,21 @@ impl PackageCache {
     /// `sha256` must already be validated hex, so the name cannot escape.
     pub fn path_of(&self, sha256: &str) -> PathBuf {
         self.dir.join(format!("{sha256}.tar.gz"))
+    }
+
+    /// Drops a fetched file that turned out not to be a valid package, so
+    /// the cache only ever holds packages (a deploy from `/etc/shadow` must
+    /// not leave a copy behind).
+    pub fn evict(&self, package: &CachedPackage) {
+        match std::fs::remove_file(&package.path) {
+            Ok(()) => {
+                tracing::info!(sha256 = %package.sha256, "dropped a file that is not a valid package from the cache")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(sha256 = %package.sha256, error = %e, "cannot drop an invalid package from the cache")
+            }
+        }
     }
 
     /// The cached package with this sha256, if any.
@@ -136,7 +160,11 @@ impl PackageCache {
     /// Starts a new download into the cache.
     pub async fn begin(&self, limit: u64) -> Result<PartialPackage, FetchError> {
         let path = self.dir.join(format!(".partial-{}", uuid::Uuid::now_v7()));
-        let file = tokio::fs::File::create(&path)
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
             .await
             .map_err(|e| FetchError::Cache(format!("cannot create {}: {e}", path.display())))?;
         Ok(PartialPackage {
