@@ -320,7 +320,17 @@ impl NodeSupervisor {
         child.generation += 1;
         let generation = child.generation;
         child.state = ModuleState::Starting;
-        match (child.spec.factory)() {
+        // A factory that panics (say, on a config value it did not expect)
+        // fails this module's start; it must not take the supervisor, and
+        // with it every other module, down.
+        let started =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (child.spec.factory)())).unwrap_or_else(|panic| {
+                Err(anyhow::anyhow!(
+                    "the module panicked while starting: {}",
+                    panic_message(panic)
+                ))
+            });
+        match started {
             Ok(running) => {
                 child.control = Some(running.control);
                 child.abort = Some(running.task.abort_handle());
@@ -839,6 +849,32 @@ mod tests {
         assert_eq!(info.restarts, 2);
         assert_eq!(f.starts(), 3, "one start plus two restarts");
         assert!(info.last_exit.unwrap().contains("panics on purpose"));
+    }
+
+    #[actix_rt::test]
+    async fn a_factory_that_panics_fails_its_module_and_the_supervisor_keeps_running() {
+        let f = Fixture::new();
+        let sup = &f.sup;
+        let mut spec = spec(
+            "bad",
+            Behaviour::Panics,
+            fast_policy(RestartMode::Never, 0),
+            &f.log,
+            &f.starts,
+        );
+        spec.factory = Box::new(|| panic!("config value out of range"));
+        sup.send(StartModule(spec)).await.unwrap().unwrap();
+        let info = wait_for(sup, "bad", |m| m.state == ModuleState::Failed).await;
+        let exit = info.last_exit.unwrap_or_default();
+        assert!(
+            exit.contains("panicked while starting: config value out of range"),
+            "{exit}"
+        );
+        // The supervisor still answers and starts other modules.
+        f.add("fine", Behaviour::StopsItself, fast_policy(RestartMode::OnFailure, 0))
+            .await
+            .unwrap();
+        wait_for(sup, "fine", |m| m.state == ModuleState::Stopped).await;
     }
 
     #[actix_rt::test]

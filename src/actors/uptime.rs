@@ -28,18 +28,31 @@ pub struct Uptime {
     answered: u64,
 }
 
-/// The registry's factory for kind `uptime`.
-pub fn start_module(args: &ModuleArgs<'_>) -> anyhow::Result<RunningModule> {
-    let publish_every = match args.config.get("publish_secs") {
-        None | Some(Value::Null) => None,
+/// A day: longer is a typo (`1e30` made `Duration::from_secs_f64` panic).
+const MAX_PUBLISH_SECS: f64 = 86_400.0;
+
+/// The config's `publish_secs`, checked: a refusal is a clear start error
+/// (`bad_config`), where an unchecked `1e30` panicked the supervisor.
+fn publish_interval(config: &Value) -> anyhow::Result<Option<Duration>> {
+    match config.get("publish_secs") {
+        None | Some(Value::Null) => Ok(None),
         Some(v) => {
             let secs = v
                 .as_f64()
-                .filter(|s| *s >= 0.1)
-                .ok_or_else(|| anyhow::anyhow!("config `publish_secs` must be a number of seconds ≥ 0.1, not {v}"))?;
-            Some(Duration::from_secs_f64(secs))
+                .filter(|s| (0.1..=MAX_PUBLISH_SECS).contains(s))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "config `publish_secs` must be a number of seconds from 0.1 to {MAX_PUBLISH_SECS}, not {v}"
+                    )
+                })?;
+            Ok(Some(Duration::from_secs_f64(secs)))
         }
-    };
+    }
+}
+
+/// The registry's factory for kind `uptime`.
+pub fn start_module(args: &ModuleArgs<'_>) -> anyhow::Result<RunningModule> {
+    let publish_every = publish_interval(args.config)?;
     let uptime = Uptime {
         identity: args.node.identity.clone(),
         name: args.name.to_string(),
@@ -169,5 +182,25 @@ impl Handler<DumpState> for Uptime {
             json!({"answered": self.answered, "publish_every_ms": self.publish_every.map(|d| d.as_millis() as u64)});
         info!(state = %state, "state snapshot");
         Snapshot(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_secs_is_checked_not_trusted() {
+        assert_eq!(publish_interval(&json!({})).unwrap(), None);
+        assert_eq!(
+            publish_interval(&json!({"publish_secs": 5})).unwrap(),
+            Some(Duration::from_secs(5))
+        );
+        for bad in [json!(1e30), json!(0.01), json!(-1), json!("5")] {
+            let err = publish_interval(&json!({ "publish_secs": bad }))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("from 0.1 to 86400"), "{bad}: {err}");
+        }
     }
 }
