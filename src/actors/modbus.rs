@@ -23,6 +23,22 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+/// The most of an unknown address an error or a log line repeats.
+const SHOWN_ADDRESS_BYTES: usize = 256;
+
+/// `address`, cut to [`SHOWN_ADDRESS_BYTES`]: an address nobody handles
+/// comes from the sender, and a 1 MB one was echoed whole in every reply.
+fn clip(address: &str) -> String {
+    if address.len() <= SHOWN_ADDRESS_BYTES {
+        return address.to_string();
+    }
+    let mut end = SHOWN_ADDRESS_BYTES;
+    while !address.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &address[..end], address.len())
+}
+
 /// Why the ModBus could not deliver.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
@@ -155,11 +171,12 @@ impl ModBus {
     fn no_handler(&mut self, envelope: &Envelope) -> BusError {
         self.counters.no_handler += 1;
         self.metrics.dropped(DropReason::NoHandler);
-        debug!(envelope = %envelope.id, address = %envelope.dst.address, kind = %envelope.kind,
+        let address = clip(&envelope.dst.address);
+        debug!(envelope = %envelope.id, address = %address, kind = %envelope.kind,
             "no subscriber for address");
         BusError::NoHandler {
             node: self.node.clone(),
-            address: envelope.dst.address.clone(),
+            address,
         }
     }
 
@@ -557,6 +574,16 @@ mod tests {
             assert_eq!(err.code(), "no_handler");
             assert!(err.to_string().contains("no module handles address `mod.nobody`"));
         }
+        // A huge unknown address is not echoed back whole.
+        let huge = format!("mod.{}", "é".repeat(500_000));
+        let err = bus
+            .send(SendOne(envelope(MessageType::Event, &huge)))
+            .await
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 600, "the error repeats {} bytes", err.len());
+        assert!(err.contains("(1000004 bytes)"), "{err:.400}");
     }
 
     #[actix_rt::test]

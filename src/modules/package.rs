@@ -349,6 +349,10 @@ pub fn read_manifest(package: &Path) -> Result<Manifest, String> {
                 .take(MAX_MANIFEST_BYTES + 1)
                 .read_to_end(&mut bytes)
                 .map_err(|e| format!("cannot read {MANIFEST_FILE}: {e}"))?;
+            if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+                // Parsing the cut bytes said "EOF while parsing a string".
+                return Err(format!("{MANIFEST_FILE} is larger than {MAX_MANIFEST_BYTES} bytes"));
+            }
             return Manifest::parse(&bytes);
         }
     }
@@ -538,6 +542,17 @@ pub(crate) mod tests {
             let err = read_manifest(&pkg).unwrap_err();
             assert!(err.len() < 300 && err.contains("102400 bytes"), "{kind:?}: {err:.300}");
         }
+
+        // An over-large manifest is named as such, not as broken JSON.
+        let tmp = tempfile::tempdir().unwrap();
+        let pkg = tmp.path().join("big-manifest.tar.gz");
+        let padded = format!(
+            r#"{{"name":"m","version":"1","description":"{}"}}"#,
+            "x".repeat(300 * 1024)
+        );
+        raw_package(&pkg, |t| append_raw(t, "mod.json", padded.as_bytes()));
+        let err = read_manifest(&pkg).unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
 
         // A PAX header may rename an entry; the name it gives is checked.
         let err = unpack_err(|t| {
