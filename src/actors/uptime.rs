@@ -31,8 +31,8 @@ pub struct Uptime {
 /// A day: longer is a typo (`1e30` made `Duration::from_secs_f64` panic).
 const MAX_PUBLISH_SECS: f64 = 86_400.0;
 
-/// The config's `publish_secs`, checked: a refusal is a clear start error
-/// (`bad_config`), where an unchecked `1e30` panicked the supervisor.
+/// The config's `publish_secs`, checked: a refusal is a clear start error,
+/// where an unchecked `1e30` panicked the supervisor.
 fn publish_interval(config: &Value) -> anyhow::Result<Option<Duration>> {
     match config.get("publish_secs") {
         None | Some(Value::Null) => Ok(None),

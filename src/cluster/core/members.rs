@@ -175,6 +175,11 @@ pub enum Applied {
     },
 }
 
+/// The member table's key: the name hash (the table keeps no key copy).
+fn table_key(member: &Member) -> u64 {
+    name_hash(&member.id.name)
+}
+
 /// Every member this node knows, itself included.
 pub struct MemberTable {
     me: Arc<str>,
@@ -263,11 +268,8 @@ impl MemberTable {
         if member.status.is_up() {
             self.up += 1;
         }
-        let hash = name_hash(&member.id.name);
-        let old = match self
-            .members
-            .entry(hash, |m| m.id.name == member.id.name, |m| name_hash(&m.id.name))
-        {
+        let hash = table_key(&member);
+        let old = match self.members.entry(hash, |m| m.id.name == member.id.name, table_key) {
             Entry::Occupied(mut entry) => Some(std::mem::replace(entry.get_mut(), member)),
             Entry::Vacant(entry) => {
                 entry.insert(member);
@@ -368,7 +370,7 @@ impl MemberTable {
             !forget
         });
         if self.members.capacity() > 2 * self.members.len() + 64 {
-            self.members.shrink_to_fit(|m| name_hash(&m.id.name));
+            self.members.shrink_to_fit(table_key);
         }
         gone
     }
