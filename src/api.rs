@@ -487,7 +487,7 @@ async fn deploy_order(node: &NodeHandle, req: &DeployBody) -> Result<Value, ApiE
             let limit = node.settings.deployer.max_package_bytes;
             let cached = state
                 .cache
-                .fetch(&PackageSource::File(path), sha256.as_deref(), limit, &state.http)
+                .fetch(&PackageSource::File(path), sha256.as_deref(), limit)
                 .await
                 .map_err(|e| rejected(e.code(), e.to_string()))?;
             let package = cached.path.clone();

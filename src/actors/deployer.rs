@@ -78,7 +78,6 @@ pub struct DeployState {
     pub cache: PackageCache,
     holders: Mutex<HashMap<String, BTreeSet<String>>>,
     install_lock: tokio::sync::Mutex<()>,
-    pub http: reqwest::Client,
     activity: Mutex<Option<String>>,
     counters: Mutex<DeployCounters>,
 }
@@ -101,13 +100,11 @@ impl DeployState {
             .with_context(|| format!("cannot open {}", data_dir.join("mods").display()))?;
         let cache = PackageCache::open(&data_dir.join("packages"))
             .with_context(|| format!("cannot open {}", data_dir.join("packages").display()))?;
-        let http = crate::modules::fetch::http_client().map_err(anyhow::Error::msg)?;
         Ok(DeployState {
             store,
             cache,
             holders: Mutex::new(HashMap::new()),
             install_lock: tokio::sync::Mutex::new(()),
-            http,
             activity: Mutex::new(None),
             counters: Mutex::new(DeployCounters::default()),
         })
@@ -783,7 +780,7 @@ impl Worker {
                 if expected.is_none() {
                     warn!(url = %url, "deploying without a sha256: the package is not checked against a known sum");
                 }
-                state.cache.fetch(&source, expected, limit, &state.http).await
+                state.cache.fetch(&source, expected, limit).await
             }
             (None, Some(peer), Some(sha)) => self.fetch_from_peers(peer, sha, order.source.size, limit).await,
             _ => Err(FetchError::BadSource(

@@ -11,16 +11,23 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 
-/// The HTTP client packages are downloaded with. https uses rustls with the
-/// ring provider; installing the provider again (several nodes in one
-/// process) is harmless.
+/// The HTTP client packages are downloaded with, built on the first http(s)
+/// fetch and shared by every node in the process. Building it reads the
+/// system's root certificates (about 140 files here); done at start, that was
+/// most of a node's start-up CPU, though most nodes never fetch over https.
+/// https uses rustls with the ring provider.
 pub fn http_client() -> Result<reqwest::Client, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .user_agent(concat!("conjoiner/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .user_agent(concat!("conjoiner/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        })
+        .clone()
 }
 
 /// Where a package comes from.
@@ -185,7 +192,6 @@ impl PackageCache {
         source: &PackageSource,
         expected: Option<&str>,
         limit: u64,
-        http: &reqwest::Client,
     ) -> Result<CachedPackage, FetchError> {
         if let Some(hit) = expected.and_then(|sha| self.get(sha)) {
             return Ok(hit);
@@ -218,7 +224,8 @@ impl PackageCache {
                 }
             }
             PackageSource::Http(url) => {
-                let response = http
+                let response = http_client()
+                    .map_err(FetchError::Transfer)?
                     .get(url)
                     .send()
                     .await
@@ -361,17 +368,16 @@ mod tests {
         let body = vec![42u8; 5000];
         let sha = hex::encode(Sha256::digest(&body));
         let source = PackageSource::parse(&serve(body)).unwrap();
-        let http = http_client().unwrap();
-        let err = cache.fetch(&source, None, 4999, &http).await.unwrap_err();
+        let err = cache.fetch(&source, None, 4999).await.unwrap_err();
         assert_eq!(
             err,
             FetchError::TooLarge { limit: 4999 },
             "Content-Length over the limit"
         );
-        let got = cache.fetch(&source, Some(&sha), 10_000, &http).await.unwrap();
+        let got = cache.fetch(&source, Some(&sha), 10_000).await.unwrap();
         assert_eq!((got.size, got.sha256), (5000, sha));
         let missing = PackageSource::parse("http://127.0.0.1:9/nothing").unwrap();
-        let err = cache.fetch(&missing, None, 10_000, &http).await.unwrap_err();
+        let err = cache.fetch(&missing, None, 10_000).await.unwrap_err();
         assert_eq!(err.code(), "fetch_failed");
     }
 
@@ -382,20 +388,19 @@ mod tests {
         let src = tmp.path().join("pkg.tar.gz");
         std::fs::write(&src, vec![7u8; 1000]).unwrap();
         let sha = super::super::package::sha256_file(&src).unwrap();
-        let http = http_client().unwrap();
         let source = PackageSource::File(src.clone());
 
-        let err = cache.fetch(&source, None, 999, &http).await.unwrap_err();
+        let err = cache.fetch(&source, None, 999).await.unwrap_err();
         assert_eq!(err, FetchError::TooLarge { limit: 999 });
         let wrong = "0".repeat(64);
-        let err = cache.fetch(&source, Some(&wrong), 4096, &http).await.unwrap_err();
+        let err = cache.fetch(&source, Some(&wrong), 4096).await.unwrap_err();
         assert_eq!(err.code(), "checksum_mismatch");
         assert!(cache.get(&wrong).is_none());
 
-        let got = cache.fetch(&source, Some(&sha), 4096, &http).await.unwrap();
+        let got = cache.fetch(&source, Some(&sha), 4096).await.unwrap();
         assert_eq!((got.sha256.as_str(), got.size), (sha.as_str(), 1000));
         std::fs::remove_file(&src).unwrap();
-        let again = cache.fetch(&source, Some(&sha), 4096, &http).await.unwrap();
+        let again = cache.fetch(&source, Some(&sha), 4096).await.unwrap();
         assert_eq!(again, got, "served from the cache once the source is gone");
         let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("packages"))
             .unwrap()
