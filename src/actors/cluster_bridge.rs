@@ -169,7 +169,12 @@ impl ClusterBridge {
             }
             ctx.cancel_future(handle);
         }
-        let after = deadline.saturating_duration_since(Instant::now());
+        // A deadline already past still waits a millisecond: should the
+        // core ever fail to move a deadline on, the actor idles instead of
+        // spinning.
+        let after = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         let handle = ctx.run_later(after, |act, ctx| {
             act.wake = None;
             let _g = act.span.clone().entered();

@@ -14,6 +14,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tracing::{debug, warn, Instrument as _};
 
+/// How long a link this node closed keeps reading, for the peer to close
+/// its side (see `run_link`).
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
 /// Something that carries links between nodes.
 pub trait Transport: Send + Sync + 'static {
     /// The address peers reach this node at, as bound.
@@ -112,11 +116,10 @@ async fn run_link(mut stream: TcpStream, remote: SocketAddr, direction: Directio
     let sender = transport.sender(BufWriter::with_capacity(8 * 1024, write_half));
     let id = next_link_id();
     let (start_tx, start_rx) = oneshot::channel::<Outgoing>();
-    let events = setup.events.clone();
     let writer = tokio::spawn(
         async move {
             if let Ok(outgoing) = start_rx.await {
-                write_loop(id, sender, outgoing, events).await;
+                write_loop(id, sender, outgoing).await;
             }
         }
         .instrument(setup.span.clone()),
@@ -130,7 +133,16 @@ async fn run_link(mut stream: TcpStream, remote: SocketAddr, direction: Directio
     let mut receiver = transport.receiver(read_half, setup.max_frame);
     let reason = loop {
         tokio::select! {
-            _ = &mut close_rx => return,
+            _ = &mut close_rx => {
+                // Closed by this node. Keep reading (and dropping) until the
+                // peer closes too: a socket closed with unread input ends
+                // with a reset, and the reset makes the peer's kernel throw
+                // away what it had not read yet (a busy seed's member table,
+                // written just before it hung up on the joiner).
+                let drain = async { while let Ok(Some(_)) = receiver.recv().await {} };
+                let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+                return;
+            }
             next = receiver.recv() => match next {
                 Ok(Some(frame)) => {
                     if setup.events.send(LinkEvent::Frame { id, frame }).await.is_err() {
@@ -146,12 +158,7 @@ async fn run_link(mut stream: TcpStream, remote: SocketAddr, direction: Directio
     setup.events.do_send(LinkEvent::Down { id, reason });
 }
 
-async fn write_loop(
-    id: u64,
-    mut sender: FrameSender<BufWriter<OwnedWriteHalf>>,
-    mut outgoing: Outgoing,
-    events: actix::Recipient<LinkEvent>,
-) {
+async fn write_loop(id: u64, mut sender: FrameSender<BufWriter<OwnedWriteHalf>>, mut outgoing: Outgoing) {
     while let Some(first) = outgoing.next().await {
         let mut written = 0;
         let mut next = Some(first);
@@ -169,10 +176,10 @@ async fn write_loop(
         .await;
         outgoing.written(written);
         if let Err(e) = result {
-            events.do_send(LinkEvent::Down {
-                id,
-                reason: DownReason::Failed(format!("write failed: {e}")),
-            });
+            // The reader reports the link down once it has delivered what
+            // the peer sent before the failure; reported from here, those
+            // frames would be dropped unread.
+            debug!(link = id, error = %e, "write failed; the reader ends the link");
             return;
         }
     }

@@ -260,6 +260,30 @@ impl Detector {
         }
     }
 
+    /// This node's own wake-up came late: it was itself starved of CPU, so
+    /// an ack or a refutation may be waiting, unread, in its own queue.
+    /// Every probe step, helper answer and suspicion that fell due waits
+    /// `grace` more, so what is queued is read before anyone is accused.
+    pub fn postpone_due(&mut self, now: Instant, grace: Duration) {
+        let later = now + grace;
+        if let Some(p) = self.probe.as_mut().filter(|p| p.deadline <= now) {
+            p.deadline = later;
+        }
+        for h in self.helping.values_mut().filter(|h| h.deadline <= now) {
+            h.deadline = later;
+        }
+        while let Some((at, name)) = self.expiry.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.expiry.pop_first();
+            if let Some(s) = self.suspicions.get_mut(&name) {
+                s.deadline = later;
+            }
+            self.expiry.insert((later, name));
+        }
+    }
+
     fn start_probe(&mut self, now: Instant, subjects: &[Arc<str>], out: &mut Vec<DetectorOut>) {
         if self.urgent.is_empty() {
             self.urgent_since = None;
@@ -277,7 +301,16 @@ impl Detector {
                 self.turn = self.turn.wrapping_add(1);
                 subjects[self.turn % subjects.len()].clone()
             }
-            None => return,
+            None => {
+                // Nobody to probe this round (a lone node, or one still
+                // joining): the round passes, so the deadline moves on
+                // instead of staying in the past and waking the actor in a
+                // tight loop.
+                if now >= self.next_probe {
+                    self.next_probe = now + self.scale(self.config.probe_interval);
+                }
+                return;
+            }
         };
         self.next_probe = now + self.scale(self.config.probe_interval);
         let seq = self.next_seq();

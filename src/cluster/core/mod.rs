@@ -177,6 +177,9 @@ pub struct CoreCounters {
     pub directs_sent: u64,
     pub directs_received: u64,
     pub dropped_no_route: u64,
+    /// Wake-ups that came so late that due probe and suspicion deadlines
+    /// were postponed (this node was starved of CPU).
+    pub late_wakeups: u64,
 }
 
 /// Where a record came from, which decides how it is applied and spread.
@@ -205,6 +208,10 @@ struct Link {
     i_want: bool,
     /// The peer counts it as overlay.
     peer_wants: bool,
+    /// The peer answered our join on this link and does not count it as
+    /// overlay: a busy seed hangs up then, which says nothing about its
+    /// health.
+    hangup_expected: bool,
     frames_in: u64,
 }
 
@@ -246,6 +253,9 @@ pub struct ClusterCore {
     /// The overlay neighbours this node wants (from the rings), and since when.
     wanted: StableMap<Arc<str>, Instant>,
     overlay_dirty: bool,
+    /// A member table came in answer to a join: until then, a joiner knows
+    /// only its seed and probes nobody.
+    has_table: bool,
     state_version: u64,
     next_anti_entropy: Instant,
     next_reconnect: Instant,
@@ -287,6 +297,7 @@ impl ClusterCore {
             last_dial: StableMap::default(),
             wanted: StableMap::default(),
             overlay_dirty: false,
+            has_table: false,
             state_version: 0,
             outbox: StableMap::default(),
             actions: VecDeque::new(),
@@ -604,6 +615,7 @@ impl ClusterCore {
                 hello_deadline: now + self.config.hello_timeout,
                 i_want: false,
                 peer_wants: false,
+                hangup_expected: false,
                 frames_in: 0,
             },
         );
@@ -634,7 +646,7 @@ impl ClusterCore {
         }
         self.fail_join(link, reason);
         if let Some(peer) = l.peer {
-            self.unroute(&peer.name, link);
+            self.unroute(&peer.name, link, !l.hangup_expected);
         }
         self.flush();
     }
@@ -714,18 +726,30 @@ impl ClusterCore {
 
     /// Runs whatever is due at `now`.
     pub fn tick(&mut self, now: Instant) {
+        // What this wake-up was for; much later than that, this node was
+        // starved of CPU (see `Detector::postpone_due`).
+        let due = self.next_deadline();
         self.now = now;
         if self.standing == Standing::Left {
             return;
         }
         let refused = matches!(self.standing, Standing::Refused { .. });
+        // Still waiting for the first member table: the only member known
+        // is the seed, busy answering every joiner of a mass start. Probing
+        // it now would only accuse it of being busy.
+        let joining = !self.has_table && !self.joining.is_empty();
         if !refused {
+            let grace = self.config.probe_timeout / 8;
+            if now.saturating_duration_since(due) > grace {
+                self.counters.late_wakeups += 1;
+                self.detector.postpone_due(now, grace);
+            }
             let mut out = Vec::new();
             let offset = self.rng.random::<u32>() as usize;
             let (by_peer, table, count) = (&self.by_peer, &self.table, self.config.indirect_probes);
             self.detector.tick(
                 now,
-                self.rings.subjects(),
+                if joining { &[] } else { self.rings.subjects() },
                 |target| helpers(by_peer, table, target, offset, count),
                 &mut out,
             );
@@ -933,12 +957,14 @@ impl ClusterCore {
         self.actions.push_back(Action::Close { link, reason });
         self.fail_join(link, reason);
         if let Some(peer) = l.peer {
-            self.unroute(&peer.name, link);
+            self.unroute(&peer.name, link, false);
         }
     }
 
     /// `link` to `name` is gone: route over another link to it, if any.
-    fn unroute(&mut self, name: &Arc<str>, link: LinkId) {
+    /// `broke`: the link failed or the peer closed it unannounced, which may
+    /// mean its process died; closed by this node, it means nothing.
+    fn unroute(&mut self, name: &Arc<str>, link: LinkId, broke: bool) {
         if self.by_peer.get(name) != Some(&link) {
             return;
         }
@@ -956,7 +982,7 @@ impl ClusterCore {
                 self.tree_neighbour_down(name);
                 // A subject whose link broke is probed at once: its process
                 // may have died.
-                if self.rings.is_subject(name) {
+                if broke && self.rings.is_subject(name) {
                     self.detector.probe_soon(name, self.now);
                 }
                 if self.wanted.contains_key(name) && *self.me.name < **name {
@@ -1365,6 +1391,9 @@ impl ClusterCore {
                 }
             }
             Msg::JoinDone => {
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.hangup_expected = !l.peer_wants;
+                }
                 let overlay = self.links.get(&link).is_some_and(|l| l.i_want || l.peer_wants);
                 let subject = self.rings.is_subject(from);
                 if !overlay && !subject && self.by_peer.get(from) == Some(&link) {
@@ -1375,6 +1404,7 @@ impl ClusterCore {
             Msg::Neighbour { wanted } => {
                 let Some(l) = self.links.get_mut(&link) else { return };
                 l.peer_wants = wanted;
+                l.hangup_expected &= !wanted;
                 let overlay = l.i_want || l.peer_wants;
                 if self.by_peer.get(from) == Some(&link) {
                     if overlay {
@@ -1503,6 +1533,7 @@ impl ClusterCore {
 
     fn on_members(&mut self, link: LinkId, records: Vec<Record>, snapshot: bool) {
         if snapshot {
+            self.has_table = true;
             self.standing_joined();
             if let Some(addr) = self.joining.remove(&link) {
                 let peer = self.links.get(&link).and_then(|l| l.peer_name().cloned());

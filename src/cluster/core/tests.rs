@@ -439,3 +439,166 @@ fn direct_messages_reach_their_node_and_silent_nodes_are_errors() {
         Err(CoreError::NotAlive(_))
     ));
 }
+
+/// A node with no members has nothing to probe; its next deadline must still
+/// move on, or its actor wakes in a tight loop (a lone node burnt 8% of a
+/// core, and 200 nodes started at once each spun until their join landed).
+#[test]
+fn a_lone_node_sleeps_between_deadlines() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 1);
+    let core = &mut net.cores[a];
+    let start = net.now;
+    let mut now = start;
+    let mut wakeups = 0;
+    while now < start + Duration::from_secs(10) {
+        core.tick(now);
+        while core.poll().is_some() {}
+        let next = core.next_deadline();
+        assert!(next > now, "deadline {next:?} is not after the tick at {now:?}");
+        now = next;
+        wakeups += 1;
+    }
+    // local(): probes every 250 ms, anti-entropy, reconnect and housekeeping
+    // each about once a second, beacons every 5 s.
+    assert!(wakeups <= 100, "{wakeups} wakeups in 10 s for a lone node");
+}
+
+/// The messages among `actions` sent on `link`.
+fn sent_on(actions: &[Action], link: LinkId) -> Vec<Msg> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                link: l,
+                frame: Frame::Msgs(msgs),
+                ..
+            } if *l == link => Some(msgs.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn drain(core: &mut ClusterCore) -> Vec<Action> {
+    std::iter::from_fn(|| core.poll()).collect()
+}
+
+/// In a mass start every joiner's only known member is the seed, busy
+/// answering all of them; a joiner that probed it before the table came
+/// accused it of being busy (200 real nodes: the seed was declared dead
+/// within 2.5 s, and the false deaths kept the cluster from converging).
+#[test]
+fn a_joiner_does_not_accuse_its_busy_seed_before_the_table_arrives() {
+    let now = Instant::now();
+    let config = ClusterConfig::local();
+    let mut joiner = ClusterCore::new(
+        "test",
+        NodeId::new("j", addr(2), 100, BTreeMap::new()),
+        config.clone(),
+        1,
+        now,
+    );
+    let mut seed = ClusterCore::new("test", NodeId::new("s", addr(1), 100, BTreeMap::new()), config, 2, now);
+    joiner.join(addr(1), now);
+    assert!(matches!(drain(&mut joiner)[..], [Action::Dial { .. }]));
+    // The link comes up and the seed says hello; it never gets further.
+    joiner.link_up(1, Direction::Outbound, addr(1), now);
+    seed.link_up(1, Direction::Inbound, addr(2), now);
+    for action in drain(&mut seed) {
+        if let Action::Send { frame, .. } = action {
+            joiner.frame(1, Frame::decode(frame.encode()).unwrap(), now);
+        }
+    }
+    let mut to_seed = Vec::new();
+    let mut t = now;
+    while t < now + Duration::from_secs(3) {
+        t += Duration::from_millis(10);
+        joiner.tick(t);
+        to_seed.extend(sent_on(&drain(&mut joiner), 1));
+    }
+    assert!(to_seed.contains(&Msg::Join), "it asked for the table");
+    assert!(
+        !to_seed.iter().any(|m| matches!(m, Msg::Ping { .. })),
+        "it probed the seed: {to_seed:?}"
+    );
+    assert_eq!(joiner.member("s").map(|m| m.status), Some(Status::Alive));
+}
+
+/// A node starved of CPU wakes long after its probe timed out, while the
+/// ack waits unread in its own queue; it must read the ack before it
+/// accuses anyone.
+#[test]
+fn a_late_wake_up_reads_the_waiting_ack_before_accusing() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let b = net.add("b", 2, 100);
+    net.join(b, a);
+    net.advance(Duration::from_secs(1));
+    let (&to_b, &(_, _, to_a)) = net.links.iter().find(|(_, l)| l.0 == a && l.1 == b).unwrap();
+    // `a` wakes on time and pings `b`, which acks at once...
+    let mut t = net.now;
+    let ping = loop {
+        t = net.cores[a].next_deadline().max(t);
+        net.cores[a].tick(t);
+        if let Some(ping) = sent_on(&drain(&mut net.cores[a]), to_b)
+            .into_iter()
+            .find(|m| matches!(m, Msg::Ping { .. }))
+        {
+            break ping;
+        }
+    };
+    net.cores[b].frame(to_a, Frame::Msgs(vec![ping]), t);
+    let ack: Vec<Action> = drain(&mut net.cores[b]);
+    // ...but `a` gets the CPU back only two seconds later, its timer first.
+    let late = t + Duration::from_secs(2);
+    net.cores[a].tick(late);
+    let _ = drain(&mut net.cores[a]);
+    for action in ack {
+        if let Action::Send { link, frame, .. } = action {
+            if link == to_a {
+                net.cores[a].frame(to_b, frame, late);
+            }
+        }
+    }
+    net.cores[a].tick(late + Duration::from_millis(50));
+    let _ = drain(&mut net.cores[a]);
+    assert_eq!(net.status(a, "b"), Some(Status::Alive));
+    assert_eq!(net.cores[a].counters.suspicions_raised, 0);
+    assert!(net.cores[a].counters.late_wakeups >= 1);
+}
+
+/// Closing a link is no evidence against its peer: only a link that broke,
+/// or that the peer closed unannounced, makes a node probe the peer at once.
+/// (A busy seed hangs up on each joiner after answering it; its joiners
+/// probed it at once, found it busy, and declared it dead.)
+#[test]
+fn a_link_this_node_closes_does_not_make_it_probe_the_peer() {
+    for announced in [false, true] {
+        let mut net = Net::new();
+        let a = net.add("a", 1, 100);
+        let b = net.add("b", 2, 100);
+        net.join(b, a);
+        net.advance(Duration::from_secs(1));
+        let (&b_to_a, &(_, _, a_to_b)) = net.links.iter().find(|(_, l)| l.0 == b && l.1 == a).unwrap();
+        net.links.clear();
+        if announced {
+            // `a` answered a join on this link and hangs up as a busy seed does.
+            net.cores[b].links.get_mut(&b_to_a).unwrap().hangup_expected = true;
+            net.cores[b].link_down(b_to_a, "peer closed the link", net.now);
+        } else {
+            net.cores[b].close(b_to_a, "idle");
+        }
+        net.cores[a].link_down(a_to_b, "peer closed the link", net.now);
+        let now = net.now + Duration::from_millis(1);
+        net.cores[b].tick(now);
+        let dials: Vec<Action> = drain(&mut net.cores[b])
+            .into_iter()
+            .filter(|x| matches!(x, Action::Dial { .. }))
+            .collect();
+        assert!(
+            dials.is_empty(),
+            "announced {announced}: it dialed `a` to probe it: {dials:?}"
+        );
+    }
+}
