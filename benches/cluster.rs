@@ -397,7 +397,9 @@ fn sse_reader(addr: String, node: usize, tx: mpsc::Sender<(usize, String, Instan
 
 /// A `member declared dead` line of the node logs: when, and whom.
 fn conjoiner_death(line: &str) -> Option<(u128, String)> {
-    if !line.contains("member declared dead") {
+    // The core and the bridge both log a death; count the bridge's line,
+    // which comes once per verdict.
+    if !line.contains("member declared dead") || !line.contains("cluster_bridge") {
         return None;
     }
     let at = rfc3339_ns(line.split_whitespace().next()?)?;

@@ -176,6 +176,13 @@ fn five_nodes_membership_bus_requests_failures_and_leave() {
         wait_status(observer, "n5", "dead", Duration::from_secs(15));
     }
     eprintln!("n5 seen dead by all survivors after {:?}", killed.elapsed());
+    // Logged for people: the member's name as is, not Debug-quoted.
+    let log = nodes[0].log_text();
+    let death = log
+        .lines()
+        .find(|l| l.contains("conjoiner::actors::cluster_bridge") && l.contains("member declared dead"))
+        .unwrap_or_else(|| panic!("no death logged by the bridge:\n{log}"));
+    assert!(death.contains(" member=n5 "), "{death}");
     let out = nodes[0].cli(&["--json", "request", "mod.echo", "{}"]);
     assert_eq!(
         out.status.code(),

@@ -226,11 +226,11 @@ impl ClusterBridge {
     fn member_changed(&mut self, id: &NodeId, change: Change) {
         let (member, addr) = (&*id.name, id.addr);
         match change {
-            Change::Alive => info!(member, %addr, "member alive"),
-            Change::Suspect => info!(member, %addr, "member suspect"),
-            Change::Dead => warn!(member, %addr, "member declared dead"),
-            Change::Left => info!(member, %addr, "member left"),
-            Change::Restarted => info!(member, %addr, boot = id.boot, "member restarted with a new boot"),
+            Change::Alive => info!(%member, %addr, "member alive"),
+            Change::Suspect => info!(%member, %addr, "member suspect"),
+            Change::Dead => warn!(%member, %addr, "member declared dead"),
+            Change::Left => info!(%member, %addr, "member left"),
+            Change::Restarted => info!(%member, %addr, boot = id.boot, "member restarted with a new boot"),
         }
     }
 
