@@ -505,10 +505,33 @@ fn bench_conjoiner(n: usize, broadcasts: usize, limit: Duration, steady: u64) ->
 
 // ---------------------------------------------------------------- serf
 
+/// Runs a `serf` client command, killed after `SERF_CLIENT_LIMIT`: under a
+/// Serf storm (200 agents, load average 700 on 2-core machine, 2026-11-28)
+/// one `serf members` took minutes, and the benchmark hung instead of
+/// reporting a run that does not converge.
+fn serf_client(args: &[&str]) -> Option<std::process::Output> {
+    let mut child = Command::new("serf")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let done = poll(SERF_CLIENT_LIMIT, Duration::from_millis(20), || {
+        child.try_wait().ok().flatten()
+    });
+    if done.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    }
+    child.wait_with_output().ok()
+}
+
+const SERF_CLIENT_LIMIT: Duration = Duration::from_secs(5);
+
 fn serf_members_alive(rpc: &str) -> usize {
-    Command::new("serf")
-        .args(["members", &format!("-rpc-addr={rpc}"), "-status=alive"])
-        .output()
+    serf_client(&["members", &format!("-rpc-addr={rpc}"), "-status=alive"])
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
@@ -608,16 +631,14 @@ fn bench_serf(n: usize, broadcasts: usize, limit: Duration, steady: u64) -> Figu
         let origin = &rpcs[b % n];
         let sent_ns = unix_ns();
         let marker = format!("m{b}");
-        let sent = Command::new("serf")
-            .args([
-                "event",
-                &format!("-rpc-addr={origin}"),
-                "-coalesce=false",
-                "lat",
-                &marker,
-            ])
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let sent = serf_client(&[
+            "event",
+            &format!("-rpc-addr={origin}"),
+            "-coalesce=false",
+            "lat",
+            &marker,
+        ])
+        .is_some_and(|o| o.status.success());
         if !sent {
             f.deliveries_missed += n;
             continue;
