@@ -482,3 +482,118 @@ done
         .expect("stderr reaches the log");
     assert!(stderr_line.contains("module=noisy"), "{stderr_line}");
 }
+
+/// Is `pid` a live process (not gone, not a zombie nobody reaped)?
+fn process_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().to_string()))
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+/// Kills the listed processes when dropped, so a failed test leaves none.
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // SAFETY: kill(2) on pids this test's module started.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+#[test]
+fn undeploy_stops_every_process_the_module_started() {
+    let node = TestNode::start("tidy", &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // Two children that ignore SIGTERM: one in the module's session, one
+    // that starts a session of its own. Each request answers their pids.
+    let script = r#"#!/bin/sh
+(trap '' TERM; exec sleep 1001) &
+stubborn=$!
+setsid sh -c "trap '' TERM; exec sleep 1002" &
+escaped=$!
+while IFS= read -r line; do
+  case "$line" in
+  *'"type":"request"'*)
+    id=$(printf '%s\n' "$line" | sed -n 's/^{"v":1,"id":"\([^"]*\)".*/\1/p')
+    printf '{"op":"reply","to":"%s","body":{"pids":[%s,%s]}}\n' "$id" "$stubborn" "$escaped"
+    ;;
+  esac
+done
+"#;
+    let dir = module_dir(tmp.path(), "spawner", "1.0.0", script, json!({"stop_grace_secs": 1}));
+    let (code, out) = cli_json(&node, &["deploy", "spawner", "--from", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let body = wait_for(LIMIT, "the spawner to answer", || ask(&node, "mod.spawner"));
+    let pids: Vec<i32> = body["pids"]
+        .as_array()
+        .expect("pids")
+        .iter()
+        .map(|p| p.as_i64().unwrap() as i32)
+        .collect();
+    let _cleanup = KillOnDrop(pids.clone());
+    assert_eq!(pids.len(), 2, "{body}");
+    wait_for(LIMIT, "both children to run", || {
+        pids.iter().all(|p| process_running(*p)).then_some(())
+    });
+
+    let (code, removed) = cli_json(&node, &["undeploy", "spawner"]);
+    assert_eq!(code, 0, "{removed}");
+    for pid in &pids {
+        wait_for(LIMIT, &format!("child {pid} to be gone"), || {
+            (!process_running(*pid)).then_some(())
+        });
+    }
+    assert!(
+        node.log_text().contains("killed processes the module left running"),
+        "the leftovers are logged"
+    );
+}
+
+#[test]
+fn a_module_publishing_past_its_limit_is_held_to_it_and_the_drops_are_counted() {
+    let node = TestNode::start("chatty", &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // 2,000 publishes at once, then it answers requests.
+    let script = r#"#!/bin/sh
+i=0
+while [ $i -lt 2000 ]; do
+  echo '{"op":"publish","address":"flood.sink","body":{}}'
+  i=$((i+1))
+done
+while IFS= read -r line; do
+  case "$line" in
+  *'"type":"request"'*)
+    id=$(printf '%s\n' "$line" | sed -n 's/^{"v":1,"id":"\([^"]*\)".*/\1/p')
+    printf '{"op":"reply","to":"%s","body":{"ok":true}}\n' "$id"
+    ;;
+  esac
+done
+"#;
+    let dir = module_dir(tmp.path(), "flood", "1.0.0", script, json!({"publish_per_sec": 50}));
+    let (code, out) = cli_json(&node, &["deploy", "flood", "--from", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let counters = wait_for(LIMIT, "all 2,000 publish lines to be read", || {
+        let (_, state) = node.http("GET", "/v1/debug/state", None);
+        let c = state["modules"]["flood"]["counters"].clone();
+        let seen = c["published"].as_u64()? + c["publish_dropped"].as_u64()?;
+        (seen == 2000).then_some(c)
+    });
+    let published = counters["published"].as_u64().unwrap();
+    // A burst of two seconds' worth (100), plus 50 a second while the lines
+    // were read: far below 2,000 whatever the machine's speed.
+    assert!((100..1000).contains(&published), "{counters}");
+    assert_eq!(ask(&node, "mod.flood"), Some(json!({"ok": true})), "it still answers");
+    let log = node.log_text();
+    let lines = log.matches("publishes faster than its limit").count();
+    assert!(
+        (1..=5).contains(&lines),
+        "drops are logged, but not per drop: {lines} lines"
+    );
+    let (status, health) = node.http("GET", "/v1/health", None);
+    assert_eq!(status, 200, "{health}");
+}

@@ -9,15 +9,20 @@
 //! - stderr lines go to the node's log under the module's name.
 //!
 //! The child dies with the node: `kill_on_drop`, and `PR_SET_PDEATHSIG` for
-//! when the node itself is killed. Stopping sends SIGTERM, then SIGKILL after
-//! the manifest's `stop_grace_secs`. A non-zero exit stops the actor with an
-//! [`ExitNote`], which the supervisor's restart policy sees as a failure.
+//! when the node itself is killed. It runs in a session of its own; stopping
+//! sends SIGTERM to everything it started (its [`process_tree`]), then
+//! SIGKILL after the manifest's `stop_grace_secs`, and whatever is left when
+//! the child exits, on request or not, is killed too. A non-zero exit stops
+//! the actor with an [`ExitNote`], which the supervisor's restart policy
+//! sees as a failure.
 
 use super::messages::{Deliver, DumpState, Snapshot, StopModule};
 use super::modbus::{ModBus, Publish, Subscribe, Unsubscribe};
 use super::supervisor::ExitNote;
 use super::transponder::{PublishToCluster, TransponderSlot};
 use super::NodeIdentity;
+use crate::modules::process_tree::{self, ProcessRef};
+use crate::modules::publish_limit::{DropLog, TokenBucket};
 use crate::modules::Manifest;
 use crate::wire::{Envelope, MessageType, Source};
 use actix::prelude::*;
@@ -62,6 +67,8 @@ struct Counters {
     envelopes_in: u64,
     envelopes_dropped: u64,
     published: u64,
+    /// Publishes over the module's `publish_per_sec`, dropped.
+    publish_dropped: u64,
     replies: u64,
 }
 
@@ -75,6 +82,9 @@ pub struct ProcessModule {
     stdin: Option<mpsc::Sender<String>>,
     pid: Option<u32>,
     kill: Option<oneshot::Sender<()>>,
+    /// The child's process tree as read when a stop began: killed at the
+    /// end, even the parts that lost their parent meanwhile.
+    tree_at_stop: BTreeSet<ProcessRef>,
     stopping: bool,
     subscriptions: BTreeSet<String>,
     requests: HashMap<Uuid, Envelope>,
@@ -84,6 +94,8 @@ pub struct ProcessModule {
     /// `{"op":"status"}` answers them all.
     status_requests: VecDeque<Envelope>,
     started: Instant,
+    publish_limit: TokenBucket,
+    publish_drops: DropLog,
     counters: Counters,
 }
 
@@ -95,6 +107,7 @@ impl ProcessModule {
         transponder: TransponderSlot,
         exit_note: ExitNote,
     ) -> ProcessModule {
+        let publish_limit = TokenBucket::new(setup.manifest.publish_per_sec, Instant::now());
         ProcessModule {
             identity: identity.clone(),
             span: identity.span(&setup.name),
@@ -105,6 +118,7 @@ impl ProcessModule {
             stdin: None,
             pid: None,
             kill: None,
+            tree_at_stop: BTreeSet::new(),
             stopping: false,
             subscriptions: BTreeSet::new(),
             requests: HashMap::new(),
@@ -112,6 +126,8 @@ impl ProcessModule {
             last_status: None,
             status_requests: VecDeque::new(),
             started: Instant::now(),
+            publish_limit,
+            publish_drops: DropLog::new(Duration::from_secs(10)),
             counters: Counters::default(),
         }
     }
@@ -133,9 +149,11 @@ impl ProcessModule {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe and touches only the child.
+        // SAFETY: setsid and prctl are async-signal-safe and touch only the
+        // child. The session marks everything the module starts.
         unsafe {
             command.pre_exec(|| {
+                libc::setsid();
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
@@ -247,6 +265,19 @@ impl ProcessModule {
                 let kind = text("type")
                     .and_then(|t| MessageType::parse(&t))
                     .unwrap_or(MessageType::Event);
+                let now = Instant::now();
+                if !self.publish_limit.take(now) {
+                    self.counters.publish_dropped += 1;
+                    if let Some(dropped) = self.publish_drops.drop_one(now) {
+                        warn!(
+                            dropped,
+                            total_dropped = self.counters.publish_dropped,
+                            limit_per_sec = self.setup.manifest.publish_per_sec,
+                            "module publishes faster than its limit; publishes dropped"
+                        );
+                    }
+                    return;
+                }
                 self.publish(address, text("target"), kind, body);
             }
             "reply" => {
@@ -327,6 +358,17 @@ impl ProcessModule {
         });
     }
 
+    /// Kills what the child `pid` started and left running: its tree now,
+    /// and what was found when a stop began.
+    fn kill_leftovers(&mut self, pid: u32) {
+        let mut tree = std::mem::take(&mut self.tree_at_stop);
+        tree.extend(process_tree::tree_of(pid as i32, &process_tree::read_processes()));
+        let killed = process_tree::signal_all(&tree, libc::SIGKILL);
+        if killed > 0 {
+            warn!(processes = killed, "killed processes the module left running");
+        }
+    }
+
     fn snapshot(&self) -> Value {
         json!({
             "kind": "process",
@@ -371,6 +413,9 @@ impl Actor for ProcessModule {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
+        if let Some(pid) = self.pid.take() {
+            self.kill_leftovers(pid);
+        }
         self.bus.do_send(Unsubscribe {
             address: None,
             module: self.setup.name.clone(),
@@ -403,7 +448,9 @@ impl Handler<ChildExited> for ProcessModule {
 
     fn handle(&mut self, ChildExited(status): ChildExited, ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
-        self.pid = None;
+        if let Some(pid) = self.pid.take() {
+            self.kill_leftovers(pid);
+        }
         self.kill = None;
         let described = match &status {
             Ok(s) => describe_exit(s),
@@ -485,10 +532,9 @@ impl Handler<StopModule> for ProcessModule {
             grace_ms = grace.as_millis() as u64,
             "stopping module process: SIGTERM"
         );
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGTERM);
-        }
+        self.tree_at_stop = process_tree::tree_of(pid as i32, &process_tree::read_processes());
+        let signalled = process_tree::signal_all(&self.tree_at_stop, libc::SIGTERM);
+        debug!(processes = signalled, "SIGTERM sent to the module's process tree");
         ctx.run_later(grace, |act, _ctx| {
             if let Some(kill) = act.kill.take() {
                 let _g = act.span.clone().entered();

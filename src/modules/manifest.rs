@@ -43,6 +43,10 @@ pub struct Manifest {
     /// How long a process module has to exit after SIGTERM before SIGKILL.
     #[serde(default = "default_stop_grace")]
     pub stop_grace_secs: f64,
+    /// A process module's publishes a second; it may burst to twice that,
+    /// and what it publishes beyond is dropped and counted.
+    #[serde(default = "default_publish_per_sec")]
+    pub publish_per_sec: f64,
 }
 
 fn empty_object() -> Value {
@@ -51,6 +55,13 @@ fn empty_object() -> Value {
 
 fn default_stop_grace() -> f64 {
     3.0
+}
+
+/// The default publish rate of a process module.
+pub const DEFAULT_PUBLISH_PER_SEC: f64 = 100.0;
+
+fn default_publish_per_sec() -> f64 {
+    DEFAULT_PUBLISH_PER_SEC
 }
 
 /// `restart` in `mod.json`.
@@ -196,6 +207,9 @@ impl Manifest {
         }
         if !(0.0..=600.0).contains(&self.stop_grace_secs) {
             return bad("stop_grace_secs", "must be between 0 and 600".into());
+        }
+        if !(0.1..=100_000.0).contains(&self.publish_per_sec) {
+            return bad("publish_per_sec", "must be between 0.1 and 100000".into());
         }
         Ok(())
     }

@@ -5,10 +5,14 @@
 //! - [`fetch`]: fetching packages into the content-addressed cache.
 //! - [`store`]: installs on disk, swapped in by renames, recovered after crashes.
 //! - [`registry`]: the built-in kinds, and module specs for the supervisor.
+//! - [`process_tree`]: every process a module started, to stop them all.
+//! - [`publish_limit`]: a process module's publish rate limit.
 
 pub mod fetch;
 pub mod manifest;
 pub mod package;
+pub mod process_tree;
+pub mod publish_limit;
 pub mod registry;
 pub mod store;
 
