@@ -143,3 +143,53 @@ fn garbage_and_oversized_frames_are_refused_and_the_node_keeps_working() {
     let (status, dump) = a.http("GET", "/v1/health", None);
     assert_eq!(status, 200, "{dump}");
 }
+
+#[test]
+fn idle_connections_are_capped_and_wrong_keys_cannot_flood_the_log() {
+    let key = ClusterKey::generate();
+    let a = keyed("f1", &key, None);
+    let target = a.cluster_addr();
+
+    // 300 connections that never start a handshake: past the 256 that may
+    // wait at once, so the rest are closed unheard, and said so once.
+    let idle: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(&target).unwrap()).collect();
+    wait_log(&a, "closed inbound connections before their handshake", 1);
+    assert!(
+        a.log_text().contains("too many handshakes in progress"),
+        "the reason is named"
+    );
+    drop(idle);
+
+    // 60 handshakes with a wrong key: a few lines, not 60.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stranger = ClusterKey::generate();
+    runtime.block_on(async {
+        for _ in 0..60 {
+            let mut stream = tokio::net::TcpStream::connect(&target).await.unwrap();
+            let _ = handshake(&mut stream, &stranger, true).await;
+        }
+    });
+    // Every failure is counted, though few are logged: the 256 idle ones
+    // that were let in and then closed by us, and the 60 wrong keys.
+    wait_for(Duration::from_secs(15), "316 handshake failures counted", || {
+        let (_, metrics) = a.http("GET", "/metrics", None);
+        let text = metrics.as_str().unwrap_or_default().to_string();
+        let counted = text
+            .lines()
+            .find(|l| l.starts_with("conjoiner_link_handshake_failures_total"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        (counted >= 316.0).then_some(())
+    });
+    let lines = a.log_text().matches("failed the encrypted handshake").count();
+    assert!((1..=12).contains(&lines), "{lines} log lines for 316 failed handshakes");
+
+    // The places are free again: a node with the right key joins.
+    let b = keyed("f2", &key, Some(&a));
+    wait_for(Duration::from_secs(20), "f1 and f2 to converge", || {
+        (alive_names(&a) == ["f1", "f2"] && alive_names(&b) == ["f1", "f2"]).then_some(())
+    });
+}

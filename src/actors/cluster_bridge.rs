@@ -18,6 +18,7 @@ use crate::cluster::link::{DownReason, LinkEvent, LinkHandle, LinkSetup};
 use crate::cluster::protocol::{Frame, Status};
 use crate::cluster::transport::Transport;
 use crate::cluster::{ClusterConfig, ClusterKey, NodeId};
+use crate::logging::LogThrottle;
 use crate::metrics::{DropReason, Metrics};
 use crate::wire::Envelope;
 use actix::prelude::*;
@@ -76,6 +77,8 @@ pub struct ClusterBridge {
     transponder: Option<Recipient<FromCluster>>,
     /// When the core is woken next, and the timer that does it.
     wake: Option<(Instant, SpawnHandle)>,
+    /// Failed handshakes are logged five per 10 s, then summed.
+    handshake_log: LogThrottle,
     counters: Counters,
     metrics: Metrics,
 }
@@ -103,6 +106,7 @@ impl ClusterBridge {
             listener_task: None,
             transponder: None,
             wake: None,
+            handshake_log: LogThrottle::new(Duration::from_secs(10), 5),
             counters: Counters::default(),
             metrics: Metrics::default(),
         }
@@ -346,8 +350,10 @@ impl Handler<LinkEvent> for ClusterBridge {
                     self.counters.handshake_failures += 1;
                     self.metrics.handshake_failed();
                     self.metrics.dropped(DropReason::Unauthorized);
-                    warn!(%remote, ?direction, %reason,
-                        "refused a link: the peer failed the encrypted handshake (does it have the same cluster key?)");
+                    if let Some(failures) = self.handshake_log.event(now) {
+                        warn!(%remote, ?direction, %reason, failures, failures_total = self.counters.handshake_failures,
+                            "refused a link: the peer failed the encrypted handshake (does it have the same cluster key?)");
+                    }
                 }
                 if direction == crate::cluster::core::Direction::Outbound {
                     self.core.dial_failed(remote, &reason, now);

@@ -21,8 +21,9 @@ use super::modbus::{ModBus, Publish, Subscribe, Unsubscribe};
 use super::supervisor::ExitNote;
 use super::transponder::{PublishToCluster, TransponderSlot};
 use super::NodeIdentity;
+use crate::logging::LogThrottle;
 use crate::modules::process_tree::{self, ProcessRef};
-use crate::modules::publish_limit::{DropLog, TokenBucket};
+use crate::modules::publish_limit::TokenBucket;
 use crate::modules::Manifest;
 use crate::wire::{Envelope, MessageType, Source};
 use actix::prelude::*;
@@ -95,7 +96,7 @@ pub struct ProcessModule {
     status_requests: VecDeque<Envelope>,
     started: Instant,
     publish_limit: TokenBucket,
-    publish_drops: DropLog,
+    publish_drops: LogThrottle,
     counters: Counters,
 }
 
@@ -127,7 +128,7 @@ impl ProcessModule {
             status_requests: VecDeque::new(),
             started: Instant::now(),
             publish_limit,
-            publish_drops: DropLog::new(Duration::from_secs(10)),
+            publish_drops: LogThrottle::new(Duration::from_secs(10), 1),
             counters: Counters::default(),
         }
     }
@@ -268,7 +269,7 @@ impl ProcessModule {
                 let now = Instant::now();
                 if !self.publish_limit.take(now) {
                     self.counters.publish_dropped += 1;
-                    if let Some(dropped) = self.publish_drops.drop_one(now) {
+                    if let Some(dropped) = self.publish_drops.event(now) {
                         warn!(
                             dropped,
                             total_dropped = self.counters.publish_dropped,

@@ -4,6 +4,7 @@
 //! (`actors::cluster_bridge`) drives the core over real links; the
 //! simulator (`crate::sim`) drives thousands of cores over a virtual network.
 
+pub mod admission;
 pub mod config;
 pub mod core;
 pub mod identity;

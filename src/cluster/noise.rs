@@ -27,6 +27,10 @@ pub const MAX_CHUNK: usize = MAX_NOISE_MESSAGE - TAG_LEN;
 /// Receive buffers larger than this are released after the frame that
 /// needed them, so idle links stay small.
 const KEEP_BUFFER: usize = 8 * 1024;
+/// Room for one handshake message or its payload. XX messages with empty
+/// payloads are at most 96 bytes; buffers of the Noise maximum (64 KiB
+/// each) made every connection waiting for its handshake cost 130 KB.
+const HANDSHAKE_BUFFER: usize = 1024;
 /// How long a peer has to finish the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -100,8 +104,8 @@ where
             b.build_responder()
         }
         .map_err(noise_error)?;
-        let mut message = vec![0u8; MAX_NOISE_MESSAGE];
-        let mut payload = vec![0u8; MAX_NOISE_MESSAGE];
+        let mut message = vec![0u8; HANDSHAKE_BUFFER];
+        let mut payload = vec![0u8; HANDSHAKE_BUFFER];
         let mut incoming = Vec::new();
         // XX has three messages: initiator, responder, initiator.
         for turn in 0..3 {

@@ -2,12 +2,14 @@
 //! them. [`TcpTransport`] is TCP with a Noise `XXpsk3` handshake keyed by the
 //! cluster key; `cluster::memory` is an in-process network for tests.
 
+use super::admission::{Admission, AdmissionLimits};
 use super::core::Direction;
 use super::link::{next_link_id, DownReason, LinkEvent, LinkHandle, LinkSetup, Outgoing};
 use super::noise::{handshake, FrameSender, LinkError};
-use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::Duration;
+use crate::logging::LogThrottle;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::BufWriter;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -32,16 +34,39 @@ pub trait Transport: Send + Sync + 'static {
 pub struct TcpTransport {
     listener: Mutex<Option<TcpListener>>,
     local: SocketAddr,
+    limits: AdmissionLimits,
 }
 
 impl TcpTransport {
     /// Takes a bound listener (binding first lets port 0 pick a port).
     pub fn new(listener: TcpListener) -> std::io::Result<TcpTransport> {
+        TcpTransport::with_limits(listener, AdmissionLimits::default())
+    }
+
+    /// [`TcpTransport::new`], admitting at most `limits` connections to
+    /// their handshake at once.
+    pub fn with_limits(listener: TcpListener, limits: AdmissionLimits) -> std::io::Result<TcpTransport> {
         let local = listener.local_addr()?;
         Ok(TcpTransport {
             listener: Mutex::new(Some(listener)),
             local,
+            limits,
         })
+    }
+}
+
+/// A connection's place among those in their handshake; given back when
+/// dropped, whether the handshake worked or not.
+struct Ticket {
+    admission: Arc<Mutex<Admission>>,
+    source: IpAddr,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Ok(mut admission) = self.admission.lock() {
+            admission.release(self.source);
+        }
     }
 }
 
@@ -52,6 +77,7 @@ impl Transport for TcpTransport {
 
     fn listen(&self, setup: LinkSetup) -> tokio::task::JoinHandle<()> {
         let listener = self.listener.lock().ok().and_then(|mut l| l.take());
+        let limits = self.limits;
         let span = setup.span.clone();
         tokio::spawn(
             async move {
@@ -59,11 +85,35 @@ impl Transport for TcpTransport {
                     warn!("the cluster listener was already taken; not accepting links");
                     return;
                 };
+                let admission = Arc::new(Mutex::new(Admission::new(limits)));
+                let mut refusals = LogThrottle::new(Duration::from_secs(10), 1);
                 loop {
                     match listener.accept().await {
                         Ok((stream, remote)) => {
+                            let verdict = match admission.lock() {
+                                Ok(mut a) => a.admit(remote.ip()).map_err(|why| (why, a.refused, a.pending())),
+                                Err(_) => Ok(()),
+                            };
+                            if let Err((why, total, pending)) = verdict {
+                                drop(stream);
+                                if let Some(count) = refusals.event(Instant::now()) {
+                                    warn!(%remote, refused = count, refused_total = total, pending,
+                                        "closed inbound connections before their handshake: {why}");
+                                }
+                                continue;
+                            }
                             debug!(%remote, "inbound connection");
-                            tokio::spawn(run_link(stream, remote, Direction::Inbound, setup.clone()));
+                            let ticket = Ticket {
+                                admission: admission.clone(),
+                                source: remote.ip(),
+                            };
+                            tokio::spawn(run_link(
+                                stream,
+                                remote,
+                                Direction::Inbound,
+                                setup.clone(),
+                                Some(ticket),
+                            ));
                         }
                         Err(e) => {
                             warn!(error = %e, "accepting a link failed; retrying");
@@ -81,7 +131,7 @@ impl Transport for TcpTransport {
         tokio::spawn(
             async move {
                 match tokio::time::timeout(timeout, TcpStream::connect(remote)).await {
-                    Ok(Ok(stream)) => run_link(stream, remote, Direction::Outbound, setup).await,
+                    Ok(Ok(stream)) => run_link(stream, remote, Direction::Outbound, setup, None).await,
                     Ok(Err(e)) => failed(&setup, remote, Direction::Outbound, e.to_string(), false),
                     Err(_) => failed(
                         &setup,
@@ -106,9 +156,19 @@ fn failed(setup: &LinkSetup, remote: SocketAddr, direction: Direction, reason: S
     });
 }
 
-async fn run_link(mut stream: TcpStream, remote: SocketAddr, direction: Direction, setup: LinkSetup) {
+/// Runs one link: the handshake (holding `ticket`, an inbound connection's
+/// admission, until it is done), then frames until either side closes.
+async fn run_link(
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    direction: Direction,
+    setup: LinkSetup,
+    ticket: Option<Ticket>,
+) {
     let _ = stream.set_nodelay(true);
-    let transport = match handshake(&mut stream, &setup.key, direction == Direction::Outbound).await {
+    let shaken = handshake(&mut stream, &setup.key, direction == Direction::Outbound).await;
+    drop(ticket);
+    let transport = match shaken {
         Ok(t) => t,
         Err(e) => return failed(&setup, remote, direction, e.to_string(), true),
     };

@@ -6,7 +6,7 @@
 //!
 //! Pure: the caller passes the time.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A token bucket: `per_sec` tokens a second, holding at most `burst`.
 #[derive(Debug, Clone)]
@@ -44,42 +44,10 @@ impl TokenBucket {
     }
 }
 
-/// Says when to log drops: at the first one, then at most once per
-/// `every`, with the count since the last line, so a flood cannot flood the
-/// log as well.
-#[derive(Debug, Clone)]
-pub struct DropLog {
-    every: Duration,
-    unreported: u64,
-    last_line: Option<Instant>,
-}
-
-impl DropLog {
-    pub fn new(every: Duration) -> DropLog {
-        DropLog {
-            every,
-            unreported: 0,
-            last_line: None,
-        }
-    }
-
-    /// Notes one drop; answers the drops to report if a line is due now.
-    pub fn drop_one(&mut self, now: Instant) -> Option<u64> {
-        self.unreported += 1;
-        let due = self
-            .last_line
-            .is_none_or(|at| now.saturating_duration_since(at) >= self.every);
-        if !due {
-            return None;
-        }
-        self.last_line = Some(now);
-        Some(std::mem::take(&mut self.unreported))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn a_bucket_allows_a_burst_then_its_rate() {
@@ -103,17 +71,5 @@ mod tests {
         assert!(bucket.take(t0));
         assert!(!bucket.take(t0 + Duration::from_secs(5)));
         assert!(bucket.take(t0 + Duration::from_secs(10)));
-    }
-
-    #[test]
-    fn drops_are_logged_at_once_then_summed_per_interval() {
-        let t0 = Instant::now();
-        let mut log = DropLog::new(Duration::from_secs(10));
-        assert_eq!(log.drop_one(t0), Some(1));
-        for s in 1..=9 {
-            assert_eq!(log.drop_one(t0 + Duration::from_secs(s)), None);
-        }
-        assert_eq!(log.drop_one(t0 + Duration::from_secs(10)), Some(10));
-        assert_eq!(log.drop_one(t0 + Duration::from_secs(11)), None);
     }
 }
