@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 /// A report older than this many of its sender's refresh periods is stale.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
+/// The longest report period a peer is believed about (one hour).
+const MAX_TRUSTED_PERIOD_MS: u64 = 3_600_000;
 
 /// How many reports per second the whole cluster carries at most in steady
 /// state (each node republishes unchanged reports every `N / this` seconds).
@@ -269,8 +271,12 @@ pub struct NodeView {
 impl NodeView {
     fn judge(name: &str, member: Option<&Member>, report: Option<(&NodeReport, Duration)>) -> NodeView {
         let member_status = member.map(|m| m.status);
-        let stale_after =
-            report.map(|(r, _)| Duration::from_millis(r.interval_ms.max(r.refresh_ms)) * STALE_AFTER_INTERVALS);
+        // The period is the peer's word: held to an hour, so an absurd one
+        // can neither overflow nor keep a report fresh for ever.
+        let stale_after = report.map(|(r, _)| {
+            let period = r.interval_ms.max(r.refresh_ms).min(MAX_TRUSTED_PERIOD_MS);
+            Duration::from_millis(period) * STALE_AFTER_INTERVALS
+        });
         let report_stale = match (report, stale_after) {
             (Some((_, age)), Some(limit)) => age > limit,
             _ => true,
@@ -282,7 +288,7 @@ impl NodeView {
             .map(|(r, age)| {
                 let mut modules = r.modules.clone();
                 for m in modules.iter_mut().filter(|m| m.state == "running") {
-                    m.uptime_ms += age.as_millis() as u64;
+                    m.uptime_ms = m.uptime_ms.saturating_add(age.as_millis() as u64);
                 }
                 modules
             })
@@ -459,6 +465,23 @@ mod tests {
         assert_eq!(summary.nodes, 4);
         assert_eq!(summary.failing_nodes, 4);
         assert_eq!(summary.failing_modules, 1);
+    }
+
+    #[test]
+    fn absurd_numbers_from_a_peer_neither_panic_nor_keep_a_report_fresh() {
+        let board = StatusBoard::default();
+        let t0 = Instant::now();
+        let mut r = report("a", 1, vec![module("m", Health::Ok)]);
+        r.interval_ms = u64::MAX;
+        r.refresh_ms = u64::MAX;
+        r.modules[0].uptime_ms = u64::MAX;
+        board.record(r, t0);
+        let members = [member("a", MemberStatus::Alive)];
+        let now = board.view(&members, t0 + Duration::from_secs(1));
+        assert_eq!(now[0].health, NodeHealth::Ok);
+        assert_eq!(now[0].modules[0].uptime_ms, u64::MAX);
+        let hours_later = board.view(&members, t0 + Duration::from_secs(3 * 3600 + 1));
+        assert_eq!(hours_later[0].health, NodeHealth::Stale, "held to three hours");
     }
 
     #[test]

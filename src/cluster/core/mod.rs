@@ -1637,7 +1637,7 @@ impl ClusterCore {
         }
         if record.id.boot == self.me.boot {
             if record.status != Status::Alive && record.incarnation >= self.incarnation {
-                self.incarnation = record.incarnation + 1;
+                self.incarnation = record.incarnation.saturating_add(1);
                 self.counters.refutations += 1;
                 self.detector.refuted();
                 warn!(

@@ -602,3 +602,32 @@ fn a_link_this_node_closes_does_not_make_it_probe_the_peer() {
         );
     }
 }
+
+#[test]
+fn a_rumour_with_the_highest_incarnation_is_refuted_without_overflow() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let b = net.add("b", 2, 100);
+    net.join(b, a);
+    net.advance(Duration::from_millis(200));
+    let rumour = Record {
+        id: net.cores[b].me().clone(),
+        incarnation: u32::MAX,
+        status: Status::Suspect,
+        state_version: 0,
+    };
+    // b's end of its link to a: b hears it from a.
+    let link = *net.links.iter().find(|(_, l)| l.0 == a).map(|(_, l)| &l.2).unwrap();
+    let now = net.now;
+    net.cores[b].frame(
+        link,
+        Frame::Msgs(vec![Msg::Members {
+            records: vec![rumour],
+            snapshot: false,
+        }]),
+        now,
+    );
+    net.settle();
+    assert_eq!(net.cores[b].incarnation(), u32::MAX);
+    assert_eq!(net.cores[b].counters.refutations, 1);
+}

@@ -252,7 +252,7 @@ impl BroadcastTree {
             .min_by_key(|(n, (_, hops))| (*hops, (*n).clone()))
             .map(|(n, (_, hops))| (n.clone(), *hops));
         if let Some((p, hops)) = best {
-            self.my_hops = hops + 1;
+            self.my_hops = hops.saturating_add(1);
             self.set_parent(p, out);
         } else {
             self.orphan(out);
