@@ -251,6 +251,10 @@ async fn list_members(node: &NodeHandle) -> Result<Vec<crate::actors::Member>, A
 }
 
 async fn health(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
+    if let Some(fault) = node.core_fault().await {
+        warn!(error = %fault, "health check: the node is broken");
+        return Err(ApiError::unavailable(format!("this node is broken: {fault}")));
+    }
     let members = list_members(&node).await?;
     let alive = members.iter().filter(|m| m.status == MemberStatus::Alive).count();
     Ok(HttpResponse::Ok().json(json!({

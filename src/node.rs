@@ -11,7 +11,8 @@ use crate::actors::supervisor::{ListModules, RestartPolicy, Shutdown, StartModul
 use crate::actors::transponder::{TransponderConfig, TransponderSlot};
 use crate::actors::ClusterBridge;
 use crate::actors::{
-    DumpState, EventTap, LoopbackCluster, ModBus, ModuleInfo, NodeIdentity, NodeSupervisor, Snapshot, Transponder,
+    DumpState, EventTap, LoopbackCluster, ModBus, ModuleInfo, ModuleState, NodeIdentity, NodeSupervisor, Snapshot,
+    Transponder,
 };
 use crate::api;
 use crate::cluster::memory::MemoryNetwork;
@@ -253,7 +254,46 @@ impl NodeHandle {
     pub async fn modules(&self) -> Vec<ModuleInfo> {
         self.supervisor.send(ListModules).await.unwrap_or_default()
     }
+
+    /// What, if anything, has broken the node itself: an actor it cannot
+    /// run without has stopped, or an essential module has failed for good
+    /// (its restarts used up). A node so broken must not answer `ok`; the
+    /// agent exits non-zero so its service manager restarts it.
+    pub async fn core_fault(&self) -> Option<String> {
+        if !self.supervisor.connected() {
+            return Some("the supervisor stopped".into());
+        }
+        if !self.bus.connected() {
+            return Some("the ModBus stopped".into());
+        }
+        if !self.cluster.members.connected() {
+            return Some("the cluster bridge stopped".into());
+        }
+        let Ok(modules) = self.supervisor.send(ListModules).await else {
+            return Some("the supervisor stopped".into());
+        };
+        for name in ESSENTIAL_MODULES {
+            match modules.iter().find(|m| m.name == *name) {
+                None => return Some(format!("the {name} module is not running")),
+                Some(m) if matches!(m.state, ModuleState::Failed | ModuleState::Stopped) => {
+                    let why = m.last_exit.as_deref().unwrap_or("no reason recorded");
+                    let state = if m.state == ModuleState::Failed {
+                        "failed"
+                    } else {
+                        "stopped"
+                    };
+                    return Some(format!("the {name} module {state}: {why}"));
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
 }
+
+/// The modules a node is useless without: its border, its deploys, its
+/// status. (`echo` is core but not essential.)
+pub const ESSENTIAL_MODULES: &[&str] = &["transponder", "deployer", "monitor"];
 
 /// A running node.
 pub struct Node {

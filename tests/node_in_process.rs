@@ -186,3 +186,48 @@ async fn a_transponder_that_dies_is_restarted_and_reattached() {
     assert!(outcome.missing.is_empty());
     node.shutdown().await;
 }
+
+/// `GET path` on the node's control API; answers the status code.
+async fn http_status(node: &Node, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = node.http_addr.to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[actix_rt::test]
+async fn a_node_whose_transponder_failed_for_good_says_it_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start("inproc-4", &dir).await;
+    assert_eq!(node.handle.core_fault().await, None);
+    assert_eq!(http_status(&node, "/v1/health").await, 200);
+    // Stop it behind the supervisor's back until its restarts are used up
+    // (five within 60 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let modules = node.handle.supervisor.send(ListModules).await.unwrap();
+        let info = modules.iter().find(|m| m.name == "transponder").unwrap().clone();
+        if info.state == ModuleState::Failed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the transponder never failed: {info:?}");
+        if info.state == ModuleState::Running {
+            if let Some(t) = node.handle.transponder() {
+                let _ = t.send(StopModule).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fault = node.handle.core_fault().await.expect("a failed transponder is a fault");
+    assert!(fault.contains("transponder module failed"), "{fault}");
+    assert_eq!(http_status(&node, "/v1/health").await, 503, "health must not say ok");
+    node.shutdown().await;
+}

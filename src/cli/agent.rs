@@ -207,19 +207,34 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let mut sigusr1 = signal(SignalKind::user_defined1())?;
     let node = Node::start(config).await?;
     let span = node.handle.identity.span("node");
-    loop {
+    // A node whose own parts broke exits non-zero, so that its service
+    // manager starts it again, instead of serving `ok` half dead.
+    let mut checkup = tokio::time::interval(CORE_CHECK_INTERVAL);
+    let fault = loop {
         tokio::select! {
-            _ = sigint.recv() => { span.in_scope(|| info!("SIGINT received")); break; }
-            _ = sigterm.recv() => { span.in_scope(|| info!("SIGTERM received")); break; }
+            _ = sigint.recv() => { span.in_scope(|| info!("SIGINT received")); break None; }
+            _ = sigterm.recv() => { span.in_scope(|| info!("SIGTERM received")); break None; }
             _ = sigusr1.recv() => {
                 span.in_scope(|| info!("SIGUSR1 received: dumping every actor's state"));
                 node.handle.dump_state().await;
             }
+            _ = checkup.tick() => {
+                if let Some(fault) = node.handle.core_fault().await {
+                    span.in_scope(|| error!(error = %fault, "this node is broken; stopping so that it is restarted"));
+                    break Some(fault);
+                }
+            }
         }
-    }
+    };
     node.shutdown().await;
-    Ok(())
+    match fault {
+        Some(fault) => Err(anyhow::anyhow!("this node is broken: {fault}")),
+        None => Ok(()),
+    }
 }
+
+/// How often the agent checks that the node's own parts still run.
+const CORE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
