@@ -18,7 +18,7 @@ use crate::api;
 use crate::cluster::memory::MemoryNetwork;
 use crate::cluster::transport::{TcpTransport, Transport};
 use crate::cluster::{ClusterConfig, ClusterKey, KeySource};
-use crate::discovery::{spawn_seeds, Mdns};
+use crate::discovery::{known_peers, spawn_seeds, Mdns};
 use crate::metrics::Metrics;
 use crate::modules::registry::{self, CORE_MODULES};
 use crate::status::StatusBoard;
@@ -174,7 +174,14 @@ impl ClusterParts {
             span.in_scope(|| info!("mDNS discovery off (--no-mdns)"));
             None
         };
-        let seeds = spawn_seeds(&net.join, bridge.clone().recipient(), span);
+        let mut seeds = spawn_seeds(&net.join, bridge.clone().recipient(), span.clone());
+        seeds.extend(known_peers::spawn(
+            &config.data_dir,
+            &identity.name,
+            bridge.clone().recipient(),
+            bridge.clone().recipient(),
+            span,
+        ));
         Ok(ClusterParts { bridge, mdns, seeds })
     }
 

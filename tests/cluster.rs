@@ -241,3 +241,42 @@ fn a_request_names_the_nodes_that_stay_silent() {
     );
     nodes[2].kill9();
 }
+
+#[test]
+fn a_restarted_node_finds_its_cluster_through_the_peers_it_knew() {
+    let key = ClusterKey::generate();
+    let env = vec![("CONJOINER_KEY".to_string(), key.to_base64())];
+    let a = TestNode::launch(
+        "kp-a",
+        Launch {
+            env: env.clone(),
+            ..Launch::default()
+        },
+    );
+    let mut b = TestNode::launch(
+        "kp-b",
+        Launch {
+            env,
+            extra: vec!["--join".into(), a.cluster_addr()],
+            ..Launch::default()
+        },
+    );
+    wait_for(Duration::from_secs(20), "kp-a and kp-b to converge", || {
+        (alive_names(&b) == ["kp-a", "kp-b"]).then_some(())
+    });
+    let seed = a.cluster_addr();
+    wait_for(Duration::from_secs(20), "kp-b to save kp-a as a known peer", || {
+        let saved = std::fs::read_to_string(b.data_dir().join("peers.json")).ok()?;
+        saved.contains(&seed).then_some(())
+    });
+
+    // Restart b without --join or mDNS: only what it saved can lead it back.
+    b.set_extra_flags(&[]);
+    b.restart();
+    wait_for(Duration::from_secs(20), "kp-b to rejoin through its known peer", || {
+        (alive_names(&b) == ["kp-a", "kp-b"] && alive_names(&a) == ["kp-a", "kp-b"]).then_some(())
+    });
+    assert!(b
+        .log_text()
+        .contains("rejoined the cluster through a peer known from the last run"));
+}

@@ -4,7 +4,10 @@
 //!
 //! - [`mdns`]: zero-config discovery on the LAN (`_conjoiner._tcp.local.`).
 //! - [`seeds`]: `--join host:port` seeds, retried with backoff until reached.
+//! - [`known_peers`]: the live members of the last run, saved and dialed
+//!   again after a restart.
 
+pub mod known_peers;
 pub mod mdns;
 pub mod seeds;
 

@@ -156,6 +156,11 @@ impl TestNode {
     }
 
     /// Starts the node again, same name, data dir and flags (after it exited).
+    /// Replaces the extra agent flags used from the next (re)start on.
+    pub fn set_extra_flags(&mut self, extra: &[String]) {
+        self.launch.extra = extra.to_vec();
+    }
+
     pub fn restart(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
