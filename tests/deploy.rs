@@ -597,3 +597,59 @@ done
     let (status, health) = node.http("GET", "/v1/health", None);
     assert_eq!(status, 200, "{health}");
 }
+
+/// Serves an endless body one byte a second, as a broken or hostile
+/// server would; answers the URL.
+fn trickling_server() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request);
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
+                while conn.write_all(b"x").is_ok() {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+        }
+    });
+    format!("http://{addr}/slow.tar.gz")
+}
+
+#[test]
+fn a_slow_package_url_holds_only_its_own_module_and_fails_as_stalled() {
+    let node = TestNode::start("patient", &[]);
+    let url = trickling_server();
+    let mut slow = node.cli_spawn(&["--json", "deploy", "slowpoke", "--from", &url]);
+    wait_for(LIMIT, "the slow deploy to start fetching", || {
+        node.log_text().contains("module_name=slowpoke").then_some(())
+    });
+
+    // Another module deploys meanwhile.
+    let hello = hello_dir();
+    let (code, out) = cli_json(&node, &["deploy", "hello", "--from", hello.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(results(&out)[0].1, "deployed", "{out}");
+    assert!(
+        slow.child.try_wait().unwrap().is_none(),
+        "the slow deploy is still fetching"
+    );
+
+    // The trickle is judged a stall (16 KiB in 15 s), not waited on for 300 s.
+    let status = wait_for(Duration::from_secs(60), "the slow deploy to end", || {
+        slow.child.try_wait().unwrap()
+    });
+    let text: String = slow.stdout.try_iter().collect::<Vec<_>>().join("\n");
+    let outcome: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let (_, result, reason) = results(&outcome).into_iter().next().expect("a result");
+    assert_eq!(result, "failed", "{text}");
+    assert!(
+        reason.contains("fetch_failed") && reason.contains("stalled"),
+        "{reason}"
+    );
+    assert_ne!(status.code(), Some(0));
+}

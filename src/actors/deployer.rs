@@ -9,8 +9,11 @@
 //! to its origin, and local modules hear of every change on `<node>.local`
 //! (type `deployment_changed`).
 //!
-//! Orders run one at a time, in arrival order, on a worker task, so the actor
-//! itself stays free to serve package chunks and answer the Monitor meanwhile.
+//! Orders run on worker tasks, so the actor itself stays free to serve
+//! package chunks and answer the Monitor meanwhile. Orders for one module
+//! run one at a time, in arrival order; orders for different modules run
+//! side by side, at most `parallel_orders` at once, so one slow package URL
+//! holds only its own module.
 
 use super::messages::{answer_status, Deliver, DumpState, Snapshot, StopModule};
 use super::modbus::{Publish, Subscribe, Unsubscribe};
@@ -29,12 +32,12 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn, Instrument};
 
 /// The Deployer's inbox (SPEC §2).
@@ -56,6 +59,8 @@ pub struct DeployerConfig {
     /// Peer-to-peer chunk size, and how long one chunk may take.
     pub chunk_bytes: u64,
     pub chunk_timeout: Duration,
+    /// Orders for different modules carried out at once.
+    pub parallel_orders: usize,
 }
 
 impl Default for DeployerConfig {
@@ -66,19 +71,22 @@ impl Default for DeployerConfig {
             fetch_timeout: Duration::from_secs(300),
             chunk_bytes: 256 * 1024,
             chunk_timeout: Duration::from_secs(15),
+            parallel_orders: 4,
         }
     }
 }
 
 /// What the Deployer keeps across its own restarts: the installed modules,
-/// the package cache, who holds which package, and the lock that keeps two
-/// orders from installing at once.
+/// the package cache, who holds which package, and the locks that keep two
+/// orders from changing one module at once (even a worker left over from
+/// before a restart).
 pub struct DeployState {
     pub store: ModuleStore,
     pub cache: PackageCache,
     holders: Mutex<HashMap<String, BTreeSet<String>>>,
-    install_lock: tokio::sync::Mutex<()>,
-    activity: Mutex<Option<String>>,
+    module_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// What each module's order is doing now.
+    activity: Mutex<BTreeMap<String, String>>,
     counters: Mutex<DeployCounters>,
 }
 
@@ -104,16 +112,31 @@ impl DeployState {
             store,
             cache,
             holders: Mutex::new(HashMap::new()),
-            install_lock: tokio::sync::Mutex::new(()),
-            activity: Mutex::new(None),
+            module_locks: Mutex::new(HashMap::new()),
+            activity: Mutex::new(BTreeMap::new()),
             counters: Mutex::new(DeployCounters::default()),
         })
     }
 
-    fn set_activity(&self, what: Option<String>) {
+    fn set_activity(&self, module: &str, what: Option<String>) {
         if let Ok(mut a) = self.activity.lock() {
-            *a = what;
+            match what {
+                Some(what) => a.insert(module.to_string(), what),
+                None => a.remove(module),
+            };
         }
+    }
+
+    fn activity(&self) -> Value {
+        self.activity.lock().map(|a| json!(*a)).unwrap_or(Value::Null)
+    }
+
+    /// The lock of one module's orders.
+    fn module_lock(&self, module: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.module_locks.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget the locks nobody holds or waits for.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(module.to_string()).or_default().clone()
     }
 
     fn count(&self, f: impl FnOnce(&mut DeployCounters)) {
@@ -394,8 +417,9 @@ impl Handler<Deliver> for Deployer {
         let _g = self.span.clone().entered();
         match &envelope.kind {
             MessageType::Deploy | MessageType::Undeploy => {
+                let module = envelope.body.get("module").and_then(Value::as_str).unwrap_or("(none)");
                 info!(envelope = %envelope.id, kind = %envelope.kind, from = %envelope.src.node,
-                    module_name = ?envelope.body.get("module"), "order received");
+                    module_name = %module, "order received");
                 self.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Some(jobs) = &self.jobs {
                     let _ = jobs.send(envelope);
@@ -404,7 +428,7 @@ impl Handler<Deliver> for Deployer {
             MessageType::StatusRequest => {
                 let state = &self.node.deploy;
                 let body = json!({
-                    "activity": state.activity.lock().ok().and_then(|a| a.clone()),
+                    "activity": state.activity(),
                     "queued_orders": self.queued.load(std::sync::atomic::Ordering::Relaxed),
                     "known_packages": state.holders.lock().map(|h| h.len()).unwrap_or(0),
                     "counters": state.counters.lock().map(|c| *c).unwrap_or_default(),
@@ -447,7 +471,7 @@ impl Handler<DumpState> for Deployer {
         let _g = self.span.clone().entered();
         let state = &self.node.deploy;
         let snapshot = json!({
-            "activity": state.activity.lock().ok().and_then(|a| a.clone()),
+            "activity": state.activity(),
             "queued": self.queued.load(std::sync::atomic::Ordering::Relaxed),
             "known_packages": state.holders.lock().map(|h| h.len()).unwrap_or(0),
             "counters": state.counters.lock().map(|c| *c).unwrap_or_default(),
@@ -457,7 +481,8 @@ impl Handler<DumpState> for Deployer {
     }
 }
 
-/// Runs orders one at a time and answers each to its origin.
+/// Carries out orders and answers each to its origin.
+#[derive(Clone)]
 struct Worker {
     node: NodeHandle,
     source: Source,
@@ -465,42 +490,76 @@ struct Worker {
 }
 
 impl Worker {
+    /// Hands each order to a task of its own. A module's orders wait for
+    /// the one before (a chain of oneshots keeps arrival order), and every
+    /// order waits for a place in the pool.
     async fn run(self, mut queue: mpsc::UnboundedReceiver<Envelope>) {
+        let pool = Arc::new(tokio::sync::Semaphore::new(
+            self.node.settings.deployer.parallel_orders.max(1),
+        ));
+        let mut last_of: HashMap<String, oneshot::Receiver<()>> = HashMap::new();
         while let Some(order) = queue.recv().await {
-            let state = self.node.deploy.clone();
-            let report = {
-                let _lock = state.install_lock.lock().await;
-                let started = Instant::now();
-                let report = match order.kind {
-                    MessageType::Deploy => self.deploy(&order).await,
-                    _ => self.undeploy(&order).await,
-                };
-                state.set_activity(None);
-                self.node.metrics.deploy_result(&report.status);
-                let elapsed_ms = started.elapsed().as_millis() as u64;
-                match report.status.as_str() {
-                    "failed" => {
-                        state.count(|c| c.failed += 1);
-                        warn!(envelope = %order.id, module_name = %report.module, code = ?report.code,
-                            error = ?report.error, elapsed_ms, "order failed")
+            let module = order
+                .body
+                .get("module")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            // Forget modules whose last order is done.
+            last_of.retain(|_, done| matches!(done.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+            let before = last_of.remove(&module);
+            let (finished, done) = oneshot::channel();
+            last_of.insert(module.clone(), done);
+            let worker = self.clone();
+            let pool = pool.clone();
+            actix_rt::spawn(
+                async move {
+                    if let Some(before) = before {
+                        let _ = before.await;
                     }
-                    status => {
-                        state.count(|c| match status {
-                            "deployed" => c.deployed += 1,
-                            "undeployed" => c.undeployed += 1,
-                            _ => c.unchanged += 1,
-                        });
-                        info!(envelope = %order.id, module_name = %report.module, status, version = ?report.version,
-                            elapsed_ms, "order done")
-                    }
+                    let lock = worker.node.deploy.module_lock(&module);
+                    let _mine = lock.lock().await;
+                    let Ok(_place) = pool.acquire().await else { return };
+                    worker.carry_out(order).await;
+                    let _ = finished.send(());
                 }
-                report
-            };
-            self.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            let body = serde_json::to_value(&report).unwrap_or(Value::Null);
-            let result = Envelope::reply_to_request(&order, MessageType::DeployResult, self.source.clone(), body);
-            self.send_direct(&order.src.node, result).await;
+                .in_current_span(),
+            );
         }
+    }
+
+    async fn carry_out(&self, order: Envelope) {
+        let state = self.node.deploy.clone();
+        let started = Instant::now();
+        let report = match order.kind {
+            MessageType::Deploy => self.deploy(&order).await,
+            _ => self.undeploy(&order).await,
+        };
+        state.set_activity(&report.module, None);
+        self.node.metrics.deploy_result(&report.status);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match report.status.as_str() {
+            "failed" => {
+                state.count(|c| c.failed += 1);
+                warn!(envelope = %order.id, module_name = %report.module,
+                    code = %report.code.as_deref().unwrap_or("unknown"),
+                    error = %report.error.as_deref().unwrap_or(""), elapsed_ms, "order failed")
+            }
+            status => {
+                state.count(|c| match status {
+                    "deployed" => c.deployed += 1,
+                    "undeployed" => c.undeployed += 1,
+                    _ => c.unchanged += 1,
+                });
+                info!(envelope = %order.id, module_name = %report.module, status = %status,
+                    version = %report.version.as_deref().unwrap_or("-"),
+                    elapsed_ms, "order done")
+            }
+        }
+        self.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let body = serde_json::to_value(&report).unwrap_or(Value::Null);
+        let result = Envelope::reply_to_request(&order, MessageType::DeployResult, self.source.clone(), body);
+        self.send_direct(&order.src.node, result).await;
     }
 
     async fn send_direct(&self, node: &str, envelope: Envelope) {
@@ -576,7 +635,7 @@ impl Worker {
             }
         }
 
-        state.set_activity(Some(format!("fetching {name}")));
+        state.set_activity(name, Some(format!("fetching {name}")));
         let fetch = self.fetch(order, expected.as_deref());
         let package = match tokio::time::timeout(node.settings.deployer.fetch_timeout, fetch).await {
             Ok(result) => result.map_err(|e| (e.code(), e.to_string()))?,
@@ -595,7 +654,7 @@ impl Worker {
             }
         }
 
-        state.set_activity(Some(format!("unpacking {name}")));
+        state.set_activity(name, Some(format!("unpacking {name}")));
         let store = state.store.clone();
         let limits = UnpackLimits::for_package_limit(node.settings.deployer.max_package_bytes);
         let path = package.path.clone();
@@ -646,7 +705,7 @@ impl Worker {
             return Err(("install_failed", e));
         }
 
-        state.set_activity(Some(format!("starting {name} {}", manifest.version)));
+        state.set_activity(name, Some(format!("starting {name} {}", manifest.version)));
         let was_supervised = self.module_info(name).await.is_some();
         if was_supervised {
             info!(module_name = %name, "stopping the installed version");
@@ -904,7 +963,7 @@ impl Worker {
         if CORE_MODULES.contains(&name) {
             return DeployReport::failed(name, "reserved", format!("`{name}` is a core module of every node"));
         }
-        self.node.deploy.set_activity(Some(format!("removing {name}")));
+        self.node.deploy.set_activity(name, Some(format!("removing {name}")));
         let supervised = self.module_info(name).await;
         if supervised.is_some() {
             if let Ok(Err(e)) = self.node.supervisor.send(RemoveModule(name.to_string())).await {

@@ -9,6 +9,7 @@
 use super::package::parse_sha256;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 /// The HTTP client packages are downloaded with, built on the first http(s)
@@ -92,6 +93,71 @@ impl FetchError {
             FetchError::Transfer(_) => "fetch_failed",
             FetchError::Cache(_) => "cache_error",
         }
+    }
+}
+
+/// How slow a download may be: one that moves fewer than `min_bytes` in
+/// any `window` has stalled and fails. A server sending one byte a second
+/// once held a node's Deployer for the whole 300 s fetch timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StallRule {
+    pub window: Duration,
+    pub min_bytes: u64,
+}
+
+impl Default for StallRule {
+    /// 16 KiB in any 15 s: about 1 KiB/s, which any working link beats.
+    fn default() -> Self {
+        StallRule {
+            window: Duration::from_secs(15),
+            min_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Watches a download against a [`StallRule`]. Pure: time comes in.
+#[derive(Debug, Clone)]
+pub struct StallWatch {
+    rule: StallRule,
+    window_start: Instant,
+    in_window: u64,
+}
+
+impl StallWatch {
+    pub fn new(rule: StallRule, now: Instant) -> StallWatch {
+        StallWatch {
+            rule,
+            window_start: now,
+            in_window: 0,
+        }
+    }
+
+    /// When the current window ends: the transfer must have moved enough
+    /// by then.
+    pub fn deadline(&self) -> Instant {
+        self.window_start + self.rule.window
+    }
+
+    /// Counts `bytes` that arrived.
+    pub fn moved(&mut self, bytes: u64) {
+        self.in_window += bytes;
+    }
+
+    /// At or after a window's end: fails if it moved too little, else
+    /// starts the next window.
+    pub fn check(&mut self, now: Instant) -> Result<(), FetchError> {
+        if now < self.deadline() {
+            return Ok(());
+        }
+        if self.in_window < self.rule.min_bytes {
+            return Err(FetchError::Transfer(format!(
+                "the download stalled: {} bytes in {:?} (at least {} needed)",
+                self.in_window, self.rule.window, self.rule.min_bytes
+            )));
+        }
+        self.window_start = now;
+        self.in_window = 0;
+        Ok(())
     }
 }
 
@@ -193,6 +259,18 @@ impl PackageCache {
         expected: Option<&str>,
         limit: u64,
     ) -> Result<CachedPackage, FetchError> {
+        self.fetch_with(source, expected, limit, StallRule::default()).await
+    }
+
+    /// [`PackageCache::fetch`], failing an http(s) download that stalls
+    /// under `stall`.
+    pub async fn fetch_with(
+        &self,
+        source: &PackageSource,
+        expected: Option<&str>,
+        limit: u64,
+        stall: StallRule,
+    ) -> Result<CachedPackage, FetchError> {
         if let Some(hit) = expected.and_then(|sha| self.get(sha)) {
             return Ok(hit);
         }
@@ -237,8 +315,21 @@ impl PackageCache {
                     return Err(FetchError::TooLarge { limit });
                 }
                 let mut body = response.bytes_stream();
-                while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
-                    let chunk = chunk.map_err(|e| FetchError::Transfer(format!("GET {url}: {e}")))?;
+                let mut watch = StallWatch::new(stall, Instant::now());
+                loop {
+                    let next =
+                        tokio::time::timeout_at(watch.deadline().into(), futures_util::StreamExt::next(&mut body));
+                    let chunk = match next.await {
+                        Ok(None) => break,
+                        Ok(Some(chunk)) => chunk.map_err(|e| FetchError::Transfer(format!("GET {url}: {e}")))?,
+                        // Nothing came by the window's end: judge what did.
+                        Err(_) => {
+                            watch.check(Instant::now())?;
+                            continue;
+                        }
+                    };
+                    watch.moved(chunk.len() as u64);
+                    watch.check(Instant::now())?;
                     partial.write(&chunk).await?;
                 }
             }
@@ -379,6 +470,63 @@ mod tests {
         let missing = PackageSource::parse("http://127.0.0.1:9/nothing").unwrap();
         let err = cache.fetch(&missing, None, 10_000).await.unwrap_err();
         assert_eq!(err.code(), "fetch_failed");
+    }
+
+    #[test]
+    fn a_transfer_must_move_enough_in_every_window() {
+        let t0 = Instant::now();
+        let rule = StallRule {
+            window: Duration::from_secs(10),
+            min_bytes: 100,
+        };
+        let mut watch = StallWatch::new(rule, t0);
+        watch.moved(60);
+        assert!(
+            watch.check(t0 + Duration::from_secs(5)).is_ok(),
+            "judged at the window's end"
+        );
+        watch.moved(60);
+        assert!(watch.check(t0 + Duration::from_secs(10)).is_ok(), "120 bytes: enough");
+        assert_eq!(watch.deadline(), t0 + Duration::from_secs(20), "a new window");
+        watch.moved(99);
+        let err = watch.check(t0 + Duration::from_secs(20)).unwrap_err();
+        assert!(err.to_string().contains("stalled: 99 bytes"), "{err}");
+    }
+
+    /// Serves `body` one byte every `gap`, like a hostile or broken server.
+    fn serve_slowly(body: Vec<u8>, gap: Duration) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request);
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = conn.write_all(head.as_bytes());
+                for byte in &body {
+                    if conn.write_all(&[*byte]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(gap);
+                }
+            }
+        });
+        format!("http://{addr}/slow.tar.gz")
+    }
+
+    #[actix_rt::test]
+    async fn a_download_that_trickles_fails_as_stalled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = PackageCache::open(&tmp.path().join("packages")).unwrap();
+        let source = PackageSource::parse(&serve_slowly(vec![7u8; 1000], Duration::from_millis(50))).unwrap();
+        let rule = StallRule {
+            window: Duration::from_millis(300),
+            min_bytes: 100,
+        };
+        let err = cache.fetch_with(&source, None, 10_000, rule).await.unwrap_err();
+        assert_eq!(err.code(), "fetch_failed");
+        assert!(err.to_string().contains("stalled"), "{err}");
     }
 
     #[actix_rt::test]
