@@ -56,13 +56,17 @@ fn unix_ns() -> u128 {
 }
 
 /// One HTTP/1.1 request; answers status and body.
-fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+/// One HTTP/1.1 request; `token` is the node's API token, which a POST needs.
+fn http(addr: &str, method: &str, path: &str, body: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
     let sock: SocketAddr = addr.parse().map_err(std::io::Error::other)?;
     let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = String::new();
@@ -354,7 +358,7 @@ fn start_conjoiner(root: &Path, i: usize, key: &str, bind: &str, seed: &str) -> 
 }
 
 fn alive_count(http_addr: &str) -> usize {
-    http(http_addr, "GET", "/v1/members?status=alive", "")
+    http(http_addr, "GET", "/v1/members?status=alive", "", None)
         .ok()
         .and_then(|(_, b)| serde_json::from_str::<Vec<Value>>(&b).ok())
         .map(|m| m.len())
@@ -447,6 +451,11 @@ fn bench_conjoiner(n: usize, broadcasts: usize, limit: Duration, steady: u64) ->
 
     // Broadcast latency at every receiver.
     let https: Vec<Option<String>> = nodes.iter_mut().map(|n| n.http().map(str::to_string)).collect();
+    let tokens: Vec<Option<String>> = nodes
+        .iter()
+        .map(|n| std::fs::read_to_string(n.data.join("api.token")).ok())
+        .map(|t| t.map(|t| t.trim().to_string()))
+        .collect();
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     for (i, addr) in https.iter().enumerate() {
@@ -465,7 +474,10 @@ fn bench_conjoiner(n: usize, broadcasts: usize, limit: Duration, steady: u64) ->
         let marker = format!("m{b}");
         let body = json!({"address": "bench.lat", "body": {"marker": marker}}).to_string();
         let sent = Instant::now();
-        if !matches!(http(origin, "POST", "/v1/publish", &body), Ok((202, _))) {
+        if !matches!(
+            http(origin, "POST", "/v1/publish", &body, tokens[b % n].as_deref()),
+            Ok((202, _))
+        ) {
             f.deliveries_missed += n;
             continue;
         }

@@ -42,8 +42,10 @@ start_node demo-1 web
 SEED=$(cat "$WORK/demo-1/cluster.addr")
 start_node demo-2 web --join "$SEED"
 start_node demo-3 db --join "$SEED"
-export CONJOINER_HTTP
+export CONJOINER_HTTP CONJOINER_TOKEN_FILE
 CONJOINER_HTTP=$(cat "$WORK/demo-1/http.addr")
+# Commands that change anything need the node's API token (0600 in its data dir).
+CONJOINER_TOKEN_FILE="$WORK/demo-1/api.token"
 echo "== three nodes started; demo-2 and demo-3 joined demo-1 at $SEED"
 
 for _ in $(seq 1 100); do
@@ -81,7 +83,7 @@ echo "\$ conjoiner status"
 "$BIN" status || echo "(exit $?: something is failing)"
 echo
 if [ "${KEEP:-}" = 1 ]; then
-    echo "== dashboard: http://$CONJOINER_HTTP/   CLI: export CONJOINER_HTTP=$CONJOINER_HTTP CONJOINER_KEY=$CONJOINER_KEY"
+    echo "== dashboard: http://$CONJOINER_HTTP/   CLI: export CONJOINER_HTTP=$CONJOINER_HTTP CONJOINER_TOKEN_FILE=$CONJOINER_TOKEN_FILE CONJOINER_KEY=$CONJOINER_KEY"
     echo "== the nodes keep running; press Ctrl-C to stop them"
     wait
 fi

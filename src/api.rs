@@ -78,7 +78,9 @@ pub fn serve(
     node: NodeHandle,
     addr: SocketAddr,
     max_body: usize,
+    token: String,
 ) -> std::io::Result<(actix_web::dev::ServerHandle, SocketAddr)> {
+    let token = std::sync::Arc::new(token);
     // Names the API answers to besides IP addresses (see `check_browser_guard`).
     let mut names = vec!["localhost".to_string()];
     if let Some(host) = crate::node::system_hostname() {
@@ -88,10 +90,19 @@ pub fn serve(
     let names = std::sync::Arc::new(names);
     let server = HttpServer::new(move || {
         let names = names.clone();
+        let token = token.clone();
         // Every log line of a request (rejections included) names the node
         // and `module=api`.
         let span = node.identity.span("api");
         App::new()
+            // Run last to first: the span, the browser guard, then the token.
+            .wrap_fn(move |req, srv| match check_token(req.request(), &token) {
+                Ok(()) => Either::Left(srv.call(req)),
+                Err(e) => {
+                    warn!(method = %req.method(), path = %req.path(), error = %e, "refused a request without the API token");
+                    Either::Right(futures_util::future::ready(Err(e.into())))
+                }
+            })
             .wrap_fn(move |req, srv| match check_browser_guard(req.request(), &names) {
                 Ok(()) => Either::Left(srv.call(req)),
                 Err(e) => {
@@ -169,6 +180,30 @@ fn check_browser_guard(req: &HttpRequest, names: &[String]) -> Result<(), ApiErr
         }
     }
     Ok(())
+}
+
+/// Every route that changes anything (any method but GET and HEAD) needs
+/// the node's token (see `api_token`).
+fn check_token(req: &HttpRequest, token: &str) -> Result<(), ApiError> {
+    if matches!(
+        *req.method(),
+        actix_web::http::Method::GET | actix_web::http::Method::HEAD
+    ) {
+        return Ok(());
+    }
+    let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+    if crate::api_token::authorized(token, header) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        format!(
+            "this route needs the node's API token (`Authorization: Bearer …`, from `<data-dir>/{}`, \
+             readable by the node's user)",
+            crate::api_token::API_TOKEN_FILE
+        ),
+    ))
 }
 
 fn json_config(max_body: usize) -> web::JsonConfig {

@@ -19,6 +19,7 @@
 
 pub mod actors;
 pub mod api;
+pub mod api_token;
 pub mod cli;
 pub mod cluster;
 pub mod discovery;

@@ -379,7 +379,13 @@ impl Node {
         // Then whatever was deployed here before the node last stopped.
         deployer::start_installed(&handle).await;
 
-        let (server, http_addr) = api::serve(handle.clone(), config.http, config.max_body_bytes)
+        let token = crate::api_token::load_or_create(&config.data_dir).with_context(|| {
+            format!(
+                "cannot read or make the API token in {}",
+                config.data_dir.join(crate::api_token::API_TOKEN_FILE).display()
+            )
+        })?;
+        let (server, http_addr) = api::serve(handle.clone(), config.http, config.max_body_bytes, token)
             .with_context(|| format!("cannot start the control API on {}", config.http))?;
         let addr_file = config.data_dir.join(HTTP_ADDR_FILE);
         span.in_scope(|| {

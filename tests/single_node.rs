@@ -380,19 +380,27 @@ fn web_pages_from_elsewhere_are_refused() {
     let publish = br#"{"address":"web.test","body":{}}"#;
     let addr = node.http.as_str();
     let origin = format!("http://{addr}");
+    // A page would not have the token; these carry it, so only the browser
+    // guard is tried.
+    let token = format!("Bearer {}", node.api_token());
+    let auth = ("Authorization", token.as_str());
     // (headers, expected status, expected error code)
     type Case<'a> = (&'a [(&'a str, &'a str)], u16, &'a str);
     let cases: [Case; 5] = [
-        (&[("Host", addr)], 202, ""),
-        (&[("Host", addr), ("Origin", &origin)], 202, ""),
+        (&[("Host", addr), auth], 202, ""),
+        (&[("Host", addr), ("Origin", &origin), auth], 202, ""),
         (
-            &[("Host", addr), ("Origin", "https://evil.example")],
+            &[("Host", addr), ("Origin", "https://evil.example"), auth],
             403,
             "forbidden_origin",
         ),
-        (&[("Host", addr), ("Origin", "null")], 403, "forbidden_origin"),
+        (&[("Host", addr), ("Origin", "null"), auth], 403, "forbidden_origin"),
         (
-            &[("Host", "evil.example:7373"), ("Origin", "http://evil.example:7373")],
+            &[
+                ("Host", "evil.example:7373"),
+                ("Origin", "http://evil.example:7373"),
+                auth,
+            ],
             403,
             "forbidden_host",
         ),
@@ -413,4 +421,55 @@ fn web_pages_from_elsewhere_are_refused() {
     assert!(node.log_text().contains("refused a request from a web page"));
     // Still serving.
     assert_eq!(node.cli(&["request", "mod.echo", "{}"]).status.code(), Some(0));
+}
+
+/// Loopback is no trust boundary: without the node's token (0600 in its
+/// data dir), another local user can read but change nothing.
+#[test]
+fn changing_anything_needs_the_api_token() {
+    let node = TestNode::start("solo-auth", &[]);
+    let addr = node.http.as_str();
+    let publish = br#"{"address":"auth.test","body":{}}"#;
+    for (path, body) in [
+        ("/v1/publish", &publish[..]),
+        ("/v1/request", br#"{"address":"mod.echo","body":{}}"#),
+        ("/v1/deploy", br#"{"module":"x","source":{"path":"/etc/shadow"}}"#),
+        ("/v1/undeploy", br#"{"module":"echo"}"#),
+    ] {
+        for headers in [
+            vec![("Host", addr)],
+            vec![("Host", addr), ("Authorization", "Bearer wrong-token-of-some-length")],
+        ] {
+            let (got, text) = http_with_headers(addr, "POST", path, &headers, Some(body)).unwrap();
+            assert_eq!(got, 401, "{path} {headers:?}: {text}");
+            let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(answer["code"], "unauthorized", "{text}");
+        }
+    }
+    let mode = std::fs::metadata(node.data_dir().join("api.token"))
+        .unwrap()
+        .permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    // Reading needs no token.
+    let (got, _) = http_with_headers(addr, "GET", "/v1/status", &[("Host", addr)], None).unwrap();
+    assert_eq!(got, 200);
+    // The CLI with no way to the token says where it looked.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_conjoiner"))
+        .args(["publish", "auth.test", "{}"])
+        .env("CONJOINER_HTTP", addr)
+        .env("CONJOINER_TOKEN_FILE", "/nonexistent/api.token")
+        .env_remove("CONJOINER_TOKEN")
+        .env_remove("CONJOINER_DATA_DIR")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("unauthorized") && err.contains("/nonexistent/api.token"),
+        "{err}"
+    );
+    // With it (as the tests' CLI runs), it works.
+    assert_eq!(node.cli(&["publish", "auth.test", "{}"]).status.code(), Some(0));
+    assert!(node.log_text().contains("refused a request without the API token"));
 }

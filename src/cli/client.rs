@@ -9,6 +9,27 @@ pub struct ApiClient {
     http: reqwest::Client,
 }
 
+static TOKEN_FILE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// `--token-file`, for every client made after.
+pub fn set_token_file(file: Option<std::path::PathBuf>) {
+    let _ = TOKEN_FILE.set(file);
+}
+
+/// The node's API token, or where it was looked for.
+fn token() -> Result<String, Vec<std::path::PathBuf>> {
+    crate::api_token::find_for_cli(TOKEN_FILE.get().and_then(|f| f.as_deref()))
+}
+
+/// Adds the API token to a request that changes something; without one,
+/// the node's 401 answer says where it was looked for.
+fn with_token(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    match token() {
+        Ok(token) => request.bearer_auth(token),
+        Err(_) => request,
+    }
+}
+
 impl ApiClient {
     /// A client for the control API at `addr` (`host:port` or a full URL).
     pub fn new(addr: &str) -> ApiClient {
@@ -35,13 +56,15 @@ impl ApiClient {
     }
 
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, CliError> {
-        let response = self.send(self.http.post(self.url(path)).json(body)).await?;
+        let response = self.send(with_token(self.http.post(self.url(path))).json(body)).await?;
         decode(response).await
     }
 
     /// POSTs and answers the response for streaming (NDJSON rollouts).
     pub async fn post_stream(&self, path: &str, body: &Value, accept: &str) -> Result<reqwest::Response, CliError> {
-        let request = self.http.post(self.url(path)).header("Accept", accept).json(body);
+        let request = with_token(self.http.post(self.url(path)))
+            .header("Accept", accept)
+            .json(body);
         self.send(request).await
     }
 
@@ -82,7 +105,16 @@ async fn api_error(response: reqwest::Response) -> CliError {
     let body: Value = response.json().await.unwrap_or(Value::Null);
     let message = body.get("error").and_then(Value::as_str).unwrap_or("no error message");
     let code = body.get("code").and_then(Value::as_str).unwrap_or("unknown");
-    let text = format!("{message} ({code}, HTTP {})", status.as_u16());
+    let mut text = format!("{message} ({code}, HTTP {})", status.as_u16());
+    if status.as_u16() == 401 {
+        if let Err(places) = token() {
+            let places: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
+            text.push_str(&format!(
+                "; no token found in CONJOINER_TOKEN or {} (run as the node's user, or pass --token-file)",
+                places.join(", ")
+            ));
+        }
+    }
     if status.as_u16() == 400 {
         CliError::usage(text)
     } else {

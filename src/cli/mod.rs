@@ -44,6 +44,12 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// The node's API token file, for commands that change anything.
+    /// Default: `CONJOINER_TOKEN`, else `api.token` in `CONJOINER_DATA_DIR`,
+    /// else in `./conjoiner-data`.
+    #[arg(long, global = true, env = "CONJOINER_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -113,6 +119,7 @@ impl fmt::Display for CliError {
 
 /// Runs the parsed command line and answers the process exit code.
 pub fn run(cli: Cli) -> i32 {
+    client::set_token_file(cli.token_file.clone());
     let result = match cli.command {
         Command::Agent(args) => agent::run(&cli.http, args),
         Command::Members(args) => block_on(members::run(&cli.http, cli.json, args)),

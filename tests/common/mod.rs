@@ -220,6 +220,7 @@ impl TestNode {
         Command::new(BIN)
             .args(args)
             .env("CONJOINER_HTTP", &self.http)
+            .env("CONJOINER_TOKEN_FILE", self.data_dir().join("api.token"))
             .stdin(Stdio::null())
             .output()
             .expect("run conjoiner")
@@ -230,6 +231,7 @@ impl TestNode {
         let mut child = Command::new(BIN)
             .args(args)
             .env("CONJOINER_HTTP", &self.http)
+            .env("CONJOINER_TOKEN_FILE", self.data_dir().join("api.token"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -242,8 +244,22 @@ impl TestNode {
         }
     }
 
+    /// The node's API token, which every request that changes anything needs.
+    pub fn api_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("api.token"))
+            .expect("api.token")
+            .trim()
+            .to_string()
+    }
+
+    /// An HTTP request to the node's API, with its token unless it is a GET.
     pub fn http(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, serde_json::Value) {
-        let (status, text) = http_request(&self.http, method, path, body).expect("HTTP request");
+        let bearer = format!("Bearer {}", self.api_token());
+        let mut headers = vec![("Host", self.http.as_str())];
+        if method != "GET" {
+            headers.push(("Authorization", &bearer));
+        }
+        let (status, text) = http_with_headers(&self.http, method, path, &headers, body).expect("HTTP request");
         let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
         (status, json)
     }
