@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 /// A report older than this many of its sender's refresh periods is stale.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
+/// How long the report of a node that membership no longer lists is kept.
+pub const FORGET_UNLISTED_AFTER: Duration = Duration::from_secs(600);
 /// The longest report period a peer is believed about (one hour).
 const MAX_TRUSTED_PERIOD_MS: u64 = 3_600_000;
 
@@ -195,6 +197,27 @@ impl StatusBoard {
                 .insert(report.node.clone(), Entry { report, received: now });
         }
         newer
+    }
+
+    /// Forgets the reports of nodes that membership no longer lists (it
+    /// forgets long-dead members) once the report is `FORGET_UNLISTED_AFTER`
+    /// old, so a fleet that renames or replaces hosts does not fill the
+    /// board for ever. Answers the names forgotten.
+    pub fn forget_gone(&self, members: &[Member], now: Instant) -> Vec<String> {
+        let Ok(mut board) = self.0.write() else {
+            return Vec::new();
+        };
+        let listed: BTreeSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        let gone: Vec<String> = board
+            .reports
+            .iter()
+            .filter(|(name, e)| !listed.contains(name.as_str()) && age(now, e.received) > FORGET_UNLISTED_AFTER)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &gone {
+            board.reports.remove(name);
+        }
+        gone
     }
 
     /// How many nodes have reported.
@@ -465,6 +488,22 @@ mod tests {
         assert_eq!(summary.nodes, 4);
         assert_eq!(summary.failing_nodes, 4);
         assert_eq!(summary.failing_modules, 1);
+    }
+
+    #[test]
+    fn reports_of_nodes_membership_forgot_are_forgotten_after_a_while() {
+        let board = StatusBoard::default();
+        let t0 = Instant::now();
+        board.record(report("kept", 1, vec![]), t0);
+        board.record(report("gone", 1, vec![]), t0);
+        let members = [member("kept", MemberStatus::Dead)];
+        assert!(
+            board.forget_gone(&members, t0 + Duration::from_secs(60)).is_empty(),
+            "not yet"
+        );
+        let later = t0 + FORGET_UNLISTED_AFTER + Duration::from_secs(1);
+        assert_eq!(board.forget_gone(&members, later), ["gone"]);
+        assert_eq!(board.len(), 1, "a listed member keeps its report, dead or not");
     }
 
     #[test]

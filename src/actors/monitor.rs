@@ -19,7 +19,7 @@
 //! [`StatusBoard`], so `conjoiner modules` and `conjoiner status` answer from
 //! one local read.
 
-use super::cluster_bus::ClusterStatus;
+use super::cluster_bus::{ClusterStatus, ListMembers};
 use super::messages::{answer_status, Deliver, DumpState, Snapshot, StopModule};
 use super::modbus::{self, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, ListModules, ModuleInfo, ModuleState, RunningModule};
@@ -156,8 +156,27 @@ impl Monitor {
                 act.counters.rounds += 1;
                 act.last_round = Some((began, began.elapsed()));
                 act.publish(report);
+                act.forget_gone(ctx);
                 if std::mem::take(&mut act.again) {
                     act.start_round(ctx);
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// Drops the reports of nodes membership no longer lists.
+    fn forget_gone(&mut self, ctx: &mut Context<Self>) {
+        let board = self.board.clone();
+        let span = self.span.clone();
+        self.node
+            .cluster
+            .members
+            .send(ListMembers)
+            .into_actor(self)
+            .map(move |members, _act, _ctx| {
+                let Ok(members) = members else { return };
+                for name in board.forget_gone(&members, Instant::now()) {
+                    span.in_scope(|| info!(member = %name, "forgot the status of a node membership no longer lists"));
                 }
             })
             .spawn(ctx);

@@ -1,6 +1,7 @@
 //! A small lab of "hosts" on one machine: network namespaces joined by veth
 //! pairs to one bridge, for tests of what crosses a real network (multicast
-//! mDNS, a host cut off and healed).
+//! mDNS, a host cut off and healed, packet loss and partitions made with
+//! nftables on each host's input hook; this kernel has no netem).
 //!
 //! Every namespace, veth and bridge the lab makes is removed when it is
 //! dropped, so a failing test leaves nothing behind. Names carry this test
@@ -94,6 +95,56 @@ impl Netlab {
 
     pub fn heal(&self, i: usize) {
         ip(&["-n", &self.namespace(i), "link", "set", "eth0", "up"]).expect("heal host");
+    }
+}
+
+/// Runs an nftables script inside namespace `ns`.
+fn nft(ns: &str, script: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run `nft` (install nftables): {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin for nft")?
+        .write_all(script.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft in {ns} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netlab {
+    /// Host `i` drops `loss_percent` of the packets that reach it, at
+    /// random, and every packet from the hosts in `blocked`. Replaces what
+    /// was set before; `(0, &[])` clears it.
+    pub fn filter(&self, i: usize, loss_percent: u32, blocked: &[usize]) {
+        let mut rules = String::new();
+        if loss_percent > 0 {
+            rules.push_str(&format!(
+                "    iifname \"eth0\" numgen random mod 100 < {loss_percent} drop\n"
+            ));
+        }
+        if !blocked.is_empty() {
+            let ips: Vec<String> = blocked.iter().map(|b| self.ip(*b)).collect();
+            rules.push_str(&format!("    ip saddr {{ {} }} drop\n", ips.join(", ")));
+        }
+        // Creating the table first makes the delete safe when there is none.
+        let script = format!(
+            "table inet chaos\ndelete table inet chaos\ntable inet chaos {{\n  chain input {{\n    \
+             type filter hook input priority 0; policy accept;\n{rules}  }}\n}}\n"
+        );
+        nft(&self.namespace(i), &script).expect("set the host's packet filter");
     }
 }
 
