@@ -653,3 +653,90 @@ fn a_slow_package_url_holds_only_its_own_module_and_fails_as_stalled() {
     );
     assert_ne!(status.code(), Some(0));
 }
+
+/// A module whose package holds `files` data files, so unpacking it takes a
+/// while; answers requests with nothing but is listed with its version.
+fn bulky_dir(root: &Path, version: &str, files: usize) -> std::path::PathBuf {
+    let script = "#!/bin/sh\nwhile IFS= read -r line; do :; done\n";
+    let dir = module_dir(root, "bulky", version, script, json!({}));
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    for i in 0..files {
+        std::fs::write(dir.join("data").join(format!("f{i}")), format!("{version} {i}\n")).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn a_node_killed_during_a_deploy_keeps_one_whole_version() {
+    let mut node = TestNode::start("sturdy", &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let versions = [("1.0.0", 20usize), ("2.0.0", 3000usize)];
+    let dirs: Vec<std::path::PathBuf> = versions
+        .iter()
+        .map(|(v, n)| bulky_dir(&tmp.path().join(v), v, *n))
+        .collect();
+    let (code, out) = cli_json(&node, &["deploy", "bulky", "--from", dirs[0].to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    // How long a whole upgrade takes here (packaging, fetch, unpack, swap,
+    // one second of probation), and back.
+    let started = std::time::Instant::now();
+    let (code, out) = cli_json(&node, &["deploy", "bulky", "--from", dirs[1].to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let whole = started.elapsed();
+    let (code, out) = cli_json(&node, &["deploy", "bulky", "--from", dirs[0].to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let mods = node.data_dir().join("mods");
+    // Kill at moments spread over packaging, fetch, unpack, swap and
+    // probation.
+    let delays = [0.15, 0.4, 0.6, 0.8, 0.95].map(|f| whole.mul_f64(f).as_millis() as u64);
+    for (round, delay_ms) in delays.into_iter().enumerate() {
+        let installed = installed_version(&mods).expect("a whole install before the round");
+        let next = if installed == "1.0.0" { 1 } else { 0 };
+        let mut deploy = node.cli_spawn(&["--json", "deploy", "bulky", "--from", dirs[next].to_str().unwrap()]);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        node.kill9();
+        let _ = deploy.child.kill();
+        let _ = deploy.child.wait();
+        node.restart();
+
+        // Exactly one whole version is installed, and it is the one running.
+        let version = wait_for(LIMIT, &format!("round {round}: bulky to run again"), || {
+            let running = module_state(&node, "bulky").filter(|m| m["state"] == "running")?;
+            Some(running["version"].as_str()?.to_string())
+        });
+        assert_eq!(
+            installed_version(&mods).as_deref(),
+            Some(version.as_str()),
+            "round {round}"
+        );
+        let expected_files = versions.iter().find(|(v, _)| *v == version).unwrap().1;
+        let files = std::fs::read_dir(mods.join("bulky/data")).unwrap().count();
+        assert_eq!(
+            files, expected_files,
+            "round {round}: all of {version}, none of the other"
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&mods)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["bulky"],
+            "round {round} (killed after {delay_ms} ms): no leftovers"
+        );
+        eprintln!(
+            "round {round}: killed {delay_ms} ms into {installed} → {}: {version} runs",
+            versions[next].0
+        );
+    }
+}
+
+/// The version in an install whose record says it is complete.
+fn installed_version(mods: &Path) -> Option<String> {
+    let record: Value = serde_json::from_slice(&std::fs::read(mods.join("bulky/install.json")).ok()?).ok()?;
+    let manifest: Value = serde_json::from_slice(&std::fs::read(mods.join("bulky/mod.json")).ok()?).ok()?;
+    let version = record["version"].as_str()?;
+    (manifest["version"].as_str() == Some(version)).then(|| version.to_string())
+}
