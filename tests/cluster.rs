@@ -280,3 +280,65 @@ fn a_restarted_node_finds_its_cluster_through_the_peers_it_knew() {
         .log_text()
         .contains("rejoined the cluster through a peer known from the last run"));
 }
+
+/// Death verdicts in `node`'s log so far (the bridge logs each once).
+fn deaths_logged(node: &TestNode) -> usize {
+    node.log_text()
+        .lines()
+        .filter(|l| l.contains("member declared dead") && l.contains("cluster_bridge"))
+        .count()
+}
+
+#[test]
+fn a_flooding_module_leaves_every_node_alive_and_deploys_answered() {
+    let key = ClusterKey::generate();
+    let nodes = start_cluster(&[("fl1", "a"), ("fl2", "a"), ("fl3", "b"), ("fl4", "b")], &key);
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    wait_for(Duration::from_secs(30), "four nodes to converge", || {
+        nodes.iter().all(|n| alive_names(n) == names).then_some(())
+    });
+    // Publish lines in a tight loop, for ever, to the whole cluster.
+    let tmp = tempfile::tempdir().unwrap();
+    let script = "#!/bin/sh\nwhile :; do echo '{\"op\":\"publish\",\"address\":\"flood.all\",\"body\":{\"pad\":\"0123456789012345678901234567890123456789\"}}'; done\n";
+    let flood = module_dir(tmp.path(), "flood", "1.0.0", script, serde_json::json!({}));
+    let (code, out) = cli_json(
+        &nodes[0],
+        &[
+            "deploy",
+            "flood",
+            "--from",
+            flood.to_str().unwrap(),
+            "--target",
+            "name=fl1",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let deaths_before: Vec<usize> = nodes.iter().map(deaths_logged).collect();
+    let flooding = Instant::now();
+    wait_for(Duration::from_secs(30), "the flood to be held to its limit", || {
+        let (_, state) = nodes[0].http("GET", "/v1/debug/state", None);
+        (state["modules"]["flood"]["counters"]["publish_dropped"].as_u64()? > 10_000).then_some(())
+    });
+
+    // Meanwhile a deploy to every node is answered by every node.
+    let hello = hello_dir();
+    let (code, out) = cli_json(&nodes[3], &["deploy", "hello", "--from", hello.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let deployed = out["results"]
+        .as_array()
+        .map_or(0, |r| r.iter().filter(|x| x["status"] == "deployed").count());
+    assert_eq!(deployed, 4, "{out}");
+    // Twenty seconds of flood in all.
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(flooding.elapsed()));
+    assert!(nodes.iter().all(|n| alive_names(n) == names), "everyone alive");
+    let deaths_after: Vec<usize> = nodes.iter().map(deaths_logged).collect();
+    assert_eq!(deaths_after, deaths_before, "no false death during the flood");
+    let (_, state) = nodes[0].http("GET", "/v1/debug/state", None);
+    let counters = &state["modules"]["flood"]["counters"];
+    eprintln!(
+        "flood for {:?}: {} published, {} dropped",
+        flooding.elapsed(),
+        counters["published"],
+        counters["publish_dropped"]
+    );
+}
