@@ -408,7 +408,10 @@ fn crashing_modules_are_restarted_then_failed_and_installs_survive_a_node_crash(
     let failed = wait_module(&node, "crashy", "failed", |m| m["state"] == "failed");
     assert_eq!(failed["restarts"], 2);
     let table = stdout(&node.cli(&["modules"]));
-    let line = table.lines().find(|l| l.contains("crashy")).expect("crashy listed");
+    let line = table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("crashy"))
+        .expect("crashy listed");
     assert!(line.contains("failed"), "{table}");
     assert!(node.log_text().contains("module failed"), "the failure is logged");
 
@@ -468,6 +471,7 @@ done
     assert_eq!(status, 200);
     let counters = &state["modules"]["noisy"]["counters"];
     assert_eq!(counters["bad_lines"], 4, "two bad lines per request: {state}");
+    assert_eq!(counters["stderr_lines"], 2, "one stderr line per request: {state}");
     assert_eq!(counters["replies"], 2);
     let module = wait_module(&node, "noisy", "listed", |_| true);
     assert_eq!(
@@ -739,4 +743,33 @@ fn installed_version(mods: &Path) -> Option<String> {
     let manifest: Value = serde_json::from_slice(&std::fs::read(mods.join("bulky/mod.json")).ok()?).ok()?;
     let version = record["version"].as_str()?;
     (manifest["version"].as_str() == Some(version)).then(|| version.to_string())
+}
+
+#[test]
+fn a_module_that_fails_to_start_reports_the_end_of_its_stderr() {
+    let node = TestNode::start("teller", &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let script = "#!/bin/sh\necho 'starting up' >&2\necho 'fatal: no such setting: colour' >&2\nexit 1\n";
+    let dir = module_dir(
+        tmp.path(),
+        "grumpy",
+        "1.0.0",
+        script,
+        json!({"restart": {"policy": "never"}}),
+    );
+    let (code, out) = cli_json(&node, &["deploy", "grumpy", "--from", dir.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    let (_, status, reason) = results(&out).into_iter().next().expect("a result");
+    assert_eq!(status, "failed", "{out}");
+    assert!(
+        reason.contains("exited with code 1") && reason.contains("fatal: no such setting: colour"),
+        "the deploy result carries the module's last stderr lines: {reason}"
+    );
+    let line = node
+        .log_text()
+        .lines()
+        .find(|l| l.contains("module process failed"))
+        .map(str::to_string)
+        .expect("the failure is logged");
+    assert!(line.contains("module=grumpy"), "{line}");
 }

@@ -473,3 +473,23 @@ fn changing_anything_needs_the_api_token() {
     assert_eq!(node.cli(&["publish", "auth.test", "{}"]).status.code(), Some(0));
     assert!(node.log_text().contains("refused a request without the API token"));
 }
+
+#[test]
+fn modules_writes_whole_statuses_when_piped() {
+    let node = TestNode::start("solo-wide", &[]);
+    // The Monitor's own status is longer than a terminal's column.
+    let line = wait_for(Duration::from_secs(30), "the monitor's status in `modules`", || {
+        let table = stdout(&node.cli(&["modules"]));
+        table
+            .lines()
+            .find(|l| l.contains(" monitor ") && l.contains("\"round\""))
+            .map(str::to_string)
+    });
+    assert!(!line.contains('…'), "not cut when not on a terminal: {line}");
+    let status = &line[line.find('{').expect("a JSON status")..];
+    let parsed: Value = serde_json::from_str(status.trim()).expect("the whole status, as JSON");
+    assert!(
+        parsed.to_string().len() > 60,
+        "longer than the terminal column: {parsed}"
+    );
+}

@@ -43,6 +43,33 @@ use uuid::Uuid;
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 /// Lines waiting for the child's stdin; more are dropped (and counted).
 const STDIN_QUEUE: usize = 1024;
+/// How long an exited child's stderr is still read before its exit is handled.
+const STDERR_DRAIN: Duration = Duration::from_millis(500);
+/// How much of the end of a child's stderr is kept, to say why it failed.
+const STDERR_TAIL_BYTES: usize = 2048;
+
+/// The end of a child's stderr and how many lines it wrote, shared with the
+/// task that reads it.
+#[derive(Default)]
+struct StderrTail {
+    lines: u64,
+    tail: String,
+}
+
+impl StderrTail {
+    fn push(&mut self, line: &str) {
+        self.lines += 1;
+        self.tail.push_str(line);
+        self.tail.push('\n');
+        if self.tail.len() > STDERR_TAIL_BYTES {
+            let mut cut = self.tail.len() - STDERR_TAIL_BYTES;
+            while !self.tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.tail.drain(..cut);
+        }
+    }
+}
 /// Requests remembered so the child can reply to them by id.
 const REMEMBERED_REQUESTS: usize = 1024;
 
@@ -97,6 +124,7 @@ pub struct ProcessModule {
     started: Instant,
     publish_limit: TokenBucket,
     publish_drops: LogThrottle,
+    stderr: std::sync::Arc<std::sync::Mutex<StderrTail>>,
     counters: Counters,
 }
 
@@ -129,6 +157,7 @@ impl ProcessModule {
             started: Instant::now(),
             publish_limit,
             publish_drops: LogThrottle::new(Duration::from_secs(10), 1),
+            stderr: Default::default(),
             counters: Counters::default(),
         }
     }
@@ -188,11 +217,17 @@ impl ProcessModule {
         ctx.add_stream(FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE_BYTES)));
 
         let span = self.span.clone();
-        actix_rt::spawn(async move {
+        let tail = self.stderr.clone();
+        let stderr_reader = actix_rt::spawn(async move {
             let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
             while let Some(line) = futures_util::StreamExt::next(&mut lines).await {
                 match line {
-                    Ok(line) => span.in_scope(|| info!(stream = "stderr", "{line}")),
+                    Ok(line) => {
+                        if let Ok(mut tail) = tail.lock() {
+                            tail.push(&line);
+                        }
+                        span.in_scope(|| info!(stream = "stderr", "{line}"))
+                    }
                     Err(LinesCodecError::MaxLineLengthExceeded) => {
                         span.in_scope(|| warn!(stream = "stderr", "a stderr line over {MAX_LINE_BYTES} bytes was cut"))
                     }
@@ -213,6 +248,9 @@ impl ProcessModule {
                     child.wait().await
                 }
             };
+            // Its last stderr lines say why it failed: read them first (a
+            // grandchild may hold stderr open, so not for long).
+            let _ = tokio::time::timeout(STDERR_DRAIN, stderr_reader).await;
             me.do_send(ChildExited(status));
         });
         Ok(())
@@ -359,6 +397,14 @@ impl ProcessModule {
         });
     }
 
+    /// The last lines the child wrote on stderr (at most 2 KiB).
+    fn stderr_tail(&self) -> String {
+        self.stderr
+            .lock()
+            .map(|t| t.tail.trim_end().to_string())
+            .unwrap_or_default()
+    }
+
     /// Kills what the child `pid` started and left running: its tree now,
     /// and what was found when a stop began.
     fn kill_leftovers(&mut self, pid: u32) {
@@ -382,7 +428,10 @@ impl ProcessModule {
             "status": self.last_status.as_ref().map(|(v, _)| v),
             "status_age_ms": self.last_status.as_ref().map(|(_, t)| t.elapsed().as_millis() as u64),
             "uptime_ms": self.started.elapsed().as_millis() as u64,
-            "counters": self.counters,
+            "counters": Counters {
+                stderr_lines: self.stderr.lock().map(|t| t.lines).unwrap_or(0),
+                ..self.counters
+            },
         })
     }
 }
@@ -408,8 +457,9 @@ impl Actor for ProcessModule {
         for address in addresses {
             self.subscribe(address, ctx);
         }
-        info!(pid = ?self.pid, main = ?self.setup.manifest.main, subscriptions = ?self.subscriptions,
-            "process module started");
+        let subscriptions: Vec<&str> = self.subscriptions.iter().map(String::as_str).collect();
+        info!(pid = self.pid.unwrap_or(0), main = %self.setup.manifest.main.as_deref().unwrap_or("-"),
+            subscriptions = %subscriptions.join(","), "process module started");
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -421,7 +471,18 @@ impl Actor for ProcessModule {
             address: None,
             module: self.setup.name.clone(),
         });
-        info!(counters = ?self.counters, "process module stopped");
+        let c = self.counters;
+        info!(
+            lines_in = c.lines_in,
+            bad_lines = c.bad_lines,
+            published = c.published,
+            publish_dropped = c.publish_dropped,
+            replies = c.replies,
+            envelopes_in = c.envelopes_in,
+            envelopes_dropped = c.envelopes_dropped,
+            stderr_lines = self.stderr.lock().map(|t| t.lines).unwrap_or(0),
+            "process module stopped"
+        );
     }
 }
 
@@ -463,8 +524,14 @@ impl Handler<ChildExited> for ProcessModule {
         } else if clean {
             info!(exit = %described, "module process exited on its own");
         } else {
-            warn!(exit = %described, "module process failed");
-            self.exit_note.fail(format!("process {described}"));
+            let tail = self.stderr_tail();
+            warn!(exit = %described, stderr = %tail, "module process failed");
+            if tail.is_empty() {
+                self.exit_note.fail(format!("process {described}"));
+            } else {
+                self.exit_note
+                    .fail(format!("process {described}; the end of its stderr:\n{tail}"));
+            }
         }
         ctx.stop();
     }

@@ -1,7 +1,9 @@
 //! `conjoiner deploy` and `conjoiner undeploy`: roll a module out to (or
 //! remove it from) the targeted nodes, showing each node's result as it
 //! arrives: a progress display on a terminal, plain lines when piped.
-//! Nodes that fail, stay silent or are skipped make the exit code 3.
+//! Exit codes: 0 when every node succeeded, 1 when every node that answered
+//! failed (none missing or skipped), 3 when only some failed or any was
+//! missing or skipped.
 
 use super::client::ApiClient;
 use super::{parse_duration, read_targets, CliError, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};

@@ -8,6 +8,7 @@ use super::client::ApiClient;
 use super::members::print_table;
 use super::{read_targets, CliError, EXIT_OK, EXIT_PARTIAL};
 use serde_json::Value;
+use std::io::IsTerminal as _;
 
 #[derive(Debug, clap::Args)]
 pub struct ModulesArgs {
@@ -27,6 +28,13 @@ pub async fn run(http: &str, json_out: bool, args: ModulesArgs) -> Result<i32, C
     if json_out {
         println!("{}", serde_json::to_string_pretty(&nodes).unwrap_or_default());
     } else {
+        // On a terminal the STATUS column is cut to fit; piped into a file
+        // or another program, it is written whole.
+        let status_width = if std::io::stdout().is_terminal() {
+            60
+        } else {
+            usize::MAX
+        };
         let mut rows = Vec::new();
         for node in &nodes {
             let name = node["node"].as_str().unwrap_or("?");
@@ -34,7 +42,7 @@ pub async fn run(http: &str, json_out: bool, args: ModulesArgs) -> Result<i32, C
                 let text = |k: &str| m[k].as_str().unwrap_or("-").to_string();
                 let status = match m["status_error"].as_str() {
                     Some(e) => e.to_string(),
-                    None => short_json(&m["status"], 60),
+                    None => short_json(&m["status"], status_width),
                 };
                 rows.push([
                     name.to_string(),
