@@ -698,10 +698,20 @@ async fn status(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
     let mut views = node.status.view(&members, Instant::now());
     views.sort_by_key(|v| (!v.is_failing(), v.node.clone()));
     let summary = summarize(&views);
+    // A node that has ways in (seeds, or peers it knew) but reaches no one
+    // is cut off, not a healthy cluster of one.
+    let known =
+        crate::discovery::known_peers::load(&node.settings.data_dir.join(crate::discovery::known_peers::PEERS_FILE));
+    let alone = !members
+        .iter()
+        .any(|m| m.name != node.identity.name && m.status == MemberStatus::Alive);
+    let isolated = (alone && (!node.settings.join.is_empty() || !known.is_empty()))
+        .then(|| json!({"seeds": node.settings.join, "known_peers": known.len()}));
     Ok(HttpResponse::Ok().json(json!({
         "node": node.identity.name,
         "cluster": node.identity.cluster,
         "status_interval_ms": node.settings.monitor.interval.as_millis() as u64,
+        "isolated": isolated,
         "summary": summary,
         "nodes": views,
     })))

@@ -208,6 +208,8 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
     pub data_dir: PathBuf,
+    /// `--join` seeds: with them (or known peers), a node alone is isolated.
+    pub join: Vec<String>,
     pub transponder: TransponderConfig,
     pub deployer: DeployerConfig,
     pub monitor: MonitorConfig,
@@ -356,6 +358,7 @@ impl Node {
             started: Instant::now(),
             settings: Arc::new(NodeSettings {
                 data_dir: config.data_dir.clone(),
+                join: config.network.as_ref().map(|n| n.join.clone()).unwrap_or_default(),
                 transponder: config.transponder.clone(),
                 deployer: config.deployer.clone(),
                 monitor: config.monitor.clone(),

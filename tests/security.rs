@@ -193,3 +193,18 @@ fn idle_connections_are_capped_and_wrong_keys_cannot_flood_the_log() {
         (alive_names(&a) == ["f1", "f2"] && alive_names(&b) == ["f1", "f2"]).then_some(())
     });
 }
+
+#[test]
+fn a_node_with_the_wrong_key_says_it_is_isolated() {
+    let a = keyed("iso-a", &ClusterKey::generate(), None);
+    let b = keyed("iso-b", &ClusterKey::generate(), Some(&a));
+    wait_log(&b, "does it have the same cluster key?", 1);
+    let out = b.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(3), "a node cut off from its seeds is not ok");
+    let err = stderr(&out);
+    assert!(err.contains("isolated") && err.contains(&a.cluster_addr()), "{err}");
+    let (_, status) = b.http("GET", "/v1/status", None);
+    assert_eq!(status["isolated"]["seeds"][0], a.cluster_addr().as_str(), "{status}");
+    // A node alone by design (no seeds, no known peers) is not isolated.
+    assert_eq!(a.cli(&["status"]).status.code(), Some(0));
+}

@@ -1,7 +1,8 @@
 //! `conjoiner status`: the fleet on one screen. Every node with its
 //! membership (and since when), report age and module health, failing nodes
 //! first, failing modules named, and a summary line. Exit code 3 when
-//! anything is failing.
+//! anything is failing, or when the node is isolated (it has seeds or
+//! known peers and reaches none of them).
 
 use super::client::ApiClient;
 use super::members::print_table;
@@ -12,12 +13,36 @@ use serde_json::Value;
 pub async fn run(http: &str, json_out: bool) -> Result<i32, CliError> {
     let status: Value = ApiClient::new(http).get("/v1/status", &[]).await?;
     let failing = status["summary"]["failing_nodes"].as_u64().unwrap_or(0);
+    let isolated = !status["isolated"].is_null();
     if json_out {
         println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
     } else {
         print_screen(&status);
+        if isolated {
+            let seeds: Vec<&str> = status["isolated"]["seeds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let known = status["isolated"]["known_peers"].as_u64().unwrap_or(0);
+            eprintln!(
+                "isolated: {} reaches none of its seeds ({}) or {known} known peers; it keeps trying \
+                 (is the cluster key the same? is the network open?)",
+                status["node"].as_str().unwrap_or("this node"),
+                if seeds.is_empty() {
+                    "none".to_string()
+                } else {
+                    seeds.join(", ")
+                },
+            );
+        }
     }
-    Ok(if failing == 0 { EXIT_OK } else { EXIT_PARTIAL })
+    Ok(if failing == 0 && !isolated {
+        EXIT_OK
+    } else {
+        EXIT_PARTIAL
+    })
 }
 
 fn age(ms: &Value) -> String {
