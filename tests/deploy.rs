@@ -773,3 +773,54 @@ fn a_module_that_fails_to_start_reports_the_end_of_its_stderr() {
         .expect("the failure is logged");
     assert!(line.contains("module=grumpy"), "{line}");
 }
+
+/// The files `docs/modules.md` shows after `<!-- guide-example: PATH -->`
+/// markers, written under `root`.
+fn write_guide_example(root: &Path) {
+    let guide = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/modules.md")).unwrap();
+    let mut written = 0;
+    let mut rest = guide.as_str();
+    while let Some(at) = rest.find("<!-- guide-example: ") {
+        rest = &rest[at + "<!-- guide-example: ".len()..];
+        let (path, after) = rest.split_once(" -->").expect("a closed marker");
+        let body = after.split_once("```").expect("a code block").1;
+        let body = body.split_once('\n').expect("a fence line").1;
+        let code = body.split_once("```").expect("a closed code block").0;
+        let file = root.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, code).unwrap();
+        if path.contains("/bin/") {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        written += 1;
+    }
+    assert_eq!(written, 2, "the guide shows mod.json and the program");
+}
+
+#[test]
+fn the_module_guides_python_example_deploys_and_answers() {
+    let node = TestNode::start("guided", &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    write_guide_example(tmp.path());
+    let dir = tmp.path().join("counter");
+    let (code, out) = cli_json(
+        &node,
+        &[
+            "deploy",
+            "counter",
+            "--from",
+            dir.to_str().unwrap(),
+            "--config",
+            r#"{"step":10}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(ask(&node, "mod.counter"), Some(json!({"count": 10})));
+    assert_eq!(ask(&node, "mod.counter"), Some(json!({"count": 20})));
+    let module = wait_module(&node, "counter", "ok with its own status", |m| {
+        m["health"] == "ok" && m["status"]["answered"] == 2
+    });
+    assert_eq!(module["status"]["step"], 10, "{module}");
+    assert!(node.log_text().contains("counter ready, step 10"));
+}
