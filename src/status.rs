@@ -93,13 +93,19 @@ fn signature(report: &NodeReport) -> u64 {
     h.finish()
 }
 
-/// How a module is doing, from its supervisor state and whether it answered
-/// the last `status_request`.
+/// How a module is doing, from its supervisor state, whether it answered
+/// the last `status_request`, and what it says of itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     /// Running and answered.
     Ok,
+    /// Running and answered, and it says it works only in part (a
+    /// `"health": "degraded"` in its status).
+    Degraded,
+    /// Running and answered, and it says it does not work (`"health":
+    /// "failing"` in its status).
+    Failing,
     /// Running, but did not answer `status_request` in time.
     Unresponsive,
     /// Waiting to be restarted after an exit.
@@ -114,7 +120,20 @@ pub enum Health {
 impl Health {
     /// Whether `conjoiner status` counts this module as failing.
     pub fn is_failing(self) -> bool {
-        matches!(self, Health::Unresponsive | Health::Restarting | Health::Failed)
+        matches!(
+            self,
+            Health::Degraded | Health::Failing | Health::Unresponsive | Health::Restarting | Health::Failed
+        )
+    }
+
+    /// What a running module that answered says of itself: a `health` key
+    /// in its status of `ok`, `degraded` or `failing`; else ok.
+    pub fn self_reported(status: &Value) -> Health {
+        match status.get("health").and_then(Value::as_str) {
+            Some("degraded") => Health::Degraded,
+            Some("failing") => Health::Failing,
+            _ => Health::Ok,
+        }
     }
 }
 
@@ -488,6 +507,23 @@ mod tests {
         assert_eq!(summary.nodes, 4);
         assert_eq!(summary.failing_nodes, 4);
         assert_eq!(summary.failing_modules, 1);
+    }
+
+    #[test]
+    fn a_module_may_say_it_is_degraded_or_failing() {
+        assert_eq!(
+            Health::self_reported(&json!({"health": "degraded", "q": 1})),
+            Health::Degraded
+        );
+        assert_eq!(Health::self_reported(&json!({"health": "failing"})), Health::Failing);
+        assert_eq!(Health::self_reported(&json!({"health": "ok"})), Health::Ok);
+        assert_eq!(
+            Health::self_reported(&json!({"health": "great"})),
+            Health::Ok,
+            "unknown words are ignored"
+        );
+        assert_eq!(Health::self_reported(&json!([1, 2])), Health::Ok);
+        assert!(Health::Degraded.is_failing() && Health::Failing.is_failing());
     }
 
     #[test]

@@ -824,3 +824,36 @@ fn the_module_guides_python_example_deploys_and_answers() {
     assert_eq!(module["status"]["step"], 10, "{module}");
     assert!(node.log_text().contains("counter ready, step 10"));
 }
+
+#[test]
+fn a_module_that_says_it_is_degraded_is_shown_degraded() {
+    let node = TestNode::start("honest", &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // Degraded until it is asked once, then ok.
+    let script = r#"#!/bin/sh
+health=degraded
+while IFS= read -r line; do
+  case "$line" in
+  *'"type":"request"'*)
+    id=$(printf '%s\n' "$line" | sed -n 's/^{"v":1,"id":"\([^"]*\)".*/\1/p')
+    health=ok
+    printf '{"op":"reply","to":"%s","body":{}}\n' "$id"
+    ;;
+  *'"type":"status_request"'*)
+    printf '{"op":"status","body":{"queue":7,"health":"%s"}}\n' "$health"
+    ;;
+  esac
+done
+"#;
+    let dir = module_dir(tmp.path(), "honest", "1.0.0", script, json!({}));
+    let (code, out) = cli_json(&node, &["deploy", "honest", "--from", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    wait_module(&node, "honest", "degraded", |m| m["health"] == "degraded");
+    let out = node.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(3), "a degraded module is a problem to see");
+    let text = stdout(&out) + &stderr(&out);
+    assert!(text.contains("honest/honest: degraded"), "{text}");
+    assert_eq!(ask(&node, "mod.honest"), Some(json!({})));
+    wait_module(&node, "honest", "ok again", |m| m["health"] == "ok");
+    assert_eq!(node.cli(&["status"]).status.code(), Some(0));
+}

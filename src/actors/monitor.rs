@@ -335,7 +335,7 @@ fn module_report(
     installed: &[InstalledModule],
 ) -> ModuleReport {
     let (health, status, status_error) = match (&info.state, answer) {
-        (ModuleState::Running, Some(Ok(status))) => (Health::Ok, bounded(status), None),
+        (ModuleState::Running, Some(Ok(status))) => (Health::self_reported(&status), bounded(status), None),
         (ModuleState::Running, Some(Err(e))) => (Health::Unresponsive, Value::Null, Some(e)),
         (ModuleState::Starting, _) => (Health::Starting, Value::Null, None),
         (ModuleState::Restarting, _) => (Health::Restarting, Value::Null, None),
