@@ -7,8 +7,6 @@
 //! reads it from there. Reading routes (`GET`: health, members, status,
 //! metrics, events, the dashboard) stay open to local users.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 /// The token's file in the data dir.
@@ -28,16 +26,7 @@ pub fn load_or_create(data_dir: &Path) -> std::io::Result<String> {
     }
     let bytes: [u8; 32] = rand::random();
     let token = hex::encode(bytes);
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(format!("{token}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    crate::private_file::write(&path, format!("{token}\n").as_bytes())?;
     Ok(token)
 }
 

@@ -27,6 +27,7 @@ pub mod logging;
 pub mod metrics;
 pub mod modules;
 pub mod node;
+pub mod private_file;
 pub mod rollout;
 pub mod sim;
 pub mod status;

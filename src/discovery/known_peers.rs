@@ -56,19 +56,8 @@ pub fn load(path: &Path) -> Vec<SocketAddr> {
 /// Writes `peers` to `path` whole or not at all (a temporary file, then a
 /// rename), readable by the node's user only.
 pub fn save(path: &Path, peers: &[SocketAddr]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let text = serde_json::to_vec_pretty(&PeersFile { peers: peers.to_vec() })?;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(&text)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::private_file::write(path, &text)
 }
 
 /// The addresses worth keeping from a member list: live members other
