@@ -21,14 +21,6 @@ const HOSTS: usize = 5;
 const LOSS_WINDOW: Duration = Duration::from_secs(60);
 const PARTITION: Duration = Duration::from_secs(30);
 
-/// Death verdicts in `node`'s log so far (the bridge logs each once).
-fn deaths_logged(node: &TestNode) -> usize {
-    node.log_text()
-        .lines()
-        .filter(|l| l.contains("member declared dead") && l.contains("cluster_bridge"))
-        .count()
-}
-
 fn all_alive(nodes: &[TestNode], names: &[String]) -> bool {
     nodes.iter().all(|n| alive_names(n) == names)
 }

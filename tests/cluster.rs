@@ -283,14 +283,6 @@ fn a_restarted_node_finds_its_cluster_through_the_peers_it_knew() {
         .contains("dialing the peers known from the last run until one answers"));
 }
 
-/// Death verdicts in `node`'s log so far (the bridge logs each once).
-fn deaths_logged(node: &TestNode) -> usize {
-    node.log_text()
-        .lines()
-        .filter(|l| l.contains("member declared dead") && l.contains("cluster_bridge"))
-        .count()
-}
-
 #[test]
 fn a_flooding_module_leaves_every_node_alive_and_deploys_answered() {
     let key = ClusterKey::generate();

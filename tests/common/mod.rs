@@ -408,6 +408,14 @@ pub fn member_status(observer: &TestNode, member: &str) -> Option<String> {
         .and_then(|m| m["status"].as_str().map(str::to_string))
 }
 
+/// Death verdicts in `node`'s log so far (the bridge logs each once).
+pub fn deaths_logged(node: &TestNode) -> usize {
+    node.log_text()
+        .lines()
+        .filter(|l| l.contains("member declared dead") && l.contains("cluster_bridge"))
+        .count()
+}
+
 /// The members `observer` lists as alive, sorted.
 pub fn alive_names(observer: &TestNode) -> Vec<String> {
     let mut names: Vec<String> = members_json(observer)
