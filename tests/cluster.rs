@@ -284,6 +284,45 @@ fn a_restarted_node_finds_its_cluster_through_the_peers_it_knew() {
 }
 
 #[test]
+fn a_stopped_process_is_not_declared_dead_while_its_host_still_acks() {
+    let key = ClusterKey::generate();
+    let nodes = start_cluster(&[("st1", "a"), ("st2", "a"), ("st3", "b")], &key);
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    wait_converged(&all, 3);
+    // SIGSTOP: the process runs nothing, its kernel still acks. Four
+    // seconds is four times the shortest suspicion (the LAN preset's stall
+    // grace is ten): before stalls were told from crashes, st1 and st2
+    // declared st3 dead within about two seconds.
+    nodes[2].signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    let mut seen = Vec::new();
+    while stopped.elapsed() < Duration::from_secs(4) {
+        for observer in &nodes[..2] {
+            let status = member_status(observer, "st3").unwrap_or_default();
+            if status != "alive" && !seen.contains(&status) {
+                seen.push(status);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nodes[2].signal(libc::SIGCONT);
+    assert!(
+        !seen.iter().any(|s| s == "dead"),
+        "st3 was declared dead while stopped (statuses seen: {seen:?}); log of st1:\n{}",
+        nodes[0].log_text()
+    );
+    for observer in &nodes[..2] {
+        wait_status(observer, "st3", "alive", Duration::from_secs(10));
+        assert_eq!(deaths_logged(observer), 0, "{} logged a death", observer.name);
+    }
+    let log = nodes[0].log_text() + &nodes[1].log_text();
+    assert!(
+        log.contains("not suspecting a stalled process yet"),
+        "the observers saw the stall through the kernel's acks"
+    );
+}
+
+#[test]
 fn a_flooding_module_leaves_every_node_alive_and_deploys_answered() {
     let key = ClusterKey::generate();
     let nodes = start_cluster(&[("fl1", "a"), ("fl2", "a"), ("fl3", "b"), ("fl4", "b")], &key);

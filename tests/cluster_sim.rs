@@ -86,6 +86,63 @@ fn slow_nodes_under_a_broadcast_storm_are_not_declared_dead() {
 }
 
 #[test]
+fn a_paused_process_whose_host_still_acks_is_not_declared_dead_within_the_grace() {
+    let mut sim = cluster(20, 9);
+    let grace = sim.config.cluster.stall_grace;
+    let paused = 4;
+    let name = sim.nodes[paused].name.clone();
+    // Five seconds without reading or running a timer: five times the
+    // shortest suspicion, half the grace. Before stalls were told from
+    // crashes, its observers confirmed each other and declared it dead.
+    sim.pause(paused, grace / 2);
+    sim.run_for(grace / 2 + Duration::from_secs(5));
+    assert_eq!(sim.false_deaths, 0, "the paused node was declared dead");
+    let excused: u64 = sim
+        .nodes
+        .iter()
+        .map(|n| n.core.detector_counters().stalls_excused)
+        .sum();
+    assert!(excused > 0, "its observers saw the stall and excused it");
+    assert!(sim.converged(), "everyone lists {name} alive again");
+}
+
+#[test]
+fn a_process_paused_past_the_grace_is_declared_dead_and_a_lost_host_at_once() {
+    let mut sim = cluster(20, 13);
+    let grace = sim.config.cluster.stall_grace;
+    let (hung, lost) = (6, 7);
+    let (hung_name, lost_name) = (sim.nodes[hung].name.clone(), sim.nodes[lost].name.clone());
+    sim.pause(hung, Duration::from_secs(120));
+    sim.crash(lost, Crash::Silent);
+    let start = sim.now();
+    let dead_on_all = |sim: &Sim, i: usize, name: &str| {
+        (0..sim.nodes.len())
+            .filter(|&o| o != i && o != 6 && o != 7)
+            .all(|o| status(sim, o, name) == Some(Status::Dead))
+    };
+    let (mut lost_at, mut hung_at) = (None, None);
+    for _ in 0..400 {
+        sim.run_for(Duration::from_millis(100));
+        if lost_at.is_none() && dead_on_all(&sim, lost, &lost_name) {
+            lost_at = Some(sim.now() - start);
+        }
+        if hung_at.is_none() && dead_on_all(&sim, hung, &hung_name) {
+            hung_at = Some(sim.now() - start);
+        }
+    }
+    let lost_at = lost_at.expect("the lost host is declared dead");
+    let hung_at = hung_at.expect("the hung process is declared dead");
+    assert!(
+        lost_at < Duration::from_secs(4),
+        "a lost host acks nothing: no grace ({lost_at:?})"
+    );
+    assert!(
+        hung_at >= grace && hung_at < grace * 3,
+        "a hung process waits out the grace, then goes the usual way ({hung_at:?})"
+    );
+}
+
+#[test]
 fn a_second_process_with_a_taken_name_is_refused_and_never_disturbs_the_holder() {
     let mut sim = cluster(20, 5);
     let holder = sim.index_of("n7").unwrap();

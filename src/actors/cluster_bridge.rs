@@ -154,6 +154,15 @@ impl ClusterBridge {
                     }
                 },
                 Action::Member { id, change } => self.member_changed(&id, change),
+                Action::CheckHost { link, name, since } => {
+                    let now = Instant::now();
+                    let answered = self
+                        .links
+                        .get(&link)
+                        .is_some_and(|l| l.peer_host_answered(now.saturating_duration_since(since)));
+                    debug!(member = %name, link, answered, "probe unanswered; asked the kernel whether the member's host still acks");
+                    self.core.host_checked(&name, answered, now);
+                }
                 Action::Joined { addr, result } => {
                     let answer = result.map(|n| n.to_string()).map_err(|e| e.to_string());
                     for waiter in self.join_waiters.remove(&addr).unwrap_or_default() {

@@ -13,6 +13,7 @@ use super::protocol::Lane;
 use actix::prelude::*;
 use bytes::Bytes;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,6 +88,9 @@ pub struct LinkHandle {
     queued: Arc<AtomicUsize>,
     writer: tokio::task::AbortHandle,
     _close_reader: oneshot::Sender<()>,
+    /// The TCP socket (a duplicate descriptor), to ask the kernel whether
+    /// the peer's host still acknowledges; none on in-memory links.
+    socket: Option<OwnedFd>,
 }
 
 /// The frame was not queued: the peer already has this many bytes waiting.
@@ -148,6 +152,7 @@ impl LinkHandle {
                 queued: queued.clone(),
                 writer,
                 _close_reader: close_reader,
+                socket: None,
             },
             Outgoing {
                 control: control_rx,
@@ -173,6 +178,23 @@ impl LinkHandle {
             self.queued.fetch_sub(len, Ordering::AcqRel);
         }
         Ok(())
+    }
+
+    /// Keeps `socket` (a duplicate of the link's TCP descriptor) for
+    /// [`LinkHandle::peer_host_answered`].
+    pub fn with_socket(mut self, socket: OwnedFd) -> LinkHandle {
+        self.socket = Some(socket);
+        self
+    }
+
+    /// Whether the peer's host acknowledged everything sent on this link,
+    /// the last of it within `within`. False when it cannot be known
+    /// (in-memory links, a closed socket): the failure detector then
+    /// treats silence as it always did.
+    pub fn peer_host_answered(&self, within: Duration) -> bool {
+        self.socket
+            .as_ref()
+            .is_some_and(|s| super::tcp_info::peer_host_answered(s.as_fd(), within).unwrap_or(false))
     }
 
     /// Bytes queued and not yet written.

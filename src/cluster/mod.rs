@@ -13,6 +13,7 @@ pub mod link;
 pub mod memory;
 pub mod noise;
 pub mod protocol;
+pub mod tcp_info;
 pub mod transport;
 
 pub use config::ClusterConfig;

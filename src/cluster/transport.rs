@@ -8,6 +8,7 @@ use super::link::{next_link_id, DownReason, LinkEvent, LinkHandle, LinkSetup, Ou
 use super::noise::{handshake, FrameSender, LinkError};
 use crate::logging::LogThrottle;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::BufWriter;
@@ -172,6 +173,9 @@ async fn run_link(
         Ok(t) => t,
         Err(e) => return failed(&setup, remote, direction, e.to_string(), true),
     };
+    // A duplicate descriptor lets the bridge ask the kernel about the link
+    // (see `tcp_info`); the halves below still close it as before.
+    let socket = stream.as_fd().try_clone_to_owned().ok();
     let (read_half, write_half) = stream.into_split();
     let sender = transport.sender(BufWriter::with_capacity(8 * 1024, write_half));
     let id = next_link_id();
@@ -185,7 +189,10 @@ async fn run_link(
         .instrument(setup.span.clone()),
     );
     let (close_tx, mut close_rx) = oneshot::channel();
-    let (handle, outgoing) = LinkHandle::new(id, remote, direction, writer.abort_handle(), close_tx);
+    let (mut handle, outgoing) = LinkHandle::new(id, remote, direction, writer.abort_handle(), close_tx);
+    if let Some(socket) = socket {
+        handle = handle.with_socket(socket);
+    }
     let _ = start_tx.send(outgoing);
     if setup.events.send(LinkEvent::Up(handle)).await.is_err() {
         return;

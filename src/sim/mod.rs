@@ -400,6 +400,14 @@ impl Sim {
         }
     }
 
+    /// Node `i`'s process stops for `d` (SIGSTOP, a long pause, a starved
+    /// CPU): it reads nothing and its timers wait, while its host still
+    /// acknowledges what is sent to it.
+    pub fn pause(&mut self, i: usize, d: Duration) {
+        let node = &mut self.nodes[i];
+        node.busy_until = node.busy_until.max(self.now + d);
+    }
+
     /// Puts each node in its group; nodes in different groups are cut off.
     pub fn partition(&mut self, groups: &[u32]) {
         for (node, g) in self.nodes.iter_mut().zip(groups) {
@@ -544,6 +552,12 @@ impl Sim {
         if !node.up || node.generation != generation {
             return;
         }
+        if node.busy_until > self.now {
+            // Paused (see `pause`): nothing is read until it resumes.
+            let at = node.busy_until;
+            self.push(at, Event::Process { node: i, generation });
+            return;
+        }
         let Some((queued_at, work)) = node.control.pop_front().or_else(|| node.bulk.pop_front()) else {
             node.processing = false;
             return;
@@ -655,6 +669,22 @@ impl Sim {
                         hops,
                     });
                 }
+            }
+            Action::CheckHost { link, name, .. } => {
+                // A live process's host acks at the TCP level however slow
+                // the process is; a crashed or cut-off one does not. Under
+                // loss, the probe's segment or its ack may be lost twice in
+                // a row (the first try and one retransmission within the
+                // probe's window), and then nothing was acked.
+                let live = self
+                    .links
+                    .get(&link)
+                    .filter(|l| l.open)
+                    .is_some_and(|l| self.nodes[l.peer].up && self.reachable(i, l.peer));
+                let one_try_fails = 1.0 - (1.0 - self.config.loss).powi(2);
+                let answered = live && (one_try_fails <= 0.0 || self.rng.random::<f64>() >= one_try_fails.powi(2));
+                let now = self.base + self.now;
+                self.nodes[i].core.host_checked(&name, answered, now);
             }
             Action::State { .. } | Action::Joined { .. } => {}
             Action::Member { id, change } => {

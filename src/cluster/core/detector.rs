@@ -17,6 +17,14 @@
 //!   confirm it: `max − (max − min)·ln(C + 1)/ln(k + 1)` after `C` of the `k`
 //!   expected confirmations. A lone accuser (often the slow one) waits long;
 //!   a crash that every observer sees is declared quickly.
+//! - **Stalls are not crashes.** When a probe and its helpers go
+//!   unanswered, the core asks its driver whether the subject's *host*
+//!   still acknowledges the link (on TCP: the peer's kernel acked all we
+//!   sent). If it does, the process is alive but starved (CPU, swap, a
+//!   pause), and the subject is not suspected until it has stayed silent
+//!   for `stall_grace`. A killed process (its links reset) and a lost host
+//!   (nothing acked) are suspected at once. This is what keeps a mass start
+//!   of hundreds of processes on a few cores free of false deaths.
 
 use super::hash::StableMap;
 use std::collections::{BTreeSet, VecDeque};
@@ -33,6 +41,9 @@ pub struct DetectorConfig {
     pub suspicion_max: Duration,
     /// The highest local health score (Lifeguard's S; memberlist uses 8).
     pub max_health: u32,
+    /// How long a subject whose host still acknowledges the link may leave
+    /// probes unanswered before it is suspected.
+    pub stall_grace: Duration,
 }
 
 /// What the detector asks the core to do.
@@ -52,9 +63,12 @@ pub enum DetectorOut {
         seq: u32,
         reached: bool,
     },
-    /// Neither a probe nor its helpers reached `target`: suspect it.
+    /// Neither a probe sent at `probed_at` nor its helpers reached
+    /// `target`: suspect it (unless its host still answers, see
+    /// [`Detector::host_answered`]).
     Suspect {
         target: Arc<str>,
+        probed_at: Instant,
     },
     /// A suspicion ran out: declare the member dead.
     Dead {
@@ -74,6 +88,7 @@ enum Stage {
 struct Probe {
     target: Arc<str>,
     seq: u32,
+    started: Instant,
     deadline: Instant,
     stage: Stage,
 }
@@ -106,6 +121,16 @@ pub struct DetectorCounters {
     pub probes_failed: u64,
     pub indirect_probes: u64,
     pub helped: u64,
+    /// Failed probes not turned into suspicions: the subject's host still
+    /// acknowledged the link.
+    pub stalls_excused: u64,
+}
+
+/// A subject that leaves probes unanswered while its host acknowledges.
+#[derive(Debug, Clone, Copy)]
+struct Stall {
+    since: Instant,
+    last: Instant,
 }
 
 pub struct Detector {
@@ -121,6 +146,7 @@ pub struct Detector {
     suspicions: StableMap<Arc<str>, Suspicion>,
     /// `suspicions` by deadline.
     expiry: BTreeSet<(Instant, Arc<str>)>,
+    stalls: StableMap<Arc<str>, Stall>,
     pub counters: DetectorCounters,
 }
 
@@ -138,6 +164,7 @@ impl Detector {
             helping: StableMap::default(),
             suspicions: StableMap::default(),
             expiry: BTreeSet::new(),
+            stalls: StableMap::default(),
             counters: DetectorCounters::default(),
         }
     }
@@ -224,6 +251,9 @@ impl Detector {
                 });
             }
         }
+        let grace = self.config.stall_grace;
+        self.stalls
+            .retain(|_, s| now.saturating_duration_since(s.last) <= grace);
         let mut expired = Vec::new();
         while let Some((at, name)) = self.expiry.first().cloned() {
             if at > now {
@@ -318,6 +348,7 @@ impl Detector {
         self.probe = Some(Probe {
             target: target.clone(),
             seq,
+            started: now,
             deadline: now + self.scale(self.config.probe_timeout),
             stage: Stage::Direct,
         });
@@ -355,12 +386,16 @@ impl Detector {
         if let Some(p) = self.probe.take() {
             self.counters.probes_failed += 1;
             self.worse(1 + missing_nacks as u32);
-            out.push(DetectorOut::Suspect { target: p.target });
+            out.push(DetectorOut::Suspect {
+                target: p.target,
+                probed_at: p.started,
+            });
         }
     }
 
     /// An ack from `from` for `seq`.
     pub fn on_ack(&mut self, from: &str, seq: u32, out: &mut Vec<DetectorOut>) {
+        self.stalls.remove(from);
         if self.probe.as_ref().is_some_and(|p| p.seq == seq && &*p.target == from) {
             self.probe = None;
             self.health = self.health.saturating_sub(1);
@@ -388,7 +423,9 @@ impl Detector {
             return;
         };
         if reached {
-            self.probe = None;
+            if let Some(p) = self.probe.take() {
+                self.stalls.remove(&p.target);
+            }
             return;
         }
         p.stage = Stage::Indirect {
@@ -475,6 +512,34 @@ impl Detector {
         true
     }
 
+    /// The driver found that `name`'s host still acknowledges the link
+    /// although the process left a probe unanswered. Answers whether to
+    /// suspect it anyway: only once it has stalled for `stall_grace`.
+    pub fn host_answered(&mut self, name: &Arc<str>, now: Instant) -> bool {
+        let grace = self.config.stall_grace;
+        let stall = self
+            .stalls
+            .entry(name.clone())
+            .or_insert(Stall { since: now, last: now });
+        if now.saturating_duration_since(stall.last) > grace {
+            // Not probed (or not failed) for a long while: a new stall.
+            stall.since = now;
+        }
+        stall.last = now;
+        let suspect = now.saturating_duration_since(stall.since) >= grace;
+        if suspect {
+            self.stalls.remove(name);
+        } else {
+            self.counters.stalls_excused += 1;
+        }
+        suspect
+    }
+
+    /// How long `name` has been stalled, if it is.
+    pub fn stalled_for(&self, name: &str, now: Instant) -> Option<Duration> {
+        self.stalls.get(name).map(|s| now.saturating_duration_since(s.since))
+    }
+
     /// The member was refuted, declared, replaced or forgotten.
     pub fn clear(&mut self, name: &str) {
         if let Some((key, s)) = self.suspicions.remove_entry(name) {
@@ -531,6 +596,7 @@ mod tests {
             suspicion_min: Duration::from_secs(1),
             suspicion_max: Duration::from_secs(6),
             max_health: 8,
+            stall_grace: Duration::from_secs(10),
         }
     }
 
@@ -575,8 +641,57 @@ mod tests {
         d.on_pingreq_ack(seq, false, &mut out);
         assert!(out.is_empty());
         d.on_pingreq_ack(seq, false, &mut out);
-        assert_eq!(out, vec![DetectorOut::Suspect { target: name("s") }]);
+        assert_eq!(
+            out,
+            vec![DetectorOut::Suspect {
+                target: name("s"),
+                probed_at: t0 + Duration::from_millis(500)
+            }]
+        );
         assert_eq!(d.health(), 1, "a failed probe with every nack back costs one point");
+    }
+
+    #[test]
+    fn a_stalled_subject_whose_host_answers_is_excused_until_the_grace_runs_out() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(config(), t0);
+        let s = name("s");
+        let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        assert!(!d.host_answered(&s, at(1.0)), "the first silent probe starts the stall");
+        assert!(!d.host_answered(&s, at(4.0)));
+        assert_eq!(d.stalled_for("s", at(4.0)), Some(Duration::from_secs(3)));
+        assert!(!d.host_answered(&s, at(10.9)), "9.9 s stalled: still excused");
+        assert!(d.host_answered(&s, at(11.0)), "10 s stalled: suspect it");
+        assert_eq!(d.counters.stalls_excused, 3);
+        assert_eq!(
+            d.stalled_for("s", at(11.0)),
+            None,
+            "a suspicion starts the next stall afresh"
+        );
+    }
+
+    #[test]
+    fn an_answer_ends_a_stall_and_a_long_quiet_one_starts_afresh() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(config(), t0);
+        let s = name("s");
+        let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        let mut out = Vec::new();
+        assert!(!d.host_answered(&s, at(0.0)));
+        d.on_ack("s", 99, &mut out);
+        assert_eq!(
+            d.stalled_for("s", at(9.0)),
+            None,
+            "any ack from the subject ends its stall"
+        );
+        assert!(!d.host_answered(&s, at(9.0)), "so a later silence starts a new one");
+        // Not probed for longer than the grace (it stopped being a subject,
+        // say): the old stall is forgotten, not counted on.
+        d.tick(at(19.5), &[], helpers, &mut out);
+        assert_eq!(d.stalled_for("s", at(19.5)), None);
+        assert!(!d.host_answered(&s, at(19.5)));
+        assert!(!d.host_answered(&s, at(25.0)));
+        assert!(d.host_answered(&s, at(29.5)));
     }
 
     #[test]
@@ -589,7 +704,9 @@ mod tests {
         d.tick(t0 + Duration::from_millis(500), &subjects, helpers, &mut out);
         d.tick(t0 + Duration::from_millis(700), &subjects, helpers, &mut out);
         d.tick(t0 + Duration::from_millis(900), &subjects, helpers, &mut out);
-        assert!(out.contains(&DetectorOut::Suspect { target: name("s") }));
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, DetectorOut::Suspect { target, .. } if *target == name("s"))));
         assert_eq!(d.health(), 3, "one for the failure, two for the missing nacks");
         out.clear();
         // The next probe comes 4 intervals later, with a 4× timeout.

@@ -26,7 +26,7 @@ pub mod recent;
 pub mod rings;
 pub mod tree;
 
-use self::detector::{Detector, DetectorOut};
+use self::detector::{Detector, DetectorCounters, DetectorOut};
 use self::hash::{combine, name_hash, ring_position, StableMap, StableSet};
 use self::members::{Applied, Member, MemberTable};
 use self::rings::Rings;
@@ -131,6 +131,16 @@ pub enum Action {
     Member {
         id: Arc<NodeId>,
         change: Change,
+    },
+    /// A probe of `name` sent at `since`, and its helpers, went unanswered.
+    /// The driver looks at `link` below the protocol and answers with
+    /// [`ClusterCore::host_checked`]: does the peer's host still
+    /// acknowledge what was sent since then (on TCP: the peer's kernel
+    /// acked every byte)? A starved process is then not suspected yet.
+    CheckHost {
+        link: LinkId,
+        name: Arc<str>,
+        since: Instant,
     },
     /// The answer to [`ClusterCore::join`].
     Joined {
@@ -342,6 +352,11 @@ impl ClusterCore {
     /// When `member`'s status last changed here.
     pub fn member_since(&self, member: &Member) -> Instant {
         self.table.since(member)
+    }
+
+    /// What the failure detector did so far.
+    pub fn detector_counters(&self) -> DetectorCounters {
+        self.detector.counters
     }
 
     /// Alive and suspect members, this node included.
@@ -1945,6 +1960,37 @@ impl ClusterCore {
     }
 
     /// Our probe and its helpers got no answer: suspect the subject.
+    /// A probe of `target` and its helpers went unanswered. A suspicion
+    /// already running is confirmed at once; otherwise, over a live link,
+    /// the driver is first asked whether the host still answers.
+    fn probe_failed(&mut self, target: Arc<str>, probed_at: Instant) {
+        let running = self.table.get(&target).is_some_and(|m| m.status == Status::Suspect);
+        match self.by_peer.get(&target).copied() {
+            Some(link) if !running => self.actions.push_back(Action::CheckHost {
+                link,
+                name: target,
+                since: probed_at,
+            }),
+            _ => self.accuse(&target),
+        }
+    }
+
+    /// The driver's answer to [`Action::CheckHost`]: `answered` if the
+    /// host of `name` acknowledged everything sent on the link. Such a
+    /// member is suspected only once it has stalled for `stall_grace`.
+    pub fn host_checked(&mut self, name: &str, answered: bool, now: Instant) {
+        let Some(target) = self.table.get(name).map(|m| m.id.name.clone()) else {
+            return;
+        };
+        if answered && !self.detector.host_answered(&target, now) {
+            let stalled = self.detector.stalled_for(&target, now).unwrap_or_default();
+            debug!(member = %target, stalled_ms = stalled.as_millis() as u64,
+                "probe unanswered, but the member's host acknowledges the link; not suspecting a stalled process yet");
+            return;
+        }
+        self.accuse(&target);
+    }
+
     fn accuse(&mut self, target: &Arc<str>) {
         let Some(m) = self.table.get(target).filter(|m| m.status.is_up()) else {
             return;
@@ -1990,7 +2036,7 @@ impl ClusterCore {
                 DetectorOut::PingReqAck { to, seq, reached } => {
                     self.send_to(&to, Lane::Control, Msg::PingReqAck { seq, reached })
                 }
-                DetectorOut::Suspect { target } => self.accuse(&target),
+                DetectorOut::Suspect { target, probed_at } => self.probe_failed(target, probed_at),
                 DetectorOut::Dead {
                     name,
                     boot,
