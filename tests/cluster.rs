@@ -306,10 +306,19 @@ fn a_stopped_process_is_not_declared_dead_while_its_host_still_acks() {
         std::thread::sleep(Duration::from_millis(100));
     }
     nodes[2].signal(libc::SIGCONT);
+    let about_st3 = |node: &TestNode| {
+        node.log_text()
+            .lines()
+            .filter(|l| l.contains("st3") || l.contains("probe"))
+            .map(|l| format!("{}: {l}", node.name))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     assert!(
         !seen.iter().any(|s| s == "dead"),
-        "st3 was declared dead while stopped (statuses seen: {seen:?}); log of st1:\n{}",
-        nodes[0].log_text()
+        "st3 was declared dead while stopped (statuses seen: {seen:?}); what st1 and st2 logged about it:\n{}\n{}",
+        about_st3(&nodes[0]),
+        about_st3(&nodes[1])
     );
     for observer in &nodes[..2] {
         wait_status(observer, "st3", "alive", Duration::from_secs(10));

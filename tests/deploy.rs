@@ -9,7 +9,7 @@ use common::*;
 use conjoiner::cluster::ClusterKey;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -485,6 +485,111 @@ done
         .find(|l| l.contains("noisy says hi on stderr"))
         .expect("stderr reaches the log");
     assert!(stderr_line.contains("module=noisy"), "{stderr_line}");
+}
+
+#[test]
+fn a_reply_without_to_reaches_the_caller_as_a_protocol_error() {
+    let node = TestNode::start("sloppy", &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // A common slip: the request id written as `reply_to` instead of `to`.
+    let script = r#"#!/bin/sh
+while IFS= read -r line; do
+  case "$line" in
+  *'"type":"request"'*)
+    id=$(printf '%s\n' "$line" | sed -n 's/^{"v":1,"id":"\([^"]*\)".*/\1/p')
+    printf '{"op":"reply","reply_to":"%s","body":{"ok":true}}\n' "$id"
+    ;;
+  esac
+done
+"#;
+    let dir = module_dir(tmp.path(), "sloppy", "1.0.0", script, json!({}));
+    let (code, out) = cli_json(&node, &["deploy", "sloppy", "--from", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli_json(
+        &node,
+        &[
+            "request",
+            "mod.sloppy",
+            "{}",
+            "--target",
+            "name=sloppy",
+            "--timeout",
+            "10s",
+        ],
+    );
+    assert_ne!(code, 0, "a protocol error is not a success: {out}");
+    let reply = &out["replies"][0];
+    assert_eq!(
+        reply["node"], "sloppy",
+        "the node answered instead of staying silent: {out}"
+    );
+    let error = reply["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("needs `to`") && error.contains("it wrote `reply_to`"),
+        "the caller is told what the module did wrong: {out}"
+    );
+    assert_eq!(out["missing"], json!([]), "{out}");
+    assert!(node.log_text().contains("bad line from module"), "and the node logs it");
+}
+
+#[test]
+fn a_module_printing_in_a_loop_does_not_flood_the_node_log() {
+    let node = TestNode::start("chatty", &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // 3,000 stderr lines and 3,000 `log` lines as fast as sh can write
+    // them, then answers requests.
+    let script = r#"#!/bin/sh
+i=0
+while [ $i -lt 3000 ]; do
+  echo "stderr spam $i" >&2
+  echo '{"op":"log","level":"info","msg":"log spam"}'
+  i=$((i+1))
+done
+while IFS= read -r line; do
+  case "$line" in
+  *'"type":"request"'*)
+    id=$(printf '%s\n' "$line" | sed -n 's/^{"v":1,"id":"\([^"]*\)".*/\1/p')
+    echo "stderr after a request" >&2
+    echo '{"op":"log","level":"info","msg":"log after a request"}'
+    printf '{"op":"reply","to":"%s","body":{"ok":true}}\n' "$id"
+    ;;
+  esac
+done
+"#;
+    let dir = module_dir(tmp.path(), "chatty", "1.0.0", script, json!({}));
+    let started = Instant::now();
+    let (code, out) = cli_json(&node, &["deploy", "chatty", "--from", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    wait_for(Duration::from_secs(30), "every stderr line to be read", || {
+        let (_, state) = node.http("GET", "/v1/debug/state", None);
+        (state["modules"]["chatty"]["counters"]["stderr_lines"] == 3000).then_some(())
+    });
+    // Once the flood's second is over, the next line is logged, and the
+    // node says how many it left out before it.
+    wait_for(Duration::from_secs(20), "the node to say it left lines out", || {
+        assert_eq!(ask(&node, "mod.chatty"), Some(json!({"ok": true})), "it still answers");
+        let log = node.log_text();
+        let noted = |stream: &str| {
+            log.lines()
+                .any(|l| l.contains("lines left out (still counted)") && l.contains(&format!("stream={stream}")))
+        };
+        (noted("stderr") && noted("log")).then_some(())
+    });
+    let secs = started.elapsed().as_secs() + 1;
+    let log = node.log_text();
+    let stderr_logged = log.lines().filter(|l| l.contains("stderr spam")).count() as u64;
+    let log_logged = log.lines().filter(|l| l.contains("log spam")).count() as u64;
+    // At most 100 a second each (two seconds' burst at the start).
+    let bound = 100 * (secs + 2);
+    assert!(
+        stderr_logged < 3000 && stderr_logged <= bound,
+        "{stderr_logged} stderr lines logged in about {secs} s"
+    );
+    assert!(
+        log_logged < 3000 && log_logged <= bound,
+        "{log_logged} log lines logged in about {secs} s"
+    );
+    assert!(stderr_logged > 0 && log_logged > 0, "some lines are still logged");
 }
 
 /// Is `pid` a live process (not gone, not a zombie nobody reaped)?

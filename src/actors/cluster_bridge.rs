@@ -156,11 +156,16 @@ impl ClusterBridge {
                 Action::Member { id, change } => self.member_changed(&id, change),
                 Action::CheckHost { link, name, since } => {
                     let now = Instant::now();
-                    let answered = self
-                        .links
-                        .get(&link)
-                        .is_some_and(|l| l.peer_host_answered(now.saturating_duration_since(since)));
-                    debug!(member = %name, link, answered, "probe unanswered; asked the kernel whether the member's host still acks");
+                    let window = now.saturating_duration_since(since);
+                    let report = self.links.get(&link).and_then(|l| l.tcp_report());
+                    let answered = report.is_some_and(|r| r.answered_within(window));
+                    match report {
+                        Some(r) => debug!(member = %name, link, answered, window_ms = window.as_millis() as u64,
+                            last_ack_ms = r.last_ack.as_millis() as u64, unacked = r.unacked,
+                            retransmits = r.retransmits, window_probes = r.window_probes, established = r.established,
+                            "probe unanswered; asked the kernel whether the member's host still acks"),
+                        None => debug!(member = %name, link, "probe unanswered; the link's host cannot be asked"),
+                    }
                     self.core.host_checked(&name, answered, now);
                 }
                 Action::Joined { addr, result } => {

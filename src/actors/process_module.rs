@@ -47,6 +47,24 @@ const STDIN_QUEUE: usize = 1024;
 const STDERR_DRAIN: Duration = Duration::from_millis(500);
 /// How much of the end of a child's stderr is kept, to say why it failed.
 const STDERR_TAIL_BYTES: usize = 2048;
+/// The most lines a second that one module's stderr, its `log` lines and
+/// its bad lines may each put in the node's log. A module printing in a
+/// tight loop would otherwise fill the disk with the node's log; lines past
+/// this are counted, and the next line logged says how many were not.
+const MODULE_LOG_LINES_PER_SEC: u32 = 100;
+
+fn module_log_throttle() -> LogThrottle {
+    LogThrottle::new(Duration::from_secs(1), MODULE_LOG_LINES_PER_SEC)
+}
+
+/// Says how many of a module's lines were left out of the node's log
+/// before the one about to be logged (`n` counts it too).
+fn note_lines_not_logged(stream: &str, n: u64) {
+    if n > 1 {
+        warn!(stream = %stream, lines_not_logged = n - 1, limit_per_sec = MODULE_LOG_LINES_PER_SEC,
+            "module wrote lines faster than the node logs them; lines left out (still counted)");
+    }
+}
 
 /// The end of a child's stderr and how many lines it wrote, shared with the
 /// task that reads it.
@@ -124,6 +142,10 @@ pub struct ProcessModule {
     started: Instant,
     publish_limit: TokenBucket,
     publish_drops: LogThrottle,
+    /// `log` lines and bad lines put in the node's log (see
+    /// `MODULE_LOG_LINES_PER_SEC`).
+    log_lines: LogThrottle,
+    bad_lines: LogThrottle,
     stderr: std::sync::Arc<std::sync::Mutex<StderrTail>>,
     counters: Counters,
 }
@@ -157,6 +179,8 @@ impl ProcessModule {
             started: Instant::now(),
             publish_limit,
             publish_drops: LogThrottle::new(Duration::from_secs(10), 1),
+            log_lines: module_log_throttle(),
+            bad_lines: module_log_throttle(),
             stderr: Default::default(),
             counters: Counters::default(),
         }
@@ -220,16 +244,22 @@ impl ProcessModule {
         let tail = self.stderr.clone();
         let stderr_reader = actix_rt::spawn(async move {
             let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+            let mut throttle = module_log_throttle();
             while let Some(line) = futures_util::StreamExt::next(&mut lines).await {
                 match line {
                     Ok(line) => {
                         if let Ok(mut tail) = tail.lock() {
                             tail.push(&line);
                         }
-                        span.in_scope(|| info!(stream = "stderr", "{line}"))
+                        if let Some(n) = throttle.event(Instant::now()) {
+                            span.in_scope(|| {
+                                note_lines_not_logged("stderr", n);
+                                info!(stream = %"stderr", "{line}")
+                            });
+                        }
                     }
                     Err(LinesCodecError::MaxLineLengthExceeded) => {
-                        span.in_scope(|| warn!(stream = "stderr", "a stderr line over {MAX_LINE_BYTES} bytes was cut"))
+                        span.in_scope(|| warn!(stream = %"stderr", "a stderr line over {MAX_LINE_BYTES} bytes was cut"))
                     }
                     Err(_) => break,
                 }
@@ -277,8 +307,52 @@ impl ProcessModule {
         self.requests.insert(envelope.id, envelope.clone());
     }
 
+    /// A `reply` line without a usable `to`. Besides the log, the caller
+    /// hears why it got no answer: the request the line names in another
+    /// field (`reply_to`, `id`, `request`), or else the newest request not
+    /// answered yet, gets an error reply saying what the module did wrong.
+    fn reply_without_to(&mut self, value: &Value, line: &str) {
+        let why = match value.get("to") {
+            None => "`reply` needs `to`, the id of the request".to_string(),
+            Some(to) => format!("`reply` has `to` = {to}, which is not a request id"),
+        };
+        self.bad_line(&why, line);
+        let named = ["reply_to", "id", "request"].iter().find_map(|field| {
+            let id = value.get(*field)?.as_str()?;
+            let id = Uuid::parse_str(id).ok()?;
+            self.requests.contains_key(&id).then_some((id, *field))
+        });
+        let newest = || {
+            self.request_order
+                .iter()
+                .rev()
+                .find(|id| self.requests.contains_key(id))
+                .copied()
+        };
+        let (id, hint) = match named {
+            Some((id, field)) => (id, format!("; it wrote `{field}`, but the protocol reads `to`")),
+            None => match newest() {
+                Some(id) => (id, String::new()),
+                None => return,
+            },
+        };
+        let Some(request) = self.requests.remove(&id) else {
+            return;
+        };
+        let body = json!({
+            "error": format!("module `{}` broke the stdio protocol: {why}{hint}", self.setup.name),
+            "code": "module_protocol",
+        });
+        let reply = Envelope::reply_to_request(&request, MessageType::Error, self.source(), body);
+        debug!(envelope = %reply.id, request = %request.id, "told the caller the module's reply was malformed");
+        self.bus.do_send(Publish(reply));
+    }
+
     fn bad_line(&mut self, why: &str, line: &str) {
         self.counters.bad_lines += 1;
+        if self.bad_lines.event(Instant::now()).is_none() {
+            return;
+        }
         let shown: String = line.chars().take(200).collect();
         warn!(bad_lines = self.counters.bad_lines, line = %shown, "bad line from module: {why}; ignored");
     }
@@ -321,7 +395,7 @@ impl ProcessModule {
             }
             "reply" => {
                 let Some(request) = text("to").and_then(|id| Uuid::parse_str(&id).ok()) else {
-                    return self.bad_line("`reply` needs `to`, the id of the request", line);
+                    return self.reply_without_to(&value, line);
                 };
                 let Some(request) = self.requests.remove(&request) else {
                     return self.bad_line("`reply` to an unknown or already answered request", line);
@@ -347,12 +421,16 @@ impl ProcessModule {
                 None => self.bad_line("`subscribe` needs an `address`", line),
             },
             "log" => {
+                let Some(n) = self.log_lines.event(Instant::now()) else {
+                    return;
+                };
+                note_lines_not_logged("log", n);
                 let msg = text("msg").unwrap_or_default();
                 match text("level").as_deref() {
-                    Some("error") => error!(stream = "log", "{msg}"),
-                    Some("warn") => warn!(stream = "log", "{msg}"),
-                    Some("debug") | Some("trace") => debug!(stream = "log", "{msg}"),
-                    _ => info!(stream = "log", "{msg}"),
+                    Some("error") => error!(stream = %"log", "{msg}"),
+                    Some("warn") => warn!(stream = %"log", "{msg}"),
+                    Some("debug") | Some("trace") => debug!(stream = %"log", "{msg}"),
+                    _ => info!(stream = %"log", "{msg}"),
                 }
             }
             "" => self.bad_line("no `op`", line),

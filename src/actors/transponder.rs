@@ -377,7 +377,14 @@ impl Transponder {
                 let _g = act.span.clone().entered();
                 let source = act.source("transponder");
                 let reply = match result {
-                    Ok(Ok(reply)) => Envelope::reply_to_request(&request, MessageType::Reply, source, reply.body),
+                    Ok(Ok(reply)) => {
+                        // A module's error reply stays an error for the asker.
+                        let kind = match reply.kind {
+                            MessageType::Error => MessageType::Error,
+                            _ => MessageType::Reply,
+                        };
+                        Envelope::reply_to_request(&request, kind, source, reply.body)
+                    }
                     Ok(Err(e)) => {
                         if matches!(e, BusError::NoHandler { .. }) {
                             act.counters.no_handler += 1;

@@ -187,14 +187,13 @@ impl LinkHandle {
         self
     }
 
-    /// Whether the peer's host acknowledged everything sent on this link,
-    /// the last of it within `within`. False when it cannot be known
-    /// (in-memory links, a closed socket): the failure detector then
-    /// treats silence as it always did.
-    pub fn peer_host_answered(&self, within: Duration) -> bool {
+    /// What the kernel says about this link's TCP connection; `None` on
+    /// in-memory links or when it cannot be read (the failure detector
+    /// then treats silence as it always did).
+    pub fn tcp_report(&self) -> Option<super::tcp_info::LinkReport> {
         self.socket
             .as_ref()
-            .is_some_and(|s| super::tcp_info::peer_host_answered(s.as_fd(), within).unwrap_or(false))
+            .and_then(|s| super::tcp_info::link_report(s.as_fd()).ok())
     }
 
     /// Bytes queued and not yet written.

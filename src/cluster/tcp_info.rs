@@ -14,10 +14,42 @@ use std::time::Duration;
 /// `TCP_ESTABLISHED` in `tcp_info.tcpi_state` (include/net/tcp_states.h).
 const TCP_ESTABLISHED: u8 = 1;
 
-/// True if the connection is established, every byte sent on it has been
-/// acknowledged, and the last acknowledgement came within `within`: the
-/// peer's host answered whatever was sent in that time.
-pub fn peer_host_answered(socket: BorrowedFd<'_>, within: Duration) -> io::Result<bool> {
+/// The kernel counts `last_ack` in jiffies (4 or 10 ms), and a ping on
+/// loopback is acked within a millisecond of `since`: without slack, an ack
+/// of the probe itself was read as older than the probe about half the time.
+const ACK_CLOCK_SLACK: Duration = Duration::from_millis(50);
+
+/// What the kernel says about one TCP connection, as far as the failure
+/// detector cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkReport {
+    pub established: bool,
+    /// Retransmission timeouts in a row for the oldest unacked segment.
+    pub retransmits: u8,
+    /// Zero-window probes sent without an answer.
+    pub window_probes: u8,
+    /// Segments sent and not acked yet.
+    pub unacked: u32,
+    /// Since the last ack arrived.
+    pub last_ack: Duration,
+}
+
+impl LinkReport {
+    /// The peer's host answered within `within`: the connection is
+    /// established, an ack came in that time, and no retransmission timeout
+    /// is running (nothing it was sent went unanswered long enough to be
+    /// sent again).
+    ///
+    /// Not "every byte acked": a receiver may hold its ack back for up to
+    /// 200 ms (delayed acks), so data sent just before the question is
+    /// often unacked on a perfectly live host.
+    pub fn answered_within(&self, within: Duration) -> bool {
+        self.established && self.retransmits == 0 && self.last_ack <= within + ACK_CLOCK_SLACK
+    }
+}
+
+/// Reads `TCP_INFO` for `socket`.
+pub fn link_report(socket: BorrowedFd<'_>) -> io::Result<LinkReport> {
     // SAFETY: `tcp_info` is plain data; zero is a valid value of every field.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -35,8 +67,13 @@ pub fn peer_host_answered(socket: BorrowedFd<'_>, within: Duration) -> io::Resul
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    let last_ack = Duration::from_millis(u64::from(info.tcpi_last_ack_recv));
-    Ok(info.tcpi_state == TCP_ESTABLISHED && info.tcpi_unacked == 0 && last_ack <= within)
+    Ok(LinkReport {
+        established: info.tcpi_state == TCP_ESTABLISHED,
+        retransmits: info.tcpi_retransmits,
+        window_probes: info.tcpi_probes,
+        unacked: info.tcpi_unacked,
+        last_ack: Duration::from_millis(u64::from(info.tcpi_last_ack_recv)),
+    })
 }
 
 #[cfg(test)]
@@ -46,6 +83,10 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsFd;
     use std::time::Instant;
+
+    fn peer_host_answered(socket: BorrowedFd<'_>, within: Duration) -> io::Result<bool> {
+        Ok(link_report(socket)?.answered_within(within))
+    }
 
     fn answered_within(stream: &TcpStream, within: Duration, deadline: Duration) -> bool {
         let start = Instant::now();
@@ -58,6 +99,43 @@ mod tests {
             }
             std::thread::yield_now();
         }
+    }
+
+    fn report(last_ack_ms: u64) -> LinkReport {
+        LinkReport {
+            established: true,
+            retransmits: 0,
+            window_probes: 0,
+            unacked: 1,
+            last_ack: Duration::from_millis(last_ack_ms),
+        }
+    }
+
+    #[test]
+    fn an_ack_within_the_window_counts_even_with_data_in_flight_and_coarse_clocks() {
+        let window = Duration::from_millis(722);
+        assert!(
+            report(300).answered_within(window),
+            "a delayed ack leaves newer data unacked"
+        );
+        assert!(
+            report(724).answered_within(window),
+            "the ack of the probe itself, read in jiffies, can look older than the probe"
+        );
+        assert!(
+            !report(900).answered_within(window),
+            "no ack since well before the probe"
+        );
+        let resent = LinkReport {
+            retransmits: 1,
+            ..report(10)
+        };
+        assert!(!resent.answered_within(window), "a retransmission timeout is running");
+        let closed = LinkReport {
+            established: false,
+            ..report(10)
+        };
+        assert!(!closed.answered_within(window));
     }
 
     #[test]
@@ -80,8 +158,7 @@ mod tests {
         let (theirs, _) = listener.accept().unwrap();
         ours.write_all(b"ping").unwrap();
         assert!(answered_within(&ours, Duration::from_secs(5), Duration::from_secs(5)));
-        // An ack older than the window does not count: once a millisecond
-        // has passed since the last one, a zero window holds none.
+        // An ack older than the window (and its slack) does not count.
         let start = Instant::now();
         while peer_host_answered(ours.as_fd(), Duration::ZERO).unwrap() {
             assert!(start.elapsed() < Duration::from_secs(5), "an old ack counted as fresh");

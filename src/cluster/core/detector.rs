@@ -19,7 +19,7 @@
 //!   a crash that every observer sees is declared quickly.
 //! - **Stalls are not crashes.** When a probe and its helpers go
 //!   unanswered, the core asks its driver whether the subject's *host*
-//!   still acknowledges the link (on TCP: the peer's kernel acked all we
+//!   still acknowledges the link (on TCP: the peer's kernel acked what we
 //!   sent). If it does, the process is alive but starved (CPU, swap, a
 //!   pause), and the subject is not suspected until it has stayed silent
 //!   for `stall_grace`. A killed process (its links reset) and a lost host

@@ -136,7 +136,8 @@ pub enum Action {
     /// The driver looks at `link` below the protocol and answers with
     /// [`ClusterCore::host_checked`]: does the peer's host still
     /// acknowledge what was sent since then (on TCP: the peer's kernel
-    /// acked every byte)? A starved process is then not suspected yet.
+    /// acked within that time, with no retransmission pending)? A starved
+    /// process is then not suspected yet.
     CheckHost {
         link: LinkId,
         name: Arc<str>,
@@ -1656,7 +1657,7 @@ impl ClusterCore {
                 self.counters.refutations += 1;
                 self.detector.refuted();
                 warn!(
-                    said = record.status.as_str(),
+                    said = %record.status.as_str(),
                     incarnation = self.incarnation,
                     "the cluster suspected this node or declared it dead; refuting"
                 );
@@ -1738,7 +1739,7 @@ impl ClusterCore {
                     self.member_up(&name);
                 }
                 if source != Source::Snapshot {
-                    info!(member = %name, addr = %record.id.addr, status = status.as_str(),
+                    info!(member = %name, addr = %record.id.addr, status = %status.as_str(),
                         tags = %tags_text(&record.id.tags), "new member");
                 }
                 self.standing_joined();
@@ -1816,14 +1817,14 @@ impl ClusterCore {
                 if !from.is_up() {
                     self.member_up(&name);
                 }
-                info!(member = %name, incarnation = record.incarnation, was = from.as_str(), "member alive");
+                info!(member = %name, incarnation = record.incarnation, was = %from.as_str(), "member alive");
             }
             Status::Suspect => {
                 if !from.is_up() {
                     self.member_up(&name);
                 }
                 info!(member = %name, incarnation = record.incarnation,
-                    by = accuser.map(|a| &**a).unwrap_or("anti-entropy"), "member suspected");
+                    by = %accuser.map(|a| &**a).unwrap_or("anti-entropy"), "member suspected");
                 self.start_suspicion(&name, accuser);
             }
             Status::Dead | Status::Left => {
@@ -1840,7 +1841,7 @@ impl ClusterCore {
                         Source::Local { .. } => "this node",
                         _ => "the cluster",
                     };
-                    warn!(member = %name, addr = %record.id.addr, incarnation = record.incarnation, by,
+                    warn!(member = %name, addr = %record.id.addr, incarnation = record.incarnation, by = %by,
                         "member declared dead");
                 }
             }
@@ -1976,7 +1977,7 @@ impl ClusterCore {
     }
 
     /// The driver's answer to [`Action::CheckHost`]: `answered` if the
-    /// host of `name` acknowledged everything sent on the link. Such a
+    /// host of `name` still acknowledges the link. Such a
     /// member is suspected only once it has stalled for `stall_grace`.
     pub fn host_checked(&mut self, name: &str, answered: bool, now: Instant) {
         let Some(target) = self.table.get(name).map(|m| m.id.name.clone()) else {
