@@ -77,6 +77,14 @@ impl Publication {
         self.last = Some(now);
         Some(why)
     }
+
+    /// How long until a change that [`Publication::due`] held back (the
+    /// last report went out less than [`MIN_PUBLISH_GAP`] ago) may go out;
+    /// `None` if `report` holds no such change.
+    pub fn held(&self, report: &NodeReport, now: Instant) -> Option<Duration> {
+        let since = now.saturating_duration_since(self.last?);
+        (self.signature != Some(signature(report)) && since < MIN_PUBLISH_GAP).then(|| MIN_PUBLISH_GAP - since)
+    }
 }
 
 /// A hash of what an operator acts on in a report (not its figures).
@@ -578,13 +586,27 @@ mod tests {
         );
         r.modules[0].restarts = 1;
         assert_eq!(
+            p.held(&r, t0 + Duration::from_millis(2800)),
+            Some(Duration::from_millis(700))
+        );
+        assert_eq!(
             p.due(&r, t0 + Duration::from_millis(2800), refresh),
             None,
             "at most one change a second"
         );
         assert_eq!(
+            p.held(&r, t0 + Duration::from_millis(2800)),
+            Some(Duration::from_millis(700)),
+            "the held change may go out 700 ms later"
+        );
+        assert_eq!(
             p.due(&r, t0 + Duration::from_millis(3600), refresh),
             Some(Publish::Changed)
+        );
+        assert_eq!(
+            p.held(&r, t0 + Duration::from_millis(3700)),
+            None,
+            "nothing held once it went out"
         );
         assert_eq!(p.due(&r, t0 + Duration::from_secs(13), refresh), None);
         assert_eq!(p.due(&r, t0 + Duration::from_secs(14), refresh), Some(Publish::Refresh));

@@ -57,6 +57,84 @@ while IFS= read -r line; do
 done
 "#;
 
+/// A process module that exits with code 1 when it gets a request.
+const CRASH_ON_REQUEST: &str = r#"#!/bin/sh
+while IFS= read -r line; do
+    case "$line" in
+    *'"type":"status_request"'*) printf '{"op":"status","body":{"up":true}}\n' ;;
+    *'"type":"request"'*) exit 1 ;;
+    esac
+done
+"#;
+
+#[test]
+fn a_module_restart_reaches_other_nodes_at_once_not_on_the_next_round() {
+    let key = ClusterKey::generate();
+    let env = vec![("CONJOINER_KEY".to_string(), key.to_base64())];
+    // Rounds a minute apart: only an immediate report can beat that.
+    let slow_rounds = vec!["--status-interval".to_string(), "60s".to_string()];
+    let a = TestNode::launch(
+        "rs-a",
+        Launch {
+            env: env.clone(),
+            extra: slow_rounds.clone(),
+            ..Launch::default()
+        },
+    );
+    let mut extra = slow_rounds;
+    extra.extend(["--join".to_string(), a.cluster_addr()]);
+    let b = TestNode::launch(
+        "rs-b",
+        Launch {
+            env,
+            extra,
+            ..Launch::default()
+        },
+    );
+    wait_for(LIMIT, "rs-a and rs-b to converge", || {
+        (alive_names(&b) == ["rs-a", "rs-b"]).then_some(())
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = module_dir(tmp.path(), "crashy", "1.0.0", CRASH_ON_REQUEST, json!({}));
+    let (code, out) = cli_json(
+        &a,
+        &[
+            "deploy",
+            "crashy",
+            "--from",
+            dir.to_str().unwrap(),
+            "--target",
+            "name=rs-a",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    wait_for(LIMIT, "rs-b to list crashy running on rs-a", || {
+        module_on(&b, "rs-a", "crashy").filter(|m| m["state"] == "running")
+    });
+    let (_, out) = cli_json(
+        &a,
+        &[
+            "request",
+            "mod.crashy",
+            "{}",
+            "--target",
+            "name=rs-a",
+            "--timeout",
+            "1s",
+        ],
+    );
+    assert!(
+        out["replies"].as_array().is_none_or(|r| r.is_empty()),
+        "it crashed instead: {out}"
+    );
+    let crashed = Instant::now();
+    // Well inside the 60 s between rounds (and before any refresh).
+    let seen = wait_for(Duration::from_secs(20), "rs-b to see the restart", || {
+        module_on(&b, "rs-a", "crashy").filter(|m| m["restarts"].as_u64() >= Some(1))
+    });
+    eprintln!("rs-b saw the restart {:?} after the crash: {seen}", crashed.elapsed());
+}
+
 #[test]
 fn statuses_reach_every_node_and_failures_show_in_status() {
     let key = ClusterKey::generate();

@@ -1,7 +1,7 @@
 //! The Monitor: how the fleet sees this node, and how this node sees the fleet.
 //!
-//! Every `interval` (and at once after a deploy or a module failure on this
-//! node) it runs a round:
+//! Every `interval` (and at once after a deploy, or a module's exit, restart
+//! or failure on this node) it runs a round:
 //! - it asks every running module for its status with a `status_request` on
 //!   the ModBus (`mod.<name>`), all at once, each bounded by `timeout`; a
 //!   module that does not answer is `unresponsive`;
@@ -99,6 +99,8 @@ pub struct Monitor {
     last_round: Option<(Instant, Duration)>,
     last_unresponsive: Vec<String>,
     publication: Publication,
+    /// A round is scheduled to publish a change held back by the gap.
+    held_round: bool,
     counters: Counters,
 }
 
@@ -118,6 +120,7 @@ impl Monitor {
             last_round: None,
             last_unresponsive: Vec::new(),
             publication: Publication::default(),
+            held_round: false,
             counters: Counters::default(),
         }
     }
@@ -155,7 +158,7 @@ impl Monitor {
                 act.running = false;
                 act.counters.rounds += 1;
                 act.last_round = Some((began, began.elapsed()));
-                act.publish(report);
+                act.publish(report, ctx);
                 act.forget_gone(ctx);
                 if std::mem::take(&mut act.again) {
                     act.start_round(ctx);
@@ -182,7 +185,7 @@ impl Monitor {
             .spawn(ctx);
     }
 
-    fn publish(&mut self, report: NodeReport) {
+    fn publish(&mut self, report: NodeReport, ctx: &mut Context<Self>) {
         let _g = self.span.clone().entered();
         let unresponsive: Vec<String> = report
             .modules
@@ -213,6 +216,17 @@ impl Monitor {
         let why = self
             .publication
             .due(&report, now, Duration::from_millis(report.refresh_ms));
+        if why.is_none() && !self.held_round {
+            if let Some(wait) = self.publication.held(&report, now) {
+                // Changed too soon after the last report: say it as soon
+                // as the gap allows, not on the next periodic round.
+                self.held_round = true;
+                ctx.run_later(wait, |act, ctx| {
+                    act.held_round = false;
+                    act.start_round(ctx);
+                });
+            }
+        }
         self.board.record(report, now);
         let Some(why) = why else { return };
         let Some(transponder) = self.node.transponder() else {
@@ -425,8 +439,9 @@ impl Handler<Deliver> for Monitor {
                 self.node.bus.do_send(modbus::Publish(reply));
             }
             kind if envelope.dst.address == self.node.identity.local_address() => {
+                let event = envelope.body.get("event").and_then(Value::as_str);
                 let changed = kind.as_str() == "deployment_changed"
-                    || envelope.body.get("event").and_then(Value::as_str) == Some("module_failed");
+                    || matches!(event, Some("module_failed" | "module_restarting" | "module_restarted"));
                 if changed {
                     debug!(envelope = %envelope.id, kind = %kind, "local change; reporting now");
                     self.start_round(ctx);

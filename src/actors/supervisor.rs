@@ -286,14 +286,20 @@ impl NodeSupervisor {
         }
     }
 
-    /// Tells the node's modules on the ModBus (`<node>.local`, event
-    /// `module_failed`) that a module was given up on.
+    /// Tells the node's modules on the ModBus (`<node>.local`) when a
+    /// module exits unexpectedly (`module_restarting`), runs again after a
+    /// restart (`module_restarted`), or is given up on (`module_failed`),
+    /// so the Monitor reports it at once instead of on its next round.
     pub fn with_bus(mut self, bus: Addr<ModBus>) -> NodeSupervisor {
         self.bus = Some(bus);
         self
     }
 
     fn report_failed(&self, name: &str, reason: &str) {
+        self.report_module_event("module_failed", name, reason);
+    }
+
+    fn report_module_event(&self, event: &str, name: &str, reason: &str) {
         let Some(bus) = &self.bus else { return };
         let envelope = Envelope::new(
             MessageType::Event,
@@ -303,7 +309,7 @@ impl NodeSupervisor {
             },
             self.identity.local_address(),
             None,
-            json!({"event": "module_failed", "module": name, "reason": reason}),
+            json!({"event": event, "module": name, "reason": reason}),
         );
         // Nobody listening is normal; the failure is in the log and the module list.
         bus.do_send(Publish(envelope));
@@ -338,6 +344,14 @@ impl NodeSupervisor {
                 child.state = ModuleState::Running;
                 info!(module_name = %name, kind = %child.spec.kind, generation, restarts = child.restarts,
                     "module running");
+                if child.restarts > 0 {
+                    let restarts = child.restarts;
+                    self.report_module_event(
+                        "module_restarted",
+                        name,
+                        &format!("running again after {restarts} restarts"),
+                    );
+                }
                 let name = name.to_string();
                 let note = running.exit_note;
                 actix_rt::spawn(async move {
@@ -440,6 +454,7 @@ impl NodeSupervisor {
         child.state = ModuleState::Restarting;
         warn!(module_name = %name, exit = %outcome.describe(), restarts = child.restarts,
             backoff_ms = delay.as_millis() as u64, "module exited unexpectedly; restarting after backoff");
+        self.report_module_event("module_restarting", &name, &outcome.describe());
         ctx.run_later(delay, move |act, ctx| {
             let still_waiting = act
                 .child_mut(&name)
