@@ -3,11 +3,14 @@
 //! gathered requests with a silent node, a partition that heals, and a
 //! node with the wrong key. No sockets, no root, a few seconds.
 
-use conjoiner::actors::cluster_bus::{ListMembers, MemberStatus};
+use conjoiner::actors::cluster_bus::{
+    AttachTransponder, Broadcast, ClusterStatus, FromCluster, ListMembers, MemberStatus,
+};
 use conjoiner::actors::transponder::RequestCluster;
 use conjoiner::cluster::memory::MemoryNetwork;
 use conjoiner::cluster::{ClusterConfig, ClusterKey};
 use conjoiner::node::{NetworkConfig, Node, NodeConfig, CLUSTER_ADDR_FILE, DEFAULT_MAX_BODY};
+use conjoiner::wire::{Envelope, MessageType, Source};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -176,4 +179,87 @@ async fn a_node_with_another_key_cannot_join() {
     for n in [a, b, stranger] {
         n.node.shutdown().await;
     }
+}
+
+/// A stand-in Transponder on its own thread that takes 20 ms per envelope
+/// and holds at most 8 in its mailbox.
+struct SlowSink {
+    got: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl actix::Actor for SlowSink {
+    type Context = actix::Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(8);
+    }
+}
+
+impl actix::Handler<FromCluster> for SlowSink {
+    type Result = ();
+    fn handle(&mut self, _msg: FromCluster, _ctx: &mut Self::Context) {
+        // Its own arbiter thread: blocking here holds only this actor.
+        std::thread::sleep(Duration::from_millis(20));
+        self.got.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[actix_rt::test]
+async fn a_transponder_that_cannot_keep_up_loses_envelopes_counted_not_queued_without_bound() {
+    use actix::Actor as _;
+    let net = MemoryNetwork::new(Duration::from_millis(1));
+    let key = ClusterKey::generate();
+    let a = start(&net, "q1", &key, None).await;
+    let b = start(&net, "q2", &key, Some(a.addr)).await;
+    until(&[&a, &b], "both alive", Duration::from_secs(10), |s| {
+        s.iter().filter(|(_, st)| *st == MemberStatus::Alive).count() == 2
+    })
+    .await;
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let arbiter = actix::Arbiter::new();
+    let counter = got.clone();
+    let sink = SlowSink::start_in_arbiter(&arbiter.handle(), move |_| SlowSink { got: counter });
+    b.node
+        .handle
+        .cluster
+        .attach
+        .send(AttachTransponder(sink.recipient()))
+        .await
+        .unwrap();
+
+    let sent = 300;
+    for i in 0..sent {
+        let envelope = Envelope::new(
+            MessageType::Event,
+            Source {
+                node: "q1".into(),
+                module: "test".into(),
+            },
+            "flood.test".to_string(),
+            None,
+            json!({"i": i}),
+        );
+        a.node.handle.cluster.broadcast.send(Broadcast(envelope)).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dropped = loop {
+        let summary = b.node.handle.cluster.status.send(ClusterStatus).await.unwrap();
+        let delivered = got.load(std::sync::atomic::Ordering::Relaxed) as u64;
+        if summary.dropped_overloaded > 0 && summary.dropped_overloaded + delivered >= sent {
+            break summary.dropped_overloaded;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 20 s: {delivered} delivered, {} dropped of {sent}",
+            summary.dropped_overloaded
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let delivered = got.load(std::sync::atomic::Ordering::Relaxed) as u64;
+    assert_eq!(
+        dropped + delivered,
+        sent,
+        "every envelope was either delivered or counted as dropped"
+    );
+    assert!(delivered >= 8, "the mailbox's worth still got through ({delivered})");
+    arbiter.stop();
 }

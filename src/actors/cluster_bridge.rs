@@ -63,6 +63,8 @@ struct Counters {
     frames_in: u64,
     frames_out: u64,
     bytes_out: u64,
+    /// Cluster envelopes dropped because the Transponder's mailbox was full.
+    dropped_transponder_full: u64,
 }
 
 pub struct ClusterBridge {
@@ -79,6 +81,8 @@ pub struct ClusterBridge {
     wake: Option<(Instant, SpawnHandle)>,
     /// Failed handshakes are logged five per 10 s, then summed.
     handshake_log: LogThrottle,
+    /// Drops at a full Transponder mailbox, logged once per 10 s.
+    transponder_full_log: LogThrottle,
     counters: Counters,
     metrics: Metrics,
 }
@@ -107,6 +111,7 @@ impl ClusterBridge {
             transponder: None,
             wake: None,
             handshake_log: LogThrottle::new(Duration::from_secs(10), 5),
+            transponder_full_log: LogThrottle::new(Duration::from_secs(10), 1),
             counters: Counters::default(),
             metrics: Metrics::default(),
         }
@@ -232,10 +237,27 @@ impl ClusterBridge {
         self.deliver_local(envelope);
     }
 
+    /// Hands an envelope to the Transponder. Its mailbox is bounded: a
+    /// Transponder that cannot keep up loses envelopes (counted and
+    /// logged) instead of the node growing a queue without limit; a
+    /// request lost so is reported missing by its asker, never answered.
     fn deliver_local(&mut self, envelope: Envelope) {
-        match &self.transponder {
-            Some(t) => t.do_send(FromCluster(envelope)),
-            None => warn!(envelope = %envelope.id, "no transponder attached; envelope dropped"),
+        let Some(transponder) = &self.transponder else {
+            return warn!(envelope = %envelope.id, "no transponder attached; envelope dropped");
+        };
+        match transponder.try_send(FromCluster(envelope)) {
+            Ok(()) => {}
+            Err(SendError::Full(FromCluster(envelope))) => {
+                self.counters.dropped_transponder_full += 1;
+                self.metrics.dropped(DropReason::Overloaded);
+                if let Some(dropped) = self.transponder_full_log.event(Instant::now()) {
+                    warn!(dropped, total_dropped = self.counters.dropped_transponder_full, envelope = %envelope.id,
+                        "the transponder's mailbox is full; cluster envelopes dropped");
+                }
+            }
+            Err(SendError::Closed(FromCluster(envelope))) => {
+                warn!(envelope = %envelope.id, "the transponder stopped; envelope dropped")
+            }
         }
     }
 
@@ -544,6 +566,7 @@ impl Handler<ClusterStatus> for ClusterBridge {
             dialing: self.core.dialing_count(),
             standing: standing_text(self.core.standing()),
             health: self.core.health(),
+            dropped_overloaded: self.counters.dropped_transponder_full,
         }
     }
 }

@@ -125,6 +125,8 @@ pub struct ClusterSummary {
     pub standing: String,
     /// The failure detector's local health score (0 is healthy).
     pub health: u32,
+    /// Cluster envelopes dropped because the Transponder could not keep up.
+    pub dropped_overloaded: u64,
 }
 
 /// The handles the Transponder and the control API use to reach the cluster.

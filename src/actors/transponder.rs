@@ -30,6 +30,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+/// Messages the Transponder's mailbox holds; cluster envelopes past this
+/// are dropped by the bridge and counted (`overloaded`).
+pub const TRANSPONDER_MAILBOX: usize = 8192;
+
 /// The address every node's Transponder listens to (SPEC §2).
 pub const CLUSTERBUS_ADDRESS: &str = "conjoiner.clusterbus";
 
@@ -424,6 +428,9 @@ impl Actor for Transponder {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
+        // The bridge drops cluster envelopes past this instead of queueing
+        // them without bound (see `ClusterBridge::deliver_local`).
+        ctx.set_mailbox_capacity(TRANSPONDER_MAILBOX);
         self.cluster
             .attach
             .do_send(AttachTransponder(ctx.address().recipient()));
