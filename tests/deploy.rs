@@ -448,19 +448,13 @@ fn bad_lines_from_a_module_are_counted_and_it_keeps_running() {
     let tmp = tempfile::tempdir().unwrap();
     // On each request: a line that is not JSON, an unknown op, a stderr
     // line, then a proper reply.
-    let script = r#"#!/bin/sh
-while IFS= read -r line; do
-  case "$line" in
-  *'"type":"request"'*)
-    id=$(printf '%s\n' "$line" | sed -n 's/^{"v":1,"id":"\([^"]*\)".*/\1/p')
-    echo 'this is not json'
+    let script = &answering_module(
+        "",
+        r#"    echo 'this is not json'
     echo '{"op":"explode"}'
     echo "noisy says hi on stderr" >&2
-    printf '{"op":"reply","to":"%s","body":{"ok":true}}\n' "$id"
-    ;;
-  esac
-done
-"#;
+    printf '{"op":"reply","to":"%s","body":{"ok":true}}\n' "$id""#,
+    );
     let dir = module_dir(tmp.path(), "noisy", "1.0.0", script, json!({}));
     let (code, out) = cli_json(&node, &["deploy", "noisy", "--from", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
@@ -492,16 +486,10 @@ fn a_reply_without_to_reaches_the_caller_as_a_protocol_error() {
     let node = TestNode::start("sloppy", &[]);
     let tmp = tempfile::tempdir().unwrap();
     // A common slip: the request id written as `reply_to` instead of `to`.
-    let script = r#"#!/bin/sh
-while IFS= read -r line; do
-  case "$line" in
-  *'"type":"request"'*)
-    id=$(printf '%s\n' "$line" | sed -n 's/^{"v":1,"id":"\([^"]*\)".*/\1/p')
-    printf '{"op":"reply","reply_to":"%s","body":{"ok":true}}\n' "$id"
-    ;;
-  esac
-done
-"#;
+    let script = &answering_module(
+        "",
+        r#"    printf '{"op":"reply","reply_to":"%s","body":{"ok":true}}\n' "$id""#,
+    );
     let dir = module_dir(tmp.path(), "sloppy", "1.0.0", script, json!({}));
     let (code, out) = cli_json(&node, &["deploy", "sloppy", "--from", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
@@ -538,24 +526,17 @@ fn a_module_printing_in_a_loop_does_not_flood_the_node_log() {
     let tmp = tempfile::tempdir().unwrap();
     // 3,000 stderr lines and 3,000 `log` lines as fast as sh can write
     // them, then answers requests.
-    let script = r#"#!/bin/sh
-i=0
+    let script = &answering_module(
+        r#"i=0
 while [ $i -lt 3000 ]; do
   echo "stderr spam $i" >&2
   echo '{"op":"log","level":"info","msg":"log spam"}'
   i=$((i+1))
-done
-while IFS= read -r line; do
-  case "$line" in
-  *'"type":"request"'*)
-    id=$(printf '%s\n' "$line" | sed -n 's/^{"v":1,"id":"\([^"]*\)".*/\1/p')
-    echo "stderr after a request" >&2
+done"#,
+        r#"    echo "stderr after a request" >&2
     echo '{"op":"log","level":"info","msg":"log after a request"}'
-    printf '{"op":"reply","to":"%s","body":{"ok":true}}\n' "$id"
-    ;;
-  esac
-done
-"#;
+    printf '{"op":"reply","to":"%s","body":{"ok":true}}\n' "$id""#,
+    );
     let dir = module_dir(tmp.path(), "chatty", "1.0.0", script, json!({}));
     let started = Instant::now();
     let (code, out) = cli_json(&node, &["deploy", "chatty", "--from", dir.to_str().unwrap()]);
@@ -620,20 +601,13 @@ fn undeploy_stops_every_process_the_module_started() {
     let tmp = tempfile::tempdir().unwrap();
     // Two children that ignore SIGTERM: one in the module's session, one
     // that starts a session of its own. Each request answers their pids.
-    let script = r#"#!/bin/sh
-(trap '' TERM; exec sleep 1001) &
+    let script = &answering_module(
+        r#"(trap '' TERM; exec sleep 1001) &
 stubborn=$!
 setsid sh -c "trap '' TERM; exec sleep 1002" &
-escaped=$!
-while IFS= read -r line; do
-  case "$line" in
-  *'"type":"request"'*)
-    id=$(printf '%s\n' "$line" | sed -n 's/^{"v":1,"id":"\([^"]*\)".*/\1/p')
-    printf '{"op":"reply","to":"%s","body":{"pids":[%s,%s]}}\n' "$id" "$stubborn" "$escaped"
-    ;;
-  esac
-done
-"#;
+escaped=$!"#,
+        r#"    printf '{"op":"reply","to":"%s","body":{"pids":[%s,%s]}}\n' "$id" "$stubborn" "$escaped""#,
+    );
     let dir = module_dir(tmp.path(), "spawner", "1.0.0", script, json!({"stop_grace_secs": 1}));
     let (code, out) = cli_json(&node, &["deploy", "spawner", "--from", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
@@ -668,21 +642,14 @@ fn a_module_publishing_past_its_limit_is_held_to_it_and_the_drops_are_counted() 
     let node = TestNode::start("chatty", &[]);
     let tmp = tempfile::tempdir().unwrap();
     // 2,000 publishes at once, then it answers requests.
-    let script = r#"#!/bin/sh
-i=0
+    let script = &answering_module(
+        r#"i=0
 while [ $i -lt 2000 ]; do
   echo '{"op":"publish","address":"flood.sink","body":{}}'
   i=$((i+1))
-done
-while IFS= read -r line; do
-  case "$line" in
-  *'"type":"request"'*)
-    id=$(printf '%s\n' "$line" | sed -n 's/^{"v":1,"id":"\([^"]*\)".*/\1/p')
-    printf '{"op":"reply","to":"%s","body":{"ok":true}}\n' "$id"
-    ;;
-  esac
-done
-"#;
+done"#,
+        r#"    printf '{"op":"reply","to":"%s","body":{"ok":true}}\n' "$id""#,
+    );
     let dir = module_dir(tmp.path(), "flood", "1.0.0", script, json!({"publish_per_sec": 50}));
     let (code, out) = cli_json(&node, &["deploy", "flood", "--from", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");

@@ -487,3 +487,22 @@ pub fn cli_json(node: &TestNode, args: &[&str]) -> (i32, Value) {
 pub fn hello_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("mods/hello")
 }
+
+/// A process module in sh: runs `prelude` once, then for every request it
+/// reads sets `$id` to the request's id and runs `on_request` (which writes
+/// the reply, or does not).
+pub fn answering_module(prelude: &str, on_request: &str) -> String {
+    let mut script = String::from("#!/bin/sh\n");
+    script.push_str(prelude);
+    script.push_str(
+        r#"
+while IFS= read -r line; do
+  case "$line" in
+  *'"type":"request"'*)
+    id=$(printf '%s\n' "$line" | sed -n 's/^{"v":1,"id":"\([^"]*\)".*/\1/p')
+"#,
+    );
+    script.push_str(on_request);
+    script.push_str("\n    ;;\n  esac\ndone\n");
+    script
+}
