@@ -635,6 +635,64 @@ mod tests {
         );
     }
 
+    /// Every rule of a node's health, one row each: what membership says,
+    /// how old its report is (reports here are stale after 3 s), what its
+    /// modules say; and what `status` must show.
+    #[test]
+    fn node_health_rules_table() {
+        use MemberStatus::*;
+        use NodeHealth as N;
+        let ok = Health::Ok;
+        let bad = Health::Unresponsive;
+        // (member, report age in ms or no report, module health, expected health, failing?, error mentions)
+        type Row = (
+            Option<MemberStatus>,
+            Option<u64>,
+            Health,
+            NodeHealth,
+            bool,
+            &'static str,
+        );
+        let rows: &[Row] = &[
+            (Some(Alive), Some(500), ok, N::Ok, false, ""),
+            (Some(Alive), Some(500), Health::Degraded, N::Degraded, true, ""),
+            (Some(Alive), Some(500), bad, N::Degraded, true, ""),
+            (Some(Alive), Some(500), Health::Restarting, N::Degraded, true, ""),
+            (Some(Alive), Some(3500), ok, N::Stale, true, "stale"),
+            (Some(Alive), None, ok, N::Stale, true, "no status report"),
+            (Some(Suspect), Some(500), ok, N::Suspect, true, ""),
+            (Some(Dead), Some(500), ok, N::Dead, true, "dead"),
+            (Some(Dead), None, ok, N::Dead, true, "no status report"),
+            (Some(Left), Some(500), ok, N::Left, false, "left"),
+            (None, Some(500), ok, N::Dead, true, ""),
+        ];
+        let t0 = Instant::now();
+        for (i, &(status, age, module_health, want, failing, error)) in rows.iter().enumerate() {
+            let board = StatusBoard::default();
+            let name = format!("n{i}");
+            if let Some(age) = age {
+                board.record(report(&name, 1, vec![module("m", module_health)]), t0);
+                let members: Vec<Member> = status.map(|s| member(&name, s)).into_iter().collect();
+                let views = board.view(&members, t0 + Duration::from_millis(age));
+                let view = views.iter().find(|v| v.node == name).expect("listed");
+                let row = format!("row {i}: {status:?}, report {age} ms old, module {module_health:?}");
+                assert_eq!(view.health, want, "{row}");
+                assert_eq!(view.is_failing(), failing, "{row}");
+                assert_eq!(view.stale, !matches!(want, N::Ok | N::Degraded | N::Suspect), "{row}");
+                let said = view.error.clone().unwrap_or_default();
+                assert!(said.contains(error), "{row}: error {said:?}");
+                assert_eq!(error.is_empty(), view.error.is_none(), "{row}: error {said:?}");
+            } else {
+                let members = vec![member(&name, status.expect("a row without a report has a member"))];
+                let views = board.view(&members, t0);
+                let row = format!("row {i}: {status:?}, no report");
+                assert_eq!(views[0].health, want, "{row}");
+                assert_eq!(views[0].is_failing(), failing, "{row}");
+                assert!(views[0].error.as_deref().unwrap_or_default().contains(error), "{row}");
+            }
+        }
+    }
+
     #[test]
     fn a_node_that_left_is_not_failing() {
         let board = StatusBoard::default();

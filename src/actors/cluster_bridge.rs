@@ -376,6 +376,7 @@ impl Handler<LinkEvent> for ClusterBridge {
                 }
                 self.core.link_down(id, &reason.to_string(), now);
             }
+            LinkEvent::Connected { remote } => self.core.dial_connected(remote, now),
             LinkEvent::Failed {
                 remote,
                 direction,

@@ -57,6 +57,8 @@ pub enum LinkEvent {
     Frame { id: LinkId, frame: Bytes },
     /// The link is gone.
     Down { id: LinkId, reason: DownReason },
+    /// A dial's TCP connection was accepted; the handshake starts.
+    Connected { remote: SocketAddr },
     /// Dialing or the handshake failed; there never was a link.
     Failed {
         remote: SocketAddr,

@@ -132,7 +132,12 @@ impl Transport for TcpTransport {
         tokio::spawn(
             async move {
                 match tokio::time::timeout(timeout, TcpStream::connect(remote)).await {
-                    Ok(Ok(stream)) => run_link(stream, remote, Direction::Outbound, setup, None).await,
+                    Ok(Ok(stream)) => {
+                        // The host is there; the handshake may still stall
+                        // on a starved process (see `ClusterCore::dial_connected`).
+                        setup.events.do_send(LinkEvent::Connected { remote });
+                        run_link(stream, remote, Direction::Outbound, setup, None).await
+                    }
                     Ok(Err(e)) => failed(&setup, remote, Direction::Outbound, e.to_string(), false),
                     Err(_) => failed(
                         &setup,

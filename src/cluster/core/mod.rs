@@ -235,6 +235,8 @@ impl Link {
 /// A dial in progress: what waits for the link.
 struct Dialing {
     started: Instant,
+    /// Its TCP connection was accepted; the handshake is under way.
+    connected: bool,
     /// The member this address belongs to, if known.
     expect: Option<Arc<str>>,
     pending: Vec<(Lane, Msg)>,
@@ -258,6 +260,9 @@ pub struct ClusterCore {
     links: StableMap<LinkId, Link>,
     by_peer: StableMap<Arc<str>, LinkId>,
     dialing: StableMap<SocketAddr, Dialing>,
+    /// When a dial to each address last got its TCP connection accepted:
+    /// the host is there, whatever its process does (see `dial_connected`).
+    host_seen: StableMap<SocketAddr, Instant>,
     /// Joins asked on a link, answered when the member table arrives.
     joining: StableMap<LinkId, SocketAddr>,
     last_dial: StableMap<SocketAddr, Instant>,
@@ -304,6 +309,7 @@ impl ClusterCore {
             links: StableMap::default(),
             by_peer: StableMap::default(),
             dialing: StableMap::default(),
+            host_seen: StableMap::default(),
             joining: StableMap::default(),
             last_dial: StableMap::default(),
             wanted: StableMap::default(),
@@ -678,6 +684,18 @@ impl ClusterCore {
     }
 
     /// Dialing `addr` failed: nothing there, or the handshake failed.
+    /// A dial to `addr` got its TCP connection accepted; the handshake
+    /// follows. The host answers even if its process is too starved to
+    /// finish the handshake (a seed answering a mass start), so a probe that
+    /// fails meanwhile is treated as a stall, not a crash.
+    pub fn dial_connected(&mut self, addr: SocketAddr, now: Instant) {
+        self.now = now;
+        self.host_seen.insert(addr, now);
+        if let Some(d) = self.dialing.get_mut(&addr) {
+            d.connected = true;
+        }
+    }
+
     pub fn dial_failed(&mut self, addr: SocketAddr, reason: &str, now: Instant) {
         self.now = now;
         self.counters.dial_failures += 1;
@@ -746,6 +764,9 @@ impl ClusterCore {
         // starved of CPU (see `Detector::postpone_due`).
         let due = self.next_deadline();
         self.now = now;
+        let keep = self.config.stall_grace * 2;
+        self.host_seen
+            .retain(|_, at| now.saturating_duration_since(*at) <= keep);
         if self.standing == Standing::Left {
             return;
         }
@@ -925,6 +946,7 @@ impl ClusterCore {
                 addr,
                 Dialing {
                     started: self.now,
+                    connected: false,
                     expect,
                     pending: Vec::new(),
                     directs: Vec::new(),
@@ -938,6 +960,10 @@ impl ClusterCore {
 
     fn fail_dial(&mut self, addr: SocketAddr, reason: &str) {
         let Some(d) = self.dialing.remove(&addr) else { return };
+        // Connected, then the handshake failed or timed out: the host is
+        // there and only its process is slow, so the probe is left to run
+        // its course (see `probe_failed`) instead of failing now.
+        let host_answered = self.host_seen.get(&addr).is_some_and(|at| *at >= d.started);
         if d.join {
             self.actions.push_back(Action::Joined {
                 addr,
@@ -946,6 +972,9 @@ impl ClusterCore {
         }
         if let Some(name) = d.expect {
             self.counters.dropped_no_route += (d.pending.len() + d.directs.len()) as u64;
+            if host_answered {
+                return;
+            }
             let helpers = self.helper_candidates(&name);
             let mut out = Vec::new();
             self.detector.unreachable(&name, self.now, &helpers, &mut out);
@@ -1965,14 +1994,25 @@ impl ClusterCore {
     /// already running is confirmed at once; otherwise, over a live link,
     /// the driver is first asked whether the host still answers.
     fn probe_failed(&mut self, target: Arc<str>, probed_at: Instant) {
-        let running = self.table.get(&target).is_some_and(|m| m.status == Status::Suspect);
+        let Some(m) = self.table.get(&target) else { return };
+        let running = m.status == Status::Suspect;
+        // A dial to it is connected and waiting for the handshake, or one
+        // reached its host since the probe (or just before).
+        let addr = m.id.addr;
+        let host_seen = self.dialing.get(&addr).is_some_and(|d| d.connected)
+            || self
+                .host_seen
+                .get(&addr)
+                .is_some_and(|at| *at + self.config.probe_interval >= probed_at);
         match self.by_peer.get(&target).copied() {
-            Some(link) if !running => self.actions.push_back(Action::CheckHost {
+            _ if running => self.accuse(&target),
+            Some(link) => self.actions.push_back(Action::CheckHost {
                 link,
                 name: target,
                 since: probed_at,
             }),
-            _ => self.accuse(&target),
+            None if host_seen => self.host_checked(&target, true, self.now),
+            None => self.accuse(&target),
         }
     }
 

@@ -10,6 +10,12 @@ struct Net {
     cores: Vec<ClusterCore>,
     /// Which cores run.
     up: Vec<bool>,
+    /// Which cores are starved: they run nothing and read nothing, but
+    /// their host accepts connections and acks (see `stall`).
+    stalled: Vec<bool>,
+    /// Dials accepted by a stalled core's host, waiting for its handshake:
+    /// (dialer, address, stalled core).
+    waiting_dials: Vec<(usize, SocketAddr, usize)>,
     now: Instant,
     /// Our end of a link → (peer core, peer's end).
     links: HashMap<LinkId, (usize, usize, LinkId)>,
@@ -23,6 +29,8 @@ impl Net {
         Net {
             cores: Vec::new(),
             up: Vec::new(),
+            stalled: Vec::new(),
+            waiting_dials: Vec::new(),
             now: Instant::now(),
             links: HashMap::new(),
             next: 1,
@@ -36,7 +44,48 @@ impl Net {
         self.cores
             .push(ClusterCore::new("test", id, ClusterConfig::local(), i as u64, self.now));
         self.up.push(true);
+        self.stalled.push(false);
         i
+    }
+
+    fn connect(&mut self, i: usize, j: usize, addr: SocketAddr) {
+        let (a, b) = (self.next, self.next + 1);
+        self.next += 2;
+        self.links.insert(a, (i, j, b));
+        self.links.insert(b, (j, i, a));
+        let from = self.cores[i].me().addr;
+        let now = self.now;
+        self.cores[j].link_up(b, Direction::Inbound, from, now);
+        self.cores[i].link_up(a, Direction::Outbound, addr, now);
+    }
+
+    /// Core `i` gets no CPU until `resume`, and every link to it closes
+    /// (as a busy seed hangs up after answering joins), so its observers
+    /// must dial it to probe it.
+    fn stall(&mut self, i: usize) {
+        self.stalled[i] = true;
+        let theirs: Vec<(usize, LinkId)> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.1 == i)
+            .map(|(id, l)| (l.0, *id))
+            .collect();
+        for (j, link) in theirs {
+            if let Some((_, _, peer)) = self.links.remove(&link) {
+                self.links.remove(&peer);
+                self.cores[j].link_down(link, "peer closed the link", self.now);
+            }
+        }
+        self.settle();
+    }
+
+    /// Core `i` runs again and finishes the handshakes that waited.
+    fn resume(&mut self, i: usize) {
+        self.stalled[i] = false;
+        for (dialer, addr, j) in std::mem::take(&mut self.waiting_dials) {
+            self.connect(dialer, j, addr);
+        }
+        self.settle();
     }
 
     fn core_at(&self, a: SocketAddr) -> Option<usize> {
@@ -65,20 +114,20 @@ impl Net {
         let now = self.now;
         match action {
             Action::Dial { addr } => match self.core_at(addr) {
-                Some(j) => {
-                    let (a, b) = (self.next, self.next + 1);
-                    self.next += 2;
-                    self.links.insert(a, (i, j, b));
-                    self.links.insert(b, (j, i, a));
-                    let from = self.cores[i].me().addr;
-                    self.cores[j].link_up(b, Direction::Inbound, from, now);
-                    self.cores[i].link_up(a, Direction::Outbound, addr, now);
+                Some(j) if self.stalled[j] => {
+                    self.cores[i].dial_connected(addr, now);
+                    self.waiting_dials.push((i, addr, j));
                 }
+                Some(j) => self.connect(i, j, addr),
                 None => self.cores[i].dial_failed(addr, "connection refused", now),
             },
+            Action::CheckHost { link, name, .. } => {
+                let answered = self.links.get(&link).is_some_and(|&(_, j, _)| self.up[j]);
+                self.cores[i].host_checked(&name, answered, now);
+            }
             Action::Send { link, frame, .. } => {
                 if let Some(&(_, j, peer)) = self.links.get(&link) {
-                    if self.up[j] {
+                    if self.up[j] && !self.stalled[j] {
                         // Through the codec, as on a real link.
                         let frame = Frame::decode(frame.encode()).expect("frames decode");
                         self.cores[j].frame(peer, frame, now);
@@ -103,7 +152,7 @@ impl Net {
         while self.now < end {
             self.now += Duration::from_millis(10);
             for i in 0..self.cores.len() {
-                if self.up[i] {
+                if self.up[i] && !self.stalled[i] {
                     self.cores[i].tick(self.now);
                 }
             }
@@ -201,6 +250,36 @@ fn a_killed_member_is_suspected_confirmed_and_declared_dead() {
     assert!(deaths >= 1);
     let false_alarms: u64 = ids[..4].iter().map(|i| net.cores[*i].counters.refutations).sum();
     assert_eq!(false_alarms, 0);
+}
+
+#[test]
+fn a_starved_member_whose_host_accepts_dials_is_not_suspected_within_the_grace() {
+    let mut net = Net::new();
+    let ids: Vec<usize> = (0..5).map(|i| net.add(&format!("n{i}"), i as u16 + 1, 100)).collect();
+    for i in &ids[1..] {
+        net.join(*i, ids[0]);
+    }
+    net.advance(Duration::from_secs(1));
+    // n4 gets no CPU for 3 s (five suspicion minima of the local preset,
+    // under its 5 s stall grace), and its links are gone: observers dial
+    // it, its host accepts, its process never finishes the handshake.
+    net.stall(ids[4]);
+    net.advance(Duration::from_secs(3));
+    for i in &ids[..4] {
+        assert_eq!(net.status(*i, "n4"), Some(Status::Alive), "seen by n{i}");
+    }
+    let excused: u64 = ids[..4]
+        .iter()
+        .map(|i| net.cores[*i].detector_counters().stalls_excused)
+        .sum();
+    assert!(excused > 0, "its observers saw a stall, not a crash");
+    net.resume(ids[4]);
+    net.advance(Duration::from_secs(2));
+    for i in &ids[..4] {
+        assert_eq!(net.status(*i, "n4"), Some(Status::Alive), "seen by n{i}");
+    }
+    let raised: u64 = ids[..4].iter().map(|i| net.cores[*i].counters.suspicions_raised).sum();
+    assert_eq!(raised, 0, "nobody accused it");
 }
 
 #[test]
