@@ -295,10 +295,6 @@ impl NodeSupervisor {
         self
     }
 
-    fn report_failed(&self, name: &str, reason: &str) {
-        self.report_module_event("module_failed", name, reason);
-    }
-
     fn report_module_event(&self, event: &str, name: &str, reason: &str) {
         let Some(bus) = &self.bus else { return };
         let envelope = Envelope::new(
@@ -420,7 +416,7 @@ impl NodeSupervisor {
                 policy = ?policy.mode, "module exited and its policy does not restart it");
             if child.state == ModuleState::Failed {
                 let reason = format!("{} (restart policy {:?})", outcome.describe(), policy.mode);
-                self.report_failed(&name, &reason);
+                self.report_module_event("module_failed", &name, &reason);
             }
             return;
         }
@@ -445,7 +441,7 @@ impl NodeSupervisor {
                 policy.max_restarts,
                 policy.period.as_secs()
             );
-            self.report_failed(&name, &reason);
+            self.report_module_event("module_failed", &name, &reason);
             return;
         }
         child.recent_restarts.push_back(now);

@@ -235,8 +235,6 @@ impl Link {
 /// A dial in progress: what waits for the link.
 struct Dialing {
     started: Instant,
-    /// Its TCP connection was accepted; the handshake is under way.
-    connected: bool,
     /// The member this address belongs to, if known.
     expect: Option<Arc<str>>,
     pending: Vec<(Lane, Msg)>,
@@ -683,7 +681,6 @@ impl ClusterCore {
         }
     }
 
-    /// Dialing `addr` failed: nothing there, or the handshake failed.
     /// A dial to `addr` got its TCP connection accepted; the handshake
     /// follows. The host answers even if its process is too starved to
     /// finish the handshake (a seed answering a mass start), so a probe that
@@ -691,11 +688,14 @@ impl ClusterCore {
     pub fn dial_connected(&mut self, addr: SocketAddr, now: Instant) {
         self.now = now;
         self.host_seen.insert(addr, now);
-        if let Some(d) = self.dialing.get_mut(&addr) {
-            d.connected = true;
-        }
     }
 
+    /// Whether a dial got a TCP connection to `addr` accepted at `since` or later.
+    fn host_seen_since(&self, addr: SocketAddr, since: Instant) -> bool {
+        self.host_seen.get(&addr).is_some_and(|at| *at >= since)
+    }
+
+    /// Dialing `addr` failed: nothing there, or the handshake failed.
     pub fn dial_failed(&mut self, addr: SocketAddr, reason: &str, now: Instant) {
         self.now = now;
         self.counters.dial_failures += 1;
@@ -946,7 +946,6 @@ impl ClusterCore {
                 addr,
                 Dialing {
                     started: self.now,
-                    connected: false,
                     expect,
                     pending: Vec::new(),
                     directs: Vec::new(),
@@ -963,7 +962,7 @@ impl ClusterCore {
         // Connected, then the handshake failed or timed out: the host is
         // there and only its process is slow, so the probe is left to run
         // its course (see `probe_failed`) instead of failing now.
-        let host_answered = self.host_seen.get(&addr).is_some_and(|at| *at >= d.started);
+        let host_answered = self.host_seen_since(addr, d.started);
         if d.join {
             self.actions.push_back(Action::Joined {
                 addr,
@@ -1999,11 +1998,14 @@ impl ClusterCore {
         // A dial to it is connected and waiting for the handshake, or one
         // reached its host since the probe (or just before).
         let addr = m.id.addr;
-        let host_seen = self.dialing.get(&addr).is_some_and(|d| d.connected)
-            || self
-                .host_seen
-                .get(&addr)
-                .is_some_and(|at| *at + self.config.probe_interval >= probed_at);
+        let host_seen = self
+            .dialing
+            .get(&addr)
+            .is_some_and(|d| self.host_seen_since(addr, d.started))
+            || self.host_seen_since(
+                addr,
+                probed_at.checked_sub(self.config.probe_interval).unwrap_or(probed_at),
+            );
         match self.by_peer.get(&target).copied() {
             _ if running => self.accuse(&target),
             Some(link) => self.actions.push_back(Action::CheckHost {
