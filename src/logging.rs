@@ -1,4 +1,4 @@
-//! Log setup: `tracing` with `RUST_LOG` (EnvFilter) and a text or JSON format.
+//! Log setup: `tracing` with a `RUST_LOG` filter and a text or JSON format.
 //!
 //! Every actor logs inside a span `actor{node=… module=…}`, so each line names
 //! its node and module. `RUST_LOG=conjoiner=debug` follows one envelope
@@ -6,7 +6,9 @@
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt;
+use tracing_subscriber::prelude::*;
 
 /// The log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -18,14 +20,45 @@ pub enum LogFormat {
 /// Installs the global subscriber, writing to stderr. The default filter is
 /// `info`; `RUST_LOG` overrides it.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (filter, problem) = filter_from(std::env::var("RUST_LOG").ok().as_deref());
+    let layer = fmt::layer().with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer.with_ansi(std::io::stderr().is_terminal()).with_filter(filter))
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(
+                layer
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_filter(filter),
+            )
+            .try_init(),
     };
     // A second init (tests that start several nodes in one process) is harmless.
-    let _ = result;
+    if result.is_ok() {
+        if let Some(problem) = problem {
+            tracing::warn!(%problem, "RUST_LOG not understood; logging at info");
+        }
+    }
+}
+
+/// The filter a `RUST_LOG` value asks for: comma-separated `level` and
+/// `target=level` directives (`debug`, `conjoiner=debug,info`). `Targets`
+/// rather than `EnvFilter`: it has no span or field filters, but it does not
+/// bring a regex engine into the binary, whose size is most of an idle
+/// node's memory. Unset or empty means `info`; a value it cannot read also
+/// means `info`, with the reason to log.
+fn filter_from(value: Option<&str>) -> (Targets, Option<String>) {
+    let info = || Targets::new().with_default(tracing::Level::INFO);
+    match value.map(str::trim) {
+        None | Some("") => (info(), None),
+        Some(value) => match value.parse::<Targets>() {
+            Ok(targets) => (targets, None),
+            Err(e) => (info(), Some(format!("{value:?}: {e}"))),
+        },
+    }
 }
 
 /// Keeps a line that a peer or a child can trigger at will (a failed
@@ -73,6 +106,26 @@ impl LogThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn rust_log_directives_set_levels_per_target_and_bad_values_fall_back_to_info() {
+        let (unset, problem) = filter_from(None);
+        assert!(problem.is_none());
+        assert!(unset.would_enable("conjoiner::node", &Level::INFO));
+        assert!(!unset.would_enable("conjoiner::node", &Level::DEBUG));
+
+        let (mixed, problem) = filter_from(Some("conjoiner=debug,info"));
+        assert!(problem.is_none());
+        assert!(mixed.would_enable("conjoiner::cluster::core", &Level::DEBUG));
+        assert!(!mixed.would_enable("actix_server::worker", &Level::DEBUG));
+        assert!(mixed.would_enable("actix_server::worker", &Level::INFO));
+
+        let (bad, problem) = filter_from(Some("conjoiner=loud"));
+        assert!(problem.unwrap().contains("conjoiner=loud"));
+        assert!(bad.would_enable("conjoiner", &Level::INFO));
+        assert!(!bad.would_enable("conjoiner", &Level::DEBUG));
+    }
 
     #[test]
     fn a_burst_is_logged_then_the_rest_is_summed_into_the_next_window() {
