@@ -710,3 +710,93 @@ fn a_rumour_with_the_highest_incarnation_is_refuted_without_overflow() {
     assert_eq!(net.cores[b].incarnation(), u32::MAX);
     assert_eq!(net.cores[b].counters.refutations, 1);
 }
+
+/// Records in the `Members` and `DigestReply` messages among `msgs`.
+fn records_sent(msgs: &[Msg]) -> Vec<Record> {
+    msgs.iter()
+        .flat_map(|m| match m {
+            Msg::Members { records, .. } | Msg::DigestReply { records, .. } => records.clone(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// In a mass start of 10,000 the seed wrote its whole table to every
+/// joiner (about 2.5 GB in all) and held 3,990 links while it did; and a
+/// node that had just joined learnt the rest one bucket (156 records) per
+/// 200 ms exchange, so it took 8-10 s to list everyone. Now a join is
+/// answered with a bounded sample, and a node whose digest differs in most
+/// buckets is sent many buckets at once.
+#[test]
+fn a_joiner_of_a_large_cluster_gets_a_bounded_sample_then_catches_up_in_large_exchanges() {
+    let now = Instant::now();
+    let config = ClusterConfig::local();
+    let mut seed = ClusterCore::new(
+        "test",
+        NodeId::new("s", addr(1), 100, BTreeMap::new()),
+        config.clone(),
+        2,
+        now,
+    );
+    for i in 0..10_000u16 {
+        let id = Arc::new(NodeId::new(&format!("m{i}"), addr(10_000 + i), 100, BTreeMap::new()));
+        seed.table.apply(
+            &Record {
+                id,
+                incarnation: 0,
+                status: Status::Alive,
+                state_version: 0,
+            },
+            now,
+        );
+    }
+    let mut joiner = ClusterCore::new("test", NodeId::new("j", addr(2), 100, BTreeMap::new()), config, 1, now);
+    joiner.join(addr(1), now);
+    drain(&mut joiner);
+    joiner.link_up(1, Direction::Outbound, addr(1), now);
+    seed.link_up(1, Direction::Inbound, addr(2), now);
+    // Carry frames both ways until the join is answered.
+    let mut to_joiner = Vec::new();
+    for _ in 0..4 {
+        for action in drain(&mut joiner) {
+            if let Action::Send { frame, .. } = action {
+                seed.frame(1, Frame::decode(frame.encode()).unwrap(), now);
+            }
+        }
+        for action in drain(&mut seed) {
+            if let Action::Send { frame, .. } = action {
+                let frame = Frame::decode(frame.encode()).unwrap();
+                if let Frame::Msgs(msgs) = &frame {
+                    to_joiner.extend(msgs.clone());
+                }
+                joiner.frame(1, frame, now);
+            }
+        }
+    }
+    let sample = records_sent(&to_joiner);
+    assert!(
+        (2..=MAX_JOIN_RECORDS).contains(&sample.len()),
+        "{} records answered a join",
+        sample.len()
+    );
+    assert!(sample.iter().any(|r| &*r.id.name == "s"), "the seed is in its sample");
+    assert_eq!(joiner.standing(), &Standing::Joined);
+    let known = joiner.up_count();
+    assert!(known > 1 && known < 10_001, "the joiner lists {known}");
+
+    // The joiner's digest differs from the seed's in every bucket: the
+    // seed answers with far more than one bucket's worth.
+    seed.frame(
+        1,
+        Frame::Msgs(vec![Msg::Digest {
+            buckets: joiner.table.digest(),
+        }]),
+        now,
+    );
+    let reply = records_sent(&sent_on(&drain(&mut seed), 1));
+    assert!(
+        reply.len() > 4 * MAX_RECORDS_PER_EXCHANGE && reply.len() <= MAX_RECORDS_CATCHING_UP + 200,
+        "{} records in one exchange",
+        reply.len()
+    );
+}
