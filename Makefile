@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run demo build test bench sim lint fmt clean
+.PHONY: run demo build test bench bench-load sim lint fmt clean
 
 # Nodes in the benchmark (`make bench N=50`) and the simulator (`make sim N=100,1000`).
 N ?= 20
@@ -28,6 +28,10 @@ test:
 ## bench: N node processes on loopback (and Serf, if installed): convergence, broadcast latency, failure detection, RSS
 bench:
 	N=$(N) $(CARGO) bench --bench cluster
+
+## bench-load: 5 node processes exchange 10,000 envelopes/s for 60 s (RATE per node, SECS): losses, drops, latency, RSS (writes target/bench/load.json)
+bench-load:
+	RATE=$(or $(RATE),500) SECS=$(or $(SECS),60) $(CARGO) bench --bench load
 
 ## sim: N nodes' cluster cores on a simulated network with a virtual clock: convergence, broadcast, detection, false deaths, per-node traffic (writes target/sim/sim-N.json)
 sim:

@@ -210,6 +210,7 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     // A node whose own parts broke exits non-zero, so that its service
     // manager starts it again, instead of serving `ok` half dead.
     let mut checkup = tokio::time::interval(CORE_CHECK_INTERVAL);
+    let mut trim = tokio::time::interval(MEMORY_TRIM_INTERVAL);
     let fault = loop {
         tokio::select! {
             _ = sigint.recv() => { span.in_scope(|| info!("SIGINT received")); break None; }
@@ -224,6 +225,7 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
                     break Some(fault);
                 }
             }
+            _ = trim.tick() => release_free_memory(),
         }
     };
     node.shutdown().await;
@@ -235,6 +237,22 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
 
 /// How often the agent checks that the node's own parts still run.
 const CORE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often freed heap memory is handed back to the system.
+const MEMORY_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Hands the allocator's free pages back to the system. glibc keeps what a
+/// burst freed (queues of a busy minute) mapped for good: after 20 s of
+/// 10,000 envelopes/s, five nodes stayed at 30 MiB each when idle again
+/// (`make bench-load`). A pass over a small heap takes well under a
+/// millisecond.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 #[cfg(test)]
 mod tests {
