@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run demo build test bench bench-load sim lint fmt clean
+.PHONY: run demo readme build test bench bench-load sim lint fmt clean
 
 # Nodes in the benchmark (`make bench N=50`) and the simulator (`make sim N=100,1000`).
 N ?= 20
@@ -16,6 +16,10 @@ run:
 ## demo: a local cluster of three nodes on loopback: members, requests, deploys, `modules`, `status` (KEEP=1 keeps it running for the dashboard)
 demo: build
 	scripts/demo.sh target/release/conjoiner
+
+## readme: run the demo and copy its output into the README's quick start (tests/readme.rs checks it still matches)
+readme: build
+	scripts/readme-demo.sh target/release/conjoiner
 
 ## build: build the release binary at target/release/conjoiner
 build:

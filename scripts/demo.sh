@@ -9,6 +9,9 @@
 set -euo pipefail
 
 BIN=${1:-target/release/conjoiner}
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+# From the repository, so the transcript names packages as `mods/hello`.
+cd "$(dirname "$0")/.."
 WORK=$(mktemp -d /tmp/conjoiner-demo.XXXXXX)
 PIDS=()
 
@@ -62,7 +65,7 @@ echo "\$ conjoiner request mod.echo '{\"hello\":\"cluster\"}'"
 echo
 echo "\$ conjoiner request mod.echo '{\"only\":\"web\"}' --target tag.role=web"
 "$BIN" request mod.echo '{"only":"web"}' --target tag.role=web
-MODS=$(cd "$(dirname "$0")/../mods" && pwd)
+MODS=mods
 echo
 echo "\$ conjoiner deploy hello --from mods/hello --config '{\"greeting\":\"hi from the demo\"}'"
 "$BIN" deploy hello --from "$MODS/hello" --config '{"greeting":"hi from the demo"}'
