@@ -14,7 +14,7 @@ use super::cluster_bus::*;
 use super::messages::{DumpState, Snapshot};
 use super::NodeIdentity;
 use crate::cluster::core::{Action, Change, ClusterCore, CoreError, LinkId, Standing};
-use crate::cluster::link::{DownReason, LinkEvent, LinkHandle, LinkSetup};
+use crate::cluster::link::{DownReason, FailedAt, LinkEvent, LinkHandle, LinkSetup};
 use crate::cluster::protocol::{Frame, Status};
 use crate::cluster::transport::Transport;
 use crate::cluster::{ClusterConfig, ClusterKey, NodeId};
@@ -81,6 +81,8 @@ pub struct ClusterBridge {
     wake: Option<(Instant, SpawnHandle)>,
     /// Failed handshakes are logged five per 10 s, then summed.
     handshake_log: LogThrottle,
+    /// Handshakes that never finished, logged apart from refusals.
+    unfinished_log: LogThrottle,
     /// Drops at a full Transponder mailbox, logged once per 10 s.
     transponder_full_log: LogThrottle,
     counters: Counters,
@@ -111,6 +113,7 @@ impl ClusterBridge {
             transponder: None,
             wake: None,
             handshake_log: LogThrottle::new(Duration::from_secs(10), 5),
+            unfinished_log: LogThrottle::new(Duration::from_secs(10), 5),
             transponder_full_log: LogThrottle::new(Duration::from_secs(10), 1),
             counters: Counters::default(),
             metrics: Metrics::default(),
@@ -381,15 +384,27 @@ impl Handler<LinkEvent> for ClusterBridge {
                 remote,
                 direction,
                 reason,
-                handshake,
+                stage,
             } => {
-                if handshake {
+                if stage != FailedAt::Connect {
                     self.counters.handshake_failures += 1;
                     self.metrics.handshake_failed();
-                    self.metrics.dropped(DropReason::Unauthorized);
-                    if let Some(failures) = self.handshake_log.event(now) {
-                        warn!(%remote, ?direction, %reason, failures, failures_total = self.counters.handshake_failures,
-                            "refused a link: the peer failed the encrypted handshake (does it have the same cluster key?)");
+                }
+                match stage {
+                    FailedAt::Connect => {}
+                    FailedAt::HandshakeRefused => {
+                        self.metrics.dropped(DropReason::Unauthorized);
+                        if let Some(failures) = self.handshake_log.event(now) {
+                            warn!(%remote, ?direction, %reason, failures, failures_total = self.counters.handshake_failures,
+                                "refused a link: the peer failed the encrypted handshake (does it have the same cluster key?)");
+                        }
+                    }
+                    // A busy, starting or departing peer does this too.
+                    FailedAt::HandshakeUnfinished => {
+                        if let Some(failures) = self.unfinished_log.event(now) {
+                            info!(%remote, ?direction, %reason, failures,
+                                "a link's handshake did not finish (the peer is busy, gone, or not a node)");
+                        }
                     }
                 }
                 if direction == crate::cluster::core::Direction::Outbound {

@@ -9,6 +9,7 @@
 
 use super::core::{Direction, LinkId};
 use super::key::ClusterKey;
+use super::noise::LinkError;
 use super::protocol::Lane;
 use actix::prelude::*;
 use bytes::Bytes;
@@ -64,10 +65,38 @@ pub enum LinkEvent {
         remote: SocketAddr,
         direction: Direction,
         reason: String,
-        /// The peer answered but failed the handshake (wrong key, garbage,
-        /// another protocol).
-        handshake: bool,
+        stage: FailedAt,
     },
+}
+
+/// Where a link that never came up failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedAt {
+    /// Connecting: refused, unreachable, timed out.
+    Connect,
+    /// The peer spoke but failed the handshake: a wrong key, garbage,
+    /// another protocol.
+    HandshakeRefused,
+    /// The handshake never finished: it timed out, or the peer hung up.
+    /// A busy or departing node does that too, so it says nothing about
+    /// keys (a busy seed's timeouts were once logged as a key mismatch).
+    HandshakeUnfinished,
+}
+
+impl FailedAt {
+    /// The stage a handshake error stands for.
+    pub fn of_handshake(e: &LinkError) -> FailedAt {
+        match e {
+            LinkError::Handshake(_) | LinkError::MessageTooLarge { .. } | LinkError::Decrypt(_) => {
+                FailedAt::HandshakeRefused
+            }
+            LinkError::HandshakeTimeout(_)
+            | LinkError::ClosedDuringHandshake
+            | LinkError::Io(_)
+            | LinkError::FrameTooLarge { .. }
+            | LinkError::Truncated => FailedAt::HandshakeUnfinished,
+        }
+    }
 }
 
 /// What every link task needs.

@@ -7,7 +7,7 @@
 //! dialing an address nobody listens on is refused at once.
 
 use super::core::Direction;
-use super::link::{next_link_id, DownReason, LinkEvent, LinkHandle, LinkSetup, Outgoing};
+use super::link::{next_link_id, DownReason, FailedAt, LinkEvent, LinkHandle, LinkSetup, Outgoing};
 use super::transport::Transport;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -134,21 +134,21 @@ impl Transport for MemoryTransport {
         let net = self.net.clone();
         let local = self.addr;
         tokio::spawn(async move {
-            let fail = |reason: String, handshake: bool| {
+            let fail = |reason: String, stage: FailedAt| {
                 setup.events.do_send(LinkEvent::Failed {
                     remote,
                     direction: Direction::Outbound,
                     reason,
-                    handshake,
+                    stage,
                 })
             };
             if net.is_cut(local, remote) {
                 tokio::time::sleep(timeout).await;
-                return fail(format!("connect timed out after {timeout:?}"), false);
+                return fail(format!("connect timed out after {timeout:?}"), FailedAt::Connect);
             }
             let peer = net.0.lock().ok().and_then(|n| n.listeners.get(&remote).cloned());
             let Some(peer) = peer else {
-                return fail("Connection refused (os error 111)".into(), false);
+                return fail("Connection refused (os error 111)".into(), FailedAt::Connect);
             };
             tokio::time::sleep(net.latency() * 3).await;
             if peer.key.as_bytes() != setup.key.as_bytes() {
@@ -156,9 +156,14 @@ impl Transport for MemoryTransport {
                     remote: local,
                     direction: Direction::Inbound,
                     reason: "handshake failed: decrypt error (wrong cluster key, or not a conjoiner node)".into(),
-                    handshake: true,
+                    stage: FailedAt::HandshakeRefused,
                 });
-                return fail("handshake failed: the peer closed the connection".into(), true);
+                // Over TCP the dialer finishes its half and sees the peer
+                // hang up before hello, which it reports as a refusal too.
+                return fail(
+                    "the peer closed the connection during the handshake".into(),
+                    FailedAt::HandshakeRefused,
+                );
             }
             let (a_id, b_id) = (next_link_id(), next_link_id());
             let (a_close, a_closed) = oneshot::channel();

@@ -43,6 +43,8 @@ pub enum LinkError {
     Handshake(String),
     #[error("handshake timed out after {0:?}")]
     HandshakeTimeout(Duration),
+    #[error("the peer closed the connection during the handshake")]
+    ClosedDuringHandshake,
     #[error("noise message of {size} bytes exceeds the limit of {MAX_NOISE_MESSAGE} bytes")]
     MessageTooLarge { size: usize },
     #[error("frame of {size} bytes exceeds the limit of {max} bytes")]
@@ -117,7 +119,7 @@ where
             } else {
                 read_message(stream, &mut incoming)
                     .await?
-                    .ok_or_else(|| LinkError::Handshake("peer closed the connection".into()))?;
+                    .ok_or(LinkError::ClosedDuringHandshake)?;
                 state.read_message(&incoming, &mut payload).map_err(noise_error)?;
             }
         }
@@ -330,6 +332,29 @@ mod tests {
         );
         // The initiator finishes its side; it learns of the refusal when the link closes.
         let _ = dial;
+    }
+
+    /// A peer that hangs up mid-handshake is a busy or departing node as
+    /// often as a stranger; only a failed check is a refusal (a key).
+    #[tokio::test]
+    async fn a_wrong_key_is_a_refusal_and_a_hang_up_is_an_unfinished_handshake() {
+        use crate::cluster::link::FailedAt;
+        let (_, accept) = pair(&ClusterKey::generate(), &ClusterKey::generate()).await;
+        assert_eq!(
+            FailedAt::of_handshake(&accept.err().unwrap()),
+            FailedAt::HandshakeRefused
+        );
+
+        let key = ClusterKey::generate();
+        let (left, mut right) = tokio::io::duplex(1 << 16);
+        drop(left);
+        let hung_up = handshake(&mut right, &key, false).await.err().unwrap();
+        assert!(matches!(hung_up, LinkError::ClosedDuringHandshake), "{hung_up:?}");
+        assert_eq!(FailedAt::of_handshake(&hung_up), FailedAt::HandshakeUnfinished);
+        assert_eq!(
+            FailedAt::of_handshake(&LinkError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
+            FailedAt::HandshakeUnfinished
+        );
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 
 use super::admission::{Admission, AdmissionLimits};
 use super::core::Direction;
-use super::link::{next_link_id, DownReason, LinkEvent, LinkHandle, LinkSetup, Outgoing};
+use super::link::{next_link_id, DownReason, FailedAt, LinkEvent, LinkHandle, LinkSetup, Outgoing};
 use super::noise::{handshake, FrameSender, LinkError};
 use crate::logging::LogThrottle;
 use std::net::{IpAddr, SocketAddr};
@@ -138,13 +138,13 @@ impl Transport for TcpTransport {
                         setup.events.do_send(LinkEvent::Connected { remote });
                         run_link(stream, remote, Direction::Outbound, setup, None).await
                     }
-                    Ok(Err(e)) => failed(&setup, remote, Direction::Outbound, e.to_string(), false),
+                    Ok(Err(e)) => failed(&setup, remote, Direction::Outbound, e.to_string(), FailedAt::Connect),
                     Err(_) => failed(
                         &setup,
                         remote,
                         Direction::Outbound,
                         format!("connect timed out after {timeout:?}"),
-                        false,
+                        FailedAt::Connect,
                     ),
                 }
             }
@@ -153,12 +153,12 @@ impl Transport for TcpTransport {
     }
 }
 
-fn failed(setup: &LinkSetup, remote: SocketAddr, direction: Direction, reason: String, handshake: bool) {
+fn failed(setup: &LinkSetup, remote: SocketAddr, direction: Direction, reason: String, stage: FailedAt) {
     setup.events.do_send(LinkEvent::Failed {
         remote,
         direction,
         reason,
-        handshake,
+        stage,
     });
 }
 
@@ -176,7 +176,10 @@ async fn run_link(
     drop(ticket);
     let transport = match shaken {
         Ok(t) => t,
-        Err(e) => return failed(&setup, remote, direction, e.to_string(), true),
+        Err(e) => {
+            let stage = FailedAt::of_handshake(&e);
+            return failed(&setup, remote, direction, e.to_string(), stage);
+        }
     };
     // A duplicate descriptor lets the bridge ask the kernel about the link
     // (see `tcp_info`); the halves below still close it as before.
