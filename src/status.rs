@@ -13,7 +13,7 @@
 //! Pure data and rules, tested with a mocked clock; the Monitor fills the
 //! board and the control API reads it.
 
-use crate::actors::{Member, MemberStatus};
+use crate::actors::{Member, MemberStatus, ModuleState};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -141,6 +141,23 @@ impl Health {
             Some("degraded") => Health::Degraded,
             Some("failing") => Health::Failing,
             _ => Health::Ok,
+        }
+    }
+
+    /// A module's health from its supervisor's state and, if it runs, its
+    /// answer to this round's status request (`None`: not asked). Only a
+    /// running module that answered in time can be `ok`. Also answers why a
+    /// running module is not heard.
+    pub fn of_module(state: &ModuleState, answer: Option<&Result<Value, String>>) -> (Health, Option<String>) {
+        match (state, answer) {
+            (ModuleState::Running, Some(Ok(status))) => (Health::self_reported(status), None),
+            (ModuleState::Running, Some(Err(e))) => (Health::Unresponsive, Some(e.clone())),
+            (ModuleState::Running, None) => (Health::Unresponsive, Some("not asked".into())),
+            (ModuleState::Starting, _) => (Health::Starting, None),
+            (ModuleState::Restarting, _) => (Health::Restarting, None),
+            (ModuleState::Stopping, _) => (Health::Stopping, None),
+            (ModuleState::Stopped, _) => (Health::Stopped, None),
+            (ModuleState::Failed, _) => (Health::Failed, None),
         }
     }
 }
@@ -633,6 +650,49 @@ mod tests {
             board.view(&members, t0 + Duration::from_secs(151))[0].health,
             NodeHealth::Stale
         );
+    }
+
+    /// Every rule of a module's health, one row each: the supervisor's
+    /// state, the module's answer to the status request, and what the
+    /// report must say.
+    #[test]
+    fn module_health_rules_table() {
+        use ModuleState::*;
+        let said = |health: &str| Some(Ok(serde_json::json!({"queue": 7, "health": health})));
+        let plain = Some(Ok(serde_json::json!({"queue": 7})));
+        let silent = Some(Err("no status within 1000 ms".to_string()));
+        // (state, answer, expected health, why it is not heard)
+        type Row = (ModuleState, Option<Result<Value, String>>, Health, Option<&'static str>);
+        let rows: Vec<Row> = vec![
+            (Running, plain.clone(), Health::Ok, None),
+            (Running, said("ok"), Health::Ok, None),
+            (Running, said("degraded"), Health::Degraded, None),
+            (Running, said("failing"), Health::Failing, None),
+            (Running, said("something else"), Health::Ok, None),
+            (Running, silent.clone(), Health::Unresponsive, Some("no status within")),
+            (Running, None, Health::Unresponsive, Some("not asked")),
+            (Starting, plain.clone(), Health::Starting, None),
+            (Restarting, None, Health::Restarting, None),
+            (Stopping, silent, Health::Stopping, None),
+            (Stopped, None, Health::Stopped, None),
+            (Failed, plain, Health::Failed, None),
+        ];
+        for (i, (state, answer, want, why)) in rows.iter().enumerate() {
+            let (health, error) = Health::of_module(state, answer.as_ref());
+            assert_eq!(health, *want, "row {i}: {state:?}, {answer:?}");
+            assert_eq!(
+                error.is_some(),
+                why.is_some(),
+                "row {i}: {state:?}, {answer:?} gave {error:?}"
+            );
+            if let (Some(error), Some(why)) = (error, why) {
+                assert!(error.contains(why), "row {i}: {error:?}");
+            }
+            // Only a running module that answered is ok.
+            if health == Health::Ok {
+                assert!(matches!((state, answer), (Running, Some(Ok(_)))), "row {i}");
+            }
+        }
     }
 
     /// Every rule of a node's health, one row each: what membership says,

@@ -229,3 +229,102 @@ fn a_node_with_the_wrong_key_says_it_is_isolated() {
     // A node alone by design (no seeds, no known peers) is not isolated.
     assert_eq!(a.cli(&["status"]).status.code(), Some(0));
 }
+
+/// A member that hangs up on a new link before its hello (busy in a mass
+/// start, at its link cap, or dropping a duplicate link) has already shown
+/// that it holds the key. The node must not ask whether it has the same
+/// key: a 200-node start logged that question 18 times, all about members.
+#[test]
+fn a_member_that_hangs_up_before_hello_is_not_taken_for_a_wrong_key() {
+    use conjoiner::cluster::protocol::{Frame, Hello, Msg, Record, Status, PROTOCOL_VERSION};
+    use conjoiner::cluster::NodeId;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let key = ClusterKey::generate();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let hang_ups = Arc::new(AtomicUsize::new(0));
+    let (k, hung) = (key.clone(), hang_ups.clone());
+    // A stand-in member: it answers the first link's join with a table that
+    // lists itself, closes that link, then hangs up on every later link
+    // right after the handshake, before saying hello.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let transport = handshake(&mut stream, &k, false).await.unwrap();
+            let (read, write) = stream.into_split();
+            let mut tx = transport.sender(write);
+            let me = Arc::new(NodeId::new("fake", fake_addr, 1, BTreeMap::new()));
+            let hello = Frame::Hello(Hello {
+                protocol: PROTOCOL_VERSION,
+                cluster: "conjoiner".into(),
+                id: me.clone(),
+                incarnation: 0,
+            });
+            let table = Frame::Msgs(vec![
+                Msg::Members {
+                    records: vec![Record {
+                        id: me,
+                        incarnation: 0,
+                        status: Status::Alive,
+                        state_version: 0,
+                    }],
+                    snapshot: true,
+                },
+                Msg::JoinDone,
+            ]);
+            tx.send(&hello.encode()).await.unwrap();
+            tx.send(&table.encode()).await.unwrap();
+            tx.flush().await.unwrap();
+            // Read what the node says for a moment, then hang up.
+            let mut rx = transport.receiver(read, 1 << 20);
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Ok(Some(_)) = rx.recv().await {}
+            })
+            .await;
+            drop((tx, rx));
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until {
+                let Ok(Ok((mut stream, _))) = tokio::time::timeout(Duration::from_secs(1), listener.accept()).await
+                else {
+                    continue;
+                };
+                if handshake(&mut stream, &k, false).await.is_ok() {
+                    hung.fetch_add(1, Ordering::SeqCst);
+                }
+                drop(stream);
+            }
+        });
+    });
+
+    let node = TestNode::launch(
+        "pre-hello",
+        Launch {
+            env: vec![("CONJOINER_KEY".into(), key.to_base64())],
+            extra: vec!["--join".into(), fake_addr.to_string()],
+            ..Launch::default()
+        },
+    );
+    // It joined through the stand-in, which is now a member it dials again.
+    wait_for(Duration::from_secs(20), "two links hung up before hello", || {
+        (hang_ups.load(Ordering::SeqCst) >= 2).then_some(())
+    });
+    wait_for(Duration::from_secs(15), "the node to log the hang-ups", || {
+        let log = node.log_text();
+        (log.matches("closed a new link before saying hello").count() >= 2 || log.contains("same cluster key"))
+            .then_some(())
+    });
+    assert!(
+        !node.log_text().contains("same cluster key"),
+        "a member's hang-up was taken for a wrong key:\n{}",
+        node.log_text()
+    );
+}

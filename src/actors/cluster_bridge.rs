@@ -362,11 +362,22 @@ impl Handler<LinkEvent> for ClusterBridge {
                 // peer hanging up before it says hello.
                 let greeted = self.core.links().any(|(l, peer, _)| l == id && peer.is_some());
                 if !greeted && handle.direction == crate::cluster::core::Direction::Outbound {
-                    self.counters.handshake_failures += 1;
-                    self.metrics.handshake_failed();
-                    self.metrics.dropped(DropReason::Unauthorized);
-                    warn!(link = id, remote = %handle.remote, %reason,
-                        "the peer closed the link during the handshake; does it have the same cluster key?");
+                    // A member has shown it holds the key; when it hangs up
+                    // before hello it is busy (a mass start), at its link
+                    // cap, or dropping a duplicate link. Only a peer never
+                    // heard from is asked about its key (200-node starts
+                    // logged that question 18 times, all about members).
+                    let member = self.core.members().any(|m| m.id.addr == handle.remote);
+                    if member {
+                        debug!(link = id, remote = %handle.remote, %reason,
+                            "a member closed a new link before saying hello; it may be busy");
+                    } else {
+                        self.counters.handshake_failures += 1;
+                        self.metrics.handshake_failed();
+                        self.metrics.dropped(DropReason::Unauthorized);
+                        warn!(link = id, remote = %handle.remote, %reason,
+                            "the peer closed the link during the handshake; does it have the same cluster key?");
+                    }
                 }
                 match &reason {
                     DownReason::Oversized(e) => {

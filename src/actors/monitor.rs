@@ -348,15 +348,10 @@ fn module_report(
     answer: Option<Result<Value, String>>,
     installed: &[InstalledModule],
 ) -> ModuleReport {
-    let (health, status, status_error) = match (&info.state, answer) {
-        (ModuleState::Running, Some(Ok(status))) => (Health::self_reported(&status), bounded(status), None),
-        (ModuleState::Running, Some(Err(e))) => (Health::Unresponsive, Value::Null, Some(e)),
-        (ModuleState::Starting, _) => (Health::Starting, Value::Null, None),
-        (ModuleState::Restarting, _) => (Health::Restarting, Value::Null, None),
-        (ModuleState::Stopping, _) => (Health::Stopping, Value::Null, None),
-        (ModuleState::Stopped, _) => (Health::Stopped, Value::Null, None),
-        (ModuleState::Failed, _) => (Health::Failed, Value::Null, None),
-        (ModuleState::Running, None) => (Health::Unresponsive, Value::Null, Some("not asked".into())),
+    let (health, status_error) = Health::of_module(&info.state, answer.as_ref());
+    let status = match (&info.state, answer) {
+        (ModuleState::Running, Some(Ok(status))) => bounded(status),
+        _ => Value::Null,
     };
     let state = serde_json::to_value(&info.state)
         .ok()
