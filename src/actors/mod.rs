@@ -21,6 +21,7 @@ pub mod messages;
 pub mod modbus;
 pub mod monitor;
 pub mod process_module;
+pub mod restart;
 pub mod supervisor;
 pub mod transponder;
 pub mod uptime;

@@ -6,69 +6,25 @@
 //! the actor stopped and whether it panicked. On an unexpected exit the
 //! supervisor restarts the module through its factory with exponential
 //! backoff, and gives up after `max_restarts` restarts within `period`
-//! (OTP's intensity/period), marking the module `failed`.
+//! (OTP's intensity/period), marking the module `failed`. Those decisions
+//! are [`super::restart::RestartHistory`]'s, tested there on a mocked clock.
 //!
 //! On shutdown it stops modules one by one in reverse start order, waiting
 //! for each to exit (or aborting it after a grace period) before the next.
 
 use super::messages::{DumpState, Snapshot, StopModule};
 use super::modbus::{ModBus, Publish};
+use super::restart::{RestartDecision, RestartHistory};
+pub use super::restart::{RestartMode, RestartPolicy};
 use super::NodeIdentity;
 use crate::wire::{Envelope, MessageType, Source};
 use actix::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{error, info, warn};
-
-/// When a module that exited is started again (SPEC §8 `restart.policy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartMode {
-    /// After any exit the supervisor did not ask for.
-    Always,
-    /// After a panic or an error exit, not after a clean stop.
-    OnFailure,
-    /// Never.
-    Never,
-}
-
-/// How a module is restarted, and when the supervisor gives up on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestartPolicy {
-    pub mode: RestartMode,
-    /// More restarts than this within `period` marks the module `failed`.
-    pub max_restarts: u32,
-    pub period: Duration,
-    /// The first restart waits this long; each further restart within the
-    /// period waits twice as long as the one before, up to `backoff_max`.
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-}
-
-impl Default for RestartPolicy {
-    /// SPEC §8 defaults: 5 restarts within 60 s.
-    fn default() -> Self {
-        RestartPolicy {
-            mode: RestartMode::Always,
-            max_restarts: 5,
-            period: Duration::from_secs(60),
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RestartPolicy {
-    /// The wait before restart number `n` (1-based) within the period.
-    pub fn backoff(&self, n: u32) -> Duration {
-        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
-        self.backoff_initial.saturating_mul(factor).min(self.backoff_max)
-    }
-}
 
 /// How the supervisor reaches a running module.
 #[derive(Clone)]
@@ -239,8 +195,7 @@ struct Child {
     generation: u64,
     control: Option<ModuleControl>,
     abort: Option<AbortHandle>,
-    restarts: u32,
-    recent_restarts: VecDeque<Instant>,
+    restarts: RestartHistory,
     started_at: Option<Instant>,
     last_exit: Option<String>,
     /// Set when the module is removed: once it is down, forget it.
@@ -254,7 +209,7 @@ impl Child {
             kind: self.spec.kind.clone(),
             version: self.spec.version.clone(),
             state: self.state.clone(),
-            restarts: self.restarts,
+            restarts: self.restarts.total(),
             uptime_ms: match (&self.state, self.started_at) {
                 (ModuleState::Running, Some(t)) => t.elapsed().as_millis() as u64,
                 _ => 0,
@@ -338,10 +293,10 @@ impl NodeSupervisor {
                 child.abort = Some(running.task.abort_handle());
                 child.started_at = Some(Instant::now());
                 child.state = ModuleState::Running;
-                info!(module_name = %name, kind = %child.spec.kind, generation, restarts = child.restarts,
+                info!(module_name = %name, kind = %child.spec.kind, generation, restarts = child.restarts.total(),
                     "module running");
-                if child.restarts > 0 {
-                    let restarts = child.restarts;
+                if child.restarts.total() > 0 {
+                    let restarts = child.restarts.total();
                     self.report_module_event(
                         "module_restarted",
                         name,
@@ -401,54 +356,40 @@ impl NodeSupervisor {
         }
 
         let policy = child.spec.restart;
-        let restart = match policy.mode {
-            RestartMode::Always => true,
-            RestartMode::OnFailure => outcome.is_failure(),
-            RestartMode::Never => false,
-        };
-        if !restart {
-            child.state = if outcome.is_failure() {
-                ModuleState::Failed
-            } else {
-                ModuleState::Stopped
-            };
-            warn!(module_name = %name, exit = %outcome.describe(), state = ?child.state,
-                policy = ?policy.mode, "module exited and its policy does not restart it");
-            if child.state == ModuleState::Failed {
-                let reason = format!("{} (restart policy {:?})", outcome.describe(), policy.mode);
-                self.report_module_event("module_failed", &name, &reason);
+        let delay = match child.restarts.decide(&policy, outcome.is_failure(), Instant::now()) {
+            RestartDecision::Stay { failed } => {
+                child.state = if failed {
+                    ModuleState::Failed
+                } else {
+                    ModuleState::Stopped
+                };
+                warn!(module_name = %name, exit = %outcome.describe(), state = ?child.state,
+                    policy = ?policy.mode, "module exited and its policy does not restart it");
+                if failed {
+                    let reason = format!("{} (restart policy {:?})", outcome.describe(), policy.mode);
+                    self.report_module_event("module_failed", &name, &reason);
+                }
+                return;
             }
-            return;
-        }
-
-        let now = Instant::now();
-        while child
-            .recent_restarts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > policy.period)
-        {
-            child.recent_restarts.pop_front();
-        }
-        if child.recent_restarts.len() as u32 >= policy.max_restarts {
-            child.state = ModuleState::Failed;
-            error!(module_name = %name, exit = %outcome.describe(), max_restarts = policy.max_restarts,
-                period_secs = policy.period.as_secs_f64(),
-                "module failed: it exited again after {} restarts within {:?}; giving up",
-                policy.max_restarts, policy.period);
-            let reason = format!(
-                "{}; gave up after {} restarts within {} s",
-                outcome.describe(),
-                policy.max_restarts,
-                policy.period.as_secs()
-            );
-            self.report_module_event("module_failed", &name, &reason);
-            return;
-        }
-        child.recent_restarts.push_back(now);
-        child.restarts += 1;
-        let delay = policy.backoff(child.recent_restarts.len() as u32);
+            RestartDecision::GiveUp => {
+                child.state = ModuleState::Failed;
+                error!(module_name = %name, exit = %outcome.describe(), max_restarts = policy.max_restarts,
+                    period_secs = policy.period.as_secs_f64(),
+                    "module failed: it exited again after {} restarts within {:?}; giving up",
+                    policy.max_restarts, policy.period);
+                let reason = format!(
+                    "{}; gave up after {} restarts within {} s",
+                    outcome.describe(),
+                    policy.max_restarts,
+                    policy.period.as_secs()
+                );
+                self.report_module_event("module_failed", &name, &reason);
+                return;
+            }
+            RestartDecision::Restart { delay } => delay,
+        };
         child.state = ModuleState::Restarting;
-        warn!(module_name = %name, exit = %outcome.describe(), restarts = child.restarts,
+        warn!(module_name = %name, exit = %outcome.describe(), restarts = child.restarts.total(),
             backoff_ms = delay.as_millis() as u64, "module exited unexpectedly; restarting after backoff");
         self.report_module_event("module_restarting", &name, &outcome.describe());
         ctx.run_later(delay, move |act, ctx| {
@@ -537,7 +478,7 @@ impl NodeSupervisor {
                     "kind": info.kind,
                     "state": info.state,
                     "restarts": info.restarts,
-                    "restarts_in_period": c.recent_restarts.len(),
+                    "restarts_in_period": c.restarts.in_period(),
                     "generation": c.generation,
                     "uptime_ms": info.uptime_ms,
                     "last_exit": info.last_exit,
@@ -586,8 +527,7 @@ impl Handler<StartModule> for NodeSupervisor {
             generation: 0,
             control: None,
             abort: None,
-            restarts: 0,
-            recent_restarts: VecDeque::new(),
+            restarts: RestartHistory::default(),
             started_at: None,
             last_exit: None,
             remove_when_stopped: None,
@@ -753,13 +693,7 @@ mod tests {
     }
 
     fn fast_policy(mode: RestartMode, max_restarts: u32) -> RestartPolicy {
-        RestartPolicy {
-            mode,
-            max_restarts,
-            period: Duration::from_secs(60),
-            backoff_initial: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(80),
-        }
+        RestartPolicy::quick(mode, max_restarts)
     }
 
     fn spec(
@@ -838,14 +772,6 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let p = fast_policy(RestartMode::Always, 5);
-        let delays: Vec<u64> = (1..=5).map(|n| p.backoff(n).as_millis() as u64).collect();
-        assert_eq!(delays, [10, 20, 40, 80, 80]);
-        assert_eq!(p.backoff(200), Duration::from_millis(80), "no overflow for huge counts");
     }
 
     #[actix_rt::test]
