@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::fake_member;
 use common::*;
 use conjoiner::cluster::ClusterKey;
 use serde_json::Value;
@@ -383,4 +384,48 @@ fn a_flooding_module_leaves_every_node_alive_and_deploys_answered() {
         counters["published"],
         counters["publish_dropped"]
     );
+}
+
+/// A seed busy with a mass start may say hello at once and send its member
+/// table seconds later. The join waited 7 s for the table, then called the
+/// seed unreachable ("cannot reach join seed yet; retrying") and asked it
+/// again, although the table was on its way. A seed that is down fails the
+/// join at once (its dial or link fails), so a join that got a hello waits.
+#[test]
+fn a_seed_that_sends_its_table_late_is_not_reported_unreachable() {
+    let key = ClusterKey::generate();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let seed_addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let k = key.clone();
+    fake_member::spawn(move || async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let fake_member::Answered { tx, mut rx } =
+            fake_member::answer_join(stream, &k, "busy-seed", seed_addr, Duration::from_secs(9)).await;
+        // Keep the link, reading, for the rest of the test.
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(_)) = rx.recv().await {}
+        })
+        .await;
+        drop(tx);
+    });
+    let node = TestNode::launch(
+        "late-table",
+        Launch {
+            env: vec![("CONJOINER_KEY".into(), key.to_base64())],
+            extra: vec!["--join".into(), seed_addr.to_string()],
+            ..Launch::default()
+        },
+    );
+    wait_for(Duration::from_secs(30), "the node to settle its join", || {
+        let log = node.log_text();
+        (log.contains("reached join seed") || log.contains("cannot reach join seed")).then_some(())
+    });
+    let log = node.log_text();
+    assert!(
+        !log.contains("cannot reach join seed"),
+        "a seed that answered late was called unreachable:\n{log}"
+    );
+    assert!(log.contains("received the member table"), "{log}");
 }

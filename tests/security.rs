@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::fake_member;
 use common::*;
 use conjoiner::cluster::noise::handshake;
 use conjoiner::cluster::ClusterKey;
@@ -236,9 +237,6 @@ fn a_node_with_the_wrong_key_says_it_is_isolated() {
 /// key: a 200-node start logged that question 18 times, all about members.
 #[test]
 fn a_member_that_hangs_up_before_hello_is_not_taken_for_a_wrong_key() {
-    use conjoiner::cluster::protocol::{Frame, Hello, Msg, Record, Status, PROTOCOL_VERSION};
-    use conjoiner::cluster::NodeId;
-    use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -251,58 +249,27 @@ fn a_member_that_hangs_up_before_hello_is_not_taken_for_a_wrong_key() {
     // A stand-in member: it answers the first link's join with a table that
     // lists itself, closes that link, then hangs up on every later link
     // right after the handshake, before saying hello.
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let transport = handshake(&mut stream, &k, false).await.unwrap();
-            let (read, write) = stream.into_split();
-            let mut tx = transport.sender(write);
-            let me = Arc::new(NodeId::new("fake", fake_addr, 1, BTreeMap::new()));
-            let hello = Frame::Hello(Hello {
-                protocol: PROTOCOL_VERSION,
-                cluster: "conjoiner".into(),
-                id: me.clone(),
-                incarnation: 0,
-            });
-            let table = Frame::Msgs(vec![
-                Msg::Members {
-                    records: vec![Record {
-                        id: me,
-                        incarnation: 0,
-                        status: Status::Alive,
-                        state_version: 0,
-                    }],
-                    snapshot: true,
-                },
-                Msg::JoinDone,
-            ]);
-            tx.send(&hello.encode()).await.unwrap();
-            tx.send(&table.encode()).await.unwrap();
-            tx.flush().await.unwrap();
-            // Read what the node says for a moment, then hang up.
-            let mut rx = transport.receiver(read, 1 << 20);
-            let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                while let Ok(Some(_)) = rx.recv().await {}
-            })
-            .await;
-            drop((tx, rx));
-            let until = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < until {
-                let Ok(Ok((mut stream, _))) = tokio::time::timeout(Duration::from_secs(1), listener.accept()).await
-                else {
-                    continue;
-                };
-                if handshake(&mut stream, &k, false).await.is_ok() {
-                    hung.fetch_add(1, Ordering::SeqCst);
-                }
-                drop(stream);
+    fake_member::spawn(move || async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let fake_member::Answered { tx, mut rx } =
+            fake_member::answer_join(stream, &k, "fake", fake_addr, Duration::ZERO).await;
+        // Read what the node says for a moment, then hang up.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Ok(Some(_)) = rx.recv().await {}
+        })
+        .await;
+        drop((tx, rx));
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            let Ok(Ok((mut stream, _))) = tokio::time::timeout(Duration::from_secs(1), listener.accept()).await else {
+                continue;
+            };
+            if handshake(&mut stream, &k, false).await.is_ok() {
+                hung.fetch_add(1, Ordering::SeqCst);
             }
-        });
+            drop(stream);
+        }
     });
 
     let node = TestNode::launch(
@@ -327,4 +294,91 @@ fn a_member_that_hangs_up_before_hello_is_not_taken_for_a_wrong_key() {
         "a member's hang-up was taken for a wrong key:\n{}",
         node.log_text()
     );
+}
+
+/// A peer that stops reading is disconnected alone: what this node queues
+/// for it grows to the queue limit, that one link is dropped, and the rest
+/// of the cluster carries on.
+#[test]
+fn a_peer_that_stops_reading_is_disconnected_alone() {
+    use conjoiner::cluster::protocol::{Frame, Msg};
+
+    let key = ClusterKey::generate();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let k = key.clone();
+    // A stand-in member that answers the join, asks to be a child in the
+    // broadcast tree (so broadcasts are pushed to it in full), then never
+    // reads again. Later links are taken and held unread too.
+    fake_member::spawn(move || async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let fake_member::Answered { mut tx, rx } =
+            fake_member::answer_join(stream, &k, "sloth", fake_addr, Duration::ZERO).await;
+        let child = Frame::Msgs(vec![Msg::Parent { yes: true }]);
+        let _ = tx.send(&child.encode()).await;
+        let _ = tx.flush().await;
+        let mut held = vec![(tx, rx)];
+        let mut streams = Vec::new();
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            if let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::from_secs(1), listener.accept()).await {
+                streams.push(stream);
+            }
+        }
+        held.clear();
+    });
+
+    let a = TestNode::launch(
+        "reader-a",
+        Launch {
+            env: vec![("CONJOINER_KEY".into(), key.to_base64())],
+            extra: vec!["--join".into(), fake_addr.to_string()],
+            ..Launch::default()
+        },
+    );
+    let b = keyed("reader-b", &key, Some(&a));
+    let both = |node: &TestNode| {
+        let names = alive_names(node);
+        names.contains(&"reader-a".to_string()) && names.contains(&"reader-b".to_string())
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "reader-a and reader-b to list each other",
+        || (both(&a) && both(&b)).then_some(()),
+    );
+
+    // Broadcast about 40 MB from a: the stand-in reads none of it.
+    let chunk = "x".repeat(200_000);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !a.log_text().contains("peer does not drain its queue") {
+        assert!(
+            Instant::now() < deadline,
+            "reader-a never dropped the peer that stopped reading"
+        );
+        for _ in 0..10 {
+            let body = serde_json::json!({"address": "flood.sink", "body": {"chunk": chunk}}).to_string();
+            let (status, answer) = a.http("POST", "/v1/publish", Some(body.as_bytes()));
+            assert_eq!(status, 202, "{answer}");
+        }
+    }
+    let log = a.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("peer does not drain its queue"))
+        .unwrap();
+    assert!(line.contains(&fake_addr.to_string()), "the slow peer is named: {line}");
+    let dropped = log.matches("peer does not drain its queue; disconnecting it").count();
+    assert_eq!(dropped, 1, "only that link: {log}");
+    let b_suspected = log
+        .lines()
+        .any(|l| (l.contains("declared dead") || l.contains("suspect")) && l.contains("reader-b"));
+    assert!(!b_suspected, "reader-b was suspected meanwhile: {log}");
+    // The rest carries on: both real nodes answer, and still list each other.
+    let out = b.cli(&["--json", "request", "mod.echo", "{}", "--target", "name=reader-*"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["replies"].as_array().unwrap().len(), 2, "{answer}");
+    assert!(both(&a) && both(&b));
 }

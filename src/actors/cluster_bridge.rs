@@ -498,6 +498,12 @@ impl Handler<ListMembers> for ClusterBridge {
     }
 }
 
+/// How long a join waits for a seed's member table beyond the dial and the
+/// handshake. A seed busy with a mass start may say hello at once and send
+/// its table seconds later; a join that gave up after 7 s called it
+/// unreachable and asked it again, adding to its load.
+const JOIN_ANSWER_GRACE: Duration = Duration::from_secs(30);
+
 impl Handler<JoinSeed> for ClusterBridge {
     type Result = ResponseFuture<Result<String, String>>;
     fn handle(&mut self, JoinSeed(addr): JoinSeed, ctx: &mut Self::Context) -> Self::Result {
@@ -506,12 +512,15 @@ impl Handler<JoinSeed> for ClusterBridge {
         self.join_waiters.entry(addr).or_default().push(tx);
         self.core.join(addr, Instant::now());
         self.drive(ctx);
-        let wait = self.core.config().dial_timeout + crate::cluster::noise::HANDSHAKE_TIMEOUT;
+        // A seed that is down fails the join at once (its dial, handshake
+        // or link fails and the core says so); only one that said hello
+        // and is slow with its table makes this wait.
+        let wait = self.core.config().dial_timeout + crate::cluster::noise::HANDSHAKE_TIMEOUT + JOIN_ANSWER_GRACE;
         Box::pin(async move {
             match tokio::time::timeout(wait, rx).await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(_)) => Err("the cluster bridge stopped".into()),
-                Err(_) => Err(format!("no hello within {wait:?}")),
+                Err(_) => Err(format!("no member table within {wait:?}")),
             }
         })
     }

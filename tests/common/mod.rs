@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod fake_member;
 pub mod netlab;
 
 use serde_json::{json, Value};

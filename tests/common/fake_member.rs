@@ -1,0 +1,76 @@
+//! A stand-in cluster member on loopback that speaks the link protocol, for
+//! tests that need a peer to misbehave in one precise way (answer a join
+//! late, hang up before hello).
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use conjoiner::cluster::noise::{handshake, FrameReceiver, FrameSender};
+use conjoiner::cluster::protocol::{Frame, Hello, Msg, Record, Status, PROTOCOL_VERSION};
+use conjoiner::cluster::{ClusterKey, NodeId};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// One accepted link of the stand-in, after it answered a join.
+pub struct Answered {
+    pub tx: FrameSender<OwnedWriteHalf>,
+    pub rx: FrameReceiver<OwnedReadHalf>,
+}
+
+/// Completes the handshake on `stream` as the member `name` at `addr`,
+/// says hello at once, and sends a member table listing only itself after
+/// `table_after` (a busy seed answers late).
+pub async fn answer_join(
+    mut stream: TcpStream,
+    key: &ClusterKey,
+    name: &str,
+    addr: SocketAddr,
+    table_after: Duration,
+) -> Answered {
+    let transport = handshake(&mut stream, key, false).await.expect("handshake");
+    let (read, write) = stream.into_split();
+    let mut tx = transport.sender(write);
+    let rx = transport.receiver(read, 1 << 20);
+    let me = Arc::new(NodeId::new(name, addr, 1, BTreeMap::new()));
+    let hello = Frame::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        cluster: "conjoiner".into(),
+        id: me.clone(),
+        incarnation: 0,
+    });
+    tx.send(&hello.encode()).await.expect("send hello");
+    tx.flush().await.expect("flush");
+    tokio::time::sleep(table_after).await;
+    let table = Frame::Msgs(vec![
+        Msg::Members {
+            records: vec![Record {
+                id: me,
+                incarnation: 0,
+                status: Status::Alive,
+                state_version: 0,
+            }],
+            snapshot: true,
+        },
+        Msg::JoinDone,
+    ]);
+    tx.send(&table.encode()).await.expect("send table");
+    tx.flush().await.expect("flush");
+    Answered { tx, rx }
+}
+
+/// Runs `body` on a runtime of its own, on a thread of its own.
+pub fn spawn<F>(body: impl FnOnce() -> F + Send + 'static) -> std::thread::JoinHandle<()>
+where
+    F: std::future::Future<Output = ()>,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(body())
+    })
+}
