@@ -123,6 +123,13 @@ fn targets_decide_who_receives() {
 fn bad_input_gets_spec_errors_and_the_node_keeps_serving() {
     let node = TestNode::start("solo-4", &[]);
     let oversized = format!(r#"{{"address":"x","body":"{}"}}"#, "a".repeat(1_200_000));
+    // 100,000 levels of nesting, well under the size limit: refused by the
+    // parser's depth limit, not by a stack overflow.
+    let nested = format!(
+        r#"{{"address":"x","body":{}1{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
         ("POST", "/v1/publish", b"{not json".to_vec(), 400, "malformed_json"),
         ("POST", "/v1/request", b"{not json".to_vec(), 400, "malformed_json"),
@@ -179,6 +186,14 @@ fn bad_input_gets_spec_errors_and_the_node_keeps_serving() {
         (
             "POST",
             "/v1/publish",
+            nested.clone().into_bytes(),
+            400,
+            "malformed_json",
+        ),
+        ("POST", "/v1/request", nested.into_bytes(), 400, "malformed_json"),
+        (
+            "POST",
+            "/v1/publish",
             br#"{"address":"x","body":1,"target":"nme=web"}"#.to_vec(),
             400,
             "bad_selector",
@@ -218,7 +233,7 @@ fn bad_input_gets_spec_errors_and_the_node_keeps_serving() {
         .lines()
         .filter(|l| l.contains("rejected API request") && l.contains("actor{node=solo-4 module=api}"))
         .count();
-    assert!(rejections >= 14, "log:\n{log}");
+    assert!(rejections >= 16, "log:\n{log}");
 
     // And the node still serves, with its state intact.
     let (status, health) = node.http("GET", "/v1/health", None);
