@@ -394,9 +394,7 @@ fn a_flooding_module_leaves_every_node_alive_and_deploys_answered() {
 #[test]
 fn a_seed_that_sends_its_table_late_is_not_reported_unreachable() {
     let key = ClusterKey::generate();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let seed_addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
+    let (listener, seed_addr) = fake_member::bind();
     let k = key.clone();
     fake_member::spawn(move || async move {
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
@@ -410,14 +408,7 @@ fn a_seed_that_sends_its_table_late_is_not_reported_unreachable() {
         .await;
         drop(tx);
     });
-    let node = TestNode::launch(
-        "late-table",
-        Launch {
-            env: vec![("CONJOINER_KEY".into(), key.to_base64())],
-            extra: vec!["--join".into(), seed_addr.to_string()],
-            ..Launch::default()
-        },
-    );
+    let node = fake_member::node_joining("late-table", &key, seed_addr);
     wait_for(Duration::from_secs(30), "the node to settle its join", || {
         let log = node.log_text();
         (log.contains("reached join seed") || log.contains("cannot reach join seed")).then_some(())

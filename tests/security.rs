@@ -241,9 +241,7 @@ fn a_member_that_hangs_up_before_hello_is_not_taken_for_a_wrong_key() {
     use std::sync::Arc;
 
     let key = ClusterKey::generate();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let fake_addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
+    let (listener, fake_addr) = fake_member::bind();
     let hang_ups = Arc::new(AtomicUsize::new(0));
     let (k, hung) = (key.clone(), hang_ups.clone());
     // A stand-in member: it answers the first link's join with a table that
@@ -272,14 +270,7 @@ fn a_member_that_hangs_up_before_hello_is_not_taken_for_a_wrong_key() {
         }
     });
 
-    let node = TestNode::launch(
-        "pre-hello",
-        Launch {
-            env: vec![("CONJOINER_KEY".into(), key.to_base64())],
-            extra: vec!["--join".into(), fake_addr.to_string()],
-            ..Launch::default()
-        },
-    );
+    let node = fake_member::node_joining("pre-hello", &key, fake_addr);
     // It joined through the stand-in, which is now a member it dials again.
     wait_for(Duration::from_secs(20), "two links hung up before hello", || {
         (hang_ups.load(Ordering::SeqCst) >= 2).then_some(())
@@ -304,9 +295,7 @@ fn a_peer_that_stops_reading_is_disconnected_alone() {
     use conjoiner::cluster::protocol::{Frame, Msg};
 
     let key = ClusterKey::generate();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let fake_addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
+    let (listener, fake_addr) = fake_member::bind();
     let k = key.clone();
     // A stand-in member that answers the join, asks to be a child in the
     // broadcast tree (so broadcasts are pushed to it in full), then never
@@ -330,14 +319,7 @@ fn a_peer_that_stops_reading_is_disconnected_alone() {
         held.clear();
     });
 
-    let a = TestNode::launch(
-        "reader-a",
-        Launch {
-            env: vec![("CONJOINER_KEY".into(), key.to_base64())],
-            extra: vec!["--join".into(), fake_addr.to_string()],
-            ..Launch::default()
-        },
-    );
+    let a = fake_member::node_joining("reader-a", &key, fake_addr);
     let b = keyed("reader-b", &key, Some(&a));
     let both = |node: &TestNode| {
         let names = alive_names(node);

@@ -13,7 +13,7 @@
 use super::cluster_bus::*;
 use super::messages::{DumpState, Snapshot};
 use super::NodeIdentity;
-use crate::cluster::core::{Action, Change, ClusterCore, CoreError, LinkId, Standing};
+use crate::cluster::core::{Action, Change, ClusterCore, CoreError, Direction, LinkId, Standing};
 use crate::cluster::link::{DownReason, FailedAt, LinkEvent, LinkHandle, LinkSetup};
 use crate::cluster::protocol::{Frame, Status};
 use crate::cluster::transport::Transport;
@@ -210,6 +210,19 @@ impl ClusterBridge {
         self.wake = Some((deadline, handle));
     }
 
+    /// A peer failed the handshake's check (or, dialed, hung up before its
+    /// hello without ever having been a member): most likely another key.
+    /// Counted every time, logged five times per 10 s.
+    fn handshake_refused(&mut self, remote: SocketAddr, direction: Direction, reason: &str, now: Instant) {
+        self.counters.handshake_failures += 1;
+        self.metrics.handshake_failed();
+        self.metrics.dropped(DropReason::Unauthorized);
+        if let Some(failures) = self.handshake_log.event(now) {
+            warn!(%remote, ?direction, %reason, failures, failures_total = self.counters.handshake_failures,
+                "refused a link: the peer failed the encrypted handshake (does it have the same cluster key?)");
+        }
+    }
+
     fn send(&mut self, link: LinkId, lane: crate::cluster::protocol::Lane, frame: &Frame) {
         let Some(handle) = self.links.get(&link) else { return };
         let bytes = frame.encode();
@@ -361,7 +374,7 @@ impl Handler<LinkEvent> for ClusterBridge {
                 // before the key is checked; a wrong key shows here, as the
                 // peer hanging up before it says hello.
                 let greeted = self.core.links().any(|(l, peer, _)| l == id && peer.is_some());
-                if !greeted && handle.direction == crate::cluster::core::Direction::Outbound {
+                if !greeted && handle.direction == Direction::Outbound {
                     // A member has shown it holds the key; when it hangs up
                     // before hello it is busy (a mass start), at its link
                     // cap, or dropping a duplicate link. Only a peer never
@@ -372,11 +385,7 @@ impl Handler<LinkEvent> for ClusterBridge {
                         debug!(link = id, remote = %handle.remote, %reason,
                             "a member closed a new link before saying hello; it may be busy");
                     } else {
-                        self.counters.handshake_failures += 1;
-                        self.metrics.handshake_failed();
-                        self.metrics.dropped(DropReason::Unauthorized);
-                        warn!(link = id, remote = %handle.remote, %reason,
-                            "the peer closed the link during the handshake; does it have the same cluster key?");
+                        self.handshake_refused(handle.remote, handle.direction, &reason.to_string(), now);
                     }
                 }
                 match &reason {
@@ -397,28 +406,20 @@ impl Handler<LinkEvent> for ClusterBridge {
                 reason,
                 stage,
             } => {
-                if stage != FailedAt::Connect {
-                    self.counters.handshake_failures += 1;
-                    self.metrics.handshake_failed();
-                }
                 match stage {
                     FailedAt::Connect => {}
-                    FailedAt::HandshakeRefused => {
-                        self.metrics.dropped(DropReason::Unauthorized);
-                        if let Some(failures) = self.handshake_log.event(now) {
-                            warn!(%remote, ?direction, %reason, failures, failures_total = self.counters.handshake_failures,
-                                "refused a link: the peer failed the encrypted handshake (does it have the same cluster key?)");
-                        }
-                    }
+                    FailedAt::HandshakeRefused => self.handshake_refused(remote, direction, &reason, now),
                     // A busy, starting or departing peer does this too.
                     FailedAt::HandshakeUnfinished => {
+                        self.counters.handshake_failures += 1;
+                        self.metrics.handshake_failed();
                         if let Some(failures) = self.unfinished_log.event(now) {
                             info!(%remote, ?direction, %reason, failures,
                                 "a link's handshake did not finish (the peer is busy, gone, or not a node)");
                         }
                     }
                 }
-                if direction == crate::cluster::core::Direction::Outbound {
+                if direction == Direction::Outbound {
                     self.core.dial_failed(remote, &reason, now);
                 }
             }

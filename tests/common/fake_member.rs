@@ -14,6 +14,27 @@ use std::time::Duration;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+/// A loopback listener for the stand-in (non-blocking, for tokio) and its
+/// address.
+pub fn bind() -> (std::net::TcpListener, SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    listener.set_nonblocking(true).expect("non-blocking");
+    (listener, addr)
+}
+
+/// A real node with `key` that joins through the stand-in at `seed`.
+pub fn node_joining(name: &str, key: &ClusterKey, seed: SocketAddr) -> crate::common::TestNode {
+    crate::common::TestNode::launch(
+        name,
+        crate::common::Launch {
+            env: vec![("CONJOINER_KEY".into(), key.to_base64())],
+            extra: vec!["--join".into(), seed.to_string()],
+            ..crate::common::Launch::default()
+        },
+    )
+}
+
 /// One accepted link of the stand-in, after it answered a join.
 pub struct Answered {
     pub tx: FrameSender<OwnedWriteHalf>,
