@@ -32,6 +32,11 @@ pub struct ClusterConfig {
     /// Links kept open at most; beyond this, idle non-overlay links (direct
     /// messages, helpers, joins) are closed, least recently used first.
     pub max_links: usize,
+    /// A new link dialed by a peer while this node holds this many is closed
+    /// at once, with a few live members named for a joiner to ask instead
+    /// (`Msg::Busy`). Well above `max_links`, so that only a mass start,
+    /// when every joiner dials the same seed, meets it.
+    pub link_cap: usize,
     /// A link that is not part of the overlay is closed after this long unused.
     pub link_idle: Duration,
     /// How long a new link may take to say hello.
@@ -112,6 +117,7 @@ impl ClusterConfig {
         ClusterConfig {
             rings: 5,
             max_links: 32,
+            link_cap: 64,
             link_idle: Duration::from_secs(15),
             hello_timeout: Duration::from_secs(5),
             dial_timeout: Duration::from_secs(2),
@@ -246,6 +252,10 @@ mod tests {
             assert!(
                 config.max_links >= 2 * config.rings + 4,
                 "room for the overlay and a few more"
+            );
+            assert!(
+                config.link_cap > config.max_links,
+                "idle links are closed before new ones are turned away"
             );
             assert!(config.max_frame < config.peer_queue_bytes, "one frame fits the queue");
         }

@@ -238,6 +238,13 @@ pub enum Msg {
     },
     /// The link is refused, and why; the sender closes it.
     Refused(Refusal),
+    /// The sender holds its link cap and closes this new link. `peers` are
+    /// live members it knows: a joiner asks one of them instead, so a mass
+    /// start spreads over the cluster instead of queueing at one seed. The
+    /// answer also proves the sender's process is alive.
+    Busy {
+        peers: Vec<(Arc<str>, SocketAddr)>,
+    },
 }
 
 impl Msg {
@@ -385,6 +392,9 @@ mod tests {
                     holder: "10.0.0.2:7946".parse().unwrap(),
                     holder_boot: 1,
                 }),
+                Msg::Busy {
+                    peers: vec![("b".into(), "10.0.0.3:7946".parse().unwrap())],
+                },
             ]),
             Frame::Direct(Bytes::from_static(b"{\"v\":1}")),
         ];

@@ -217,8 +217,10 @@ pub fn start_cluster_with(
             next_report += Duration::from_secs(1);
             let least = sim.nodes.iter().map(|x| x.core.up_count()).min().unwrap_or(0);
             let full = sim.nodes.iter().filter(|x| x.core.up_count() == n).count();
+            let most_links = sim.nodes.iter().map(|x| x.stats.max_links).max().unwrap_or(0);
             progress(&format!(
-                "start +{:.0}s: {} of {n} started, {full} list everyone, the least informed lists {least}",
+                "start +{:.0}s: {} of {n} started, {full} list everyone, the least informed lists {least}; \
+                 most links held by one node so far {most_links}",
                 now.as_secs_f64(),
                 sim.nodes.len() - first,
             ));

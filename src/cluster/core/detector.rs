@@ -413,6 +413,24 @@ impl Detector {
         }
     }
 
+    /// `from`'s process answered, though not with an ack (it was at its link
+    /// cap and turned the probe's link away): a probe of it, ours or one we
+    /// help with, has its answer.
+    pub fn answered(&mut self, from: &str, out: &mut Vec<DetectorOut>) {
+        if let Some(seq) = self.probe.as_ref().filter(|p| &*p.target == from).map(|p| p.seq) {
+            self.on_ack(from, seq, out);
+        }
+        let helping: Vec<u32> = self
+            .helping
+            .iter()
+            .filter(|(_, h)| &*h.target == from)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in helping {
+            self.on_ack(from, seq, out);
+        }
+    }
+
     /// A helper's answer about our current probe.
     pub fn on_pingreq_ack(&mut self, seq: u32, reached: bool, out: &mut Vec<DetectorOut>) {
         let Some(p) = self.probe.as_mut() else { return };

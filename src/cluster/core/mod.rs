@@ -38,7 +38,7 @@ use super::protocol::{
 };
 use bytes::Bytes;
 use rand::rngs::SmallRng;
-use rand::seq::IteratorRandom as _;
+use rand::seq::{IteratorRandom as _, SliceRandom as _};
 use rand::{RngExt as _, SeedableRng as _};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -64,6 +64,12 @@ const MAX_RECORDS_CATCHING_UP: usize = 2048;
 /// took one seed about 2.5 GB of records, and it held 3,990 links while it
 /// wrote them.
 const MAX_JOIN_RECORDS: usize = 1024;
+
+/// A node at its link cap names this many live members to a dialer it turns
+/// away, and a join follows at most `MAX_JOIN_REDIRECTS` such answers before
+/// it is reported busy (and the driver retries it with backoff).
+const BUSY_PEERS: usize = 8;
+const MAX_JOIN_REDIRECTS: u8 = 4;
 
 /// Identifies one link for its whole life (given by the transport).
 pub type LinkId = u64;
@@ -111,6 +117,8 @@ pub enum JoinError {
     Myself,
     #[error("{0}")]
     Link(String),
+    #[error("the node there and the members it named were all at their link cap")]
+    Busy,
 }
 
 /// What the core asks its driver to do.
@@ -188,6 +196,10 @@ pub struct CoreCounters {
     pub members_died: u64,
     pub name_conflicts: u64,
     pub joins_answered: u64,
+    /// New links this node closed at once because it held its link cap.
+    pub links_turned_away: u64,
+    /// Joins a busy node sent on to another member.
+    pub joins_redirected: u64,
     pub anti_entropy_rounds: u64,
     pub anti_entropy_repairs: u64,
     pub reconnect_dials: u64,
@@ -252,7 +264,15 @@ struct Dialing {
     expect: Option<Arc<str>>,
     pending: Vec<(Lane, Msg)>,
     directs: Vec<Bytes>,
-    join: bool,
+    join: Option<JoinAsk>,
+}
+
+/// A join in progress: the address the driver asked to join (the answer
+/// names it, wherever the join went), and how many busy nodes sent it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct JoinAsk {
+    asked: SocketAddr,
+    redirects: u8,
 }
 
 /// This node's side of the cluster.
@@ -274,8 +294,11 @@ pub struct ClusterCore {
     /// When a dial to each address last got its TCP connection accepted:
     /// the host is there, whatever its process does (see `dial_connected`).
     host_seen: StableMap<SocketAddr, Instant>,
+    /// When the process at each address last turned a dial away because it
+    /// held its link cap: alive, only busy (see `on_busy`).
+    busy_seen: StableMap<SocketAddr, Instant>,
     /// Joins asked on a link, answered when the member table arrives.
-    joining: StableMap<LinkId, SocketAddr>,
+    joining: StableMap<LinkId, JoinAsk>,
     last_dial: StableMap<SocketAddr, Instant>,
     /// The overlay neighbours this node wants (from the rings), and since when.
     wanted: StableMap<Arc<str>, Instant>,
@@ -321,6 +344,7 @@ impl ClusterCore {
             by_peer: StableMap::default(),
             dialing: StableMap::default(),
             host_seen: StableMap::default(),
+            busy_seen: StableMap::default(),
             joining: StableMap::default(),
             last_dial: StableMap::default(),
             wanted: StableMap::default(),
@@ -503,6 +527,22 @@ impl ClusterCore {
             });
             return;
         }
+        self.join_via(
+            addr,
+            None,
+            JoinAsk {
+                asked: addr,
+                redirects: 0,
+            },
+        );
+        self.flush();
+    }
+
+    /// Asks `addr` (member `expect`, if known) for the member table on
+    /// behalf of `ask`: on a link that is up, or on a dial. Answers false
+    /// when that cannot start (a recent dial to that member, or a dial
+    /// already carrying another join).
+    fn join_via(&mut self, addr: SocketAddr, expect: Option<Arc<str>>, ask: JoinAsk) -> bool {
         let ready = self
             .links
             .iter()
@@ -511,16 +551,17 @@ impl ClusterCore {
         match ready {
             Some((link, Some(_))) if !matches!(self.standing, Standing::Refused { .. }) => {
                 self.queue(link, Lane::Control, Msg::Join);
-                self.joining.insert(link, addr);
+                self.joining.insert(link, ask);
+                true
             }
-            _ => {
-                let dialing = self.dial(addr, None);
-                if let Some(d) = dialing {
-                    d.join = true;
+            _ => match self.dial(addr, expect) {
+                Some(d) if d.join.is_none_or(|j| j.asked == ask.asked) => {
+                    d.join = Some(ask);
+                    true
                 }
-            }
+                _ => false,
+            },
         }
-        self.flush();
     }
 
     /// Sends a ClusterBus envelope to every node (not delivered here: the
@@ -652,6 +693,9 @@ impl ClusterCore {
                 frames_in: 0,
             },
         );
+        if direction == Direction::Inbound && self.links.len() > self.config.link_cap {
+            return self.turn_away(link);
+        }
         self.actions.push_back(Action::Send {
             link,
             lane: Lane::Control,
@@ -664,6 +708,87 @@ impl ClusterCore {
         });
         debug!(link, %remote, ?direction, "link up");
         self.flush();
+    }
+
+    /// Past the link cap, a new inbound link gets no hello, only a few live
+    /// members to ask instead, and is closed. In a mass start every joiner
+    /// dials the same seed, which otherwise held a link per joiner until it
+    /// had read each one's join (3,812 at once among 10,000 simulated
+    /// nodes). The dialer still holds what it meant to send, and learns
+    /// that this node's process answered.
+    fn turn_away(&mut self, link: LinkId) {
+        self.counters.links_turned_away += 1;
+        let me = self.me.name.clone();
+        let peers: Vec<(Arc<str>, SocketAddr)> = self
+            .table
+            .iter()
+            .filter(|m| m.id.name != me && m.status.is_up())
+            .sample(&mut self.rng, BUSY_PEERS)
+            .into_iter()
+            .map(|m| (m.id.name.clone(), m.id.addr))
+            .collect();
+        debug!(
+            link,
+            links = self.links.len(),
+            named = peers.len(),
+            "at the link cap; turning a new link away"
+        );
+        self.queue(link, Lane::Control, Msg::Busy { peers });
+        self.flush();
+        self.close(link, "at the link cap");
+    }
+
+    /// The dialed node was at its link cap (see `turn_away`). Its process
+    /// answered, so a probe of it counts as answered; a join goes on to one
+    /// of the members it named; anything else waiting for the link is
+    /// dropped and counted, as when a dial fails, and overlay links are
+    /// dialed again later.
+    fn on_busy(&mut self, link: LinkId, peers: Vec<(Arc<str>, SocketAddr)>) {
+        let Some(remote) = self.links.get(&link).map(|l| l.remote) else {
+            return;
+        };
+        let d = self.dialing.remove(&remote);
+        self.busy_seen.insert(remote, self.now);
+        self.close(link, "the peer is at its link cap");
+        let Some(d) = d else { return };
+        debug!(%remote, member = d.expect.as_deref(), named = peers.len(), "the node dialed is at its link cap");
+        self.counters.dropped_no_route += (d.pending.len() + d.directs.len()) as u64;
+        if let Some(name) = &d.expect {
+            let mut out = Vec::new();
+            self.detector.answered(name, &mut out);
+            self.detector_out(out);
+        }
+        if let Some(ask) = d.join {
+            self.redirect_join(remote, ask, peers);
+        }
+    }
+
+    /// Sends a join that a busy node turned away to one of the members it
+    /// named; after `MAX_JOIN_REDIRECTS`, or with nobody to ask, the join
+    /// is answered busy and the driver retries it later.
+    fn redirect_join(&mut self, busy: SocketAddr, ask: JoinAsk, peers: Vec<(Arc<str>, SocketAddr)>) {
+        if ask.redirects < MAX_JOIN_REDIRECTS {
+            let mut candidates: Vec<(Arc<str>, SocketAddr)> = peers
+                .into_iter()
+                .filter(|(name, addr)| *name != self.me.name && *addr != self.me.addr && *addr != busy)
+                .collect();
+            candidates.shuffle(&mut self.rng);
+            let next = JoinAsk {
+                asked: ask.asked,
+                redirects: ask.redirects + 1,
+            };
+            for (name, addr) in candidates {
+                if self.join_via(addr, Some(name.clone()), next) {
+                    self.counters.joins_redirected += 1;
+                    debug!(asked = %ask.asked, via = %name, %addr, "joining through a member the busy node named");
+                    return;
+                }
+            }
+        }
+        self.actions.push_back(Action::Joined {
+            addr: ask.asked,
+            result: Err(JoinError::Busy),
+        });
     }
 
     /// A link is gone (closed by the peer, or failed).
@@ -686,9 +811,9 @@ impl ClusterCore {
 
     /// A join asked on `link` gets no table: say why.
     fn fail_join(&mut self, link: LinkId, reason: &str) {
-        if let Some(addr) = self.joining.remove(&link) {
+        if let Some(ask) = self.joining.remove(&link) {
             self.actions.push_back(Action::Joined {
-                addr,
+                addr: ask.asked,
                 result: Err(JoinError::Link(reason.to_string())),
             });
         }
@@ -742,6 +867,12 @@ impl ClusterCore {
                 warn!(link, "second hello on a link; closing it");
                 self.close(link, "protocol violation: second hello");
             }
+            (Frame::Msgs(msgs), None) if matches!(&msgs[..], [Msg::Busy { .. }]) => {
+                let Some(Msg::Busy { peers }) = msgs.into_iter().next() else {
+                    unreachable!()
+                };
+                self.on_busy(link, peers);
+            }
             (other, None) => {
                 self.counters.malformed += 1;
                 warn!(link, kind = other.kind(), "frame before hello; closing the link");
@@ -779,6 +910,8 @@ impl ClusterCore {
         self.now = now;
         let keep = self.config.stall_grace * 2;
         self.host_seen
+            .retain(|_, at| now.saturating_duration_since(*at) <= keep);
+        self.busy_seen
             .retain(|_, at| now.saturating_duration_since(*at) <= keep);
         if self.standing == Standing::Left {
             return;
@@ -962,7 +1095,7 @@ impl ClusterCore {
                     expect,
                     pending: Vec::new(),
                     directs: Vec::new(),
-                    join: false,
+                    join: None,
                 },
             );
             self.actions.push_back(Action::Dial { addr });
@@ -976,9 +1109,9 @@ impl ClusterCore {
         // there and only its process is slow, so the probe is left to run
         // its course (see `probe_failed`) instead of failing now.
         let host_answered = self.host_seen_since(addr, d.started);
-        if d.join {
+        if let Some(ask) = d.join {
             self.actions.push_back(Action::Joined {
-                addr,
+                addr: ask.asked,
                 result: Err(JoinError::Link(reason.to_string())),
             });
         }
@@ -1262,9 +1395,9 @@ impl ClusterCore {
                 } else {
                     self.counters.dropped_no_route += (d.pending.len() + d.directs.len()) as u64;
                 }
-                if d.join {
+                if let Some(ask) = d.join {
                     self.queue(link, Lane::Control, Msg::Join);
-                    self.joining.insert(link, remote);
+                    self.joining.insert(link, ask);
                 }
             }
         }
@@ -1297,9 +1430,9 @@ impl ClusterCore {
         if id.boot == self.me.boot {
             debug!(%remote, "dialed this node itself; closing");
             if let Some(d) = self.dialing.remove(&remote) {
-                if d.join {
+                if let Some(ask) = d.join {
                     self.actions.push_back(Action::Joined {
-                        addr: remote,
+                        addr: ask.asked,
                         result: Err(JoinError::Myself),
                     });
                 }
@@ -1357,9 +1490,9 @@ impl ClusterCore {
             holder,
             holder_boot,
         };
-        for (_, addr) in std::mem::take(&mut self.joining) {
+        for (_, ask) in std::mem::take(&mut self.joining) {
             self.actions.push_back(Action::Joined {
-                addr,
+                addr: ask.asked,
                 result: Err(JoinError::Refused(refusal.clone())),
             });
         }
@@ -1367,10 +1500,10 @@ impl ClusterCore {
         for link in links {
             self.close(link, "name held by another node");
         }
-        for (addr, d) in std::mem::take(&mut self.dialing) {
-            if d.join {
+        for (_, d) in std::mem::take(&mut self.dialing) {
+            if let Some(ask) = d.join {
                 self.actions.push_back(Action::Joined {
-                    addr,
+                    addr: ask.asked,
                     result: Err(JoinError::Refused(Refusal::NameTaken {
                         name: self.me.name.clone(),
                         holder,
@@ -1577,6 +1710,12 @@ impl ClusterCore {
                 }
             }
             Msg::Refused(refusal) => self.on_refused(link, refusal),
+            // Only ever sent in place of a hello (see `frame`).
+            Msg::Busy { .. } => {
+                self.counters.malformed += 1;
+                warn!(link, peer = %from, "a busy answer after hello; closing the link");
+                self.close(link, "protocol violation: busy after hello");
+            }
         }
     }
 
@@ -1590,16 +1729,16 @@ impl ClusterCore {
             } if *name == self.me.name => self.step_aside(*holder, *holder_boot),
             other => warn!(?remote, reason = %other, "a peer refused this node's link"),
         }
-        if let Some(addr) = self.joining.remove(&link) {
+        if let Some(ask) = self.joining.remove(&link) {
             self.actions.push_back(Action::Joined {
-                addr,
+                addr: ask.asked,
                 result: Err(JoinError::Refused(refusal)),
             });
         } else if let Some(remote) = remote {
             if let Some(d) = self.dialing.remove(&remote) {
-                if d.join {
+                if let Some(ask) = d.join {
                     self.actions.push_back(Action::Joined {
-                        addr: remote,
+                        addr: ask.asked,
                         result: Err(JoinError::Refused(refusal)),
                     });
                 }
@@ -1612,10 +1751,13 @@ impl ClusterCore {
         if snapshot {
             self.has_table = true;
             self.standing_joined();
-            if let Some(addr) = self.joining.remove(&link) {
+            if let Some(ask) = self.joining.remove(&link) {
                 let peer = self.links.get(&link).and_then(|l| l.peer_name().cloned());
                 if let Some(name) = peer {
-                    self.actions.push_back(Action::Joined { addr, result: Ok(name) });
+                    self.actions.push_back(Action::Joined {
+                        addr: ask.asked,
+                        result: Ok(name),
+                    });
                 }
             }
         }
@@ -2039,8 +2181,18 @@ impl ClusterCore {
                 addr,
                 probed_at.checked_sub(self.config.probe_interval).unwrap_or(probed_at),
             );
+        // Its process turned one of this node's dials away as busy since
+        // the probe (or just before): alive, and the probe could not reach
+        // it only because no link could be opened.
+        let busy = self
+            .busy_seen
+            .get(&addr)
+            .is_some_and(|at| *at >= probed_at.checked_sub(self.config.probe_interval).unwrap_or(probed_at));
         match self.by_peer.get(&target).copied() {
             _ if running => self.accuse(&target),
+            _ if busy => {
+                debug!(member = %target, "probe unanswered, but the member's process turned a link away as busy; not suspecting it");
+            }
             Some(link) => self.actions.push_back(Action::CheckHost {
                 link,
                 name: target,

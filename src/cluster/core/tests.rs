@@ -800,3 +800,109 @@ fn a_joiner_of_a_large_cluster_gets_a_bounded_sample_then_catches_up_in_large_ex
         reply.len()
     );
 }
+
+/// Fills core `i`'s links up to its cap with inbound connections that never
+/// say hello (and are never timed out), as a seed's are in a mass start.
+fn fill_links(net: &mut Net, i: usize) {
+    net.cores[i].config.hello_timeout = Duration::from_secs(3600);
+    let mut fake = 1_000_000;
+    while net.cores[i].link_count() < net.cores[i].config.link_cap {
+        let now = net.now;
+        net.cores[i].link_up(fake, Direction::Inbound, addr(40_000 + fake as u16 % 1000), now);
+        fake += 1;
+    }
+    net.settle();
+}
+
+#[test]
+fn a_seed_at_its_link_cap_sends_a_joiner_on_to_a_member_it_names() {
+    let mut net = Net::new();
+    let seed = net.add("seed", 1, 1);
+    let member = net.add("member", 2, 1);
+    net.join(member, seed);
+    fill_links(&mut net, seed);
+    let cap = net.cores[seed].config.link_cap;
+
+    let joiner = net.add("joiner", 3, 1);
+    net.join(joiner, seed);
+
+    assert_eq!(net.cores[seed].counters.links_turned_away, 1);
+    assert_eq!(net.cores[joiner].counters.joins_redirected, 1);
+    assert!(
+        net.cores[seed].link_count() <= cap,
+        "the seed holds {} links",
+        net.cores[seed].link_count()
+    );
+    // Answered under the address the driver asked for, by the member.
+    let answers: Vec<(SocketAddr, &Result<Arc<str>, JoinError>)> = net
+        .log
+        .iter()
+        .filter(|(c, _)| *c == joiner)
+        .filter_map(|(_, a)| match a {
+            Action::Joined { addr, result } => Some((*addr, result)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(&answers[..], [(a, Ok(name))] if *a == net.cores[seed].me().addr && &**name == "member"),
+        "{answers:?}"
+    );
+    assert_eq!(net.cores[joiner].standing(), &Standing::Joined);
+    // The seed learns the joiner without a link from it.
+    net.advance(Duration::from_secs(5));
+    for i in [seed, member, joiner] {
+        assert_eq!(net.cores[i].up_count(), 3, "core {i} lists {}", net.cores[i].up_count());
+    }
+}
+
+#[test]
+fn a_join_turned_away_everywhere_is_answered_busy_not_left_waiting() {
+    let mut net = Net::new();
+    let seed = net.add("seed", 1, 1);
+    fill_links(&mut net, seed);
+    let joiner = net.add("joiner", 3, 1);
+    net.join(joiner, seed);
+    assert!(
+        matches!(net.joined(joiner)[..], [Err(JoinError::Busy)]),
+        "{:?}",
+        net.joined(joiner)
+    );
+    assert_ne!(net.cores[joiner].standing(), &Standing::Joined);
+}
+
+#[test]
+fn a_probe_turned_away_by_a_busy_member_counts_as_answered() {
+    let mut net = Net::new();
+    let target = net.add("target", 1, 1);
+    let observer = net.add("observer", 2, 1);
+    net.join(observer, target);
+    net.advance(Duration::from_secs(1));
+    // Every link between the two goes; the target holds its cap, so the
+    // observer's probes must dial and are turned away.
+    let between: Vec<LinkId> = net
+        .links
+        .iter()
+        .filter(|(_, l)| l.0 == observer && l.1 == target)
+        .map(|(id, _)| *id)
+        .collect();
+    for link in between {
+        let (_, _, peer) = net.links.remove(&link).expect("listed");
+        net.links.remove(&peer);
+        let now = net.now;
+        net.cores[observer].link_down(link, "test cut", now);
+        net.cores[target].link_down(peer, "test cut", now);
+    }
+    fill_links(&mut net, target);
+    net.advance(Duration::from_secs(10));
+
+    assert!(
+        net.cores[target].counters.links_turned_away > 0,
+        "the observer never dialed"
+    );
+    // Not even a stall excused by the host check: the busy answer shows
+    // the process itself is alive.
+    let detector = net.cores[observer].detector_counters();
+    assert_eq!(detector.stalls_excused, 0, "{detector:?}");
+    assert_eq!(net.cores[observer].counters.suspicions_raised, 0);
+    assert_eq!(net.status(observer, "target"), Some(Status::Alive));
+}
