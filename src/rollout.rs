@@ -9,7 +9,7 @@
 //! A silent node is `missing`, never a success.
 
 use crate::actors::cluster_bus::{ListMembers, MemberStatus};
-use crate::actors::deployer::DEPLOYER_ADDRESS;
+use crate::actors::deployer::{DeployStatus, DEPLOYER_ADDRESS};
 use crate::actors::transponder::{NodeReply, RequestCluster};
 use crate::node::NodeHandle;
 use crate::wire::{MessageType, Target};
@@ -40,7 +40,7 @@ pub struct Rollout {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeResult {
     pub node: String,
-    pub status: String,
+    pub status: DeployStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,27 +58,48 @@ impl NodeResult {
         match reply.error {
             Some(error) => NodeResult {
                 node: reply.node.clone(),
-                status: "failed".into(),
+                status: DeployStatus::Failed,
                 error: Some(error),
                 code: reply.code.clone(),
                 version: None,
                 sha256: None,
                 elapsed_ms: reply.elapsed_ms,
             },
-            None => NodeResult {
-                node: reply.node.clone(),
-                status: text("status").unwrap_or_else(|| "failed".into()),
-                error: text("error"),
-                code: text("code"),
-                version: text("version"),
-                sha256: text("sha256"),
-                elapsed_ms: reply.elapsed_ms,
+            None => match reply
+                .body
+                .get("status")
+                .cloned()
+                .map(serde_json::from_value::<DeployStatus>)
+            {
+                Some(Ok(status)) => NodeResult {
+                    node: reply.node.clone(),
+                    status,
+                    error: text("error"),
+                    code: text("code"),
+                    version: text("version"),
+                    sha256: text("sha256"),
+                    elapsed_ms: reply.elapsed_ms,
+                },
+                // Never taken for a success: a node that answers what this
+                // one cannot read is reported failed, with what it said.
+                _ => NodeResult {
+                    node: reply.node.clone(),
+                    status: DeployStatus::Failed,
+                    error: Some(format!(
+                        "the node answered without a known status: {}",
+                        reply.body.to_string().chars().take(200).collect::<String>()
+                    )),
+                    code: Some("bad_reply".into()),
+                    version: None,
+                    sha256: None,
+                    elapsed_ms: reply.elapsed_ms,
+                },
             },
         }
     }
 
     pub fn failed(&self) -> bool {
-        self.status == "failed"
+        self.status == DeployStatus::Failed
     }
 }
 
@@ -240,4 +261,42 @@ async fn rolling(
     }
     outcome.skipped = waiting.into_iter().collect();
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::transponder::NodeReply;
+    use serde_json::json;
+
+    fn reply(body: Value) -> NodeReply {
+        NodeReply {
+            node: "n1".into(),
+            body,
+            error: None,
+            code: None,
+            elapsed_ms: 3,
+        }
+    }
+
+    #[test]
+    fn a_node_result_is_read_once_into_a_typed_status() {
+        let ok = NodeResult::from_reply(reply(
+            json!({"status": "deployed", "module": "m", "version": "1.0", "sha256": "ab"}),
+        ));
+        assert_eq!(
+            (ok.status, ok.failed(), ok.version.as_deref()),
+            (DeployStatus::Deployed, false, Some("1.0"))
+        );
+        let gone = NodeResult::from_reply(reply(json!({"status": "not_installed", "module": "m"})));
+        assert_eq!(gone.status, DeployStatus::NotInstalled);
+        // What this node cannot read is never a success.
+        for body in [json!({"status": "installed-ish"}), json!({"module": "m"}), json!(null)] {
+            let r = NodeResult::from_reply(reply(body.clone()));
+            assert!(r.failed(), "{body}");
+            assert_eq!(r.code.as_deref(), Some("bad_reply"), "{body}");
+        }
+        // The wire form is unchanged: the status as a word.
+        assert_eq!(serde_json::to_value(&ok).unwrap()["status"], "deployed");
+    }
 }

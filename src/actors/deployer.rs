@@ -193,12 +193,44 @@ pub struct UndeployOrder {
     pub module: String,
 }
 
+/// How one node carried out an order, as `status` of its `deploy_result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployStatus {
+    /// Deploy: installed and started.
+    Deployed,
+    /// Deploy: that version with that checksum was already running.
+    Unchanged,
+    /// Undeploy: stopped and removed.
+    Undeployed,
+    /// Undeploy: there was nothing to remove.
+    NotInstalled,
+    /// Either: not done; the report's `code` and `error` say why.
+    Failed,
+}
+
+impl DeployStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployStatus::Deployed => "deployed",
+            DeployStatus::Unchanged => "unchanged",
+            DeployStatus::Undeployed => "undeployed",
+            DeployStatus::NotInstalled => "not_installed",
+            DeployStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for DeployStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One node's answer to an order: the body of its `deploy_result`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployReport {
-    /// `deployed`, `unchanged`, `failed` (deploy); `undeployed`,
-    /// `not_installed`, `failed` (undeploy).
-    pub status: String,
+    pub status: DeployStatus,
     pub module: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
@@ -211,9 +243,9 @@ pub struct DeployReport {
 }
 
 impl DeployReport {
-    fn ok(status: &str, module: &str, version: &str, sha256: &str) -> DeployReport {
+    fn ok(status: DeployStatus, module: &str, version: &str, sha256: &str) -> DeployReport {
         DeployReport {
-            status: status.into(),
+            status,
             module: module.into(),
             version: Some(version.into()),
             sha256: Some(sha256.into()),
@@ -224,7 +256,7 @@ impl DeployReport {
 
     fn failed(module: &str, code: &str, error: impl Into<String>) -> DeployReport {
         DeployReport {
-            status: "failed".into(),
+            status: DeployStatus::Failed,
             module: module.into(),
             version: None,
             sha256: None,
@@ -536,10 +568,10 @@ impl Worker {
             _ => self.undeploy(&order).await,
         };
         state.set_activity(&report.module, None);
-        self.node.metrics.deploy_result(&report.status);
+        self.node.metrics.deploy_result(report.status.as_str());
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        match report.status.as_str() {
-            "failed" => {
+        match report.status {
+            DeployStatus::Failed => {
                 state.count(|c| c.failed += 1);
                 warn!(envelope = %order.id, module_name = %report.module,
                     code = %report.code.as_deref().unwrap_or("unknown"),
@@ -547,8 +579,8 @@ impl Worker {
             }
             status => {
                 state.count(|c| match status {
-                    "deployed" => c.deployed += 1,
-                    "undeployed" => c.undeployed += 1,
+                    DeployStatus::Deployed => c.deployed += 1,
+                    DeployStatus::Undeployed => c.undeployed += 1,
                     _ => c.unchanged += 1,
                 });
                 info!(envelope = %order.id, module_name = %report.module, status = %status,
@@ -721,7 +753,12 @@ impl Worker {
                 blocking(move || store.commit(swap)).await;
                 self.announce(&package);
                 self.notify_local("deployed", name, Some(&manifest.version));
-                Ok(DeployReport::ok("deployed", name, &manifest.version, &package.sha256))
+                Ok(DeployReport::ok(
+                    DeployStatus::Deployed,
+                    name,
+                    &manifest.version,
+                    &package.sha256,
+                ))
             }
             Err(why) => {
                 warn!(module_name = %name, error = %why, "new version did not start; putting the previous one back");
@@ -764,7 +801,7 @@ impl Worker {
             .module_info(&order.module)
             .await
             .is_some_and(|m| m.state == ModuleState::Running);
-        running.then(|| DeployReport::ok("unchanged", &order.module, &current.manifest.version, sha))
+        running.then(|| DeployReport::ok(DeployStatus::Unchanged, &order.module, &current.manifest.version, sha))
     }
 
     async fn module_info(&self, name: &str) -> Option<ModuleInfo> {
@@ -975,7 +1012,7 @@ impl Worker {
         let removed = blocking(move || store.remove(&lookup)).await;
         if supervised.is_none() && !removed {
             return DeployReport {
-                status: "not_installed".into(),
+                status: DeployStatus::NotInstalled,
                 module: name.into(),
                 version: None,
                 sha256: None,
@@ -985,7 +1022,7 @@ impl Worker {
         }
         self.notify_local("undeployed", name, supervised.as_ref().map(|m| m.version.as_str()));
         DeployReport {
-            status: "undeployed".into(),
+            status: DeployStatus::Undeployed,
             module: name.into(),
             version: supervised.map(|m| m.version),
             sha256: None,

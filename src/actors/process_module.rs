@@ -22,6 +22,7 @@ use super::supervisor::ExitNote;
 use super::transponder::{PublishToCluster, TransponderSlot};
 use super::NodeIdentity;
 use crate::logging::LogThrottle;
+use crate::modules::module_line::{self, LineError, LogLevel, ModuleLine};
 use crate::modules::process_tree::{self, ProcessRef};
 use crate::modules::publish_limit::TokenBucket;
 use crate::modules::Manifest;
@@ -363,21 +364,18 @@ impl ProcessModule {
         if line.trim().is_empty() {
             return;
         }
-        let value: Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(e) => return self.bad_line(&format!("not JSON ({e})"), line),
+        let parsed = match module_line::parse(line) {
+            Ok(parsed) => parsed,
+            Err(LineError::ReplyWithoutTo { line: value, .. }) => return self.reply_without_to(&value, line),
+            Err(e) => return self.bad_line(&e.to_string(), line),
         };
-        let op = value.get("op").and_then(Value::as_str).unwrap_or_default().to_string();
-        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
-        match op.as_str() {
-            "publish" => {
-                let Some(address) = text("address").filter(|a| !a.is_empty()) else {
-                    return self.bad_line("`publish` needs an `address`", line);
-                };
-                let body = value.get("body").cloned().unwrap_or(Value::Null);
-                let kind = text("type")
-                    .and_then(|t| MessageType::parse(&t))
-                    .unwrap_or(MessageType::Event);
+        match parsed {
+            ModuleLine::Publish {
+                address,
+                target,
+                kind,
+                body,
+            } => {
                 let now = Instant::now();
                 if !self.publish_limit.take(now) {
                     self.counters.publish_dropped += 1;
@@ -391,23 +389,18 @@ impl ProcessModule {
                     }
                     return;
                 }
-                self.publish(address, text("target"), kind, body);
+                self.publish(address, target, kind, body);
             }
-            "reply" => {
-                let Some(request) = text("to").and_then(|id| Uuid::parse_str(&id).ok()) else {
-                    return self.reply_without_to(&value, line);
-                };
-                let Some(request) = self.requests.remove(&request) else {
+            ModuleLine::Reply { to, body } => {
+                let Some(request) = self.requests.remove(&to) else {
                     return self.bad_line("`reply` to an unknown or already answered request", line);
                 };
-                let body = value.get("body").cloned().unwrap_or(Value::Null);
                 let reply = Envelope::reply_to_request(&request, MessageType::Reply, self.source(), body);
                 self.counters.replies += 1;
                 debug!(envelope = %reply.id, request = %request.id, "module replied");
                 self.bus.do_send(Publish(reply));
             }
-            "status" => {
-                let body = value.get("body").cloned().unwrap_or(Value::Null);
+            ModuleLine::Status { body } => {
                 debug!(status = %body, answers = self.status_requests.len(), "module reported its status");
                 let source = self.source();
                 for request in self.status_requests.drain(..) {
@@ -416,25 +409,19 @@ impl ProcessModule {
                 }
                 self.last_status = Some((body, Instant::now()));
             }
-            "subscribe" => match text("address").filter(|a| !a.is_empty()) {
-                Some(address) => self.subscribe(address, ctx),
-                None => self.bad_line("`subscribe` needs an `address`", line),
-            },
-            "log" => {
+            ModuleLine::Subscribe { address } => self.subscribe(address, ctx),
+            ModuleLine::Log { level, msg } => {
                 let Some(n) = self.log_lines.event(Instant::now()) else {
                     return;
                 };
                 note_lines_not_logged("log", n);
-                let msg = text("msg").unwrap_or_default();
-                match text("level").as_deref() {
-                    Some("error") => error!(stream = %"log", "{msg}"),
-                    Some("warn") => warn!(stream = %"log", "{msg}"),
-                    Some("debug") | Some("trace") => debug!(stream = %"log", "{msg}"),
-                    _ => info!(stream = %"log", "{msg}"),
+                match level {
+                    LogLevel::Error => error!(stream = %"log", "{msg}"),
+                    LogLevel::Warn => warn!(stream = %"log", "{msg}"),
+                    LogLevel::Debug => debug!(stream = %"log", "{msg}"),
+                    LogLevel::Info => info!(stream = %"log", "{msg}"),
                 }
             }
-            "" => self.bad_line("no `op`", line),
-            other => self.bad_line(&format!("unknown op `{other}`"), line),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Module packages and installs: everything about modules that is not an actor.
 //!
 //! - [`manifest`]: `mod.json`, parsed and validated.
+//! - [`module_line`]: the lines a process module writes, parsed into ops.
 //! - [`package`]: building and safely unpacking packages.
 //! - [`fetch`]: fetching packages into the content-addressed cache.
 //! - [`store`]: installs on disk, swapped in by renames, recovered after crashes.
@@ -10,6 +11,7 @@
 
 pub mod fetch;
 pub mod manifest;
+pub mod module_line;
 pub mod package;
 pub mod process_tree;
 pub mod publish_limit;
