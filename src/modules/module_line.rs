@@ -251,6 +251,38 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a module writes, noise or a real line with characters
+        /// changed, parsing ends in a line or a named error.
+        #[test]
+        fn any_line_parses_or_is_an_error(
+            noise in ".{0,200}",
+            pick in 0usize..5,
+            flips in proptest::collection::vec((0usize..200, proptest::prelude::any::<char>()), 0..4),
+        ) {
+            // Never a panic, and `not JSON` exactly when it is not JSON.
+            let consistent = |line: &str| {
+                let json = serde_json::from_str::<Value>(line).is_ok();
+                matches!(parse(line), Err(LineError::NotJson(_))) != json
+            };
+            proptest::prop_assert!(consistent(&noise), "{noise}");
+            let lines = [
+                r#"{"op":"publish","address":"a.b","target":"*","type":"event","body":{"n":[1,2]}}"#,
+                r#"{"op":"reply","to":"0190b3c4-0000-7000-8000-000000000000","body":"pong"}"#,
+                r#"{"op":"status","body":{"health":"ok"}}"#,
+                r#"{"op":"subscribe","address":"n1.local"}"#,
+                r#"{"op":"log","level":"warn","msg":"hi"}"#,
+            ];
+            let mut line: Vec<char> = lines[pick].chars().collect();
+            for (at, c) in flips {
+                let at = at % line.len();
+                line[at] = c;
+            }
+            let line: String = line.into_iter().collect();
+            proptest::prop_assert!(consistent(&line), "{line}");
+        }
+    }
+
     #[test]
     fn a_reply_without_to_keeps_the_line_to_find_the_request_elsewhere() {
         let Err(LineError::ReplyWithoutTo { line, .. }) = parse(r#"{"op":"reply","reply_to":"abc"}"#) else {

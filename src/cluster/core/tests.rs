@@ -906,3 +906,118 @@ fn a_probe_turned_away_by_a_busy_member_counts_as_answered() {
     assert_eq!(net.cores[observer].counters.suspicions_raised, 0);
     assert_eq!(net.status(observer, "target"), Some(Status::Alive));
 }
+
+/// Every frame three cores sent each other while joining, broadcasting,
+/// publishing states, and suspecting and declaring a killed member: the
+/// seeds the fuzz test below mutates.
+fn frame_corpus() -> &'static [Bytes] {
+    static CORPUS: std::sync::OnceLock<Vec<Bytes>> = std::sync::OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let mut net = Net::new();
+        let a = net.add("a", 1, 1);
+        let b = net.add("b", 2, 1);
+        let c = net.add("c", 3, 1);
+        net.join(b, a);
+        net.join(c, a);
+        net.advance(Duration::from_secs(1));
+        let now = net.now;
+        net.cores[a]
+            .set_state(Bytes::from_static(b"{\"ok\":true}"), now)
+            .unwrap();
+        net.cores[b]
+            .broadcast(7, Bytes::from_static(b"{\"v\":1}"), now)
+            .unwrap();
+        net.settle();
+        net.kill(c);
+        net.advance(Duration::from_secs(6));
+        let mut corpus: Vec<Bytes> = net
+            .log
+            .iter()
+            .filter_map(|(_, action)| match action {
+                Action::Send { frame, .. } => Some(frame.encode()),
+                _ => None,
+            })
+            .collect();
+        // And what a short run does not send.
+        let state = Arc::new(StateRecord {
+            name: "a".into(),
+            boot: 1,
+            version: 2,
+            data: Bytes::from_static(b"x"),
+        });
+        let rare = vec![
+            Msg::StateWant {
+                names: vec!["a".into()],
+            },
+            Msg::States { states: vec![state] },
+            Msg::IHave { ids: vec![(7, 2)] },
+            Msg::Graft { ids: vec![7] },
+            Msg::Prune,
+            Msg::Orphan,
+            Msg::Busy {
+                peers: vec![("b".into(), addr(2))],
+            },
+            Msg::Refused(Refusal::Protocol { theirs: 9 }),
+        ];
+        corpus.extend(rare.into_iter().map(|m| Frame::Msgs(vec![m]).encode()));
+        corpus.push(Frame::Direct(Bytes::from_static(b"{\"v\":1}")).encode());
+        corpus
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// A peer that holds the key may still send anything: frames cut short
+    /// or with bytes changed either fail to decode (the link is dropped)
+    /// or are applied, and the core neither panics nor stops answering.
+    #[test]
+    fn a_core_survives_mutated_frames_from_a_greeted_peer(
+        pick in 0usize..10_000,
+        flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..6),
+        cut in proptest::option::of(0usize..4096),
+    ) {
+        let corpus = frame_corpus();
+        let mut bytes = corpus[pick % corpus.len()].to_vec();
+        for (at, value) in flips {
+            let at = at % bytes.len();
+            bytes[at] = value;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut % (bytes.len() + 1));
+        }
+        let now = Instant::now();
+        let mut core = ClusterCore::new("test", NodeId::new("x", addr(9), 1, BTreeMap::new()), ClusterConfig::local(), 5, now);
+        core.link_up(1, Direction::Inbound, addr(1), now);
+        let hello = Hello {
+            protocol: PROTOCOL_VERSION,
+            cluster: "test".into(),
+            id: Arc::new(NodeId::new("a", addr(1), 1, BTreeMap::new())),
+            incarnation: 0,
+        };
+        core.frame(1, Frame::Hello(hello), now);
+        drain(&mut core);
+        if let Ok(frame) = Frame::decode(Bytes::from(bytes)) {
+            core.frame(1, frame, now);
+        }
+        for step in 1..=20u64 {
+            core.tick(now + Duration::from_millis(100 * step));
+        }
+        drain(&mut core);
+        // Still answering: a new peer's ping gets its ack. (A name no frame
+        // can have been mutated into: a frame may well say that `b` has a
+        // newer boot, and then `b`'s old boot is rightly turned away.)
+        let later = now + Duration::from_secs(3);
+        core.link_up(2, Direction::Inbound, addr(77), later);
+        let hello = Hello {
+            protocol: PROTOCOL_VERSION,
+            cluster: "test".into(),
+            id: Arc::new(NodeId::new("a-newcomer", addr(77), 1, BTreeMap::new())),
+            incarnation: 0,
+        };
+        core.frame(2, Frame::Hello(hello), later);
+        core.frame(2, Frame::Msgs(vec![Msg::Ping { seq: 41 }]), later);
+        let acked = sent_on(&drain(&mut core), 2).contains(&Msg::Ack { seq: 41 });
+        proptest::prop_assert!(acked, "the core stopped answering");
+    }
+}
