@@ -71,10 +71,6 @@ const MAX_JOIN_RECORDS: usize = 1024;
 const BUSY_PEERS: usize = 8;
 const MAX_JOIN_REDIRECTS: u8 = 4;
 
-/// How long after its join a node's table counts as young (see
-/// `ClusterCore::table_since`).
-const YOUNG_TABLE: Duration = Duration::from_secs(10);
-
 /// Identifies one link for its whole life (given by the transport).
 pub type LinkId = u64;
 
@@ -310,10 +306,6 @@ pub struct ClusterCore {
     /// A member table came in answer to a join: until then, a joiner knows
     /// only its seed and probes nobody.
     has_table: bool,
-    /// When the join's table came: for a while after, the table is likely
-    /// partial (a sample, or a member's that joined moments before), and
-    /// anti-entropy runs four times as often.
-    table_since: Option<Instant>,
     state_version: u64,
     next_anti_entropy: Instant,
     next_reconnect: Instant,
@@ -358,7 +350,6 @@ impl ClusterCore {
             wanted: StableMap::default(),
             overlay_dirty: false,
             has_table: false,
-            table_since: None,
             state_version: 0,
             outbox: StableMap::default(),
             actions: VecDeque::new(),
@@ -950,15 +941,7 @@ impl ClusterCore {
             self.tree.tick(now, &mut out);
             self.tree_out(out);
             if now >= self.next_anti_entropy {
-                let young = self
-                    .table_since
-                    .is_some_and(|since| now.saturating_duration_since(since) < YOUNG_TABLE);
-                let interval = if young {
-                    self.config.anti_entropy_interval / 4
-                } else {
-                    self.config.anti_entropy_interval
-                };
-                self.next_anti_entropy = now + self.jitter(interval);
+                self.next_anti_entropy = now + self.jitter(self.config.anti_entropy_interval);
                 self.anti_entropy();
             }
             if now >= self.next_reconnect {
@@ -986,7 +969,7 @@ impl ClusterCore {
 
     /// Brings the next anti-entropy round forward to a tenth of its interval.
     fn anti_entropy_soon(&mut self) {
-        let soon = self.now + self.config.anti_entropy_interval / 40;
+        let soon = self.now + self.config.anti_entropy_interval / 10;
         self.next_anti_entropy = self.next_anti_entropy.min(soon);
     }
 
@@ -1767,7 +1750,6 @@ impl ClusterCore {
     fn on_members(&mut self, link: LinkId, records: Vec<Record>, snapshot: bool) {
         if snapshot {
             self.has_table = true;
-            self.table_since.get_or_insert(self.now);
             self.standing_joined();
             if let Some(ask) = self.joining.remove(&link) {
                 let peer = self.links.get(&link).and_then(|l| l.peer_name().cloned());
