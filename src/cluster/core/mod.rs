@@ -718,12 +718,8 @@ impl ClusterCore {
     /// that this node's process answered.
     fn turn_away(&mut self, link: LinkId) {
         self.counters.links_turned_away += 1;
-        let me = self.me.name.clone();
         let peers: Vec<(Arc<str>, SocketAddr)> = self
-            .table
-            .iter()
-            .filter(|m| m.id.name != me && m.status.is_up())
-            .sample(&mut self.rng, BUSY_PEERS)
+            .sample_live(BUSY_PEERS)
             .into_iter()
             .map(|m| (m.id.name.clone(), m.id.addr))
             .collect();
@@ -785,10 +781,25 @@ impl ClusterCore {
                 }
             }
         }
+        self.answer_join(ask, Err(JoinError::Busy));
+    }
+
+    /// Answers the driver's join `ask` (under the address it asked, wherever
+    /// the join went).
+    fn answer_join(&mut self, ask: JoinAsk, result: Result<Arc<str>, JoinError>) {
         self.actions.push_back(Action::Joined {
             addr: ask.asked,
-            result: Err(JoinError::Busy),
+            result,
         });
+    }
+
+    /// Up to `n` live members other than this node, at random.
+    fn sample_live(&mut self, n: usize) -> Vec<&Member> {
+        let me = &self.me.name;
+        self.table
+            .iter()
+            .filter(|m| m.id.name != *me && m.status.is_up())
+            .sample(&mut self.rng, n)
     }
 
     /// A link is gone (closed by the peer, or failed).
@@ -812,10 +823,7 @@ impl ClusterCore {
     /// A join asked on `link` gets no table: say why.
     fn fail_join(&mut self, link: LinkId, reason: &str) {
         if let Some(ask) = self.joining.remove(&link) {
-            self.actions.push_back(Action::Joined {
-                addr: ask.asked,
-                result: Err(JoinError::Link(reason.to_string())),
-            });
+            self.answer_join(ask, Err(JoinError::Link(reason.to_string())));
         }
     }
 
@@ -1110,10 +1118,7 @@ impl ClusterCore {
         // its course (see `probe_failed`) instead of failing now.
         let host_answered = self.host_seen_since(addr, d.started);
         if let Some(ask) = d.join {
-            self.actions.push_back(Action::Joined {
-                addr: ask.asked,
-                result: Err(JoinError::Link(reason.to_string())),
-            });
+            self.answer_join(ask, Err(JoinError::Link(reason.to_string())));
         }
         if let Some(name) = d.expect {
             self.counters.dropped_no_route += (d.pending.len() + d.directs.len()) as u64;
@@ -1431,10 +1436,7 @@ impl ClusterCore {
             debug!(%remote, "dialed this node itself; closing");
             if let Some(d) = self.dialing.remove(&remote) {
                 if let Some(ask) = d.join {
-                    self.actions.push_back(Action::Joined {
-                        addr: ask.asked,
-                        result: Err(JoinError::Myself),
-                    });
+                    self.answer_join(ask, Err(JoinError::Myself));
                 }
             }
             return self.close(link, "this node");
@@ -1491,10 +1493,7 @@ impl ClusterCore {
             holder_boot,
         };
         for (_, ask) in std::mem::take(&mut self.joining) {
-            self.actions.push_back(Action::Joined {
-                addr: ask.asked,
-                result: Err(JoinError::Refused(refusal.clone())),
-            });
+            self.answer_join(ask, Err(JoinError::Refused(refusal.clone())));
         }
         let links: Vec<LinkId> = self.links.keys().copied().collect();
         for link in links {
@@ -1502,14 +1501,14 @@ impl ClusterCore {
         }
         for (_, d) in std::mem::take(&mut self.dialing) {
             if let Some(ask) = d.join {
-                self.actions.push_back(Action::Joined {
-                    addr: ask.asked,
-                    result: Err(JoinError::Refused(Refusal::NameTaken {
+                self.answer_join(
+                    ask,
+                    Err(JoinError::Refused(Refusal::NameTaken {
                         name: self.me.name.clone(),
                         holder,
                         holder_boot,
                     })),
-                });
+                );
             }
         }
         // Forget the cluster: a later successful join starts afresh.
@@ -1563,10 +1562,7 @@ impl ClusterCore {
                     // This node and a random sample of the live members.
                     let me = self.table.me().record();
                     let mut sample: Vec<Record> = self
-                        .table
-                        .iter()
-                        .filter(|m| m.id.name != self.me.name && m.status.is_up())
-                        .sample(&mut self.rng, MAX_JOIN_RECORDS - 1)
+                        .sample_live(MAX_JOIN_RECORDS - 1)
                         .into_iter()
                         .map(Member::record)
                         .collect();
@@ -1730,17 +1726,11 @@ impl ClusterCore {
             other => warn!(?remote, reason = %other, "a peer refused this node's link"),
         }
         if let Some(ask) = self.joining.remove(&link) {
-            self.actions.push_back(Action::Joined {
-                addr: ask.asked,
-                result: Err(JoinError::Refused(refusal)),
-            });
+            self.answer_join(ask, Err(JoinError::Refused(refusal)));
         } else if let Some(remote) = remote {
             if let Some(d) = self.dialing.remove(&remote) {
                 if let Some(ask) = d.join {
-                    self.actions.push_back(Action::Joined {
-                        addr: ask.asked,
-                        result: Err(JoinError::Refused(refusal)),
-                    });
+                    self.answer_join(ask, Err(JoinError::Refused(refusal)));
                 }
             }
         }
@@ -1754,10 +1744,7 @@ impl ClusterCore {
             if let Some(ask) = self.joining.remove(&link) {
                 let peer = self.links.get(&link).and_then(|l| l.peer_name().cloned());
                 if let Some(name) = peer {
-                    self.actions.push_back(Action::Joined {
-                        addr: ask.asked,
-                        result: Ok(name),
-                    });
+                    self.answer_join(ask, Ok(name));
                 }
             }
         }
@@ -2173,21 +2160,16 @@ impl ClusterCore {
         // A dial to it is connected and waiting for the handshake, or one
         // reached its host since the probe (or just before).
         let addr = m.id.addr;
+        let since = probed_at.checked_sub(self.config.probe_interval).unwrap_or(probed_at);
         let host_seen = self
             .dialing
             .get(&addr)
             .is_some_and(|d| self.host_seen_since(addr, d.started))
-            || self.host_seen_since(
-                addr,
-                probed_at.checked_sub(self.config.probe_interval).unwrap_or(probed_at),
-            );
+            || self.host_seen_since(addr, since);
         // Its process turned one of this node's dials away as busy since
         // the probe (or just before): alive, and the probe could not reach
         // it only because no link could be opened.
-        let busy = self
-            .busy_seen
-            .get(&addr)
-            .is_some_and(|at| *at >= probed_at.checked_sub(self.config.probe_interval).unwrap_or(probed_at));
+        let busy = self.busy_seen.get(&addr).is_some_and(|at| *at >= since);
         match self.by_peer.get(&target).copied() {
             _ if running => self.accuse(&target),
             _ if busy => {
