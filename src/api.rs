@@ -121,6 +121,7 @@ pub fn serve(
             .route("/v1/publish", web::post().to(publish))
             .route("/v1/request", web::post().to(request))
             .route("/v1/events", web::get().to(events))
+            .route("/v1/packages", web::post().to(upload_package))
             .route("/v1/deploy", web::post().to(deploy))
             .route("/v1/undeploy", web::post().to(undeploy))
             .route("/v1/modules", web::get().to(modules))
@@ -440,6 +441,9 @@ pub const DEFAULT_DEPLOY_TIMEOUT_MS: u64 = 120_000;
 struct SourceBody {
     url: Option<String>,
     path: Option<String>,
+    /// The sha256 of a package this node holds: one uploaded with
+    /// `POST /v1/packages`, as the CLI does for a local file.
+    package: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -489,9 +493,10 @@ fn check_batch(batch: Option<usize>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Turns a deploy request into the order nodes get. A `path` is read here,
-/// on the origin: it goes into this node's package cache and the order
-/// names this node as the peer to fetch it from.
+/// Turns a deploy request into the order nodes get. A URL goes to every
+/// targeted node as it is. A `package` (uploaded before) or a `path` (read
+/// here, only inside `--package-dir`) is held in this node's cache, and the
+/// order names this node as the peer to fetch it from.
 async fn deploy_order(node: &NodeHandle, req: &DeployBody) -> Result<Value, ApiError> {
     use crate::actors::deployer::{DeployOrder, OrderSource};
     use crate::modules::fetch::PackageSource;
@@ -505,16 +510,21 @@ async fn deploy_order(node: &NodeHandle, req: &DeployBody) -> Result<Value, ApiE
     if req.config.as_ref().is_some_and(|c| !c.is_object()) {
         return Err(rejected("invalid_request", "`config` must be a JSON object"));
     }
-    let source = match (&req.source.url, &req.source.path) {
-        (Some(url), None) => {
+    let held = match (&req.source.url, &req.source.path, &req.source.package) {
+        (Some(url), None, None) => {
             PackageSource::parse(url).map_err(|e| rejected("bad_source", e.to_string()))?;
-            OrderSource {
-                url: Some(url.clone()),
-                peer: None,
-                size: None,
-            }
+            return Ok(order_value(DeployOrder {
+                module: req.module.clone(),
+                source: OrderSource {
+                    url: Some(url.clone()),
+                    peer: None,
+                    size: None,
+                },
+                sha256,
+                config: req.config.clone(),
+            }));
         }
-        (None, Some(path)) => {
+        (None, Some(path), None) => {
             let path = std::path::PathBuf::from(path);
             if !path.is_absolute() {
                 return Err(rejected(
@@ -522,53 +532,125 @@ async fn deploy_order(node: &NodeHandle, req: &DeployBody) -> Result<Value, ApiE
                     "`source.path` must be absolute (it is read by the node, not the client)",
                 ));
             }
-            let state = &node.deploy;
             let limit = node.settings.deployer.max_package_bytes;
-            let cached = state
+            node.deploy
                 .cache
                 .fetch(&PackageSource::File(path), sha256.as_deref(), limit)
                 .await
-                .map_err(|e| rejected(e.code(), e.to_string()))?;
-            let package = cached.path.clone();
-            let manifest = tokio::task::spawn_blocking(move || crate::modules::package::read_manifest(&package))
-                .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-                .map_err(|e| {
-                    state.cache.evict(&cached);
-                    rejected("bad_package", e)
-                })?;
-            if manifest.name != req.module {
+                .map_err(|e| rejected(e.code(), e.to_string()))?
+        }
+        (None, None, Some(package)) => {
+            let package = crate::modules::package::parse_sha256(package).map_err(|e| rejected("invalid_request", e))?;
+            if sha256.as_ref().is_some_and(|sha| *sha != package) {
                 return Err(rejected(
-                    "bad_package",
-                    format!("the package holds module `{}`, not `{}`", manifest.name, req.module),
+                    "checksum_mismatch",
+                    format!(
+                        "`sha256` is {}, but `source.package` names {package}",
+                        sha256.unwrap_or_default()
+                    ),
                 ));
             }
-            return Ok(serde_json::to_value(DeployOrder {
-                module: req.module.clone(),
-                source: OrderSource {
-                    url: None,
-                    peer: Some(node.identity.name.clone()),
-                    size: Some(cached.size),
-                },
-                sha256: Some(cached.sha256),
-                config: req.config.clone(),
-            })
-            .unwrap_or(Value::Null));
+            node.deploy.cache.get(&package).ok_or_else(|| {
+                rejected(
+                    "not_held",
+                    format!("this node holds no package {package}; upload it with POST /v1/packages first"),
+                )
+            })?
         }
         _ => {
             return Err(rejected(
                 "invalid_request",
-                "`source` must have exactly one of `url` or `path`",
+                "`source` must have exactly one of `url`, `path` or `package`",
             ))
         }
     };
-    Ok(serde_json::to_value(DeployOrder {
+    offer_held(node, req, held).await
+}
+
+fn order_value(order: crate::actors::deployer::DeployOrder) -> Value {
+    serde_json::to_value(order).unwrap_or(Value::Null)
+}
+
+/// The order for a package this node holds: the targeted nodes fetch it
+/// from this node, peer to peer, once its manifest names the module.
+async fn offer_held(
+    node: &NodeHandle,
+    req: &DeployBody,
+    held: crate::modules::fetch::CachedPackage,
+) -> Result<Value, ApiError> {
+    use crate::actors::deployer::{DeployOrder, OrderSource};
+    let manifest = package_manifest(node, &held).await?;
+    if manifest.name != req.module {
+        return Err(rejected(
+            "bad_package",
+            format!("the package holds module `{}`, not `{}`", manifest.name, req.module),
+        ));
+    }
+    Ok(order_value(DeployOrder {
         module: req.module.clone(),
-        source,
-        sha256,
+        source: OrderSource {
+            url: None,
+            peer: Some(node.identity.name.clone()),
+            size: Some(held.size),
+        },
+        sha256: Some(held.sha256),
         config: req.config.clone(),
-    })
-    .unwrap_or(Value::Null))
+    }))
+}
+
+/// The manifest of a cached package; one that is not a valid package is
+/// dropped from the cache.
+async fn package_manifest(
+    node: &NodeHandle,
+    held: &crate::modules::fetch::CachedPackage,
+) -> Result<crate::modules::manifest::Manifest, ApiError> {
+    let path = held.path.clone();
+    tokio::task::spawn_blocking(move || crate::modules::package::read_manifest(&path))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| {
+            node.deploy.cache.evict(held);
+            rejected("bad_package", e)
+        })
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    sha256: Option<String>,
+}
+
+/// `POST /v1/packages`: a package's bytes, streamed into this node's cache
+/// (up to `--max-package`, hashed as they come, checked against `?sha256=`
+/// when given) and kept only if it is a valid package. The CLI uploads a
+/// local package this way, reading it as its own user, so the node never
+/// opens a path a caller names (SPEC §6 differs: see the README).
+async fn upload_package(
+    node: web::Data<NodeHandle>,
+    query: web::Query<UploadQuery>,
+    mut body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let expected = query
+        .sha256
+        .as_deref()
+        .map(crate::modules::package::parse_sha256)
+        .transpose()
+        .map_err(|e| rejected("invalid_request", e))?;
+    let fetch_error = |e: crate::modules::fetch::FetchError| rejected(e.code(), e.to_string());
+    let limit = node.settings.deployer.max_package_bytes;
+    let mut partial = node.deploy.cache.begin(limit).await.map_err(fetch_error)?;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| rejected("invalid_request", format!("the upload broke off: {e}")))?;
+        partial.write(&chunk).await.map_err(fetch_error)?;
+    }
+    let held = partial.finish(expected.as_deref()).await.map_err(fetch_error)?;
+    let manifest = package_manifest(&node, &held).await?;
+    debug!(sha256 = %held.sha256, size = held.size, module_name = %manifest.name, "package uploaded");
+    Ok(HttpResponse::Ok().json(json!({
+        "sha256": held.sha256,
+        "size": held.size,
+        "module": manifest.name,
+        "version": manifest.version,
+    })))
 }
 
 async fn deploy(

@@ -345,7 +345,7 @@ impl Node {
             }
         };
         let supervisor = NodeSupervisor::new(&identity).with_bus(bus.clone()).start();
-        let deploy = Arc::new(DeployState::open(&config.data_dir)?);
+        let deploy = Arc::new(DeployState::open(&config.data_dir, &config.deployer.package_dirs)?);
 
         let handle = NodeHandle {
             identity: identity.clone(),

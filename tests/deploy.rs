@@ -241,8 +241,12 @@ fn a_targeted_deploy_reaches_exactly_its_nodes_peer_to_peer() {
 
 #[test]
 fn bad_packages_are_refused_and_the_running_version_stays() {
-    let node = TestNode::start("solo", &["--max-package", "64K"]);
+    // The node may read `file://` packages from `tmp` only.
     let tmp = tempfile::tempdir().unwrap();
+    let node = TestNode::start(
+        "solo",
+        &["--max-package", "64K", "--package-dir", tmp.path().to_str().unwrap()],
+    );
     let good = tmp.path().join("hello.tar.gz");
     let sha = package(&node, &hello_dir(), &good);
     let url = |p: &Path| format!("file://{}", p.display());
@@ -263,6 +267,49 @@ fn bad_packages_are_refused_and_the_running_version_stays() {
 
     // A wrong sha256.
     deploy_fails(&url(&good), &["--sha256", &"0".repeat(64)], "checksum_mismatch");
+
+    // Files outside `--package-dir` are not even opened: neither a file://
+    // source, nor a path given to the API, however it is spelled.
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.tar.gz");
+    std::fs::copy(&good, &secret).unwrap();
+    deploy_fails(&url(&secret), &[], "path_not_allowed");
+    deploy_fails("file:///etc/shadow", &[], "path_not_allowed");
+    // Both temporary folders share a parent.
+    let dotted = tmp
+        .path()
+        .join("..")
+        .join(outside.path().file_name().unwrap())
+        .join("secret.tar.gz");
+    for path in [
+        secret.display().to_string(),
+        dotted.display().to_string(),
+        "/proc/self/environ".to_string(),
+    ] {
+        let body = json!({"module": "hello", "source": {"path": path}}).to_string();
+        let (status, answer) = node.http("POST", "/v1/deploy", Some(body.as_bytes()));
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (400, Some("path_not_allowed")),
+            "{path}: {answer}"
+        );
+    }
+    // Inside it, a path is read by the node itself.
+    let body = json!({"module": "hello", "source": {"path": good}}).to_string();
+    let (status, answer) = node.http("POST", "/v1/deploy", Some(body.as_bytes()));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"][0]["status"], "unchanged", "{answer}");
+    // A local path is uploaded by the CLI, as the user running it, so the
+    // node needs no --package-dir for it; an upload that is not a package is
+    // refused and not kept.
+    let (code, out) = cli_json(&node, &["deploy", "hello", "--from", secret.to_str().unwrap()]);
+    assert_eq!((code, results(&out)[0].1.as_str()), (0, "unchanged"), "{out}");
+    let (status, answer) = node.http("POST", "/v1/packages", Some(b"not a package at all"));
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("bad_package")),
+        "{answer}"
+    );
 
     // Hostile packages, each fetched by the node itself.
     let hostile = |name: &str, build: &dyn Fn(&mut tar::Builder<flate2::write::GzEncoder<std::fs::File>>)| {

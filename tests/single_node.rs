@@ -449,6 +449,7 @@ fn changing_anything_needs_the_api_token() {
         ("/v1/publish", &publish[..]),
         ("/v1/request", br#"{"address":"mod.echo","body":{}}"#),
         ("/v1/deploy", br#"{"module":"x","source":{"path":"/etc/shadow"}}"#),
+        ("/v1/packages", b"a package's bytes"),
         ("/v1/undeploy", br#"{"module":"echo"}"#),
     ] {
         for headers in [

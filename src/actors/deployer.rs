@@ -19,7 +19,7 @@ use super::messages::{answer_status, Deliver, DumpState, Snapshot, StopModule};
 use super::modbus::{Publish, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, ListModules, ModuleInfo, ModuleState, RemoveModule, RunningModule, StartModule};
 use super::transponder::{PublishToCluster, RequestCluster, SendDirect};
-use crate::modules::fetch::{CachedPackage, FetchError, PackageCache, PackageSource};
+use crate::modules::fetch::{CachedPackage, FetchError, PackageCache, PackageDirs, PackageSource};
 use crate::modules::manifest::{check_module_name, merge_config};
 use crate::modules::package::{parse_sha256, UnpackLimits, DEFAULT_MAX_PACKAGE_BYTES};
 use crate::modules::registry::{self, CORE_MODULES, CORE_ONLY};
@@ -61,6 +61,9 @@ pub struct DeployerConfig {
     pub chunk_timeout: Duration,
     /// Orders for different modules carried out at once.
     pub parallel_orders: usize,
+    /// The only directories `file://` sources and `source.path` are read
+    /// from (`agent --package-dir`); none by default.
+    pub package_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Default for DeployerConfig {
@@ -72,6 +75,7 @@ impl Default for DeployerConfig {
             chunk_bytes: 256 * 1024,
             chunk_timeout: Duration::from_secs(15),
             parallel_orders: 4,
+            package_dirs: Vec::new(),
         }
     }
 }
@@ -101,12 +105,14 @@ struct DeployCounters {
 }
 
 impl DeployState {
-    /// Opens `<data-dir>/mods` and `<data-dir>/packages`.
-    pub fn open(data_dir: &Path) -> anyhow::Result<DeployState> {
+    /// Opens `<data-dir>/mods` and `<data-dir>/packages`; `file://`
+    /// packages are read only from `package_dirs`.
+    pub fn open(data_dir: &Path, package_dirs: &[std::path::PathBuf]) -> anyhow::Result<DeployState> {
         use anyhow::Context as _;
+        let readable = PackageDirs::new(package_dirs)?;
         let store = ModuleStore::open(&data_dir.join("mods"))
             .with_context(|| format!("cannot open {}", data_dir.join("mods").display()))?;
-        let cache = PackageCache::open(&data_dir.join("packages"))
+        let cache = PackageCache::open(&data_dir.join("packages"), readable)
             .with_context(|| format!("cannot open {}", data_dir.join("packages").display()))?;
         Ok(DeployState {
             store,
@@ -266,6 +272,64 @@ impl DeployReport {
     }
 }
 
+/// Why an order failed. `code()` is the stable `code` of its
+/// `deploy_result`; the message is its `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("{0}")]
+    InvalidOrder(String),
+    #[error("`{0}` is a core module of every node and cannot be deployed over")]
+    Reserved(String),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("fetching the package took longer than {0} s")]
+    FetchTimeout(u64),
+    #[error("{0}")]
+    BadPackage(String),
+    #[error("{0}")]
+    InstallFailed(String),
+    #[error("{0}")]
+    StartFailed(String),
+}
+
+impl DeployError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DeployError::InvalidOrder(_) => "invalid_order",
+            DeployError::Reserved(_) => "reserved",
+            DeployError::Fetch(e) => e.code(),
+            DeployError::FetchTimeout(_) => "fetch_failed",
+            DeployError::BadPackage(_) => "bad_package",
+            DeployError::InstallFailed(_) => "install_failed",
+            DeployError::StartFailed(_) => "start_failed",
+        }
+    }
+}
+
+/// Why a peer's request to the Deployer (a package chunk) was not served.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("this node does not hold package {0}")]
+    NotHeld(String),
+    #[error("cannot read package {sha256}: {error}")]
+    Io { sha256: String, error: std::io::Error },
+    #[error("the deployer does not know op {0}; it takes `chunk`")]
+    UnknownOp(String),
+}
+
+impl ServeError {
+    fn code(&self) -> &'static str {
+        match self {
+            ServeError::InvalidRequest(_) => "invalid_request",
+            ServeError::NotHeld(_) => "not_held",
+            ServeError::Io { .. } => "io_error",
+            ServeError::UnknownOp(_) => "unknown_op",
+        }
+    }
+}
+
 /// Starts every module installed in `<data-dir>/mods`, after cleaning up
 /// whatever a crash left half-done. Called once when the node starts.
 pub async fn start_installed(node: &NodeHandle) {
@@ -330,14 +394,14 @@ impl Deployer {
     }
 
     /// Answers a request on the ModBus (the Transponder sends it on to the asker).
-    fn reply(&self, request: &Envelope, result: Result<Value, (&'static str, String)>) {
+    fn reply(&self, request: &Envelope, result: Result<Value, ServeError>) {
         let reply = match result {
             Ok(body) => Envelope::reply_to_request(request, MessageType::Reply, self.source(), body),
-            Err((code, error)) => Envelope::reply_to_request(
+            Err(e) => Envelope::reply_to_request(
                 request,
                 MessageType::Error,
                 self.source(),
-                json!({"error": error, "code": code}),
+                json!({"error": e.to_string(), "code": e.code()}),
             ),
         };
         self.node.bus.do_send(Publish(reply));
@@ -361,13 +425,13 @@ impl Deployer {
                             json!({"data": BASE64.encode(data)}),
                         )
                     }
-                    Err((code, error)) => {
-                        debug!(code, error = %error, from = %request.src.node, "chunk not served");
+                    Err(e) => {
+                        debug!(code = e.code(), error = %e, from = %request.src.node, "chunk not served");
                         Envelope::reply_to_request(
                             &request,
                             MessageType::Error,
                             me,
-                            json!({"error": error, "code": code}),
+                            json!({"error": e.to_string(), "code": e.code()}),
                         )
                     }
                 };
@@ -378,13 +442,13 @@ impl Deployer {
     }
 }
 
-async fn read_chunk(state: &DeployState, body: &Value) -> Result<Vec<u8>, (&'static str, String)> {
-    let bad = |why: &str| ("invalid_request", why.to_string());
+async fn read_chunk(state: &DeployState, body: &Value) -> Result<Vec<u8>, ServeError> {
+    let bad = |why: &str| ServeError::InvalidRequest(why.to_string());
     let sha = body
         .get("sha256")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("`sha256` is missing"))?;
-    let sha = parse_sha256(sha).map_err(|e| ("invalid_request", e))?;
+    let sha = parse_sha256(sha).map_err(ServeError::InvalidRequest)?;
     let offset = body
         .get("offset")
         .and_then(Value::as_u64)
@@ -396,14 +460,14 @@ async fn read_chunk(state: &DeployState, body: &Value) -> Result<Vec<u8>, (&'sta
     if len == 0 || len > MAX_CHUNK_BYTES {
         return Err(bad(&format!("`len` must be between 1 and {MAX_CHUNK_BYTES}")));
     }
-    let package = state
-        .cache
-        .get(&sha)
-        .ok_or_else(|| ("not_held", format!("this node does not hold package {sha}")))?;
+    let package = state.cache.get(&sha).ok_or_else(|| ServeError::NotHeld(sha.clone()))?;
     if offset >= package.size {
         return Err(bad("`offset` is past the end of the package"));
     }
-    let io = |e: std::io::Error| ("io_error", format!("cannot read package {sha}: {e}"));
+    let io = |error: std::io::Error| ServeError::Io {
+        sha256: sha.clone(),
+        error,
+    };
     let mut file = tokio::fs::File::open(&package.path).await.map_err(io)?;
     file.seek(std::io::SeekFrom::Start(offset)).await.map_err(io)?;
     let mut data = vec![0u8; len.min(package.size - offset) as usize];
@@ -470,9 +534,9 @@ impl Handler<Deliver> for Deployer {
             MessageType::Request => match envelope.body.get("op").and_then(Value::as_str) {
                 Some("chunk") => self.serve_chunk(envelope),
                 other => {
-                    let error = format!("the deployer does not know op {other:?}; it takes `chunk`");
+                    let error = ServeError::UnknownOp(other.map_or("(none)".into(), |op| format!("`{op}`")));
                     warn!(envelope = %envelope.id, from = %envelope.src.node, "{error}");
-                    self.reply(&envelope, Err(("unknown_op", error)));
+                    self.reply(&envelope, Err(error));
                 }
             },
             MessageType::Event if envelope.body.get("op").and_then(Value::as_str) == Some("have") => {
@@ -638,24 +702,21 @@ impl Worker {
         };
         match self.try_deploy(&order).await {
             Ok(report) => report,
-            Err((code, error)) => DeployReport::failed(&order.module, code, error),
+            Err(e) => DeployReport::failed(&order.module, e.code(), e.to_string()),
         }
     }
 
-    async fn try_deploy(&self, order: &DeployOrder) -> Result<DeployReport, (&'static str, String)> {
+    async fn try_deploy(&self, order: &DeployOrder) -> Result<DeployReport, DeployError> {
         let node = &self.node;
         let state = &node.deploy;
         let name = order.module.as_str();
-        check_module_name(name).map_err(|e| ("invalid_order", e))?;
+        check_module_name(name).map_err(DeployError::InvalidOrder)?;
         if CORE_MODULES.contains(&name) {
-            return Err((
-                "reserved",
-                format!("`{name}` is a core module of every node and cannot be deployed over"),
-            ));
+            return Err(DeployError::Reserved(name.to_string()));
         }
         let expected = match (&order.sha256, &order.source.peer) {
-            (Some(sha), _) => Some(parse_sha256(sha).map_err(|e| ("invalid_order", e))?),
-            (None, Some(_)) => return Err(("invalid_order", "a peer source needs `sha256`".into())),
+            (Some(sha), _) => Some(parse_sha256(sha).map_err(DeployError::InvalidOrder)?),
+            (None, Some(_)) => return Err(DeployError::InvalidOrder("a peer source needs `sha256`".into())),
             (None, None) => None,
         };
         let store = state.store.clone();
@@ -670,13 +731,11 @@ impl Worker {
         state.set_activity(name, Some(format!("fetching {name}")));
         let fetch = self.fetch(order, expected.as_deref());
         let package = match tokio::time::timeout(node.settings.deployer.fetch_timeout, fetch).await {
-            Ok(result) => result.map_err(|e| (e.code(), e.to_string()))?,
+            Ok(result) => result?,
             Err(_) => {
-                let after = node.settings.deployer.fetch_timeout.as_secs();
-                return Err((
-                    "fetch_failed",
-                    format!("fetching the package took longer than {after} s"),
-                ));
+                return Err(DeployError::FetchTimeout(
+                    node.settings.deployer.fetch_timeout.as_secs(),
+                ))
             }
         };
         info!(module_name = %name, sha256 = %package.sha256, size = package.size, "package fetched and checked");
@@ -694,30 +753,31 @@ impl Worker {
             Ok(staged) => staged,
             Err(e) => {
                 state.cache.evict(&package);
-                return Err(("bad_package", e));
+                return Err(DeployError::BadPackage(e));
             }
         };
         let manifest = staged.manifest.clone();
         if manifest.name != name {
             self.discard(staged).await;
-            return Err((
-                "bad_package",
-                format!("the package holds module `{}`, not `{name}`", manifest.name),
-            ));
+            return Err(DeployError::BadPackage(format!(
+                "the package holds module `{}`, not `{name}`",
+                manifest.name
+            )));
         }
         if let Some(kind) = &manifest.builtin {
             if registry::builtin(kind).is_none() || CORE_ONLY.contains(&kind.as_str()) {
                 self.discard(staged).await;
-                return Err((
-                    "bad_package",
-                    format!("`builtin: {kind}` is not a deployable built-in kind on this node"),
-                ));
+                return Err(DeployError::BadPackage(format!(
+                    "`builtin: {kind}` is not a deployable built-in kind on this node"
+                )));
             }
         }
         let config = merge_config(&manifest.config, order.config.as_ref().unwrap_or(&Value::Null));
         if !config.is_object() {
             self.discard(staged).await;
-            return Err(("invalid_order", "the deploy's `config` must be a JSON object".into()));
+            return Err(DeployError::InvalidOrder(
+                "the deploy's `config` must be a JSON object".into(),
+            ));
         }
         let record = InstallRecord {
             name: name.to_string(),
@@ -734,7 +794,7 @@ impl Worker {
         .await;
         if let Err(e) = completed {
             self.discard(staged).await;
-            return Err(("install_failed", e));
+            return Err(DeployError::InstallFailed(e));
         }
 
         state.set_activity(name, Some(format!("starting {name} {}", manifest.version)));
@@ -746,7 +806,7 @@ impl Worker {
         let store = state.store.clone();
         let swap = blocking(move || store.swap_in(staged))
             .await
-            .map_err(|e| ("install_failed", e))?;
+            .map_err(DeployError::InstallFailed)?;
         match self.start_and_watch(name).await {
             Ok(()) => {
                 let store = state.store.clone();
@@ -778,7 +838,7 @@ impl Worker {
                     },
                     (Ok(()), false) => error.push_str("; nothing is installed"),
                 }
-                Err(("start_failed", error))
+                Err(DeployError::StartFailed(error))
             }
         }
     }

@@ -50,6 +50,11 @@ pub struct AgentArgs {
     /// The largest module package this node fetches (e.g. 64M, 512K, 1048576).
     #[arg(long, env = "CONJOINER_MAX_PACKAGE", default_value = "64M", value_parser = parse_size)]
     pub max_package: u64,
+    /// A directory this node may read `file://` packages from, and the
+    /// paths a local deploy names (repeatable). None by default: the CLI
+    /// uploads a local package itself, as the user who runs it.
+    #[arg(long = "package-dir")]
+    pub package_dirs: Vec<PathBuf>,
     /// Cluster timings: `lan` (hosts on one network), `wan` (slow or lossy
     /// links: about five times slower to judge), or `local` (nodes on one
     /// host: quicker to judge). See `src/cluster/config.rs`.
@@ -172,6 +177,7 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
         transponder: TransponderConfig::default(),
         deployer: DeployerConfig {
             max_package_bytes: args.max_package,
+            package_dirs: args.package_dirs.clone(),
             ..DeployerConfig::default()
         },
         monitor: MonitorConfig::every(args.status_interval),

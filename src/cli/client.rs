@@ -60,6 +60,20 @@ impl ApiClient {
         decode(response).await
     }
 
+    /// POSTs a file's bytes, streamed (a package upload).
+    pub async fn post_file<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        file: tokio::fs::File,
+    ) -> Result<T, CliError> {
+        let request = with_token(self.http.post(self.url(path)))
+            .query(query)
+            .header("Content-Type", "application/octet-stream")
+            .body(reqwest::Body::from(file));
+        decode(self.send(request).await?).await
+    }
+
     /// POSTs and answers the response for streaming (NDJSON rollouts).
     pub async fn post_stream(&self, path: &str, body: &Value, accept: &str) -> Result<reqwest::Response, CliError> {
         let request = with_token(self.http.post(self.url(path)))

@@ -17,9 +17,10 @@ use std::time::Duration;
 pub struct DeployArgs {
     /// The module's name (the `name` in its `mod.json`).
     pub module: String,
-    /// The package: an http(s):// or file:// URL each node fetches itself,
-    /// or a path on this host (a package, or a module folder to package),
-    /// which this node offers to the others over the cluster's encrypted
+    /// The package: an http(s):// or file:// URL each node fetches itself
+    /// (file:// only from its `--package-dir`), or a path on this host (a
+    /// package, or a module folder to package), which is uploaded to the
+    /// local node and offered to the others over the cluster's encrypted
     /// links (no HTTP server needed).
     #[arg(long)]
     pub from: String,
@@ -86,7 +87,7 @@ pub async fn deploy(http: &str, json_out: bool, args: DeployArgs) -> Result<i32,
         None
     };
     let from = built.as_ref().map_or(args.from.clone(), |t| t.0.display().to_string());
-    let source = source_of(&from)?;
+    let source = source_of(http, &from, args.sha256.as_deref()).await?;
     let config = match args.config.as_deref() {
         None => None,
         Some(text) => Some(read_config(text)?),
@@ -116,19 +117,22 @@ impl Drop for TempFile {
     }
 }
 
-/// `--from`: URLs go as they are; a path is made absolute, since the node
-/// (not this process) reads it.
-fn source_of(from: &str) -> Result<Value, CliError> {
+/// `--from`: URLs go as they are; a path is read by this process, as its
+/// user, and uploaded to the local node, which holds it and offers it to
+/// the targeted nodes (the node itself never opens a path a caller names).
+async fn source_of(http: &str, from: &str, sha256: Option<&str>) -> Result<Value, CliError> {
     if from.contains("://") {
         return Ok(json!({"url": from}));
     }
-    let path = Path::new(from);
-    let absolute = std::fs::canonicalize(path).map_err(|e| {
+    let file = tokio::fs::File::open(from).await.map_err(|e| {
         CliError::usage(format!(
-            "--from {from}: {e} (give a package path or an http/https/file URL)"
+            "--from {from}: {e} (give a package path, a module folder, or an http/https/file URL)"
         ))
     })?;
-    Ok(json!({"path": absolute}))
+    let query: Vec<(&str, &str)> = sha256.map(|sha| ("sha256", sha)).into_iter().collect();
+    let held: Value = ApiClient::new(http).post_file("/v1/packages", &query, file).await?;
+    let sha = held.get("sha256").and_then(Value::as_str).unwrap_or_default();
+    Ok(json!({"package": sha}))
 }
 
 fn read_config(text: &str) -> Result<Value, CliError> {

@@ -81,6 +81,11 @@ pub enum FetchError {
     Transfer(String),
     #[error("package cache error: {0}")]
     Cache(String),
+    /// A `file://` source or path outside every `--package-dir`: the node
+    /// runs as a privileged user, and a deploy must not make it read (and
+    /// offer to the fleet) a file its caller could not.
+    #[error("{path} is not inside a directory this node may read packages from ({allowed})")]
+    NotAllowed { path: String, allowed: String },
 }
 
 impl FetchError {
@@ -92,6 +97,7 @@ impl FetchError {
             FetchError::ChecksumMismatch { .. } => "checksum_mismatch",
             FetchError::Transfer(_) => "fetch_failed",
             FetchError::Cache(_) => "cache_error",
+            FetchError::NotAllowed { .. } => "path_not_allowed",
         }
     }
 }
@@ -182,19 +188,95 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct PackageCache {
     dir: PathBuf,
+    readable: PackageDirs,
+}
+
+/// The directories a node may read `file://` packages and paths from
+/// (`agent --package-dir`, repeatable; none by default). Kept as canonical
+/// paths, and checked against the file actually opened, so neither `..` nor
+/// a symbolic link swapped in after the check leads outside them.
+#[derive(Debug, Clone, Default)]
+pub struct PackageDirs(Vec<PathBuf>);
+
+impl PackageDirs {
+    /// Canonicalises every directory; one that does not exist is an error,
+    /// since a typo would otherwise refuse every deploy from it.
+    pub fn new(dirs: &[PathBuf]) -> std::io::Result<PackageDirs> {
+        let mut canonical = Vec::with_capacity(dirs.len());
+        for dir in dirs {
+            let real = std::fs::canonicalize(dir)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("--package-dir {}: {e}", dir.display())))?;
+            if !real.is_dir() {
+                return Err(std::io::Error::other(format!(
+                    "--package-dir {}: not a directory",
+                    dir.display()
+                )));
+            }
+            canonical.push(real);
+        }
+        Ok(PackageDirs(canonical))
+    }
+
+    /// Whether the canonical path `real` lies inside an allowed directory.
+    pub fn allows(&self, real: &Path) -> bool {
+        self.0.iter().any(|dir| real.starts_with(dir))
+    }
+
+    /// The refusal for `path`, naming what is allowed.
+    fn refuse(&self, path: &Path) -> FetchError {
+        let allowed = if self.0.is_empty() {
+            "none are allowed; start the agent with --package-dir DIR".to_string()
+        } else {
+            let dirs: Vec<String> = self.0.iter().map(|d| d.display().to_string()).collect();
+            format!("--package-dir {}", dirs.join(", "))
+        };
+        FetchError::NotAllowed {
+            path: path.display().to_string(),
+            allowed,
+        }
+    }
+
+    /// Opens `path` for reading if it is an allowed regular file. The check
+    /// is made on the opened file's own path (`/proc/self/fd`), after the
+    /// open, so nothing can be swapped in between.
+    async fn open(&self, path: &Path) -> Result<tokio::fs::File, FetchError> {
+        // Checked before opening too: opening a FIFO or device outside the
+        // allowed folders could block or have effects.
+        let before = tokio::fs::canonicalize(path).await;
+        if self.0.is_empty() || before.as_deref().is_ok_and(|real| !self.allows(real)) {
+            return Err(self.refuse(path));
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .await
+            .map_err(|e| FetchError::BadSource(format!("cannot open {}: {e}", path.display())))?;
+        use std::os::fd::AsRawFd as _;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|e| FetchError::BadSource(format!("cannot tell where {} leads: {e}", path.display())))?;
+        if !self.allows(&real) {
+            return Err(self.refuse(path));
+        }
+        Ok(file)
+    }
 }
 
 impl PackageCache {
     /// Opens (creating) the cache in `dir` and removes leftovers of fetches
-    /// that a crash interrupted.
-    pub fn open(dir: &Path) -> std::io::Result<PackageCache> {
+    /// that a crash interrupted. `file://` sources are read only from
+    /// `readable`.
+    pub fn open(dir: &Path, readable: PackageDirs) -> std::io::Result<PackageCache> {
         private_dir(dir)?;
         for entry in std::fs::read_dir(dir)?.flatten() {
             if entry.file_name().to_string_lossy().starts_with(".partial-") {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(PackageCache { dir: dir.to_path_buf() })
+        Ok(PackageCache {
+            dir: dir.to_path_buf(),
+            readable,
+        })
     }
 
     /// Where the package with this sha256 lives (whether or not it is there).
@@ -277,9 +359,7 @@ impl PackageCache {
         let mut partial = self.begin(limit).await?;
         match source {
             PackageSource::File(path) => {
-                let mut file = tokio::fs::File::open(path)
-                    .await
-                    .map_err(|e| FetchError::BadSource(format!("cannot open {}: {e}", path.display())))?;
+                let mut file = self.readable.open(path).await?;
                 let meta = file.metadata().await.map_err(|e| FetchError::Transfer(e.to_string()))?;
                 if !meta.is_file() {
                     return Err(FetchError::BadSource(format!(
@@ -455,7 +535,7 @@ mod tests {
     #[actix_rt::test]
     async fn fetch_over_http_streams_checks_and_limits() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = PackageCache::open(&tmp.path().join("packages")).unwrap();
+        let cache = PackageCache::open(&tmp.path().join("packages"), PackageDirs::default()).unwrap();
         let body = vec![42u8; 5000];
         let sha = hex::encode(Sha256::digest(&body));
         let source = PackageSource::parse(&serve(body)).unwrap();
@@ -518,7 +598,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_download_that_trickles_fails_as_stalled() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = PackageCache::open(&tmp.path().join("packages")).unwrap();
+        let cache = PackageCache::open(&tmp.path().join("packages"), PackageDirs::default()).unwrap();
         let source = PackageSource::parse(&serve_slowly(vec![7u8; 1000], Duration::from_millis(50))).unwrap();
         let rule = StallRule {
             window: Duration::from_millis(300),
@@ -532,7 +612,8 @@ mod tests {
     #[actix_rt::test]
     async fn fetch_checks_size_and_sha_and_caches() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = PackageCache::open(&tmp.path().join("packages")).unwrap();
+        let readable = PackageDirs::new(&[tmp.path().to_path_buf()]).unwrap();
+        let cache = PackageCache::open(&tmp.path().join("packages"), readable).unwrap();
         let src = tmp.path().join("pkg.tar.gz");
         std::fs::write(&src, vec![7u8; 1000]).unwrap();
         let sha = super::super::package::sha256_file(&src).unwrap();
@@ -556,5 +637,47 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with(".partial"))
             .collect();
         assert!(leftovers.is_empty(), "failed downloads are cleaned up");
+    }
+
+    #[actix_rt::test]
+    async fn files_are_read_only_from_the_allowed_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let allowed = tmp.path().join("packages-in");
+        let elsewhere = tmp.path().join("private");
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let secret = elsewhere.join("secret");
+        std::fs::write(&secret, b"not a package").unwrap();
+        let inside = allowed.join("pkg.tar.gz");
+        std::fs::write(&inside, vec![7u8; 100]).unwrap();
+        let not_allowed = |err: FetchError| {
+            assert_eq!(err.code(), "path_not_allowed", "{err}");
+            err.to_string()
+        };
+
+        // None allowed by default: not even opened.
+        let closed = PackageCache::open(&tmp.path().join("cache-a"), PackageDirs::default()).unwrap();
+        let why = not_allowed(
+            closed
+                .fetch(&PackageSource::File(inside.clone()), None, 4096)
+                .await
+                .unwrap_err(),
+        );
+        assert!(why.contains("--package-dir"), "{why}");
+
+        let open = PackageCache::open(
+            &tmp.path().join("cache-b"),
+            PackageDirs::new(std::slice::from_ref(&allowed)).unwrap(),
+        )
+        .unwrap();
+        assert!(open.fetch(&PackageSource::File(inside), None, 4096).await.is_ok());
+        // Outside, by `..`, and by a symbolic link placed inside.
+        for path in [secret.clone(), allowed.join("../private/secret")] {
+            not_allowed(open.fetch(&PackageSource::File(path), None, 4096).await.unwrap_err());
+        }
+        let link = allowed.join("link.tar.gz");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        not_allowed(open.fetch(&PackageSource::File(link), None, 4096).await.unwrap_err());
+        assert!(PackageDirs::new(&[tmp.path().join("missing")]).is_err());
     }
 }
