@@ -774,12 +774,16 @@ async fn modules(node: web::Data<NodeHandle>, query: web::Query<ModulesQuery>) -
 }
 
 /// `conjoiner status` and the dashboard: every node with its membership,
-/// report age and module health, failing nodes first, and a summary.
-async fn status(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
+/// report age and module health, failing nodes first, and a summary of the
+/// whole fleet. `?target=` (the `--target` syntax) narrows the nodes listed,
+/// not the summary; `shown` says how many are listed.
+async fn status(node: web::Data<NodeHandle>, query: web::Query<ModulesQuery>) -> Result<HttpResponse, ApiError> {
+    let target = parse_target(query.into_inner().target.as_deref().filter(|t| !t.is_empty()))?;
     let members = list_members(&node).await?;
     let mut views = node.status.view(&members, Instant::now());
     views.sort_by_key(|v| (!v.is_failing(), v.node.clone()));
     let summary = summarize(&views);
+    views.retain(|v| target.as_ref().is_none_or(|t| t.matches(&v.node, &v.tags)));
     // A node that has ways in (seeds, or peers it knew) but reaches no one
     // is cut off, not a healthy cluster of one.
     let known =
@@ -795,6 +799,7 @@ async fn status(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
         "status_interval_ms": node.settings.monitor.interval.as_millis() as u64,
         "isolated": isolated,
         "summary": summary,
+        "shown": views.len(),
         "nodes": views,
     })))
 }

@@ -294,7 +294,7 @@ fn age(now: Instant, then: Instant) -> Duration {
 }
 
 /// How a node is doing, as `conjoiner status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeHealth {
     Ok,
@@ -422,15 +422,33 @@ pub struct Summary {
     pub failing_nodes: usize,
     pub modules: usize,
     pub failing_modules: usize,
+    /// Nodes per health, every health named (0 included), so a dashboard
+    /// can show each figure without knowing the list.
+    pub by_health: BTreeMap<NodeHealth, usize>,
 }
 
 pub fn summarize(views: &[NodeView]) -> Summary {
+    let mut by_health: BTreeMap<NodeHealth, usize> = [
+        NodeHealth::Ok,
+        NodeHealth::Degraded,
+        NodeHealth::Stale,
+        NodeHealth::Suspect,
+        NodeHealth::Dead,
+        NodeHealth::Left,
+    ]
+    .into_iter()
+    .map(|h| (h, 0))
+    .collect();
+    for view in views {
+        *by_health.entry(view.health).or_default() += 1;
+    }
     Summary {
         nodes: views.len(),
         ok: views.iter().filter(|v| v.health == NodeHealth::Ok).count(),
         failing_nodes: views.iter().filter(|v| v.is_failing()).count(),
         modules: views.iter().map(|v| v.modules.len()).sum(),
         failing_modules: views.iter().map(|v| v.failing.len()).sum(),
+        by_health,
     }
 }
 
@@ -532,6 +550,19 @@ mod tests {
         assert_eq!(summary.nodes, 4);
         assert_eq!(summary.failing_nodes, 4);
         assert_eq!(summary.failing_modules, 1);
+        let by_health: Vec<(NodeHealth, usize)> = summary.by_health.into_iter().collect();
+        assert_eq!(
+            by_health,
+            [
+                (NodeHealth::Ok, 0),
+                (NodeHealth::Degraded, 0),
+                (NodeHealth::Stale, 3),
+                (NodeHealth::Suspect, 0),
+                (NodeHealth::Dead, 1),
+                (NodeHealth::Left, 0)
+            ],
+            "every health is named, with its count"
+        );
     }
 
     #[test]
