@@ -509,3 +509,86 @@ fn modules_writes_whole_statuses_when_piped() {
         "longer than the terminal column: {parsed}"
     );
 }
+
+/// Slowloris and a crowd of event streams against the control API: 200
+/// connections that send half a request head and stall, and 500 open
+/// `/v1/events` streams. The API keeps answering, every stream gets a
+/// published event, and the stalled connections are closed by the node.
+#[test]
+fn stalled_and_crowded_api_clients_do_not_stop_the_api() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let node = TestNode::start("solo-crowd", &[]);
+    let addr = node.http.clone();
+
+    let mut stalled = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(format!("GET /v1/health HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").as_bytes())
+            .unwrap();
+        stalled.push(s);
+    }
+    let mut streams = Vec::new();
+    for _ in 0..500 {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(format!("GET /v1/events HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        streams.push((s, String::new()));
+    }
+    // Every stream is open (its first bytes arrived) before the event.
+    let read_into = |s: &mut TcpStream, seen: &mut String| {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = s.read(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    for (s, seen) in streams.iter_mut() {
+        wait_for(Duration::from_secs(30), "an event stream to open", || {
+            read_into(s, seen);
+            seen.contains(": connected").then_some(())
+        });
+    }
+    let (code, health) = node.http("GET", "/v1/health", None);
+    assert_eq!((code, health["status"].as_str()), (200, Some("ok")), "{health}");
+
+    let (code, answer) = node.http(
+        "POST",
+        "/v1/publish",
+        Some(br#"{"address":"crowd.test","body":{"marker":"m-crowd-1"}}"#),
+    );
+    assert_eq!(code, 202, "{answer}");
+    for (i, (s, seen)) in streams.iter_mut().enumerate() {
+        wait_for(Duration::from_secs(30), &format!("the event on stream {i}"), || {
+            read_into(s, seen);
+            seen.contains("m-crowd-1").then_some(())
+        });
+    }
+
+    // The stalled heads are cut off by the node, not held for ever.
+    for s in stalled.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    }
+    for (i, s) in stalled.iter_mut().enumerate() {
+        wait_for(
+            Duration::from_secs(60),
+            &format!("stalled connection {i} to be closed"),
+            || {
+                let mut buf = [0u8; 1024];
+                match s.read(&mut buf) {
+                    Ok(0) => Some(()),
+                    // A 408 answer first, then the close.
+                    Ok(_) => None,
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
+                        None
+                    }
+                    Err(_) => Some(()),
+                }
+            },
+        );
+    }
+    let (code, _) = node.http("GET", "/v1/health", None);
+    assert_eq!(code, 200);
+}

@@ -200,13 +200,22 @@ fn check_glob(glob: &str) -> Result<(), String> {
 }
 
 /// Glob match with `*` (any run, possibly empty) and `?` (one character).
-/// Linear-time backtracking over the last `*`, so hostile patterns are cheap.
+/// Backtracks only to the last `*`, so a hostile pattern costs at most
+/// about pattern × text steps, never the exponential time of a naive
+/// recursive matcher.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
+    glob_steps(pattern, text).0
+}
+
+/// [`glob_match`], and how many steps it took.
+fn glob_steps(pattern: &str, text: &str) -> (bool, usize) {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
+    let mut steps = 0;
     while ti < t.len() {
+        steps += 1;
         if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
@@ -218,13 +227,13 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             ti = st + 1;
             star = Some((sp, st + 1));
         } else {
-            return false;
+            return (false, steps);
         }
     }
     while pi < p.len() && p[pi] == '*' {
         pi += 1;
     }
-    pi == p.len()
+    (pi == p.len(), steps)
 }
 
 #[cfg(test)]
@@ -248,6 +257,25 @@ mod tests {
         assert!(!glob_match("*a*b*c", "xxaxxbxx"));
         assert!(glob_match("exact", "exact"));
         assert!(!glob_match("exact", "exactly"));
+    }
+
+    #[test]
+    fn hostile_globs_cost_at_most_pattern_times_text_steps() {
+        // The classic blow-up for a recursive matcher: many stars that all
+        // match, then a failure at the end (C(2000, 20) tries for it).
+        let pattern = format!("{}b", "*a".repeat(20));
+        let text = "a".repeat(2000);
+        let (hit, steps) = glob_steps(&pattern, &text);
+        assert!(!hit);
+        assert!(
+            steps <= (pattern.len() + 1) * (text.len() + 1),
+            "{steps} steps for {} × {}",
+            pattern.len(),
+            text.len()
+        );
+        // A selector of such terms, matched against a long name, answers.
+        let target = Target::parse(&format!("name={pattern},tag.k={pattern}")).unwrap();
+        assert!(!target.matches(&text, &tags(&[("k", &text)])));
     }
 
     #[test]
