@@ -306,8 +306,9 @@ fn a_thousand_node_board_stays_usable_at_desktop_and_phone_width() {
 
         // A click opens named figures; the raw JSON is one more click away.
         browser.eval("document.querySelector('tr[data-node]').click()");
-        let used = browser
-            .eval("document.querySelector('tr.details [data-module-status=disk] [data-figure=used_pct]')?.textContent ?? ''");
+        let used = browser.eval(
+            "document.querySelector('tr.details [data-module-status=disk] [data-figure=used_pct]')?.textContent ?? ''",
+        );
         assert_eq!(used, "used_pct91.50");
         let json = browser.eval("document.querySelector('tr.details details.json pre').textContent");
         assert!(json.as_str().unwrap().contains("\"used_pct\": 91.5"), "{json}");
