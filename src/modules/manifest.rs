@@ -321,4 +321,44 @@ mod tests {
         );
         assert_eq!(merge_config(&base, &Value::Null), base);
     }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,24}".prop_map(Value::from),
+            Just(json!(["mod.x", 1, null])),
+            Just(json!({"policy": "always", "max_restarts": -1})),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any bytes parse or are refused with a message, never a panic.
+        #[test]
+        fn any_bytes_parse_or_are_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = Manifest::parse(&bytes);
+        }
+
+        /// A manifest whose every field holds a value of any type: refused
+        /// cleanly, or parsed into a module with a valid name.
+        #[test]
+        fn fields_of_any_type_are_refused_or_valid(
+            name in any_json(), version in any_json(), main in any_json(),
+            builtin in any_json(), subscribe in any_json(), restart in any_json(), config in any_json(),
+        ) {
+            let mut m = serde_json::Map::new();
+            for (k, v) in [("name", name), ("version", version), ("main", main), ("builtin", builtin),
+                           ("subscribe", subscribe), ("restart", restart), ("config", config)] {
+                if !v.is_null() {
+                    m.insert(k.to_string(), v);
+                }
+            }
+            if let Ok(manifest) = parse(Value::Object(m)) {
+                proptest::prop_assert!(check_module_name(&manifest.name).is_ok(), "{}", manifest.name);
+            }
+        }
+    }
 }

@@ -578,4 +578,42 @@ pub(crate) mod tests {
         assert!(parse_sha256("abc").is_err());
         assert!(parse_sha256(&"zz".repeat(32)).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Archives of entries with any names (`..`, `/`, long ones), any
+        /// entry type byte and any content: unpacking succeeds or fails,
+        /// never panics, and writes nothing outside its staging folder.
+        #[test]
+        fn any_archive_unpacks_inside_its_folder_or_is_refused(
+            entries in proptest::collection::vec(
+                ("[a-z./]{1,40}", proptest::prelude::any::<u8>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)),
+                0..8,
+            ),
+            with_manifest in proptest::prelude::any::<bool>(),
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let package = tmp.path().join("p.tar.gz");
+            raw_package(&package, |tar| {
+                if with_manifest {
+                    append_raw(tar, MANIFEST_FILE, MANIFEST);
+                }
+                for (name, kind, data) in &entries {
+                    let mut header = tar::Header::new_gnu();
+                    header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+                    header.set_size(data.len() as u64);
+                    header.set_mode(0o755);
+                    header.set_entry_type(tar::EntryType::new(*kind));
+                    header.set_cksum();
+                    tar.append(&header, &data[..]).unwrap();
+                }
+            });
+            let limits = UnpackLimits { max_unpacked_bytes: 1 << 20, max_entries: 64 };
+            let _ = unpack(&package, &tmp.path().join("stage"), limits);
+            for entry in std::fs::read_dir(tmp.path()).unwrap().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                proptest::prop_assert!(name == "p.tar.gz" || name == "stage", "wrote {name} outside the stage");
+            }
+        }
+    }
 }
