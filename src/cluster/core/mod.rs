@@ -198,6 +198,8 @@ pub struct CoreCounters {
     pub joins_answered: u64,
     /// New links this node closed at once because it held its link cap.
     pub links_turned_away: u64,
+    /// Spare links closed to make room for a dial at the link cap.
+    pub links_closed_for_room: u64,
     /// Joins a busy node sent on to another member.
     pub joins_redirected: u64,
     pub anti_entropy_rounds: u64,
@@ -693,7 +695,8 @@ impl ClusterCore {
                 frames_in: 0,
             },
         );
-        if direction == Direction::Inbound && self.links.len() > self.config.link_cap {
+        // Dials under way count: each is a link about to open.
+        if direction == Direction::Inbound && self.links.len() + self.dialing.len() > self.config.link_cap {
             return self.turn_away(link);
         }
         self.actions.push_back(Action::Send {
@@ -1034,15 +1037,7 @@ impl ClusterCore {
             self.close(link, "no hello in time");
         }
         // Links nobody needs: not overlay, not a subject's, unused for a while.
-        let subjects = self.rings.subjects().to_vec();
-        let mut spare: Vec<(Instant, LinkId)> = self
-            .links
-            .iter()
-            .filter(|(_, l)| l.peer.is_some() && !l.i_want && !l.peer_wants)
-            .filter(|(_, l)| !l.peer_name().is_some_and(|n| subjects.contains(n)))
-            .map(|(id, l)| (l.last_used, *id))
-            .collect();
-        spare.sort();
+        let spare = self.spare_links();
         let over = self.links.len().saturating_sub(self.config.max_links);
         for (i, (used, link)) in spare.into_iter().enumerate() {
             let idle = now.saturating_duration_since(used);
@@ -1094,6 +1089,7 @@ impl ClusterCore {
             if recent && expect.is_some() {
                 return None;
             }
+            self.make_room();
             self.counters.dials += 1;
             self.last_dial.insert(addr, self.now);
             self.dialing.insert(
@@ -1129,6 +1125,41 @@ impl ClusterCore {
             let mut out = Vec::new();
             self.detector.unreachable(&name, self.now, &helpers, &mut out);
             self.detector_out(out);
+        }
+    }
+
+    /// Greeted links that neither side needs (not overlay, not to one of
+    /// this node's probe subjects), least recently used first.
+    fn spare_links(&self) -> Vec<(Instant, LinkId)> {
+        let subjects = self.rings.subjects();
+        let mut spare: Vec<(Instant, LinkId)> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.peer.is_some() && !l.i_want && !l.peer_wants)
+            .filter(|(_, l)| !l.peer_name().is_some_and(|n| subjects.contains(n)))
+            .map(|(id, l)| (l.last_used, *id))
+            .collect();
+        spare.sort();
+        spare
+    }
+
+    /// Before a dial at the link cap, closes the least recently used spare
+    /// link with nothing queued on it. The cap turns away links peers open;
+    /// without this, the links a busy node opens itself (answers to joins,
+    /// probes, pushes) piled up past it in a mass start (87 on one node of
+    /// 10,000 simulated, against a cap of 64).
+    fn make_room(&mut self) {
+        if self.links.len() + self.dialing.len() < self.config.link_cap {
+            return;
+        }
+        let lru = self
+            .spare_links()
+            .into_iter()
+            .map(|(_, link)| link)
+            .find(|link| self.outbox.get(link).is_none_or(|queued| queued.is_empty()));
+        if let Some(link) = lru {
+            self.counters.links_closed_for_room += 1;
+            self.close(link, "making room at the link cap");
         }
     }
 

@@ -1021,3 +1021,41 @@ proptest::proptest! {
         proptest::prop_assert!(acked, "the core stopped answering");
     }
 }
+
+#[test]
+fn a_node_at_its_link_cap_closes_a_spare_link_before_it_dials() {
+    let mut net = Net::new();
+    let sender = net.add("a00", 1, 1);
+    let mut others = Vec::new();
+    for k in 1..40u16 {
+        let other = net.add(&format!("a{k:02}"), 1 + k, 1);
+        net.join(other, sender);
+        others.push(other);
+    }
+    net.advance(Duration::from_secs(5));
+    // A cap just above what it holds, then a direct message to every member:
+    // most need a new link.
+    let cap = net.cores[sender].link_count() + 2;
+    net.cores[sender].config.link_cap = cap;
+    let before = net.log.len();
+    for &other in &others {
+        let name = net.cores[other].me().name.clone();
+        let now = net.now;
+        net.cores[sender]
+            .send_direct(&name, Bytes::from_static(b"{}"), now)
+            .unwrap();
+        net.settle();
+        assert!(
+            net.cores[sender].link_count() <= cap,
+            "{} links, cap {cap}",
+            net.cores[sender].link_count()
+        );
+    }
+    assert!(net.cores[sender].counters.links_closed_for_room > 0);
+    let delivered: std::collections::HashSet<usize> = net.log[before..]
+        .iter()
+        .filter(|(_, action)| matches!(action, Action::Deliver { direct: true, .. }))
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(delivered.len(), others.len(), "every direct message arrived");
+}
