@@ -501,12 +501,7 @@ async fn deploy_order(node: &NodeHandle, req: &DeployBody) -> Result<Value, ApiE
     use crate::actors::deployer::{DeployOrder, OrderSource};
     use crate::modules::fetch::PackageSource;
     crate::modules::manifest::check_module_name(&req.module).map_err(|e| rejected("invalid_request", e))?;
-    let sha256 = req
-        .sha256
-        .as_deref()
-        .map(crate::modules::package::parse_sha256)
-        .transpose()
-        .map_err(|e| rejected("invalid_request", e))?;
+    let sha256 = optional_sha256(req.sha256.as_deref())?;
     if req.config.as_ref().is_some_and(|c| !c.is_object()) {
         return Err(rejected("invalid_request", "`config` must be a JSON object"));
     }
@@ -565,6 +560,13 @@ async fn deploy_order(node: &NodeHandle, req: &DeployBody) -> Result<Value, ApiE
         }
     };
     offer_held(node, req, held).await
+}
+
+/// A `sha256` the caller may give: absent, or 64 hex digits.
+fn optional_sha256(text: Option<&str>) -> Result<Option<String>, ApiError> {
+    text.map(crate::modules::package::parse_sha256)
+        .transpose()
+        .map_err(|e| rejected("invalid_request", e))
 }
 
 fn order_value(order: crate::actors::deployer::DeployOrder) -> Value {
@@ -629,12 +631,7 @@ async fn upload_package(
     query: web::Query<UploadQuery>,
     mut body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let expected = query
-        .sha256
-        .as_deref()
-        .map(crate::modules::package::parse_sha256)
-        .transpose()
-        .map_err(|e| rejected("invalid_request", e))?;
+    let expected = optional_sha256(query.sha256.as_deref())?;
     let fetch_error = |e: crate::modules::fetch::FetchError| rejected(e.code(), e.to_string());
     let limit = node.settings.deployer.max_package_bytes;
     let mut partial = node.deploy.cache.begin(limit).await.map_err(fetch_error)?;
