@@ -201,8 +201,7 @@ impl ClusterParts {
 /// scripts and tests can find a node started with `--http 127.0.0.1:0`.
 pub const HTTP_ADDR_FILE: &str = "http.addr";
 
-/// The largest envelope body, and so the largest API request body: 1 MiB.
-pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+pub use crate::wire::MAX_ENVELOPE_BYTES as DEFAULT_MAX_BODY;
 
 /// The settings modules read when they (re)start.
 #[derive(Debug, Clone)]

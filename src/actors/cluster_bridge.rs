@@ -620,7 +620,7 @@ fn deflate_state(json: &[u8]) -> Bytes {
 /// Inflates a peer's state, refusing more than an envelope's worth.
 fn inflate_state(data: &[u8]) -> Result<Bytes, String> {
     use std::io::Read as _;
-    let limit = crate::node::DEFAULT_MAX_BODY as u64;
+    let limit = crate::wire::MAX_ENVELOPE_BYTES as u64;
     let mut out = Vec::new();
     flate2::read::DeflateDecoder::new(data)
         .take(limit + 1)
@@ -674,7 +674,7 @@ mod tests {
         let packed = deflate_state(&json);
         assert!(packed.len() * 4 < json.len(), "{} → {}", json.len(), packed.len());
         assert_eq!(inflate_state(&packed).unwrap(), Bytes::from(json));
-        let bomb = deflate_state(&vec![b' '; 2 * crate::node::DEFAULT_MAX_BODY]);
+        let bomb = deflate_state(&vec![b' '; 2 * crate::wire::MAX_ENVELOPE_BYTES]);
         assert!(
             bomb.len() < 64 * 1024,
             "small enough to be a valid state: {}",

@@ -15,6 +15,9 @@ use uuid::Uuid;
 /// The envelope format version this build speaks.
 pub const ENVELOPE_VERSION: u64 = 1;
 
+/// The largest envelope body, and so the largest API request body: 1 MiB.
+pub const MAX_ENVELOPE_BYTES: usize = 1024 * 1024;
+
 /// What kind of message an envelope carries. Unknown types are kept as
 /// [`MessageType::Other`] so that newer nodes can add types without breaking
 /// older ones.

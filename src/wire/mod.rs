@@ -7,6 +7,8 @@ pub mod frame;
 pub mod selector;
 
 pub use dedup::SeenIds;
-pub use envelope::{now_ms, Destination, Envelope, EnvelopeError, MessageType, Source, ENVELOPE_VERSION};
+pub use envelope::{
+    now_ms, Destination, Envelope, EnvelopeError, MessageType, Source, ENVELOPE_VERSION, MAX_ENVELOPE_BYTES,
+};
 pub use frame::{FrameCodec, FrameError, DEFAULT_MAX_FRAME};
 pub use selector::{glob_match, Selector, SelectorError, Target};
