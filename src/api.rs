@@ -532,7 +532,7 @@ async fn deploy_order(node: &NodeHandle, req: &DeployBody) -> Result<Value, ApiE
                 .cache
                 .fetch(&PackageSource::File(path), sha256.as_deref(), limit)
                 .await
-                .map_err(|e| rejected(e.code(), e.to_string()))?
+                .map_err(fetch_rejected)?
         }
         (None, None, Some(package)) => {
             let package = crate::modules::package::parse_sha256(package).map_err(|e| rejected("invalid_request", e))?;
@@ -560,6 +560,11 @@ async fn deploy_order(node: &NodeHandle, req: &DeployBody) -> Result<Value, ApiE
         }
     };
     offer_held(node, req, held).await
+}
+
+/// A package that could not be fetched or stored, as a 400 with its code.
+fn fetch_rejected(e: crate::modules::fetch::FetchError) -> ApiError {
+    rejected(e.code(), e.to_string())
 }
 
 /// A `sha256` the caller may give: absent, or 64 hex digits.
@@ -632,14 +637,13 @@ async fn upload_package(
     mut body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let expected = optional_sha256(query.sha256.as_deref())?;
-    let fetch_error = |e: crate::modules::fetch::FetchError| rejected(e.code(), e.to_string());
     let limit = node.settings.deployer.max_package_bytes;
-    let mut partial = node.deploy.cache.begin(limit).await.map_err(fetch_error)?;
+    let mut partial = node.deploy.cache.begin(limit).await.map_err(fetch_rejected)?;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| rejected("invalid_request", format!("the upload broke off: {e}")))?;
-        partial.write(&chunk).await.map_err(fetch_error)?;
+        partial.write(&chunk).await.map_err(fetch_rejected)?;
     }
-    let held = partial.finish(expected.as_deref()).await.map_err(fetch_error)?;
+    let held = partial.finish(expected.as_deref()).await.map_err(fetch_rejected)?;
     let manifest = package_manifest(&node, &held).await?;
     debug!(sha256 = %held.sha256, size = held.size, module_name = %manifest.name, "package uploaded");
     Ok(HttpResponse::Ok().json(json!({
@@ -748,8 +752,9 @@ async fn run_rollout(
         .streaming(lines))
 }
 
+/// `?target=`: the nodes a read is about, in the `--target` syntax.
 #[derive(Deserialize)]
-struct ModulesQuery {
+struct TargetQuery {
     target: Option<String>,
 }
 
@@ -757,7 +762,7 @@ struct ModulesQuery {
 /// however large the fleet. Nodes whose report is stale, or that are dead,
 /// are listed with `stale: true` and an `error`; nodes that left are not
 /// listed.
-async fn modules(node: web::Data<NodeHandle>, query: web::Query<ModulesQuery>) -> Result<HttpResponse, ApiError> {
+async fn modules(node: web::Data<NodeHandle>, query: web::Query<TargetQuery>) -> Result<HttpResponse, ApiError> {
     let target = parse_target(query.into_inner().target.as_deref().filter(|t| !t.is_empty()))?;
     let members = list_members(&node).await?;
     let views: Vec<NodeView> = node
@@ -774,7 +779,7 @@ async fn modules(node: web::Data<NodeHandle>, query: web::Query<ModulesQuery>) -
 /// report age and module health, failing nodes first, and a summary of the
 /// whole fleet. `?target=` (the `--target` syntax) narrows the nodes listed,
 /// not the summary; `shown` says how many are listed.
-async fn status(node: web::Data<NodeHandle>, query: web::Query<ModulesQuery>) -> Result<HttpResponse, ApiError> {
+async fn status(node: web::Data<NodeHandle>, query: web::Query<TargetQuery>) -> Result<HttpResponse, ApiError> {
     let target = parse_target(query.into_inner().target.as_deref().filter(|t| !t.is_empty()))?;
     let members = list_members(&node).await?;
     let mut views = node.status.view(&members, Instant::now());

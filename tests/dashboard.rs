@@ -158,31 +158,6 @@ fn synthetic_status(target: Option<&str>) -> Result<serde_json::Value, String> {
     }))
 }
 
-/// `%XX` escapes decoded, as `encodeURIComponent` writes them.
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Serves the dashboard and a synthetic `/v1/status` on a loopback port
 /// (one request per connection, for the life of the test process).
 fn serve_synthetic_board() -> String {
@@ -207,8 +182,12 @@ fn serve_synthetic_board() -> String {
                     "text/html",
                     include_str!("../src/dashboard/index.html").to_string(),
                 )
-            } else if let Some(query) = path.strip_prefix("/v1/status") {
-                let target = query.strip_prefix("?target=").map(percent_decoded);
+            } else if path.starts_with("/v1/status") {
+                let url = reqwest::Url::parse(&format!("http://board{path}")).unwrap();
+                let target = url
+                    .query_pairs()
+                    .find(|(k, _)| k == "target")
+                    .map(|(_, v)| v.into_owned());
                 match synthetic_status(target.as_deref()) {
                     Ok(v) => ("200 OK", "application/json", v.to_string()),
                     Err(e) => (
