@@ -310,6 +310,9 @@ pub struct ClusterCore {
     has_table: bool,
     state_version: u64,
     next_anti_entropy: Instant,
+    /// Table comparisons still to run at a tenth of the interval (see
+    /// `ClusterConfig::quick_rounds_after_news`).
+    quick_rounds: u32,
     next_reconnect: Instant,
     next_housekeeping: Instant,
     outbox: StableMap<LinkId, Vec<(Lane, Msg)>>,
@@ -336,6 +339,7 @@ impl ClusterCore {
             tree: BroadcastTree::new(&me.name, config.tree()),
             root: (ring_position(name_hash(&me.name), 0), me.name.clone()),
             next_anti_entropy: now + jitter(&mut rng, config.anti_entropy_interval),
+            quick_rounds: 0,
             next_reconnect: now + jitter(&mut rng, config.reconnect_interval),
             next_housekeeping: now + Duration::from_secs(1),
             config,
@@ -952,7 +956,12 @@ impl ClusterCore {
             self.tree.tick(now, &mut out);
             self.tree_out(out);
             if now >= self.next_anti_entropy {
-                self.next_anti_entropy = now + self.jitter(self.config.anti_entropy_interval);
+                self.next_anti_entropy = if self.quick_rounds > 0 {
+                    self.quick_rounds -= 1;
+                    now + self.config.anti_entropy_interval / 10
+                } else {
+                    now + self.jitter(self.config.anti_entropy_interval)
+                };
                 self.anti_entropy();
             }
             if now >= self.next_reconnect {
@@ -2169,6 +2178,7 @@ impl ClusterCore {
         // News here may be news elsewhere (a mass start loses updates while
         // the tree forms): compare tables soon rather than at the next round.
         self.anti_entropy_soon();
+        self.quick_rounds = self.config.quick_rounds_after_news;
         self.actions.push_back(Action::Member { id: id.clone(), change });
     }
 

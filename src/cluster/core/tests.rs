@@ -1059,3 +1059,60 @@ fn a_node_at_its_link_cap_closes_a_spare_link_before_it_dials() {
         .collect();
     assert_eq!(delivered.len(), others.len(), "every direct message arrived");
 }
+
+/// Digests core `i` sent in `log[from..]`.
+fn digests_sent(net: &Net, i: usize, from: usize) -> usize {
+    net.log[from..]
+        .iter()
+        .filter(|(c, act)| {
+            *c == i
+                && matches!(act, Action::Send { frame: Frame::Msgs(msgs), .. }
+                    if msgs.iter().any(|m| matches!(m, Msg::Digest { .. })))
+        })
+        .count()
+}
+
+#[test]
+fn news_keeps_table_comparisons_quick_for_a_few_rounds_then_they_slow_down() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let b = net.add("b", 2, 100);
+    net.join(b, a);
+    // Long enough for the join's own quick rounds to be over.
+    net.advance(Duration::from_secs(5));
+    let config = net.cores[a].config().clone();
+    let quick = config.anti_entropy_interval / 10;
+    assert!(
+        config.quick_rounds_after_news >= 2,
+        "the preset keeps a few quick rounds"
+    );
+
+    // News: c joins through b, and a hears of it.
+    let from = net.log.len();
+    let c = net.add("c", 3, 100);
+    net.join(c, b);
+    assert_eq!(net.cores[a].up_count(), 3, "a heard of c");
+    // Every round after the news runs a tenth of the interval after the
+    // one before, though the tables already agree: the first one that the
+    // news brings forward, then `quick_rounds_after_news` more.
+    let rounds = config.quick_rounds_after_news as usize + 1;
+    net.advance(quick * rounds as u32 + quick / 2);
+    let sent = digests_sent(&net, a, from);
+    assert!(
+        sent >= rounds,
+        "{sent} comparisons by a in the {rounds} quick rounds after news (one, without them)"
+    );
+
+    // Without news the rounds slow down to the interval again (at least
+    // half of it, with jitter).
+    net.advance(Duration::from_secs(2));
+    let from = net.log.len();
+    let quiet = Duration::from_secs(10);
+    net.advance(quiet);
+    let sent = digests_sent(&net, a, from);
+    let most = (quiet.as_millis() / (config.anti_entropy_interval / 2).as_millis()) as usize;
+    assert!(
+        sent <= most,
+        "{sent} comparisons by a in a quiet {quiet:?}: at most {most}"
+    );
+}
