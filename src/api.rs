@@ -8,8 +8,9 @@
 use crate::actors::cluster_bus::{ClusterStatus, ListMembers, MemberStatus};
 use crate::actors::transponder::{PublishToCluster, RequestCluster};
 use crate::actors::ModuleState;
+use crate::deploy::origin::{self, DeployRequest, OriginError};
+use crate::monitor::board::{summarize, NodeView};
 use crate::node::NodeHandle;
-use crate::status::{summarize, NodeView};
 use crate::wire::{Envelope, MessageType, Target};
 use actix_web::dev::Service;
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
@@ -93,7 +94,7 @@ pub fn serve(
         let token = token.clone();
         // Every log line of a request (rejections included) names the node
         // and `module=api`.
-        let span = node.identity.span("api");
+        let span = node.ctx.identity.span("api");
         App::new()
             // Run last to first: the span, the browser guard, then the token.
             .wrap_fn(move |req, srv| match check_token(req.request(), &token) {
@@ -279,7 +280,8 @@ fn transponder(node: &NodeHandle) -> Result<actix::Addr<crate::actors::Transpond
 }
 
 async fn list_members(node: &NodeHandle) -> Result<Vec<crate::actors::Member>, ApiError> {
-    node.cluster
+    node.ctx
+        .cluster
         .members
         .send(ListMembers)
         .await
@@ -294,11 +296,11 @@ async fn health(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
     let members = list_members(&node).await?;
     let alive = members.iter().filter(|m| m.status == MemberStatus::Alive).count();
     Ok(HttpResponse::Ok().json(json!({
-        "node": node.identity.name,
-        "cluster": node.identity.cluster,
+        "node": node.ctx.identity.name,
+        "cluster": node.ctx.identity.cluster,
         "status": "ok",
         "members_alive": alive,
-        "uptime_ms": node.started.elapsed().as_millis() as u64,
+        "uptime_ms": node.ctx.started.elapsed().as_millis() as u64,
         "version": env!("CARGO_PKG_VERSION"),
     })))
 }
@@ -493,132 +495,13 @@ fn check_batch(batch: Option<usize>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Turns a deploy request into the order nodes get. A URL goes to every
-/// targeted node as it is. A `package` (uploaded before) or a `path` (read
-/// here, only inside `--package-dir`) is held in this node's cache, and the
-/// order names this node as the peer to fetch it from.
-async fn deploy_order(node: &NodeHandle, req: &DeployBody) -> Result<Value, ApiError> {
-    use crate::actors::deployer::{DeployOrder, OrderSource};
-    use crate::modules::fetch::PackageSource;
-    crate::modules::manifest::check_module_name(&req.module).map_err(|e| rejected("invalid_request", e))?;
-    let sha256 = optional_sha256(req.sha256.as_deref())?;
-    if req.config.as_ref().is_some_and(|c| !c.is_object()) {
-        return Err(rejected("invalid_request", "`config` must be a JSON object"));
+/// A deploy refused at the origin, as a 400 with its code (500 for a
+/// failure of this node's own).
+fn origin_rejected(e: OriginError) -> ApiError {
+    match e {
+        OriginError::Internal(message) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+        e => rejected(e.code(), e.to_string()),
     }
-    let held = match (&req.source.url, &req.source.path, &req.source.package) {
-        (Some(url), None, None) => {
-            PackageSource::parse(url).map_err(|e| rejected("bad_source", e.to_string()))?;
-            return Ok(order_value(DeployOrder {
-                module: req.module.clone(),
-                source: OrderSource {
-                    url: Some(url.clone()),
-                    peer: None,
-                    size: None,
-                },
-                sha256,
-                config: req.config.clone(),
-            }));
-        }
-        (None, Some(path), None) => {
-            let path = std::path::PathBuf::from(path);
-            if !path.is_absolute() {
-                return Err(rejected(
-                    "bad_source",
-                    "`source.path` must be absolute (it is read by the node, not the client)",
-                ));
-            }
-            let limit = node.settings.deployer.max_package_bytes;
-            node.deploy
-                .cache
-                .fetch(&PackageSource::File(path), sha256.as_deref(), limit)
-                .await
-                .map_err(fetch_rejected)?
-        }
-        (None, None, Some(package)) => {
-            let package = crate::modules::package::parse_sha256(package).map_err(|e| rejected("invalid_request", e))?;
-            if sha256.as_ref().is_some_and(|sha| *sha != package) {
-                return Err(rejected(
-                    "checksum_mismatch",
-                    format!(
-                        "`sha256` is {}, but `source.package` names {package}",
-                        sha256.unwrap_or_default()
-                    ),
-                ));
-            }
-            node.deploy.cache.get(&package).ok_or_else(|| {
-                rejected(
-                    "not_held",
-                    format!("this node holds no package {package}; upload it with POST /v1/packages first"),
-                )
-            })?
-        }
-        _ => {
-            return Err(rejected(
-                "invalid_request",
-                "`source` must have exactly one of `url`, `path` or `package`",
-            ))
-        }
-    };
-    offer_held(node, req, held).await
-}
-
-/// A package that could not be fetched or stored, as a 400 with its code.
-fn fetch_rejected(e: crate::modules::fetch::FetchError) -> ApiError {
-    rejected(e.code(), e.to_string())
-}
-
-/// A `sha256` the caller may give: absent, or 64 hex digits.
-fn optional_sha256(text: Option<&str>) -> Result<Option<String>, ApiError> {
-    text.map(crate::modules::package::parse_sha256)
-        .transpose()
-        .map_err(|e| rejected("invalid_request", e))
-}
-
-fn order_value(order: crate::actors::deployer::DeployOrder) -> Value {
-    serde_json::to_value(order).unwrap_or(Value::Null)
-}
-
-/// The order for a package this node holds: the targeted nodes fetch it
-/// from this node, peer to peer, once its manifest names the module.
-async fn offer_held(
-    node: &NodeHandle,
-    req: &DeployBody,
-    held: crate::modules::fetch::CachedPackage,
-) -> Result<Value, ApiError> {
-    use crate::actors::deployer::{DeployOrder, OrderSource};
-    let manifest = package_manifest(node, &held).await?;
-    if manifest.name != req.module {
-        return Err(rejected(
-            "bad_package",
-            format!("the package holds module `{}`, not `{}`", manifest.name, req.module),
-        ));
-    }
-    Ok(order_value(DeployOrder {
-        module: req.module.clone(),
-        source: OrderSource {
-            url: None,
-            peer: Some(node.identity.name.clone()),
-            size: Some(held.size),
-        },
-        sha256: Some(held.sha256),
-        config: req.config.clone(),
-    }))
-}
-
-/// The manifest of a cached package; one that is not a valid package is
-/// dropped from the cache.
-async fn package_manifest(
-    node: &NodeHandle,
-    held: &crate::modules::fetch::CachedPackage,
-) -> Result<crate::modules::manifest::Manifest, ApiError> {
-    let path = held.path.clone();
-    tokio::task::spawn_blocking(move || crate::modules::package::read_manifest(&path))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| {
-            node.deploy.cache.evict(held);
-            rejected("bad_package", e)
-        })
 }
 
 #[derive(Deserialize)]
@@ -636,15 +519,18 @@ async fn upload_package(
     query: web::Query<UploadQuery>,
     mut body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let expected = optional_sha256(query.sha256.as_deref())?;
+    let expected = origin::optional_sha256(query.sha256.as_deref()).map_err(origin_rejected)?;
     let limit = node.settings.deployer.max_package_bytes;
+    let fetch_rejected = |e| origin_rejected(OriginError::Fetch(e));
     let mut partial = node.deploy.cache.begin(limit).await.map_err(fetch_rejected)?;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| rejected("invalid_request", format!("the upload broke off: {e}")))?;
         partial.write(&chunk).await.map_err(fetch_rejected)?;
     }
     let held = partial.finish(expected.as_deref()).await.map_err(fetch_rejected)?;
-    let manifest = package_manifest(&node, &held).await?;
+    let manifest = origin::held_manifest(&node.deploy, &held)
+        .await
+        .map_err(origin_rejected)?;
     debug!(sha256 = %held.sha256, size = held.size, module_name = %manifest.name, "package uploaded");
     Ok(HttpResponse::Ok().json(json!({
         "sha256": held.sha256,
@@ -663,10 +549,21 @@ async fn deploy(
     parse_target(req.target.as_deref())?;
     check_batch(req.batch)?;
     let timeout = deploy_timeout(req.timeout_ms)?;
-    let order = deploy_order(&node, &req).await?;
-    let rollout = crate::rollout::Rollout {
+    let request = DeployRequest {
+        module: &req.module,
+        url: req.source.url.as_deref(),
+        path: req.source.path.as_deref(),
+        package: req.source.package.as_deref(),
+        sha256: req.sha256.as_deref(),
+        config: req.config.as_ref(),
+    };
+    let limit = node.settings.deployer.max_package_bytes;
+    let order = origin::order_for(&node.deploy, &node.ctx.identity.name, limit, request)
+        .await
+        .map_err(origin_rejected)?;
+    let rollout = crate::deploy::rollout::Rollout {
         kind: MessageType::Deploy,
-        order,
+        order: serde_json::to_value(order).unwrap_or(Value::Null),
         target: req.target,
         batch: req.batch,
         continue_on_error: req.continue_on_error,
@@ -681,10 +578,10 @@ async fn undeploy(
     req: web::Json<UndeployBody>,
 ) -> Result<HttpResponse, ApiError> {
     let req = req.into_inner();
-    crate::modules::manifest::check_module_name(&req.module).map_err(|e| rejected("invalid_request", e))?;
+    crate::deploy::manifest::check_module_name(&req.module).map_err(|e| rejected("invalid_request", e))?;
     parse_target(req.target.as_deref())?;
     check_batch(req.batch)?;
-    let rollout = crate::rollout::Rollout {
+    let rollout = crate::deploy::rollout::Rollout {
         kind: MessageType::Undeploy,
         order: json!({"module": req.module}),
         target: req.target,
@@ -702,7 +599,7 @@ async fn undeploy(
 async fn run_rollout(
     node: NodeHandle,
     http: &HttpRequest,
-    rollout: crate::rollout::Rollout,
+    rollout: crate::deploy::rollout::Rollout,
 ) -> Result<HttpResponse, ApiError> {
     let streaming = http
         .headers()
@@ -710,7 +607,7 @@ async fn run_rollout(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/x-ndjson"));
     if !streaming {
-        let outcome = crate::rollout::run(&node, rollout, None)
+        let outcome = crate::deploy::rollout::run(&node.ctx, rollout, None)
             .await
             .map_err(ApiError::unavailable)?;
         return Ok(HttpResponse::Ok().json(outcome));
@@ -725,7 +622,7 @@ async fn run_rollout(
     });
     actix_rt::spawn(
         async move {
-            let last = match crate::rollout::run(&node, rollout, Some(progress_tx)).await {
+            let last = match crate::deploy::rollout::run(&node.ctx, rollout, Some(progress_tx)).await {
                 Ok(outcome) => {
                     let mut v = serde_json::to_value(outcome).unwrap_or(Value::Null);
                     if let Some(obj) = v.as_object_mut() {
@@ -792,12 +689,12 @@ async fn status(node: web::Data<NodeHandle>, query: web::Query<TargetQuery>) -> 
         crate::discovery::known_peers::load(&node.settings.data_dir.join(crate::discovery::known_peers::PEERS_FILE));
     let alone = !members
         .iter()
-        .any(|m| m.name != node.identity.name && m.status == MemberStatus::Alive);
+        .any(|m| m.name != node.ctx.identity.name && m.status == MemberStatus::Alive);
     let isolated = (alone && (!node.settings.join.is_empty() || !known.is_empty()))
         .then(|| json!({"seeds": node.settings.join, "known_peers": known.len()}));
     Ok(HttpResponse::Ok().json(json!({
-        "node": node.identity.name,
-        "cluster": node.identity.cluster,
+        "node": node.ctx.identity.name,
+        "cluster": node.ctx.identity.cluster,
         "status_interval_ms": node.settings.monitor.interval.as_millis() as u64,
         "isolated": isolated,
         "summary": summary,
@@ -809,7 +706,7 @@ async fn status(node: web::Data<NodeHandle>, query: web::Query<TargetQuery>) -> 
 /// Prometheus text. Counters are kept as events happen; levels (members,
 /// peers, queues, modules) are read from the actors now.
 async fn metrics(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
-    let m = &node.metrics;
+    let m = &node.ctx.metrics;
     let members = list_members(&node).await?;
     for status in [
         MemberStatus::Alive,
@@ -820,7 +717,7 @@ async fn metrics(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> 
         let count = members.iter().filter(|x| x.status == status).count();
         m.set_level("conjoiner_members", &[("status", status.as_str())], count as f64);
     }
-    if let Ok(cluster) = node.cluster.status.send(ClusterStatus).await {
+    if let Ok(cluster) = node.ctx.cluster.status.send(ClusterStatus).await {
         m.set_level("conjoiner_peers", &[], cluster.peers as f64);
         for link in &cluster.links {
             m.set_level(
@@ -841,7 +738,11 @@ async fn metrics(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> 
         let up = if module.state == ModuleState::Running { 1.0 } else { 0.0 };
         m.set_level("conjoiner_module_up", &[("module", name)], up);
     }
-    m.set_level("conjoiner_uptime_seconds", &[], node.started.elapsed().as_secs_f64());
+    m.set_level(
+        "conjoiner_uptime_seconds",
+        &[],
+        node.ctx.started.elapsed().as_secs_f64(),
+    );
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(m.render()))

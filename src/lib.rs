@@ -8,11 +8,12 @@
 //! - [`actors`]: the node's actors (supervisor, ModBus, Transponder, modules).
 //! - [`cluster`]: key, encrypted links, link protocol, membership identities.
 //! - [`discovery`]: mDNS and `--join` seeds, which hand peers to the bridge.
-//! - [`modules`]: packages, manifests, installs and the built-in registry.
+//! - [`deploy`]: the deploy capability's parts: manifests, packages, the
+//!   package cache, installs, and rollouts from the origin.
+//! - [`monitor`]: the monitor capability's parts: the status board.
+//! - [`modules`]: module specs for the supervisor, and a process module's parts.
 //! - [`node`]: builds one node from a [`node::NodeConfig`].
-//! - [`rollout`]: deploys and undeploys from the origin, batch by batch.
 //! - [`sim`]: the cluster core of many nodes on a virtual network.
-//! - [`status`]: the fleet's latest status reports, judged fresh or stale.
 //! - [`metrics`]: the node's Prometheus metrics.
 //! - [`api`]: the control API (HTTP) the CLI talks to.
 //! - [`cli`]: the `conjoiner` command line.
@@ -22,13 +23,13 @@ pub mod api;
 pub mod api_token;
 pub mod cli;
 pub mod cluster;
+pub mod deploy;
 pub mod discovery;
 pub mod logging;
 pub mod metrics;
 pub mod modules;
+pub mod monitor;
 pub mod node;
 pub mod private_file;
-pub mod rollout;
 pub mod sim;
-pub mod status;
 pub mod wire;

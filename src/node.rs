@@ -5,23 +5,23 @@
 
 use crate::actors::cluster_bridge::LeaveCluster;
 use crate::actors::cluster_bus::ClusterHandle;
-use crate::actors::deployer::{self, DeployState, DeployerConfig};
-use crate::actors::monitor::MonitorConfig;
+use crate::actors::deployer::{self, DeployerConfig, DeployerParts};
+use crate::actors::monitor::{self, MonitorConfig, MonitorParts};
 use crate::actors::supervisor::{ListModules, RestartPolicy, Shutdown, StartModule};
-use crate::actors::transponder::{TransponderConfig, TransponderSlot};
-use crate::actors::ClusterBridge;
+use crate::actors::transponder::{self, TransponderConfig, TransponderSlot};
+use crate::actors::{echo, uptime, ClusterBridge};
 use crate::actors::{
-    DumpState, EventTap, LoopbackCluster, ModBus, ModuleInfo, ModuleState, NodeIdentity, NodeSupervisor, Snapshot,
-    Transponder,
+    DumpState, EventTap, LoopbackCluster, ModBus, ModuleContext, ModuleInfo, ModuleState, NodeIdentity, NodeSupervisor,
+    Snapshot, Transponder,
 };
-use crate::api;
 use crate::cluster::memory::MemoryNetwork;
 use crate::cluster::transport::{TcpTransport, Transport};
 use crate::cluster::{ClusterConfig, ClusterKey, KeySource};
+use crate::deploy::state::DeployState;
 use crate::discovery::{known_peers, spawn_seeds, Mdns};
 use crate::metrics::Metrics;
-use crate::modules::registry::{self, CORE_MODULES};
-use crate::status::StatusBoard;
+use crate::modules::registry::{self, BoxedFactory, Builtins, CORE_MODULES};
+use crate::monitor::board::StatusBoard;
 use actix::prelude::*;
 use anyhow::Context as _;
 use serde_json::{json, Value};
@@ -39,13 +39,9 @@ pub struct NodeConfig {
     pub cluster: String,
     pub tags: BTreeMap<String, String>,
     pub data_dir: PathBuf,
-    /// Where the control API listens (port 0 picks a free port).
-    pub http: SocketAddr,
     pub transponder: TransponderConfig,
     pub deployer: DeployerConfig,
     pub monitor: MonitorConfig,
-    /// The largest request body the control API takes.
-    pub max_body_bytes: usize,
     /// How this node links to others; `None` runs it alone on a
     /// [`LoopbackCluster`] (in-process tests do this).
     pub network: Option<NetworkConfig>,
@@ -203,7 +199,12 @@ pub const HTTP_ADDR_FILE: &str = "http.addr";
 
 pub use crate::wire::MAX_ENVELOPE_BYTES as DEFAULT_MAX_BODY;
 
-/// The settings modules read when they (re)start.
+/// The built-in kinds a package may deploy (`"builtin": "<kind>"` in its
+/// `mod.json`). Adding a Rust actor module takes one file in `src/actors/`
+/// with a `start_module(&ModuleArgs)` function, and one line here.
+pub const BUILTINS: Builtins = Builtins(&[("echo", echo::start_module), ("uptime", uptime::start_module)]);
+
+/// The settings the control API reads.
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
     pub data_dir: PathBuf,
@@ -214,44 +215,43 @@ pub struct NodeSettings {
     pub monitor: MonitorConfig,
 }
 
-/// The parts of a node that the control API and the modules need. Cheap to
-/// clone, `Send + Sync`; module factories get one.
+/// The parts of a node that the control API needs. Cheap to clone,
+/// `Send + Sync`.
 #[derive(Clone)]
 pub struct NodeHandle {
-    pub identity: NodeIdentity,
-    pub bus: Addr<ModBus>,
-    pub cluster: ClusterHandle,
+    /// The runtime, as modules see it.
+    pub ctx: ModuleContext,
     pub cluster_state: Recipient<DumpState>,
-    pub supervisor: Addr<NodeSupervisor>,
-    /// The live Transponder; replaced by its factory on every restart.
-    pub transponder: TransponderSlot,
     pub tap: EventTap,
-    pub started: Instant,
     pub settings: Arc<NodeSettings>,
     /// Installed modules and the package cache, shared with the Deployer.
     pub deploy: Arc<DeployState>,
     /// Every node's latest status report, filled by the Monitor.
     pub status: StatusBoard,
-    pub metrics: Metrics,
 }
 
 impl NodeHandle {
     /// The Transponder, if it is running right now.
     pub fn transponder(&self) -> Option<Addr<Transponder>> {
-        self.transponder.get()
+        self.ctx.transponder()
     }
 
     /// Makes every actor log one line with its state, and returns them all.
     pub async fn dump_state(&self) -> Value {
-        let Snapshot(supervised) = self.supervisor.send(DumpState).await.unwrap_or(Snapshot(Value::Null));
-        let Snapshot(modbus) = self.bus.send(DumpState).await.unwrap_or(Snapshot(Value::Null));
+        let Snapshot(supervised) = self
+            .ctx
+            .supervisor
+            .send(DumpState)
+            .await
+            .unwrap_or(Snapshot(Value::Null));
+        let Snapshot(modbus) = self.ctx.bus.send(DumpState).await.unwrap_or(Snapshot(Value::Null));
         let Snapshot(cluster) = self
             .cluster_state
             .send(DumpState)
             .await
             .unwrap_or(Snapshot(Value::Null));
         json!({
-            "node": self.identity.name,
+            "node": self.ctx.identity.name,
             "supervisor": supervised["supervisor"],
             "modules": supervised["modules"],
             "modbus": modbus,
@@ -260,7 +260,7 @@ impl NodeHandle {
     }
 
     pub async fn modules(&self) -> Vec<ModuleInfo> {
-        self.supervisor.send(ListModules).await.unwrap_or_default()
+        self.ctx.supervisor.send(ListModules).await.unwrap_or_default()
     }
 
     /// What, if anything, has broken the node itself: an actor it cannot
@@ -268,16 +268,17 @@ impl NodeHandle {
     /// (its restarts used up). A node so broken must not answer `ok`; the
     /// agent exits non-zero so its service manager restarts it.
     pub async fn core_fault(&self) -> Option<String> {
-        if !self.supervisor.connected() {
+        let ctx = &self.ctx;
+        if !ctx.supervisor.connected() {
             return Some("the supervisor stopped".into());
         }
-        if !self.bus.connected() {
+        if !ctx.bus.connected() {
             return Some("the ModBus stopped".into());
         }
-        if !self.cluster.members.connected() {
+        if !ctx.cluster.members.connected() {
             return Some("the cluster bridge stopped".into());
         }
-        let Ok(modules) = self.supervisor.send(ListModules).await else {
+        let Ok(modules) = ctx.supervisor.send(ListModules).await else {
             return Some("the supervisor stopped".into());
         };
         for name in ESSENTIAL_MODULES {
@@ -303,18 +304,17 @@ impl NodeHandle {
 /// status. (`echo` is core but not essential.)
 pub const ESSENTIAL_MODULES: &[&str] = &["transponder", "deployer", "monitor"];
 
-/// A running node.
+/// A running node. Its control API is started by whoever runs it (see
+/// `cli/agent.rs`), with its [`NodeHandle`].
 pub struct Node {
     pub handle: NodeHandle,
-    pub http_addr: SocketAddr,
-    server: actix_web::dev::ServerHandle,
     cluster: Option<ClusterParts>,
 }
 
 impl Node {
     /// Builds and starts a node. Must be called inside an actix system.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
-        crate::modules::fetch::private_dir(&config.data_dir)
+        crate::deploy::fetch::private_dir(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let identity = NodeIdentity {
             name: config.name.clone(),
@@ -344,17 +344,67 @@ impl Node {
             }
         };
         let supervisor = NodeSupervisor::new(&identity).with_bus(bus.clone()).start();
+        let ctx = ModuleContext {
+            identity: identity.clone(),
+            bus,
+            supervisor: supervisor.clone(),
+            cluster,
+            transponder: TransponderSlot::default(),
+            started: Instant::now(),
+            metrics,
+        };
         let deploy = Arc::new(DeployState::open(&config.data_dir, &config.deployer.package_dirs)?);
+        let status = StatusBoard::default();
+        let deployer = DeployerParts {
+            ctx: ctx.clone(),
+            state: deploy.clone(),
+            config: config.deployer.clone(),
+            builtins: BUILTINS,
+        };
+        let monitor = MonitorParts {
+            ctx: ctx.clone(),
+            config: config.monitor.clone(),
+            board: status.clone(),
+            store: deploy.store.clone(),
+        };
+
+        // The Transponder first (it is the border), then the other core modules.
+        let version = env!("CARGO_PKG_VERSION");
+        let restart = RestartPolicy::default();
+        for name in CORE_MODULES {
+            let start: BoxedFactory = match *name {
+                "transponder" => {
+                    let config = config.transponder.clone();
+                    Box::new(move |args| transponder::start_module(args, config.clone()))
+                }
+                "deployer" => {
+                    let parts = deployer.clone();
+                    Box::new(move |args| deployer::start_module(args.name, parts.clone()))
+                }
+                "monitor" => {
+                    let parts = monitor.clone();
+                    Box::new(move |args| monitor::start_module(args.name, parts.clone()))
+                }
+                kind => Box::new(
+                    BUILTINS
+                        .get(kind)
+                        .with_context(|| format!("no built-in kind `{kind}`"))?,
+                ),
+            };
+            let spec = registry::spec(&ctx, name, name, version, restart, start, json!({}));
+            supervisor
+                .send(StartModule(spec))
+                .await
+                .context("supervisor is gone")?
+                .map_err(anyhow::Error::msg)?;
+        }
+        // Then whatever was deployed here before the node last stopped.
+        deployer::start_installed(&deployer).await;
 
         let handle = NodeHandle {
-            identity: identity.clone(),
-            bus: bus.clone(),
-            cluster: cluster.clone(),
+            ctx,
             cluster_state,
-            supervisor: supervisor.clone(),
-            transponder: TransponderSlot::default(),
             tap,
-            started: Instant::now(),
             settings: Arc::new(NodeSettings {
                 data_dir: config.data_dir.clone(),
                 join: config.network.as_ref().map(|n| n.join.clone()).unwrap_or_default(),
@@ -363,58 +413,21 @@ impl Node {
                 monitor: config.monitor.clone(),
             }),
             deploy,
-            status: StatusBoard::default(),
-            metrics,
+            status,
         };
-
-        // The Transponder first (it is the border), then the other core modules.
-        let version = env!("CARGO_PKG_VERSION");
-        for name in CORE_MODULES {
-            let spec = registry::builtin_spec(&handle, name, name, version, json!({}), RestartPolicy::default())
-                .map_err(anyhow::Error::msg)?;
-            supervisor
-                .send(StartModule(spec))
-                .await
-                .context("supervisor is gone")?
-                .map_err(anyhow::Error::msg)?;
-        }
-        // Then whatever was deployed here before the node last stopped.
-        deployer::start_installed(&handle).await;
-
-        let token = crate::api_token::load_or_create(&config.data_dir).with_context(|| {
-            format!(
-                "cannot read or make the API token in {}",
-                config.data_dir.join(crate::api_token::API_TOKEN_FILE).display()
-            )
-        })?;
-        let (server, http_addr) = api::serve(handle.clone(), config.http, config.max_body_bytes, token)
-            .with_context(|| format!("cannot start the control API on {}", config.http))?;
-        let addr_file = config.data_dir.join(HTTP_ADDR_FILE);
-        span.in_scope(|| {
-            if let Err(e) = std::fs::write(&addr_file, format!("{http_addr}\n")) {
-                warn!(file = %addr_file.display(), error = %e, "cannot record the control API address");
-            }
-            info!(http = %http_addr, "node running; control API listening");
-        });
-        Ok(Node {
-            handle,
-            http_addr,
-            server,
-            cluster: parts,
-        })
+        span.in_scope(|| info!("node running"));
+        Ok(Node { handle, cluster: parts })
     }
 
-    /// Leaves the cluster, stops modules in reverse start order, then the
-    /// control API.
+    /// Leaves the cluster, then stops modules in reverse start order.
     pub async fn shutdown(self) {
-        let span = self.handle.identity.span("node");
+        let span = self.handle.ctx.identity.span("node");
         span.in_scope(|| info!("node shutting down"));
         // Leave first, so peers stop sending here before the modules go.
         if let Some(cluster) = self.cluster {
             cluster.stop().await;
         }
-        let _ = self.handle.supervisor.send(Shutdown).await;
-        self.server.stop(true).await;
+        let _ = self.handle.ctx.supervisor.send(Shutdown).await;
         span.in_scope(|| info!("node stopped"));
     }
 }

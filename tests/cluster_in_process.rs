@@ -9,7 +9,7 @@ use conjoiner::actors::cluster_bus::{
 use conjoiner::actors::transponder::RequestCluster;
 use conjoiner::cluster::memory::MemoryNetwork;
 use conjoiner::cluster::{ClusterConfig, ClusterKey};
-use conjoiner::node::{NetworkConfig, Node, NodeConfig, CLUSTER_ADDR_FILE, DEFAULT_MAX_BODY};
+use conjoiner::node::{NetworkConfig, Node, NodeConfig, CLUSTER_ADDR_FILE};
 use conjoiner::wire::{Envelope, MessageType, Source};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -28,11 +28,9 @@ async fn start(net: &MemoryNetwork, name: &str, key: &ClusterKey, join: Option<S
         cluster: "mem".into(),
         tags: [("n".to_string(), name.to_string())].into(),
         data_dir: dir.path().to_path_buf(),
-        http: "127.0.0.1:0".parse().unwrap(),
         transponder: Default::default(),
         deployer: Default::default(),
         monitor: Default::default(),
-        max_body_bytes: DEFAULT_MAX_BODY,
         network: Some(NetworkConfig {
             bind: "0.0.0.0:0".parse().unwrap(),
             advertise: None,
@@ -56,6 +54,7 @@ async fn start(net: &MemoryNetwork, name: &str, key: &ClusterKey, join: Option<S
 
 async fn statuses(node: &Node) -> Vec<(String, MemberStatus)> {
     node.handle
+        .ctx
         .cluster
         .members
         .send(ListMembers)
@@ -169,7 +168,7 @@ async fn a_node_with_another_key_cannot_join() {
         vec![("k3".to_string(), MemberStatus::Alive)]
     );
     assert!(status_of(&statuses(&a.node).await, "k3").is_none());
-    let metrics = a.node.handle.metrics.render();
+    let metrics = a.node.handle.ctx.metrics.render();
     let failures: f64 = metrics
         .lines()
         .find(|l| l.starts_with("conjoiner_link_handshake_failures_total"))
@@ -220,6 +219,7 @@ async fn a_transponder_that_cannot_keep_up_loses_envelopes_counted_not_queued_wi
     let sink = SlowSink::start_in_arbiter(&arbiter.handle(), move |_| SlowSink { got: counter });
     b.node
         .handle
+        .ctx
         .cluster
         .attach
         .send(AttachTransponder(sink.recipient()))
@@ -238,11 +238,18 @@ async fn a_transponder_that_cannot_keep_up_loses_envelopes_counted_not_queued_wi
             None,
             json!({"i": i}),
         );
-        a.node.handle.cluster.broadcast.send(Broadcast(envelope)).await.unwrap();
+        a.node
+            .handle
+            .ctx
+            .cluster
+            .broadcast
+            .send(Broadcast(envelope))
+            .await
+            .unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let dropped = loop {
-        let summary = b.node.handle.cluster.status.send(ClusterStatus).await.unwrap();
+        let summary = b.node.handle.ctx.cluster.status.send(ClusterStatus).await.unwrap();
         let delivered = got.load(std::sync::atomic::Ordering::Relaxed) as u64;
         if summary.dropped_overloaded > 0 && summary.dropped_overloaded + delivered >= sent {
             break summary.dropped_overloaded;

@@ -408,7 +408,7 @@ fn bad_packages_are_refused_and_the_running_version_stays() {
     let cache = node.data_dir().join("packages");
     assert_eq!(mode(&node.data_dir()), 0o700, "the data dir is private");
     assert_eq!(mode(&cache), 0o700, "the package cache is private");
-    let sha_of = |p: &Path| conjoiner::modules::package::sha256_file(p).unwrap();
+    let sha_of = |p: &Path| conjoiner::deploy::package::sha256_file(p).unwrap();
     let mut cached: Vec<String> = Vec::new();
     for entry in std::fs::read_dir(&cache).unwrap().flatten() {
         assert_eq!(mode(&entry.path()), 0o600, "{:?} is private", entry.file_name());

@@ -5,7 +5,7 @@ use conjoiner::actors::cluster_bus::FromCluster;
 use conjoiner::actors::supervisor::ListModules;
 use conjoiner::actors::transponder::{PublishToCluster, RequestCluster};
 use conjoiner::actors::{ModuleState, StopModule, TransponderConfig};
-use conjoiner::node::{Node, NodeConfig, DEFAULT_MAX_BODY};
+use conjoiner::node::{Node, NodeConfig};
 use conjoiner::wire::{Envelope, MessageType, Source};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -18,11 +18,9 @@ async fn start(name: &str, dir: &tempfile::TempDir) -> Node {
         cluster: "test".into(),
         tags: BTreeMap::from([("dc".to_string(), "ams".to_string())]),
         data_dir: dir.path().to_path_buf(),
-        http: "127.0.0.1:0".parse().unwrap(),
         transponder: TransponderConfig::default(),
         deployer: Default::default(),
         monitor: Default::default(),
-        max_body_bytes: DEFAULT_MAX_BODY,
         network: None,
     })
     .await
@@ -164,7 +162,7 @@ async fn a_transponder_that_dies_is_restarted_and_reattached() {
         assert!(Instant::now() < deadline, "transponder was not restarted");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let modules = node.handle.supervisor.send(ListModules).await.unwrap();
+    let modules = node.handle.ctx.supervisor.send(ListModules).await.unwrap();
     let info = modules.iter().find(|m| m.name == "transponder").unwrap();
     assert_eq!(info.state, ModuleState::Running);
     assert_eq!(info.restarts, 1);
@@ -188,9 +186,9 @@ async fn a_transponder_that_dies_is_restarted_and_reattached() {
 }
 
 /// `GET path` on the node's control API; answers the status code.
-async fn http_status(node: &Node, path: &str) -> u16 {
+async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let addr = node.http_addr.to_string();
+    let addr = addr.to_string();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -207,13 +205,21 @@ async fn http_status(node: &Node, path: &str) -> u16 {
 async fn a_node_whose_transponder_failed_for_good_says_it_is_broken() {
     let dir = tempfile::tempdir().unwrap();
     let node = start("inproc-4", &dir).await;
+    // The control API, as the agent starts it.
+    let (server, api) = conjoiner::api::serve(
+        node.handle.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        conjoiner::node::DEFAULT_MAX_BODY,
+        "token".into(),
+    )
+    .unwrap();
     assert_eq!(node.handle.core_fault().await, None);
-    assert_eq!(http_status(&node, "/v1/health").await, 200);
+    assert_eq!(http_status(api, "/v1/health").await, 200);
     // Stop it behind the supervisor's back until its restarts are used up
     // (five within 60 s).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let modules = node.handle.supervisor.send(ListModules).await.unwrap();
+        let modules = node.handle.ctx.supervisor.send(ListModules).await.unwrap();
         let info = modules.iter().find(|m| m.name == "transponder").unwrap().clone();
         if info.state == ModuleState::Failed {
             break;
@@ -228,6 +234,7 @@ async fn a_node_whose_transponder_failed_for_good_says_it_is_broken() {
     }
     let fault = node.handle.core_fault().await.expect("a failed transponder is a fault");
     assert!(fault.contains("transponder module failed"), "{fault}");
-    assert_eq!(http_status(&node, "/v1/health").await, 503, "health must not say ok");
+    assert_eq!(http_status(api, "/v1/health").await, 503, "health must not say ok");
     node.shutdown().await;
+    server.stop(true).await;
 }

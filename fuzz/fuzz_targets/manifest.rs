@@ -1,6 +1,6 @@
 //! A package's `mod.json`.
 #![no_main]
-use conjoiner::modules::Manifest;
+use conjoiner::deploy::Manifest;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! reader itself instead of stopping at gzip's checks. Nothing may be
 //! written outside the staging folder.
 #![no_main]
-use conjoiner::modules::package::{unpack, UnpackLimits};
+use conjoiner::deploy::package::{unpack, UnpackLimits};
 use libfuzzer_sys::fuzz_target;
 use std::io::Write;
 

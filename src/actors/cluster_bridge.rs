@@ -11,7 +11,7 @@
 //! core dials them and lets membership decide.
 
 use super::cluster_bus::*;
-use super::messages::{DumpState, Snapshot};
+use super::messages::{state_handlers, ShowState};
 use super::NodeIdentity;
 use crate::cluster::core::{Action, Change, ClusterCore, CoreError, Direction, LinkId, Standing};
 use crate::cluster::link::{DownReason, FailedAt, LinkEvent, LinkHandle, LinkSetup};
@@ -642,10 +642,12 @@ fn standing_text(standing: &Standing) -> String {
     }
 }
 
-impl Handler<DumpState> for ClusterBridge {
-    type Result = Snapshot;
-    fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Snapshot {
-        let _g = self.span.clone().entered();
+impl ShowState for ClusterBridge {
+    fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    fn state(&self) -> serde_json::Value {
         let mut state = self.core.snapshot();
         if let Some(links) = state["links"].as_array_mut() {
             for link in links {
@@ -659,10 +661,11 @@ impl Handler<DumpState> for ClusterBridge {
         state["kind"] = json!("bridge");
         state["bridge"] = json!(&self.counters);
         state["transponder_attached"] = json!(self.transponder.as_ref().is_some_and(|t| t.connected()));
-        info!(state = %state, "state snapshot");
-        Snapshot(state)
+        state
     }
 }
+
+state_handlers!(ClusterBridge);
 
 #[cfg(test)]
 mod tests {

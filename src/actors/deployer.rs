@@ -15,26 +15,25 @@
 //! side by side, at most `parallel_orders` at once, so one slow package URL
 //! holds only its own module.
 
-use super::messages::{answer_status, Deliver, DumpState, Snapshot, StopModule};
+use super::context::ModuleContext;
+use super::messages::{answer_status, state_handlers, Deliver, ShowState};
 use super::modbus::{Publish, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, ListModules, ModuleInfo, ModuleState, RemoveModule, RunningModule, StartModule};
 use super::transponder::{PublishToCluster, RequestCluster, SendDirect};
-use crate::modules::fetch::{CachedPackage, FetchError, PackageCache, PackageDirs, PackageSource};
-use crate::modules::manifest::{check_module_name, merge_config};
-use crate::modules::package::{parse_sha256, UnpackLimits, DEFAULT_MAX_PACKAGE_BYTES};
-use crate::modules::registry::{self, CORE_MODULES, CORE_ONLY};
-use crate::modules::store::{InstallRecord, InstalledModule, ModuleStore, Staged};
-use crate::modules::ModuleArgs;
-use crate::node::NodeHandle;
+use crate::deploy::fetch::{CachedPackage, FetchError, PackageSource};
+use crate::deploy::manifest::{check_module_name, merge_config};
+use crate::deploy::order::{DeployError, DeployOrder, DeployReport, DeployStatus, UndeployOrder};
+use crate::deploy::package::{parse_sha256, UnpackLimits, DEFAULT_MAX_PACKAGE_BYTES};
+use crate::deploy::state::DeployState;
+use crate::deploy::store::{InstallRecord, InstalledModule, Staged};
+use crate::modules::registry::{Builtins, CORE_MODULES};
 use crate::wire::{now_ms, Envelope, MessageType, Source};
 use actix::prelude::*;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, oneshot};
@@ -44,8 +43,6 @@ use tracing::{debug, error, info, warn, Instrument};
 pub const DEPLOYER_ADDRESS: &str = "mod.deployer";
 /// The largest chunk a peer asks for or serves.
 pub const MAX_CHUNK_BYTES: u64 = 512 * 1024;
-/// How many packages' holder lists are remembered.
-const HOLDER_MEMORY: usize = 256;
 
 /// Tunables of the Deployer.
 #[derive(Debug, Clone)]
@@ -80,232 +77,6 @@ impl Default for DeployerConfig {
     }
 }
 
-/// What the Deployer keeps across its own restarts: the installed modules,
-/// the package cache, who holds which package, and the locks that keep two
-/// orders from changing one module at once (even a worker left over from
-/// before a restart).
-pub struct DeployState {
-    pub store: ModuleStore,
-    pub cache: PackageCache,
-    holders: Mutex<HashMap<String, BTreeSet<String>>>,
-    module_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// What each module's order is doing now.
-    activity: Mutex<BTreeMap<String, String>>,
-    counters: Mutex<DeployCounters>,
-}
-
-#[derive(Default, Debug, Clone, Copy, Serialize)]
-struct DeployCounters {
-    deployed: u64,
-    unchanged: u64,
-    failed: u64,
-    undeployed: u64,
-    chunks_served: u64,
-    chunks_fetched: u64,
-}
-
-impl DeployState {
-    /// Opens `<data-dir>/mods` and `<data-dir>/packages`; `file://`
-    /// packages are read only from `package_dirs`.
-    pub fn open(data_dir: &Path, package_dirs: &[std::path::PathBuf]) -> anyhow::Result<DeployState> {
-        use anyhow::Context as _;
-        let readable = PackageDirs::new(package_dirs)?;
-        let store = ModuleStore::open(&data_dir.join("mods"))
-            .with_context(|| format!("cannot open {}", data_dir.join("mods").display()))?;
-        let cache = PackageCache::open(&data_dir.join("packages"), readable)
-            .with_context(|| format!("cannot open {}", data_dir.join("packages").display()))?;
-        Ok(DeployState {
-            store,
-            cache,
-            holders: Mutex::new(HashMap::new()),
-            module_locks: Mutex::new(HashMap::new()),
-            activity: Mutex::new(BTreeMap::new()),
-            counters: Mutex::new(DeployCounters::default()),
-        })
-    }
-
-    fn set_activity(&self, module: &str, what: Option<String>) {
-        if let Ok(mut a) = self.activity.lock() {
-            match what {
-                Some(what) => a.insert(module.to_string(), what),
-                None => a.remove(module),
-            };
-        }
-    }
-
-    fn activity(&self) -> Value {
-        self.activity.lock().map(|a| json!(*a)).unwrap_or(Value::Null)
-    }
-
-    /// The lock of one module's orders.
-    fn module_lock(&self, module: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.module_locks.lock().unwrap_or_else(|e| e.into_inner());
-        // Forget the locks nobody holds or waits for.
-        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        locks.entry(module.to_string()).or_default().clone()
-    }
-
-    fn count(&self, f: impl FnOnce(&mut DeployCounters)) {
-        if let Ok(mut c) = self.counters.lock() {
-            f(&mut c);
-        }
-    }
-
-    fn add_holder(&self, sha256: &str, node: &str) {
-        let Ok(mut holders) = self.holders.lock() else { return };
-        if !holders.contains_key(sha256) && holders.len() >= HOLDER_MEMORY {
-            if let Some(any) = holders.keys().next().cloned() {
-                holders.remove(&any);
-            }
-        }
-        holders.entry(sha256.to_string()).or_default().insert(node.to_string());
-    }
-
-    fn holders_of(&self, sha256: &str) -> BTreeSet<String> {
-        self.holders
-            .lock()
-            .ok()
-            .and_then(|h| h.get(sha256).cloned())
-            .unwrap_or_default()
-    }
-}
-
-/// The body of a `deploy` envelope.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeployOrder {
-    pub module: String,
-    pub source: OrderSource,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<Value>,
-}
-
-/// Where targeted nodes get the package: a URL each fetches itself, or a
-/// peer (the origin) that offers it by sha256 over the cluster links.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OrderSource {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-}
-
-/// The body of an `undeploy` envelope.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UndeployOrder {
-    pub module: String,
-}
-
-/// How one node carried out an order, as `status` of its `deploy_result`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeployStatus {
-    /// Deploy: installed and started.
-    Deployed,
-    /// Deploy: that version with that checksum was already running.
-    Unchanged,
-    /// Undeploy: stopped and removed.
-    Undeployed,
-    /// Undeploy: there was nothing to remove.
-    NotInstalled,
-    /// Either: not done; the report's `code` and `error` say why.
-    Failed,
-}
-
-impl DeployStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeployStatus::Deployed => "deployed",
-            DeployStatus::Unchanged => "unchanged",
-            DeployStatus::Undeployed => "undeployed",
-            DeployStatus::NotInstalled => "not_installed",
-            DeployStatus::Failed => "failed",
-        }
-    }
-}
-
-impl std::fmt::Display for DeployStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One node's answer to an order: the body of its `deploy_result`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeployReport {
-    pub status: DeployStatus,
-    pub module: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-}
-
-impl DeployReport {
-    fn ok(status: DeployStatus, module: &str, version: &str, sha256: &str) -> DeployReport {
-        DeployReport {
-            status,
-            module: module.into(),
-            version: Some(version.into()),
-            sha256: Some(sha256.into()),
-            error: None,
-            code: None,
-        }
-    }
-
-    fn failed(module: &str, code: &str, error: impl Into<String>) -> DeployReport {
-        DeployReport {
-            status: DeployStatus::Failed,
-            module: module.into(),
-            version: None,
-            sha256: None,
-            error: Some(error.into()),
-            code: Some(code.into()),
-        }
-    }
-}
-
-/// Why an order failed. `code()` is the stable `code` of its
-/// `deploy_result`; the message is its `error`.
-#[derive(Debug, thiserror::Error)]
-pub enum DeployError {
-    #[error("{0}")]
-    InvalidOrder(String),
-    #[error("`{0}` is a core module of every node and cannot be deployed over")]
-    Reserved(String),
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
-    #[error("fetching the package took longer than {0} s")]
-    FetchTimeout(u64),
-    #[error("{0}")]
-    BadPackage(String),
-    #[error("{0}")]
-    InstallFailed(String),
-    #[error("{0}")]
-    StartFailed(String),
-}
-
-impl DeployError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            DeployError::InvalidOrder(_) => "invalid_order",
-            DeployError::Reserved(_) => "reserved",
-            DeployError::Fetch(e) => e.code(),
-            DeployError::FetchTimeout(_) => "fetch_failed",
-            DeployError::BadPackage(_) => "bad_package",
-            DeployError::InstallFailed(_) => "install_failed",
-            DeployError::StartFailed(_) => "start_failed",
-        }
-    }
-}
-
 /// Why a peer's request to the Deployer (a package chunk) was not served.
 #[derive(Debug, thiserror::Error)]
 enum ServeError {
@@ -332,17 +103,18 @@ impl ServeError {
 
 /// Starts every module installed in `<data-dir>/mods`, after cleaning up
 /// whatever a crash left half-done. Called once when the node starts.
-pub async fn start_installed(node: &NodeHandle) {
-    let span = node.identity.span("deployer");
-    let store = node.deploy.store.clone();
+pub async fn start_installed(parts: &DeployerParts) {
+    let span = parts.ctx.identity.span("deployer");
+    let store = parts.state.store.clone();
     let (cleaned, installed) = blocking(move || (store.recover(), store.installed())).await;
     for line in cleaned {
         span.in_scope(|| warn!("recovery: {line}"));
     }
     for module in installed {
         let name = module.manifest.name.clone();
-        let started = match registry::installed_spec(node, &module) {
-            Ok(spec) => node
+        let started = match parts.builtins.installed_spec(&parts.ctx, &module) {
+            Ok(spec) => parts
+                .ctx
                 .supervisor
                 .send(StartModule(spec))
                 .await
@@ -365,12 +137,23 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     }
 }
 
-/// The registry's factory for kind `deployer`.
-pub fn start_module(args: &ModuleArgs<'_>) -> anyhow::Result<RunningModule> {
+/// What the Deployer works with, handed to it by whoever assembles the
+/// node: the runtime, its own state (kept across its restarts), its
+/// settings, and the built-in kinds a package may name.
+#[derive(Clone)]
+pub struct DeployerParts {
+    pub ctx: ModuleContext,
+    pub state: Arc<DeployState>,
+    pub config: DeployerConfig,
+    pub builtins: Builtins,
+}
+
+/// The factory of the node's Deployer.
+pub fn start_module(name: &str, parts: DeployerParts) -> anyhow::Result<RunningModule> {
     let deployer = Deployer {
-        node: args.node.clone(),
-        name: args.name.to_string(),
-        span: args.node.identity.span(args.name),
+        span: parts.ctx.identity.span(name),
+        parts,
+        name: name.to_string(),
         jobs: None,
         queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
     };
@@ -378,7 +161,7 @@ pub fn start_module(args: &ModuleArgs<'_>) -> anyhow::Result<RunningModule> {
 }
 
 pub struct Deployer {
-    node: NodeHandle,
+    parts: DeployerParts,
     name: String,
     span: tracing::Span,
     jobs: Option<mpsc::UnboundedSender<Envelope>>,
@@ -386,9 +169,14 @@ pub struct Deployer {
 }
 
 impl Deployer {
+    /// Orders received and not yet finished.
+    fn queued_orders(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn source(&self) -> Source {
         Source {
-            node: self.node.identity.name.clone(),
+            node: self.parts.ctx.identity.name.clone(),
             module: self.name.clone(),
         }
     }
@@ -404,14 +192,14 @@ impl Deployer {
                 json!({"error": e.to_string(), "code": e.code()}),
             ),
         };
-        self.node.bus.do_send(Publish(reply));
+        self.parts.ctx.bus.do_send(Publish(reply));
     }
 
     /// A peer asks for a piece of a package this node holds.
     fn serve_chunk(&self, request: Envelope) {
-        let state = self.node.deploy.clone();
+        let state = self.parts.state.clone();
         let me = self.source();
-        let bus = self.node.bus.clone();
+        let bus = self.parts.ctx.bus.clone();
         actix_rt::spawn(
             async move {
                 let result = read_chunk(&state, &request.body).await;
@@ -480,7 +268,7 @@ impl Actor for Deployer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
-        self.node.bus.do_send(Subscribe {
+        self.parts.ctx.bus.do_send(Subscribe {
             address: format!("mod.{}", self.name),
             module: self.name.clone(),
             recipient: ctx.address().recipient(),
@@ -488,7 +276,7 @@ impl Actor for Deployer {
         let (jobs, queue) = mpsc::unbounded_channel();
         self.jobs = Some(jobs);
         let worker = Worker {
-            node: self.node.clone(),
+            parts: self.parts.clone(),
             source: self.source(),
             queued: self.queued.clone(),
         };
@@ -498,7 +286,7 @@ impl Actor for Deployer {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
-        self.node.bus.do_send(Unsubscribe {
+        self.parts.ctx.bus.do_send(Unsubscribe {
             address: None,
             module: self.name.clone(),
         });
@@ -522,14 +310,9 @@ impl Handler<Deliver> for Deployer {
                 }
             }
             MessageType::StatusRequest => {
-                let state = &self.node.deploy;
-                let body = json!({
-                    "activity": state.activity(),
-                    "queued_orders": self.queued.load(std::sync::atomic::Ordering::Relaxed),
-                    "known_packages": state.holders.lock().map(|h| h.len()).unwrap_or(0),
-                    "counters": state.counters.lock().map(|c| *c).unwrap_or_default(),
-                });
-                answer_status(&self.node.bus, &envelope, self.source(), body);
+                let mut body = self.parts.state.summary();
+                body["queued_orders"] = json!(self.queued_orders());
+                answer_status(&self.parts.ctx.bus, &envelope, self.source(), body);
             }
             MessageType::Request => match envelope.body.get("op").and_then(Value::as_str) {
                 Some("chunk") => self.serve_chunk(envelope),
@@ -543,7 +326,7 @@ impl Handler<Deliver> for Deployer {
                 if let Some(sha) = envelope.body.get("sha256").and_then(Value::as_str) {
                     if let Ok(sha) = parse_sha256(sha) {
                         debug!(sha256 = %sha, holder = %envelope.src.node, "peer holds a package");
-                        self.node.deploy.add_holder(&sha, &envelope.src.node);
+                        self.parts.state.add_holder(&sha, &envelope.src.node);
                     }
                 }
             }
@@ -554,33 +337,24 @@ impl Handler<Deliver> for Deployer {
     }
 }
 
-impl Handler<StopModule> for Deployer {
-    type Result = ();
-    fn handle(&mut self, _msg: StopModule, ctx: &mut Self::Context) {
-        ctx.stop();
+impl ShowState for Deployer {
+    fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    fn state(&self) -> Value {
+        let mut state = self.parts.state.summary();
+        state["queued"] = json!(self.queued_orders());
+        state
     }
 }
 
-impl Handler<DumpState> for Deployer {
-    type Result = Snapshot;
-    fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Snapshot {
-        let _g = self.span.clone().entered();
-        let state = &self.node.deploy;
-        let snapshot = json!({
-            "activity": state.activity(),
-            "queued": self.queued.load(std::sync::atomic::Ordering::Relaxed),
-            "known_packages": state.holders.lock().map(|h| h.len()).unwrap_or(0),
-            "counters": state.counters.lock().map(|c| *c).unwrap_or_default(),
-        });
-        info!(state = %snapshot, "state snapshot");
-        Snapshot(snapshot)
-    }
-}
+state_handlers!(Deployer, stop);
 
 /// Carries out orders and answers each to its origin.
 #[derive(Clone)]
 struct Worker {
-    node: NodeHandle,
+    parts: DeployerParts,
     source: Source,
     queued: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -590,9 +364,7 @@ impl Worker {
     /// the one before (a chain of oneshots keeps arrival order), and every
     /// order waits for a place in the pool.
     async fn run(self, mut queue: mpsc::UnboundedReceiver<Envelope>) {
-        let pool = Arc::new(tokio::sync::Semaphore::new(
-            self.node.settings.deployer.parallel_orders.max(1),
-        ));
+        let pool = Arc::new(tokio::sync::Semaphore::new(self.parts.config.parallel_orders.max(1)));
         let mut last_of: HashMap<String, oneshot::Receiver<()>> = HashMap::new();
         while let Some(order) = queue.recv().await {
             let module = order
@@ -613,7 +385,7 @@ impl Worker {
                     if let Some(before) = before {
                         let _ = before.await;
                     }
-                    let lock = worker.node.deploy.module_lock(&module);
+                    let lock = worker.parts.state.module_lock(&module);
                     let _mine = lock.lock().await;
                     let Ok(_place) = pool.acquire().await else { return };
                     worker.carry_out(order).await;
@@ -625,14 +397,14 @@ impl Worker {
     }
 
     async fn carry_out(&self, order: Envelope) {
-        let state = self.node.deploy.clone();
+        let state = self.parts.state.clone();
         let started = Instant::now();
         let report = match order.kind {
             MessageType::Deploy => self.deploy(&order).await,
             _ => self.undeploy(&order).await,
         };
         state.set_activity(&report.module, None);
-        self.node.metrics.deploy_result(report.status.as_str());
+        self.parts.ctx.metrics.deploy_result(report.status.as_str());
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match report.status {
             DeployStatus::Failed => {
@@ -661,7 +433,7 @@ impl Worker {
     async fn send_direct(&self, node: &str, envelope: Envelope) {
         // The Transponder may be restarting; give it a moment.
         for _ in 0..20 {
-            if let Some(t) = self.node.transponder.get() {
+            if let Some(t) = self.parts.ctx.transponder.get() {
                 let _ = t
                     .send(SendDirect {
                         node: node.to_string(),
@@ -680,11 +452,11 @@ impl Worker {
         let envelope = Envelope::new(
             MessageType::Other("deployment_changed".into()),
             self.source.clone(),
-            self.node.identity.local_address(),
+            self.parts.ctx.identity.local_address(),
             None,
             json!({"action": action, "module": module, "version": version}),
         );
-        self.node.bus.do_send(Publish(envelope));
+        self.parts.ctx.bus.do_send(Publish(envelope));
     }
 
     async fn deploy(&self, envelope: &Envelope) -> DeployReport {
@@ -707,8 +479,8 @@ impl Worker {
     }
 
     async fn try_deploy(&self, order: &DeployOrder) -> Result<DeployReport, DeployError> {
-        let node = &self.node;
-        let state = &node.deploy;
+        let parts = &self.parts;
+        let state = &parts.state;
         let name = order.module.as_str();
         check_module_name(name).map_err(DeployError::InvalidOrder)?;
         if CORE_MODULES.contains(&name) {
@@ -730,13 +502,9 @@ impl Worker {
 
         state.set_activity(name, Some(format!("fetching {name}")));
         let fetch = self.fetch(order, expected.as_deref());
-        let package = match tokio::time::timeout(node.settings.deployer.fetch_timeout, fetch).await {
+        let package = match tokio::time::timeout(parts.config.fetch_timeout, fetch).await {
             Ok(result) => result?,
-            Err(_) => {
-                return Err(DeployError::FetchTimeout(
-                    node.settings.deployer.fetch_timeout.as_secs(),
-                ))
-            }
+            Err(_) => return Err(DeployError::FetchTimeout(parts.config.fetch_timeout.as_secs())),
         };
         info!(module_name = %name, sha256 = %package.sha256, size = package.size, "package fetched and checked");
         if let Some(current) = &current {
@@ -747,7 +515,7 @@ impl Worker {
 
         state.set_activity(name, Some(format!("unpacking {name}")));
         let store = state.store.clone();
-        let limits = UnpackLimits::for_package_limit(node.settings.deployer.max_package_bytes);
+        let limits = UnpackLimits::for_package_limit(parts.config.max_package_bytes);
         let path = package.path.clone();
         let staged = match blocking(move || store.stage(&path, limits)).await {
             Ok(staged) => staged,
@@ -765,7 +533,7 @@ impl Worker {
             )));
         }
         if let Some(kind) = &manifest.builtin {
-            if registry::builtin(kind).is_none() || CORE_ONLY.contains(&kind.as_str()) {
+            if parts.builtins.get(kind).is_none() {
                 self.discard(staged).await;
                 return Err(DeployError::BadPackage(format!(
                     "`builtin: {kind}` is not a deployable built-in kind on this node"
@@ -801,7 +569,7 @@ impl Worker {
         let was_supervised = self.module_info(name).await.is_some();
         if was_supervised {
             info!(module_name = %name, "stopping the installed version");
-            let _ = node.supervisor.send(RemoveModule(name.to_string())).await;
+            let _ = parts.ctx.supervisor.send(RemoveModule(name.to_string())).await;
         }
         let store = state.store.clone();
         let swap = blocking(move || store.swap_in(staged))
@@ -822,7 +590,7 @@ impl Worker {
             }
             Err(why) => {
                 warn!(module_name = %name, error = %why, "new version did not start; putting the previous one back");
-                let _ = node.supervisor.send(RemoveModule(name.to_string())).await;
+                let _ = parts.ctx.supervisor.send(RemoveModule(name.to_string())).await;
                 let store = state.store.clone();
                 let had_previous = swap.previous.is_some();
                 let restored = blocking(move || store.rollback(swap)).await;
@@ -844,7 +612,7 @@ impl Worker {
     }
 
     async fn discard(&self, staged: Staged) {
-        let store = self.node.deploy.store.clone();
+        let store = self.parts.state.store.clone();
         blocking(move || store.discard(staged)).await;
     }
 
@@ -865,7 +633,7 @@ impl Worker {
     }
 
     async fn module_info(&self, name: &str) -> Option<ModuleInfo> {
-        let modules = self.node.supervisor.send(ListModules).await.ok()?;
+        let modules = self.parts.ctx.supervisor.send(ListModules).await.ok()?;
         modules.into_iter().find(|m| m.name == name)
     }
 
@@ -873,7 +641,7 @@ impl Worker {
     /// running, with no restart, at the end of it.
     async fn start_and_watch(&self, name: &str) -> Result<(), String> {
         self.start_installed(name).await?;
-        let probation = self.node.settings.deployer.probation;
+        let probation = self.parts.config.probation;
         let deadline = Instant::now() + probation;
         loop {
             let info = self
@@ -901,11 +669,12 @@ impl Worker {
 
     /// Starts whatever is installed under `name`; answers its version.
     async fn start_installed(&self, name: &str) -> Result<String, String> {
-        let store = self.node.deploy.store.clone();
+        let store = self.parts.state.store.clone();
         let lookup = name.to_string();
         let installed = blocking(move || store.read(&lookup)).await?;
-        let spec = registry::installed_spec(&self.node, &installed)?;
-        self.node
+        let spec = self.parts.builtins.installed_spec(&self.parts.ctx, &installed)?;
+        self.parts
+            .ctx
             .supervisor
             .send(StartModule(spec))
             .await
@@ -916,7 +685,7 @@ impl Worker {
     /// Tells every node that this one now holds the package, so later
     /// fetches can use it as a source.
     fn announce(&self, package: &CachedPackage) {
-        if let Some(t) = self.node.transponder.get() {
+        if let Some(t) = self.parts.ctx.transponder.get() {
             t.do_send(PublishToCluster {
                 kind: MessageType::Event,
                 module: self.source.module.clone(),
@@ -928,8 +697,8 @@ impl Worker {
     }
 
     async fn fetch(&self, order: &DeployOrder, expected: Option<&str>) -> Result<CachedPackage, FetchError> {
-        let state = &self.node.deploy;
-        let limit = self.node.settings.deployer.max_package_bytes;
+        let state = &self.parts.state;
+        let limit = self.parts.config.max_package_bytes;
         match (&order.source.url, &order.source.peer, expected) {
             (Some(url), _, _) => {
                 let source = PackageSource::parse(url)?;
@@ -954,7 +723,7 @@ impl Worker {
         size: Option<u64>,
         limit: u64,
     ) -> Result<CachedPackage, FetchError> {
-        let state = &self.node.deploy;
+        let state = &self.parts.state;
         if let Some(hit) = state.cache.get(sha) {
             return Ok(hit);
         }
@@ -962,14 +731,14 @@ impl Worker {
         if size > limit {
             return Err(FetchError::TooLarge { limit });
         }
-        let me = &self.node.identity.name;
+        let me = &self.parts.ctx.identity.name;
         let mut holders: Vec<String> = state
             .holders_of(sha)
             .into_iter()
             .filter(|h| h != me && h != origin)
             .collect();
         holders.push(origin.to_string());
-        let chunk = self.node.settings.deployer.chunk_bytes.clamp(1, MAX_CHUNK_BYTES);
+        let chunk = self.parts.config.chunk_bytes.clamp(1, MAX_CHUNK_BYTES);
         let mut partial = state.cache.begin(limit).await?;
         let mut turn = 0usize;
         let mut last_error = String::new();
@@ -1000,25 +769,29 @@ impl Worker {
     }
 
     async fn ask_chunk(&self, holder: &str, sha: &str, offset: u64, len: u64) -> Result<Vec<u8>, String> {
-        let transponder = self.node.transponder.get().ok_or("the transponder is restarting")?;
+        let transponder = self
+            .parts
+            .ctx
+            .transponder
+            .get()
+            .ok_or("the transponder is restarting")?;
         let mut ask = RequestCluster::new(
             &self.source.module,
             DEPLOYER_ADDRESS,
             None,
             json!({"op": "chunk", "sha256": sha, "offset": offset, "len": len}),
-            self.node.settings.deployer.chunk_timeout,
+            self.parts.config.chunk_timeout,
         );
         ask.to = Some(holder.to_string());
         let outcome = transponder
             .send(ask)
             .await
             .map_err(|e| format!("transponder unavailable: {e}"))??;
-        let reply = outcome.replies.into_iter().next().ok_or_else(|| {
-            format!(
-                "no answer within {} s",
-                self.node.settings.deployer.chunk_timeout.as_secs()
-            )
-        })?;
+        let reply = outcome
+            .replies
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("no answer within {} s", self.parts.config.chunk_timeout.as_secs()))?;
         if let Some(error) = reply.error {
             return Err(error);
         }
@@ -1060,14 +833,14 @@ impl Worker {
         if CORE_MODULES.contains(&name) {
             return DeployReport::failed(name, "reserved", format!("`{name}` is a core module of every node"));
         }
-        self.node.deploy.set_activity(name, Some(format!("removing {name}")));
+        self.parts.state.set_activity(name, Some(format!("removing {name}")));
         let supervised = self.module_info(name).await;
         if supervised.is_some() {
-            if let Ok(Err(e)) = self.node.supervisor.send(RemoveModule(name.to_string())).await {
+            if let Ok(Err(e)) = self.parts.ctx.supervisor.send(RemoveModule(name.to_string())).await {
                 return DeployReport::failed(name, "stop_failed", e);
             }
         }
-        let store = self.node.deploy.store.clone();
+        let store = self.parts.state.store.clone();
         let lookup = name.to_string();
         let removed = blocking(move || store.remove(&lookup)).await;
         if supervised.is_none() && !removed {

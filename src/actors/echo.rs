@@ -4,7 +4,8 @@
 //! a full round trip: CLI → control API → Transponder → ClusterBus → (target
 //! check) → ModBus → echo → back the same way.
 
-use super::messages::{answer_status, Deliver, DumpState, Snapshot, StopModule};
+use super::context::ModuleArgs;
+use super::messages::{answer_status, state_handlers, Deliver, ShowState};
 use super::modbus::{ModBus, Publish, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, RunningModule};
 use super::NodeIdentity;
@@ -23,8 +24,8 @@ pub struct Echo {
 }
 
 /// The registry's factory for kind `echo` (the config is not used).
-pub fn start_module(args: &crate::modules::ModuleArgs<'_>) -> anyhow::Result<RunningModule> {
-    let echo = Echo::new(&args.node.identity, args.name, args.node.bus.clone());
+pub fn start_module(args: &ModuleArgs<'_>) -> anyhow::Result<RunningModule> {
+    let echo = Echo::new(&args.ctx.identity, args.name, args.ctx.bus.clone());
     Ok(spawn_module(echo).1)
 }
 
@@ -97,19 +98,14 @@ impl Handler<Deliver> for Echo {
     }
 }
 
-impl Handler<StopModule> for Echo {
-    type Result = ();
-    fn handle(&mut self, _msg: StopModule, ctx: &mut Self::Context) {
-        ctx.stop();
+impl ShowState for Echo {
+    fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    fn state(&self) -> serde_json::Value {
+        json!({"address": self.address(), "requests": self.requests, "other_envelopes": self.other})
     }
 }
 
-impl Handler<DumpState> for Echo {
-    type Result = Snapshot;
-    fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Snapshot {
-        let _g = self.span.clone().entered();
-        let state = json!({"address": self.address(), "requests": self.requests, "other_envelopes": self.other});
-        info!(state = %state, "state snapshot");
-        Snapshot(state)
-    }
-}
+state_handlers!(Echo, stop);

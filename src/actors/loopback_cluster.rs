@@ -7,7 +7,7 @@
 //! real in one process.
 
 use super::cluster_bus::*;
-use super::messages::{DumpState, Snapshot};
+use super::messages::{state_handlers, ShowState};
 use super::NodeIdentity;
 use actix::prelude::*;
 use serde_json::json;
@@ -128,19 +128,21 @@ impl Handler<ClusterStatus> for LoopbackCluster {
     }
 }
 
-impl Handler<DumpState> for LoopbackCluster {
-    type Result = Snapshot;
-    fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Snapshot {
-        let _g = self.span.clone().entered();
-        let state = json!({
+impl ShowState for LoopbackCluster {
+    fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    fn state(&self) -> serde_json::Value {
+        json!({
             "kind": "loopback",
             "members": 1,
             "transponder_attached": self.transponder.as_ref().is_some_and(|t| t.connected()),
             "broadcasts": self.broadcasts,
             "directs": self.directs,
             "undeliverable": self.undeliverable,
-        });
-        info!(state = %state, "state snapshot");
-        Snapshot(state)
+        })
     }
 }
+
+state_handlers!(LoopbackCluster);

@@ -89,6 +89,53 @@ pub struct DumpState;
 #[derive(MessageResponse, Debug, Clone, PartialEq)]
 pub struct Snapshot(pub Value);
 
+/// An actor that can show its state: the span its lines go in, and a
+/// snapshot for `debug dump` and SIGUSR1. With [`state_handlers!`] it
+/// answers [`DumpState`] (and, as a module, [`StopModule`]) the same way as
+/// every other actor.
+pub trait ShowState {
+    fn span(&self) -> &tracing::Span;
+    fn state(&self) -> Value;
+}
+
+/// Logs one line with `actor`'s state, in its span, and answers it.
+pub fn dump_state(actor: &impl ShowState) -> Snapshot {
+    let state = actor.state();
+    actor
+        .span()
+        .in_scope(|| tracing::info!(state = %state, "state snapshot"));
+    Snapshot(state)
+}
+
+/// `state_handlers!(Actor)` implements `Handler<DumpState>` with
+/// [`dump_state`]; `state_handlers!(Actor, stop)` also `Handler<StopModule>`
+/// that stops the actor at once (a module with a child process to stop
+/// writes its own).
+macro_rules! state_handlers {
+    ($actor:ty) => {
+        impl ::actix::Handler<$crate::actors::messages::DumpState> for $actor {
+            type Result = $crate::actors::messages::Snapshot;
+            fn handle(
+                &mut self,
+                _msg: $crate::actors::messages::DumpState,
+                _ctx: &mut Self::Context,
+            ) -> $crate::actors::messages::Snapshot {
+                $crate::actors::messages::dump_state(self)
+            }
+        }
+    };
+    ($actor:ty, stop) => {
+        $crate::actors::messages::state_handlers!($actor);
+        impl ::actix::Handler<$crate::actors::messages::StopModule> for $actor {
+            type Result = ();
+            fn handle(&mut self, _msg: $crate::actors::messages::StopModule, ctx: &mut Self::Context) {
+                ::actix::ActorContext::stop(ctx);
+            }
+        }
+    };
+}
+pub(crate) use state_handlers;
+
 /// Answers the Monitor's `status_request` with the module's own state, as a
 /// `status` envelope that replies to it on the ModBus.
 pub fn answer_status(bus: &Addr<super::ModBus>, request: &Envelope, source: crate::wire::Source, body: Value) {

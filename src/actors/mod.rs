@@ -14,6 +14,7 @@
 
 pub mod cluster_bridge;
 pub mod cluster_bus;
+pub mod context;
 pub mod deployer;
 pub mod echo;
 pub mod loopback_cluster;
@@ -28,6 +29,7 @@ pub mod uptime;
 
 pub use cluster_bridge::ClusterBridge;
 pub use cluster_bus::{ClusterHandle, Member, MemberStatus};
+pub use context::{ModuleArgs, ModuleContext};
 pub use deployer::Deployer;
 pub use echo::Echo;
 pub use loopback_cluster::LoopbackCluster;

@@ -12,7 +12,7 @@
 //! `reply_to` names a pending request goes to that request's caller,
 //! whatever its address.
 
-use super::messages::{Deliver, DumpState, EventTap, QueueGauge, Snapshot};
+use super::messages::{state_handlers, Deliver, EventTap, QueueGauge, ShowState};
 use crate::metrics::{DropReason, Metrics};
 use crate::wire::Envelope;
 use actix::prelude::*;
@@ -234,27 +234,6 @@ impl ModBus {
             }
         }
     }
-
-    fn snapshot(&self) -> Value {
-        let subscriptions: BTreeMap<&String, Vec<&String>> = self
-            .subscriptions
-            .iter()
-            .map(|(address, subs)| (address, subs.iter().map(|s| &s.module).collect()))
-            .collect();
-        let queue_depths: BTreeMap<&String, usize> = self
-            .subscriptions
-            .values()
-            .flatten()
-            .map(|s| (&s.module, s.queue.depth()))
-            .collect();
-        json!({
-            "subscriptions": subscriptions,
-            "queue_depths": queue_depths,
-            "pending_requests": self.pending.len(),
-            "tap_listeners": self.tap.listeners(),
-            "counters": self.counters,
-        })
-    }
 }
 
 impl Actor for ModBus {
@@ -397,21 +376,39 @@ impl Handler<Request> for ModBus {
     }
 }
 
-impl Handler<DumpState> for ModBus {
-    type Result = Snapshot;
+impl ShowState for ModBus {
+    fn span(&self) -> &tracing::Span {
+        &self.span
+    }
 
-    fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Snapshot {
-        let _g = self.span.clone().entered();
-        let snapshot = self.snapshot();
-        info!(state = %snapshot, "state snapshot");
-        Snapshot(snapshot)
+    fn state(&self) -> Value {
+        let subscriptions: BTreeMap<&String, Vec<&String>> = self
+            .subscriptions
+            .iter()
+            .map(|(address, subs)| (address, subs.iter().map(|s| &s.module).collect()))
+            .collect();
+        let queue_depths: BTreeMap<&String, usize> = self
+            .subscriptions
+            .values()
+            .flatten()
+            .map(|s| (&s.module, s.queue.depth()))
+            .collect();
+        json!({
+            "subscriptions": subscriptions,
+            "queue_depths": queue_depths,
+            "pending_requests": self.pending.len(),
+            "tap_listeners": self.tap.listeners(),
+            "counters": self.counters,
+        })
     }
 }
+
+state_handlers!(ModBus);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::NodeIdentity;
+    use crate::actors::{DumpState, NodeIdentity, Snapshot};
     use crate::wire::{MessageType, Source};
     use std::sync::{Arc, Mutex};
 

@@ -20,14 +20,13 @@
 //! one local read.
 
 use super::cluster_bus::{ClusterStatus, ListMembers};
-use super::messages::{answer_status, Deliver, DumpState, Snapshot, StopModule};
+use super::context::ModuleContext;
+use super::messages::{answer_status, state_handlers, Deliver, ShowState};
 use super::modbus::{self, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, ListModules, ModuleInfo, ModuleState, RunningModule};
 use super::transponder::PublishNodeState;
-use crate::modules::store::InstalledModule;
-use crate::modules::ModuleArgs;
-use crate::node::NodeHandle;
-use crate::status::{refresh_interval, Health, ModuleReport, NodeReport, Publication, StatusBoard};
+use crate::deploy::store::{InstalledModule, ModuleStore};
+use crate::monitor::board::{refresh_interval, Health, ModuleReport, NodeReport, Publication, StatusBoard};
 use crate::wire::{now_ms, Envelope, MessageType, Source};
 use actix::prelude::*;
 use serde::Serialize;
@@ -69,9 +68,20 @@ impl Default for MonitorConfig {
     }
 }
 
-/// The registry's factory for kind `monitor`.
-pub fn start_module(args: &ModuleArgs<'_>) -> anyhow::Result<RunningModule> {
-    let monitor = Monitor::new(args.node.clone(), args.name);
+/// What the Monitor works with, handed to it by whoever assembles the node.
+#[derive(Clone)]
+pub struct MonitorParts {
+    pub ctx: ModuleContext,
+    pub config: MonitorConfig,
+    /// Every node's latest report; the control API reads it too.
+    pub board: StatusBoard,
+    /// The installed modules, for the version each one runs.
+    pub store: ModuleStore,
+}
+
+/// The factory of the node's Monitor.
+pub fn start_module(name: &str, parts: MonitorParts) -> anyhow::Result<RunningModule> {
+    let monitor = Monitor::new(parts, name);
     Ok(spawn_module(monitor).1)
 }
 
@@ -85,7 +95,8 @@ struct Counters {
 }
 
 pub struct Monitor {
-    node: NodeHandle,
+    ctx: ModuleContext,
+    store: ModuleStore,
     name: String,
     span: tracing::Span,
     config: MonitorConfig,
@@ -105,13 +116,14 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn new(node: NodeHandle, name: &str) -> Monitor {
-        let started_ms = now_ms().saturating_sub(node.started.elapsed().as_millis() as u64);
+    pub fn new(parts: MonitorParts, name: &str) -> Monitor {
+        let started_ms = now_ms().saturating_sub(parts.ctx.started.elapsed().as_millis() as u64);
         Monitor {
-            span: node.identity.span(name),
-            config: node.settings.monitor.clone(),
-            board: node.status.clone(),
-            node,
+            span: parts.ctx.identity.span(name),
+            config: parts.config,
+            board: parts.board,
+            ctx: parts.ctx,
+            store: parts.store,
             name: name.to_string(),
             started_ms,
             round: 0,
@@ -127,13 +139,13 @@ impl Monitor {
 
     fn source(&self) -> Source {
         Source {
-            node: self.node.identity.name.clone(),
+            node: self.ctx.identity.name.clone(),
             module: self.name.clone(),
         }
     }
 
     fn addresses(&self) -> [String; 2] {
-        [format!("mod.{}", self.name), self.node.identity.local_address()]
+        [format!("mod.{}", self.name), self.ctx.identity.local_address()]
     }
 
     /// Starts a round unless one is running (then one more follows it).
@@ -145,7 +157,8 @@ impl Monitor {
         self.running = true;
         self.round += 1;
         let gather = gather_report(
-            self.node.clone(),
+            self.ctx.clone(),
+            self.store.clone(),
             self.source(),
             self.config.clone(),
             self.started_ms,
@@ -171,7 +184,7 @@ impl Monitor {
     fn forget_gone(&mut self, ctx: &mut Context<Self>) {
         let board = self.board.clone();
         let span = self.span.clone();
-        self.node
+        self.ctx
             .cluster
             .members
             .send(ListMembers)
@@ -229,7 +242,7 @@ impl Monitor {
         }
         self.board.record(report, now);
         let Some(why) = why else { return };
-        let Some(transponder) = self.node.transponder() else {
+        let Some(transponder) = self.ctx.transponder() else {
             self.counters.not_published += 1;
             return debug!("no transponder right now; status report kept locally");
         };
@@ -261,27 +274,20 @@ impl Monitor {
         debug!(envelope = %envelope.id, from = %report.node, round = report.round, "status report received");
         self.board.record(report, Instant::now());
     }
-
-    fn snapshot(&self) -> Value {
-        json!({
-            "interval_ms": self.config.interval.as_millis() as u64,
-            "timeout_ms": self.config.timeout.as_millis() as u64,
-            "round": self.round,
-            "round_running": self.running,
-            "last_round_ago_ms": self.last_round.map(|(t, _)| t.elapsed().as_millis() as u64),
-            "last_round_took_ms": self.last_round.map(|(_, d)| d.as_millis() as u64),
-            "nodes_known": self.board.len(),
-            "unresponsive": self.last_unresponsive,
-            "counters": self.counters,
-        })
-    }
 }
 
 /// One round: ask every running module, then build the report.
-async fn gather_report(node: NodeHandle, me: Source, config: MonitorConfig, started_ms: u64, round: u64) -> NodeReport {
-    let modules = node.supervisor.send(ListModules).await.unwrap_or_default();
+async fn gather_report(
+    ctx: ModuleContext,
+    store: ModuleStore,
+    me: Source,
+    config: MonitorConfig,
+    started_ms: u64,
+    round: u64,
+) -> NodeReport {
+    let modules = ctx.supervisor.send(ListModules).await.unwrap_or_default();
     let asks = modules.iter().map(|m| {
-        let bus = node.bus.clone();
+        let bus = ctx.bus.clone();
         let envelope = Envelope::new(
             MessageType::StatusRequest,
             me.clone(),
@@ -308,11 +314,10 @@ async fn gather_report(node: NodeHandle, me: Source, config: MonitorConfig, star
         }
     });
     let answers = futures_util::future::join_all(asks).await;
-    let store = node.deploy.store.clone();
     let installed = tokio::task::spawn_blocking(move || store.installed())
         .await
         .unwrap_or_default();
-    let mut cluster = node.cluster.status.send(ClusterStatus).await.unwrap_or_default();
+    let mut cluster = ctx.cluster.status.send(ClusterStatus).await.unwrap_or_default();
     let cluster_size = ["alive", "suspect"]
         .iter()
         .filter_map(|s| cluster.members.get(*s))
@@ -327,12 +332,12 @@ async fn gather_report(node: NodeHandle, me: Source, config: MonitorConfig, star
         .map(|(info, answer)| module_report(info, answer, &installed))
         .collect();
     NodeReport {
-        node: node.identity.name.clone(),
-        tags: node.identity.tags.clone(),
+        node: ctx.identity.name.clone(),
+        tags: ctx.identity.tags.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_ms,
         round,
-        uptime_ms: node.started.elapsed().as_millis() as u64,
+        uptime_ms: ctx.started.elapsed().as_millis() as u64,
         interval_ms: config.interval.as_millis() as u64,
         refresh_ms: refresh_interval(config.interval, cluster_size).as_millis() as u64,
         host: super::uptime::host_figures(),
@@ -391,7 +396,7 @@ impl Actor for Monitor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
         for address in self.addresses() {
-            self.node.bus.do_send(Subscribe {
+            self.ctx.bus.do_send(Subscribe {
                 address,
                 module: self.name.clone(),
                 recipient: ctx.address().recipient(),
@@ -408,7 +413,7 @@ impl Actor for Monitor {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
-        self.node.bus.do_send(Unsubscribe {
+        self.ctx.bus.do_send(Unsubscribe {
             address: None,
             module: self.name.clone(),
         });
@@ -424,16 +429,16 @@ impl Handler<Deliver> for Monitor {
         match &envelope.kind {
             MessageType::Status => self.receive_report(envelope),
             MessageType::StatusRequest => {
-                let body = self.snapshot();
-                answer_status(&self.node.bus, &envelope, self.source(), body);
+                let body = self.state();
+                answer_status(&self.ctx.bus, &envelope, self.source(), body);
             }
             // `conjoiner request mod.monitor`: each node answers with its
             // Monitor's state.
             MessageType::Request => {
-                let reply = Envelope::reply_to_request(&envelope, MessageType::Reply, self.source(), self.snapshot());
-                self.node.bus.do_send(modbus::Publish(reply));
+                let reply = Envelope::reply_to_request(&envelope, MessageType::Reply, self.source(), self.state());
+                self.ctx.bus.do_send(modbus::Publish(reply));
             }
-            kind if envelope.dst.address == self.node.identity.local_address() => {
+            kind if envelope.dst.address == self.ctx.identity.local_address() => {
                 let event = envelope.body.get("event").and_then(Value::as_str);
                 let changed = kind.as_str() == "deployment_changed"
                     || matches!(event, Some("module_failed" | "module_restarting" | "module_restarted"));
@@ -447,19 +452,24 @@ impl Handler<Deliver> for Monitor {
     }
 }
 
-impl Handler<StopModule> for Monitor {
-    type Result = ();
-    fn handle(&mut self, _msg: StopModule, ctx: &mut Self::Context) {
-        ctx.stop();
+impl ShowState for Monitor {
+    fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    fn state(&self) -> Value {
+        json!({
+            "interval_ms": self.config.interval.as_millis() as u64,
+            "timeout_ms": self.config.timeout.as_millis() as u64,
+            "round": self.round,
+            "round_running": self.running,
+            "last_round_ago_ms": self.last_round.map(|(t, _)| t.elapsed().as_millis() as u64),
+            "last_round_took_ms": self.last_round.map(|(_, d)| d.as_millis() as u64),
+            "nodes_known": self.board.len(),
+            "unresponsive": self.last_unresponsive,
+            "counters": self.counters,
+        })
     }
 }
 
-impl Handler<DumpState> for Monitor {
-    type Result = Snapshot;
-    fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Snapshot {
-        let _g = self.span.clone().entered();
-        let state = self.snapshot();
-        info!(state = %state, "state snapshot");
-        Snapshot(state)
-    }
-}
+state_handlers!(Monitor, stop);

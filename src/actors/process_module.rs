@@ -16,16 +16,16 @@
 //! the actor with an [`ExitNote`], which the supervisor's restart policy
 //! sees as a failure.
 
-use super::messages::{Deliver, DumpState, Snapshot, StopModule};
+use super::messages::{state_handlers, Deliver, ShowState, StopModule};
 use super::modbus::{ModBus, Publish, Subscribe, Unsubscribe};
 use super::supervisor::ExitNote;
 use super::transponder::{PublishToCluster, TransponderSlot};
 use super::NodeIdentity;
+use crate::deploy::Manifest;
 use crate::logging::LogThrottle;
 use crate::modules::module_line::{self, LineError, LogLevel, ModuleLine};
 use crate::modules::process_tree::{self, ProcessRef};
 use crate::modules::publish_limit::TokenBucket;
-use crate::modules::Manifest;
 use crate::wire::{Envelope, MessageType, Source};
 use actix::prelude::*;
 use serde::Serialize;
@@ -480,25 +480,6 @@ impl ProcessModule {
             warn!(processes = killed, "killed processes the module left running");
         }
     }
-
-    fn snapshot(&self) -> Value {
-        json!({
-            "kind": "process",
-            "pid": self.pid,
-            "dir": self.setup.dir,
-            "version": self.setup.manifest.version,
-            "stopping": self.stopping,
-            "subscriptions": self.subscriptions,
-            "pending_requests": self.requests.len(),
-            "status": self.last_status.as_ref().map(|(v, _)| v),
-            "status_age_ms": self.last_status.as_ref().map(|(_, t)| t.elapsed().as_millis() as u64),
-            "uptime_ms": self.started.elapsed().as_millis() as u64,
-            "counters": Counters {
-                stderr_lines: self.stderr.lock().map(|t| t.lines).unwrap_or(0),
-                ..self.counters
-            },
-        })
-    }
 }
 
 impl Actor for ProcessModule {
@@ -678,12 +659,29 @@ impl Handler<StopModule> for ProcessModule {
     }
 }
 
-impl Handler<DumpState> for ProcessModule {
-    type Result = Snapshot;
-    fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Snapshot {
-        let _g = self.span.clone().entered();
-        let state = self.snapshot();
-        info!(state = %state, "state snapshot");
-        Snapshot(state)
+impl ShowState for ProcessModule {
+    fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    fn state(&self) -> Value {
+        json!({
+            "kind": "process",
+            "pid": self.pid,
+            "dir": self.setup.dir,
+            "version": self.setup.manifest.version,
+            "stopping": self.stopping,
+            "subscriptions": self.subscriptions,
+            "pending_requests": self.requests.len(),
+            "status": self.last_status.as_ref().map(|(v, _)| v),
+            "status_age_ms": self.last_status.as_ref().map(|(_, t)| t.elapsed().as_millis() as u64),
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "counters": Counters {
+                stderr_lines: self.stderr.lock().map(|t| t.lines).unwrap_or(0),
+                ..self.counters
+            },
+        })
     }
 }
+
+state_handlers!(ProcessModule);

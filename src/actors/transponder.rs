@@ -16,7 +16,8 @@
 use super::cluster_bus::{
     AttachTransponder, Broadcast, ClusterHandle, Direct, FromCluster, ListMembers, MemberStatus, SetNodeState,
 };
-use super::messages::{Deliver, DumpState, Snapshot, StopModule};
+use super::context::ModuleArgs;
+use super::messages::{state_handlers, Deliver, ShowState};
 use super::modbus::{self, BusError, ModBus};
 use super::NodeIdentity;
 use crate::metrics::{DropReason, Metrics};
@@ -55,19 +56,17 @@ impl TransponderSlot {
     }
 }
 
-/// The registry's factory for kind `transponder`: a fresh Transponder with
-/// the node's settings, put in the node's slot so modules and the API reach it.
-pub fn start_module(args: &crate::modules::ModuleArgs<'_>) -> anyhow::Result<super::supervisor::RunningModule> {
-    let node = args.node;
-    let transponder = Transponder::new(
-        &node.identity,
-        node.settings.transponder.clone(),
-        node.bus.clone(),
-        node.cluster.clone(),
-    );
-    let transponder = transponder.with_metrics(node.metrics.clone(), args.name);
+/// The factory of the node's Transponder: a fresh one with `config`, put in
+/// the node's slot so modules and the API reach it.
+pub fn start_module(
+    args: &ModuleArgs<'_>,
+    config: TransponderConfig,
+) -> anyhow::Result<super::supervisor::RunningModule> {
+    let ctx = args.ctx;
+    let transponder = Transponder::new(&ctx.identity, config, ctx.bus.clone(), ctx.cluster.clone());
+    let transponder = transponder.with_metrics(ctx.metrics.clone(), args.name);
     let (addr, running) = super::supervisor::spawn_module(transponder);
-    node.transponder.set(addr);
+    ctx.transponder.set(addr);
     Ok(running)
 }
 
@@ -412,15 +411,6 @@ impl Transponder {
             })
             .spawn(ctx);
     }
-
-    fn snapshot(&self) -> Value {
-        json!({
-            "lamport": self.lamport,
-            "pending_gathers": self.gathers.len(),
-            "dedup_ids": self.seen.len(),
-            "counters": self.counters,
-        })
-    }
 }
 
 impl Actor for Transponder {
@@ -663,25 +653,25 @@ impl Handler<Deliver> for Transponder {
         }
         // The report travels to every node, so it stays the same size
         // however large the cluster.
-        let status = self.snapshot();
+        let status = self.state();
         let reply = Envelope::reply_to_request(&envelope, MessageType::Status, self.source(&self.name), status);
         self.bus.do_send(modbus::Publish(reply));
     }
 }
 
-impl Handler<StopModule> for Transponder {
-    type Result = ();
-    fn handle(&mut self, _msg: StopModule, ctx: &mut Self::Context) {
-        ctx.stop();
+impl ShowState for Transponder {
+    fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    fn state(&self) -> Value {
+        json!({
+            "lamport": self.lamport,
+            "pending_gathers": self.gathers.len(),
+            "dedup_ids": self.seen.len(),
+            "counters": self.counters,
+        })
     }
 }
 
-impl Handler<DumpState> for Transponder {
-    type Result = Snapshot;
-    fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Snapshot {
-        let _g = self.span.clone().entered();
-        let snapshot = self.snapshot();
-        info!(state = %snapshot, "state snapshot");
-        Snapshot(snapshot)
-    }
-}
+state_handlers!(Transponder, stop);

@@ -5,12 +5,12 @@
 //! often. It is also the worked example in the README's "Writing a module":
 //! an actor, a `start_module` factory, and one line in the registry.
 
-use super::messages::{answer_status, Deliver, DumpState, Snapshot, StopModule};
+use super::context::ModuleArgs;
+use super::messages::{answer_status, state_handlers, Deliver, ShowState};
 use super::modbus::{ModBus, Publish, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, RunningModule};
 use super::transponder::{PublishToCluster, TransponderSlot};
 use super::NodeIdentity;
-use crate::modules::ModuleArgs;
 use crate::wire::{Envelope, MessageType, Source};
 use actix::prelude::*;
 use serde_json::{json, Value};
@@ -54,11 +54,11 @@ fn publish_interval(config: &Value) -> anyhow::Result<Option<Duration>> {
 pub fn start_module(args: &ModuleArgs<'_>) -> anyhow::Result<RunningModule> {
     let publish_every = publish_interval(args.config)?;
     let uptime = Uptime {
-        identity: args.node.identity.clone(),
+        identity: args.ctx.identity.clone(),
         name: args.name.to_string(),
-        span: args.node.identity.span(args.name),
-        bus: args.node.bus.clone(),
-        transponder: args.node.transponder.clone(),
+        span: args.ctx.identity.span(args.name),
+        bus: args.ctx.bus.clone(),
+        transponder: args.ctx.transponder.clone(),
         publish_every,
         answered: 0,
     };
@@ -167,23 +167,17 @@ impl Handler<Deliver> for Uptime {
     }
 }
 
-impl Handler<StopModule> for Uptime {
-    type Result = ();
-    fn handle(&mut self, _msg: StopModule, ctx: &mut Self::Context) {
-        ctx.stop();
+impl ShowState for Uptime {
+    fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    fn state(&self) -> Value {
+        json!({"answered": self.answered, "publish_every_ms": self.publish_every.map(|d| d.as_millis() as u64)})
     }
 }
 
-impl Handler<DumpState> for Uptime {
-    type Result = Snapshot;
-    fn handle(&mut self, _msg: DumpState, _ctx: &mut Self::Context) -> Snapshot {
-        let _g = self.span.clone().entered();
-        let state =
-            json!({"answered": self.answered, "publish_every_ms": self.publish_every.map(|d| d.as_millis() as u64)});
-        info!(state = %state, "state snapshot");
-        Snapshot(state)
-    }
-}
+state_handlers!(Uptime, stop);
 
 #[cfg(test)]
 mod tests {

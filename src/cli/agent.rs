@@ -8,13 +8,14 @@ use crate::actors::monitor::MonitorConfig;
 use crate::actors::TransponderConfig;
 use crate::cluster::ClusterConfig;
 use crate::logging::{self, LogFormat};
-use crate::node::{NetworkConfig, Node, NodeConfig, DEFAULT_MAX_BODY};
+use crate::node::{NetworkConfig, Node, NodeConfig, DEFAULT_MAX_BODY, HTTP_ADDR_FILE};
+use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
@@ -168,12 +169,15 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
     if args.status_interval < Duration::from_millis(100) {
         return Err(CliError::usage("--status-interval must be at least 100ms"));
     }
+    let api = ApiSettings {
+        addr: resolve("--http", http)?,
+        max_body_bytes: DEFAULT_MAX_BODY,
+    };
     let config = NodeConfig {
         name,
         cluster: args.cluster.clone(),
         tags: args.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
         data_dir: args.data_dir.clone(),
-        http: resolve("--http", http)?,
         transponder: TransponderConfig::default(),
         deployer: DeployerConfig {
             max_package_bytes: args.max_package,
@@ -181,7 +185,6 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
             ..DeployerConfig::default()
         },
         monitor: MonitorConfig::every(args.status_interval),
-        max_body_bytes: DEFAULT_MAX_BODY,
         network: Some(NetworkConfig {
             bind: resolve("--bind", &args.bind)?,
             advertise: args.advertise.as_deref().map(parse_advertise).transpose()?,
@@ -197,7 +200,7 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
     logging::init(args.log_format);
     limit_malloc_arenas();
     let system = actix_rt::System::new();
-    let result = system.block_on(run_node(config));
+    let result = system.block_on(run_node(config, api));
     match result {
         Ok(()) => Ok(EXIT_OK),
         Err(e) => {
@@ -207,12 +210,36 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
     }
 }
 
-async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
+/// Where the control API listens, and the largest body it takes.
+struct ApiSettings {
+    /// Port 0 picks a free port, recorded in `<data-dir>/http.addr`.
+    addr: SocketAddr,
+    max_body_bytes: usize,
+}
+
+/// Starts the node, then its control API; stops them in reverse order.
+async fn run_node(config: NodeConfig, api: ApiSettings) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigusr1 = signal(SignalKind::user_defined1())?;
+    let data_dir = config.data_dir.clone();
     let node = Node::start(config).await?;
-    let span = node.handle.identity.span("node");
+    let span = node.handle.ctx.identity.span("node");
+    let token = crate::api_token::load_or_create(&data_dir).with_context(|| {
+        format!(
+            "cannot read or make the API token in {}",
+            data_dir.join(crate::api_token::API_TOKEN_FILE).display()
+        )
+    })?;
+    let (server, http_addr) = crate::api::serve(node.handle.clone(), api.addr, api.max_body_bytes, token)
+        .with_context(|| format!("cannot start the control API on {}", api.addr))?;
+    let addr_file = data_dir.join(HTTP_ADDR_FILE);
+    span.in_scope(|| {
+        if let Err(e) = std::fs::write(&addr_file, format!("{http_addr}\n")) {
+            warn!(file = %addr_file.display(), error = %e, "cannot record the control API address");
+        }
+        info!(http = %http_addr, "control API listening");
+    });
     // A node whose own parts broke exits non-zero, so that its service
     // manager starts it again, instead of serving `ok` half dead.
     let mut checkup = tokio::time::interval(CORE_CHECK_INTERVAL);
@@ -235,6 +262,7 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         }
     };
     node.shutdown().await;
+    server.stop(true).await;
     match fault {
         Some(fault) => Err(anyhow::anyhow!("this node is broken: {fault}")),
         None => Ok(()),

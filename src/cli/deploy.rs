@@ -75,7 +75,7 @@ pub async fn deploy(http: &str, json_out: bool, args: DeployArgs) -> Result<i32,
     // reads before it answers.
     let built = if Path::new(&args.from).is_dir() {
         let out = std::env::temp_dir().join(format!("conjoiner-{}-{}.tar.gz", args.module, std::process::id()));
-        let (manifest, sha) = crate::modules::package::build(Path::new(&args.from), &out).map_err(CliError::error)?;
+        let (manifest, sha) = crate::deploy::package::build(Path::new(&args.from), &out).map_err(CliError::error)?;
         if !json_out {
             eprintln!(
                 "packaged {} {} from {} (sha256 {sha})",

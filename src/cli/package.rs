@@ -3,7 +3,7 @@
 //! scripts can `cut -d' ' -f1`).
 
 use super::{CliError, EXIT_OK};
-use crate::modules::package;
+use crate::deploy::package;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -20,7 +20,7 @@ pub fn run(json_out: bool, args: PackageArgs) -> Result<i32, CliError> {
     if !args.dir.is_dir() {
         return Err(CliError::usage(format!("{} is not a folder", args.dir.display())));
     }
-    let manifest = crate::modules::Manifest::read_from(&args.dir).map_err(CliError::error)?;
+    let manifest = crate::deploy::Manifest::read_from(&args.dir).map_err(CliError::error)?;
     let output = args
         .output
         .unwrap_or_else(|| PathBuf::from(format!("{}-{}.tar.gz", manifest.name, manifest.version)));

@@ -8,10 +8,11 @@
 //! `continue_on_error` is set; the nodes never started are `skipped`.
 //! A silent node is `missing`, never a success.
 
+use super::order::DeployStatus;
 use crate::actors::cluster_bus::{ListMembers, MemberStatus};
-use crate::actors::deployer::{DeployStatus, DEPLOYER_ADDRESS};
+use crate::actors::deployer::DEPLOYER_ADDRESS;
 use crate::actors::transponder::{NodeReply, RequestCluster};
-use crate::node::NodeHandle;
+use crate::actors::ModuleContext;
 use crate::wire::{MessageType, Target};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
@@ -125,7 +126,7 @@ pub enum Progress {
 /// Runs a rollout from this node. `Err` only for a bad target or a node
 /// that cannot send (its Transponder is down).
 pub async fn run(
-    node: &NodeHandle,
+    ctx: &ModuleContext,
     rollout: Rollout,
     progress: Option<mpsc::UnboundedSender<Progress>>,
 ) -> Result<RolloutOutcome, String> {
@@ -135,7 +136,7 @@ pub async fn run(
         .map(Target::parse)
         .transpose()
         .map_err(|e| e.to_string())?;
-    let members = node
+    let members = ctx
         .cluster
         .members
         .send(ListMembers)
@@ -156,14 +157,14 @@ pub async fn run(
     send(Progress::Start {
         expected: expected.clone(),
     });
-    let span = node.identity.span("rollout");
+    let span = ctx.identity.span("rollout");
     span.in_scope(|| {
         info!(kind = %rollout.kind, target = ?rollout.target, batch = ?rollout.batch, nodes = expected.len(),
             "rollout starting")
     });
     let outcome = match rollout.batch {
-        Some(batch) if batch < expected.len() => rolling(node, &rollout, expected, batch, &send).await?,
-        _ => all_at_once(node, &rollout, &send).await?,
+        Some(batch) if batch < expected.len() => rolling(ctx, &rollout, expected, batch, &send).await?,
+        _ => all_at_once(ctx, &rollout, &send).await?,
     };
     span.in_scope(|| {
         info!(id = %outcome.id, results = outcome.results.len(), failed = outcome.results.iter().filter(|r| r.failed()).count(),
@@ -186,8 +187,12 @@ fn order(rollout: &Rollout, to: Option<String>, progress: Option<mpsc::Unbounded
     ask
 }
 
-async fn all_at_once(node: &NodeHandle, rollout: &Rollout, send: &impl Fn(Progress)) -> Result<RolloutOutcome, String> {
-    let transponder = node
+async fn all_at_once(
+    ctx: &ModuleContext,
+    rollout: &Rollout,
+    send: &impl Fn(Progress),
+) -> Result<RolloutOutcome, String> {
+    let transponder = ctx
         .transponder()
         .ok_or("the transponder is restarting; try again in a moment")?;
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -213,7 +218,7 @@ async fn all_at_once(node: &NodeHandle, rollout: &Rollout, send: &impl Fn(Progre
 }
 
 async fn rolling(
-    node: &NodeHandle,
+    ctx: &ModuleContext,
     rollout: &Rollout,
     expected: Vec<String>,
     batch: usize,
@@ -232,7 +237,7 @@ async fn rolling(
     loop {
         while !halted && running.len() < batch {
             let Some(next) = waiting.pop_front() else { break };
-            let transponder = node
+            let transponder = ctx
                 .transponder()
                 .ok_or("the transponder is restarting; try again in a moment")?;
             let ask = transponder.send(order(rollout, Some(next.clone()), None));
