@@ -557,8 +557,7 @@ async fn deploy(
         sha256: req.sha256.as_deref(),
         config: req.config.as_ref(),
     };
-    let limit = node.settings.deployer.max_package_bytes;
-    let order = origin::order_for(&node.deploy, &node.ctx.identity.name, limit, request)
+    let order = origin::order_for(&node.deploy, &node.ctx.identity.name, &node.settings.deployer, request)
         .await
         .map_err(origin_rejected)?;
     let rollout = crate::deploy::rollout::Rollout {

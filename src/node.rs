@@ -17,6 +17,7 @@ use crate::actors::{
 use crate::cluster::memory::MemoryNetwork;
 use crate::cluster::transport::{TcpTransport, Transport};
 use crate::cluster::{ClusterConfig, ClusterKey, KeySource};
+use crate::deploy::fetch::StallRule;
 use crate::deploy::state::DeployState;
 use crate::discovery::{known_peers, spawn_seeds, Mdns};
 use crate::metrics::Metrics;
@@ -29,7 +30,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// Everything needed to build a node.
@@ -45,6 +46,75 @@ pub struct NodeConfig {
     /// How this node links to others; `None` runs it alone on a
     /// [`LoopbackCluster`] (in-process tests do this).
     pub network: Option<NetworkConfig>,
+}
+
+/// Every timeout and limit of a node, by preset (`agent --profile`): the
+/// cluster's timings and each core module's tunables. Each value is
+/// documented beside its field in its own config type.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub cluster: ClusterConfig,
+    pub transponder: TransponderConfig,
+    pub deployer: DeployerConfig,
+    pub monitor: MonitorConfig,
+}
+
+impl Profile {
+    /// Hosts on one LAN: the defaults.
+    pub fn lan() -> Profile {
+        Profile {
+            cluster: ClusterConfig::lan(),
+            transponder: TransponderConfig::default(),
+            deployer: DeployerConfig::default(),
+            monitor: MonitorConfig::default(),
+        }
+    }
+
+    /// Hosts across slow or lossy links: about five times slower to judge
+    /// a peer, and as patient with downloads, module answers and new
+    /// versions.
+    pub fn wan() -> Profile {
+        let lan = Profile::lan();
+        Profile {
+            cluster: ClusterConfig::wan(),
+            transponder: TransponderConfig {
+                module_request_timeout: Duration::from_secs(60),
+                ..lan.transponder
+            },
+            deployer: DeployerConfig {
+                probation: Duration::from_secs(3),
+                fetch_timeout: Duration::from_secs(900),
+                chunk_timeout: Duration::from_secs(60),
+                stall: StallRule {
+                    window: Duration::from_secs(60),
+                    ..lan.deployer.stall
+                },
+                ..lan.deployer
+            },
+            monitor: MonitorConfig {
+                interval: Duration::from_secs(30),
+                timeout: Duration::from_secs(5),
+            },
+        }
+    }
+
+    /// Nodes on one host (tests, demos): quick to judge.
+    pub fn local() -> Profile {
+        Profile {
+            cluster: ClusterConfig::local(),
+            ..Profile::lan()
+        }
+    }
+
+    /// A preset by name: `lan`, `wan` or `local`.
+    pub fn preset(name: &str) -> Option<Profile> {
+        match name {
+            "lan" => Some(Profile::lan()),
+            "wan" => Some(Profile::wan()),
+            "local" => Some(Profile::local()),
+            _ => None,
+        }
+    }
 }
 
 /// How a node reaches the rest of its cluster.
@@ -429,5 +499,31 @@ impl Node {
         }
         let _ = self.handle.ctx.supervisor.send(Shutdown).await;
         span.in_scope(|| info!("node stopped"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_sets_every_part_and_wan_is_the_most_patient() {
+        assert!(Profile::preset("moon").is_none());
+        let (lan, wan, local) = (Profile::lan(), Profile::wan(), Profile::local());
+        for name in ["lan", "wan", "local"] {
+            assert!(Profile::preset(name).is_some(), "{name}");
+        }
+        assert!(wan.cluster.suspicion_min > lan.cluster.suspicion_min);
+        assert!(local.cluster.probe_interval < lan.cluster.probe_interval);
+        assert!(wan.transponder.module_request_timeout > lan.transponder.module_request_timeout);
+        assert!(wan.deployer.fetch_timeout > lan.deployer.fetch_timeout);
+        assert!(wan.deployer.chunk_timeout > lan.deployer.chunk_timeout);
+        assert!(wan.deployer.probation > lan.deployer.probation);
+        assert!(wan.deployer.stall.window > lan.deployer.stall.window);
+        assert_eq!(
+            wan.deployer.max_package_bytes, lan.deployer.max_package_bytes,
+            "limits stay"
+        );
+        assert!(wan.monitor.timeout > lan.monitor.timeout && wan.monitor.timeout < wan.monitor.interval);
     }
 }

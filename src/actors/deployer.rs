@@ -20,9 +20,11 @@ use super::messages::{answer_status, state_handlers, Deliver, ShowState};
 use super::modbus::{Publish, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, ListModules, ModuleInfo, ModuleState, RemoveModule, RunningModule, StartModule};
 use super::transponder::{PublishToCluster, RequestCluster, SendDirect};
-use crate::deploy::fetch::{CachedPackage, FetchError, PackageSource};
+use crate::deploy::fetch::{CachedPackage, FetchError, PackageSource, StallRule};
 use crate::deploy::manifest::{check_module_name, merge_config};
-use crate::deploy::order::{DeployError, DeployOrder, DeployReport, DeployStatus, UndeployOrder};
+use crate::deploy::order::{
+    DeployError, DeployOrder, DeployReport, DeployStatus, PeerNews, PeerRequest, UndeployOrder,
+};
 use crate::deploy::package::{parse_sha256, UnpackLimits, DEFAULT_MAX_PACKAGE_BYTES};
 use crate::deploy::state::DeployState;
 use crate::deploy::store::{InstallRecord, InstalledModule, Staged};
@@ -61,6 +63,8 @@ pub struct DeployerConfig {
     /// The only directories `file://` sources and `source.path` are read
     /// from (`agent --package-dir`); none by default.
     pub package_dirs: Vec<std::path::PathBuf>,
+    /// How slow a package download may be before it fails as stalled.
+    pub stall: StallRule,
 }
 
 impl Default for DeployerConfig {
@@ -73,6 +77,7 @@ impl Default for DeployerConfig {
             chunk_timeout: Duration::from_secs(15),
             parallel_orders: 4,
             package_dirs: Vec::new(),
+            stall: StallRule::default(),
         }
     }
 }
@@ -196,13 +201,13 @@ impl Deployer {
     }
 
     /// A peer asks for a piece of a package this node holds.
-    fn serve_chunk(&self, request: Envelope) {
+    fn serve_chunk(&self, request: Envelope, sha256: String, offset: u64, len: u64) {
         let state = self.parts.state.clone();
         let me = self.source();
         let bus = self.parts.ctx.bus.clone();
         actix_rt::spawn(
             async move {
-                let result = read_chunk(&state, &request.body).await;
+                let result = read_chunk(&state, &sha256, offset, len).await;
                 let reply = match result {
                     Ok(data) => {
                         state.count(|c| c.chunks_served += 1);
@@ -230,21 +235,9 @@ impl Deployer {
     }
 }
 
-async fn read_chunk(state: &DeployState, body: &Value) -> Result<Vec<u8>, ServeError> {
+async fn read_chunk(state: &DeployState, sha256: &str, offset: u64, len: u64) -> Result<Vec<u8>, ServeError> {
     let bad = |why: &str| ServeError::InvalidRequest(why.to_string());
-    let sha = body
-        .get("sha256")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("`sha256` is missing"))?;
-    let sha = parse_sha256(sha).map_err(ServeError::InvalidRequest)?;
-    let offset = body
-        .get("offset")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| bad("`offset` is missing"))?;
-    let len = body
-        .get("len")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| bad("`len` is missing"))?;
+    let sha = parse_sha256(sha256).map_err(ServeError::InvalidRequest)?;
     if len == 0 || len > MAX_CHUNK_BYTES {
         return Err(bad(&format!("`len` must be between 1 and {MAX_CHUNK_BYTES}")));
     }
@@ -314,22 +307,29 @@ impl Handler<Deliver> for Deployer {
                 body["queued_orders"] = json!(self.queued_orders());
                 answer_status(&self.parts.ctx.bus, &envelope, self.source(), body);
             }
-            MessageType::Request => match envelope.body.get("op").and_then(Value::as_str) {
-                Some("chunk") => self.serve_chunk(envelope),
-                other => {
-                    let error = ServeError::UnknownOp(other.map_or("(none)".into(), |op| format!("`{op}`")));
-                    warn!(envelope = %envelope.id, from = %envelope.src.node, "{error}");
-                    self.reply(&envelope, Err(error));
-                }
-            },
-            MessageType::Event if envelope.body.get("op").and_then(Value::as_str) == Some("have") => {
-                if let Some(sha) = envelope.body.get("sha256").and_then(Value::as_str) {
-                    if let Ok(sha) = parse_sha256(sha) {
+            MessageType::Request => {
+                let error = match serde_json::from_value::<PeerRequest>(envelope.body.clone()) {
+                    Ok(PeerRequest::Chunk { sha256, offset, len }) => {
+                        return self.serve_chunk(envelope, sha256, offset, len);
+                    }
+                    Ok(PeerRequest::Unknown) => {
+                        ServeError::UnknownOp(format!("`{}`", envelope.body["op"].as_str().unwrap_or_default()))
+                    }
+                    Err(e) => ServeError::InvalidRequest(e.to_string()),
+                };
+                warn!(envelope = %envelope.id, from = %envelope.src.node, "{error}");
+                self.reply(&envelope, Err(error));
+            }
+            MessageType::Event => match serde_json::from_value::<PeerNews>(envelope.body.clone()) {
+                Ok(PeerNews::Have { sha256 }) => match parse_sha256(&sha256) {
+                    Ok(sha) => {
                         debug!(sha256 = %sha, holder = %envelope.src.node, "peer holds a package");
                         self.parts.state.add_holder(&sha, &envelope.src.node);
                     }
-                }
-            }
+                    Err(e) => debug!(holder = %envelope.src.node, error = %e, "ignoring a bad package announcement"),
+                },
+                _ => debug!(envelope = %envelope.id, "ignoring an event the deployer does not handle"),
+            },
             other => {
                 debug!(envelope = %envelope.id, kind = %other, "ignoring an envelope the deployer does not handle")
             }
@@ -691,7 +691,10 @@ impl Worker {
                 module: self.source.module.clone(),
                 address: DEPLOYER_ADDRESS.into(),
                 target: None,
-                body: json!({"op": "have", "sha256": package.sha256}),
+                body: serde_json::to_value(PeerNews::Have {
+                    sha256: package.sha256.clone(),
+                })
+                .unwrap_or_default(),
             });
         }
     }
@@ -705,7 +708,10 @@ impl Worker {
                 if expected.is_none() {
                     warn!(url = %url, "deploying without a sha256: the package is not checked against a known sum");
                 }
-                state.cache.fetch(&source, expected, limit).await
+                state
+                    .cache
+                    .fetch_with(&source, expected, limit, self.parts.config.stall)
+                    .await
             }
             (None, Some(peer), Some(sha)) => self.fetch_from_peers(peer, sha, order.source.size, limit).await,
             _ => Err(FetchError::BadSource(
@@ -779,7 +785,12 @@ impl Worker {
             &self.source.module,
             DEPLOYER_ADDRESS,
             None,
-            json!({"op": "chunk", "sha256": sha, "offset": offset, "len": len}),
+            serde_json::to_value(PeerRequest::Chunk {
+                sha256: sha.to_string(),
+                offset,
+                len,
+            })
+            .unwrap_or_default(),
             self.parts.config.chunk_timeout,
         );
         ask.to = Some(holder.to_string());

@@ -5,10 +5,8 @@
 use super::{parse_duration, CliError, EXIT_OK};
 use crate::actors::deployer::DeployerConfig;
 use crate::actors::monitor::MonitorConfig;
-use crate::actors::TransponderConfig;
-use crate::cluster::ClusterConfig;
 use crate::logging::{self, LogFormat};
-use crate::node::{NetworkConfig, Node, NodeConfig, DEFAULT_MAX_BODY, HTTP_ADDR_FILE};
+use crate::node::{NetworkConfig, Node, NodeConfig, Profile, DEFAULT_MAX_BODY, HTTP_ADDR_FILE};
 use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -56,17 +54,18 @@ pub struct AgentArgs {
     /// uploads a local package itself, as the user who runs it.
     #[arg(long = "package-dir")]
     pub package_dirs: Vec<PathBuf>,
-    /// Cluster timings: `lan` (hosts on one network), `wan` (slow or lossy
-    /// links: about five times slower to judge), or `local` (nodes on one
-    /// host: quicker to judge). See `src/cluster/config.rs`.
+    /// Every timeout and limit, by preset: `lan` (hosts on one network),
+    /// `wan` (slow or lossy links: about five times slower to judge a peer,
+    /// more patient with downloads and modules), or `local` (nodes on one
+    /// host: quicker to judge). See `Profile` in `src/node.rs`.
     #[arg(long, env = "CONJOINER_PROFILE", default_value = "lan", value_parser = ["lan", "wan", "local"])]
     pub profile: String,
     /// How often the Monitor asks this node's modules for their status. A
     /// changed report is published at once; an unchanged one every
     /// max(interval, N/2 s) in a cluster of N nodes, and shown as stale
-    /// after three such periods.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub status_interval: Duration,
+    /// after three such periods. Default: 10s (30s with `--profile wan`).
+    #[arg(long, value_parser = parse_duration)]
+    pub status_interval: Option<Duration>,
     /// Log line format (the filter comes from RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -166,9 +165,15 @@ fn parse_advertise(text: &str) -> Result<SocketAddr, CliError> {
 pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
     let name = args.name.clone().unwrap_or_else(hostname);
     check_name(&name).map_err(CliError::usage)?;
-    if args.status_interval < Duration::from_millis(100) {
-        return Err(CliError::usage("--status-interval must be at least 100ms"));
-    }
+    let profile = Profile::preset(&args.profile)
+        .ok_or_else(|| CliError::usage(format!("unknown --profile `{}`", args.profile)))?;
+    let monitor = match args.status_interval {
+        Some(interval) if interval < Duration::from_millis(100) => {
+            return Err(CliError::usage("--status-interval must be at least 100ms"))
+        }
+        Some(interval) => MonitorConfig::every(interval),
+        None => profile.monitor,
+    };
     let api = ApiSettings {
         addr: resolve("--http", http)?,
         max_body_bytes: DEFAULT_MAX_BODY,
@@ -178,13 +183,13 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
         cluster: args.cluster.clone(),
         tags: args.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
         data_dir: args.data_dir.clone(),
-        transponder: TransponderConfig::default(),
+        transponder: profile.transponder,
         deployer: DeployerConfig {
             max_package_bytes: args.max_package,
             package_dirs: args.package_dirs.clone(),
-            ..DeployerConfig::default()
+            ..profile.deployer
         },
-        monitor: MonitorConfig::every(args.status_interval),
+        monitor,
         network: Some(NetworkConfig {
             bind: resolve("--bind", &args.bind)?,
             advertise: args.advertise.as_deref().map(parse_advertise).transpose()?,
@@ -192,8 +197,7 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
             mdns: !args.no_mdns,
             key_file: args.key_file.clone(),
             key_env: std::env::var("CONJOINER_KEY").ok(),
-            timing: ClusterConfig::preset(&args.profile)
-                .ok_or_else(|| CliError::usage(format!("unknown --profile `{}`", args.profile)))?,
+            timing: profile.cluster,
             memory: None,
         }),
     };

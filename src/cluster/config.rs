@@ -202,16 +202,6 @@ impl ClusterConfig {
         }
     }
 
-    /// A preset by name: `lan`, `wan` or `local`.
-    pub fn preset(name: &str) -> Option<ClusterConfig> {
-        match name {
-            "lan" => Some(ClusterConfig::lan()),
-            "wan" => Some(ClusterConfig::wan()),
-            "local" => Some(ClusterConfig::local()),
-            _ => None,
-        }
-    }
-
     pub fn detector(&self) -> DetectorConfig {
         DetectorConfig {
             probe_interval: self.probe_interval,
@@ -270,6 +260,5 @@ mod tests {
             );
             assert!(config.max_frame < config.peer_queue_bytes, "one frame fits the queue");
         }
-        assert!(ClusterConfig::preset("lan").is_some() && ClusterConfig::preset("moon").is_none());
     }
 }

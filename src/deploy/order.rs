@@ -140,3 +140,69 @@ impl DeployError {
         }
     }
 }
+
+/// What one Deployer asks of another (`request` envelopes to
+/// `mod.deployer`), parsed once by its `op`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum PeerRequest {
+    /// A piece of a package the asked node holds.
+    Chunk { sha256: String, offset: u64, len: u64 },
+    /// An op this node does not serve.
+    #[serde(other)]
+    Unknown,
+}
+
+/// What one Deployer tells the others (`event` envelopes to
+/// `mod.deployer`), parsed once by its `op`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum PeerNews {
+    /// The sender holds a package now, so others may fetch it from it.
+    Have { sha256: String },
+    #[serde(other)]
+    Unknown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn peer_requests_and_news_are_parsed_by_op() {
+        let chunk = json!({"op": "chunk", "sha256": "ab", "offset": 0, "len": 10});
+        assert_eq!(
+            serde_json::from_value::<PeerRequest>(chunk.clone()).unwrap(),
+            PeerRequest::Chunk {
+                sha256: "ab".into(),
+                offset: 0,
+                len: 10
+            }
+        );
+        let back = PeerRequest::Chunk {
+            sha256: "ab".into(),
+            offset: 0,
+            len: 10,
+        };
+        assert_eq!(serde_json::to_value(back).unwrap(), chunk, "the wire form is unchanged");
+        assert_eq!(
+            serde_json::from_value::<PeerRequest>(json!({"op": "drop_tables"})).unwrap(),
+            PeerRequest::Unknown
+        );
+        let missing = serde_json::from_value::<PeerRequest>(json!({"op": "chunk", "sha256": "ab"})).unwrap_err();
+        assert!(missing.to_string().contains("offset"), "{missing}");
+        assert!(
+            serde_json::from_value::<PeerRequest>(json!({"sha256": "ab"})).is_err(),
+            "no op"
+        );
+        assert_eq!(
+            serde_json::from_value::<PeerNews>(json!({"op": "have", "sha256": "cd"})).unwrap(),
+            PeerNews::Have { sha256: "cd".into() }
+        );
+        assert_eq!(
+            serde_json::from_value::<PeerNews>(json!({"op": "gossip"})).unwrap(),
+            PeerNews::Unknown
+        );
+    }
+}

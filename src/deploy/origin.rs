@@ -9,6 +9,7 @@ use super::manifest::{check_module_name, Manifest};
 use super::order::{DeployOrder, OrderSource};
 use super::package::{parse_sha256, read_manifest};
 use super::state::DeployState;
+use crate::actors::deployer::DeployerConfig;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -67,7 +68,7 @@ pub fn optional_sha256(text: Option<&str>) -> Result<Option<String>, OriginError
 pub async fn order_for(
     state: &DeployState,
     me: &str,
-    max_package_bytes: u64,
+    config: &DeployerConfig,
     req: DeployRequest<'_>,
 ) -> Result<DeployOrder, OriginError> {
     check_module_name(req.module).map_err(OriginError::InvalidRequest)?;
@@ -100,7 +101,12 @@ pub async fn order_for(
             }
             state
                 .cache
-                .fetch(&PackageSource::File(path), sha256.as_deref(), max_package_bytes)
+                .fetch_with(
+                    &PackageSource::File(path),
+                    sha256.as_deref(),
+                    config.max_package_bytes,
+                    config.stall,
+                )
                 .await?
         }
         (None, None, Some(package)) => {
