@@ -134,6 +134,19 @@ pub async fn start_installed(parts: &DeployerParts) {
     }
 }
 
+/// An order's body, parsed once; a malformed one is answered as failed,
+/// under the module it names if any.
+fn parse_order<T: serde::de::DeserializeOwned>(envelope: &Envelope, kind: &str) -> Result<T, Box<DeployReport>> {
+    serde_json::from_value(envelope.body.clone()).map_err(|e| {
+        let module = envelope.body.get("module").and_then(Value::as_str).unwrap_or("");
+        Box::new(DeployReport::failed(
+            module,
+            "invalid_order",
+            format!("the {kind} order is malformed: {e}"),
+        ))
+    })
+}
+
 /// Runs blocking filesystem work off the node's event loop.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(f).await {
@@ -460,17 +473,9 @@ impl Worker {
     }
 
     async fn deploy(&self, envelope: &Envelope) -> DeployReport {
-        let module = envelope
-            .body
-            .get("module")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let order: DeployOrder = match serde_json::from_value(envelope.body.clone()) {
+        let order: DeployOrder = match parse_order(envelope, "deploy") {
             Ok(o) => o,
-            Err(e) => {
-                return DeployReport::failed(&module, "invalid_order", format!("the deploy order is malformed: {e}"))
-            }
+            Err(report) => return *report,
         };
         match self.try_deploy(&order).await {
             Ok(report) => report,
@@ -821,21 +826,9 @@ impl Worker {
     }
 
     async fn undeploy(&self, envelope: &Envelope) -> DeployReport {
-        let module = envelope
-            .body
-            .get("module")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let order: UndeployOrder = match serde_json::from_value(envelope.body.clone()) {
+        let order: UndeployOrder = match parse_order(envelope, "undeploy") {
             Ok(o) => o,
-            Err(e) => {
-                return DeployReport::failed(
-                    &module,
-                    "invalid_order",
-                    format!("the undeploy order is malformed: {e}"),
-                )
-            }
+            Err(report) => return *report,
         };
         let name = order.module.as_str();
         if let Err(e) = check_module_name(name) {
@@ -873,5 +866,38 @@ impl Worker {
             error: None,
             code: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order_envelope(kind: MessageType, body: Value) -> Envelope {
+        let from = Source {
+            node: "origin".into(),
+            module: "api".into(),
+        };
+        Envelope::new(kind, from, DEPLOYER_ADDRESS, None, body)
+    }
+
+    #[test]
+    fn a_malformed_order_is_answered_failed_under_the_module_it_names() {
+        let bad = order_envelope(MessageType::Deploy, json!({"module": "web", "source": "nowhere"}));
+        let report = *parse_order::<DeployOrder>(&bad, "deploy").unwrap_err();
+        assert_eq!(report.status, DeployStatus::Failed);
+        assert_eq!(report.module, "web");
+        assert_eq!(report.code.as_deref(), Some("invalid_order"));
+        assert!(report.error.unwrap().starts_with("the deploy order is malformed"));
+
+        let nameless = order_envelope(MessageType::Undeploy, json!({"modul": "web"}));
+        let report = *parse_order::<UndeployOrder>(&nameless, "undeploy").unwrap_err();
+        assert_eq!(
+            (report.module.as_str(), report.code.as_deref()),
+            ("", Some("invalid_order"))
+        );
+
+        let good = order_envelope(MessageType::Undeploy, json!({"module": "web"}));
+        assert_eq!(parse_order::<UndeployOrder>(&good, "undeploy").unwrap().module, "web");
     }
 }
