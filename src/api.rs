@@ -9,6 +9,7 @@ use crate::actors::cluster_bus::{ClusterStatus, ListMembers, MemberStatus};
 use crate::actors::transponder::{PublishToCluster, RequestCluster};
 use crate::actors::ModuleState;
 use crate::deploy::origin::{self, DeployRequest, OriginError};
+use crate::monitor::answer::{Isolation, StatusAnswer};
 use crate::monitor::board::{summarize, NodeView};
 use crate::node::NodeHandle;
 use crate::wire::{Envelope, MessageType, Target};
@@ -689,17 +690,19 @@ async fn status(node: web::Data<NodeHandle>, query: web::Query<TargetQuery>) -> 
     let alone = !members
         .iter()
         .any(|m| m.name != node.ctx.identity.name && m.status == MemberStatus::Alive);
-    let isolated = (alone && (!node.settings.join.is_empty() || !known.is_empty()))
-        .then(|| json!({"seeds": node.settings.join, "known_peers": known.len()}));
-    Ok(HttpResponse::Ok().json(json!({
-        "node": node.ctx.identity.name,
-        "cluster": node.ctx.identity.cluster,
-        "status_interval_ms": node.settings.monitor.interval.as_millis() as u64,
-        "isolated": isolated,
-        "summary": summary,
-        "shown": views.len(),
-        "nodes": views,
-    })))
+    let isolated = (alone && (!node.settings.join.is_empty() || !known.is_empty())).then(|| Isolation {
+        seeds: node.settings.join.clone(),
+        known_peers: known.len(),
+    });
+    Ok(HttpResponse::Ok().json(StatusAnswer {
+        node: node.ctx.identity.name.clone(),
+        cluster: node.ctx.identity.cluster.clone(),
+        status_interval_ms: node.settings.monitor.interval.as_millis() as u64,
+        isolated,
+        summary,
+        shown: views.len(),
+        nodes: views,
+    }))
 }
 
 /// Prometheus text. Counters are kept as events happen; levels (members,

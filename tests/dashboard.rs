@@ -100,11 +100,17 @@ fn dashboard_lists_the_nodes_and_shows_a_killed_one_dead_without_reload() {
     let first = browser.eval("document.querySelector('tr[data-node]').dataset.node");
     assert_eq!(first, "gamma", "a failing node is listed first");
     let modules = browser.eval("document.querySelector('tr[data-node=gamma] td.lastknown')?.textContent ?? ''");
-    assert_eq!(modules, "4 last known", "a dead node's modules are not counted ok");
+    assert_eq!(modules, "4 unknown", "a dead node's modules are not counted ok");
     let dead = browser.eval("document.querySelector('[data-figure=dead] .n').textContent");
     assert_eq!(dead, "1", "the summary counts it");
     let summary = browser.eval("document.getElementById('summary').textContent");
     assert!(summary.as_str().unwrap().contains("1 failing"), "{summary}");
+    assert!(
+        summary.as_str().unwrap().contains("4 unknown"),
+        "the dead node's modules are unknown in the summary: {summary}"
+    );
+    let unknown = browser.eval("document.querySelector('[data-figure=\"unknown modules\"] .n').textContent");
+    assert_eq!(unknown, "4");
     browser.screenshot(&root.join("dashboard-dead-node.png"));
 }
 
@@ -115,6 +121,7 @@ fn synthetic_status(target: Option<&str>) -> Result<serde_json::Value, String> {
     let target = target.map(Target::parse).transpose().map_err(|e| e.to_string())?;
     let mut nodes = Vec::new();
     let mut by_health = std::collections::BTreeMap::new();
+    let (mut ok_modules, mut unknown_modules) = (0, 0);
     for i in 0..1000 {
         let health = match i {
             _ if i % 50 == 7 => "dead",
@@ -130,6 +137,17 @@ fn synthetic_status(target: Option<&str>) -> Result<serde_json::Value, String> {
             continue;
         }
         let failing: Vec<&str> = if health == "degraded" { vec!["disk"] } else { vec![] };
+        let current = health == "ok" || health == "degraded";
+        let counts = if current {
+            serde_json::json!({"total": 2, "ok": 2 - failing.len(), "failing": failing.len(), "unknown": 0})
+        } else {
+            serde_json::json!({"total": 2, "ok": 0, "failing": 0, "unknown": 2})
+        };
+        if current {
+            ok_modules += 2 - failing.len();
+        } else {
+            unknown_modules += 2;
+        }
         nodes.push(serde_json::json!({
             "node": name, "member": if health == "dead" { "dead" } else { "alive" },
             "member_since_ms": 3_600_000, "addr": format!("10.0.{}.{}:7946", i / 250, i % 250),
@@ -146,16 +164,22 @@ fn synthetic_status(target: Option<&str>) -> Result<serde_json::Value, String> {
                  "status": {"health": if failing.is_empty() { "ok" } else { "degraded" }, "used_pct": 91.5,
                             "mounts": ["/", "/var"], "detail": {"inodes": 12}}}
             ],
+            "module_counts": counts,
             "failing": failing,
         }));
     }
-    Ok(serde_json::json!({
+    let answer = serde_json::json!({
         "node": "host-0000", "cluster": "synthetic", "status_interval_ms": 10_000, "isolated": null,
         "summary": {"nodes": 1000, "ok": by_health["ok"], "failing_nodes": 1000 - by_health["ok"],
-                    "modules": 2000, "failing_modules": by_health["degraded"], "by_health": by_health},
+                    "modules": 2000, "ok_modules": ok_modules, "failing_modules": by_health["degraded"],
+                    "unknown_modules": unknown_modules, "by_health": by_health},
         "shown": nodes.len(),
         "nodes": nodes,
-    }))
+    });
+    // The board has the shape of the node's real answer.
+    serde_json::from_value::<conjoiner::monitor::answer::StatusAnswer>(answer.clone())
+        .expect("the synthetic board reads as a status answer");
+    Ok(answer)
 }
 
 /// Serves the dashboard and a synthetic `/v1/status` on a loopback port

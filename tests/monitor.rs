@@ -263,6 +263,31 @@ fn statuses_reach_every_node_and_failures_show_in_status() {
     assert_eq!(out.status.code(), Some(3), "{text}");
     let line = text.lines().find(|l| l.starts_with("c ")).expect("c listed");
     assert!(line.contains("dead"), "{text}");
+    // Its modules are unknown now: never counted ok, in the row or the sum.
+    let c_modules = dead.1["modules"].as_array().unwrap().len();
+    assert!(c_modules >= 4, "{}", dead.1);
+    assert!(line.contains(&format!("{c_modules} unknown")), "{text}");
+    assert!(!line.contains(" ok"), "a dead node's modules are not ok: {text}");
+    assert_eq!(dead.1["module_counts"]["unknown"], c_modules, "{}", dead.1);
+    let summary = text
+        .lines()
+        .rev()
+        .find(|l| l.contains(" modules: "))
+        .expect("a summary line");
+    assert!(summary.contains(&format!("{c_modules} unknown")), "{text}");
+    let (_, listed) = cli_json(a, &["status"]);
+    let s = &listed["summary"];
+    assert_eq!(
+        s["ok_modules"].as_u64().unwrap()
+            + s["failing_modules"].as_u64().unwrap()
+            + s["unknown_modules"].as_u64().unwrap(),
+        s["modules"].as_u64().unwrap(),
+        "every module is ok, failing or unknown here: {s}"
+    );
+    assert!(s["unknown_modules"].as_u64().unwrap() >= c_modules as u64, "{s}");
+    let c_hello = module_on(a, "c", "hello").expect("c's hello, as last reported");
+    assert_eq!(c_hello["health"], "unknown", "{c_hello}");
+    assert_eq!(c_hello["reported_health"], "ok", "{c_hello}");
     assert!(
         text.lines().next().unwrap().starts_with("NODE") && text.lines().nth(1).unwrap().starts_with("c "),
         "failing nodes come first: {text}"

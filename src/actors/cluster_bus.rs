@@ -40,8 +40,8 @@ impl MemberStatus {
     }
 }
 
-/// One member as `GET /v1/members` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One member as `GET /v1/members` shows it (and the CLI reads it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Member {
     pub name: String,
     /// The address other nodes reach it at; `None` while the node has no

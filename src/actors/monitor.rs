@@ -377,6 +377,7 @@ fn module_report(
         status,
         status_error,
         last_exit: info.last_exit,
+        reported_health: None,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::client::ApiClient;
 use super::{read_targets, CliError, EXIT_OK};
+use crate::actors::Member;
 use serde_json::Value;
 
 #[derive(Debug, clap::Args)]
@@ -23,28 +24,22 @@ pub async fn run(http: &str, json: bool, args: MembersArgs) -> Result<i32, CliEr
     if let Some(t) = &target {
         query.push(("target", t.as_str()));
     }
-    let members: Vec<Value> = ApiClient::new(http).get("/v1/members", &query).await?;
+    let raw: Value = ApiClient::new(http).get("/v1/members", &query).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&members).unwrap_or_default());
+        println!("{}", serde_json::to_string_pretty(&raw).unwrap_or_default());
         return Ok(EXIT_OK);
     }
+    let members: Vec<Member> = serde_json::from_value(raw)
+        .map_err(|e| CliError::error(format!("the node's members answer is not what this CLI reads: {e}")))?;
     let rows: Vec<[String; 4]> = members
         .iter()
         .map(|m| {
-            let tags = m["tags"]
-                .as_object()
-                .map(|t| {
-                    t.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
+            let tags: Vec<String> = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
             [
-                m["name"].as_str().unwrap_or("?").to_string(),
-                m["addr"].as_str().unwrap_or("-").to_string(),
-                m["status"].as_str().unwrap_or("?").to_string(),
-                tags,
+                m.name.clone(),
+                m.addr.clone().unwrap_or_else(|| "-".into()),
+                m.status.as_str().to_string(),
+                tags.join(","),
             ]
         })
         .collect();
@@ -54,6 +49,12 @@ pub async fn run(http: &str, json: bool, args: MembersArgs) -> Result<i32, CliEr
 
 /// Prints rows under a header, each column as wide as its widest cell.
 pub fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    print!("{}", format_table(header, rows));
+}
+
+/// Rows under a header, each column as wide as its widest cell, one line
+/// each.
+pub fn format_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -62,10 +63,11 @@ pub fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     }
     let line = |cells: Vec<&str>| {
         let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", text.join("  ").trim_end());
+        format!("{}\n", text.join("  ").trim_end())
     };
-    line(header.to_vec());
+    let mut out = line(header.to_vec());
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
+    out
 }

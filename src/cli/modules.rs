@@ -7,6 +7,7 @@
 use super::client::ApiClient;
 use super::members::print_table;
 use super::{read_targets, CliError, EXIT_OK, EXIT_PARTIAL};
+use crate::monitor::board::NodeView;
 use serde_json::Value;
 use std::io::IsTerminal as _;
 
@@ -23,10 +24,12 @@ pub async fn run(http: &str, json_out: bool, args: ModulesArgs) -> Result<i32, C
     if let Some(t) = &target {
         query.push(("target", t.as_str()));
     }
-    let nodes: Vec<Value> = ApiClient::new(http).get("/v1/modules", &query).await?;
-    let stale: Vec<&Value> = nodes.iter().filter(|n| n["stale"] == true).collect();
+    let raw: Value = ApiClient::new(http).get("/v1/modules", &query).await?;
+    let nodes: Vec<NodeView> = serde_json::from_value(raw.clone())
+        .map_err(|e| CliError::error(format!("the node's modules answer is not what this CLI reads: {e}")))?;
+    let stale: Vec<&NodeView> = nodes.iter().filter(|n| n.stale).collect();
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&nodes).unwrap_or_default());
+        println!("{}", serde_json::to_string_pretty(&raw).unwrap_or_default());
     } else {
         // On a terminal the STATUS column is cut to fit; piped into a file
         // or another program, it is written whole.
@@ -37,22 +40,29 @@ pub async fn run(http: &str, json_out: bool, args: ModulesArgs) -> Result<i32, C
         };
         let mut rows = Vec::new();
         for node in &nodes {
-            let name = node["node"].as_str().unwrap_or("?");
-            for m in node["modules"].as_array().into_iter().flatten() {
-                let text = |k: &str| m[k].as_str().unwrap_or("-").to_string();
-                let status = match m["status_error"].as_str() {
-                    Some(e) => e.to_string(),
-                    None => short_json(&m["status"], status_width),
+            for m in &node.modules {
+                let status = match &m.status_error {
+                    Some(e) => e.clone(),
+                    None => short_json(&m.status, status_width),
+                };
+                // A module of a node whose state is unknown shows the health
+                // its last report gave, marked as such.
+                let (state, health) = match m.reported_health {
+                    Some(said) => (
+                        format!("was {}", m.state),
+                        format!("{} (last said {})", m.health.as_str(), said.as_str()),
+                    ),
+                    None => (m.state.clone(), m.health.as_str().to_string()),
                 };
                 rows.push([
-                    name.to_string(),
-                    text("name"),
-                    text("kind"),
-                    text("version"),
-                    text("state"),
-                    text("health"),
-                    m["restarts"].as_u64().unwrap_or(0).to_string(),
-                    uptime(m["uptime_ms"].as_u64().unwrap_or(0)),
+                    node.node.clone(),
+                    m.name.clone(),
+                    m.kind.clone(),
+                    m.version.clone(),
+                    state,
+                    health,
+                    m.restarts.to_string(),
+                    uptime(m.uptime_ms),
                     status,
                 ]);
             }
@@ -64,11 +74,7 @@ pub async fn run(http: &str, json_out: bool, args: ModulesArgs) -> Result<i32, C
             &rows,
         );
         for node in &stale {
-            eprintln!(
-                "{}: {}",
-                node["node"].as_str().unwrap_or("?"),
-                node["error"].as_str().unwrap_or("stale")
-            );
+            eprintln!("{}: {}", node.node, node.error.as_deref().unwrap_or("stale"));
         }
     }
     Ok(if stale.is_empty() { EXIT_OK } else { EXIT_PARTIAL })

@@ -3,118 +3,221 @@
 //! first, failing modules named, and a summary line. Exit code 3 when
 //! anything is failing, or when the node is isolated (it has seeds or
 //! known peers and reaches none of them).
+//!
+//! It reads the API's typed answer ([`StatusAnswer`]) and counts nothing
+//! itself: which modules are ok, failing or unknown is the node's rule.
 
 use super::client::ApiClient;
-use super::members::print_table;
+use super::members::format_table;
 use super::modules::short_json;
 use super::{CliError, EXIT_OK, EXIT_PARTIAL};
+use crate::monitor::answer::StatusAnswer;
+use crate::monitor::board::{ModuleCounts, NodeView};
 use serde_json::Value;
 
 pub async fn run(http: &str, json_out: bool) -> Result<i32, CliError> {
-    let status: Value = ApiClient::new(http).get("/v1/status", &[]).await?;
-    let failing = status["summary"]["failing_nodes"].as_u64().unwrap_or(0);
-    let isolated = !status["isolated"].is_null();
+    let raw: Value = ApiClient::new(http).get("/v1/status", &[]).await?;
+    let status: StatusAnswer = serde_json::from_value(raw.clone())
+        .map_err(|e| CliError::error(format!("the node's status answer is not what this CLI reads: {e}")))?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+        println!("{}", serde_json::to_string_pretty(&raw).unwrap_or_default());
     } else {
-        print_screen(&status);
-        if isolated {
-            let seeds: Vec<&str> = status["isolated"]["seeds"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            let known = status["isolated"]["known_peers"].as_u64().unwrap_or(0);
+        print!("{}", screen(&status));
+        if let Some(isolated) = &status.isolated {
             eprintln!(
-                "isolated: {} reaches none of its seeds ({}) or {known} known peers; it keeps trying \
+                "isolated: {} reaches none of its seeds ({}) or {} known peers; it keeps trying \
                  (is the cluster key the same? is the network open?)",
-                status["node"].as_str().unwrap_or("this node"),
-                if seeds.is_empty() {
+                status.node,
+                if isolated.seeds.is_empty() {
                     "none".to_string()
                 } else {
-                    seeds.join(", ")
+                    isolated.seeds.join(", ")
                 },
+                isolated.known_peers,
             );
         }
     }
-    Ok(if failing == 0 && !isolated {
+    Ok(if status.summary.failing_nodes == 0 && status.isolated.is_none() {
         EXIT_OK
     } else {
         EXIT_PARTIAL
     })
 }
 
-fn age(ms: &Value) -> String {
-    match ms.as_u64() {
+fn age(ms: Option<u64>) -> String {
+    match ms {
         None => "never".into(),
         Some(ms) if ms < 10_000 => format!("{:.1}s", ms as f64 / 1000.0),
         Some(ms) => super::modules::uptime(ms),
     }
 }
 
-fn print_screen(status: &Value) {
-    let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
-    let rows: Vec<[String; 7]> = nodes
-        .iter()
-        .map(|n| {
-            let modules = n["modules"].as_array().map_or(0, Vec::len);
-            let failing = n["failing"].as_array().map_or(0, Vec::len);
-            let load = n["host"]["load"][0].as_f64().map_or("-".into(), |l| format!("{l:.2}"));
-            [
-                n["node"].as_str().unwrap_or("?").to_string(),
-                n["health"].as_str().unwrap_or("?").to_string(),
-                n["member"].as_str().unwrap_or("unknown").to_string(),
-                age(&n["member_since_ms"]),
-                age(&n["status_age_ms"]),
-                format!("{}/{modules} ok", modules - failing),
-                load,
-            ]
-        })
-        .collect();
-    print_table(
+/// The MODULES cell: `5/6 ok` while the node's report holds now; the
+/// modules whose state is unknown (all of them on a dead, suspect or stale
+/// node) are named as such, never counted ok.
+fn modules_cell(c: &ModuleCounts) -> String {
+    match c.unknown {
+        0 => format!("{}/{} ok", c.ok, c.total),
+        n if n == c.total => format!("{n} unknown"),
+        n => format!("{}/{} ok, {n} unknown", c.ok, c.total),
+    }
+}
+
+/// Why a failing module fails, in a few words.
+fn why(m: &crate::monitor::board::ModuleReport) -> String {
+    m.status_error
+        .clone()
+        .or_else(|| m.last_exit.clone())
+        .unwrap_or_else(|| short_json(&m.status, 60))
+}
+
+fn row(n: &NodeView) -> [String; 7] {
+    let load = n.host["load"][0].as_f64().map_or("-".into(), |l| format!("{l:.2}"));
+    [
+        n.node.clone(),
+        n.health.as_str().to_string(),
+        n.member.map_or("unknown", |m| m.as_str()).to_string(),
+        age(n.member_since_ms),
+        age(n.status_age_ms),
+        modules_cell(&n.module_counts),
+        load,
+    ]
+}
+
+/// The whole screen: the table, the failing nodes and modules, the summary.
+pub fn screen(status: &StatusAnswer) -> String {
+    let rows: Vec<[String; 7]> = status.nodes.iter().map(row).collect();
+    let mut out = format_table(
         ["NODE", "HEALTH", "MEMBER", "SINCE", "REPORT", "MODULES", "LOAD"],
         &rows,
     );
-
     let mut problems = Vec::new();
-    for n in &nodes {
-        let name = n["node"].as_str().unwrap_or("?");
-        if let Some(error) = n["error"].as_str() {
-            problems.push(format!("  {name}: {error}"));
+    for n in &status.nodes {
+        if let Some(error) = &n.error {
+            problems.push(format!("  {}: {error}", n.node));
         }
-        for m in n["modules"].as_array().into_iter().flatten() {
-            let failing = n["failing"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|x| x == &m["name"]));
-            if failing {
-                let why = m["status_error"]
-                    .as_str()
-                    .map(str::to_string)
-                    .or_else(|| m["last_exit"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| short_json(&m["status"], 60));
-                problems.push(format!(
-                    "  {name}/{}: {} ({why})",
-                    m["name"].as_str().unwrap_or("?"),
-                    m["health"].as_str().unwrap_or("?"),
-                ));
-            }
+        for m in n.modules.iter().filter(|m| m.health.is_failing()) {
+            problems.push(format!("  {}/{}: {} ({})", n.node, m.name, m.health.as_str(), why(m)));
         }
     }
     if !problems.is_empty() {
-        println!("\nfailing:");
+        out.push_str("\nfailing:\n");
         for p in problems {
-            println!("{p}");
+            out.push_str(&p);
+            out.push('\n');
         }
     }
-    let s = &status["summary"];
-    println!(
-        "\n{} nodes: {} ok, {} failing; {} modules, {} failing (seen from {})",
-        s["nodes"],
-        s["ok"],
-        s["failing_nodes"],
-        s["modules"],
-        s["failing_modules"],
-        status["node"].as_str().unwrap_or("?"),
-    );
+    let s = &status.summary;
+    out.push_str(&format!(
+        "\n{} nodes: {} ok, {} failing; {} modules: {} ok, {} failing, {} unknown (seen from {})\n",
+        s.nodes, s.ok, s.failing_nodes, s.modules, s.ok_modules, s.failing_modules, s.unknown_modules, status.node,
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::{Member, MemberStatus};
+    use crate::monitor::board::{summarize, Health, ModuleReport, NodeReport, StatusBoard};
+    use std::time::{Duration, Instant};
+
+    fn report(node: &str, modules: &[(&str, Health)]) -> NodeReport {
+        let modules = modules
+            .iter()
+            .map(|&(name, health)| ModuleReport {
+                name: name.into(),
+                kind: "process".into(),
+                version: "1.0.0".into(),
+                state: "running".into(),
+                health,
+                restarts: 0,
+                uptime_ms: 1000,
+                status: serde_json::json!({}),
+                status_error: None,
+                sha256: None,
+                last_exit: None,
+                reported_health: None,
+            })
+            .collect();
+        NodeReport {
+            node: node.into(),
+            tags: Default::default(),
+            version: "0.1.0".into(),
+            started_ms: 1,
+            round: 1,
+            uptime_ms: 1000,
+            interval_ms: 1000,
+            refresh_ms: 1000,
+            host: Value::Null,
+            cluster: Value::Null,
+            modules,
+        }
+    }
+
+    fn member(name: &str, status: MemberStatus) -> Member {
+        Member {
+            name: name.into(),
+            addr: None,
+            status,
+            tags: Default::default(),
+            incarnation: 0,
+            since_ms: 2600,
+        }
+    }
+
+    /// A dead node's modules are unknown on the screen: its row and the
+    /// summary line say so, and never count them ok.
+    #[test]
+    fn a_dead_nodes_modules_show_as_unknown_not_ok() {
+        let board = StatusBoard::default();
+        let t0 = Instant::now();
+        let four = [
+            ("transponder", Health::Ok),
+            ("deployer", Health::Ok),
+            ("monitor", Health::Ok),
+            ("echo", Health::Ok),
+        ];
+        board.record(report("n1", &four), t0);
+        board.record(report("n2", &four), t0);
+        let members = [member("n1", MemberStatus::Alive), member("n2", MemberStatus::Dead)];
+        let nodes = board.view(&members, t0 + Duration::from_millis(100));
+        let answer = StatusAnswer {
+            node: "n1".into(),
+            cluster: "c".into(),
+            status_interval_ms: 1000,
+            isolated: None,
+            summary: summarize(&nodes),
+            shown: nodes.len(),
+            nodes,
+        };
+        let text = screen(&answer);
+        let n1 = text.lines().find(|l| l.starts_with("n1 ")).unwrap();
+        let n2 = text.lines().find(|l| l.starts_with("n2 ")).unwrap();
+        assert!(n1.contains("4/4 ok"), "{text}");
+        assert!(n2.contains("dead") && n2.contains("4 unknown"), "{text}");
+        assert!(!n2.contains("ok"), "{text}");
+        assert!(
+            text.contains("2 nodes: 1 ok, 1 failing; 8 modules: 4 ok, 0 failing, 4 unknown (seen from n1)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("n2: the node is dead; its last report is shown"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn module_cells_name_what_is_unknown() {
+        let c = |total, ok, failing, unknown| ModuleCounts {
+            total,
+            ok,
+            failing,
+            unknown,
+        };
+        assert_eq!(modules_cell(&c(6, 5, 1, 0)), "5/6 ok");
+        assert_eq!(modules_cell(&c(4, 0, 0, 4)), "4 unknown");
+        assert_eq!(modules_cell(&c(6, 3, 0, 2)), "3/6 ok, 2 unknown");
+        assert_eq!(modules_cell(&c(0, 0, 0, 0)), "0/0 ok");
+    }
 }

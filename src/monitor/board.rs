@@ -123,9 +123,29 @@ pub enum Health {
     Starting,
     Stopping,
     Stopped,
+    /// Its node is dead, suspect, gone or its report is stale, so nothing
+    /// is known of the module now; `reported_health` keeps what the last
+    /// report said. Only views say this, never a node's own report.
+    Unknown,
 }
 
 impl Health {
+    /// The word the API uses for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Degraded => "degraded",
+            Health::Failing => "failing",
+            Health::Unresponsive => "unresponsive",
+            Health::Restarting => "restarting",
+            Health::Failed => "failed",
+            Health::Starting => "starting",
+            Health::Stopping => "stopping",
+            Health::Stopped => "stopped",
+            Health::Unknown => "unknown",
+        }
+    }
+
     /// Whether `conjoiner status` counts this module as failing.
     pub fn is_failing(self) -> bool {
         matches!(
@@ -181,6 +201,10 @@ pub struct ModuleReport {
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
+    /// Set in views only, when `health` is `unknown`: the health the
+    /// node's last report gave, as history, not as the state now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_health: Option<Health>,
 }
 
 /// The body of a `status` envelope: one node's Monitor round.
@@ -294,7 +318,7 @@ fn age(now: Instant, then: Instant) -> Duration {
 }
 
 /// How a node is doing, as `conjoiner status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeHealth {
     Ok,
@@ -308,8 +332,51 @@ pub enum NodeHealth {
     Left,
 }
 
-/// One node as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+impl NodeHealth {
+    /// The word the API uses for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeHealth::Ok => "ok",
+            NodeHealth::Degraded => "degraded",
+            NodeHealth::Stale => "stale",
+            NodeHealth::Suspect => "suspect",
+            NodeHealth::Dead => "dead",
+            NodeHealth::Left => "left",
+        }
+    }
+
+    /// Whether what the node last reported holds now: it is alive and its
+    /// report is fresh. Otherwise its modules' state is unknown.
+    pub fn is_current(self) -> bool {
+        matches!(self, NodeHealth::Ok | NodeHealth::Degraded)
+    }
+}
+
+/// How many of a node's modules are ok, failing, or unknown now. Modules
+/// that are starting, stopping or stopped are in none of the three.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleCounts {
+    pub total: usize,
+    pub ok: usize,
+    pub failing: usize,
+    pub unknown: usize,
+}
+
+impl ModuleCounts {
+    pub fn of(modules: &[ModuleReport]) -> ModuleCounts {
+        let count = |f: fn(Health) -> bool| modules.iter().filter(|m| f(m.health)).count();
+        ModuleCounts {
+            total: modules.len(),
+            ok: count(|h| h == Health::Ok),
+            failing: count(Health::is_failing),
+            unknown: count(|h| h == Health::Unknown),
+        }
+    }
+}
+
+/// One node as the API shows it (`GET /v1/status`, `GET /v1/modules`); the
+/// CLI and the dashboard read these same fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     pub node: String,
     /// Membership status, or null if membership does not know it.
@@ -328,10 +395,14 @@ pub struct NodeView {
     pub uptime_ms: Option<u64>,
     pub host: Value,
     pub cluster: Value,
+    /// The modules of its latest report, each with its health now: that
+    /// of the report while the node is current, else `unknown`.
     pub modules: Vec<ModuleReport>,
-    /// Names of modules that are unresponsive, restarting or failed.
+    pub module_counts: ModuleCounts,
+    /// Names of modules failing now (degraded, unresponsive, restarting or
+    /// failed); empty when the node's state is unknown.
     pub failing: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -350,12 +421,28 @@ impl NodeView {
         };
         let gone = matches!(member_status, Some(MemberStatus::Dead | MemberStatus::Left) | None);
         let stale = report_stale || gone;
-        // Running modules have aged along with the report.
+        let reported_failing = report.is_some_and(|(r, _)| r.modules.iter().any(|m| m.health.is_failing()));
+        let health = match member_status {
+            Some(MemberStatus::Left) => NodeHealth::Left,
+            Some(MemberStatus::Dead) | None => NodeHealth::Dead,
+            Some(MemberStatus::Suspect) => NodeHealth::Suspect,
+            Some(MemberStatus::Alive) if report_stale => NodeHealth::Stale,
+            Some(MemberStatus::Alive) if reported_failing => NodeHealth::Degraded,
+            Some(MemberStatus::Alive) => NodeHealth::Ok,
+        };
+        // While the node is current, its running modules have aged along
+        // with the report. Otherwise what the report said is history, not
+        // health, and nothing ages.
         let modules: Vec<ModuleReport> = report
             .map(|(r, age)| {
                 let mut modules = r.modules.clone();
-                for m in modules.iter_mut().filter(|m| m.state == "running") {
-                    m.uptime_ms = m.uptime_ms.saturating_add(age.as_millis() as u64);
+                for m in &mut modules {
+                    if !health.is_current() {
+                        m.reported_health = Some(m.health);
+                        m.health = Health::Unknown;
+                    } else if m.state == "running" {
+                        m.uptime_ms = m.uptime_ms.saturating_add(age.as_millis() as u64);
+                    }
                 }
                 modules
             })
@@ -365,14 +452,6 @@ impl NodeView {
             .filter(|m| m.health.is_failing())
             .map(|m| m.name.clone())
             .collect();
-        let health = match member_status {
-            Some(MemberStatus::Left) => NodeHealth::Left,
-            Some(MemberStatus::Dead) | None => NodeHealth::Dead,
-            Some(MemberStatus::Suspect) => NodeHealth::Suspect,
-            Some(MemberStatus::Alive) if report_stale => NodeHealth::Stale,
-            Some(MemberStatus::Alive) if !failing.is_empty() => NodeHealth::Degraded,
-            Some(MemberStatus::Alive) => NodeHealth::Ok,
-        };
         let error = match (report, member_status) {
             (None, _) => Some("no status report received yet".to_string()),
             (Some(_), Some(MemberStatus::Dead)) => Some("the node is dead; its last report is shown".to_string()),
@@ -399,9 +478,13 @@ impl NodeView {
             status_age_ms: report.map(|(_, age)| millis(age)),
             stale_after_ms: stale_after.map(millis),
             version: report.map(|(r, _)| r.version.clone()),
-            uptime_ms: report.map(|(r, age)| r.uptime_ms + millis(age)),
+            uptime_ms: report.map(|(r, age)| {
+                let aged = if health.is_current() { millis(age) } else { 0 };
+                r.uptime_ms.saturating_add(aged)
+            }),
             host: report.map(|(r, _)| r.host.clone()).unwrap_or(Value::Null),
             cluster: report.map(|(r, _)| r.cluster.clone()).unwrap_or(Value::Null),
+            module_counts: ModuleCounts::of(&modules),
             modules,
             failing,
             error,
@@ -415,13 +498,18 @@ impl NodeView {
 }
 
 /// The one-line summary of `conjoiner status`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Summary {
     pub nodes: usize,
     pub ok: usize,
     pub failing_nodes: usize,
+    /// Every module of every node's latest report, and of those: ok now,
+    /// failing now, and on nodes whose state is unknown (dead, suspect,
+    /// stale or left), counted neither ok nor failing.
     pub modules: usize,
+    pub ok_modules: usize,
     pub failing_modules: usize,
+    pub unknown_modules: usize,
     /// Nodes per health, every health named (0 included), so a dashboard
     /// can show each figure without knowing the list.
     pub by_health: BTreeMap<NodeHealth, usize>,
@@ -446,8 +534,10 @@ pub fn summarize(views: &[NodeView]) -> Summary {
         nodes: views.len(),
         ok: views.iter().filter(|v| v.health == NodeHealth::Ok).count(),
         failing_nodes: views.iter().filter(|v| v.is_failing()).count(),
-        modules: views.iter().map(|v| v.modules.len()).sum(),
-        failing_modules: views.iter().map(|v| v.failing.len()).sum(),
+        modules: views.iter().map(|v| v.module_counts.total).sum(),
+        ok_modules: views.iter().map(|v| v.module_counts.ok).sum(),
+        failing_modules: views.iter().map(|v| v.module_counts.failing).sum(),
+        unknown_modules: views.iter().map(|v| v.module_counts.unknown).sum(),
         by_health,
     }
 }
@@ -481,6 +571,7 @@ mod tests {
             status_error: None,
             sha256: None,
             last_exit: None,
+            reported_health: None,
         }
     }
 
@@ -549,7 +640,11 @@ mod tests {
         let summary = summarize(&later);
         assert_eq!(summary.nodes, 4);
         assert_eq!(summary.failing_nodes, 4);
-        assert_eq!(summary.failing_modules, 1);
+        assert_eq!(
+            (summary.failing_modules, summary.unknown_modules),
+            (0, 2),
+            "stale reports say nothing of now"
+        );
         let by_health: Vec<(NodeHealth, usize)> = summary.by_health.into_iter().collect();
         assert_eq!(
             by_health,
@@ -782,6 +877,110 @@ mod tests {
                 assert!(views[0].error.as_deref().unwrap_or_default().contains(error), "{row}");
             }
         }
+    }
+
+    /// A module counts as ok or failing only while its node is current
+    /// (alive, report fresh); otherwise it is unknown, with the report's
+    /// word kept as history. One row per membership and report age.
+    #[test]
+    fn modules_of_nodes_not_current_are_unknown_never_ok() {
+        use MemberStatus::*;
+        // (member, report age in ms, expected (ok, failing, unknown) of [ok, unresponsive, starting])
+        type Row = (Option<MemberStatus>, u64, (usize, usize, usize));
+        let rows: &[Row] = &[
+            (Some(Alive), 500, (1, 1, 0)),
+            (Some(Alive), 3500, (0, 0, 3)),
+            (Some(Suspect), 500, (0, 0, 3)),
+            (Some(Dead), 500, (0, 0, 3)),
+            (Some(Left), 500, (0, 0, 3)),
+            (None, 500, (0, 0, 3)),
+        ];
+        let t0 = Instant::now();
+        for (i, &(status, age, (ok, failing, unknown))) in rows.iter().enumerate() {
+            let board = StatusBoard::default();
+            let mut starting = module("s", Health::Starting);
+            starting.state = "starting".into();
+            let modules = vec![module("m", Health::Ok), module("u", Health::Unresponsive), starting];
+            board.record(report("a", 1, modules), t0);
+            let members: Vec<Member> = status.map(|s| member("a", s)).into_iter().collect();
+            let views = board.view(&members, t0 + Duration::from_millis(age));
+            let view = &views[0];
+            let row = format!("row {i}: {status:?}, {age} ms");
+            let want = ModuleCounts {
+                total: 3,
+                ok,
+                failing,
+                unknown,
+            };
+            assert_eq!(view.module_counts, want, "{row}");
+            assert_eq!(view.failing.len(), failing, "{row}");
+            if unknown > 0 {
+                assert!(view.modules.iter().all(|m| m.health == Health::Unknown), "{row}");
+                let said: Vec<_> = view.modules.iter().map(|m| m.reported_health).collect();
+                assert_eq!(
+                    said,
+                    [Some(Health::Ok), Some(Health::Unresponsive), Some(Health::Starting)],
+                    "{row}"
+                );
+            } else {
+                assert!(view.modules.iter().all(|m| m.reported_health.is_none()), "{row}");
+            }
+            let summary = summarize(&views);
+            assert_eq!(
+                (
+                    summary.modules,
+                    summary.ok_modules,
+                    summary.failing_modules,
+                    summary.unknown_modules
+                ),
+                (3, ok, failing, unknown),
+                "{row}"
+            );
+        }
+    }
+
+    #[test]
+    fn health_words_are_those_of_the_api() {
+        use Health::*;
+        for h in [
+            Ok,
+            Degraded,
+            Failing,
+            Unresponsive,
+            Restarting,
+            Failed,
+            Starting,
+            Stopping,
+            Stopped,
+            Unknown,
+        ] {
+            assert_eq!(serde_json::to_value(h).unwrap(), h.as_str());
+        }
+        for h in [
+            NodeHealth::Ok,
+            NodeHealth::Degraded,
+            NodeHealth::Stale,
+            NodeHealth::Suspect,
+            NodeHealth::Dead,
+            NodeHealth::Left,
+        ] {
+            assert_eq!(serde_json::to_value(h).unwrap(), h.as_str());
+        }
+    }
+
+    #[test]
+    fn views_and_summaries_read_back_as_they_were_written() {
+        let board = StatusBoard::default();
+        let t0 = Instant::now();
+        board.record(report("a", 1, vec![module("m", Health::Ok)]), t0);
+        board.record(report("b", 1, vec![module("m", Health::Ok)]), t0);
+        let views = board.view(&[member("a", MemberStatus::Alive), member("b", MemberStatus::Dead)], t0);
+        let text = serde_json::to_string(&views).unwrap();
+        let back: Vec<NodeView> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, views);
+        let summary = summarize(&views);
+        let back: Summary = serde_json::from_str(&serde_json::to_string(&summary).unwrap()).unwrap();
+        assert_eq!(back, summary);
     }
 
     #[test]

@@ -1,0 +1,31 @@
+//! The control API's answer to `GET /v1/status`, as one type: the API
+//! builds it, and the CLI and the dashboard read it, so all three follow
+//! the same rules of what is ok (those of [`super::board`]).
+
+use super::board::{NodeView, Summary};
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/status`: the fleet as this node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusAnswer {
+    /// The node that answers.
+    pub node: String,
+    pub cluster: String,
+    pub status_interval_ms: u64,
+    /// Set when this node has ways into the cluster but reaches no one.
+    pub isolated: Option<Isolation>,
+    /// Of the whole fleet, whatever `?target=` narrowed.
+    pub summary: Summary,
+    /// How many nodes are listed in `nodes`.
+    pub shown: usize,
+    /// Failing nodes first, then by name.
+    pub nodes: Vec<NodeView>,
+}
+
+/// Why a node counts itself cut off: the seeds it was given and how many
+/// peers it knew from earlier runs, none of which it reaches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isolation {
+    pub seeds: Vec<String>,
+    pub known_peers: usize,
+}
