@@ -3,6 +3,7 @@
 //! simulator, in `tests/cluster_sim.rs`.)
 
 use super::*;
+use crate::cluster::protocol::{Hello, Record, StateRecord, PROTOCOL_VERSION};
 use std::collections::{BTreeMap, HashMap};
 
 /// Cores joined by instant links.
