@@ -15,6 +15,7 @@
 //! - [`node`]: builds one node from a [`node::NodeConfig`].
 //! - [`sim`]: the cluster core of many nodes on a virtual network.
 //! - [`metrics`]: the node's Prometheus metrics.
+//! - [`tags`]: a node's tags, and the changes made to them at run time.
 //! - [`api`]: the control API (HTTP) the CLI talks to.
 //! - [`cli`]: the `conjoiner` command line.
 
@@ -32,4 +33,5 @@ pub mod monitor;
 pub mod node;
 pub mod private_file;
 pub mod sim;
+pub mod tags;
 pub mod wire;

@@ -5,24 +5,29 @@
 
 use crate::actors::cluster_bridge::LeaveCluster;
 use crate::actors::cluster_bus::ClusterHandle;
-use crate::actors::deployer::{self, DeployerConfig, DeployerParts};
+use crate::actors::cluster_bus::SetTags;
+use crate::actors::deployer::{self, DeployerParts};
 use crate::actors::monitor::{self, MonitorConfig, MonitorParts};
 use crate::actors::supervisor::{ListModules, RestartPolicy, Shutdown, StartModule};
 use crate::actors::transponder::{self, TransponderConfig, TransponderSlot};
 use crate::actors::{echo, uptime, ClusterBridge};
 use crate::actors::{
     DumpState, EventTap, LoopbackCluster, ModBus, ModuleContext, ModuleInfo, ModuleState, NodeIdentity, NodeSupervisor,
-    Snapshot, Transponder,
+    Snapshot, Tags, Transponder,
 };
 use crate::cluster::memory::MemoryNetwork;
+use crate::cluster::protocol::SET_DEPLOYMENTS;
 use crate::cluster::transport::{TcpTransport, Transport};
 use crate::cluster::{ClusterConfig, ClusterKey, KeySource};
 use crate::deploy::fetch::StallRule;
+use crate::deploy::install::DeployerConfig;
 use crate::deploy::state::DeployState;
+use crate::deploy::table::DeploymentRules;
 use crate::discovery::{known_peers, spawn_seeds, Mdns};
 use crate::metrics::Metrics;
 use crate::modules::registry::{self, BoxedFactory, Builtins, CORE_MODULES};
 use crate::monitor::board::StatusBoard;
+use crate::tags::TagChanges;
 use actix::prelude::*;
 use anyhow::Context as _;
 use serde_json::{json, Value};
@@ -31,7 +36,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Everything needed to build a node.
 #[derive(Debug, Clone)]
@@ -221,6 +226,7 @@ impl ClusterParts {
             .with_context(|| format!("cannot record the cluster address in {}", addr_file.display()))?;
         let bridge = ClusterBridge::new(identity, net.timing.clone(), key, transport, advertise)
             .with_metrics(metrics.clone())
+            .holding(SET_DEPLOYMENTS, Box::new(DeploymentRules::default()))
             .start();
         let mdns = if net.mdns && net.memory.is_none() {
             match Mdns::start(
@@ -283,6 +289,10 @@ pub struct NodeSettings {
     pub transponder: TransponderConfig,
     pub deployer: DeployerConfig,
     pub monitor: MonitorConfig,
+    /// The tags given at start; run-time changes lie over them.
+    pub given_tags: BTreeMap<String, String>,
+    /// One tag change at a time.
+    pub tag_changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The parts of a node that the control API needs. Cheap to clone,
@@ -304,6 +314,54 @@ impl NodeHandle {
     /// The Transponder, if it is running right now.
     pub fn transponder(&self) -> Option<Addr<Transponder>> {
         self.ctx.transponder()
+    }
+
+    /// Changes this node's tags at run time: `set` and `delete` lie over
+    /// the tags given at start, are kept in the data dir, and reach every
+    /// member at once (selectors, and the Deployer reconciles). Answers the
+    /// tags now.
+    pub async fn change_tags(
+        &self,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let _one = self.settings.tag_changes.lock().await;
+        let dir = &self.settings.data_dir;
+        // Changes that no longer read are replaced by these.
+        let mut changes = TagChanges::load(dir).unwrap_or_default();
+        changes.change(&set, &delete);
+        let tags = changes.apply(&self.settings.given_tags);
+        if tags.len() > crate::tags::MAX_TAGS {
+            return Err(format!(
+                "a node carries at most {} tags; this would make {}",
+                crate::tags::MAX_TAGS,
+                tags.len()
+            ));
+        }
+        let save_dir = dir.clone();
+        let save = changes.clone();
+        tokio::task::spawn_blocking(move || save.save(&save_dir))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot keep the tags in {}: {e}", dir.display()))?;
+        if self.ctx.identity.tags.set(tags.clone()) {
+            self.ctx
+                .identity
+                .span("node")
+                .in_scope(|| info!(tags = ?tags, "tags changed"));
+            self.ctx.cluster.set_tags.do_send(SetTags(tags.clone()));
+        }
+        Ok(tags)
+    }
+
+    /// Drives the rollout of table entry `id` from this node (its waves
+    /// and its revert), until it is done, stopped, or another node drives it.
+    pub fn drive_rollout(&self, id: uuid::Uuid) {
+        actix_rt::spawn(crate::deploy::rollout::drive(
+            self.ctx.clone(),
+            self.status.clone(),
+            id.to_string(),
+        ));
     }
 
     /// Makes every actor log one line with its state, and returns them all.
@@ -386,12 +444,19 @@ impl Node {
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
         crate::deploy::fetch::private_dir(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        // The tags given at start, with the changes made at run time.
+        let changes = TagChanges::load(&config.data_dir);
         let identity = NodeIdentity {
             name: config.name.clone(),
             cluster: config.cluster.clone(),
-            tags: config.tags.clone(),
+            tags: Tags::new(changes.as_ref().map_or(config.tags.clone(), |c| c.apply(&config.tags))),
         };
         let span = identity.span("node");
+        if let Err(e) = &changes {
+            span.in_scope(
+                || error!(error = %e, "the tags changed at run time are not applied; the tags given at start are"),
+            );
+        }
         span.in_scope(|| {
             info!(cluster = %identity.cluster, tags = ?identity.tags, data_dir = %config.data_dir.display(),
                 "node starting")
@@ -409,7 +474,9 @@ impl Node {
         let (cluster, cluster_state) = match &parts {
             Some(p) => (ClusterHandle::of(&p.bridge), p.bridge.clone().recipient()),
             None => {
-                let loopback = LoopbackCluster::new(&identity).start();
+                let loopback = LoopbackCluster::new(&identity)
+                    .holding(SET_DEPLOYMENTS, Box::new(DeploymentRules::default()))
+                    .start();
                 (ClusterHandle::of(&loopback), loopback.recipient())
             }
         };
@@ -425,17 +492,20 @@ impl Node {
         };
         let deploy = Arc::new(DeployState::open(&config.data_dir, &config.deployer.package_dirs)?);
         let status = StatusBoard::default();
+        let board = status.clone();
         let deployer = DeployerParts {
             ctx: ctx.clone(),
             state: deploy.clone(),
             config: config.deployer.clone(),
             builtins: BUILTINS,
+            data_dir: config.data_dir.clone(),
+            holders: Arc::new(move |sha: &str| board.holders_of(sha)),
         };
         let monitor = MonitorParts {
             ctx: ctx.clone(),
             config: config.monitor.clone(),
             board: status.clone(),
-            store: deploy.store.clone(),
+            deploy: deploy.clone(),
         };
 
         // The Transponder first (it is the border), then the other core modules.
@@ -481,6 +551,8 @@ impl Node {
                 transponder: config.transponder.clone(),
                 deployer: config.deployer.clone(),
                 monitor: config.monitor.clone(),
+                given_tags: config.tags.clone(),
+                tag_changes: Arc::new(tokio::sync::Mutex::new(())),
             }),
             deploy,
             status,

@@ -5,7 +5,9 @@
 //!   every request to all nodes is answered by all of them.
 //! - A 2|3 partition for 30 s, then a heal: each side sees the other dead,
 //!   and every node lists all five alive again (the time it took is printed;
-//!   the test allows 30 s so that it holds on a busy machine).
+//!   the test allows 30 s so that it holds on a busy machine). A deploy on
+//!   each side during the partition ends, after the heal, with every node
+//!   running the newer one.
 //!
 //! Needs root, iproute2 and nftables (`.ci/run` installs them). Without them
 //! the test fails with the reason; it never skips silently.
@@ -115,6 +117,31 @@ fn loss_brings_no_false_death_and_a_partition_heals() {
         let alive: Vec<String> = mine.iter().map(|m| format!("c{m}")).collect();
         assert_eq!(alive_names(node), alive, "{} lists its own side alive", node.name);
     }
+    // A deploy on each side: each side runs its own; the right side's is
+    // written later, so it is the newer.
+    let uptime = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mods/uptime");
+    for (origin, side) in [(&nodes[0], "left"), (&nodes[2], "right")] {
+        let config = format!(r#"{{"side":"{side}"}}"#);
+        let (code, outcome) = cli_json(
+            origin,
+            &[
+                "deploy",
+                "uptime",
+                "--from",
+                uptime.to_str().unwrap(),
+                "--config",
+                &config,
+            ],
+        );
+        assert_eq!(code, 3, "the other side is named as not alive: {outcome}");
+        let absent = outcome["absent"].as_array().map_or(0, Vec::len);
+        assert_eq!(absent, if side == "left" { 3 } else { 2 }, "{outcome}");
+    }
+    let side_of = |node: &TestNode| -> Option<String> {
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(node.data_dir().join("mods/uptime/config.json")).ok()?).ok()?;
+        config["side"].as_str().map(str::to_string)
+    };
     std::thread::sleep(PARTITION.saturating_sub(cut.elapsed()));
 
     // Heal.
@@ -126,6 +153,13 @@ fn loss_brings_no_false_death_and_a_partition_heals() {
         all_alive(&nodes, &names).then_some(())
     });
     eprintln!("full membership {:?} after the heal", healed.elapsed());
+    wait_for(Duration::from_secs(60), "every node to run the newer deploy", || {
+        nodes
+            .iter()
+            .all(|n| side_of(n).as_deref() == Some("right"))
+            .then_some(())
+    });
+    eprintln!("every node runs the newer deploy {:?} after the heal", healed.elapsed());
     let (code, outcome) = cli_json(&nodes[0], &["request", "mod.echo", "{}", "--timeout", "5s"]);
     assert_eq!(code, 0, "{outcome}");
     assert_eq!(

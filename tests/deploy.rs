@@ -197,46 +197,38 @@ fn a_targeted_deploy_reaches_exactly_its_nodes_peer_to_peer() {
         });
     }
 
-    // A rolling deploy, one node at a time, of a module that cannot start on
-    // web-1: web-2 (next in name order) is not started after the failure...
+    // A rollout of a module that cannot start on web-1: whichever web node
+    // its one-node canary is, the rollout ends reverted if it was web-1,
+    // and the other never ran it; or it goes on to web-1 and is reverted
+    // there. Either way web-1 fails and nothing stays on it.
     let picky = module_dir(
         tmp.path(),
         "picky",
         "1.0.0",
-        "#!/bin/sh\n[ \"$CONJOINER_NODE\" = web-1 ] && exit 7\nwhile IFS= read -r line; do :; done\n",
+        "#!/bin/sh\n[ \"$CONJOINER_NODE\" = web-1 ] && exit 7\nwhile IFS= read -r line; do\n  case \"$line\" in *status_request*) echo '{\"op\":\"status\",\"body\":{}}' ;; esac\ndone\n",
         json!({}),
     );
     let picky = picky.to_str().unwrap();
-    let rolling = [
+    let rollout = [
         "deploy",
         "picky",
         "--from",
         picky,
         "--target",
         "tag.role=web",
-        "--batch",
+        "--canary",
         "1",
+        "--health-window",
+        "1s",
     ];
-    let (code, halted) = cli_json(db1, &rolling);
-    assert_eq!(code, 3, "{halted}");
-    let statuses: Vec<_> = results(&halted).into_iter().map(|r| (r.0, r.1)).collect();
-    assert_eq!(statuses, [("web-1".to_string(), "failed".to_string())]);
-    assert_eq!(halted["skipped"], json!(["web-2"]));
-    assert!(!web2.data_dir().join("mods/picky").exists());
-    // ...unless asked to go on.
-    let mut going_on = rolling.to_vec();
-    going_on.push("--continue-on-error");
-    let (code, all) = cli_json(db1, &going_on);
-    assert_eq!(code, 3, "{all}");
-    let statuses: Vec<_> = results(&all).into_iter().map(|r| (r.0, r.1)).collect();
-    assert_eq!(
-        statuses,
-        [
-            ("web-1".to_string(), "failed".to_string()),
-            ("web-2".to_string(), "deployed".to_string())
-        ]
-    );
-    assert_eq!(all["skipped"], json!([]));
+    let (code, reverted) = cli_json(db1, &rollout);
+    assert_eq!(code, 3, "{reverted}");
+    assert_eq!(reverted["rollout"]["state"], "reverted", "{reverted}");
+    let reason = reverted["rollout"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("web-1: start_failed"), "{reason}");
+    wait_for(LIMIT, "picky gone from both web nodes", || {
+        (!web1.data_dir().join("mods/picky").exists() && !web2.data_dir().join("mods/picky").exists()).then_some(())
+    });
 }
 
 #[test]
@@ -254,6 +246,17 @@ fn bad_packages_are_refused_and_the_running_version_stays() {
     assert_eq!(code, 0, "{out}");
     let pid = ask(&node, "mod.hello").expect("hello answers")["pid"].as_u64().unwrap();
 
+    // What the origin can see is wrong is refused before any entry is
+    // written (exit 2, the code in the message)...
+    let refused = |from: &str, extra: &[&str], expect: &str| {
+        let mut args = vec!["deploy", "hello", "--from", from];
+        args.extend_from_slice(extra);
+        let out = node.cli(&args);
+        let said = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{from}: {said}");
+        assert!(said.contains(expect), "{from}: expected `{expect}` in {said}");
+    };
+    // ...and what only installing shows fails on the node, with the reason.
     let deploy_fails = |from: &str, extra: &[&str], expect: &str| {
         let mut args = vec!["deploy", "hello", "--from", from];
         args.extend_from_slice(extra);
@@ -266,15 +269,15 @@ fn bad_packages_are_refused_and_the_running_version_stays() {
     };
 
     // A wrong sha256.
-    deploy_fails(&url(&good), &["--sha256", &"0".repeat(64)], "checksum_mismatch");
+    refused(&url(&good), &["--sha256", &"0".repeat(64)], "checksum_mismatch");
 
     // Files outside `--package-dir` are not even opened: neither a file://
     // source, nor a path given to the API, however it is spelled.
     let outside = tempfile::tempdir().unwrap();
     let secret = outside.path().join("secret.tar.gz");
     std::fs::copy(&good, &secret).unwrap();
-    deploy_fails(&url(&secret), &[], "path_not_allowed");
-    deploy_fails("file:///etc/shadow", &[], "path_not_allowed");
+    refused(&url(&secret), &[], "path_not_allowed");
+    refused("file:///etc/shadow", &[], "path_not_allowed");
     // Both temporary folders share a parent.
     let dotted = tmp
         .path()
@@ -364,7 +367,7 @@ fn bad_packages_are_refused_and_the_running_version_stays() {
             .collect();
         add(t, "run", &noise, tar::EntryType::Regular);
     });
-    deploy_fails(&url(&big), &[], "too_large");
+    refused(&url(&big), &[], "too_large");
     let bad_manifest = hostile("manifest.tar.gz", &|t| {
         add(
             t,
@@ -373,7 +376,7 @@ fn bad_packages_are_refused_and_the_running_version_stays() {
             tar::EntryType::Regular,
         );
     });
-    deploy_fails(&url(&bad_manifest), &[], "`main` is missing");
+    refused(&url(&bad_manifest), &[], "`main` is missing");
 
     // A new version that cannot start is rolled back.
     let broken = module_dir(
@@ -762,19 +765,17 @@ fn a_slow_package_url_holds_only_its_own_module_and_fails_as_stalled() {
         "the slow deploy is still fetching"
     );
 
-    // The trickle is judged a stall (16 KiB in 15 s), not waited on for 300 s.
+    // The trickle is judged a stall (16 KiB in 15 s), not waited on for
+    // 300 s; the origin fetches a package before it writes the entry, so
+    // the deploy is refused there, and no node is asked to fetch it.
     let status = wait_for(Duration::from_secs(60), "the slow deploy to end", || {
         slow.child.try_wait().unwrap()
     });
-    let text: String = slow.stdout.try_iter().collect::<Vec<_>>().join("\n");
-    let outcome: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let (_, result, reason) = results(&outcome).into_iter().next().expect("a result");
-    assert_eq!(result, "failed", "{text}");
-    assert!(
-        reason.contains("fetch_failed") && reason.contains("stalled"),
-        "{reason}"
-    );
-    assert_ne!(status.code(), Some(0));
+    let said: String = slow.stderr.try_iter().collect::<Vec<_>>().join("\n");
+    assert_eq!(status.code(), Some(2), "{said}");
+    assert!(said.contains("fetch_failed") && said.contains("stalled"), "{said}");
+    let (_, table) = cli_json(&node, &["deployments", "--module", "slowpoke"]);
+    assert_eq!(table, json!([]), "no entry was written");
 }
 
 /// A module whose package holds `files` data files, so unpacking it takes a
@@ -822,16 +823,20 @@ fn a_node_killed_during_a_deploy_keeps_one_whole_version() {
         let _ = deploy.child.wait();
         node.restart();
 
-        // Exactly one whole version is installed, and it is the one running.
-        let version = wait_for(LIMIT, &format!("round {round}: bulky to run again"), || {
+        // Exactly one whole version is installed, and it is the one running:
+        // the one the newest table entry names (the deploy was written to
+        // the table before the kill, or not), which the node converged to
+        // on its own after the restart.
+        let version = wait_for(LIMIT, &format!("round {round}: bulky to run as the table asks"), || {
             let running = module_state(&node, "bulky").filter(|m| m["state"] == "running")?;
-            Some(running["version"].as_str()?.to_string())
+            let version = running["version"].as_str()?.to_string();
+            let (_, table) = cli_json(&node, &["deployments", "--module", "bulky"]);
+            let newest = table.as_array()?.first()?.clone();
+            let converged = newest["converged"] == 1 && newest["nodes"] == 1;
+            let record: Value = serde_json::from_slice(&std::fs::read(mods.join("bulky/install.json")).ok()?).ok()?;
+            (converged && record["sha256"] == newest["sha256"] && installed_version(&mods) == Some(version.clone()))
+                .then_some(version)
         });
-        assert_eq!(
-            installed_version(&mods).as_deref(),
-            Some(version.as_str()),
-            "round {round}"
-        );
         let expected_files = versions.iter().find(|(v, _)| *v == version).unwrap().1;
         let files = std::fs::read_dir(mods.join("bulky/data")).unwrap().count();
         assert_eq!(
@@ -975,4 +980,40 @@ done
     assert_eq!(ask(&node, "mod.honest"), Some(json!({})));
     wait_module(&node, "honest", "ok again", |m| m["health"] == "ok");
     assert_eq!(node.cli(&["status"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_node_killed_during_a_deploy_converges_when_it_restarts_with_no_command() {
+    let key = ClusterKey::generate();
+    let mut nodes = start_cluster(&[("k-1", "web"), ("k-2", "web"), ("k-3", "web")], &key);
+    wait_converged(&[&nodes[0], &nodes[1], &nodes[2]], 3);
+    nodes[2].kill9();
+    wait_for(LIMIT, "k-1 to see k-3 dead", || {
+        (member_status(&nodes[0], "k-3").as_deref() == Some("dead")).then_some(())
+    });
+    let (code, outcome) = cli_json(&nodes[0], &["deploy", "hello", "--from", hello_dir().to_str().unwrap()]);
+    assert_eq!(code, 3, "{outcome}");
+    assert_eq!(outcome["absent"][0]["node"], "k-3", "k-3 is named: {outcome}");
+    assert!(outcome["absent"][0]["note"]
+        .as_str()
+        .unwrap()
+        .contains("when it returns"));
+    assert_eq!(results(&outcome).len(), 2, "{outcome}");
+    assert!(installed_sha(&nodes[2], "hello").is_none());
+
+    nodes[2].restart();
+    let k3 = &nodes[2];
+    wait_for(LIMIT, "k-3 to run hello after its restart", || {
+        module_state(k3, "hello")
+            .filter(|m| m["state"] == "running")
+            .map(|_| ())
+    });
+    assert_eq!(installed_sha(k3, "hello"), installed_sha(&nodes[0], "hello"));
+    let (code, table) = cli_json(k3, &["deployments"]);
+    assert_eq!(code, 0, "{table}");
+    wait_for(LIMIT, "the table to show hello converged on all three", || {
+        let (_, table) = cli_json(k3, &["deployments"]);
+        let e = table.as_array()?.first()?.clone();
+        (e["converged"] == 3 && e["nodes"] == 3).then_some(())
+    });
 }

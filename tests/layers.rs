@@ -1,7 +1,7 @@
 //! The layers of `src/` and the direction of their imports (issue 13):
 //!
 //! 0. `wire`
-//! 1. `cluster`, `sim`, `logging`, `metrics`, `private_file`, `api_token`
+//! 1. `cluster`, `sim`, `logging`, `metrics`, `private_file`, `api_token`, `tags`
 //! 2. the runtime: the supervisor, ModBus, module messages, the cluster
 //!    actors and the Transponder in `actors/`, and `discovery`
 //! 3. capabilities: the Deployer, Monitor and built-in module actors,
@@ -34,7 +34,7 @@ const RUNTIME_ACTORS: &[&str] = &[
 fn layer(path: &[&str]) -> Option<usize> {
     Some(match path.first().copied()? {
         "wire" => 0,
-        "cluster" | "sim" | "logging" | "metrics" | "private_file" | "api_token" => 1,
+        "cluster" | "sim" | "logging" | "metrics" | "private_file" | "api_token" | "tags" => 1,
         "discovery" => 2,
         // `actors::Name` is an item of `actors/mod.rs`, which is runtime.
         "actors" => match path.get(1) {

@@ -301,7 +301,7 @@ fn a_member_that_hangs_up_before_hello_is_not_taken_for_a_wrong_key() {
 /// of the cluster carries on.
 #[test]
 fn a_peer_that_stops_reading_is_disconnected_alone() {
-    use conjoiner::cluster::protocol::{Frame, Msg};
+    use conjoiner::cluster::protocol::{Frame, Msg, TreeMsg};
 
     let key = ClusterKey::generate();
     let (listener, fake_addr) = fake_member::bind();
@@ -314,7 +314,7 @@ fn a_peer_that_stops_reading_is_disconnected_alone() {
         let (stream, _) = listener.accept().await.unwrap();
         let fake_member::Answered { mut tx, rx } =
             fake_member::answer_join(stream, &k, "sloth", fake_addr, Duration::ZERO).await;
-        let child = Frame::Msgs(vec![Msg::Parent { yes: true }]);
+        let child = Frame::Msgs(vec![Msg::Tree(TreeMsg::Parent { yes: true })]);
         let _ = tx.send(&child.encode()).await;
         let _ = tx.flush().await;
         let mut held = vec![(tx, rx)];

@@ -13,9 +13,10 @@
 use super::cluster_bus::*;
 use super::messages::{state_handlers, ShowState};
 use super::NodeIdentity;
+use crate::cluster::core::keyed::EntryRules;
 use crate::cluster::core::{Action, Change, ClusterCore, CoreError, Direction, LinkId, Standing};
 use crate::cluster::link::{DownReason, FailedAt, LinkEvent, LinkHandle, LinkSetup};
-use crate::cluster::protocol::{Frame, Status};
+use crate::cluster::protocol::{Entry, Frame, SetId, Status};
 use crate::cluster::transport::Transport;
 use crate::cluster::{ClusterConfig, ClusterKey, NodeId};
 use crate::logging::LogThrottle;
@@ -87,6 +88,8 @@ pub struct ClusterBridge {
     transponder_full_log: LogThrottle,
     counters: Counters,
     metrics: Metrics,
+    /// Who is told of each keyed dataset's changes (the Deployer).
+    watchers: HashMap<SetId, Recipient<EntriesChanged>>,
 }
 
 impl ClusterBridge {
@@ -98,7 +101,7 @@ impl ClusterBridge {
         transport: Arc<dyn Transport>,
         advertise: SocketAddr,
     ) -> ClusterBridge {
-        let me = NodeId::new(&identity.name, advertise, crate::wire::now_ms(), identity.tags.clone());
+        let me = NodeId::new(&identity.name, advertise, crate::wire::now_ms(), identity.tags.get());
         let seed: u64 = rand::random();
         let core = ClusterCore::new(&identity.cluster, me, config, seed, Instant::now());
         ClusterBridge {
@@ -117,7 +120,14 @@ impl ClusterBridge {
             transponder_full_log: LogThrottle::new(Duration::from_secs(10), 1),
             counters: Counters::default(),
             metrics: Metrics::default(),
+            watchers: HashMap::new(),
         }
+    }
+
+    /// Holds keyed dataset `set` (the deployments table) under `rules`.
+    pub fn holding(mut self, set: SetId, rules: Box<dyn EntryRules>) -> ClusterBridge {
+        self.core.hold(set, rules);
+        self
     }
 
     /// Counts drops and handshake failures in the node's metrics.
@@ -162,6 +172,10 @@ impl ClusterBridge {
                     }
                 },
                 Action::Member { id, change } => self.member_changed(&id, change),
+                Action::Entries { set, changed, removed } => match self.watchers.get(&set) {
+                    Some(watcher) => watcher.do_send(EntriesChanged { set, changed, removed }),
+                    None => debug!(set, changed = changed.len(), "dataset changed; nobody watches it yet"),
+                },
                 Action::CheckHost { link, name, since } => {
                     let now = Instant::now();
                     let window = now.saturating_duration_since(since);
@@ -489,6 +503,61 @@ impl Handler<SetNodeState> for ClusterBridge {
         // This node's own report reaches its own Monitor too.
         self.deliver_local(envelope);
         result.map_err(|e| e.to_string())
+    }
+}
+
+impl Handler<WriteEntry> for ClusterBridge {
+    type Result = Result<Arc<Entry>, String>;
+    fn handle(&mut self, msg: WriteEntry, ctx: &mut Self::Context) -> Self::Result {
+        let _g = self.span.clone().entered();
+        let result = self.core.write_entry(msg.set, &msg.key, msg.body, Instant::now());
+        self.drive(ctx);
+        result.map_err(|e| e.to_string())
+    }
+}
+
+impl Handler<LoadEntries> for ClusterBridge {
+    type Result = usize;
+    fn handle(&mut self, msg: LoadEntries, ctx: &mut Self::Context) -> usize {
+        let _g = self.span.clone().entered();
+        let offered = msg.entries.len();
+        let taken = self.core.load_entries(msg.set, msg.entries, Instant::now());
+        info!(set = msg.set, offered, taken, "dataset entries kept on disk taken");
+        self.drive(ctx);
+        taken
+    }
+}
+
+impl Handler<ListEntries> for ClusterBridge {
+    type Result = Vec<Arc<Entry>>;
+    fn handle(&mut self, ListEntries(set): ListEntries, _ctx: &mut Self::Context) -> Self::Result {
+        self.core.entries(set)
+    }
+}
+
+impl Handler<WatchEntries> for ClusterBridge {
+    type Result = ();
+    /// The watcher gets what is held now first, so it misses nothing that
+    /// came before it watched (a node joins before its Deployer starts).
+    fn handle(&mut self, msg: WatchEntries, _ctx: &mut Self::Context) {
+        let held = self.core.entries(msg.set);
+        if !held.is_empty() {
+            msg.watcher.do_send(EntriesChanged {
+                set: msg.set,
+                changed: held,
+                removed: Vec::new(),
+            });
+        }
+        self.watchers.insert(msg.set, msg.watcher);
+    }
+}
+
+impl Handler<SetTags> for ClusterBridge {
+    type Result = ();
+    fn handle(&mut self, SetTags(tags): SetTags, ctx: &mut Self::Context) {
+        let _g = self.span.clone().entered();
+        self.core.set_tags(tags, Instant::now());
+        self.drive(ctx);
     }
 }
 

@@ -4,12 +4,15 @@
 //! Two actors implement it: the [`super::ClusterBridge`] (the cluster core
 //! over real links) and the [`super::LoopbackCluster`] (a node alone).
 
+use crate::cluster::protocol::{Entry, SetId};
 use crate::wire::Envelope;
 use actix::prelude::*;
+use bytes::Bytes;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// A member's status in the cluster (SPEC §5, §7).
+/// A member's status in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberStatus {
@@ -27,6 +30,11 @@ impl MemberStatus {
             MemberStatus::Dead => "dead",
             MemberStatus::Left => "left",
         }
+    }
+
+    /// Alive or suspect: a member that is still asked.
+    pub fn is_up(self) -> bool {
+        matches!(self, MemberStatus::Alive | MemberStatus::Suspect)
     }
 
     pub fn parse(s: &str) -> Option<MemberStatus> {
@@ -74,6 +82,55 @@ pub struct Direct {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<(), String>")]
 pub struct SetNodeState(pub Envelope);
+
+/// Write a new version of an entry of a keyed dataset (the deployments
+/// table); it spreads to every node. Answers the entry as written.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Arc<Entry>, String>")]
+pub struct WriteEntry {
+    pub set: SetId,
+    pub key: String,
+    pub body: Bytes,
+}
+
+/// Entries of a keyed dataset kept on disk, taken at start before any
+/// peer's. Answers how many were taken.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "usize")]
+pub struct LoadEntries {
+    pub set: SetId,
+    pub entries: Vec<Arc<Entry>>,
+}
+
+/// Every entry held of a keyed dataset.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Vec<Arc<Entry>>")]
+pub struct ListEntries(pub SetId);
+
+/// Tell `watcher` of every change of dataset `set` from now on (again
+/// after every restart of the watcher).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchEntries {
+    pub set: SetId,
+    pub watcher: Recipient<EntriesChanged>,
+}
+
+/// Entries of a keyed dataset that this node holds now (new, or newer
+/// versions), and keys it dropped as obsolete.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct EntriesChanged {
+    pub set: SetId,
+    pub changed: Vec<Arc<Entry>>,
+    pub removed: Vec<Arc<str>>,
+}
+
+/// This node's tags changed: tell every member (selectors everywhere see
+/// them at once).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct SetTags(pub BTreeMap<String, String>);
 
 /// The current members.
 #[derive(Message, Debug, Clone, Copy)]
@@ -138,6 +195,11 @@ pub struct ClusterHandle {
     pub attach: Recipient<AttachTransponder>,
     pub status: Recipient<ClusterStatus>,
     pub set_state: Recipient<SetNodeState>,
+    pub write_entry: Recipient<WriteEntry>,
+    pub load_entries: Recipient<LoadEntries>,
+    pub list_entries: Recipient<ListEntries>,
+    pub watch_entries: Recipient<WatchEntries>,
+    pub set_tags: Recipient<SetTags>,
 }
 
 impl ClusterHandle {
@@ -149,7 +211,12 @@ impl ClusterHandle {
             + Handler<ListMembers>
             + Handler<AttachTransponder>
             + Handler<ClusterStatus>
-            + Handler<SetNodeState>,
+            + Handler<SetNodeState>
+            + Handler<WriteEntry>
+            + Handler<LoadEntries>
+            + Handler<ListEntries>
+            + Handler<WatchEntries>
+            + Handler<SetTags>,
     {
         ClusterHandle {
             broadcast: addr.clone().recipient(),
@@ -158,6 +225,11 @@ impl ClusterHandle {
             attach: addr.clone().recipient(),
             status: addr.clone().recipient(),
             set_state: addr.clone().recipient(),
+            write_entry: addr.clone().recipient(),
+            load_entries: addr.clone().recipient(),
+            list_entries: addr.clone().recipient(),
+            watch_entries: addr.clone().recipient(),
+            set_tags: addr.clone().recipient(),
         }
     }
 }

@@ -9,9 +9,18 @@
 use super::cluster_bus::*;
 use super::messages::{state_handlers, ShowState};
 use super::NodeIdentity;
+use crate::cluster::core::keyed::{EntryRules, HeldSet, Refused, Taken};
+use crate::cluster::protocol::{Entry, SetId};
+use crate::wire::now_ms;
 use actix::prelude::*;
 use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 use tracing::{debug, info, warn};
+
+/// How often a node alone prunes its datasets.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 pub struct LoopbackCluster {
     identity: NodeIdentity,
@@ -21,6 +30,10 @@ pub struct LoopbackCluster {
     broadcasts: u64,
     directs: u64,
     undeliverable: u64,
+    /// The keyed datasets a node alone holds (the deployments table), and
+    /// who is told of their changes.
+    held: HashMap<SetId, HeldSet>,
+    watchers: HashMap<SetId, Recipient<EntriesChanged>>,
 }
 
 impl LoopbackCluster {
@@ -33,6 +46,20 @@ impl LoopbackCluster {
             broadcasts: 0,
             directs: 0,
             undeliverable: 0,
+            held: HashMap::new(),
+            watchers: HashMap::new(),
+        }
+    }
+
+    /// Holds keyed dataset `set` (the deployments table) under `rules`.
+    pub fn holding(mut self, set: SetId, rules: Box<dyn EntryRules>) -> LoopbackCluster {
+        self.held.insert(set, HeldSet::new(rules));
+        self
+    }
+
+    fn changed(&self, set: SetId, changed: Vec<Arc<Entry>>, removed: Vec<Arc<str>>) {
+        if let Some(watcher) = self.watchers.get(&set) {
+            watcher.do_send(EntriesChanged { set, changed, removed });
         }
     }
 
@@ -58,6 +85,14 @@ impl Actor for LoopbackCluster {
         ctx.set_mailbox_capacity(4096);
         let _g = self.span.clone().entered();
         info!("cluster bus started (loopback: this node alone)");
+        ctx.run_interval(PRUNE_EVERY, |act, _ctx| {
+            let now = now_ms();
+            let pruned: Vec<(SetId, Vec<Arc<str>>)> =
+                act.held.iter_mut().map(|(set, h)| (*set, h.prune(now))).collect();
+            for (set, removed) in pruned.into_iter().filter(|(_, r)| !r.is_empty()) {
+                act.changed(set, Vec::new(), removed);
+            }
+        });
     }
 }
 
@@ -103,6 +138,80 @@ impl Handler<SetNodeState> for LoopbackCluster {
     }
 }
 
+impl Handler<WriteEntry> for LoopbackCluster {
+    type Result = Result<Arc<Entry>, String>;
+    fn handle(&mut self, msg: WriteEntry, _ctx: &mut Self::Context) -> Self::Result {
+        let _g = self.span.clone().entered();
+        let me: Arc<str> = self.identity.name.as_str().into();
+        let held = self
+            .held
+            .get_mut(&msg.set)
+            .ok_or_else(|| format!("this node holds no dataset {}", msg.set))?;
+        let entry = held.write(&msg.key, msg.body, &me, now_ms()).map_err(|why| match why {
+            Refused::Invalid(why) => format!("the entry is refused: {why}"),
+            Refused::Obsolete => "the entry is refused: a newer entry already supersedes it".to_string(),
+        })?;
+        info!(set = msg.set, key = %msg.key, "wrote a dataset entry");
+        self.changed(msg.set, vec![entry.clone()], Vec::new());
+        Ok(entry)
+    }
+}
+
+impl Handler<LoadEntries> for LoopbackCluster {
+    type Result = usize;
+    fn handle(&mut self, msg: LoadEntries, _ctx: &mut Self::Context) -> usize {
+        let _g = self.span.clone().entered();
+        let Some(held) = self.held.get_mut(&msg.set) else {
+            return 0;
+        };
+        let now = now_ms();
+        let taken: Vec<Arc<Entry>> = msg
+            .entries
+            .into_iter()
+            .filter(|e| matches!(held.take(e.clone(), now), Taken::New))
+            .collect();
+        let count = taken.len();
+        self.changed(msg.set, taken, Vec::new());
+        count
+    }
+}
+
+impl Handler<ListEntries> for LoopbackCluster {
+    type Result = Vec<Arc<Entry>>;
+    fn handle(&mut self, ListEntries(set): ListEntries, _ctx: &mut Self::Context) -> Self::Result {
+        self.held
+            .get(&set)
+            .map(|h| h.entries.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Handler<WatchEntries> for LoopbackCluster {
+    type Result = ();
+    /// The watcher gets what is held now first (see the bridge's).
+    fn handle(&mut self, msg: WatchEntries, _ctx: &mut Self::Context) {
+        let held: Vec<Arc<Entry>> = self
+            .held
+            .get(&msg.set)
+            .map(|h| h.entries.iter().cloned().collect())
+            .unwrap_or_default();
+        if !held.is_empty() {
+            msg.watcher.do_send(EntriesChanged {
+                set: msg.set,
+                changed: held,
+                removed: Vec::new(),
+            });
+        }
+        self.watchers.insert(msg.set, msg.watcher);
+    }
+}
+
+impl Handler<SetTags> for LoopbackCluster {
+    type Result = ();
+    /// Alone, the identity's live tags are all there is to change.
+    fn handle(&mut self, _msg: SetTags, _ctx: &mut Self::Context) {}
+}
+
 impl Handler<ListMembers> for LoopbackCluster {
     type Result = Vec<Member>;
     fn handle(&mut self, _msg: ListMembers, _ctx: &mut Self::Context) -> Self::Result {
@@ -110,7 +219,7 @@ impl Handler<ListMembers> for LoopbackCluster {
             name: self.identity.name.clone(),
             addr: None,
             status: MemberStatus::Alive,
-            tags: self.identity.tags.clone(),
+            tags: self.identity.tags.get(),
             incarnation: 0,
             since_ms: self.started.elapsed().as_millis() as u64,
         }]

@@ -14,11 +14,66 @@ use tokio::sync::broadcast;
 
 /// Who this node is: its name, cluster and tags. Handed to every actor at
 /// construction (no global registry), so several nodes can share a process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct NodeIdentity {
     pub name: String,
     pub cluster: String,
-    pub tags: BTreeMap<String, String>,
+    pub tags: Tags,
+}
+
+/// The node's tags, live: every clone of the identity sees a change at
+/// once (selectors, the Monitor's report, the Deployer), and a watcher is
+/// woken by it (the Deployer reconciles against the new tags).
+#[derive(Debug, Clone)]
+pub struct Tags(Arc<tokio::sync::watch::Sender<BTreeMap<String, String>>>);
+
+impl Tags {
+    pub fn new(tags: BTreeMap<String, String>) -> Tags {
+        Tags(Arc::new(tokio::sync::watch::Sender::new(tags)))
+    }
+
+    /// The tags now.
+    pub fn get(&self) -> BTreeMap<String, String> {
+        self.0.borrow().clone()
+    }
+
+    /// Runs `f` on the tags now, without copying them (the hot path of
+    /// matching every arriving envelope's target).
+    pub fn with<R>(&self, f: impl FnOnce(&BTreeMap<String, String>) -> R) -> R {
+        f(&self.0.borrow())
+    }
+
+    /// Replaces the tags; answers whether they changed.
+    pub fn set(&self, tags: BTreeMap<String, String>) -> bool {
+        self.0.send_if_modified(|held| {
+            let changed = *held != tags;
+            *held = tags;
+            changed
+        })
+    }
+
+    /// Woken at every change.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<BTreeMap<String, String>> {
+        self.0.subscribe()
+    }
+}
+
+impl Default for Tags {
+    fn default() -> Tags {
+        Tags::new(BTreeMap::new())
+    }
+}
+
+impl From<BTreeMap<String, String>> for Tags {
+    fn from(tags: BTreeMap<String, String>) -> Tags {
+        Tags::new(tags)
+    }
+}
+
+impl Serialize for Tags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(s)
+    }
 }
 
 impl NodeIdentity {

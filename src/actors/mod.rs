@@ -33,7 +33,7 @@ pub use context::{ModuleArgs, ModuleContext};
 pub use deployer::Deployer;
 pub use echo::Echo;
 pub use loopback_cluster::LoopbackCluster;
-pub use messages::{Deliver, DumpState, EventTap, NodeIdentity, QueueGauge, QueueTicket, Snapshot, StopModule};
+pub use messages::{Deliver, DumpState, EventTap, NodeIdentity, QueueGauge, QueueTicket, Snapshot, StopModule, Tags};
 pub use modbus::{BusError, ModBus};
 pub use monitor::Monitor;
 pub use process_module::ProcessModule;

@@ -25,12 +25,14 @@ use super::messages::{answer_status, state_handlers, Deliver, ShowState};
 use super::modbus::{self, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, ListModules, ModuleInfo, ModuleState, RunningModule};
 use super::transponder::PublishNodeState;
-use crate::deploy::store::{InstalledModule, ModuleStore};
+use crate::deploy::state::DeployState;
+use crate::deploy::store::InstalledModule;
 use crate::monitor::board::{refresh_interval, Health, ModuleReport, NodeReport, Publication, StatusBoard};
 use crate::wire::{now_ms, Envelope, MessageType, Source};
 use actix::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -75,8 +77,9 @@ pub struct MonitorParts {
     pub config: MonitorConfig,
     /// Every node's latest report; the control API reads it too.
     pub board: StatusBoard,
-    /// The installed modules, for the version each one runs.
-    pub store: ModuleStore,
+    /// The installed modules (for the package each one runs) and where
+    /// each module the deployments table names stands.
+    pub deploy: Arc<DeployState>,
 }
 
 /// The factory of the node's Monitor.
@@ -96,7 +99,7 @@ struct Counters {
 
 pub struct Monitor {
     ctx: ModuleContext,
-    store: ModuleStore,
+    deploy: Arc<DeployState>,
     name: String,
     span: tracing::Span,
     config: MonitorConfig,
@@ -123,7 +126,7 @@ impl Monitor {
             config: parts.config,
             board: parts.board,
             ctx: parts.ctx,
-            store: parts.store,
+            deploy: parts.deploy,
             name: name.to_string(),
             started_ms,
             round: 0,
@@ -158,7 +161,7 @@ impl Monitor {
         self.round += 1;
         let gather = gather_report(
             self.ctx.clone(),
-            self.store.clone(),
+            self.deploy.clone(),
             self.source(),
             self.config.clone(),
             self.started_ms,
@@ -279,7 +282,7 @@ impl Monitor {
 /// One round: ask every running module, then build the report.
 async fn gather_report(
     ctx: ModuleContext,
-    store: ModuleStore,
+    deploy: Arc<DeployState>,
     me: Source,
     config: MonitorConfig,
     started_ms: u64,
@@ -314,6 +317,8 @@ async fn gather_report(
         }
     });
     let answers = futures_util::future::join_all(asks).await;
+    let desired = deploy.goals_report();
+    let store = deploy.store.clone();
     let installed = tokio::task::spawn_blocking(move || store.installed())
         .await
         .unwrap_or_default();
@@ -333,7 +338,7 @@ async fn gather_report(
         .collect();
     NodeReport {
         node: ctx.identity.name.clone(),
-        tags: ctx.identity.tags.clone(),
+        tags: ctx.identity.tags.get(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_ms,
         round,
@@ -343,6 +348,7 @@ async fn gather_report(
         host: super::uptime::host_figures(),
         cluster: serde_json::to_value(cluster).unwrap_or(Value::Null),
         modules,
+        desired,
     }
 }
 

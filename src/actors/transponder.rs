@@ -134,6 +134,20 @@ impl RequestCluster {
     }
 }
 
+/// Gather the answers to `id` (envelopes whose `reply_to` is it) from the
+/// `expected` nodes, without sending anything: the results of a
+/// deployments-table entry come to the node that wrote it.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<RequestOutcome, String>")]
+pub struct AwaitReplies {
+    pub id: Uuid,
+    /// The label of the latency histogram (`deploy`, `undeploy`).
+    pub kind: MessageType,
+    pub expected: BTreeSet<String>,
+    pub timeout: Duration,
+    pub progress: Option<mpsc::UnboundedSender<NodeReply>>,
+}
+
 /// Publish this node's status report (the body of a `status` envelope to
 /// `mod.monitor`) as its state in the cluster.
 #[derive(Message, Debug, Clone)]
@@ -304,7 +318,7 @@ impl Transponder {
             return true;
         };
         match Target::parse(target) {
-            Ok(t) => t.matches(&self.identity.name, &self.identity.tags),
+            Ok(t) => self.identity.tags.with(|tags| t.matches(&self.identity.name, tags)),
             Err(e) => {
                 self.counters.bad_target += 1;
                 self.metrics.dropped(DropReason::BadTarget);
@@ -515,6 +529,48 @@ impl Handler<PublishToCluster> for Transponder {
     }
 }
 
+impl Transponder {
+    /// Gathers the answers to `id` (any envelope whose `reply_to` is it)
+    /// from `expected`, until each answered or `timeout` passed.
+    fn gather(
+        &mut self,
+        id: Uuid,
+        kind: &MessageType,
+        expected: BTreeSet<String>,
+        progress: Option<mpsc::UnboundedSender<NodeReply>>,
+        timeout: Duration,
+    ) -> ResponseActFuture<Self, Result<RequestOutcome, String>> {
+        let (tx, rx) = oneshot::channel();
+        let timeout = if expected.is_empty() { Duration::ZERO } else { timeout };
+        self.gathers.insert(
+            id,
+            Gather {
+                kind: kind.as_str().to_string(),
+                expected,
+                replies: Vec::new(),
+                started: Instant::now(),
+                done: Some(tx),
+                progress,
+            },
+        );
+        Box::pin(
+            async move { tokio::time::timeout(timeout, rx).await }
+                .into_actor(self)
+                .map(move |result, act, _ctx| match result {
+                    Ok(Ok(outcome)) => Ok(outcome),
+                    _ => {
+                        let gather = act.gathers.remove(&id).ok_or("request state lost")?;
+                        let outcome = gather.outcome(id);
+                        let _g = act.span.clone().entered();
+                        info!(request = %id, replies = outcome.replies.len(), missing = ?outcome.missing,
+                            "request timed out waiting for some nodes");
+                        Ok(outcome)
+                    }
+                }),
+        )
+    }
+}
+
 impl Handler<RequestCluster> for Transponder {
     type Result = ResponseActFuture<Self, Result<RequestOutcome, String>>;
 
@@ -544,7 +600,6 @@ impl Handler<RequestCluster> for Transponder {
                 msg.body,
             );
             let id = envelope.id;
-            let (tx, rx) = oneshot::channel();
             let nobody = expected.is_empty();
             if msg.to.is_some() {
                 // Single-node requests (package chunks) are many; keep them out of the info log.
@@ -554,17 +609,7 @@ impl Handler<RequestCluster> for Transponder {
                 info!(request = %id, kind = %envelope.kind, address = %envelope.dst.address,
                     expected = expected.len(), timeout_ms = msg.timeout.as_millis() as u64, "gathering request");
             }
-            act.gathers.insert(
-                id,
-                Gather {
-                    kind: envelope.kind.as_str().to_string(),
-                    expected,
-                    replies: Vec::new(),
-                    started: Instant::now(),
-                    done: Some(tx),
-                    progress: msg.progress,
-                },
-            );
+            let gathered = act.gather(id, &envelope.kind, expected, msg.progress, msg.timeout);
             match (&msg.to, nobody) {
                 (_, true) => {}
                 (Some(node), false) => act.direct(node.clone(), envelope),
@@ -572,21 +617,19 @@ impl Handler<RequestCluster> for Transponder {
                     act.broadcast(envelope);
                 }
             }
-            let timeout = if nobody { Duration::ZERO } else { msg.timeout };
-            async move { tokio::time::timeout(timeout, rx).await }
-                .into_actor(act)
-                .map(move |result, act, _ctx| match result {
-                    Ok(Ok(outcome)) => Ok(outcome),
-                    _ => {
-                        let gather = act.gathers.remove(&id).ok_or("request state lost")?;
-                        let outcome = gather.outcome(id);
-                        let _g = act.span.clone().entered();
-                        info!(request = %id, replies = outcome.replies.len(), missing = ?outcome.missing,
-                                    "request timed out waiting for some nodes");
-                        Ok(outcome)
-                    }
-                })
+            gathered
         }))
+    }
+}
+
+impl Handler<AwaitReplies> for Transponder {
+    type Result = ResponseActFuture<Self, Result<RequestOutcome, String>>;
+
+    fn handle(&mut self, msg: AwaitReplies, _ctx: &mut Self::Context) -> Self::Result {
+        let _g = self.span.clone().entered();
+        info!(request = %msg.id, kind = %msg.kind, expected = msg.expected.len(),
+            timeout_ms = msg.timeout.as_millis() as u64, "gathering results");
+        self.gather(msg.id, &msg.kind, msg.expected, msg.progress, msg.timeout)
     }
 }
 

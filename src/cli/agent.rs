@@ -3,8 +3,8 @@
 //! SIGUSR1 makes every actor log one line with a snapshot of its state.
 
 use super::{parse_duration, CliError, EXIT_OK};
-use crate::actors::deployer::DeployerConfig;
 use crate::actors::monitor::MonitorConfig;
+use crate::deploy::install::DeployerConfig;
 use crate::logging::{self, LogFormat};
 use crate::node::{NetworkConfig, Node, NodeConfig, Profile, DEFAULT_MAX_BODY, HTTP_ADDR_FILE};
 use anyhow::Context as _;
@@ -24,7 +24,7 @@ pub struct AgentArgs {
     #[arg(long, env = "CONJOINER_CLUSTER", default_value = "conjoiner")]
     pub cluster: String,
     /// A tag `KEY=VALUE` for target selectors (repeatable).
-    #[arg(long = "tag", value_parser = parse_tag)]
+    #[arg(long = "tag", value_parser = crate::tags::parse_tag)]
     pub tags: Vec<(String, String)>,
     /// Where the node keeps its state.
     #[arg(long, env = "CONJOINER_DATA_DIR", default_value = "./conjoiner-data")]
@@ -69,22 +69,6 @@ pub struct AgentArgs {
     /// Log line format (the filter comes from RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-}
-
-/// Parses `KEY=VALUE`; keys are letters, digits, `_`, `-` and `.`.
-pub fn parse_tag(text: &str) -> Result<(String, String), String> {
-    let (key, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("tag `{text}` must be KEY=VALUE"))?;
-    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
-        return Err(format!(
-            "tag key `{key}` must be non-empty letters, digits, `_`, `-` or `.`"
-        ));
-    }
-    if value.chars().any(|c| c.is_whitespace() || c == ',' || c == '|') {
-        return Err(format!("tag value `{value}` must not contain spaces, `,` or `|`"));
-    }
-    Ok((key.to_string(), value.to_string()))
 }
 
 /// Parses a size: bytes, or a number with `K`, `M` or `G` (powers of 1024).
@@ -297,12 +281,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tags_and_names() {
-        assert_eq!(parse_tag("dc=ams").unwrap(), ("dc".into(), "ams".into()));
-        assert_eq!(parse_tag("role=").unwrap(), ("role".into(), "".into()));
-        assert!(parse_tag("dc").is_err());
-        assert!(parse_tag("=x").is_err());
-        assert!(parse_tag("d c=x").is_err());
+    fn names() {
         assert!(check_name("web-1").is_ok());
         assert!(check_name("").is_err());
         assert!(check_name("web 1").is_err());

@@ -1,9 +1,12 @@
-//! `conjoiner deploy` and `conjoiner undeploy`: roll a module out to (or
-//! remove it from) the targeted nodes, showing each node's result as it
-//! arrives: a progress display on a terminal, plain lines when piped.
-//! Exit codes: 0 when every node succeeded, 1 when every node that answered
-//! failed (none missing or skipped), 3 when only some failed or any was
-//! missing or skipped.
+//! `conjoiner deploy` and `conjoiner undeploy`: record an entry in the
+//! deployments table (so nodes that are down, cut off or join later carry
+//! it out too), and show each node's result as it arrives: a progress
+//! display on a terminal, plain lines when piped. With a rollout
+//! (`--canary`, `--batch`), the first wave's results, then the rollout's
+//! waves until it is done, reverted or paused.
+//! Exit codes: 0 when every targeted node succeeded, 1 when every node that
+//! answered failed, 3 when only some did, or any was missing, not alive, or
+//! a rollout stopped.
 
 use super::client::ApiClient;
 use super::{parse_duration, read_targets, CliError, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
@@ -42,29 +45,46 @@ pub struct UndeployArgs {
     pub rollout: RolloutArgs,
 }
 
-/// Which nodes, how many at a time, and how long each may take.
+/// Which nodes, in which waves, and how long to wait for results.
 #[derive(Debug, clap::Args)]
 pub struct RolloutArgs {
     /// Only nodes matching this selector (repeat for OR). Default: every node.
     #[arg(long)]
     pub target: Vec<String>,
-    /// Act on at most N nodes at a time (a rolling window, in name order).
+    /// Roll out in waves: the first wave, as a number of nodes (3) or a
+    /// share of the targeted ones (10%).
     #[arg(long)]
-    pub batch: Option<usize>,
-    /// With --batch: go on to further nodes after a failure.
+    pub canary: Option<String>,
+    /// Roll out in waves of this many nodes (3) or this share (25%) after
+    /// the first (which is this size too without --canary).
     #[arg(long)]
-    pub continue_on_error: bool,
-    /// How long one node may take.
+    pub batch: Option<String>,
+    /// How long each wave must stay healthy before the next one.
+    #[arg(long, value_parser = parse_duration)]
+    pub health_window: Option<Duration>,
+    /// How many released nodes may fail (3 or 10%) before the rollout is
+    /// reverted. Default 0.
+    #[arg(long)]
+    pub max_failed: Option<String>,
+    /// Pause the rollout on too many failures instead of reverting it.
+    #[arg(long)]
+    pub no_revert: bool,
+    /// How long to wait for the nodes' results (and for each wave).
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub timeout: Duration,
 }
 
 impl RolloutArgs {
-    /// Adds the rollout fields to an API request body.
+    /// Adds the target and rollout fields to an API request body.
     fn fill(&self, body: &mut Value) -> Result<(), CliError> {
         body["target"] = json!(read_targets(&self.target)?);
+        body["canary"] = json!(self.canary);
         body["batch"] = json!(self.batch);
-        body["continue_on_error"] = json!(self.continue_on_error);
+        body["health_window_ms"] = json!(self.health_window.map(|d| d.as_millis() as u64));
+        body["max_failed"] = json!(self.max_failed);
+        if self.no_revert {
+            body["revert"] = json!(false);
+        }
         body["timeout_ms"] = json!(self.timeout.as_millis() as u64);
         Ok(())
     }
@@ -99,13 +119,13 @@ pub async fn deploy(http: &str, json_out: bool, args: DeployArgs) -> Result<i32,
         "config": config,
     });
     args.rollout.fill(&mut body)?;
-    rollout(http, json_out, "/v1/deploy", &body).await
+    publish(http, json_out, "/v1/deploy", &body, args.rollout.timeout).await
 }
 
 pub async fn undeploy(http: &str, json_out: bool, args: UndeployArgs) -> Result<i32, CliError> {
     let mut body = json!({"module": args.module});
     args.rollout.fill(&mut body)?;
-    rollout(http, json_out, "/v1/undeploy", &body).await
+    publish(http, json_out, "/v1/undeploy", &body, args.rollout.timeout).await
 }
 
 /// Removed when dropped.
@@ -148,8 +168,9 @@ fn read_config(text: &str) -> Result<Value, CliError> {
     Ok(value)
 }
 
-/// Shows results as they stream in (progress bar on a TTY), then a summary.
-async fn rollout(http: &str, json_out: bool, path: &str, body: &Value) -> Result<i32, CliError> {
+/// Shows results as they stream in (progress bar on a TTY), then a
+/// summary; a rollout is followed wave by wave.
+async fn publish(http: &str, json_out: bool, path: &str, body: &Value, timeout: Duration) -> Result<i32, CliError> {
     let client = ApiClient::new(http);
     let response = client.post_stream(path, body, "application/x-ndjson").await?;
     let interactive = !json_out && std::io::stderr().is_terminal();
@@ -180,6 +201,14 @@ async fn rollout(http: &str, json_out: bool, path: &str, body: &Value) -> Result
                     } else if !json_out {
                         eprintln!("{expected} node(s) targeted");
                     }
+                    if !json_out {
+                        for line in absent_lines(&event) {
+                            match &bar {
+                                Some(b) => b.println(line),
+                                None => eprintln!("{line}"),
+                            }
+                        }
+                    }
                 }
                 Some("result") if !json_out => {
                     let text = describe(&event);
@@ -206,11 +235,38 @@ async fn rollout(http: &str, json_out: bool, path: &str, body: &Value) -> Result
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    let mut outcome = done.ok_or_else(|| CliError::error("the node's answer ended before the rollout was done"))?;
+    let mut outcome = done.ok_or_else(|| CliError::error("the node's answer ended before the results were in"))?;
     if let Some(obj) = outcome.as_object_mut() {
         obj.remove("event");
     }
-    summarize(json_out, &outcome)
+    if outcome["rollout"].is_object() {
+        let code = summarize(false, &outcome, json_out)?;
+        return follow(http, json_out, outcome, timeout, code).await;
+    }
+    summarize(json_out, &outcome, json_out)
+}
+
+/// Lines for the targeted members that are not alive now, and the nodes a
+/// rollout holds back.
+fn absent_lines(start: &Value) -> Vec<String> {
+    let mut lines: Vec<String> = start["absent"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            format!(
+                "{}: {}: {}",
+                a["node"].as_str().unwrap_or("?"),
+                a["member"].as_str().unwrap_or("?"),
+                a["note"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    let later = start["later"].as_array().map_or(0, Vec::len);
+    if later > 0 {
+        lines.push(format!("{later} more node(s) in later waves of the rollout"));
+    }
+    lines
 }
 
 fn describe(result: &Value) -> String {
@@ -223,8 +279,10 @@ fn describe(result: &Value) -> String {
     }
     text.push_str(&format!(" ({ms} ms)"));
     if let Some(error) = result["error"].as_str() {
-        let code = result["code"].as_str().unwrap_or("error");
-        text.push_str(&format!(": {error} [{code}]"));
+        match result["code"].as_str() {
+            Some(code) => text.push_str(&format!(": {error} [{code}]")),
+            None => text.push_str(&format!(": {error}")),
+        }
     }
     text
 }
@@ -236,46 +294,121 @@ fn names(outcome: &Value, key: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn summarize(json_out: bool, outcome: &Value) -> Result<i32, CliError> {
+/// Prints the outcome (as JSON with `json_out`, else a summary line unless
+/// `quiet`) and answers the exit code.
+fn summarize(json_out: bool, outcome: &Value, quiet: bool) -> Result<i32, CliError> {
     let results = outcome["results"].as_array().cloned().unwrap_or_default();
     let missing = names(outcome, "missing");
-    let skipped = names(outcome, "skipped");
-    let failed = results.iter().filter(|r| r["status"] == "failed").count();
+    let absent = outcome["absent"].as_array().map_or(0, Vec::len);
+    let later = outcome["later"].as_array().map_or(0, Vec::len);
+    let ok = |r: &&Value| {
+        ["deployed", "unchanged", "undeployed", "not_installed"].contains(&r["status"].as_str().unwrap_or(""))
+    };
+    let failed = results.iter().filter(|r| !ok(r)).count();
     if json_out {
         println!("{}", serde_json::to_string_pretty(outcome).unwrap_or_default());
-    } else {
+    } else if !quiet {
         let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
         for r in &results {
             *counts.entry(r["status"].as_str().unwrap_or("?")).or_default() += 1;
         }
         let mut parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
         if !missing.is_empty() {
-            parts.push(format!("{} missing ({})", missing.len(), missing.join(", ")));
-        }
-        if !skipped.is_empty() {
             parts.push(format!(
-                "{} skipped after a failure ({})",
-                skipped.len(),
-                skipped.join(", ")
+                "{} missing ({}): they hold the entry and carry it out on their own",
+                missing.len(),
+                missing.join(", ")
             ));
+        }
+        if absent > 0 {
+            parts.push(format!("{absent} not alive: they carry it out when they return"));
         }
         eprintln!(
             "{}",
-            if parts.is_empty() {
+            if parts.is_empty() && later == 0 {
                 "no node matched the target".into()
+            } else if parts.is_empty() {
+                "the first wave released no node yet".into()
             } else {
                 parts.join(", ")
             }
         );
     }
-    if results.is_empty() && missing.is_empty() && skipped.is_empty() {
-        return Err(CliError::error("no alive node matches the target"));
+    if results.is_empty() && missing.is_empty() && absent == 0 && later == 0 {
+        return Err(CliError::error("no node matches the target"));
     }
-    Ok(if failed == 0 && missing.is_empty() && skipped.is_empty() {
+    Ok(if failed == 0 && missing.is_empty() && absent == 0 {
         EXIT_OK
-    } else if failed == results.len() && missing.is_empty() && skipped.is_empty() {
+    } else if failed == results.len() && missing.is_empty() && absent == 0 {
         EXIT_ERROR
     } else {
         EXIT_PARTIAL
     })
+}
+
+/// Follows the rollout of `outcome`'s entry until it is done, reverted or
+/// paused, printing each new wave (with `json_out`, the outcome once at
+/// the end, with the rollout as it ended and the entry's convergence);
+/// answers the exit code.
+async fn follow(
+    http: &str,
+    json_out: bool,
+    mut outcome: Value,
+    wave_timeout: Duration,
+    first: i32,
+) -> Result<i32, CliError> {
+    let client = ApiClient::new(http);
+    let id = outcome["id"].as_str().unwrap_or_default().to_string();
+    let mut seen: Option<(u32, String)> = None;
+    let mut changed = std::time::Instant::now();
+    loop {
+        let listed: Vec<Value> = client.get("/v1/deployments", &[("id", &id)]).await?;
+        let Some(entry) = listed.into_iter().next() else {
+            return Err(CliError::error(format!(
+                "entry {id} is gone from the deployments table"
+            )));
+        };
+        let rollout = &entry["rollout"];
+        let wave = rollout["wave"].as_u64().unwrap_or(0) as u32;
+        let state = rollout["state"].as_str().unwrap_or("?").to_string();
+        if seen.as_ref() != Some(&(wave, state.clone())) {
+            changed = std::time::Instant::now();
+            if !json_out {
+                eprintln!(
+                    "rollout {}: wave {wave}, {state}, released to {:.0}% of the targeted nodes; converged {}/{}",
+                    crate::deploy::view::short_id(&id),
+                    rollout["released"].as_f64().unwrap_or(0.0) * 100.0,
+                    entry["converged"],
+                    entry["nodes"],
+                );
+                if let Some(reason) = rollout["reason"].as_str() {
+                    eprintln!("  {reason}");
+                }
+            }
+            seen = Some((wave, state.clone()));
+        }
+        let code = match state.as_str() {
+            "done" if entry["converged"] == entry["nodes"] && first == EXIT_OK => Some(EXIT_OK),
+            "done" | "reverted" | "paused" => Some(EXIT_PARTIAL),
+            _ => None,
+        };
+        if let Some(code) = code {
+            if json_out {
+                outcome["rollout"] = rollout.clone();
+                for key in ["converged", "nodes", "behind"] {
+                    outcome[key] = entry[key].clone();
+                }
+                println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
+            }
+            return Ok(code);
+        }
+        let window = Duration::from_millis(rollout["policy"]["health_window_ms"].as_u64().unwrap_or(0));
+        if changed.elapsed() > window + wave_timeout {
+            return Err(CliError::error(format!(
+                "rollout {id} has not moved for {} s; it goes on without this command (`conjoiner deployments` shows it)",
+                changed.elapsed().as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

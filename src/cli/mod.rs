@@ -8,6 +8,7 @@ pub mod agent;
 pub mod client;
 pub mod debug;
 pub mod deploy;
+pub mod deployments;
 pub mod keygen;
 pub mod members;
 pub mod modules;
@@ -15,6 +16,7 @@ pub mod package;
 pub mod publish;
 pub mod request;
 pub mod status;
+pub mod tags;
 pub mod tail;
 
 use clap::{Parser, Subcommand};
@@ -64,6 +66,8 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Send a request and gather one reply per targeted node.
     Request(request::RequestArgs),
+    /// Show this node's tags, or change them at run time (--set K=V, --delete K).
+    Tags(tags::TagsArgs),
     /// Stream the envelopes the local node sees.
     Tail(tail::TailArgs),
     /// Print a new cluster key (give the same key to every node).
@@ -72,6 +76,9 @@ pub enum Command {
     Deploy(deploy::DeployArgs),
     /// Stop and remove a module from the targeted nodes.
     Undeploy(deploy::UndeployArgs),
+    /// The deployments table: what every node should run, and which nodes
+    /// are behind; pause, resume or revert a rollout.
+    Deployments(deployments::DeploymentsArgs),
     /// List each node's modules with state, health, restarts, uptime and status.
     Modules(modules::ModulesArgs),
     /// The fleet on one screen: nodes, their health, failing modules (exit 3 if any fail).
@@ -126,9 +133,11 @@ pub fn run(cli: Cli) -> i32 {
         Command::Publish(args) => block_on(publish::run(&cli.http, cli.json, args)),
         Command::Request(args) => block_on(request::run(&cli.http, cli.json, args)),
         Command::Tail(args) => block_on(tail::run(&cli.http, cli.json, args)),
+        Command::Tags(args) => block_on(tags::run(&cli.http, cli.json, args)),
         Command::Keygen => keygen::run(cli.json),
         Command::Deploy(args) => block_on(deploy::deploy(&cli.http, cli.json, args)),
         Command::Undeploy(args) => block_on(deploy::undeploy(&cli.http, cli.json, args)),
+        Command::Deployments(args) => block_on(deployments::run(&cli.http, cli.json, args)),
         Command::Modules(args) => block_on(modules::run(&cli.http, cli.json, args)),
         Command::Package(args) => package::run(cli.json, args),
         Command::Status => block_on(status::run(&cli.http, cli.json)),

@@ -152,6 +152,7 @@ mod tests {
             host: Value::Null,
             cluster: Value::Null,
             modules,
+            desired: Vec::new(),
         }
     }
 

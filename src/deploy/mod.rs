@@ -3,19 +3,41 @@
 //! - [`manifest`]: `mod.json`, parsed and validated.
 //! - [`package`]: building and safely unpacking packages.
 //! - [`fetch`]: fetching packages into the content-addressed cache.
+//! - [`serve`]: serving package chunks to peers.
 //! - [`store`]: installs on disk, swapped in by renames, recovered after crashes.
-//! - [`origin`]: a deploy request at the origin, turned into the order.
-//! - [`order`]: orders and per-node results, as typed values.
+//! - [`install`]: the one install pipeline (fetch, stage, swap, probation,
+//!   commit or roll back), and removal.
+//! - [`table`]: the deployments table: its entries, the rules a node holds
+//!   them by, and which entry wins on a node.
+//! - [`table_file`]: the table on disk.
+//! - [`reconcile`]: the plan: one step per module, from the table, what is
+//!   installed and what runs.
+//! - [`reconciler`]: carrying the plan out, and answering origins.
+//! - [`converge`]: where each module stands, and the backoff of failures.
+//! - [`origin`]: a deploy request at the origin, turned into a table entry.
+//! - [`order`]: what a deploy asks and each node's result, as typed values.
 //! - [`state`]: what the Deployer keeps across its own restarts.
-//! - [`rollout`]: deploys and undeploys from the origin, all at once or batch by batch.
+//! - [`publish`]: a deploy or undeploy at its origin: the entry written and
+//!   the results gathered.
+//! - [`rollout`]: rollouts without a server: waves, health, revert.
+//! - [`view`]: the table with its convergence, as the API shows it.
 
+pub mod converge;
 pub mod fetch;
+pub mod install;
 pub mod manifest;
 pub mod order;
 pub mod origin;
 pub mod package;
+pub mod publish;
+pub mod reconcile;
+pub mod reconciler;
 pub mod rollout;
+pub mod serve;
 pub mod state;
 pub mod store;
+pub mod table;
+pub mod table_file;
+pub mod view;
 
 pub use manifest::Manifest;

@@ -48,6 +48,9 @@ pub enum DeployStatus {
     NotInstalled,
     /// Either: not done; the report's `code` and `error` say why.
     Failed,
+    /// Either: a newer entry of the module wins on this node, so this one
+    /// is not carried out there.
+    Superseded,
 }
 
 impl DeployStatus {
@@ -58,6 +61,7 @@ impl DeployStatus {
             DeployStatus::Undeployed => "undeployed",
             DeployStatus::NotInstalled => "not_installed",
             DeployStatus::Failed => "failed",
+            DeployStatus::Superseded => "superseded",
         }
     }
 }

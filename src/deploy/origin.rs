@@ -1,15 +1,17 @@
 //! A deploy from this node, the origin: a request (from the control API)
-//! turned into the order every targeted node gets. A URL goes to every
-//! targeted node as it is. A package uploaded before, or a path read here
-//! (only inside `--package-dir`), is held in this node's cache, and the
-//! order names this node as the peer to fetch it from.
+//! turned into what the table entry asks of every targeted node. The
+//! package is fetched here first, whatever its source (a URL, a package
+//! uploaded before, or a path read here, only inside `--package-dir`), so
+//! the entry names it by its checksum, a bad source or package is refused
+//! before any node acts, and this node offers it to the others as a peer.
+//! A URL stays in the entry, for the nodes that reach it themselves.
 
 use super::fetch::{CachedPackage, FetchError, PackageSource};
+use super::install::DeployerConfig;
 use super::manifest::{check_module_name, Manifest};
 use super::order::{DeployOrder, OrderSource};
 use super::package::{parse_sha256, read_manifest};
 use super::state::DeployState;
-use crate::actors::deployer::DeployerConfig;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -84,13 +86,29 @@ pub async fn order_for(
     };
     let held = match (req.url, req.path, req.package) {
         (Some(url), None, None) => {
-            PackageSource::parse(url).map_err(|e| OriginError::BadSource(e.to_string()))?;
+            // The origin fetches it first: a deploy entry names the exact
+            // package by its checksum, a bad URL or package is refused here
+            // before any node acts, and nodes the URL fails on can fetch
+            // it from this one.
+            let source = PackageSource::parse(url).map_err(|e| OriginError::BadSource(e.to_string()))?;
+            tracing::info!(module_name = %req.module, %url, "fetching the package at the origin before writing the entry");
+            let held = state
+                .cache
+                .fetch_with(&source, sha256.as_deref(), config.max_package_bytes, config.stall)
+                .await?;
+            let manifest = held_manifest(state, &held).await?;
+            if manifest.name != req.module {
+                return Err(OriginError::BadPackage(format!(
+                    "the package holds module `{}`, not `{}`",
+                    manifest.name, req.module
+                )));
+            }
             let source = OrderSource {
                 url: Some(url.to_string()),
-                peer: None,
-                size: None,
+                peer: Some(me.to_string()),
+                size: Some(held.size),
             };
-            return Ok(order(source, sha256));
+            return Ok(order(source, Some(held.sha256)));
         }
         (None, Some(path), None) => {
             let path = PathBuf::from(path);

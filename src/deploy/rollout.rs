@@ -1,307 +1,327 @@
-//! Rolling out a deploy or undeploy from the origin node, and gathering one
-//! result per targeted node (SPEC §6 `POST /v1/deploy`, `/v1/undeploy`).
+//! Rollouts without a server: a deploy released in waves, checked on
+//! health, and taken back by itself.
 //!
-//! Without a batch, one order goes to every targeted node at once over the
-//! ClusterBus. With `batch = N` it is a rolling window: each node gets its
-//! own order straight over its link, at most N at a time, and after a
-//! failure (or a silent node) no new node is started unless
-//! `continue_on_error` is set; the nodes never started are `skipped`.
-//! A silent node is `missing`, never a success.
+//! The plan lives in the table entry (`rollout`: the share of the targeted
+//! nodes it is released to, its state and its policy), so no node is
+//! special. Each node places itself by a stable hash of its name and the
+//! entry id ([`placement`]) and runs the entry when its place is below
+//! `released`; the others keep the entry they ran before. The node that
+//! wrote the entry drives it: after each wave's health window it judges
+//! the released nodes from their status reports, and writes the next
+//! version of the entry: the next wave, `done`, or (too many failures)
+//! `reverted`, which sends every released node back. If the driving node
+//! goes away, the rollout stays where it is, which is safe; `conjoiner
+//! deployments resume ID` on any node makes that node the driver.
 
-use super::order::DeployStatus;
-use crate::actors::cluster_bus::{ListMembers, MemberStatus};
-use crate::actors::deployer::DEPLOYER_ADDRESS;
-use crate::actors::transponder::{NodeReply, RequestCluster};
+use super::converge::GoalState;
+use super::table::{placement, Amount, Deployment, Rollout, RolloutPolicy, RolloutState, Row};
+use crate::actors::cluster_bus::{ListEntries, ListMembers, Member, MemberStatus, WriteEntry};
 use crate::actors::ModuleContext;
-use crate::wire::{MessageType, Target};
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use serde::Serialize;
-use serde_json::Value;
-use std::collections::VecDeque;
-use std::time::Duration;
-use tokio::sync::mpsc;
-use tracing::info;
-use uuid::Uuid;
+use crate::cluster::protocol::SET_DEPLOYMENTS;
+use crate::monitor::board::{NodeView, StatusBoard};
+use crate::wire::{now_ms, Target};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn, Instrument};
 
-/// One rollout to run.
-#[derive(Debug, Clone)]
-pub struct Rollout {
-    /// `deploy` or `undeploy`.
-    pub kind: MessageType,
-    /// The order every node gets (a `DeployOrder` or `UndeployOrder`).
-    pub order: Value,
-    pub target: Option<String>,
-    pub batch: Option<usize>,
-    pub continue_on_error: bool,
-    /// How long one node may take.
-    pub timeout: Duration,
-}
+/// How often the driver looks at a rollout.
+const DRIVE_EVERY: Duration = Duration::from_millis(500);
 
-/// One node's result, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NodeResult {
-    pub node: String,
-    pub status: DeployStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    pub elapsed_ms: u64,
-}
-
-impl NodeResult {
-    fn from_reply(reply: NodeReply) -> NodeResult {
-        let text = |key: &str| reply.body.get(key).and_then(Value::as_str).map(str::to_string);
-        match reply.error {
-            Some(error) => NodeResult {
-                node: reply.node.clone(),
-                status: DeployStatus::Failed,
-                error: Some(error),
-                code: reply.code.clone(),
-                version: None,
-                sha256: None,
-                elapsed_ms: reply.elapsed_ms,
-            },
-            None => match reply
-                .body
-                .get("status")
-                .cloned()
-                .map(serde_json::from_value::<DeployStatus>)
-            {
-                Some(Ok(status)) => NodeResult {
-                    node: reply.node.clone(),
-                    status,
-                    error: text("error"),
-                    code: text("code"),
-                    version: text("version"),
-                    sha256: text("sha256"),
-                    elapsed_ms: reply.elapsed_ms,
-                },
-                // Never taken for a success: a node that answers what this
-                // one cannot read is reported failed, with what it said.
-                _ => NodeResult {
-                    node: reply.node.clone(),
-                    status: DeployStatus::Failed,
-                    error: Some(format!(
-                        "the node answered without a known status: {}",
-                        reply.body.to_string().chars().take(200).collect::<String>()
-                    )),
-                    code: Some("bad_reply".into()),
-                    version: None,
-                    sha256: None,
-                    elapsed_ms: reply.elapsed_ms,
-                },
-            },
-        }
-    }
-
-    pub fn failed(&self) -> bool {
-        self.status == DeployStatus::Failed
+/// The `released` share that puts exactly `count` of the nodes whose
+/// places are `places` inside: halfway between the last one in and the
+/// first one out, so a small move of the member list does not flip them.
+pub fn release_share(mut places: Vec<f64>, count: usize) -> f64 {
+    places.sort_by(f64::total_cmp);
+    match count {
+        0 => 0.0,
+        n if n >= places.len() => 1.0,
+        n => (places[n - 1] + places[n]) / 2.0,
     }
 }
 
-/// The whole rollout's outcome.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RolloutOutcome {
-    pub id: Uuid,
-    pub results: Vec<NodeResult>,
-    /// Targeted nodes that did not answer in time.
-    pub missing: Vec<String>,
-    /// Targeted nodes never started because an earlier batch failed.
-    pub skipped: Vec<String>,
-}
-
-/// What a watcher sees while a rollout runs.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Progress {
-    Start { expected: Vec<String> },
-    Result(NodeResult),
-}
-
-/// Runs a rollout from this node. `Err` only for a bad target or a node
-/// that cannot send (its Transponder is down).
-pub async fn run(
-    ctx: &ModuleContext,
-    rollout: Rollout,
-    progress: Option<mpsc::UnboundedSender<Progress>>,
-) -> Result<RolloutOutcome, String> {
-    let target = rollout
-        .target
-        .as_deref()
-        .map(Target::parse)
-        .transpose()
-        .map_err(|e| e.to_string())?;
-    let members = ctx
-        .cluster
-        .members
-        .send(ListMembers)
-        .await
-        .map_err(|_| "the cluster bus is not running".to_string())?;
-    let mut expected: Vec<String> = members
-        .into_iter()
+/// The alive members `deployment` targets, with their places in the
+/// rollout of entry `id`.
+fn targeted_places(deployment: &Deployment, id: &str, members: &[Member]) -> Vec<(String, f64)> {
+    let target = deployment.target.as_deref().and_then(|t| Target::parse(t).ok());
+    members
+        .iter()
         .filter(|m| matches!(m.status, MemberStatus::Alive | MemberStatus::Suspect))
         .filter(|m| target.as_ref().is_none_or(|t| t.matches(&m.name, &m.tags)))
-        .map(|m| m.name)
+        .map(|m| (m.name.clone(), placement(&m.name, id)))
+        .collect()
+}
+
+/// The first wave of a new rollout of entry `id`: its canary.
+pub fn first_wave(deployment: &Deployment, id: &str, members: &[Member], policy: RolloutPolicy) -> Rollout {
+    let places: Vec<f64> = targeted_places(deployment, id, members)
+        .into_iter()
+        .map(|(_, p)| p)
         .collect();
-    expected.sort();
-    let send = |p: Progress| {
-        if let Some(tx) = &progress {
-            let _ = tx.send(p);
-        }
-    };
-    send(Progress::Start {
-        expected: expected.clone(),
-    });
-    let span = ctx.identity.span("rollout");
-    span.in_scope(|| {
-        info!(kind = %rollout.kind, target = ?rollout.target, batch = ?rollout.batch, nodes = expected.len(),
-            "rollout starting")
-    });
-    let outcome = match rollout.batch {
-        Some(batch) if batch < expected.len() => rolling(ctx, &rollout, expected, batch, &send).await?,
-        _ => all_at_once(ctx, &rollout, &send).await?,
-    };
-    span.in_scope(|| {
-        info!(id = %outcome.id, results = outcome.results.len(), failed = outcome.results.iter().filter(|r| r.failed()).count(),
-            missing = ?outcome.missing, skipped = ?outcome.skipped, "rollout done")
-    });
-    Ok(outcome)
-}
-
-fn order(rollout: &Rollout, to: Option<String>, progress: Option<mpsc::UnboundedSender<NodeReply>>) -> RequestCluster {
-    let mut ask = RequestCluster::new(
-        "api",
-        DEPLOYER_ADDRESS,
-        rollout.target.clone(),
-        rollout.order.clone(),
-        rollout.timeout,
-    );
-    ask.kind = rollout.kind.clone();
-    ask.to = to;
-    ask.progress = progress;
-    ask
-}
-
-async fn all_at_once(
-    ctx: &ModuleContext,
-    rollout: &Rollout,
-    send: &impl Fn(Progress),
-) -> Result<RolloutOutcome, String> {
-    let transponder = ctx
-        .transponder()
-        .ok_or("the transponder is restarting; try again in a moment")?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let ask = transponder.send(order(rollout, None, Some(tx)));
-    tokio::pin!(ask);
-    // Pass each result on as it arrives, until the gather ends.
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut ask => break outcome,
-            Some(reply) = rx.recv() => send(Progress::Result(NodeResult::from_reply(reply))),
-        }
-    };
-    while let Ok(reply) = rx.try_recv() {
-        send(Progress::Result(NodeResult::from_reply(reply)));
+    let canary = policy.canary.of(places.len()).max(1);
+    let released = release_share(places.clone(), canary);
+    Rollout {
+        released,
+        state: if canary >= places.len() {
+            RolloutState::Done
+        } else {
+            RolloutState::Rolling
+        },
+        policy,
+        wave_at_ms: now_ms(),
+        wave: 1,
+        reason: None,
     }
-    let outcome = outcome.map_err(|_| "the transponder stopped during the rollout".to_string())??;
-    Ok(RolloutOutcome {
-        id: outcome.id,
-        results: outcome.replies.into_iter().map(NodeResult::from_reply).collect(),
-        missing: outcome.missing,
-        skipped: Vec::new(),
-    })
 }
 
-async fn rolling(
-    ctx: &ModuleContext,
-    rollout: &Rollout,
-    expected: Vec<String>,
-    batch: usize,
-    send: &impl Fn(Progress),
-) -> Result<RolloutOutcome, String> {
-    let batch = batch.max(1);
-    let mut waiting: VecDeque<String> = expected.into();
-    let mut running = FuturesUnordered::new();
-    let mut outcome = RolloutOutcome {
-        id: Uuid::now_v7(),
-        results: Vec::new(),
-        missing: Vec::new(),
-        skipped: Vec::new(),
+/// How one released node is doing, judged from its status report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Judged {
+    /// It runs the entry, and its module is healthy.
+    Healthy,
+    /// Not yet: its step runs, or its report has not said yet.
+    Pending(String),
+    /// It failed, and why.
+    Failed(String),
+}
+
+/// Judges a released node: its status view (fresh or not), for entry
+/// `id` of module `module`.
+pub fn judge(view: Option<&NodeView>, member: MemberStatus, module: &str, id: &str) -> Judged {
+    if matches!(member, MemberStatus::Dead | MemberStatus::Left) {
+        return Judged::Failed(format!("the node is {} during its wave", member.as_str()));
+    }
+    let Some(view) = view.filter(|v| v.health.is_current()) else {
+        return Judged::Pending("no fresh status report yet".into());
     };
-    let mut halted = false;
-    loop {
-        while !halted && running.len() < batch {
-            let Some(next) = waiting.pop_front() else { break };
-            let transponder = ctx
-                .transponder()
-                .ok_or("the transponder is restarting; try again in a moment")?;
-            let ask = transponder.send(order(rollout, Some(next.clone()), None));
-            running.push(async move { (next, ask.await) });
-        }
-        let Some((name, answer)) = running.next().await else {
-            break;
+    let Some(goal) = view.desired.iter().find(|g| g.module == module) else {
+        return Judged::Pending("its report does not name the module yet".into());
+    };
+    if goal.entry != id {
+        return Judged::Pending(format!("it still follows entry {}", goal.entry));
+    }
+    match goal.state {
+        GoalState::Failed => Judged::Failed(format!(
+            "{}: {}",
+            goal.code.as_deref().unwrap_or("failed"),
+            goal.reason.as_deref().unwrap_or("no reason given")
+        )),
+        GoalState::Working => Judged::Pending(goal.reason.clone().unwrap_or_else(|| "working".into())),
+        GoalState::Converged => match view.modules.iter().find(|m| m.name == module) {
+            Some(m) if m.health.is_failing() => Judged::Failed(format!(
+                "module {module} is {}{}",
+                m.health.as_str(),
+                m.status_error
+                    .as_deref()
+                    .or(m.last_exit.as_deref())
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )),
+            Some(m) if m.health == crate::monitor::board::Health::Ok => Judged::Healthy,
+            Some(m) => Judged::Pending(format!("module {module} is {}", m.health.as_str())),
+            // An undeploy converged: the module is gone, as asked.
+            None if goal.action == super::table::Action::Undeploy => Judged::Healthy,
+            None => Judged::Pending(format!("module {module} is not in its report yet")),
+        },
+    }
+}
+
+/// What the driver does next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Keep watching.
+    Wait,
+    /// Release the next wave: this share, as wave `wave`.
+    Next { released: f64, wave: u32 },
+    /// Every targeted node is released and healthy.
+    Done,
+    /// Too many failures: take it back (or hold it, without revert).
+    Stop { state: RolloutState, reason: String },
+}
+
+/// The driver's rule, pure: given the rollout, every targeted alive node's
+/// place and judgement (none for nodes not released), and the time.
+pub fn decide(rollout: &Rollout, nodes: &[(String, f64, Option<Judged>)], now_ms: u64) -> Decision {
+    let released: Vec<&(String, f64, Option<Judged>)> = nodes.iter().filter(|n| n.2.is_some()).collect();
+    let failed: Vec<String> = released
+        .iter()
+        .filter_map(|(name, _, j)| match j {
+            Some(Judged::Failed(why)) => Some(format!("{name}: {why}")),
+            _ => None,
+        })
+        .collect();
+    let allowed = rollout.policy.max_failed.of(released.len());
+    if failed.len() > allowed {
+        let state = if rollout.policy.revert {
+            RolloutState::Reverted
+        } else {
+            RolloutState::Paused
         };
-        let answer = answer.map_err(|_| "the transponder stopped during the rollout".to_string())??;
-        // A node that left before it was asked is as silent as one that did not answer.
-        let answered = answer.replies.iter().any(|r| r.node == name);
-        let mut bad = !answered;
-        for reply in answer.replies {
-            let result = NodeResult::from_reply(reply);
-            bad |= result.failed();
-            send(Progress::Result(result.clone()));
-            outcome.results.push(result);
-        }
-        if !answered {
-            outcome.missing.push(name);
-        }
-        if bad && !rollout.continue_on_error && !halted {
-            halted = true;
-            info!("a node failed; starting no more nodes (use continue_on_error to go on)");
+        let reason = format!(
+            "{} of {} released node(s) failed (at most {} allowed): {}",
+            failed.len(),
+            released.len(),
+            allowed,
+            failed.join("; ")
+        );
+        return Decision::Stop { state, reason };
+    }
+    let window_over = now_ms >= rollout.wave_at_ms.saturating_add(rollout.policy.health_window_ms);
+    let settled = released.iter().all(|(_, _, j)| !matches!(j, Some(Judged::Pending(_))));
+    if !window_over || !settled {
+        return Decision::Wait;
+    }
+    if released.len() >= nodes.len() {
+        return Decision::Done;
+    }
+    let places: Vec<f64> = nodes.iter().map(|(_, p, _)| *p).collect();
+    let next = released.len() + rollout.policy.batch.of(nodes.len()).max(1);
+    Decision::Next {
+        released: release_share(places, next),
+        wave: rollout.wave + 1,
+    }
+}
+
+/// Drives the rollout of entry `id` from this node until it is done,
+/// stopped, or another node drives it.
+pub async fn drive(ctx: ModuleContext, board: StatusBoard, id: String) {
+    let span = ctx.identity.span("rollout");
+    async move {
+        info!(entry = %id, "driving the rollout");
+        loop {
+            tokio::time::sleep(DRIVE_EVERY).await;
+            match step(&ctx, &board, &id).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => warn!(entry = %id, error = %e, "cannot look at the rollout now; trying again"),
+            }
         }
     }
-    outcome.skipped = waiting.into_iter().collect();
-    Ok(outcome)
+    .instrument(span)
+    .await
+}
+
+/// One look at the rollout; answers whether to keep driving it.
+async fn step(ctx: &ModuleContext, board: &StatusBoard, id: &str) -> Result<bool, String> {
+    let gone = |_| "the cluster side is not running".to_string();
+    let entries = ctx
+        .cluster
+        .list_entries
+        .send(ListEntries(SET_DEPLOYMENTS))
+        .await
+        .map_err(gone)?;
+    let Some(row) = entries.iter().find(|e| &*e.key == id).and_then(|e| Row::read(e).ok()) else {
+        info!(entry = %id, "the rollout's entry is gone from the table; no longer driving it");
+        return Ok(false);
+    };
+    let Some(rollout) = row.deployment.rollout.clone() else {
+        return Ok(false);
+    };
+    if rollout.state != RolloutState::Rolling {
+        info!(entry = %id, state = rollout.state.as_str(), "the rollout is not rolling; no longer driving it");
+        return Ok(false);
+    }
+    if *row.version.origin != *ctx.identity.name {
+        info!(entry = %id, driver = %row.version.origin, "another node drives the rollout now");
+        return Ok(false);
+    }
+    let members = ctx.cluster.members.send(ListMembers).await.map_err(gone)?;
+    let views = board.view(&members, Instant::now());
+    let nodes: Vec<(String, f64, Option<Judged>)> = targeted_places(&row.deployment, id, &members)
+        .into_iter()
+        .map(|(name, place)| {
+            let judged = (place < rollout.released).then(|| {
+                let member = members.iter().find(|m| m.name == name).map(|m| m.status);
+                judge(
+                    views.iter().find(|v| v.node == name),
+                    member.unwrap_or(MemberStatus::Dead),
+                    row.module(),
+                    id,
+                )
+            });
+            (name, place, judged)
+        })
+        .collect();
+    let decision = decide(&rollout, &nodes, now_ms());
+    let mut next = rollout.clone();
+    match &decision {
+        Decision::Wait => {
+            debug!(entry = %id, released = rollout.released, wave = rollout.wave, "waiting on the wave");
+            return Ok(true);
+        }
+        Decision::Next { released, wave } => {
+            info!(entry = %id, wave, released, "the wave stayed healthy; releasing the next");
+            next.released = *released;
+            next.wave = *wave;
+            next.wave_at_ms = now_ms();
+        }
+        Decision::Done => {
+            info!(entry = %id, waves = rollout.wave, "every targeted node runs the entry; the rollout is done");
+            next.released = 1.0;
+            next.state = RolloutState::Done;
+        }
+        Decision::Stop { state, reason } => {
+            warn!(entry = %id, state = state.as_str(), %reason, "stopping the rollout");
+            next.state = *state;
+            next.reason = Some(reason.clone());
+        }
+    }
+    write_rollout(ctx, &row, next).await?;
+    Ok(matches!(decision, Decision::Next { .. }))
+}
+
+/// Writes a new version of entry `row` with `rollout`.
+pub async fn write_rollout(ctx: &ModuleContext, row: &Row, rollout: Rollout) -> Result<(), String> {
+    let mut deployment = row.deployment.clone();
+    deployment.rollout = Some(rollout);
+    ctx.cluster
+        .write_entry
+        .send(WriteEntry {
+            set: SET_DEPLOYMENTS,
+            key: row.id.to_string(),
+            body: deployment.to_body(),
+        })
+        .await
+        .map_err(|_| "the cluster side is not running".to_string())?
+        .map(|_| ())
+}
+
+/// `pause`, `resume` or `revert`, from any node: the rollout's new state.
+pub fn steer(rollout: &Rollout, command: &str) -> Result<Rollout, String> {
+    let mut next = rollout.clone();
+    match (command, rollout.state) {
+        ("pause", RolloutState::Rolling) => {
+            next.state = RolloutState::Paused;
+            next.reason = Some("paused by an operator".into());
+        }
+        ("resume", RolloutState::Paused | RolloutState::Rolling) => {
+            next.state = RolloutState::Rolling;
+            next.reason = None;
+            // The health window starts again: the driver watches anew.
+            next.wave_at_ms = now_ms();
+        }
+        ("revert", RolloutState::Rolling | RolloutState::Paused | RolloutState::Done) => {
+            next.state = RolloutState::Reverted;
+            next.reason = Some("reverted by an operator".into());
+        }
+        ("pause" | "resume" | "revert", state) => {
+            return Err(format!("the rollout is {}; it cannot {command}", state.as_str()))
+        }
+        (other, _) => return Err(format!("`{other}` is not pause, resume or revert")),
+    }
+    Ok(next)
+}
+
+/// The policy's amounts as a person reads them.
+pub fn describe_policy(p: &RolloutPolicy) -> String {
+    let amount = |a: &Amount| a.to_string();
+    format!(
+        "canary {}, then {} a wave, {} s healthy each, at most {} failed, {}",
+        amount(&p.canary),
+        amount(&p.batch),
+        p.health_window_ms / 1000,
+        amount(&p.max_failed),
+        if p.revert { "then revert" } else { "then pause" }
+    )
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::actors::transponder::NodeReply;
-    use serde_json::json;
-
-    fn reply(body: Value) -> NodeReply {
-        NodeReply {
-            node: "n1".into(),
-            body,
-            error: None,
-            code: None,
-            elapsed_ms: 3,
-        }
-    }
-
-    #[test]
-    fn a_node_result_is_read_once_into_a_typed_status() {
-        let ok = NodeResult::from_reply(reply(
-            json!({"status": "deployed", "module": "m", "version": "1.0", "sha256": "ab"}),
-        ));
-        assert_eq!(
-            (ok.status, ok.failed(), ok.version.as_deref()),
-            (DeployStatus::Deployed, false, Some("1.0"))
-        );
-        let gone = NodeResult::from_reply(reply(json!({"status": "not_installed", "module": "m"})));
-        assert_eq!(gone.status, DeployStatus::NotInstalled);
-        // What this node cannot read is never a success.
-        for body in [json!({"status": "installed-ish"}), json!({"module": "m"}), json!(null)] {
-            let r = NodeResult::from_reply(reply(body.clone()));
-            assert!(r.failed(), "{body}");
-            assert_eq!(r.code.as_deref(), Some("bad_reply"), "{body}");
-        }
-        // The wire form is unchanged: the status as a word.
-        assert_eq!(serde_json::to_value(&ok).unwrap()["status"], "deployed");
-    }
-}
+mod tests;

@@ -1,10 +1,11 @@
 //! What the Deployer keeps across its own restarts.
 
+use super::converge::{Goal, GoalState, Goals};
 use super::fetch::{PackageCache, PackageDirs};
 use super::store::ModuleStore;
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -12,17 +13,25 @@ use std::sync::{Arc, Mutex};
 const HOLDER_MEMORY: usize = 256;
 
 /// What the Deployer keeps across its own restarts: the installed modules,
-/// the package cache, who holds which package, and the locks that keep two
-/// orders from changing one module at once (even a worker left over from
-/// before a restart).
+/// the package cache, who holds which package, the locks that keep two
+/// steps from changing one module at once (even a task left over from
+/// before a restart), where each module stands, and which results went to
+/// their origins.
 pub struct DeployState {
     pub store: ModuleStore,
     pub cache: PackageCache,
     holders: Mutex<HashMap<String, BTreeSet<String>>>,
     module_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// What each module's order is doing now.
-    activity: Mutex<BTreeMap<String, String>>,
     counters: Mutex<DeployCounters>,
+    /// Where this node stands on each module the table names for it.
+    pub goals: Mutex<Goals>,
+    /// Entries that arrived while this node ran, whose result their origin
+    /// still waits for (by id).
+    fresh: Mutex<HashSet<Arc<str>>>,
+    /// Set once the node cleaned up after a crash and started what is
+    /// installed: nothing is reconciled before, so a step never races the
+    /// recovery of the folder it works in.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default, Debug, Clone, Copy, Serialize)]
@@ -31,6 +40,7 @@ pub(crate) struct DeployCounters {
     pub(crate) unchanged: u64,
     pub(crate) failed: u64,
     pub(crate) undeployed: u64,
+    pub(crate) reconciles: u64,
     pub(crate) chunks_served: u64,
     pub(crate) chunks_fetched: u64,
 }
@@ -50,25 +60,49 @@ impl DeployState {
             cache,
             holders: Mutex::new(HashMap::new()),
             module_locks: Mutex::new(HashMap::new()),
-            activity: Mutex::new(BTreeMap::new()),
             counters: Mutex::new(DeployCounters::default()),
+            goals: Mutex::new(Goals::default()),
+            fresh: Mutex::new(HashSet::new()),
+            ready: tokio::sync::watch::Sender::new(false),
         })
     }
 
-    pub(crate) fn set_activity(&self, module: &str, what: Option<String>) {
-        if let Ok(mut a) = self.activity.lock() {
-            match what {
-                Some(what) => a.insert(module.to_string(), what),
-                None => a.remove(module),
-            };
+    /// The node has recovered its installs and started them.
+    pub fn mark_ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    /// Waits until [`DeployState::mark_ready`].
+    pub async fn wait_ready(&self) {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
+    }
+
+    /// Entries that just arrived from the cluster: their origins wait for
+    /// this node's result.
+    pub fn mark_fresh(&self, ids: impl IntoIterator<Item = Arc<str>>) {
+        let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        if fresh.len() > 4096 {
+            fresh.clear();
         }
+        fresh.extend(ids);
     }
 
-    pub(crate) fn activity(&self) -> Value {
-        self.activity.lock().map(|a| json!(*a)).unwrap_or(Value::Null)
+    /// Whether entry `id`'s origin still waits for this node's result; if
+    /// so, it no longer does once this answers.
+    pub(crate) fn take_fresh(&self, id: &Arc<str>) -> bool {
+        self.fresh.lock().unwrap_or_else(|e| e.into_inner()).remove(id)
     }
 
-    /// The lock of one module's orders.
+    /// Every module's goal, for the status report.
+    pub fn goals_report(&self) -> Vec<Goal> {
+        self.goals
+            .lock()
+            .map(|g| g.report(std::time::Instant::now()))
+            .unwrap_or_default()
+    }
+
+    /// The lock of one module's steps.
     pub(crate) fn module_lock(&self, module: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.module_locks.lock().unwrap_or_else(|e| e.into_inner());
         // Forget the locks nobody holds or waits for.
@@ -102,11 +136,23 @@ impl DeployState {
 }
 
 impl DeployState {
-    /// What orders are doing, how many packages have known holders, and
-    /// the counters: for status answers and state dumps.
+    /// Where each module stands, how many packages have known holders,
+    /// and the counters: for status answers and state dumps.
     pub(crate) fn summary(&self) -> Value {
+        let goals = self.goals_report();
+        let working: BTreeMap<&str, &str> = goals
+            .iter()
+            .filter(|g| g.state == GoalState::Working)
+            .map(|g| (g.module.as_str(), g.reason.as_deref().unwrap_or("")))
+            .collect();
+        let failed: BTreeMap<&str, &str> = goals
+            .iter()
+            .filter(|g| g.state == GoalState::Failed)
+            .map(|g| (g.module.as_str(), g.reason.as_deref().unwrap_or("")))
+            .collect();
         json!({
-            "activity": self.activity(),
+            "working": working,
+            "failed": failed,
             "known_packages": self.holders.lock().map(|h| h.len()).unwrap_or(0),
             "counters": self.counters.lock().map(|c| *c).unwrap_or_default(),
         })

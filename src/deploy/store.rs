@@ -30,6 +30,11 @@ pub struct InstallRecord {
     pub sha256: String,
     pub config: Value,
     pub installed_at_ms: u64,
+    /// The deployments-table entry that installed it; none if it was
+    /// installed otherwise (then the table removes it only when an entry
+    /// names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
 }
 
 /// A complete install on disk.
@@ -143,6 +148,16 @@ impl ModuleStore {
     }
 
     /// Every complete install, by name.
+    /// Records that table entry `entry` now stands for the installed
+    /// module `name` (the entry asked for exactly what runs).
+    pub fn adopt(&self, name: &str, entry: &str) -> Result<(), String> {
+        let mut installed = self.read(name)?;
+        installed.record.entry = Some(entry.to_string());
+        let bytes = serde_json::to_vec_pretty(&installed.record).map_err(|e| e.to_string())?;
+        crate::private_file::write(&installed.dir.join(INSTALL_RECORD), &bytes)
+            .map_err(|e| format!("cannot write {}: {e}", INSTALL_RECORD))
+    }
+
     pub fn installed(&self) -> Vec<InstalledModule> {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return Vec::new();
@@ -266,6 +281,7 @@ mod tests {
             sha256: sha.into(),
             config: json!({"k": 1}),
             installed_at_ms: 1,
+            entry: None,
         }
     }
 

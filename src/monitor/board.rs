@@ -14,6 +14,7 @@
 //! board and the control API reads it.
 
 use crate::actors::{Member, MemberStatus, ModuleState};
+use crate::deploy::converge::Goal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -97,6 +98,9 @@ fn signature(report: &NodeReport) -> u64 {
     for m in &report.modules {
         (&m.name, &m.kind, &m.version, &m.state, m.health as u8, m.restarts).hash(&mut h);
         (&m.sha256, &m.last_exit, &m.status_error).hash(&mut h);
+    }
+    for g in &report.desired {
+        (&g.module, &g.entry, g.clock, g.state.as_str(), &g.code, g.failures).hash(&mut h);
     }
     h.finish()
 }
@@ -232,6 +236,10 @@ pub struct NodeReport {
     #[serde(default)]
     pub cluster: Value,
     pub modules: Vec<ModuleReport>,
+    /// Where the node stands on each module the deployments table names
+    /// for it: converged, working, or failed and why.
+    #[serde(default)]
+    pub desired: Vec<Goal>,
 }
 
 struct Entry {
@@ -286,6 +294,28 @@ impl StatusBoard {
             board.reports.remove(name);
         }
         gone
+    }
+
+    /// The nodes whose latest report runs a module from the package
+    /// `sha256`: peers that hold it.
+    pub fn holders_of(&self, sha256: &str) -> Vec<String> {
+        let Ok(board) = self.0.read() else { return Vec::new() };
+        board
+            .reports
+            .values()
+            .filter(|e| e.report.modules.iter().any(|m| m.sha256.as_deref() == Some(sha256)))
+            .map(|e| e.report.node.clone())
+            .collect()
+    }
+
+    /// The latest report of every node, with its age.
+    pub fn reports(&self, now: Instant) -> Vec<(NodeReport, Duration)> {
+        let Ok(board) = self.0.read() else { return Vec::new() };
+        board
+            .reports
+            .values()
+            .map(|e| (e.report.clone(), age(now, e.received)))
+            .collect()
     }
 
     /// How many nodes have reported.
@@ -399,6 +429,10 @@ pub struct NodeView {
     /// of the report while the node is current, else `unknown`.
     pub modules: Vec<ModuleReport>,
     pub module_counts: ModuleCounts,
+    /// Where the node stands on each module the deployments table names
+    /// for it, as its latest report said.
+    #[serde(default)]
+    pub desired: Vec<Goal>,
     /// Names of modules failing now (degraded, unresponsive, restarting or
     /// failed); empty when the node's state is unknown.
     pub failing: Vec<String>,
@@ -485,6 +519,7 @@ impl NodeView {
             host: report.map(|(r, _)| r.host.clone()).unwrap_or(Value::Null),
             cluster: report.map(|(r, _)| r.cluster.clone()).unwrap_or(Value::Null),
             module_counts: ModuleCounts::of(&modules),
+            desired: report.map(|(r, _)| r.desired.clone()).unwrap_or_default(),
             modules,
             failing,
             error,
@@ -588,6 +623,7 @@ mod tests {
             host: json!({}),
             cluster: json!({}),
             modules,
+            desired: Vec::new(),
         }
     }
 

@@ -686,7 +686,7 @@ impl Sim {
                 let now = self.base + self.now;
                 self.nodes[i].core.host_checked(&name, answered, now);
             }
-            Action::State { .. } | Action::Joined { .. } => {}
+            Action::State { .. } | Action::Joined { .. } | Action::Entries { .. } => {}
             Action::Member { id, change } => {
                 if change == Change::Suspect {
                     self.suspicions += 1;

@@ -5,7 +5,7 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use conjoiner::cluster::noise::{handshake, FrameReceiver, FrameSender};
-use conjoiner::cluster::protocol::{Frame, Hello, Msg, Record, Status, PROTOCOL_VERSION};
+use conjoiner::cluster::protocol::{Frame, Hello, LinkMsg, Msg, ProtocolRange, Record, Status};
 use conjoiner::cluster::{ClusterKey, NodeId};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -57,7 +57,7 @@ pub async fn answer_join(
     let rx = transport.receiver(read, 1 << 20);
     let me = Arc::new(NodeId::new(name, addr, 1, BTreeMap::new()));
     let hello = Frame::Hello(Hello {
-        protocol: PROTOCOL_VERSION,
+        protocol: ProtocolRange::OURS,
         cluster: "conjoiner".into(),
         id: me.clone(),
         incarnation: 0,
@@ -66,16 +66,14 @@ pub async fn answer_join(
     tx.flush().await.expect("flush");
     tokio::time::sleep(table_after).await;
     let table = Frame::Msgs(vec![
-        Msg::Members {
+        Msg::Link(LinkMsg::JoinTable {
             records: vec![Record {
                 id: me,
                 incarnation: 0,
                 status: Status::Alive,
-                state_version: 0,
             }],
-            snapshot: true,
-        },
-        Msg::JoinDone,
+        }),
+        Msg::Link(LinkMsg::JoinDone),
     ]);
     tx.send(&table.encode()).await.expect("send table");
     tx.flush().await.expect("flush");

@@ -1,9 +1,9 @@
 //! What travels to many nodes or to one: ClusterBus broadcasts along the
 //! tree, direct envelopes, and acting on what the tree delivers.
 
-use super::tree::TreeOut;
+use super::tree::{Round, TreeOut};
 use super::{Action, ClusterCore, CoreError, Source};
-use crate::cluster::protocol::{Frame, Lane, MsgId, Payload};
+use crate::cluster::protocol::{Frame, Lane, Msg, MsgId, Payload, TreeMsg};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,11 +61,44 @@ impl ClusterCore {
         Ok(())
     }
 
+    /// A broadcast-tree message from neighbour `from`.
+    pub(super) fn on_tree(&mut self, from: &Arc<str>, msg: TreeMsg) {
+        let mut out = Vec::new();
+        match msg {
+            TreeMsg::Gossip { id, hops, payload } => self.tree.on_gossip(from, id, hops, payload, self.now, &mut out),
+            TreeMsg::IHave { ids } => self.tree.on_ihave(from, &ids, self.now),
+            TreeMsg::Beacon {
+                root,
+                rank,
+                boot,
+                round,
+                hops,
+            } => {
+                let root_up = self
+                    .table
+                    .get(&root)
+                    .is_some_and(|m| m.status.is_up() && m.id.boot == boot);
+                let round = Round {
+                    root,
+                    rank,
+                    boot,
+                    round,
+                };
+                self.tree.on_beacon(from, round, hops, root_up, self.now, &mut out);
+            }
+            TreeMsg::Parent { yes } => self.tree.on_parent(from, yes),
+            TreeMsg::Graft { ids } => self.tree.on_graft(from, &ids, &mut out),
+            TreeMsg::Prune => self.tree.on_prune(from),
+            TreeMsg::Orphan => self.tree.on_orphan(from, &mut out),
+        }
+        self.tree_out(out);
+    }
+
     pub(super) fn tree_out(&mut self, out: Vec<TreeOut>) {
         for o in out {
             match o {
                 TreeOut::Send { to, msg, lane } => match self.by_peer.get(&to).copied() {
-                    Some(link) => self.queue(link, lane, msg),
+                    Some(link) => self.queue(link, lane, Msg::Tree(msg)),
                     None => self.counters.dropped_no_route += 1,
                 },
                 TreeOut::Deliver {
@@ -91,6 +124,7 @@ impl ClusterCore {
                 }
             }
             Payload::State(state) => self.on_state(state),
+            Payload::Entry { set, entry } => self.take_entries(None, set, vec![entry]),
             Payload::Envelope(envelope) => {
                 self.counters.delivered += 1;
                 self.actions.push_back(Action::Deliver {

@@ -9,7 +9,9 @@ use super::rings::Rings;
 use super::tree::BroadcastTree;
 use super::{Action, ClusterCore, Direction, JoinError, LinkId, Source, Standing};
 use crate::cluster::identity::NodeId;
-use crate::cluster::protocol::{Frame, Hello, Lane, Msg, Record, Refusal, Status, PROTOCOL_VERSION};
+use crate::cluster::protocol::{
+    Frame, Hello, Items, Lane, LinkMsg, Msg, Record, Refusal, Status, SyncMsg, SET_MEMBERS,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::{debug, error, warn};
@@ -18,13 +20,28 @@ impl ClusterCore {
     pub(super) fn on_hello(&mut self, link: LinkId, hello: Hello) {
         let Some(l) = self.links.get(&link) else { return };
         let (remote, direction) = (l.remote, l.direction);
-        if hello.protocol != PROTOCOL_VERSION {
-            warn!(%remote, theirs = hello.protocol, ours = PROTOCOL_VERSION,
-                "peer speaks another link protocol version; closing");
-            return self.refuse(link, Refusal::Protocol { theirs: hello.protocol });
-        }
+        let Some(version) = self.protocol.agree(hello.protocol) else {
+            warn!(%remote, peer = %hello.id.name, theirs = %hello.protocol, ours = %self.protocol,
+                "the peer shares no link protocol version with this node; closing");
+            let seen = Refusal::Protocol {
+                min: hello.protocol.min,
+                max: hello.protocol.max,
+            };
+            self.answer_join_on(link, JoinError::Refused(seen));
+            return self.refuse(
+                link,
+                Refusal::Protocol {
+                    min: self.protocol.min,
+                    max: self.protocol.max,
+                },
+            );
+        };
         if hello.cluster != self.cluster {
             warn!(%remote, peer = %hello.id.name, cluster = %hello.cluster, "peer belongs to another cluster; closing");
+            let seen = Refusal::OtherCluster {
+                cluster: hello.cluster.clone(),
+            };
+            self.answer_join_on(link, JoinError::Refused(seen));
             return self.refuse(
                 link,
                 Refusal::OtherCluster {
@@ -40,7 +57,6 @@ impl ClusterCore {
             id: id.clone(),
             incarnation: hello.incarnation,
             status: Status::Alive,
-            state_version: 0,
         };
         if let Applied::Conflict { holder } = self.apply(&record, Source::Hello) {
             return self.refuse(
@@ -60,9 +76,10 @@ impl ClusterCore {
             debug!(%remote, peer = %id.name, "hello from a superseded boot; closing");
             return self.close(link, "superseded boot");
         }
-        debug!(link, peer = %id.name, %remote, ?direction, "hello received");
+        debug!(link, peer = %id.name, %remote, ?direction, protocol = version, "hello received");
         if let Some(l) = self.links.get_mut(&link) {
             l.peer = Some(id.clone());
+            l.version = version;
         }
         // One preferred link per peer: the one dialed by the lower name, so
         // both sides pick the same; a second link idles out.
@@ -91,7 +108,7 @@ impl ClusterCore {
                     self.counters.dropped_no_route += (d.pending.len() + d.directs.len()) as u64;
                 }
                 if let Some(ask) = d.join {
-                    self.queue(link, Lane::Control, Msg::Join);
+                    self.queue(link, Lane::Control, Msg::Link(LinkMsg::Join));
                     self.joining.insert(link, ask);
                 }
             }
@@ -101,22 +118,17 @@ impl ClusterCore {
         }
         if !held_status.is_up() {
             // It says hello, but we hold it dead (a healed partition): tell
-            // it, so it refutes, and compare tables.
+            // it, so it refutes, and compare every dataset.
             self.queue(
                 link,
                 Lane::Control,
-                Msg::Members {
-                    records: vec![held_record],
-                    snapshot: false,
-                },
+                Msg::Sync(SyncMsg::Items {
+                    set: SET_MEMBERS,
+                    items: Items::Records(vec![held_record]),
+                }),
             );
-            self.queue(
-                link,
-                Lane::Control,
-                Msg::Digest {
-                    buckets: self.table.digest(),
-                },
-            );
+            let sets = self.digests();
+            self.queue(link, Lane::Control, Msg::Sync(SyncMsg::Digest { sets }));
         }
     }
 
@@ -147,8 +159,20 @@ impl ClusterCore {
         }
     }
 
+    /// A join that waits for `link` (asked on it, or on the dial that
+    /// opened it) fails with `error`: the driver learns why at once.
+    fn answer_join_on(&mut self, link: LinkId, error: JoinError) {
+        let Some(l) = self.links.get(&link) else { return };
+        let dial = (l.direction == Direction::Outbound)
+            .then(|| self.dialing.get_mut(&l.remote).and_then(|d| d.join.take()))
+            .flatten();
+        if let Some(ask) = self.joining.remove(&link).or(dial) {
+            self.answer_join(ask, Err(error));
+        }
+    }
+
     pub(super) fn refuse(&mut self, link: LinkId, refusal: Refusal) {
-        self.queue(link, Lane::Control, Msg::Refused(refusal));
+        self.queue(link, Lane::Control, Msg::Link(LinkMsg::Refused(refusal)));
         self.flush();
         self.close(link, "refused");
     }

@@ -3,8 +3,8 @@
 //! table, or a sample of it in a large cluster.
 
 use super::members::Member;
-use super::{Action, ClusterCore, JoinAsk, JoinError, LinkId, Standing, MAX_JOIN_RECORDS, MAX_JOIN_REDIRECTS};
-use crate::cluster::protocol::{Lane, Msg, Record};
+use super::{Action, ClusterCore, JoinAsk, JoinError, LinkId, Source, Standing, MAX_JOIN_RECORDS, MAX_JOIN_REDIRECTS};
+use crate::cluster::protocol::{Lane, LinkMsg, Msg, Record};
 use rand::seq::{IteratorRandom as _, SliceRandom as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,7 +46,7 @@ impl ClusterCore {
             .map(|(id, l)| (*id, l.peer_name().cloned()));
         match ready {
             Some((link, Some(_))) if !matches!(self.standing, Standing::Refused { .. }) => {
-                self.queue(link, Lane::Control, Msg::Join);
+                self.queue(link, Lane::Control, Msg::Link(LinkMsg::Join));
                 self.joining.insert(link, ask);
                 true
             }
@@ -158,13 +158,12 @@ impl ClusterCore {
             self.queue(
                 link,
                 Lane::Bulk,
-                Msg::Members {
+                Msg::Link(LinkMsg::JoinTable {
                     records: chunk.to_vec(),
-                    snapshot: true,
-                },
+                }),
             );
         }
-        self.queue(link, Lane::Bulk, Msg::JoinDone);
+        self.queue(link, Lane::Bulk, Msg::Link(LinkMsg::JoinDone));
         // In a mass start every joiner dials the same seed. Past half
         // the link cap the seed hangs up once it has answered (the
         // close follows the table on the wire), so it never holds a
@@ -175,6 +174,25 @@ impl ClusterCore {
             self.flush();
             self.close(link, "join answered; this node is busy");
         }
+    }
+
+    /// A part of the member table, in answer to this node's join: the
+    /// first part answers the join.
+    pub(super) fn on_join_table(&mut self, link: LinkId, records: Vec<Record>) {
+        self.has_table = true;
+        self.standing_joined();
+        if let Some(ask) = self.joining.remove(&link) {
+            let peer = self.links.get(&link).and_then(|l| l.peer_name().cloned());
+            if let Some(name) = peer {
+                self.answer_join(ask, Ok(name));
+            }
+        }
+        self.apply_records(Some(link), records, Source::Snapshot);
+        info!(
+            members = self.table.len(),
+            alive = self.table.up_count(),
+            "received the member table"
+        );
     }
 
     /// The join's table was all sent: a link the joiner does not need is

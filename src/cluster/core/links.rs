@@ -5,7 +5,7 @@
 
 use super::hash::StableSet;
 use super::{Action, ClusterCore, Dialing, Direction, JoinError, Link, LinkId, Standing, BUSY_PEERS};
-use crate::cluster::protocol::{Frame, Hello, Lane, Msg, Payload, Status, PROTOCOL_VERSION};
+use crate::cluster::protocol::{Frame, Hello, Lane, LinkMsg, Msg, Payload, Status, SyncMsg, TreeMsg};
 use rand::seq::IteratorRandom as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ impl ClusterCore {
                 opened: now,
                 last_used: now,
                 hello_deadline: now + self.config.hello_timeout,
+                version: 0,
                 i_want: false,
                 peer_wants: false,
                 hangup_expected: false,
@@ -40,7 +41,7 @@ impl ClusterCore {
             link,
             lane: Lane::Control,
             frame: Frame::Hello(Hello {
-                protocol: PROTOCOL_VERSION,
+                protocol: self.protocol,
                 cluster: self.cluster.clone(),
                 id: self.me.clone(),
                 incarnation: self.incarnation,
@@ -69,7 +70,7 @@ impl ClusterCore {
             named = peers.len(),
             "at the link cap; turning a new link away"
         );
-        self.queue(link, Lane::Control, Msg::Busy { peers });
+        self.queue(link, Lane::Control, Msg::Link(LinkMsg::Busy { peers }));
         self.flush();
         self.close(link, "at the link cap");
     }
@@ -360,7 +361,7 @@ impl ClusterCore {
         for name in removed {
             self.wanted.remove(&name);
             if let Some(link) = self.by_peer.get(&name).copied() {
-                self.queue(link, Lane::Control, Msg::Neighbour { wanted: false });
+                self.queue(link, Lane::Control, Msg::Link(LinkMsg::Neighbour { wanted: false }));
                 let unwanted = self.links.get_mut(&link).is_some_and(|l| {
                     l.i_want = false;
                     !l.peer_wants
@@ -386,7 +387,7 @@ impl ClusterCore {
         let Some(l) = self.links.get_mut(&link) else { return };
         if !l.i_want {
             l.i_want = true;
-            self.queue(link, Lane::Control, Msg::Neighbour { wanted: true });
+            self.queue(link, Lane::Control, Msg::Link(LinkMsg::Neighbour { wanted: true }));
         }
         self.tree_neighbour_up(name);
     }
@@ -442,17 +443,21 @@ impl ClusterCore {
 /// A cheap upper guess of a message's encoded size, to split batches.
 pub(super) fn size_hint(msg: &Msg) -> usize {
     match msg {
-        Msg::Gossip { payload, .. } => {
+        Msg::Tree(TreeMsg::Gossip { payload, .. }) => {
             64 + match payload {
                 Payload::Envelope(b) => b.len(),
                 Payload::State(s) => s.data.len() + 64,
                 Payload::Update { .. } => 128,
+                Payload::Entry { entry, .. } => entry.body.len() + entry.key.len() + 64,
             }
         }
-        Msg::Members { records, .. } | Msg::DigestReply { records, .. } => 32 + records.len() * 128,
-        Msg::States { states } => states.iter().map(|s| s.data.len() + 64).sum(),
-        Msg::IHave { ids } => 8 + ids.len() * 20,
-        Msg::Digest { buckets } => buckets.len() * 10,
+        Msg::Tree(TreeMsg::IHave { ids }) => 8 + ids.len() * 20,
+        Msg::Link(LinkMsg::JoinTable { records }) => 32 + records.len() * 128,
+        Msg::Sync(SyncMsg::Items { items, .. }) | Msg::Sync(SyncMsg::Differ { have: items, .. }) => {
+            32 + items.size_hint()
+        }
+        Msg::Sync(SyncMsg::Digest { sets }) => sets.iter().map(|(_, h)| 4 + h.len() * 9).sum(),
+        Msg::Sync(SyncMsg::Want { keys, .. }) => 8 + keys.iter().map(|k| k.len() + 1).sum::<usize>(),
         _ => 32,
     }
 }

@@ -11,24 +11,23 @@
 //!
 //! The table also keeps a digest: a hash per bucket of the live members'
 //! records, updated as entries change, so anti-entropy compares two tables
-//! by exchanging a few hundred bytes.
+//! by exchanging a few hundred bytes (it is one of the datasets of
+//! [`super::replica`]).
 
 use super::hash::{combine, name_hash};
+use super::replica::{bucket_mask, bucket_of, Digest, Replicated};
 use crate::cluster::identity::NodeId;
-use crate::cluster::protocol::{Record, StateRecord, Status};
+use crate::cluster::protocol::{Items, Record, Status};
 use hashbrown::hash_table::{Entry, HashTable};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Buckets of the anti-entropy digest.
-pub const DIGEST_BUCKETS: usize = 64;
-const _: () = assert!(DIGEST_BUCKETS <= 256, "a member keeps its bucket in a u8");
-
 /// What this node knows about one member.
 ///
-/// Every node holds one per member, so this stays at 32 bytes: at 10,000
-/// members that is 10,000 × 32 bytes per node, and the simulator holds
-/// 10,000 nodes' tables at once.
+/// Every node holds one per member, so this stays at 24 bytes: at 10,000
+/// members that is 10,000 × 24 bytes per node, and the simulator holds
+/// 10,000 nodes' tables at once. (Members' states are held apart, in the
+/// state table.)
 #[derive(Debug, Clone)]
 pub struct Member {
     pub id: Arc<NodeId>,
@@ -37,8 +36,6 @@ pub struct Member {
     /// When `status` last changed here, in milliseconds after the table was
     /// made (see [`MemberTable::since`]); 8 bytes where an `Instant` takes 16.
     since_ms: u64,
-    /// Its latest published state that reached this node.
-    pub state: Option<Arc<StateRecord>>,
     /// Its digest bucket, kept so anti-entropy finds a bucket's members
     /// without hashing every name (at 10,000 members that hashing was most
     /// of the simulator's time). Fits in the padding.
@@ -47,19 +44,14 @@ pub struct Member {
 
 impl Member {
     fn new(id: Arc<NodeId>, incarnation: u32, status: Status, since_ms: u64) -> Member {
-        let bucket = (name_hash(&id.name) % DIGEST_BUCKETS as u64) as u8;
+        let bucket = bucket_of(&id.name) as u8;
         Member {
             id,
             incarnation,
             status,
             since_ms,
-            state: None,
             bucket,
         }
-    }
-
-    pub fn state_version(&self) -> u64 {
-        self.state.as_ref().map_or(0, |s| s.version)
     }
 
     pub fn record(&self) -> Record {
@@ -67,7 +59,6 @@ impl Member {
             id: self.id.clone(),
             incarnation: self.incarnation,
             status: self.status,
-            state_version: self.state_version(),
         }
     }
 
@@ -82,10 +73,7 @@ impl Member {
             Status::Alive => 1,
             _ => 2,
         };
-        let v = combine(
-            combine(combine(h, self.id.boot), u64::from(self.incarnation) << 2 | status),
-            self.state_version(),
-        );
+        let v = combine(combine(h, self.id.boot), u64::from(self.incarnation) << 2 | status);
         Some((usize::from(self.bucket), v))
     }
 }
@@ -188,7 +176,7 @@ pub struct MemberTable {
     members: HashTable<Member>,
     /// What `Member::since_ms` counts from.
     epoch: Instant,
-    buckets: [u64; DIGEST_BUCKETS],
+    digest: Digest,
     up: usize,
 }
 
@@ -199,7 +187,7 @@ impl MemberTable {
             me: me.name.clone(),
             members: HashTable::new(),
             epoch: now,
-            buckets: [0; DIGEST_BUCKETS],
+            digest: Digest::default(),
             up: 0,
         };
         let since_ms = table.millis(now);
@@ -248,11 +236,11 @@ impl MemberTable {
         };
         let was_up = m.status.is_up();
         if let Some((b, v)) = m.contribution() {
-            self.buckets[b] ^= v;
+            self.digest.toggle(b, v);
         }
         change(m);
         if let Some((b, v)) = m.contribution() {
-            self.buckets[b] ^= v;
+            self.digest.toggle(b, v);
         }
         match (was_up, m.status.is_up()) {
             (true, false) => self.up -= 1,
@@ -263,7 +251,7 @@ impl MemberTable {
 
     fn insert(&mut self, member: Member) {
         if let Some((b, v)) = member.contribution() {
-            self.buckets[b] ^= v;
+            self.digest.toggle(b, v);
         }
         if member.status.is_up() {
             self.up += 1;
@@ -278,7 +266,7 @@ impl MemberTable {
         };
         if let Some(old) = old {
             if let Some((b, v)) = old.contribution() {
-                self.buckets[b] ^= v;
+                self.digest.toggle(b, v);
             }
             if old.status.is_up() {
                 self.up -= 1;
@@ -313,6 +301,10 @@ impl MemberTable {
                             m.since_ms = now_ms;
                         }
                         m.status = record.status;
+                        if record.incarnation >= m.incarnation && m.id != record.id {
+                            // The member's own later word: its tags changed.
+                            m.id = record.id.clone();
+                        }
                         m.incarnation = m.incarnation.max(record.incarnation);
                     });
                     Applied::Changed { from }
@@ -332,6 +324,15 @@ impl MemberTable {
         }
     }
 
+    /// This node's identity changed (its tags), at a new incarnation.
+    pub fn set_me_id(&mut self, id: Arc<NodeId>, incarnation: u32) {
+        let me = self.me.clone();
+        self.update(&me, |m| {
+            m.id = id;
+            m.incarnation = incarnation;
+        });
+    }
+
     /// Sets this node's own incarnation or status.
     pub fn set_me(&mut self, incarnation: u32, status: Status, now: Instant) {
         let me = self.me.clone();
@@ -343,18 +344,6 @@ impl MemberTable {
             m.incarnation = incarnation;
             m.status = status;
         });
-    }
-
-    /// Stores a member's state if it is newer than what we hold for the
-    /// same boot. Answers whether it was stored.
-    pub fn set_state(&mut self, state: &Arc<StateRecord>) -> bool {
-        let newer = self
-            .get(&state.name)
-            .is_some_and(|m| m.id.boot == state.boot && state.version > m.state_version());
-        if newer {
-            self.update(&state.name, |m| m.state = Some(state.clone()));
-        }
-        newer
     }
 
     /// Removes dead and left members older than `after`; answers their names.
@@ -375,35 +364,6 @@ impl MemberTable {
         gone
     }
 
-    pub fn digest(&self) -> Vec<u64> {
-        self.buckets.to_vec()
-    }
-
-    /// The buckets where `theirs` differs from ours (all of them if it has
-    /// the wrong length).
-    pub fn differing(&self, theirs: &[u64]) -> Vec<u16> {
-        (0..DIGEST_BUCKETS)
-            .filter(|b| theirs.get(*b) != Some(&self.buckets[*b]))
-            .map(|b| b as u16)
-            .collect()
-    }
-
-    /// Our records in `buckets`, dead and left members included (the other
-    /// side may hold them alive).
-    pub fn records_in(&self, buckets: &[u16]) -> Vec<Record> {
-        let mut wanted = [false; DIGEST_BUCKETS];
-        for b in buckets {
-            if let Some(w) = wanted.get_mut(usize::from(*b)) {
-                *w = true;
-            }
-        }
-        self.members
-            .iter()
-            .filter(|m| wanted[usize::from(m.bucket)])
-            .map(Member::record)
-            .collect()
-    }
-
     pub fn snapshot(&self) -> Vec<Record> {
         self.members.iter().map(Member::record).collect()
     }
@@ -412,20 +372,60 @@ impl MemberTable {
     pub fn heap_bytes(&self) -> usize {
         self.members
             .iter()
-            .map(|m| {
-                std::mem::size_of::<Member>()
-                    + 1
-                    + m.id.heap_bytes()
-                    + m.state.as_ref().map_or(0, |s| s.data.len() + 64)
-            })
+            .map(|m| std::mem::size_of::<Member>() + 1 + m.id.heap_bytes())
             .sum()
+    }
+}
+
+impl Replicated for MemberTable {
+    fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Members change all the time; their root would rarely match.
+    fn opens_with_buckets(&self) -> bool {
+        true
+    }
+
+    /// A record is about as small as its version would be.
+    fn differs_with_entries(&self) -> bool {
+        true
+    }
+
+    /// Our records in `buckets`, dead and left members included (the other
+    /// side may hold them alive).
+    fn items_in(&self, buckets: &[u16]) -> Items {
+        let wanted = bucket_mask(buckets);
+        Items::Records(
+            self.members
+                .iter()
+                .filter(|m| wanted[usize::from(m.bucket)])
+                .map(Member::record)
+                .collect(),
+        )
+    }
+
+    fn versions_in(&self, buckets: &[u16]) -> Vec<(Arc<str>, u64)> {
+        let wanted = bucket_mask(buckets);
+        self.members
+            .iter()
+            .filter(|m| wanted[usize::from(m.bucket)])
+            .map(|m| (m.id.name.clone(), combine(m.id.boot, u64::from(m.incarnation))))
+            .collect()
+    }
+
+    fn items_for(&self, keys: &[Arc<str>]) -> Items {
+        Items::Records(keys.iter().filter_map(|k| self.get(k)).map(Member::record).collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn id(boot: u64, port: u16) -> Arc<NodeId> {
         Arc::new(NodeId::new(
@@ -445,14 +445,13 @@ mod tests {
             id: id(boot, port),
             incarnation,
             status,
-            state_version: 0,
         }
     }
 
     #[test]
     fn an_entry_stays_small() {
         // Every node holds one per member; the simulator holds N² of them.
-        assert!(std::mem::size_of::<Member>() <= 32, "{}", std::mem::size_of::<Member>());
+        assert!(std::mem::size_of::<Member>() <= 24, "{}", std::mem::size_of::<Member>());
     }
 
     #[test]
@@ -525,14 +524,16 @@ mod tests {
         b.apply(&news[1], now);
         b.apply(&news[0], now);
         assert_eq!(a.digest(), b.digest());
-        assert!(a.differing(&b.digest()).is_empty());
+        assert!(a.digest().differing(b.digest().buckets()).is_empty());
         assert_eq!(a.up_count(), 2);
 
         a.apply(&record(1, 1, 1, Status::Dead), now);
         assert_eq!(a.up_count(), 1);
-        let diff = a.differing(&b.digest());
+        let diff = a.digest().differing(b.digest().buckets());
         assert_eq!(diff.len(), 1, "one bucket differs");
-        let records = a.records_in(&diff);
+        let Items::Records(records) = a.items_in(&diff) else {
+            panic!("members are records")
+        };
         assert!(
             records.iter().any(|r| r.status == Status::Dead),
             "dead members are sent in a differing bucket"
@@ -541,28 +542,5 @@ mod tests {
         // Once both hold it dead, the digests agree again.
         b.apply(&record(1, 1, 1, Status::Dead), now);
         assert_eq!(a.digest(), b.digest());
-    }
-
-    #[test]
-    fn state_is_kept_per_boot_and_only_if_newer() {
-        let me = Arc::new(NodeId::new("me", "10.0.0.9:1".parse().unwrap(), 1, Default::default()));
-        let now = Instant::now();
-        let mut t = MemberTable::new(me, now);
-        t.apply(&record(1, 1, 0, Status::Alive), now);
-        let state = |boot: u64, version: u64| {
-            Arc::new(StateRecord {
-                name: "x".into(),
-                boot,
-                version,
-                data: Bytes::from_static(b"report"),
-            })
-        };
-        assert!(t.set_state(&state(1, 2)));
-        assert!(!t.set_state(&state(1, 1)), "older version");
-        assert!(!t.set_state(&state(9, 5)), "another boot");
-        assert_eq!(t.get("x").unwrap().state_version(), 2);
-        let before = t.digest();
-        t.set_state(&state(1, 3));
-        assert_ne!(before, t.digest(), "a new state version shows in the digest");
     }
 }

@@ -7,13 +7,38 @@ use super::hash::{combine, name_hash, ring_position};
 use super::members::Applied;
 use super::{helpers, rings, Action, Change, ClusterCore, LinkId, Source, Standing};
 use crate::cluster::identity::NodeId;
-use crate::cluster::protocol::{Lane, Msg, MsgId, Payload, Record, Status};
+use crate::cluster::protocol::{
+    Items, Lane, Msg, MsgId, Payload, ProbeMsg, Record, Status, SyncMsg, TreeMsg, SET_MEMBERS,
+};
 use rand::RngExt as _;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::{debug, info, warn};
 
 impl ClusterCore {
+    /// A probe message from `from`: answer pings, and hand acks and
+    /// indirect probes to the failure detector.
+    pub(super) fn on_probe(&mut self, link: LinkId, from: &Arc<str>, msg: ProbeMsg) {
+        let mut out = Vec::new();
+        match msg {
+            ProbeMsg::Ping { seq } => self.queue(link, Lane::Control, Msg::Probe(ProbeMsg::Ack { seq })),
+            ProbeMsg::Ack { seq } => self.detector.on_ack(from, seq, &mut out),
+            ProbeMsg::PingReq { seq, target } => {
+                if self.table.get(&target).is_some_and(|m| m.status.is_up()) {
+                    self.detector.on_pingreq(from, seq, &target, self.now, &mut out);
+                } else {
+                    out.push(DetectorOut::PingReqAck {
+                        to: from.clone(),
+                        seq,
+                        reached: false,
+                    });
+                }
+            }
+            ProbeMsg::PingReqAck { seq, reached } => self.detector.on_pingreq_ack(seq, reached, &mut out),
+        }
+        self.detector_out(out);
+    }
+
     /// Says goodbye: every node lists this one as `left`.
     pub fn leave(&mut self, now: Instant) {
         self.now = now;
@@ -33,13 +58,31 @@ impl ClusterCore {
             self.queue(
                 link,
                 Lane::Control,
-                Msg::Gossip {
+                Msg::Tree(TreeMsg::Gossip {
                     id,
                     hops: 0,
                     payload: payload.clone(),
-                },
+                }),
             );
         }
+        self.flush();
+    }
+
+    /// This node's tags change: its identity carries them, at a new
+    /// incarnation, so the news wins everywhere and selectors see it.
+    pub fn set_tags(&mut self, tags: std::collections::BTreeMap<String, String>, now: Instant) {
+        self.now = now;
+        if self.me.tags == tags || self.standing == Standing::Left {
+            return;
+        }
+        let mut id = (*self.me).clone();
+        id.tags = tags;
+        self.me = Arc::new(id);
+        self.incarnation = self.incarnation.saturating_add(1);
+        self.table.set_me_id(self.me.clone(), self.incarnation);
+        info!(incarnation = self.incarnation, tags = %tags_text(&self.me.tags), "this node's tags changed; spreading them");
+        let record = self.table.me().record();
+        self.spread(record, None);
         self.flush();
     }
 
@@ -65,10 +108,10 @@ impl ClusterCore {
                     self.queue(
                         link,
                         Lane::Control,
-                        Msg::Members {
-                            records: vec![mine.clone()],
-                            snapshot: false,
-                        },
+                        Msg::Sync(SyncMsg::Items {
+                            set: SET_MEMBERS,
+                            items: Items::Records(vec![mine.clone()]),
+                        }),
                     );
                 }
                 self.spread(mine, None);
@@ -167,15 +210,17 @@ impl ClusterCore {
             Applied::Replaced { old, from } => {
                 let (old, from) = (old.clone(), *from);
                 self.detector.clear(&name);
+                // The state held was the old boot's.
+                self.states.remove(&name);
                 if old.boot > record.id.boot {
                     // A newer duplicate we had taken: tell it who holds the name.
                     self.tell_links_to(
                         &name,
                         old.boot,
-                        Msg::Members {
-                            records: vec![record.clone()],
-                            snapshot: false,
-                        },
+                        Msg::Sync(SyncMsg::Items {
+                            set: SET_MEMBERS,
+                            items: Items::Records(vec![record.clone()]),
+                        }),
                     );
                 }
                 self.close_links_to(&name, Some(record.id.boot));
@@ -418,7 +463,6 @@ impl ClusterCore {
             id: m.id.clone(),
             incarnation: m.incarnation,
             status: Status::Suspect,
-            state_version: m.state_version(),
         };
         self.counters.suspicions_raised += 1;
         info!(member = %target, incarnation = record.incarnation, health = self.detector.health(),
@@ -438,7 +482,6 @@ impl ClusterCore {
             id: m.id.clone(),
             incarnation,
             status: Status::Dead,
-            state_version: m.state_version(),
         };
         self.counters.deaths_declared += 1;
         self.apply(&record, Source::Local { accuser: None });
@@ -448,12 +491,12 @@ impl ClusterCore {
     pub(super) fn detector_out(&mut self, out: Vec<DetectorOut>) {
         for o in out {
             match o {
-                DetectorOut::Ping { to, seq } => self.send_to(&to, Lane::Control, Msg::Ping { seq }),
+                DetectorOut::Ping { to, seq } => self.send_to(&to, Lane::Control, Msg::Probe(ProbeMsg::Ping { seq })),
                 DetectorOut::PingReq { helper, target, seq } => {
-                    self.send_to(&helper, Lane::Control, Msg::PingReq { seq, target })
+                    self.send_to(&helper, Lane::Control, Msg::Probe(ProbeMsg::PingReq { seq, target }))
                 }
                 DetectorOut::PingReqAck { to, seq, reached } => {
-                    self.send_to(&to, Lane::Control, Msg::PingReqAck { seq, reached })
+                    self.send_to(&to, Lane::Control, Msg::Probe(ProbeMsg::PingReqAck { seq, reached }))
                 }
                 DetectorOut::Suspect { target, probed_at } => self.probe_failed(target, probed_at),
                 DetectorOut::Dead {

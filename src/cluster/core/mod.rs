@@ -32,46 +32,42 @@
 
 pub mod detector;
 pub mod hash;
+pub mod keyed;
 pub mod members;
 pub mod recent;
+pub mod replica;
 pub mod rings;
+pub mod states;
 pub mod tree;
 
 mod broadcast;
+mod datasets;
 mod handshake;
 mod join;
 mod links;
 mod membership;
 mod sync;
 
-use self::detector::{Detector, DetectorCounters, DetectorOut};
+use self::detector::{Detector, DetectorCounters};
 use self::hash::{name_hash, ring_position, StableMap, StableSet};
+use self::keyed::HeldSet;
 use self::members::{Member, MemberTable};
 use self::rings::Rings;
-use self::tree::{BroadcastTree, Round};
+use self::states::StateTable;
+use self::tree::BroadcastTree;
 use super::config::ClusterConfig;
 use super::identity::NodeId;
-use super::protocol::{Frame, Lane, Msg, Refusal, Status};
+use super::protocol::{Entry, Frame, Lane, LinkMsg, Msg, ProtocolRange, Refusal, SetId, StateRecord, Status};
 use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{RngExt as _, SeedableRng as _};
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{debug, warn};
-
-/// Anti-entropy ships about this many member records per exchange at most:
-/// every differing bucket in a small cluster, one or two in a large one.
-const MAX_RECORDS_PER_EXCHANGE: usize = 256;
-
-/// ... and this many when most buckets differ, as for a node that has just
-/// joined a large cluster or during a mass start: at 10,000 members, one
-/// bucket (about 156 records) per exchange every 200 ms made a joiner take
-/// 8-10 s to list everyone.
-const MAX_RECORDS_CATCHING_UP: usize = 2048;
+use tracing::{debug, info, warn};
 
 /// A join is answered with at most this many member records; the joiner
 /// learns the rest by anti-entropy from its neighbours. The whole table per
@@ -164,6 +160,13 @@ pub enum Action {
         node: Arc<str>,
         data: Bytes,
     },
+    /// Entries of a keyed dataset that this node holds now (new, or newer
+    /// versions), and keys it dropped as obsolete.
+    Entries {
+        set: SetId,
+        changed: Vec<Arc<Entry>>,
+        removed: Vec<Arc<str>>,
+    },
     Member {
         id: Arc<NodeId>,
         change: Change,
@@ -199,6 +202,10 @@ pub enum CoreError {
     },
     #[error("this node is not part of the cluster: {0}")]
     NotJoined(String),
+    #[error("this node holds no dataset {0}")]
+    UnknownSet(SetId),
+    #[error("the entry is refused: {0}")]
+    Refused(String),
 }
 
 /// Counters of what the core decided (debug dump, metrics, simulator).
@@ -230,6 +237,17 @@ pub struct CoreCounters {
     pub directs_sent: u64,
     pub directs_received: u64,
     pub dropped_no_route: u64,
+    /// Messages a peer sent that this node could not read (a newer kind,
+    /// or a variant it does not know), skipped without closing the link.
+    pub skipped_msgs: u64,
+    /// Sync messages about datasets this node does not hold, skipped.
+    pub unknown_sets: u64,
+    /// Keyed dataset entries taken, refused as invalid (bad input from a
+    /// peer), dropped as already obsolete, and pruned.
+    pub entries_taken: u64,
+    pub entries_refused: u64,
+    pub entries_obsolete: u64,
+    pub entries_pruned: u64,
     /// Wake-ups that came so late that due probe and suspicion deadlines
     /// were postponed (this node was starved of CPU).
     pub late_wakeups: u64,
@@ -257,6 +275,8 @@ struct Link {
     opened: Instant,
     last_used: Instant,
     hello_deadline: Instant,
+    /// The protocol version both sides speak, once the hello agreed one.
+    version: u32,
     /// This node counts the link as overlay (told the peer so).
     i_want: bool,
     /// The peer counts it as overlay.
@@ -297,9 +317,21 @@ pub struct ClusterCore {
     cluster: String,
     config: ClusterConfig,
     me: Arc<NodeId>,
+    /// The link protocol versions this node speaks (this build's, but for
+    /// tests of mixed versions).
+    protocol: ProtocolRange,
     incarnation: u32,
     standing: Standing,
     table: MemberTable,
+    /// Every member's latest published state.
+    states: StateTable,
+    /// The keyed datasets this node holds for the layers above (the
+    /// deployments table), by id.
+    held: BTreeMap<SetId, HeldSet>,
+    /// The wall clock at `wall_at`, in ms since the epoch: keyed entries'
+    /// versions and ages are wall-clock based.
+    wall_ms: u64,
+    wall_at: Instant,
     rings: Rings,
     detector: Detector,
     tree: BroadcastTree,
@@ -336,6 +368,8 @@ pub struct ClusterCore {
     now: Instant,
     /// Duplicate claims already logged, so a flood of them logs once.
     conflicts_logged: StableSet<(Arc<str>, u64)>,
+    /// Unreadable message kinds already logged, per peer.
+    skipped_logged: StableSet<(Arc<str>, u32, u32)>,
     pub counters: CoreCounters,
 }
 
@@ -349,6 +383,12 @@ impl ClusterCore {
         let mut core = ClusterCore {
             cluster: cluster.to_string(),
             table: MemberTable::new(me.clone(), now),
+            states: StateTable::default(),
+            held: BTreeMap::new(),
+            wall_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            wall_at: now,
             rings: Rings::new(&me.name, config.rings),
             detector: Detector::new(config.detector(), now),
             tree: BroadcastTree::new(&me.name, config.tree()),
@@ -359,6 +399,7 @@ impl ClusterCore {
             next_housekeeping: now + Duration::from_secs(1),
             config,
             me,
+            protocol: ProtocolRange::OURS,
             incarnation: 0,
             standing: Standing::Alone,
             links: StableMap::default(),
@@ -377,6 +418,7 @@ impl ClusterCore {
             rng,
             now,
             conflicts_logged: StableSet::default(),
+            skipped_logged: StableSet::default(),
             counters: CoreCounters::default(),
         };
         // Alone, this node is the root of its own tree.
@@ -389,6 +431,12 @@ impl ClusterCore {
 
     pub fn me(&self) -> &Arc<NodeId> {
         &self.me
+    }
+
+    /// Speaks `range` instead of this build's protocol versions: for tests
+    /// of a fleet of mixed releases.
+    pub fn speak(&mut self, range: ProtocolRange) {
+        self.protocol = range;
     }
 
     pub fn incarnation(&self) -> u32 {
@@ -410,6 +458,11 @@ impl ClusterCore {
 
     pub fn member(&self, name: &str) -> Option<&Member> {
         self.table.get(name)
+    }
+
+    /// The latest published state of `name` that reached this node.
+    pub fn state_of(&self, name: &str) -> Option<&Arc<StateRecord>> {
+        self.states.get(name)
     }
 
     /// When `member`'s status last changed here.
@@ -455,6 +508,8 @@ impl ClusterCore {
     /// Roughly the bytes this core holds.
     pub fn heap_bytes(&self) -> usize {
         self.table.heap_bytes()
+            + self.states.heap_bytes()
+            + self.held.values().map(|h| h.entries.heap_bytes()).sum::<usize>()
             + self.tree.heap_bytes()
             + self.links.len() * 256
             + self.dialing.values().map(|d| 128 + d.pending.len() * 96).sum::<usize>()
@@ -476,6 +531,7 @@ impl ClusterCore {
                     "peer": l.peer_name().map(|n| n.to_string()),
                     "remote": l.remote.to_string(),
                     "direction": l.direction,
+                    "protocol": l.version,
                     "overlay": l.i_want || l.peer_wants,
                     "frames_in": l.frames_in,
                     "age_ms": self.now.saturating_duration_since(l.opened).as_millis() as u64,
@@ -550,8 +606,8 @@ impl ClusterCore {
                 warn!(link, "second hello on a link; closing it");
                 self.close(link, "protocol violation: second hello");
             }
-            (Frame::Msgs(msgs), None) if matches!(&msgs[..], [Msg::Busy { .. }]) => {
-                let Some(Msg::Busy { peers }) = msgs.into_iter().next() else {
+            (Frame::Msgs(msgs), None) if matches!(&msgs[..], [Msg::Link(LinkMsg::Busy { .. })]) => {
+                let Some(Msg::Link(LinkMsg::Busy { peers })) = msgs.into_iter().next() else {
                     unreachable!()
                 };
                 self.on_busy(link, peers);
@@ -651,6 +707,7 @@ impl ClusterCore {
     pub(super) fn housekeeping(&mut self) {
         let now = self.now;
         self.tree.expire(now);
+        self.prune_entries();
         let late: Vec<LinkId> = self
             .links
             .iter()
@@ -697,100 +754,49 @@ impl ClusterCore {
         for name in self.table.forget(now, self.config.remember_dead_for) {
             debug!(member = %name, "forgetting a member gone for long");
             self.detector.clear(&name);
+            self.states.remove(&name);
         }
     }
 
     // ------------------------------------------------------------ dispatch
 
+    /// One message from `peer`, handed to its sub-protocol.
     pub(super) fn on_msg(&mut self, link: LinkId, peer: &Arc<NodeId>, msg: Msg) {
         let from = &peer.name;
         match msg {
-            Msg::Ping { seq } => self.queue(link, Lane::Control, Msg::Ack { seq }),
-            Msg::Ack { seq } => {
-                let mut out = Vec::new();
-                self.detector.on_ack(from, seq, &mut out);
-                self.detector_out(out);
-            }
-            Msg::PingReq { seq, target } => {
-                let mut out = Vec::new();
-                if self.table.get(&target).is_some_and(|m| m.status.is_up()) {
-                    self.detector.on_pingreq(from, seq, &target, self.now, &mut out);
-                } else {
-                    out.push(DetectorOut::PingReqAck {
-                        to: from.clone(),
-                        seq,
-                        reached: false,
-                    });
+            Msg::Link(m) => match m {
+                LinkMsg::Join => self.on_join(link),
+                LinkMsg::JoinTable { records } => self.on_join_table(link, records),
+                LinkMsg::JoinDone => self.on_join_done(link, from),
+                LinkMsg::Neighbour { wanted } => self.on_neighbour(link, from, wanted),
+                LinkMsg::Refused(refusal) => self.on_refused(link, refusal),
+                // Only ever sent in place of a hello (see `frame`).
+                LinkMsg::Busy { .. } => {
+                    self.counters.malformed += 1;
+                    warn!(link, peer = %from, "a busy answer after hello; closing the link");
+                    self.close(link, "protocol violation: busy after hello");
                 }
-                self.detector_out(out);
-            }
-            Msg::PingReqAck { seq, reached } => {
-                let mut out = Vec::new();
-                self.detector.on_pingreq_ack(seq, reached, &mut out);
-                self.detector_out(out);
-            }
-            Msg::Join => self.on_join(link),
-            Msg::JoinDone => self.on_join_done(link, from),
-            Msg::Members { records, snapshot } => self.on_members(link, records, snapshot),
-            Msg::Neighbour { wanted } => self.on_neighbour(link, from, wanted),
-            Msg::Gossip { id, hops, payload } => {
-                let mut out = Vec::new();
-                self.tree.on_gossip(from, id, hops, payload, self.now, &mut out);
-                self.tree_out(out);
-            }
-            Msg::IHave { ids } => self.tree.on_ihave(from, &ids, self.now),
-            Msg::Beacon {
-                root,
-                rank,
-                boot,
-                round,
-                hops,
-            } => {
-                let root_up = self
-                    .table
-                    .get(&root)
-                    .is_some_and(|m| m.status.is_up() && m.id.boot == boot);
-                let round = Round {
-                    root,
-                    rank,
-                    boot,
-                    round,
-                };
-                let mut out = Vec::new();
-                self.tree.on_beacon(from, round, hops, root_up, self.now, &mut out);
-                self.tree_out(out);
-            }
-            Msg::Parent { yes } => self.tree.on_parent(from, yes),
-            Msg::Graft { ids } => {
-                let mut out = Vec::new();
-                self.tree.on_graft(from, &ids, &mut out);
-                self.tree_out(out);
-            }
-            Msg::Prune => self.tree.on_prune(from),
-            Msg::Orphan => {
-                let mut out = Vec::new();
-                self.tree.on_orphan(from, &mut out);
-                self.tree_out(out);
-            }
-            Msg::Digest { buckets } => self.on_digest(link, &buckets),
-            Msg::DigestReply { differing, records } => self.on_digest_reply(link, &differing, records),
-            Msg::StateWant { names } => self.on_state_want(link, &names),
-            Msg::States { states } => {
-                for state in states {
-                    self.on_state(state);
-                }
-            }
-            Msg::Refused(refusal) => self.on_refused(link, refusal),
-            // Only ever sent in place of a hello (see `frame`).
-            Msg::Busy { .. } => {
-                self.counters.malformed += 1;
-                warn!(link, peer = %from, "a busy answer after hello; closing the link");
-                self.close(link, "protocol violation: busy after hello");
-            }
+            },
+            Msg::Probe(m) => self.on_probe(link, from, m),
+            Msg::Tree(m) => self.on_tree(from, m),
+            Msg::Sync(m) => self.on_sync(link, m),
+            Msg::Skipped { group, kind, reason } => self.on_skipped(link, from, group, kind, &reason),
         }
     }
 
-    // ------------------------------------------------------------ membership
+    /// A message this node could not read. A newer peer may send kinds this
+    /// node does not know: the link stays, and the first of each kind from
+    /// each peer is logged.
+    fn on_skipped(&mut self, link: LinkId, from: &Arc<str>, group: u32, kind: u32, reason: &str) {
+        self.counters.skipped_msgs += 1;
+        let version = self.links.get(&link).map_or(0, |l| l.version);
+        if self.skipped_logged.len() < 1024 && self.skipped_logged.insert((from.clone(), group, kind)) {
+            info!(peer = %from, group, kind, protocol = version, %reason,
+                "skipped a message this node cannot read (the peer may run a newer release); the link stays");
+        } else {
+            debug!(peer = %from, group, kind, %reason, "skipped a message this node cannot read");
+        }
+    }
 }
 
 /// Up to `count` linked, alive peers other than `target`, starting at a

@@ -1,19 +1,23 @@
-//! Anti-entropy and node states: comparing member tables with a neighbour
-//! by digest and exchanging the records that differ, and keeping the
-//! latest published state of every node.
+//! Anti-entropy of the replicated datasets with a neighbour, by the one
+//! mechanism of [`super::replica`]: a digest, the buckets that differ, the
+//! entries; and what applying each dataset's entries means here. Also
+//! publishing this node's state.
 
-use super::hash::{combine, name_hash};
 use super::members::Applied;
-use super::{
-    members, Action, ClusterCore, CoreError, LinkId, Source, MAX_RECORDS_CATCHING_UP, MAX_RECORDS_PER_EXCHANGE,
+use super::replica::{compare_versions, within_budget, Replicated};
+use super::{Action, ClusterCore, CoreError, LinkId, Source};
+use crate::cluster::protocol::{
+    Items, Lane, Msg, MsgId, Payload, Record, SetId, StateRecord, SyncMsg, SET_MEMBERS, SET_STATES,
 };
-use crate::cluster::protocol::{Lane, Msg, MsgId, Payload, Record, StateRecord};
 use bytes::Bytes;
 use rand::seq::IteratorRandom as _;
 use rand::RngExt as _;
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::info;
+use tracing::debug;
+
+/// States sent per message: a state is up to `max_state_bytes`.
+const STATES_PER_MESSAGE: usize = 32;
 
 impl ClusterCore {
     /// Brings the next anti-entropy round forward to a tenth of its interval.
@@ -22,6 +26,34 @@ impl ClusterCore {
         self.next_anti_entropy = self.next_anti_entropy.min(soon);
     }
 
+    /// The datasets this node holds, by id.
+    fn replica(&self, set: SetId) -> Option<&dyn Replicated> {
+        match set {
+            SET_MEMBERS => Some(&self.table),
+            SET_STATES => Some(&self.states),
+            other => self.held.get(&other).map(|h| &h.entries as &dyn Replicated),
+        }
+    }
+
+    /// Every dataset's digest, as an exchange opens: the root alone, or
+    /// every bucket for sets that open with them.
+    pub(super) fn digests(&self) -> Vec<(SetId, Vec<u64>)> {
+        [SET_MEMBERS, SET_STATES]
+            .into_iter()
+            .chain(self.held.keys().copied())
+            .filter_map(|set| self.replica(set).map(|r| (set, r)))
+            .map(|(set, r)| {
+                let hashes = if r.opens_with_buckets() {
+                    r.digest().buckets().to_vec()
+                } else {
+                    vec![r.digest().root()]
+                };
+                (set, hashes)
+            })
+            .collect()
+    }
+
+    /// Opens an exchange with one overlay neighbour, picked at random.
     pub(super) fn anti_entropy(&mut self) {
         let overlay: Vec<LinkId> = self
             .links
@@ -33,102 +65,153 @@ impl ClusterCore {
             return;
         };
         self.counters.anti_entropy_rounds += 1;
-        self.queue(
-            link,
-            Lane::Control,
-            Msg::Digest {
-                buckets: self.table.digest(),
-            },
-        );
+        let sets = self.digests();
+        self.queue(link, Lane::Control, Msg::Sync(SyncMsg::Digest { sets }));
     }
 
-    /// A neighbour's member digest: answer with our records in the buckets
-    /// that differ.
-    pub(super) fn on_digest(&mut self, link: LinkId, buckets: &[u64]) {
-        let mut differing = self.table.differing(buckets);
-        // While tables change fast (a mass start) most buckets
-        // differ; a bounded number of records per exchange keeps
-        // each one cheap at any size.
-        let per_bucket = self.table.len().div_ceil(members::DIGEST_BUCKETS).max(1);
-        let budget = if differing.len() > members::DIGEST_BUCKETS / 2 {
-            MAX_RECORDS_CATCHING_UP
-        } else {
-            MAX_RECORDS_PER_EXCHANGE
-        };
-        let most = (budget / per_bucket).max(1);
-        if differing.len() > most {
-            let start = self.rng.random_range(0..differing.len());
-            differing.rotate_left(start);
-            differing.truncate(most);
-        }
-        if !differing.is_empty() {
-            let records = self.table.records_in(&differing);
-            self.queue(link, Lane::Control, Msg::DigestReply { differing, records });
-        }
-    }
-
-    /// The answer to our digest: take its records, and send ours for the
-    /// same buckets.
-    pub(super) fn on_digest_reply(&mut self, link: LinkId, differing: &[u16], records: Vec<Record>) {
-        // Tables differ: compare again soon, until they agree.
-        self.anti_entropy_soon();
-        let mine = self.table.records_in(differing);
-        self.on_members(link, records, false);
-        self.queue(
-            link,
-            Lane::Control,
-            Msg::Members {
-                records: mine,
-                snapshot: false,
-            },
-        );
-    }
-
-    pub(super) fn on_members(&mut self, link: LinkId, records: Vec<Record>, snapshot: bool) {
-        if snapshot {
-            self.has_table = true;
-            self.standing_joined();
-            if let Some(ask) = self.joining.remove(&link) {
-                let peer = self.links.get(&link).and_then(|l| l.peer_name().cloned());
-                if let Some(name) = peer {
-                    self.answer_join(ask, Ok(name));
+    pub(super) fn on_sync(&mut self, link: LinkId, msg: SyncMsg) {
+        match msg {
+            SyncMsg::Digest { sets } => {
+                for (set, hashes) in sets {
+                    self.on_digest(link, set, &hashes);
                 }
             }
+            SyncMsg::Differ { set, buckets, have } => self.on_differ(link, set, &buckets, have),
+            SyncMsg::Items { set, items } => self.apply_items(Some(link), set, items, Source::AntiEntropy),
+            SyncMsg::Want { set, keys } => self.on_want(link, set, &keys),
         }
-        let source = if snapshot {
-            Source::Snapshot
-        } else {
-            Source::AntiEntropy
+    }
+
+    /// A neighbour's digest of one dataset: a differing root is answered
+    /// with our bucket hashes, differing buckets with what we hold in them.
+    fn on_digest(&mut self, link: LinkId, set: SetId, theirs: &[u64]) {
+        let start = self.rng.random::<u32>() as usize;
+        let Some(r) = self.replica(set) else {
+            self.counters.unknown_sets += 1;
+            debug!(link, set, "a digest of a dataset this node does not hold; skipped");
+            return;
         };
-        let mut want = Vec::new();
+        let reply = if theirs.len() == 1 {
+            (theirs[0] != r.digest().root()).then(|| SyncMsg::Digest {
+                sets: vec![(set, r.digest().buckets().to_vec())],
+            })
+        } else {
+            // While a set changes fast (a mass start) most buckets differ;
+            // a bounded number of entries per exchange keeps each one
+            // cheap at any size.
+            let differing = within_budget(r.digest().differing(theirs), r.len(), start);
+            (!differing.is_empty()).then(|| {
+                let have = if r.differs_with_entries() {
+                    r.items_in(&differing)
+                } else {
+                    Items::Versions(r.versions_in(&differing))
+                };
+                SyncMsg::Differ {
+                    set,
+                    buckets: differing,
+                    have,
+                }
+            })
+        };
+        if let Some(reply) = reply {
+            self.queue(link, Lane::Control, Msg::Sync(reply));
+        }
+    }
+
+    /// The answer to our digest: what the neighbour holds in the buckets
+    /// that differ. Entries are applied, and ours for those buckets sent
+    /// back; versions are compared, and each side gets what it lacks.
+    fn on_differ(&mut self, link: LinkId, set: SetId, buckets: &[u16], have: Items) {
+        let Some(r) = self.replica(set) else {
+            self.counters.unknown_sets += 1;
+            return;
+        };
+        // What to send back is read before theirs is applied: the records
+        // we held, for the side that sent its own.
+        let (send, apply, want) = match &have {
+            Items::Versions(theirs) => {
+                let (send, want) = compare_versions(&r.versions_in(buckets), theirs);
+                (r.items_for(&send), None, want)
+            }
+            _ => (r.items_in(buckets), Some(have), Vec::new()),
+        };
+        // Sets differ: compare again soon, until they agree.
+        self.anti_entropy_soon();
+        if let Some(theirs) = apply {
+            self.apply_items(Some(link), set, theirs, Source::AntiEntropy);
+        }
+        self.send_items(link, set, send);
+        if !want.is_empty() {
+            self.queue(link, Lane::Control, Msg::Sync(SyncMsg::Want { set, keys: want }));
+        }
+    }
+
+    fn on_want(&mut self, link: LinkId, set: SetId, keys: &[Arc<str>]) {
+        let Some(r) = self.replica(set) else {
+            self.counters.unknown_sets += 1;
+            return;
+        };
+        let items = r.items_for(keys);
+        self.send_items(link, set, items);
+    }
+
+    /// Queues `items` of `set` for `link`, states a few at a time.
+    fn send_items(&mut self, link: LinkId, set: SetId, items: Items) {
+        match items {
+            Items::States(states) => {
+                for chunk in states.chunks(STATES_PER_MESSAGE) {
+                    let items = Items::States(chunk.to_vec());
+                    self.queue(link, Lane::Bulk, Msg::Sync(SyncMsg::Items { set, items }));
+                }
+            }
+            items if !items.is_empty() => self.queue(link, Lane::Bulk, Msg::Sync(SyncMsg::Items { set, items })),
+            _ => {}
+        }
+    }
+
+    /// Applies entries of a dataset by that dataset's rules. Entries of the
+    /// wrong shape for the set are counted and dropped.
+    pub(super) fn apply_items(&mut self, via: Option<LinkId>, set: SetId, items: Items, source: Source<'_>) {
+        match (set, items) {
+            (SET_MEMBERS, Items::Records(records)) => {
+                let changed = self.apply_records(via, records, source);
+                if source == Source::AntiEntropy && changed > 0 {
+                    self.counters.anti_entropy_repairs += changed as u64;
+                }
+            }
+            (SET_STATES, Items::States(states)) => {
+                for state in states {
+                    self.on_state(state);
+                }
+            }
+            (set, Items::Entries(entries)) if self.held.contains_key(&set) => self.take_entries(via, set, entries),
+            (set, items) => {
+                self.counters.unknown_sets += 1;
+                debug!(
+                    ?via,
+                    set,
+                    items = items.len(),
+                    "entries for a dataset this node does not hold, or of the wrong shape; skipped"
+                );
+            }
+        }
+    }
+
+    /// Applies member records (news about this node is answered, not
+    /// applied); answers how many changed something.
+    pub(super) fn apply_records(&mut self, via: Option<LinkId>, records: Vec<Record>, source: Source<'_>) -> usize {
         let mut changed = 0usize;
         for record in records {
             if record.id.name == self.me.name {
-                self.about_me(&record, Some(link));
+                self.about_me(&record, via);
                 continue;
             }
             let applied = self.apply(&record, source);
             if !matches!(applied, Applied::Stale | Applied::SameSuspicion) {
                 changed += 1;
             }
-            let held = self.table.get(&record.id.name);
-            if held.is_some_and(|m| m.id.boot == record.id.boot && record.state_version > m.state_version()) {
-                want.push(record.id.name.clone());
-            }
         }
-        if !snapshot && changed > 0 {
-            self.counters.anti_entropy_repairs += changed as u64;
-        }
-        if snapshot {
-            info!(
-                members = self.table.len(),
-                alive = self.table.up_count(),
-                "received the member table"
-            );
-        }
-        for chunk in want.chunks(512) {
-            self.queue(link, Lane::Control, Msg::StateWant { names: chunk.to_vec() });
-        }
+        changed
     }
 
     /// Publishes this node's state (its status report) to every node.
@@ -149,7 +232,7 @@ impl ClusterCore {
             version: self.state_version,
             data,
         });
-        self.table.set_state(&record);
+        self.states.set(&record, self.me.boot);
         let id = state_id(&record);
         let mut out = Vec::new();
         self.tree.broadcast(id, Payload::State(record), now, &mut out);
@@ -158,32 +241,27 @@ impl ClusterCore {
         Ok(())
     }
 
+    /// A member's new state, by the tree or by anti-entropy: kept if it is
+    /// for the boot of the member this node holds, and newer.
     pub(super) fn on_state(&mut self, state: Arc<StateRecord>) {
         if state.name == self.me.name {
             return;
         }
-        if self.table.set_state(&state) {
+        let Some(boot) = self.table.get(&state.name).map(|m| m.id.boot) else {
+            return;
+        };
+        if self.states.set(&state, boot) {
             self.actions.push_back(Action::State {
                 node: state.name.clone(),
                 data: state.data.clone(),
             });
         }
     }
-
-    /// A neighbour asks for these nodes' states.
-    pub(super) fn on_state_want(&mut self, link: LinkId, names: &[Arc<str>]) {
-        let states: Vec<Arc<StateRecord>> = names
-            .iter()
-            .filter_map(|n| self.table.get(n))
-            .filter_map(|m| m.state.clone())
-            .collect();
-        for chunk in states.chunks(32) {
-            self.queue(link, Lane::Bulk, Msg::States { states: chunk.to_vec() });
-        }
-    }
 }
 
+/// The broadcast id of a state: the same state from two nodes is one message.
 pub(super) fn state_id(state: &StateRecord) -> MsgId {
+    use super::hash::{combine, name_hash};
     let hi = combine(combine(name_hash(&state.name), state.boot), state.version);
     let lo = combine(hi, 0x27d4_eb2f);
     (u128::from(hi) << 64) | u128::from(lo) | 1

@@ -2,8 +2,12 @@
 //! network under a mocked clock. (Many-node behaviour is tested on the
 //! simulator, in `tests/cluster_sim.rs`.)
 
+use super::replica::Replicated as _;
+use super::replica::{MAX_ITEMS_CATCHING_UP, MAX_ITEMS_PER_EXCHANGE};
 use super::*;
-use crate::cluster::protocol::{Hello, Record, StateRecord, PROTOCOL_VERSION};
+use crate::cluster::protocol::{
+    Hello, Items, ProbeMsg, ProtocolRange, Record, Refusal, StateRecord, SyncMsg, TreeMsg, SET_MEMBERS, SET_STATES,
+};
 use std::collections::{BTreeMap, HashMap};
 
 /// Cores joined by instant links.
@@ -296,16 +300,15 @@ fn a_node_suspected_or_declared_dead_refutes_and_comes_back() {
         id: b_id,
         incarnation: 0,
         status: Status::Dead,
-        state_version: 0,
     };
     let link = *net.links.iter().find(|(_, l)| l.0 == b).map(|(_, l)| &l.2).unwrap();
     let now = net.now;
     net.cores[a].frame(
         link,
-        Frame::Msgs(vec![Msg::Members {
-            records: vec![rumour.clone()],
-            snapshot: false,
-        }]),
+        Frame::Msgs(vec![Msg::Sync(SyncMsg::Items {
+            set: SET_MEMBERS,
+            items: Items::Records(vec![rumour.clone()]),
+        })]),
         now,
     );
     net.settle();
@@ -433,7 +436,7 @@ fn a_frame_before_hello_or_a_second_hello_closes_the_link() {
     let a = net.add("a", 1, 100);
     let now = net.now;
     net.cores[a].link_up(7, Direction::Inbound, addr(9), now);
-    net.cores[a].frame(7, Frame::Msgs(vec![Msg::Ping { seq: 1 }]), now);
+    net.cores[a].frame(7, Frame::Msgs(vec![Msg::Probe(ProbeMsg::Ping { seq: 1 })]), now);
     assert!(net.cores[a].counters.malformed == 1);
     let closes: Vec<Action> = std::iter::from_fn(|| net.cores[a].poll())
         .filter(|a| matches!(a, Action::Close { link: 7, .. }))
@@ -447,7 +450,7 @@ fn a_frame_before_hello_or_a_second_hello_closes_the_link() {
     net.cores[a].frame(
         8,
         Frame::Hello(Hello {
-            protocol: PROTOCOL_VERSION,
+            protocol: ProtocolRange::OURS,
             cluster: "other".into(),
             id: stranger,
             incarnation: 0,
@@ -458,7 +461,7 @@ fn a_frame_before_hello_or_a_second_hello_closes_the_link() {
     assert!(sent
         .iter()
         .any(|a| matches!(a, Action::Send { frame: Frame::Msgs(m), .. }
-        if matches!(m[..], [Msg::Refused(Refusal::OtherCluster { .. })]))));
+        if matches!(m[..], [Msg::Link(LinkMsg::Refused(Refusal::OtherCluster { .. }))]))));
     assert!(sent.iter().any(|a| matches!(a, Action::Close { link: 8, .. })));
     assert!(net.cores[a].member("s").is_none());
 }
@@ -490,7 +493,7 @@ fn states_reach_every_node_once_and_late_ones_are_pulled_by_digest() {
     net.join(c, b);
     net.advance(Duration::from_secs(3));
     assert_eq!(states(&net, c), vec![Bytes::from_static(b"report one")]);
-    assert_eq!(net.cores[c].member("a").unwrap().state_version(), 1);
+    assert_eq!(net.cores[c].state_of("a").map(|s| s.version), Some(1));
     // Too large a state is refused, not sent.
     let huge = Bytes::from(vec![0u8; ClusterConfig::local().max_state_bytes + 1]);
     assert!(matches!(
@@ -597,9 +600,9 @@ fn a_joiner_does_not_accuse_its_busy_seed_before_the_table_arrives() {
         joiner.tick(t);
         to_seed.extend(sent_on(&drain(&mut joiner), 1));
     }
-    assert!(to_seed.contains(&Msg::Join), "it asked for the table");
+    assert!(to_seed.contains(&Msg::Link(LinkMsg::Join)), "it asked for the table");
     assert!(
-        !to_seed.iter().any(|m| matches!(m, Msg::Ping { .. })),
+        !to_seed.iter().any(|m| matches!(m, Msg::Probe(ProbeMsg::Ping { .. }))),
         "it probed the seed: {to_seed:?}"
     );
     assert_eq!(joiner.member("s").map(|m| m.status), Some(Status::Alive));
@@ -623,7 +626,7 @@ fn a_late_wake_up_reads_the_waiting_ack_before_accusing() {
         net.cores[a].tick(t);
         if let Some(ping) = sent_on(&drain(&mut net.cores[a]), to_b)
             .into_iter()
-            .find(|m| matches!(m, Msg::Ping { .. }))
+            .find(|m| matches!(m, Msg::Probe(ProbeMsg::Ping { .. })))
         {
             break ping;
         }
@@ -694,17 +697,16 @@ fn a_rumour_with_the_highest_incarnation_is_refuted_without_overflow() {
         id: net.cores[b].me().clone(),
         incarnation: u32::MAX,
         status: Status::Suspect,
-        state_version: 0,
     };
     // b's end of its link to a: b hears it from a.
     let link = *net.links.iter().find(|(_, l)| l.0 == a).map(|(_, l)| &l.2).unwrap();
     let now = net.now;
     net.cores[b].frame(
         link,
-        Frame::Msgs(vec![Msg::Members {
-            records: vec![rumour],
-            snapshot: false,
-        }]),
+        Frame::Msgs(vec![Msg::Sync(SyncMsg::Items {
+            set: SET_MEMBERS,
+            items: Items::Records(vec![rumour]),
+        })]),
         now,
     );
     net.settle();
@@ -712,11 +714,19 @@ fn a_rumour_with_the_highest_incarnation_is_refuted_without_overflow() {
     assert_eq!(net.cores[b].counters.refutations, 1);
 }
 
-/// Records in the `Members` and `DigestReply` messages among `msgs`.
+/// Member records among `msgs`: join tables, and those a sync carries.
 fn records_sent(msgs: &[Msg]) -> Vec<Record> {
     msgs.iter()
         .flat_map(|m| match m {
-            Msg::Members { records, .. } | Msg::DigestReply { records, .. } => records.clone(),
+            Msg::Link(LinkMsg::JoinTable { records })
+            | Msg::Sync(SyncMsg::Items {
+                items: Items::Records(records),
+                ..
+            })
+            | Msg::Sync(SyncMsg::Differ {
+                have: Items::Records(records),
+                ..
+            }) => records.clone(),
             _ => Vec::new(),
         })
         .collect()
@@ -746,7 +756,6 @@ fn a_joiner_of_a_large_cluster_gets_a_bounded_sample_then_catches_up_in_large_ex
                 id,
                 incarnation: 0,
                 status: Status::Alive,
-                state_version: 0,
             },
             now,
         );
@@ -789,14 +798,14 @@ fn a_joiner_of_a_large_cluster_gets_a_bounded_sample_then_catches_up_in_large_ex
     // seed answers with far more than one bucket's worth.
     seed.frame(
         1,
-        Frame::Msgs(vec![Msg::Digest {
-            buckets: joiner.table.digest(),
-        }]),
+        Frame::Msgs(vec![Msg::Sync(SyncMsg::Digest {
+            sets: vec![(SET_MEMBERS, joiner.table.digest().buckets().to_vec())],
+        })]),
         now,
     );
     let reply = records_sent(&sent_on(&drain(&mut seed), 1));
     assert!(
-        reply.len() > 4 * MAX_RECORDS_PER_EXCHANGE && reply.len() <= MAX_RECORDS_CATCHING_UP + 200,
+        reply.len() > 4 * MAX_ITEMS_PER_EXCHANGE && reply.len() <= MAX_ITEMS_CATCHING_UP + 200,
         "{} records in one exchange",
         reply.len()
     );
@@ -947,18 +956,30 @@ fn frame_corpus() -> &'static [Bytes] {
             data: Bytes::from_static(b"x"),
         });
         let rare = vec![
-            Msg::StateWant {
-                names: vec!["a".into()],
-            },
-            Msg::States { states: vec![state] },
-            Msg::IHave { ids: vec![(7, 2)] },
-            Msg::Graft { ids: vec![7] },
-            Msg::Prune,
-            Msg::Orphan,
-            Msg::Busy {
+            Msg::Sync(SyncMsg::Want {
+                set: SET_STATES,
+                keys: vec!["a".into()],
+            }),
+            Msg::Sync(SyncMsg::Items {
+                set: SET_STATES,
+                items: Items::States(vec![state]),
+            }),
+            Msg::Sync(SyncMsg::Differ {
+                set: SET_STATES,
+                buckets: vec![1, 70],
+                have: Items::Versions(vec![("a".into(), 3)]),
+            }),
+            Msg::Sync(SyncMsg::Digest {
+                sets: vec![(SET_STATES, vec![1]), (900, vec![2])],
+            }),
+            Msg::Tree(TreeMsg::IHave { ids: vec![(7, 2)] }),
+            Msg::Tree(TreeMsg::Graft { ids: vec![7] }),
+            Msg::Tree(TreeMsg::Prune),
+            Msg::Tree(TreeMsg::Orphan),
+            Msg::Link(LinkMsg::Busy {
                 peers: vec![("b".into(), addr(2))],
-            },
-            Msg::Refused(Refusal::Protocol { theirs: 9 }),
+            }),
+            Msg::Link(LinkMsg::Refused(Refusal::Protocol { min: 9, max: 9 })),
         ];
         corpus.extend(rare.into_iter().map(|m| Frame::Msgs(vec![m]).encode()));
         corpus.push(Frame::Direct(Bytes::from_static(b"{\"v\":1}")).encode());
@@ -991,7 +1012,7 @@ proptest::proptest! {
         let mut core = ClusterCore::new("test", NodeId::new("x", addr(9), 1, BTreeMap::new()), ClusterConfig::local(), 5, now);
         core.link_up(1, Direction::Inbound, addr(1), now);
         let hello = Hello {
-            protocol: PROTOCOL_VERSION,
+            protocol: ProtocolRange::OURS,
             cluster: "test".into(),
             id: Arc::new(NodeId::new("a", addr(1), 1, BTreeMap::new())),
             incarnation: 0,
@@ -1011,14 +1032,14 @@ proptest::proptest! {
         let later = now + Duration::from_secs(3);
         core.link_up(2, Direction::Inbound, addr(77), later);
         let hello = Hello {
-            protocol: PROTOCOL_VERSION,
+            protocol: ProtocolRange::OURS,
             cluster: "test".into(),
             id: Arc::new(NodeId::new("a-newcomer", addr(77), 1, BTreeMap::new())),
             incarnation: 0,
         };
         core.frame(2, Frame::Hello(hello), later);
-        core.frame(2, Frame::Msgs(vec![Msg::Ping { seq: 41 }]), later);
-        let acked = sent_on(&drain(&mut core), 2).contains(&Msg::Ack { seq: 41 });
+        core.frame(2, Frame::Msgs(vec![Msg::Probe(ProbeMsg::Ping { seq: 41 })]), later);
+        let acked = sent_on(&drain(&mut core), 2).contains(&Msg::Probe(ProbeMsg::Ack { seq: 41 }));
         proptest::prop_assert!(acked, "the core stopped answering");
     }
 }
@@ -1068,7 +1089,7 @@ fn digests_sent(net: &Net, i: usize, from: usize) -> usize {
         .filter(|(c, act)| {
             *c == i
                 && matches!(act, Action::Send { frame: Frame::Msgs(msgs), .. }
-                    if msgs.iter().any(|m| matches!(m, Msg::Digest { .. })))
+                    if msgs.iter().any(|m| matches!(m, Msg::Sync(SyncMsg::Digest { .. }))))
         })
         .count()
 }
@@ -1116,4 +1137,71 @@ fn news_keeps_table_comparisons_quick_for_a_few_rounds_then_they_slow_down() {
         sent <= most,
         "{sent} comparisons by a in a quiet {quiet:?}: at most {most}"
     );
+}
+
+/// A fleet is upgraded one host at a time: a node that speaks a newer
+/// protocol as well, and sends a message kind this node does not know,
+/// stays linked; the kind is skipped and counted, and the messages around
+/// it are read. Two nodes with no version in common refuse each other,
+/// naming both ranges.
+#[test]
+fn a_newer_peer_stays_linked_and_its_unknown_messages_are_skipped() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let b = net.add("b", 2, 100);
+    net.cores[b].speak(ProtocolRange {
+        min: ProtocolRange::OURS.min,
+        max: ProtocolRange::OURS.max + 1,
+    });
+    net.join(b, a);
+    net.advance(Duration::from_secs(1));
+    assert_eq!(net.status(a, "b"), Some(Status::Alive));
+    assert_eq!(net.status(b, "a"), Some(Status::Alive));
+    let snapshot = net.cores[a].snapshot();
+    assert!(
+        snapshot["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["peer"] == "b" && l["protocol"] == ProtocolRange::OURS.max),
+        "they speak the highest version both know: {snapshot}"
+    );
+
+    // b sends a batch with a kind of a group a does not have, between two
+    // pings, as a newer release would.
+    let (&to_a, _) = net.links.iter().find(|(_, l)| l.0 == b && l.1 == a).unwrap();
+    let (_, _, a_end) = net.links[&to_a];
+    let ping = |seq| postcard::to_allocvec(&Msg::Probe(ProbeMsg::Ping { seq })).unwrap();
+    let mut raw = vec![2u8, 3];
+    for m in [ping(501), vec![7, 0, 1, 2, 3], ping(502)] {
+        raw.push(m.len() as u8);
+        raw.extend(m);
+    }
+    let frame = Frame::decode(Bytes::from(raw)).expect("the batch's framing is sound");
+    let now = net.now;
+    net.cores[a].frame(a_end, frame, now);
+    let sent = sent_on(&drain(&mut net.cores[a]), a_end);
+    assert!(sent.contains(&Msg::Probe(ProbeMsg::Ack { seq: 501 })), "{sent:?}");
+    assert!(sent.contains(&Msg::Probe(ProbeMsg::Ack { seq: 502 })), "{sent:?}");
+    assert_eq!(net.cores[a].counters.skipped_msgs, 1);
+    assert_eq!(net.cores[a].counters.malformed, 0);
+    assert!(net.links.contains_key(&a_end), "the link stays");
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.status(a, "b"), Some(Status::Alive));
+
+    // A node that speaks only a later version is refused with both ranges.
+    let c = net.add("c", 3, 100);
+    net.cores[c].speak(ProtocolRange {
+        min: ProtocolRange::OURS.max + 1,
+        max: ProtocolRange::OURS.max + 2,
+    });
+    net.join(c, a);
+    net.advance(Duration::from_secs(1));
+    assert_eq!(net.status(a, "c"), None, "not admitted");
+    let refused = net.log.iter().find_map(|(i, act)| match act {
+        Action::Joined { result: Err(e), .. } if *i == c => Some(e.to_string()),
+        _ => None,
+    });
+    let refused = refused.expect("c's join was answered with the refusal");
+    assert!(refused.contains("speaks link protocol 3, this one"), "{refused}");
 }

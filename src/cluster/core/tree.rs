@@ -32,7 +32,7 @@
 
 use super::hash::{StableMap, StableSet};
 use super::recent::RecentIds;
-use crate::cluster::protocol::{Lane, Msg, MsgId, Payload};
+use crate::cluster::protocol::{Lane, MsgId, Payload, TreeMsg};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,7 +66,7 @@ pub struct TreeConfig {
 pub enum TreeOut {
     Send {
         to: Arc<str>,
-        msg: Msg,
+        msg: TreeMsg,
         lane: Lane,
     },
     /// A new message, to act on: `from` is the neighbour it came from.
@@ -273,7 +273,7 @@ impl BroadcastTree {
         self.switch = None;
         self.counters.orphaned += 1;
         for n in &self.neighbours {
-            out.push(control(n, Msg::Orphan));
+            out.push(control(n, TreeMsg::Orphan));
         }
     }
 
@@ -297,12 +297,12 @@ impl BroadcastTree {
         }
         if let Some(old) = self.parent.take() {
             if self.neighbours.contains(&old) {
-                out.push(control(&old, Msg::Parent { yes: false }));
+                out.push(control(&old, TreeMsg::Parent { yes: false }));
             }
         }
         self.counters.parent_changes += 1;
         self.children.remove(&p);
-        out.push(control(&p, Msg::Parent { yes: true }));
+        out.push(control(&p, TreeMsg::Parent { yes: true }));
         self.parent = Some(p);
     }
 
@@ -429,7 +429,7 @@ impl BroadcastTree {
             if hops > 0 && !self.is_tree(from) && self.neighbours.contains(from) {
                 self.grafted.remove(from);
                 self.counters.prunes_sent += 1;
-                out.push(control(from, Msg::Prune));
+                out.push(control(from, TreeMsg::Prune));
             }
             return;
         }
@@ -475,7 +475,7 @@ impl BroadcastTree {
             if let Some(c) = self.cache.get(id) {
                 out.push(TreeOut::Send {
                     to: from.clone(),
-                    msg: Msg::Gossip {
+                    msg: TreeMsg::Gossip {
                         id: *id,
                         hops: c.hops.saturating_add(1),
                         payload: c.payload.clone(),
@@ -507,7 +507,7 @@ impl BroadcastTree {
                 self.my_hops = 0;
                 self.grafted.clear();
                 if let Some(old) = self.parent.take() {
-                    out.push(control(&old, Msg::Parent { yes: false }));
+                    out.push(control(&old, TreeMsg::Parent { yes: false }));
                 }
                 self.counters.beacons_sent += 1;
                 for n in &self.neighbours {
@@ -529,7 +529,7 @@ impl BroadcastTree {
                 if !ids.is_empty() {
                     out.push(TreeOut::Send {
                         to: to.clone(),
-                        msg: Msg::IHave { ids },
+                        msg: TreeMsg::IHave { ids },
                         lane: Lane::Bulk,
                     });
                 }
@@ -574,7 +574,7 @@ impl BroadcastTree {
             if !self.is_tree(&peer) {
                 self.grafted.insert(peer.clone());
             }
-            out.push(control(&peer, Msg::Graft { ids }));
+            out.push(control(&peer, TreeMsg::Graft { ids }));
         }
     }
 
@@ -617,7 +617,7 @@ impl BroadcastTree {
             if flood || self.is_eager(peer) {
                 out.push(TreeOut::Send {
                     to: peer.clone(),
-                    msg: Msg::Gossip {
+                    msg: TreeMsg::Gossip {
                         id,
                         hops,
                         payload: payload.clone(),
@@ -683,7 +683,7 @@ fn fold(id: MsgId) -> u64 {
     (id >> 64) as u64 ^ id as u64
 }
 
-fn control(to: &Arc<str>, msg: Msg) -> TreeOut {
+fn control(to: &Arc<str>, msg: TreeMsg) -> TreeOut {
     TreeOut::Send {
         to: to.clone(),
         msg,
@@ -694,7 +694,7 @@ fn control(to: &Arc<str>, msg: Msg) -> TreeOut {
 fn beacon(to: &Arc<str>, round: &Round, hops: u16) -> TreeOut {
     control(
         to,
-        Msg::Beacon {
+        TreeMsg::Beacon {
             root: round.root.clone(),
             rank: round.rank,
             boot: round.boot,
@@ -709,6 +709,7 @@ fn payload_size(payload: &Payload) -> usize {
         Payload::Envelope(b) => b.len(),
         Payload::State(s) => s.data.len() + 48,
         Payload::Update { .. } => 96,
+        Payload::Entry { entry, .. } => entry.body.len() + entry.key.len() + 48,
     }
 }
 
@@ -747,7 +748,7 @@ mod tests {
         Payload::Envelope(Bytes::from_static(b"{}"))
     }
 
-    fn sends(out: &[TreeOut]) -> Vec<(String, Msg)> {
+    fn sends(out: &[TreeOut]) -> Vec<(String, TreeMsg)> {
         out.iter()
             .filter_map(|o| match o {
                 TreeOut::Send { to, msg, .. } => Some((to.to_string(), msg.clone())),
@@ -774,10 +775,10 @@ mod tests {
         assert_eq!(tree.parent().map(|p| &**p), Some("a"));
         assert_eq!(tree.depth(), 3);
         let s = sends(&out);
-        assert!(s.contains(&("a".into(), Msg::Parent { yes: true })));
+        assert!(s.contains(&("a".into(), TreeMsg::Parent { yes: true })));
         let passed: Vec<&String> = s
             .iter()
-            .filter(|(_, m)| matches!(m, Msg::Beacon { .. }))
+            .filter(|(_, m)| matches!(m, TreeMsg::Beacon { .. }))
             .map(|(to, _)| to)
             .collect();
         assert_eq!(passed.len(), 2, "to b and c, not back to a");
@@ -788,7 +789,7 @@ mod tests {
         assert!(out.is_empty());
         // A neighbour on an older round is brought up to date.
         tree.on_beacon(&name("c"), round(0), 1, true, t0, &mut out);
-        assert!(matches!(&sends(&out)[..], [(to, Msg::Beacon { round: 1, hops: 3, .. })] if to == "c"));
+        assert!(matches!(&sends(&out)[..], [(to, TreeMsg::Beacon { round: 1, hops: 3, .. })] if to == "c"));
         out.clear();
         // A beacon from a root that is not a member here is ignored.
         tree.on_beacon(&name("b"), round(9), 1, false, t0, &mut out);
@@ -812,7 +813,7 @@ mod tests {
         tree.on_beacon(&name("b"), round(3), 1, true, t0 + Duration::from_secs(1), &mut out);
         tree.tick(t0 + Duration::from_millis(1100), &mut out);
         assert_eq!(tree.parent().map(|p| &**p), Some("b"));
-        assert!(sends(&out).contains(&("a".into(), Msg::Parent { yes: false })));
+        assert!(sends(&out).contains(&("a".into(), TreeMsg::Parent { yes: false })));
     }
 
     #[test]
@@ -830,7 +831,7 @@ mod tests {
             Some("b"),
             "c is farther than this node: maybe below it"
         );
-        assert!(sends(&out).contains(&("b".into(), Msg::Parent { yes: true })));
+        assert!(sends(&out).contains(&("b".into(), TreeMsg::Parent { yes: true })));
     }
 
     #[test]
@@ -852,7 +853,7 @@ mod tests {
         assert!(tree.round().is_none());
         let told: Vec<String> = sends(&out)
             .into_iter()
-            .filter(|(_, m)| *m == Msg::Orphan)
+            .filter(|(_, m)| *m == TreeMsg::Orphan)
             .map(|(to, _)| to)
             .collect();
         assert_eq!(told.len(), 2, "b and c hear it: {told:?}");
@@ -871,7 +872,7 @@ mod tests {
         assert_eq!(child.parent().map(|p| &**p), Some("q"));
         out.clear();
         child.on_orphan(&name("r"), &mut out);
-        assert!(matches!(&sends(&out)[..], [(to, Msg::Beacon { round: 1, hops: 1, .. })] if to == "r"));
+        assert!(matches!(&sends(&out)[..], [(to, TreeMsg::Beacon { round: 1, hops: 1, .. })] if to == "r"));
     }
 
     #[test]
@@ -888,7 +889,10 @@ mod tests {
         assert_eq!(pushed, vec!["kid".to_string()], "down the tree only");
         out.clear();
         tree.tick(t0 + Duration::from_millis(25), &mut out);
-        assert_eq!(sends(&out), vec![("other".into(), Msg::IHave { ids: vec![(1, 4)] })]);
+        assert_eq!(
+            sends(&out),
+            vec![("other".into(), TreeMsg::IHave { ids: vec![(1, 4)] })]
+        );
         // A duplicate over a tree link is not pruned.
         out.clear();
         tree.on_gossip(&name("kid"), 1, 5, envelope(), t0, &mut out);
@@ -908,16 +912,16 @@ mod tests {
         tree.tick(t0 + Duration::from_millis(50), &mut out);
         assert!(out.is_empty(), "the message may still come by the tree");
         tree.tick(t0 + Duration::from_millis(100), &mut out);
-        assert_eq!(sends(&out), vec![("a".into(), Msg::Graft { ids: vec![7] })]);
+        assert_eq!(sends(&out), vec![("a".into(), TreeMsg::Graft { ids: vec![7] })]);
         out.clear();
         tree.tick(t0 + Duration::from_millis(150), &mut out);
-        assert_eq!(sends(&out), vec![("b".into(), Msg::Graft { ids: vec![7] })]);
+        assert_eq!(sends(&out), vec![("b".into(), TreeMsg::Graft { ids: vec![7] })]);
         out.clear();
         tree.on_gossip(&name("b"), 7, 4, envelope(), t0, &mut out);
         assert!(matches!(out[0], TreeOut::Deliver { id: 7, .. }));
         out.clear();
         tree.on_gossip(&name("a"), 7, 3, envelope(), t0, &mut out);
-        assert_eq!(sends(&out), vec![("a".into(), Msg::Prune)]);
+        assert_eq!(sends(&out), vec![("a".into(), TreeMsg::Prune)]);
     }
 
     #[test]
@@ -928,7 +932,7 @@ mod tests {
         assert!(tree.is_root());
         let mut out = Vec::new();
         tree.tick(t0, &mut out);
-        assert!(matches!(&sends(&out)[..], [(to, Msg::Beacon { round: 1, hops: 0, .. })] if to == "a"));
+        assert!(matches!(&sends(&out)[..], [(to, TreeMsg::Beacon { round: 1, hops: 0, .. })] if to == "a"));
         let mine = tree.round().unwrap().rank;
         out.clear();
         let better = Round {

@@ -1,78 +1,37 @@
-//! The control API (SPEC §6): HTTP + JSON on loopback, every route in this
-//! file. The CLI, scripts and (later) the dashboard talk to the node here.
+//! The control API: HTTP + JSON on loopback. The CLI, scripts and the
+//! dashboard talk to the node here. Every route is in the table of
+//! [`serve`]; the routes of deploys and the deployments table are in
+//! `deployments.rs`, the errors and shared checks in `error.rs`.
 //!
 //! Every error is `{"error": "<human sentence>", "code": "<snake_case>"}` with
 //! a 4xx/5xx status, and every rejected input is logged. Bad input never
 //! touches the node's state.
 
-use crate::actors::cluster_bus::{ClusterStatus, ListMembers, MemberStatus};
+mod deployments;
+mod error;
+mod tags;
+
+use self::error::{list_members, parse_target, ApiError, DEFAULT_REQUEST_TIMEOUT_MS, MAX_REQUEST_TIMEOUT_MS};
+use crate::actors::cluster_bus::{ClusterStatus, MemberStatus};
 use crate::actors::transponder::{PublishToCluster, RequestCluster};
 use crate::actors::ModuleState;
-use crate::deploy::origin::{self, DeployRequest, OriginError};
 use crate::monitor::answer::{Isolation, StatusAnswer};
 use crate::monitor::board::{summarize, NodeView};
 use crate::node::NodeHandle;
-use crate::wire::{Envelope, MessageType, Target};
+use crate::wire::{Envelope, MessageType};
 use actix_web::dev::Service;
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::StatusCode;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 use futures_util::future::Either;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio_stream::wrappers::BroadcastStream;
 use tracing::{debug, warn, Instrument};
-
-/// The default and the largest timeout of `POST /v1/request`.
-pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5_000;
-pub const MAX_REQUEST_TIMEOUT_MS: u64 = 600_000;
-
-/// An API error in the SPEC §6 format.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-    }
-}
-
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.message, self.code)
-    }
-}
-
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.status
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({"error": self.message, "code": self.code}))
-    }
-}
 
 /// Starts the control API on `addr`; answers the server handle and the
 /// address it actually bound (for port 0).
@@ -123,9 +82,13 @@ pub fn serve(
             .route("/v1/publish", web::post().to(publish))
             .route("/v1/request", web::post().to(request))
             .route("/v1/events", web::get().to(events))
-            .route("/v1/packages", web::post().to(upload_package))
-            .route("/v1/deploy", web::post().to(deploy))
-            .route("/v1/undeploy", web::post().to(undeploy))
+            .route("/v1/packages", web::post().to(deployments::upload_package))
+            .route("/v1/deploy", web::post().to(deployments::deploy))
+            .route("/v1/undeploy", web::post().to(deployments::undeploy))
+            .route("/v1/deployments", web::get().to(deployments::list))
+            .route("/v1/deployments/{id}/{command}", web::post().to(deployments::steer))
+            .route("/v1/tags", web::get().to(tags::show))
+            .route("/v1/tags", web::post().to(tags::change))
             .route("/v1/modules", web::get().to(modules))
             .route("/v1/status", web::get().to(status))
             .route("/metrics", web::get().to(metrics))
@@ -256,17 +219,6 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ))
 }
 
-fn parse_target(target: Option<&str>) -> Result<Option<Target>, ApiError> {
-    target
-        .map(|t| {
-            Target::parse(t).map_err(|e| {
-                warn!(error = %e, "rejected API request with a bad selector");
-                ApiError::bad_request("bad_selector", e.to_string())
-            })
-        })
-        .transpose()
-}
-
 fn check_address(address: &str) -> Result<(), ApiError> {
     if address.trim().is_empty() {
         warn!("rejected API request with an empty address");
@@ -278,15 +230,6 @@ fn check_address(address: &str) -> Result<(), ApiError> {
 fn transponder(node: &NodeHandle) -> Result<actix::Addr<crate::actors::Transponder>, ApiError> {
     node.transponder()
         .ok_or_else(|| ApiError::unavailable("the transponder is restarting; try again in a moment"))
-}
-
-async fn list_members(node: &NodeHandle) -> Result<Vec<crate::actors::Member>, ApiError> {
-    node.ctx
-        .cluster
-        .members
-        .send(ListMembers)
-        .await
-        .map_err(|_| ApiError::unavailable("the cluster bus is not running"))
 }
 
 async fn health(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
@@ -437,219 +380,6 @@ async fn events(node: web::Data<NodeHandle>, query: web::Query<EventsQuery>) -> 
         .streaming(hello.chain(live))
 }
 
-/// The default and the largest time one node may take to deploy.
-pub const DEFAULT_DEPLOY_TIMEOUT_MS: u64 = 120_000;
-
-#[derive(Deserialize)]
-struct SourceBody {
-    url: Option<String>,
-    path: Option<String>,
-    /// The sha256 of a package this node holds: one uploaded with
-    /// `POST /v1/packages`, as the CLI does for a local file.
-    package: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct DeployBody {
-    module: String,
-    source: SourceBody,
-    sha256: Option<String>,
-    config: Option<Value>,
-    target: Option<String>,
-    batch: Option<usize>,
-    #[serde(default)]
-    continue_on_error: bool,
-    timeout_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct UndeployBody {
-    module: String,
-    target: Option<String>,
-    batch: Option<usize>,
-    #[serde(default)]
-    continue_on_error: bool,
-    timeout_ms: Option<u64>,
-}
-
-fn rejected(code: &'static str, message: impl Into<String>) -> ApiError {
-    let api = ApiError::bad_request(code, message);
-    warn!(code, error = %api.message, "rejected API request");
-    api
-}
-
-fn deploy_timeout(timeout_ms: Option<u64>) -> Result<Duration, ApiError> {
-    let ms = timeout_ms.unwrap_or(DEFAULT_DEPLOY_TIMEOUT_MS);
-    if ms == 0 || ms > MAX_REQUEST_TIMEOUT_MS {
-        return Err(rejected(
-            "invalid_request",
-            format!("`timeout_ms` must be between 1 and {MAX_REQUEST_TIMEOUT_MS}"),
-        ));
-    }
-    Ok(Duration::from_millis(ms))
-}
-
-fn check_batch(batch: Option<usize>) -> Result<(), ApiError> {
-    if batch == Some(0) {
-        return Err(rejected("invalid_request", "`batch` must be at least 1"));
-    }
-    Ok(())
-}
-
-/// A deploy refused at the origin, as a 400 with its code (500 for a
-/// failure of this node's own).
-fn origin_rejected(e: OriginError) -> ApiError {
-    match e {
-        OriginError::Internal(message) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
-        e => rejected(e.code(), e.to_string()),
-    }
-}
-
-#[derive(Deserialize)]
-struct UploadQuery {
-    sha256: Option<String>,
-}
-
-/// `POST /v1/packages`: a package's bytes, streamed into this node's cache
-/// (up to `--max-package`, hashed as they come, checked against `?sha256=`
-/// when given) and kept only if it is a valid package. The CLI uploads a
-/// local package this way, reading it as its own user, so the node never
-/// opens a path a caller names (SPEC §6 differs: see the README).
-async fn upload_package(
-    node: web::Data<NodeHandle>,
-    query: web::Query<UploadQuery>,
-    mut body: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let expected = origin::optional_sha256(query.sha256.as_deref()).map_err(origin_rejected)?;
-    let limit = node.settings.deployer.max_package_bytes;
-    let fetch_rejected = |e| origin_rejected(OriginError::Fetch(e));
-    let mut partial = node.deploy.cache.begin(limit).await.map_err(fetch_rejected)?;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| rejected("invalid_request", format!("the upload broke off: {e}")))?;
-        partial.write(&chunk).await.map_err(fetch_rejected)?;
-    }
-    let held = partial.finish(expected.as_deref()).await.map_err(fetch_rejected)?;
-    let manifest = origin::held_manifest(&node.deploy, &held)
-        .await
-        .map_err(origin_rejected)?;
-    debug!(sha256 = %held.sha256, size = held.size, module_name = %manifest.name, "package uploaded");
-    Ok(HttpResponse::Ok().json(json!({
-        "sha256": held.sha256,
-        "size": held.size,
-        "module": manifest.name,
-        "version": manifest.version,
-    })))
-}
-
-async fn deploy(
-    node: web::Data<NodeHandle>,
-    http: HttpRequest,
-    req: web::Json<DeployBody>,
-) -> Result<HttpResponse, ApiError> {
-    let req = req.into_inner();
-    parse_target(req.target.as_deref())?;
-    check_batch(req.batch)?;
-    let timeout = deploy_timeout(req.timeout_ms)?;
-    let request = DeployRequest {
-        module: &req.module,
-        url: req.source.url.as_deref(),
-        path: req.source.path.as_deref(),
-        package: req.source.package.as_deref(),
-        sha256: req.sha256.as_deref(),
-        config: req.config.as_ref(),
-    };
-    let order = origin::order_for(&node.deploy, &node.ctx.identity.name, &node.settings.deployer, request)
-        .await
-        .map_err(origin_rejected)?;
-    let rollout = crate::deploy::rollout::Rollout {
-        kind: MessageType::Deploy,
-        order: serde_json::to_value(order).unwrap_or(Value::Null),
-        target: req.target,
-        batch: req.batch,
-        continue_on_error: req.continue_on_error,
-        timeout,
-    };
-    run_rollout(node.get_ref().clone(), &http, rollout).await
-}
-
-async fn undeploy(
-    node: web::Data<NodeHandle>,
-    http: HttpRequest,
-    req: web::Json<UndeployBody>,
-) -> Result<HttpResponse, ApiError> {
-    let req = req.into_inner();
-    crate::deploy::manifest::check_module_name(&req.module).map_err(|e| rejected("invalid_request", e))?;
-    parse_target(req.target.as_deref())?;
-    check_batch(req.batch)?;
-    let rollout = crate::deploy::rollout::Rollout {
-        kind: MessageType::Undeploy,
-        order: json!({"module": req.module}),
-        target: req.target,
-        batch: req.batch,
-        continue_on_error: req.continue_on_error,
-        timeout: deploy_timeout(req.timeout_ms)?,
-    };
-    run_rollout(node.get_ref().clone(), &http, rollout).await
-}
-
-/// Answers the outcome as one JSON object, or, when the client accepts
-/// `application/x-ndjson`, streams one line per event as results arrive:
-/// `{"event":"start","expected":[…]}`, `{"event":"result",…}` per node, and
-/// `{"event":"done",…outcome}` (or `{"event":"error","error"}`) last.
-async fn run_rollout(
-    node: NodeHandle,
-    http: &HttpRequest,
-    rollout: crate::deploy::rollout::Rollout,
-) -> Result<HttpResponse, ApiError> {
-    let streaming = http
-        .headers()
-        .get(actix_web::http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/x-ndjson"));
-    if !streaming {
-        let outcome = crate::deploy::rollout::run(&node.ctx, rollout, None)
-            .await
-            .map_err(ApiError::unavailable)?;
-        return Ok(HttpResponse::Ok().json(outcome));
-    }
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
-    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
-    let forward = tx.clone();
-    actix_rt::spawn(async move {
-        while let Some(p) = progress_rx.recv().await {
-            let _ = forward.send(serde_json::to_value(p).unwrap_or(Value::Null));
-        }
-    });
-    actix_rt::spawn(
-        async move {
-            let last = match crate::deploy::rollout::run(&node.ctx, rollout, Some(progress_tx)).await {
-                Ok(outcome) => {
-                    let mut v = serde_json::to_value(outcome).unwrap_or(Value::Null);
-                    if let Some(obj) = v.as_object_mut() {
-                        obj.insert("event".into(), json!("done"));
-                    }
-                    v
-                }
-                Err(e) => json!({"event": "error", "error": e}),
-            };
-            // Let the forwarder flush the last results first.
-            tokio::task::yield_now().await;
-            let _ = tx.send(last);
-        }
-        .in_current_span(),
-    );
-    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|v| {
-        let mut line = serde_json::to_vec(&v).unwrap_or_default();
-        line.push(b'\n');
-        Ok::<_, actix_web::Error>(Bytes::from(line))
-    });
-    Ok(HttpResponse::Ok()
-        .content_type("application/x-ndjson")
-        .insert_header(("Cache-Control", "no-cache"))
-        .streaming(lines))
-}
-
-/// `?target=`: the nodes a read is about, in the `--target` syntax.
 #[derive(Deserialize)]
 struct TargetQuery {
     target: Option<String>,
@@ -766,7 +496,7 @@ async fn dashboard() -> HttpResponse {
         .body(DASHBOARD_HTML)
 }
 
-const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+const DASHBOARD_HTML: &str = include_str!("../dashboard/index.html");
 
 /// Every actor's state snapshot (what SIGUSR1 logs), as JSON.
 async fn debug_state(node: web::Data<NodeHandle>) -> HttpResponse {

@@ -1,0 +1,397 @@
+//! The routes of deploys and the deployments table: uploading a package,
+//! `POST /v1/deploy` and `/v1/undeploy` (a table entry written, its results
+//! gathered), `GET /v1/deployments` (the table with its convergence) and
+//! `POST /v1/deployments/{id}/{pause|resume|revert}`.
+
+use super::error::{list_members, parse_target, rejected, ApiError, MAX_REQUEST_TIMEOUT_MS};
+use crate::actors::cluster_bus::ListEntries;
+use crate::cluster::protocol::SET_DEPLOYMENTS;
+use crate::deploy::origin::{self, DeployRequest, OriginError};
+use crate::deploy::publish;
+use crate::deploy::rollout;
+use crate::deploy::table::{Action, Amount, Deployment, RolloutPolicy, Row};
+use crate::deploy::view::{view, EntryView};
+use crate::node::NodeHandle;
+use crate::wire::now_ms;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tracing::{debug, info, Instrument};
+
+/// The default and the largest time a deploy waits for the nodes' results.
+pub const DEFAULT_DEPLOY_TIMEOUT_MS: u64 = 120_000;
+
+#[derive(Deserialize)]
+pub struct SourceBody {
+    url: Option<String>,
+    path: Option<String>,
+    /// The sha256 of a package this node holds: one uploaded with
+    /// `POST /v1/packages`, as the CLI does for a local file.
+    package: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct DeployBody {
+    module: String,
+    source: SourceBody,
+    sha256: Option<String>,
+    config: Option<Value>,
+    target: Option<String>,
+    #[serde(flatten)]
+    rollout: RolloutBody,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+pub struct UndeployBody {
+    module: String,
+    target: Option<String>,
+    #[serde(flatten)]
+    rollout: RolloutBody,
+    timeout_ms: Option<u64>,
+}
+
+/// A rollout's fields in a deploy or undeploy: amounts as a number of
+/// nodes (`3`) or a share (`"25%"`).
+#[derive(Deserialize, Default)]
+pub struct RolloutBody {
+    canary: Option<Value>,
+    batch: Option<Value>,
+    health_window_ms: Option<u64>,
+    max_failed: Option<Value>,
+    revert: Option<bool>,
+}
+
+impl RolloutBody {
+    /// The rollout asked for, if any: waves of `batch` after a first wave
+    /// of `canary` (either one alone sets both).
+    fn policy(&self) -> Result<Option<RolloutPolicy>, ApiError> {
+        let amount = |field: &str, v: &Option<Value>| -> Result<Option<Amount>, ApiError> {
+            let text = match v {
+                None | Some(Value::Null) => return Ok(None),
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => {
+                    return Err(rejected(
+                        "invalid_request",
+                        format!("`{field}` must be a number of nodes or a percentage such as \"25%\", not {other}"),
+                    ))
+                }
+            };
+            Amount::parse(&text)
+                .map(Some)
+                .map_err(|e| rejected("invalid_request", format!("`{field}`: {e}")))
+        };
+        let canary = amount("canary", &self.canary)?;
+        let batch = amount("batch", &self.batch)?;
+        if canary.is_none() && batch.is_none() {
+            if self.health_window_ms.is_some() || self.max_failed.is_some() || self.revert.is_some() {
+                return Err(rejected(
+                    "invalid_request",
+                    "`health_window_ms`, `max_failed` and `revert` come with a rollout: give `canary` or `batch`",
+                ));
+            }
+            return Ok(None);
+        }
+        for (field, a) in [("canary", canary), ("batch", batch)] {
+            if matches!(a, Some(Amount::Nodes(0))) || matches!(a, Some(Amount::Percent(p)) if p <= 0.0) {
+                return Err(rejected(
+                    "invalid_request",
+                    format!("`{field}` must release at least one node"),
+                ));
+            }
+        }
+        Ok(Some(RolloutPolicy {
+            canary: canary.or(batch).unwrap_or(Amount::Nodes(1)),
+            batch: batch.unwrap_or(Amount::Percent(100.0)),
+            health_window_ms: self.health_window_ms.unwrap_or(DEFAULT_HEALTH_WINDOW_MS),
+            max_failed: amount("max_failed", &self.max_failed)?.unwrap_or(Amount::Nodes(0)),
+            revert: self.revert.unwrap_or(true),
+        }))
+    }
+}
+
+/// How long each wave of a rollout must stay healthy, unless asked otherwise.
+const DEFAULT_HEALTH_WINDOW_MS: u64 = 30_000;
+
+fn deploy_timeout(timeout_ms: Option<u64>) -> Result<Duration, ApiError> {
+    let ms = timeout_ms.unwrap_or(DEFAULT_DEPLOY_TIMEOUT_MS);
+    if ms == 0 || ms > MAX_REQUEST_TIMEOUT_MS {
+        return Err(rejected(
+            "invalid_request",
+            format!("`timeout_ms` must be between 1 and {MAX_REQUEST_TIMEOUT_MS}"),
+        ));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// A deploy refused at the origin, as a 400 with its code (500 for a
+/// failure of this node's own).
+fn origin_rejected(e: OriginError) -> ApiError {
+    match e {
+        OriginError::Internal(message) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+        e => rejected(e.code(), e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct UploadQuery {
+    sha256: Option<String>,
+}
+
+/// `POST /v1/packages`: a package's bytes, streamed into this node's cache
+/// (up to `--max-package`, hashed as they come, checked against `?sha256=`
+/// when given) and kept only if it is a valid package. The CLI uploads a
+/// local package this way, reading it as its own user, so the node never
+/// opens a path a caller names (SPEC §6 differs: see the README).
+pub async fn upload_package(
+    node: web::Data<NodeHandle>,
+    query: web::Query<UploadQuery>,
+    mut body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let expected = origin::optional_sha256(query.sha256.as_deref()).map_err(origin_rejected)?;
+    let limit = node.settings.deployer.max_package_bytes;
+    let fetch_rejected = |e| origin_rejected(OriginError::Fetch(e));
+    let mut partial = node.deploy.cache.begin(limit).await.map_err(fetch_rejected)?;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| rejected("invalid_request", format!("the upload broke off: {e}")))?;
+        partial.write(&chunk).await.map_err(fetch_rejected)?;
+    }
+    let held = partial.finish(expected.as_deref()).await.map_err(fetch_rejected)?;
+    let manifest = origin::held_manifest(&node.deploy, &held)
+        .await
+        .map_err(origin_rejected)?;
+    debug!(sha256 = %held.sha256, size = held.size, module_name = %manifest.name, "package uploaded");
+    Ok(HttpResponse::Ok().json(json!({
+        "sha256": held.sha256,
+        "size": held.size,
+        "module": manifest.name,
+        "version": manifest.version,
+    })))
+}
+
+pub async fn deploy(
+    node: web::Data<NodeHandle>,
+    http: HttpRequest,
+    req: web::Json<DeployBody>,
+) -> Result<HttpResponse, ApiError> {
+    let req = req.into_inner();
+    parse_target(req.target.as_deref())?;
+    let policy = req.rollout.policy()?;
+    let timeout = deploy_timeout(req.timeout_ms)?;
+    let request = DeployRequest {
+        module: &req.module,
+        url: req.source.url.as_deref(),
+        path: req.source.path.as_deref(),
+        package: req.source.package.as_deref(),
+        sha256: req.sha256.as_deref(),
+        config: req.config.as_ref(),
+    };
+    let order = origin::order_for(&node.deploy, &node.ctx.identity.name, &node.settings.deployer, request)
+        .await
+        .map_err(origin_rejected)?;
+    let deployment = Deployment {
+        module: order.module,
+        target: req.target,
+        action: Action::Deploy,
+        source: Some(order.source),
+        sha256: order.sha256,
+        config: order.config,
+        ts: now_ms(),
+        rollout: None,
+    };
+    run_publish(node.get_ref().clone(), &http, deployment, policy, timeout).await
+}
+
+pub async fn undeploy(
+    node: web::Data<NodeHandle>,
+    http: HttpRequest,
+    req: web::Json<UndeployBody>,
+) -> Result<HttpResponse, ApiError> {
+    let req = req.into_inner();
+    crate::deploy::manifest::check_module_name(&req.module).map_err(|e| rejected("invalid_request", e))?;
+    if crate::modules::registry::CORE_MODULES.contains(&req.module.as_str()) {
+        return Err(rejected(
+            "reserved",
+            format!("`{}` is a core module of every node", req.module),
+        ));
+    }
+    parse_target(req.target.as_deref())?;
+    let policy = req.rollout.policy()?;
+    let deployment = Deployment {
+        module: req.module,
+        target: req.target,
+        action: Action::Undeploy,
+        source: None,
+        sha256: None,
+        config: None,
+        ts: now_ms(),
+        rollout: None,
+    };
+    run_publish(
+        node.get_ref().clone(),
+        &http,
+        deployment,
+        policy,
+        deploy_timeout(req.timeout_ms)?,
+    )
+    .await
+}
+
+/// Writes the entry and answers its outcome as one JSON object, or, when
+/// the client accepts `application/x-ndjson`, streams one line per event as
+/// results arrive: `{"event":"start",…}`, `{"event":"result",…}` per node,
+/// and `{"event":"done",…outcome}` (or `{"event":"error","error"}`) last.
+/// With a rollout, the entry is released to the first wave only, and this
+/// node drives the next waves.
+async fn run_publish(
+    node: NodeHandle,
+    http: &HttpRequest,
+    deployment: Deployment,
+    policy: Option<RolloutPolicy>,
+    timeout: Duration,
+) -> Result<HttpResponse, ApiError> {
+    let streaming = http
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    let rolling = policy.is_some();
+    if !streaming {
+        let outcome = publish::publish(&node.ctx, deployment, policy, timeout, None)
+            .await
+            .map_err(ApiError::unavailable)?;
+        if rolling {
+            node.drive_rollout(outcome.id);
+        }
+        return Ok(HttpResponse::Ok().json(outcome));
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
+    let forward = tx.clone();
+    actix_rt::spawn(async move {
+        while let Some(p) = progress_rx.recv().await {
+            let _ = forward.send(serde_json::to_value(p).unwrap_or(Value::Null));
+        }
+    });
+    actix_rt::spawn(
+        async move {
+            let last = match publish::publish(&node.ctx, deployment, policy, timeout, Some(progress_tx)).await {
+                Ok(outcome) => {
+                    if rolling {
+                        node.drive_rollout(outcome.id);
+                    }
+                    let mut v = serde_json::to_value(outcome).unwrap_or(Value::Null);
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.insert("event".into(), json!("done"));
+                    }
+                    v
+                }
+                Err(e) => json!({"event": "error", "error": e}),
+            };
+            // Let the forwarder flush the last results first.
+            tokio::task::yield_now().await;
+            let _ = tx.send(last);
+        }
+        .in_current_span(),
+    );
+    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|v| {
+        let mut line = serde_json::to_vec(&v).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, actix_web::Error>(Bytes::from(line))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(lines))
+}
+
+#[derive(Deserialize)]
+pub struct DeploymentsQuery {
+    module: Option<String>,
+    id: Option<String>,
+}
+
+/// `GET /v1/deployments?module=&id=`: the table, each entry with its
+/// convergence across the alive nodes it wins on, newest first per module.
+pub async fn list(node: web::Data<NodeHandle>, query: web::Query<DeploymentsQuery>) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let entries = table(&node).await?;
+    let members = list_members(&node).await?;
+    let views = node.status.view(&members, std::time::Instant::now());
+    let id = match query.id.as_deref().filter(|i| !i.is_empty()) {
+        Some(prefix) => Some(find(&entries, prefix)?.key.to_string()),
+        None => None,
+    };
+    let listed: Vec<EntryView> = view(&entries, &members, &views, now_ms())
+        .into_iter()
+        .filter(|v| query.module.as_deref().is_none_or(|m| m.is_empty() || v.module == m))
+        .filter(|v| id.as_ref().is_none_or(|id| v.id == *id))
+        .collect();
+    Ok(HttpResponse::Ok().json(listed))
+}
+
+/// `POST /v1/deployments/{id}/{pause|resume|revert}`, from any node: the
+/// rollout's new state, written as a new version of its entry. A resumed
+/// rollout is driven from this node.
+pub async fn steer(node: web::Data<NodeHandle>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let (prefix, command) = path.into_inner();
+    if !["pause", "resume", "revert"].contains(&command.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no command `{command}`: use pause, resume or revert"),
+        ));
+    }
+    let entries = table(&node).await?;
+    let entry = find(&entries, &prefix)?;
+    let row = Row::read(entry).map_err(|e| rejected("invalid_request", e))?;
+    let Some(rollout) = &row.deployment.rollout else {
+        return Err(rejected(
+            "not_a_rollout",
+            format!(
+                "entry {} was deployed to every node at once; there is no rollout to {command}",
+                row.id
+            ),
+        ));
+    };
+    let next = rollout::steer(rollout, &command).map_err(|e| rejected("invalid_state", e))?;
+    info!(entry = %row.id, %command, from = rollout.state.as_str(), to = next.state.as_str(), "steering a rollout");
+    rollout::write_rollout(&node.ctx, &row, next)
+        .await
+        .map_err(ApiError::unavailable)?;
+    if command == "resume" {
+        if let Ok(id) = uuid::Uuid::parse_str(&row.id) {
+            node.drive_rollout(id);
+        }
+    }
+    let entries = table(&node).await?;
+    let members = list_members(&node).await?;
+    let views = node.status.view(&members, std::time::Instant::now());
+    let now = view(&entries, &members, &views, now_ms())
+        .into_iter()
+        .find(|v| *v.id == *row.id);
+    Ok(HttpResponse::Ok().json(now))
+}
+
+/// Every entry of the deployments table this node holds.
+async fn table(node: &NodeHandle) -> Result<Vec<std::sync::Arc<crate::cluster::protocol::Entry>>, ApiError> {
+    node.ctx
+        .cluster
+        .list_entries
+        .send(ListEntries(SET_DEPLOYMENTS))
+        .await
+        .map_err(|_| ApiError::unavailable("the cluster side is not running"))
+}
+
+/// The entry an id or a prefix of it names; a 404 if none does.
+fn find<'a>(
+    entries: &'a [std::sync::Arc<crate::cluster::protocol::Entry>],
+    prefix: &str,
+) -> Result<&'a std::sync::Arc<crate::cluster::protocol::Entry>, ApiError> {
+    crate::deploy::view::find(entries, prefix).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e))
+}

@@ -1,0 +1,142 @@
+//! `conjoiner deployments`: the deployments table, every entry with how
+//! many of the alive nodes it wins on run it (`2/3`), its rollout, and the
+//! nodes that are behind, each with its reason. `pause`, `resume` and
+//! `revert` steer a rollout from any node. Exit code 3 when a node failed
+//! to carry an entry out.
+
+use super::client::ApiClient;
+use super::members::format_table;
+use super::modules::uptime;
+use super::{CliError, EXIT_OK, EXIT_PARTIAL};
+use crate::deploy::view::{short_id, EntryView};
+use serde_json::Value;
+
+#[derive(Debug, clap::Args)]
+pub struct DeploymentsArgs {
+    #[command(subcommand)]
+    pub command: Option<SteerCommand>,
+    /// Only the entries of this module.
+    #[arg(long)]
+    pub module: Option<String>,
+}
+
+/// What to do with a rollout (its entry's id, or a unique start of it).
+#[derive(Debug, clap::Subcommand)]
+pub enum SteerCommand {
+    /// Hold a rollout where it is.
+    Pause { id: String },
+    /// Go on with a paused rollout (or one whose driving node went away);
+    /// this node drives it from now on.
+    Resume { id: String },
+    /// Take a rollout back: every released node returns to the entry it ran before.
+    Revert { id: String },
+}
+
+pub async fn run(http: &str, json_out: bool, args: DeploymentsArgs) -> Result<i32, CliError> {
+    let client = ApiClient::new(http);
+    let raw: Value = match &args.command {
+        None => {
+            let query: Vec<(&str, &str)> = args.module.iter().map(|m| ("module", m.as_str())).collect();
+            client.get("/v1/deployments", &query).await?
+        }
+        Some(command) => {
+            let (verb, id) = match command {
+                SteerCommand::Pause { id } => ("pause", id),
+                SteerCommand::Resume { id } => ("resume", id),
+                SteerCommand::Revert { id } => ("revert", id),
+            };
+            let one: Value = client
+                .post(&format!("/v1/deployments/{id}/{verb}"), &Value::Null)
+                .await?;
+            Value::Array(vec![one])
+        }
+    };
+    let entries: Vec<EntryView> = serde_json::from_value(raw.clone())
+        .map_err(|e| CliError::error(format!("the node's deployments answer is not what this CLI reads: {e}")))?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&raw).unwrap_or_default());
+    } else {
+        print!("{}", screen(&entries));
+    }
+    let failed = entries.iter().any(|e| e.behind.iter().any(|b| b.failed));
+    Ok(if failed { EXIT_PARTIAL } else { EXIT_OK })
+}
+
+/// The ROLLOUT cell: `-`, or its wave, share and state.
+fn rollout_cell(e: &EntryView) -> String {
+    match &e.rollout {
+        None => "-".into(),
+        Some(r) => format!("wave {} {:.0}% {}", r.wave, r.released * 100.0, r.state.as_str()),
+    }
+}
+
+/// The whole screen: the table, then every node that is behind, and why.
+pub fn screen(entries: &[EntryView]) -> String {
+    if entries.is_empty() {
+        return "the deployments table is empty\n".into();
+    }
+    let rows: Vec<[String; 8]> = entries
+        .iter()
+        .map(|e| {
+            [
+                short_id(&e.id).to_string(),
+                e.module.clone(),
+                e.target.clone().unwrap_or_else(|| "*".into()),
+                e.action.as_str().to_string(),
+                e.sha256.as_deref().map_or("-".into(), |s| s.chars().take(12).collect()),
+                format!("{}@{}", e.version.clock, e.version.origin),
+                uptime(e.age_ms.max(1)),
+                format!("{}/{}", e.converged, e.nodes),
+            ]
+        })
+        .collect();
+    let mut out = format_table(
+        [
+            "ID",
+            "MODULE",
+            "TARGET",
+            "ACTION",
+            "SHA256",
+            "VERSION",
+            "AGE",
+            "CONVERGED",
+        ],
+        &rows,
+    );
+    let mut notes = Vec::new();
+    for e in entries {
+        let id = short_id(&e.id);
+        if let Some(r) = &e.rollout {
+            notes.push(format!(
+                "  {id} {}: rollout {}{}",
+                e.module,
+                rollout_cell(e),
+                r.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            ));
+        }
+        for b in &e.behind {
+            notes.push(format!("  {id} {} on {}: {}", e.module, b.node, b.reason));
+        }
+        if !e.absent.is_empty() {
+            notes.push(format!(
+                "  {id} {} on {}: not alive; it catches up when it returns",
+                e.module,
+                e.absent.join(", ")
+            ));
+        }
+        if e.later > 0 {
+            notes.push(format!(
+                "  {id} {}: {} node(s) wait for a later wave",
+                e.module, e.later
+            ));
+        }
+    }
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            out.push_str(&n);
+            out.push('\n');
+        }
+    }
+    out
+}

@@ -1,0 +1,511 @@
+//! The one install pipeline, shared by every path that changes what runs
+//! on a node: fetch the package by sha256 (from its URL, or from any peer
+//! that holds it), check it, stage it, swap it in, start it and watch it
+//! for a probation, then commit, or roll back to the previous version.
+//! Removing a module is here too.
+
+use super::fetch::{CachedPackage, FetchError, PackageSource, StallRule};
+use super::manifest::{check_module_name, merge_config};
+use super::order::{DeployError, DeployOrder, DeployReport, DeployStatus, PeerNews, PeerRequest};
+use super::package::{parse_sha256, UnpackLimits, DEFAULT_MAX_PACKAGE_BYTES};
+use super::state::DeployState;
+use super::store::{InstallRecord, InstalledModule, Staged};
+use crate::actors::cluster_bus::ListMembers;
+use crate::actors::modbus::Publish;
+use crate::actors::supervisor::{ListModules, ModuleInfo, ModuleState, RemoveModule, StartModule};
+use crate::actors::transponder::{PublishToCluster, RequestCluster};
+use crate::actors::ModuleContext;
+use crate::modules::registry::{Builtins, CORE_MODULES};
+use crate::wire::{now_ms, Envelope, MessageType, Source};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// The Deployer's inbox.
+pub const DEPLOYER_ADDRESS: &str = "mod.deployer";
+/// The largest chunk a peer asks for or serves.
+pub const MAX_CHUNK_BYTES: u64 = 512 * 1024;
+
+/// Tunables of the install pipeline.
+#[derive(Debug, Clone)]
+pub struct DeployerConfig {
+    /// The largest package (compressed) fetched, SPEC §8.
+    pub max_package_bytes: u64,
+    /// How long a new version must stay up, with no restart, to count as deployed.
+    pub probation: Duration,
+    /// The longest a whole fetch may take.
+    pub fetch_timeout: Duration,
+    /// Peer-to-peer chunk size, and how long one chunk may take.
+    pub chunk_bytes: u64,
+    pub chunk_timeout: Duration,
+    /// Orders for different modules carried out at once.
+    pub parallel_orders: usize,
+    /// The only directories `file://` sources and `source.path` are read
+    /// from (`agent --package-dir`); none by default.
+    pub package_dirs: Vec<std::path::PathBuf>,
+    /// How slow a package download may be before it fails as stalled.
+    pub stall: StallRule,
+}
+
+impl Default for DeployerConfig {
+    fn default() -> Self {
+        DeployerConfig {
+            max_package_bytes: DEFAULT_MAX_PACKAGE_BYTES,
+            probation: Duration::from_millis(1000),
+            fetch_timeout: Duration::from_secs(300),
+            chunk_bytes: 256 * 1024,
+            chunk_timeout: Duration::from_secs(15),
+            parallel_orders: 4,
+            package_dirs: Vec::new(),
+            stall: StallRule::default(),
+        }
+    }
+}
+
+/// Runs blocking filesystem work off the node's event loop.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// What the pipeline works with: the node's runtime, the package store and
+/// cache, its settings, and the built-in kinds a package may name.
+#[derive(Clone)]
+pub struct Installer {
+    pub ctx: ModuleContext,
+    pub state: Arc<DeployState>,
+    pub config: DeployerConfig,
+    pub builtins: Builtins,
+    /// What this node's deploy traffic is sent as (`<node>`, `deployer`).
+    pub source: Source,
+}
+
+impl Installer {
+    /// Installs `order`'s package and config as module `order.module`, for
+    /// table entry `entry`: fetched by sha256 (from its URL, or from the
+    /// peers that hold it), checked, unpacked into a staging folder,
+    /// swapped in by renames, started, and watched for a probation. If the
+    /// new version does not stay up, the previous one is put back and
+    /// started again.
+    pub async fn install(
+        &self,
+        order: &DeployOrder,
+        entry: Option<&str>,
+        say: &dyn Fn(String),
+    ) -> Result<DeployReport, DeployError> {
+        let state = &self.state;
+        let name = order.module.as_str();
+        check_module_name(name).map_err(DeployError::InvalidOrder)?;
+        if CORE_MODULES.contains(&name) {
+            return Err(DeployError::Reserved(name.to_string()));
+        }
+        let expected = match (&order.sha256, &order.source.peer) {
+            (Some(sha), _) => Some(parse_sha256(sha).map_err(DeployError::InvalidOrder)?),
+            (None, Some(_)) => return Err(DeployError::InvalidOrder("a peer source needs `sha256`".into())),
+            (None, None) => None,
+        };
+        let store = state.store.clone();
+        let lookup = name.to_string();
+        let current = blocking(move || store.read(&lookup).ok()).await;
+        if let (Some(sha), Some(current)) = (&expected, &current) {
+            if let Some(report) = self.unchanged(order, sha, current).await {
+                return Ok(report);
+            }
+        }
+
+        say(format!("fetching {name}"));
+        let fetch = self.fetch(order, expected.as_deref());
+        let package = match tokio::time::timeout(self.config.fetch_timeout, fetch).await {
+            Ok(result) => result?,
+            Err(_) => return Err(DeployError::FetchTimeout(self.config.fetch_timeout.as_secs())),
+        };
+        info!(module_name = %name, sha256 = %package.sha256, size = package.size, "package fetched and checked");
+        if let Some(current) = &current {
+            if let Some(report) = self.unchanged(order, &package.sha256, current).await {
+                return Ok(report);
+            }
+        }
+
+        say(format!("unpacking {name}"));
+        let store = state.store.clone();
+        let limits = UnpackLimits::for_package_limit(self.config.max_package_bytes);
+        let path = package.path.clone();
+        let staged = match blocking(move || store.stage(&path, limits)).await {
+            Ok(staged) => staged,
+            Err(e) => {
+                state.cache.evict(&package);
+                return Err(DeployError::BadPackage(e));
+            }
+        };
+        let manifest = staged.manifest.clone();
+        if manifest.name != name {
+            self.discard(staged).await;
+            return Err(DeployError::BadPackage(format!(
+                "the package holds module `{}`, not `{name}`",
+                manifest.name
+            )));
+        }
+        if let Some(kind) = &manifest.builtin {
+            if self.builtins.get(kind).is_none() {
+                self.discard(staged).await;
+                return Err(DeployError::BadPackage(format!(
+                    "`builtin: {kind}` is not a deployable built-in kind on this node"
+                )));
+            }
+        }
+        let config = merge_config(&manifest.config, order.config.as_ref().unwrap_or(&Value::Null));
+        if !config.is_object() {
+            self.discard(staged).await;
+            return Err(DeployError::InvalidOrder(
+                "the deploy's `config` must be a JSON object".into(),
+            ));
+        }
+        let record = InstallRecord {
+            name: name.to_string(),
+            version: manifest.version.clone(),
+            sha256: package.sha256.clone(),
+            config,
+            installed_at_ms: now_ms(),
+            entry: entry.map(str::to_string),
+        };
+        let store = state.store.clone();
+        let (staged, completed) = blocking(move || {
+            let r = store.complete(&staged, &record);
+            (staged, r)
+        })
+        .await;
+        if let Err(e) = completed {
+            self.discard(staged).await;
+            return Err(DeployError::InstallFailed(e));
+        }
+
+        say(format!("starting {name} {}", manifest.version));
+        let was_supervised = self.module_info(name).await.is_some();
+        if was_supervised {
+            info!(module_name = %name, "stopping the installed version");
+            let _ = self.ctx.supervisor.send(RemoveModule(name.to_string())).await;
+        }
+        let store = state.store.clone();
+        let swap = blocking(move || store.swap_in(staged))
+            .await
+            .map_err(DeployError::InstallFailed)?;
+        match self.start_and_watch(name).await {
+            Ok(()) => {
+                let store = state.store.clone();
+                blocking(move || store.commit(swap)).await;
+                self.announce(&package);
+                self.notify_local("deployed", name, Some(&manifest.version));
+                Ok(DeployReport::ok(
+                    DeployStatus::Deployed,
+                    name,
+                    &manifest.version,
+                    &package.sha256,
+                ))
+            }
+            Err(why) => {
+                warn!(module_name = %name, error = %why, "new version did not start; putting the previous one back");
+                let _ = self.ctx.supervisor.send(RemoveModule(name.to_string())).await;
+                let store = state.store.clone();
+                let had_previous = swap.previous.is_some();
+                let restored = blocking(move || store.rollback(swap)).await;
+                let mut error = format!("{} {} did not start: {why}", name, manifest.version);
+                match (restored, had_previous) {
+                    (Err(e), _) => error.push_str(&format!("; {e}")),
+                    (Ok(()), true) => match self.start_installed(name).await {
+                        Ok(version) => {
+                            error.push_str(&format!("; the previous version {version} is running again"));
+                            self.notify_local("restored", name, Some(&version));
+                        }
+                        Err(e) => error.push_str(&format!("; the previous version cannot start either: {e}")),
+                    },
+                    (Ok(()), false) => error.push_str("; nothing is installed"),
+                }
+                Err(DeployError::StartFailed(error))
+            }
+        }
+    }
+
+    pub async fn discard(&self, staged: Staged) {
+        let store = self.state.store.clone();
+        blocking(move || store.discard(staged)).await;
+    }
+    /// `unchanged` if this exact package and config already run here.
+    pub async fn unchanged(&self, order: &DeployOrder, sha: &str, current: &InstalledModule) -> Option<DeployReport> {
+        if current.record.sha256 != sha {
+            return None;
+        }
+        let config = merge_config(&current.manifest.config, order.config.as_ref().unwrap_or(&Value::Null));
+        if config != current.record.config {
+            return None;
+        }
+        let running = self
+            .module_info(&order.module)
+            .await
+            .is_some_and(|m| m.state == ModuleState::Running);
+        running.then(|| DeployReport::ok(DeployStatus::Unchanged, &order.module, &current.manifest.version, sha))
+    }
+    pub async fn module_info(&self, name: &str) -> Option<ModuleInfo> {
+        let modules = self.ctx.supervisor.send(ListModules).await.ok()?;
+        modules.into_iter().find(|m| m.name == name)
+    }
+    /// Starts the installed module and waits out the probation: it must be
+    /// running, with no restart, at the end of it.
+    pub async fn start_and_watch(&self, name: &str) -> Result<(), String> {
+        self.start_installed(name).await?;
+        let probation = self.config.probation;
+        let deadline = Instant::now() + probation;
+        loop {
+            let info = self
+                .module_info(name)
+                .await
+                .ok_or("the module vanished from the supervisor")?;
+            let bad = info.restarts > 0 || matches!(info.state, ModuleState::Failed | ModuleState::Stopped);
+            if bad {
+                return Err(info.last_exit.unwrap_or_else(|| format!("it is {:?}", info.state)));
+            }
+            if Instant::now() >= deadline {
+                return if info.state == ModuleState::Running {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "it is still {:?} after {} ms",
+                        info.state,
+                        probation.as_millis()
+                    ))
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50).min(probation)).await;
+        }
+    }
+    /// Starts whatever is installed under `name`; answers its version.
+    pub async fn start_installed(&self, name: &str) -> Result<String, String> {
+        let store = self.state.store.clone();
+        let lookup = name.to_string();
+        let installed = blocking(move || store.read(&lookup)).await?;
+        let spec = self.builtins.installed_spec(&self.ctx, &installed)?;
+        self.ctx
+            .supervisor
+            .send(StartModule(spec))
+            .await
+            .map_err(|e| format!("supervisor unavailable: {e}"))??;
+        Ok(installed.manifest.version)
+    }
+    /// Tells every node that this one now holds the package, so later
+    /// fetches can use it as a source.
+    fn announce(&self, package: &CachedPackage) {
+        if let Some(t) = self.ctx.transponder.get() {
+            t.do_send(PublishToCluster {
+                kind: MessageType::Event,
+                module: self.source.module.clone(),
+                address: DEPLOYER_ADDRESS.into(),
+                target: None,
+                body: serde_json::to_value(PeerNews::Have {
+                    sha256: package.sha256.clone(),
+                })
+                .unwrap_or_default(),
+            });
+        }
+    }
+    /// Fetches the order's package: from the cache if it holds it, else
+    /// from its URL, else (or when the URL fails, and the checksum is known)
+    /// from the peers that hold it.
+    pub async fn fetch(&self, order: &DeployOrder, expected: Option<&str>) -> Result<CachedPackage, FetchError> {
+        let state = &self.state;
+        let limit = self.config.max_package_bytes;
+        if let Some(hit) = expected.and_then(|sha| state.cache.get(sha)) {
+            return Ok(hit);
+        }
+        let from_url = match &order.source.url {
+            Some(url) => {
+                let source = PackageSource::parse(url)?;
+                if expected.is_none() {
+                    warn!(url = %url, "deploying without a sha256: the package is not checked against a known sum");
+                }
+                Some(
+                    state
+                        .cache
+                        .fetch_with(&source, expected, limit, self.config.stall)
+                        .await,
+                )
+            }
+            None => None,
+        };
+        match (from_url, &order.source.peer, expected) {
+            (Some(Ok(package)), _, _) => Ok(package),
+            (Some(Err(e)), Some(peer), Some(sha)) if e.code() != "checksum_mismatch" => {
+                warn!(error = %e, "the package's URL failed here; fetching it from the peers that hold it");
+                self.fetch_from_peers(peer, sha, order.source.size, limit).await
+            }
+            (Some(Err(e)), _, _) => Err(e),
+            (None, Some(peer), Some(sha)) => self.fetch_from_peers(peer, sha, order.source.size, limit).await,
+            (None, _, _) => Err(FetchError::BadSource(
+                "the order names neither a `url` nor a `peer` source".into(),
+            )),
+        }
+    }
+
+    /// Fetches a package in chunks from the origin and any peer known to
+    /// hold it, trying another holder when one fails.
+    pub async fn fetch_from_peers(
+        &self,
+        origin: &str,
+        sha: &str,
+        size: Option<u64>,
+        limit: u64,
+    ) -> Result<CachedPackage, FetchError> {
+        let state = &self.state;
+        if let Some(hit) = state.cache.get(sha) {
+            return Ok(hit);
+        }
+        let size = size.ok_or_else(|| FetchError::BadSource("a peer source needs the package `size`".into()))?;
+        if size > limit {
+            return Err(FetchError::TooLarge { limit });
+        }
+        let me = &self.ctx.identity.name;
+        let mut holders: Vec<String> = state
+            .holders_of(sha)
+            .into_iter()
+            .filter(|h| h != me && h != origin)
+            .collect();
+        holders.push(origin.to_string());
+        // Only members that are up can answer: asking one that is gone
+        // would only wait out the chunk timeout.
+        let members = self.ctx.cluster.members.send(ListMembers).await.unwrap_or_default();
+        let gone: Vec<String> = holders
+            .iter()
+            .filter(|h| !members.iter().any(|m| &m.name == *h && m.status.is_up()))
+            .cloned()
+            .collect();
+        holders.retain(|h| !gone.contains(h));
+        if holders.is_empty() {
+            return Err(FetchError::Transfer(format!(
+                "no alive peer holds package {sha} (it was held by {}, which {} not up)",
+                gone.join(", "),
+                if gone.len() == 1 { "is" } else { "are" }
+            )));
+        }
+        let chunk = self.config.chunk_bytes.clamp(1, MAX_CHUNK_BYTES);
+        let mut partial = state.cache.begin(limit).await?;
+        let mut turn = 0usize;
+        let mut last_error = String::new();
+        while partial.size() < size {
+            if holders.is_empty() {
+                return Err(FetchError::Transfer(format!(
+                    "no peer could send package {sha} (at byte {} of {size}): {last_error}",
+                    partial.size()
+                )));
+            }
+            let holder = holders[turn % holders.len()].clone();
+            turn += 1;
+            let offset = partial.size();
+            let len = chunk.min(size - offset);
+            match self.ask_chunk(&holder, sha, offset, len).await {
+                Ok(data) => {
+                    state.count(|c| c.chunks_fetched += 1);
+                    partial.write(&data).await?;
+                }
+                Err(e) => {
+                    warn!(holder = %holder, offset, error = %e, "peer could not send a package chunk; trying another");
+                    last_error = format!("{holder}: {e}");
+                    holders.retain(|h| h != &holder);
+                }
+            }
+        }
+        partial.finish(Some(sha)).await
+    }
+
+    async fn ask_chunk(&self, holder: &str, sha: &str, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+        let transponder = self.ctx.transponder.get().ok_or("the transponder is restarting")?;
+        let mut ask = RequestCluster::new(
+            &self.source.module,
+            DEPLOYER_ADDRESS,
+            None,
+            serde_json::to_value(PeerRequest::Chunk {
+                sha256: sha.to_string(),
+                offset,
+                len,
+            })
+            .unwrap_or_default(),
+            self.config.chunk_timeout,
+        );
+        ask.to = Some(holder.to_string());
+        let outcome = transponder
+            .send(ask)
+            .await
+            .map_err(|e| format!("transponder unavailable: {e}"))??;
+        let reply = outcome
+            .replies
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("no answer within {} s", self.config.chunk_timeout.as_secs()))?;
+        if let Some(error) = reply.error {
+            return Err(error);
+        }
+        let data = reply
+            .body
+            .get("data")
+            .and_then(Value::as_str)
+            .ok_or("the answer has no `data`")?;
+        let data = BASE64
+            .decode(data)
+            .map_err(|e| format!("the chunk is not base64: {e}"))?;
+        if data.len() as u64 != len {
+            return Err(format!("asked for {len} bytes, got {}", data.len()));
+        }
+        Ok(data)
+    }
+    /// Tells local modules what changed (`<node>.local`, `deployment_changed`).
+    fn notify_local(&self, action: &str, module: &str, version: Option<&str>) {
+        let envelope = Envelope::new(
+            MessageType::Other("deployment_changed".into()),
+            self.source.clone(),
+            self.ctx.identity.local_address(),
+            None,
+            json!({"action": action, "module": module, "version": version}),
+        );
+        self.ctx.bus.do_send(Publish(envelope));
+    }
+
+    /// Stops module `name` and removes it from disk.
+    pub async fn remove(&self, name: &str) -> DeployReport {
+        if let Err(e) = check_module_name(name) {
+            return DeployReport::failed(name, "invalid_order", e);
+        }
+        if CORE_MODULES.contains(&name) {
+            return DeployReport::failed(name, "reserved", format!("`{name}` is a core module of every node"));
+        }
+        let supervised = self.module_info(name).await;
+        if supervised.is_some() {
+            if let Ok(Err(e)) = self.ctx.supervisor.send(RemoveModule(name.to_string())).await {
+                return DeployReport::failed(name, "stop_failed", e);
+            }
+        }
+        let store = self.state.store.clone();
+        let lookup = name.to_string();
+        let removed = blocking(move || store.remove(&lookup)).await;
+        if supervised.is_none() && !removed {
+            return DeployReport {
+                status: DeployStatus::NotInstalled,
+                module: name.into(),
+                version: None,
+                sha256: None,
+                error: None,
+                code: None,
+            };
+        }
+        self.notify_local("undeployed", name, supervised.as_ref().map(|m| m.version.as_str()));
+        DeployReport {
+            status: DeployStatus::Undeployed,
+            module: name.into(),
+            version: supervised.map(|m| m.version),
+            sha256: None,
+            error: None,
+            code: None,
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Carries out the plan: one pass reads the deployments table, what is
+//! installed and what runs, plans a step per module
+//! ([`super::reconcile::plan`]) and starts every step that may start now,
+//! each on a task of its own through the install pipeline. A module's steps
+//! run one at a time; a failed one waits out its backoff. When an entry
+//! that arrived while this node ran is carried out (or turns out to be
+//! superseded here), its result goes straight to the node that wrote it,
+//! which shows it to whoever ran `conjoiner deploy`.
+
+use super::install::{blocking, Installer};
+use super::order::{DeployOrder, DeployReport, DeployStatus};
+use super::reconcile::{plan, Installed, Step};
+use super::table::{read_all, winners, Action, Row};
+use crate::actors::cluster_bus::ListEntries;
+use crate::actors::transponder::SendDirect;
+use crate::cluster::protocol::SET_DEPLOYMENTS;
+use crate::wire::{Envelope, MessageType};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn, Instrument};
+
+/// Nodes that hold a package, by its sha256 (from their status reports):
+/// peers to fetch it from besides the entry's origin.
+pub type Holders = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
+
+/// What one pass found and did, for the log and the state dump.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PassSummary {
+    pub entries: usize,
+    pub named: usize,
+    pub started: Vec<String>,
+    pub converged: usize,
+    pub waiting: usize,
+}
+
+/// The reconciler's parts.
+#[derive(Clone)]
+pub struct Reconciler {
+    pub installer: Installer,
+    pub holders: Holders,
+}
+
+impl Reconciler {
+    /// One pass. `trusted`: the table is whole (see [`plan`]); `again` is
+    /// called when a step it started ends, to look again.
+    pub async fn pass(&self, trusted: bool, again: Arc<dyn Fn() + Send + Sync>) -> Result<PassSummary, String> {
+        let ctx = &self.installer.ctx;
+        let entries = ctx
+            .cluster
+            .list_entries
+            .send(ListEntries(SET_DEPLOYMENTS))
+            .await
+            .map_err(|_| "the cluster side is not running".to_string())?;
+        let (rows, unreadable) = read_all(&entries);
+        for (id, why) in &unreadable {
+            warn!(entry = %id, reason = %why, "a table entry this node cannot read is ignored");
+        }
+        let me = ctx.identity.name.clone();
+        let tags = ctx.identity.tags.get();
+        let won = winners(&rows, &me, &tags);
+        let store = self.installer.state.store.clone();
+        let installed: BTreeMap<String, Installed> = blocking(move || store.installed())
+            .await
+            .into_iter()
+            .map(|m| {
+                (
+                    m.manifest.name.clone(),
+                    Installed {
+                        version: m.manifest.version,
+                        sha256: m.record.sha256,
+                        config: m.record.config,
+                        manifest_config: m.manifest.config,
+                        entry: m.record.entry,
+                    },
+                )
+            })
+            .collect();
+        let steps = plan(&won, &installed, trusted);
+        let mut summary = PassSummary {
+            entries: rows.len(),
+            named: won.len(),
+            ..PassSummary::default()
+        };
+        let now = Instant::now();
+        let named: BTreeSet<String> = steps.keys().cloned().chain(won.keys().map(|m| m.to_string())).collect();
+        self.installer
+            .state
+            .goals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(&named);
+        for (module, step) in steps {
+            let row = step.entry().and_then(|id| rows.iter().find(|r| r.id == *id)).cloned();
+            let (id, clock, action) = match &row {
+                Some(r) => (r.id.to_string(), r.version.clock, r.action()),
+                None => (String::new(), 0, Action::Undeploy),
+            };
+            match step {
+                Step::Keep { adopt, .. } => {
+                    if adopt {
+                        let store = self.installer.state.store.clone();
+                        let (name, entry) = (module.clone(), id.clone());
+                        if let Err(e) = blocking(move || store.adopt(&name, &entry)).await {
+                            warn!(module_name = %module, error = %e, "cannot record the entry that runs this module");
+                        }
+                    }
+                    self.installer
+                        .state
+                        .goals
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .converged(&module, &id, clock, action);
+                    summary.converged += 1;
+                    if let Some(row) = &row {
+                        let status = match action {
+                            Action::Deploy => DeployStatus::Unchanged,
+                            Action::Undeploy => DeployStatus::NotInstalled,
+                        };
+                        let version = installed.get(&module).map(|m| m.version.clone());
+                        self.report(
+                            row,
+                            DeployReport {
+                                status,
+                                module: module.clone(),
+                                version,
+                                sha256: row.deployment.sha256.clone(),
+                                error: None,
+                                code: None,
+                            },
+                        )
+                        .await;
+                    }
+                }
+                step => {
+                    let may = self
+                        .installer
+                        .state
+                        .goals
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .may_start(&module, &id, clock, now);
+                    if !may {
+                        summary.waiting += 1;
+                        continue;
+                    }
+                    summary.started.push(module.clone());
+                    self.start(module, step, row, again.clone());
+                }
+            }
+        }
+        // Entries that arrived for this node but lose to a newer entry of
+        // their module here: their origin hears so.
+        for row in rows.iter().filter(|r| r.in_force_for(&me, &tags)) {
+            let winner = won.get(row.module()).map(|w| &w.id);
+            if winner.is_some_and(|w| *w != row.id) {
+                let report = DeployReport {
+                    status: DeployStatus::Superseded,
+                    module: row.module().to_string(),
+                    version: None,
+                    sha256: row.deployment.sha256.clone(),
+                    error: winner.map(|w| format!("a newer entry of the module wins on this node: {w}")),
+                    code: None,
+                };
+                self.report(row, report).await;
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Starts `step` of `module` on a task of its own.
+    fn start(&self, module: String, step: Step, row: Option<Row>, again: Arc<dyn Fn() + Send + Sync>) {
+        let (id, clock, action) = match &row {
+            Some(r) => (r.id.to_string(), r.version.clock, r.action()),
+            None => (String::new(), 0, Action::Undeploy),
+        };
+        let what = match &step {
+            Step::Install { .. } => format!("installing {module}"),
+            Step::Reconfigure { .. } => format!("reconfiguring {module}"),
+            _ => format!("removing {module}"),
+        };
+        info!(module_name = %module, entry = %id, step = %what, "reconciling");
+        self.installer
+            .state
+            .goals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .started(&module, &id, clock, action, what);
+        let me = self.clone();
+        actix_rt::spawn(
+            async move {
+                let started = Instant::now();
+                let lock = me.installer.state.module_lock(&module);
+                let _held = lock.lock().await;
+                let report = me.carry_out(&module, &step, row.as_ref()).await;
+                let result = match report.status {
+                    DeployStatus::Failed => Err((
+                        report.code.clone().unwrap_or_else(|| "failed".into()),
+                        report.error.clone().unwrap_or_default(),
+                    )),
+                    _ => Ok(()),
+                };
+                me.installer.state.count(|c| match report.status {
+                    DeployStatus::Deployed => c.deployed += 1,
+                    DeployStatus::Undeployed => c.undeployed += 1,
+                    DeployStatus::Failed => c.failed += 1,
+                    _ => c.unchanged += 1,
+                });
+                me.installer.ctx.metrics.deploy_result(report.status.as_str());
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                match &result {
+                    Ok(()) => info!(module_name = %module, entry = %id, status = %report.status,
+                        version = %report.version.as_deref().unwrap_or("-"), elapsed_ms, "step done"),
+                    Err((code, error)) => warn!(module_name = %module, entry = %id, %code, %error, elapsed_ms,
+                        "step failed; it is tried again after a backoff"),
+                }
+                me.installer
+                    .state
+                    .goals
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .finished(&module, result, Instant::now());
+                if let Some(row) = &row {
+                    me.report(row, report).await;
+                }
+                again();
+            }
+            .in_current_span(),
+        );
+    }
+
+    async fn carry_out(&self, module: &str, step: &Step, row: Option<&Row>) -> DeployReport {
+        let installer = &self.installer;
+        match (step, row) {
+            (Step::Install { .. } | Step::Reconfigure { .. }, Some(row)) => {
+                let d = &row.deployment;
+                let Some(source) = d.source.clone() else {
+                    return DeployReport::failed(module, "invalid_order", "the entry names no source");
+                };
+                if let Some(sha) = &d.sha256 {
+                    for holder in (self.holders)(sha) {
+                        installer.state.add_holder(sha, &holder);
+                    }
+                }
+                let order = DeployOrder {
+                    module: module.to_string(),
+                    source,
+                    sha256: d.sha256.clone(),
+                    config: d.config.clone(),
+                };
+                let state = installer.state.clone();
+                let name = module.to_string();
+                let say = move |what: String| {
+                    if let Ok(mut goals) = state.goals.lock() {
+                        goals.say(&name, what);
+                    }
+                };
+                let fetch_timeout = installer.config.fetch_timeout + Duration::from_secs(60);
+                match tokio::time::timeout(fetch_timeout, installer.install(&order, Some(&row.id), &say)).await {
+                    Ok(Ok(report)) => report,
+                    Ok(Err(e)) => DeployReport::failed(module, e.code(), e.to_string()),
+                    Err(_) => DeployReport::failed(module, "fetch_failed", "the install took too long"),
+                }
+            }
+            (Step::Remove { .. }, _) => installer.remove(module).await,
+            _ => DeployReport::failed(module, "invalid_order", "the entry is gone from the table"),
+        }
+    }
+
+    /// Sends `report` about entry `row` to the node that wrote it, once,
+    /// and only for entries that arrived while this node ran (an entry
+    /// read from disk at start has no one waiting for it).
+    async fn report(&self, row: &Row, report: DeployReport) {
+        if !self.installer.state.take_fresh(&row.id) {
+            return;
+        }
+        let Ok(id) = uuid::Uuid::parse_str(&row.id) else { return };
+        let origin = row.version.origin.to_string();
+        let body = serde_json::to_value(&report).unwrap_or_default();
+        let mut envelope = Envelope::new(
+            MessageType::DeployResult,
+            self.installer.source.clone(),
+            format!("{origin}.host"),
+            Some(format!("name={origin}")),
+            body,
+        );
+        envelope.reply_to = Some(id);
+        debug!(entry = %row.id, to = %origin, status = %report.status, "result sent to the entry's origin");
+        if let Some(t) = self.installer.ctx.transponder() {
+            let _ = t.send(SendDirect { node: origin, envelope }).await;
+        }
+    }
+}

@@ -1,0 +1,700 @@
+//! Desired state on the in-memory network, in one process: real nodes
+//! (their actors, cores, Deployers and Monitors) on links that a test can
+//! cut and heal. A deploy is an entry of the replicated deployments table,
+//! so it reaches the nodes that were down, cut off, or join later; two at
+//! once end with one winner everywhere; a tag change picks a module up or
+//! drops it; a rollout with a failing canary goes back by itself, and one
+//! whose origin is gone is resumed from another node.
+
+use conjoiner::actors::cluster_bus::{ListEntries, ListMembers, MemberStatus};
+use conjoiner::actors::monitor::MonitorConfig;
+use conjoiner::cluster::memory::MemoryNetwork;
+use conjoiner::cluster::protocol::SET_DEPLOYMENTS;
+use conjoiner::cluster::{ClusterConfig, ClusterKey};
+use conjoiner::deploy::install::DeployerConfig;
+use conjoiner::deploy::origin::{self, DeployRequest};
+use conjoiner::deploy::publish::{publish, PublishOutcome};
+use conjoiner::deploy::rollout::{steer, write_rollout};
+use conjoiner::deploy::table::{Action, Amount, Deployment, RolloutPolicy, RolloutState, Row};
+use conjoiner::node::{NetworkConfig, Node, NodeConfig, CLUSTER_ADDR_FILE};
+use conjoiner::wire::now_ms;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A cluster on one in-memory network, with the data dirs of its nodes
+/// (kept, so a node can stop and start again as itself) and a folder of
+/// packages the origins may read.
+struct Lab {
+    net: MemoryNetwork,
+    key: ClusterKey,
+    root: tempfile::TempDir,
+}
+
+struct Started {
+    name: String,
+    node: Node,
+    addr: SocketAddr,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        Lab {
+            net: MemoryNetwork::new(Duration::from_millis(1)),
+            key: ClusterKey::generate(),
+            root: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn packages(&self) -> PathBuf {
+        let dir = self.root.path().join("packages");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn deployer(&self) -> DeployerConfig {
+        DeployerConfig {
+            probation: Duration::from_millis(300),
+            package_dirs: vec![self.packages()],
+            ..DeployerConfig::default()
+        }
+    }
+
+    /// Starts node `name` (as itself again, if it ran before).
+    async fn start(&self, name: &str, tags: &[(&str, &str)], seed: Option<SocketAddr>) -> Started {
+        let dir = self.root.path().join(name);
+        let node = Node::start(NodeConfig {
+            name: name.into(),
+            cluster: "lab".into(),
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            data_dir: dir.clone(),
+            transponder: Default::default(),
+            deployer: self.deployer(),
+            monitor: MonitorConfig::every(Duration::from_millis(300)),
+            network: Some(NetworkConfig {
+                bind: "0.0.0.0:0".parse().unwrap(),
+                advertise: None,
+                join: seed.map(|a| a.to_string()).into_iter().collect(),
+                mdns: false,
+                key_file: None,
+                key_env: Some(self.key.to_base64()),
+                timing: ClusterConfig::local(),
+                memory: Some(self.net.clone()),
+            }),
+        })
+        .await
+        .expect("node starts");
+        let addr = std::fs::read_to_string(dir.join(CLUSTER_ADDR_FILE))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        Started {
+            name: name.into(),
+            node,
+            addr,
+        }
+    }
+
+    /// Starts `names` (with role `role`), each joining the first.
+    async fn cluster(&self, names: &[(&str, &str)]) -> Vec<Started> {
+        let mut nodes: Vec<Started> = Vec::new();
+        for (name, role) in names {
+            let seed = nodes.first().map(|n| n.addr);
+            nodes.push(self.start(name, &[("role", role)], seed).await);
+        }
+        let all: Vec<&Started> = nodes.iter().collect();
+        alive(&all, names.len()).await;
+        nodes
+    }
+
+    /// A package of a built-in `uptime` module named `module`, in the
+    /// folder origins may read.
+    fn builtin_package(&self, module: &str) -> PathBuf {
+        let src = self.root.path().join(format!("src-{module}"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(
+            src.join("mod.json"),
+            json!({"name": module, "version": "1.0.0", "builtin": "uptime"}).to_string(),
+        )
+        .unwrap();
+        let out = self.packages().join(format!("{module}.tar.gz"));
+        conjoiner::deploy::package::build(&src, &out).unwrap();
+        out
+    }
+
+    /// A package of a process module `module` that runs `script`.
+    fn process_package(&self, module: &str, version: &str, script: &str) -> PathBuf {
+        let src = self.root.path().join(format!("src-{module}-{version}"));
+        std::fs::create_dir_all(src.join("bin")).unwrap();
+        std::fs::write(
+            src.join("mod.json"),
+            json!({"name": module, "version": version, "main": "bin/run"}).to_string(),
+        )
+        .unwrap();
+        let run = src.join("bin/run");
+        std::fs::write(&run, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = self.packages().join(format!("{module}-{version}.tar.gz"));
+        conjoiner::deploy::package::build(&src, &out).unwrap();
+        out
+    }
+}
+
+/// Waits until every node lists `count` members alive.
+async fn alive(nodes: &[&Started], count: usize) {
+    eventually(LIMIT, &format!("{count} alive everywhere"), || async {
+        for n in nodes {
+            let members = n.node.handle.ctx.cluster.members.send(ListMembers).await.ok()?;
+            let up = members.iter().filter(|m| m.status == MemberStatus::Alive).count();
+            if up != count {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
+/// Polls `check` until it answers, or panics after `limit`.
+async fn eventually<T, F, Fut>(limit: Duration, what: &str, check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not {what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Where an origin reads a package.
+enum Source<'a> {
+    Path(&'a Path),
+    Url(&'a str),
+}
+
+/// Deploys `package` as `module` from `origin` (as `conjoiner deploy` does).
+async fn deploy(
+    lab: &Lab,
+    origin: &Started,
+    module: &str,
+    package: &Path,
+    config: Option<Value>,
+    target: Option<&str>,
+    rollout: Option<RolloutPolicy>,
+) -> PublishOutcome {
+    deploy_from(lab, origin, module, Source::Path(package), config, target, rollout).await
+}
+
+async fn deploy_from(
+    lab: &Lab,
+    origin: &Started,
+    module: &str,
+    source: Source<'_>,
+    config: Option<Value>,
+    target: Option<&str>,
+    rollout: Option<RolloutPolicy>,
+) -> PublishOutcome {
+    let handle = &origin.node.handle;
+    let (path, url) = match source {
+        Source::Path(p) => (Some(p.display().to_string()), None),
+        Source::Url(u) => (None, Some(u.to_string())),
+    };
+    let order = origin::order_for(
+        &handle.deploy,
+        &origin.name,
+        &lab.deployer(),
+        DeployRequest {
+            module,
+            url: url.as_deref(),
+            path: path.as_deref(),
+            package: None,
+            sha256: None,
+            config: config.as_ref(),
+        },
+    )
+    .await
+    .expect("the origin takes the deploy");
+    let deployment = Deployment {
+        module: order.module,
+        target: target.map(str::to_string),
+        action: Action::Deploy,
+        source: Some(order.source),
+        sha256: order.sha256,
+        config: order.config,
+        ts: now_ms(),
+        rollout: None,
+    };
+    publish(&handle.ctx, deployment, rollout, Duration::from_secs(10), None)
+        .await
+        .expect("the entry is written")
+}
+
+async fn undeploy(origin: &Started, module: &str, target: Option<&str>) -> PublishOutcome {
+    let deployment = Deployment {
+        module: module.into(),
+        target: target.map(str::to_string),
+        action: Action::Undeploy,
+        source: None,
+        sha256: None,
+        config: None,
+        ts: now_ms(),
+        rollout: None,
+    };
+    publish(&origin.node.handle.ctx, deployment, None, Duration::from_secs(10), None)
+        .await
+        .expect("the entry is written")
+}
+
+/// The config `module` runs with on `n`, if it is installed and running.
+async fn running(n: &Started, module: &str) -> Option<Value> {
+    let modules = n.node.handle.modules().await;
+    let up = modules
+        .iter()
+        .any(|m| m.name == module && m.state == conjoiner::actors::ModuleState::Running);
+    let installed = n.node.handle.deploy.store.read(module).ok()?;
+    up.then_some(installed.record.config)
+}
+
+/// Waits until `module` runs on each of `nodes` with `config` (or, with
+/// `None`, is gone from each).
+async fn converge(nodes: &[&Started], module: &str, config: Option<Value>, what: &str) {
+    eventually(LIMIT, what, || async {
+        for n in nodes {
+            let installed = n.node.handle.deploy.store.read(module).is_ok();
+            match &config {
+                Some(c) if running(n, module).await.as_ref() != Some(c) => return None,
+                None if installed => return None,
+                _ => {}
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
+fn names(outcome: &PublishOutcome) -> Vec<(String, String)> {
+    let mut r: Vec<(String, String)> = outcome
+        .results
+        .iter()
+        .map(|r| (r.node.clone(), r.status.as_str().to_string()))
+        .collect();
+    r.sort();
+    r
+}
+
+#[actix_rt::test]
+async fn a_node_that_was_down_during_a_deploy_converges_when_it_returns_and_so_does_an_undeploy() {
+    let lab = Lab::new();
+    let mut nodes = lab.cluster(&[("d1", "web"), ("d2", "web"), ("d3", "web")]).await;
+    let pkg = lab.builtin_package("clock");
+    let d3 = nodes.pop().unwrap();
+    d3.node.shutdown().await;
+
+    let outcome = deploy(
+        &lab,
+        &nodes[0],
+        "clock",
+        &pkg,
+        Some(json!({"who": "first"})),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        names(&outcome),
+        [("d1".into(), "deployed".into()), ("d2".into(), "deployed".into())]
+    );
+    let absent: Vec<(&str, MemberStatus)> = outcome.absent.iter().map(|a| (a.node.as_str(), a.member)).collect();
+    assert_eq!(absent, [("d3", MemberStatus::Left)], "the node that is away is named");
+
+    // It returns, as itself, and converges with no command.
+    let d3 = lab.start("d3", &[("role", "web")], Some(nodes[0].addr)).await;
+    converge(
+        &[&d3],
+        "clock",
+        Some(json!({"who": "first"})),
+        "d3 to run clock after its return",
+    )
+    .await;
+
+    // An undeploy while it is away again removes the module when it returns.
+    d3.node.shutdown().await;
+    let outcome = undeploy(&nodes[1], "clock", None).await;
+    assert_eq!(
+        names(&outcome),
+        [("d1".into(), "undeployed".into()), ("d2".into(), "undeployed".into())]
+    );
+    let d3 = lab.start("d3", &[("role", "web")], Some(nodes[0].addr)).await;
+    converge(&[&d3, &nodes[0], &nodes[1]], "clock", None, "clock gone everywhere").await;
+    for n in nodes.into_iter().chain([d3]) {
+        n.node.shutdown().await;
+    }
+}
+
+#[actix_rt::test]
+async fn after_a_partition_heals_every_node_converges_to_the_newest_deploy() {
+    let lab = Lab::new();
+    let nodes = lab
+        .cluster(&[
+            ("p1", "web"),
+            ("p2", "web"),
+            ("p3", "web"),
+            ("p4", "web"),
+            ("p5", "web"),
+        ])
+        .await;
+    let pkg = lab.builtin_package("clock");
+    let (left, right) = nodes.split_at(2);
+    let left_addrs: Vec<SocketAddr> = left.iter().map(|n| n.addr).collect();
+    let right_addrs: Vec<SocketAddr> = right.iter().map(|n| n.addr).collect();
+    lab.net.partition(&left_addrs, &right_addrs, true);
+    let l: Vec<&Started> = left.iter().collect();
+    let r: Vec<&Started> = right.iter().collect();
+    alive(&l, 2).await;
+    alive(&r, 3).await;
+
+    // A deploy on each side: each side runs its own.
+    deploy(&lab, &left[0], "clock", &pkg, Some(json!({"side": "left"})), None, None).await;
+    converge(
+        &l,
+        "clock",
+        Some(json!({"side": "left"})),
+        "the left side to run its deploy",
+    )
+    .await;
+    deploy(
+        &lab,
+        &right[0],
+        "clock",
+        &pkg,
+        Some(json!({"side": "right"})),
+        None,
+        None,
+    )
+    .await;
+    converge(
+        &r,
+        "clock",
+        Some(json!({"side": "right"})),
+        "the right side to run its deploy",
+    )
+    .await;
+
+    // Healed: the newer deploy (the right side's) wins on every node.
+    lab.net.heal();
+    let all: Vec<&Started> = nodes.iter().collect();
+    alive(&all, 5).await;
+    converge(
+        &all,
+        "clock",
+        Some(json!({"side": "right"})),
+        "every node to run the newest deploy",
+    )
+    .await;
+    for n in nodes {
+        n.node.shutdown().await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_node_joining_a_cluster_with_twenty_entries_converges() {
+    let lab = Lab::new();
+    let nodes = lab.cluster(&[("j1", "web"), ("j2", "web")]).await;
+    let mut expected = Vec::new();
+    for i in 0..20 {
+        let module = format!("c{i:02}");
+        let pkg = lab.builtin_package(&module);
+        let target = if i % 2 == 0 { None } else { Some("tag.role=web") };
+        deploy(&lab, &nodes[i % 2], &module, &pkg, None, target, None).await;
+        expected.push(module);
+    }
+    let table = nodes[0]
+        .node
+        .handle
+        .ctx
+        .cluster
+        .list_entries
+        .send(ListEntries(SET_DEPLOYMENTS))
+        .await
+        .unwrap();
+    assert_eq!(table.len(), 20);
+
+    let j3 = lab.start("j3", &[("role", "web")], Some(nodes[1].addr)).await;
+    eventually(LIMIT, "j3 to run all twenty modules", || async {
+        for module in &expected {
+            running(&j3, module).await?;
+        }
+        Some(())
+    })
+    .await;
+    let held = j3
+        .node
+        .handle
+        .ctx
+        .cluster
+        .list_entries
+        .send(ListEntries(SET_DEPLOYMENTS))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 20, "the joiner holds the whole table");
+    // It keeps the table on disk, too.
+    let file = lab.root.path().join("j3/deployments.json");
+    eventually(LIMIT, "j3 to keep the table on disk", || async {
+        let text = std::fs::read_to_string(&file).ok()?;
+        (text.matches("\"key\"").count() == 20).then_some(())
+    })
+    .await;
+    for n in nodes.into_iter().chain([j3]) {
+        n.node.shutdown().await;
+    }
+}
+
+#[actix_rt::test]
+async fn two_deploys_at_once_from_two_nodes_end_with_one_winner_everywhere() {
+    let lab = Lab::new();
+    let nodes = lab.cluster(&[("c1", "web"), ("c2", "web"), ("c3", "web")]).await;
+    let pkg = lab.builtin_package("clock");
+    let (a, b) = tokio::join!(
+        deploy(&lab, &nodes[0], "clock", &pkg, Some(json!({"from": "c1"})), None, None),
+        deploy(&lab, &nodes[1], "clock", &pkg, Some(json!({"from": "c2"})), None, None),
+    );
+    // Each origin heard from every node: what it ran, or that it lost.
+    assert_eq!(a.results.len() + a.missing.len(), 3, "{a:?}");
+    assert_eq!(b.results.len() + b.missing.len(), 3, "{b:?}");
+    let all: Vec<&Started> = nodes.iter().collect();
+    let winner = eventually(LIMIT, "every node to run the same deploy", || async {
+        let mut seen = Vec::new();
+        for n in &all {
+            seen.push(running(n, "clock").await?);
+        }
+        seen.windows(2).all(|w| w[0] == w[1]).then(|| seen[0].clone())
+    })
+    .await;
+    // The one with the higher version, and it stays.
+    let table = nodes[2]
+        .node
+        .handle
+        .ctx
+        .cluster
+        .list_entries
+        .send(ListEntries(SET_DEPLOYMENTS))
+        .await
+        .unwrap();
+    let rows: Vec<Row> = table.iter().map(|e| Row::read(e).unwrap()).collect();
+    let newest = rows.iter().max_by(|x, y| x.version.cmp(&y.version)).unwrap();
+    assert_eq!(Some(&winner), newest.deployment.config.as_ref());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in &all {
+        assert_eq!(
+            running(n, "clock").await,
+            Some(winner.clone()),
+            "{} stays on the winner",
+            n.name
+        );
+    }
+    for n in nodes {
+        n.node.shutdown().await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_tag_change_makes_a_node_pick_up_or_drop_a_module() {
+    let lab = Lab::new();
+    let nodes = lab.cluster(&[("t1", "web"), ("t2", "db")]).await;
+    let pkg = lab.builtin_package("clock");
+    let outcome = deploy(&lab, &nodes[0], "clock", &pkg, None, Some("tag.role=db"), None).await;
+    assert_eq!(names(&outcome), [("t2".into(), "deployed".into())]);
+    let t1 = &nodes[0];
+    assert!(running(t1, "clock").await.is_none());
+
+    let tags = t1
+        .node
+        .handle
+        .change_tags(BTreeMap::from([("role".into(), "db".into())]), Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(tags["role"], "db");
+    converge(&[t1], "clock", Some(json!({})), "t1 to pick the module up").await;
+    // The other node sees the new tag, so selectors there match it too.
+    eventually(LIMIT, "t2 to list t1 with role=db", || async {
+        let members = nodes[1].node.handle.ctx.cluster.members.send(ListMembers).await.ok()?;
+        members
+            .iter()
+            .any(|m| m.name == "t1" && m.tags.get("role").map(String::as_str) == Some("db"))
+            .then_some(())
+    })
+    .await;
+
+    t1.node
+        .handle
+        .change_tags(BTreeMap::new(), vec!["role".into()])
+        .await
+        .unwrap();
+    converge(&[t1], "clock", None, "t1 to drop the module").await;
+    assert!(running(&nodes[1], "clock").await.is_some(), "t2 keeps it");
+    for n in nodes {
+        n.node.shutdown().await;
+    }
+}
+
+/// A process module that leaves a mark for its node, then exits 7.
+const MARK_AND_FAIL: &str = "#!/bin/sh\ntouch \"$MARKS/$CONJOINER_NODE\"\nexit 7\n";
+
+fn policy(canary: Amount, window_ms: u64) -> RolloutPolicy {
+    RolloutPolicy {
+        canary,
+        batch: Amount::Percent(100.0),
+        health_window_ms: window_ms,
+        max_failed: Amount::Nodes(0),
+        revert: true,
+    }
+}
+
+#[actix_rt::test]
+async fn a_rollout_whose_canary_fails_reverts_and_the_rest_never_run_it() {
+    let lab = Lab::new();
+    let nodes = lab
+        .cluster(&[
+            ("r1", "web"),
+            ("r2", "web"),
+            ("r3", "web"),
+            ("r4", "web"),
+            ("r5", "web"),
+        ])
+        .await;
+    let marks = lab.root.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let script = MARK_AND_FAIL.replace("$MARKS", marks.to_str().unwrap());
+    let bad = lab.process_package("shaky", "2.0.0", &script);
+    let outcome = deploy(
+        &lab,
+        &nodes[0],
+        "shaky",
+        &bad,
+        None,
+        None,
+        Some(policy(Amount::Nodes(1), 500)),
+    )
+    .await;
+    nodes[0].node.handle.drive_rollout(outcome.id);
+    assert_eq!(outcome.results.len(), 1, "one canary: {outcome:?}");
+    assert_eq!(outcome.later.len(), 4);
+    let canary = outcome.results[0].node.clone();
+    assert_eq!(outcome.results[0].status.as_str(), "failed");
+
+    let id = outcome.id.to_string();
+    let reverted = eventually(LIMIT, "the rollout to be reverted", || async {
+        let table = nodes[0]
+            .node
+            .handle
+            .ctx
+            .cluster
+            .list_entries
+            .send(ListEntries(SET_DEPLOYMENTS))
+            .await
+            .ok()?;
+        let row = table.iter().find(|e| *e.key == *id).map(|e| Row::read(e).unwrap())?;
+        let r = row.deployment.rollout?;
+        (r.state == RolloutState::Reverted).then_some(r)
+    })
+    .await;
+    assert!(reverted.reason.unwrap().contains(&format!("{canary}: start_failed")));
+    // Give the others time to act on it, were they wrong to.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut marked: Vec<String> = std::fs::read_dir(&marks)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    marked.sort();
+    assert_eq!(marked, [canary], "only the canary ever started the bad version");
+    for n in &nodes {
+        assert!(n.node.handle.deploy.store.read("shaky").is_err(), "{}", n.name);
+    }
+    for n in nodes {
+        n.node.shutdown().await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_rollout_whose_origin_is_gone_stays_where_it_is_and_resumes_from_another_node() {
+    let lab = Lab::new();
+    let mut nodes = lab
+        .cluster(&[("o1", "web"), ("o2", "web"), ("o3", "web"), ("o4", "web")])
+        .await;
+    let pkg = lab.builtin_package("clock");
+    let origin = nodes.remove(0);
+    // A long health window: the origin is gone before the first wave ends.
+    // The package is at a URL every node reaches, so the origin is not the
+    // only place to fetch it from.
+    let url = format!("file://{}", pkg.display());
+    let outcome = deploy_from(
+        &lab,
+        &origin,
+        "clock",
+        Source::Url(&url),
+        None,
+        None,
+        Some(policy(Amount::Nodes(1), 60_000)),
+    )
+    .await;
+    origin.node.handle.drive_rollout(outcome.id);
+    let id = outcome.id.to_string();
+    assert_eq!(outcome.results.len() + outcome.missing.len(), 1, "{outcome:?}");
+    origin.node.shutdown().await;
+    let rest: Vec<&Started> = nodes.iter().collect();
+    alive(&rest, 3).await;
+
+    let entry = |n: &Started| {
+        let id = id.clone();
+        let cluster = n.node.handle.ctx.cluster.clone();
+        async move {
+            let table = cluster.list_entries.send(ListEntries(SET_DEPLOYMENTS)).await.ok()?;
+            table.iter().find(|e| *e.key == *id).map(|e| Row::read(e).unwrap())
+        }
+    };
+    // Nobody drives it: it stays released to the canary only.
+    let before = entry(&nodes[0]).await.unwrap().deployment.rollout.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = entry(&nodes[0]).await.unwrap().deployment.rollout.unwrap();
+    assert_eq!(
+        (still.state, still.released, still.wave),
+        (before.state, before.released, before.wave)
+    );
+    let running_now = {
+        let mut count = 0;
+        for n in &rest {
+            count += usize::from(running(n, "clock").await.is_some());
+        }
+        count
+    };
+    assert!(running_now <= 1, "only the canary (if it was not the origin) runs it");
+
+    // o2 resumes it with a short window, and drives it to the end.
+    let row = entry(&nodes[0]).await.unwrap();
+    let mut resumed = steer(row.deployment.rollout.as_ref().unwrap(), "resume").unwrap();
+    resumed.policy.health_window_ms = 300;
+    write_rollout(&nodes[0].node.handle.ctx, &row, resumed).await.unwrap();
+    nodes[0].node.handle.drive_rollout(outcome.id);
+    eventually(LIMIT, "the resumed rollout to be done", || async {
+        let r = entry(&nodes[1]).await?.deployment.rollout?;
+        (r.state == RolloutState::Done).then_some(())
+    })
+    .await;
+    converge(&rest, "clock", Some(json!({})), "every node left to run the module").await;
+    for n in nodes {
+        n.node.shutdown().await;
+    }
+}
