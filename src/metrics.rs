@@ -20,6 +20,19 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Why the cluster side refused or skipped a peer's input: a dataset entry
+/// that breaks its rules, one already obsolete, a message kind this node
+/// does not know, a dataset it does not hold, entries other than a
+/// neighbour's digest claimed, and entries it claimed and never sent.
+pub const CLUSTER_INPUT_REASONS: [&str; 6] = [
+    "entry_invalid",
+    "entry_obsolete",
+    "message_unknown",
+    "dataset_unknown",
+    "sync_mismatch",
+    "sync_unanswered",
+];
+
 /// Why an envelope was dropped (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -211,6 +224,13 @@ impl Metrics {
     }
 
     /// One node answered a gathered cluster request of type `kind`.
+    /// Counts what the cluster side refused or skipped of its peers'
+    /// input, by reason (see [`CLUSTER_INPUT_REASONS`]).
+    pub fn cluster_input_refused(&self, reason: &'static str, count: u64) {
+        self.counter("conjoiner_cluster_input_refused_total", &[("reason", reason)])
+            .increment(count);
+    }
+
     pub fn request_answered(&self, kind: &str, elapsed: Duration) {
         self.histogram("conjoiner_request_duration_seconds", &[("type", kind)])
             .record(elapsed.as_secs_f64());

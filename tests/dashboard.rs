@@ -2,8 +2,9 @@
 //! driven over the DevTools protocol).
 //!
 //! - A 3-node cluster, at phone width: `GET /` lists the three nodes, a
-//!   click shows a node's modules with named figures, live envelopes
-//!   arrive, and a killed node turns red without a reload.
+//!   click shows a node's modules with named figures, a deploy appears in
+//!   the deployments table with its convergence, live envelopes arrive,
+//!   and a killed node turns red without a reload.
 //! - A synthetic 1,000-node board (the page and a fixed `/v1/status` served
 //!   by the test), at desktop and phone widths: summary figures, failing
 //!   nodes first, a filter in the `--target` syntax, and nothing wider than
@@ -68,6 +69,19 @@ fn dashboard_lists_the_nodes_and_shows_a_killed_one_dead_without_reload() {
         (modules.as_u64()? == 4).then_some(())
     });
 
+    // The deployments table: a deploy shows up with its convergence.
+    let (code, out) = cli_json(&nodes[0], &["deploy", "hello", "--from", hello_dir().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    wait_for(
+        LIMIT,
+        "the deployments table to show hello converged on all three",
+        || {
+            let cell =
+                browser.eval("document.querySelector('#deployments tr[data-module=hello] td.num')?.textContent ?? ''");
+            (cell == "3/3").then_some(())
+        },
+    );
+
     // The live envelope stream shows traffic (status reports every second).
     wait_for(LIMIT, "envelopes in the live stream", || {
         let n = browser.eval("document.querySelectorAll('#events [data-envelope]').length");
@@ -100,17 +114,20 @@ fn dashboard_lists_the_nodes_and_shows_a_killed_one_dead_without_reload() {
     let first = browser.eval("document.querySelector('tr[data-node]').dataset.node");
     assert_eq!(first, "gamma", "a failing node is listed first");
     let modules = browser.eval("document.querySelector('tr[data-node=gamma] td.lastknown')?.textContent ?? ''");
-    assert_eq!(modules, "4 unknown", "a dead node's modules are not counted ok");
+    assert_eq!(
+        modules, "5 unknown",
+        "a dead node's modules (hello too) are not counted ok"
+    );
     let dead = browser.eval("document.querySelector('[data-figure=dead] .n').textContent");
     assert_eq!(dead, "1", "the summary counts it");
     let summary = browser.eval("document.getElementById('summary').textContent");
     assert!(summary.as_str().unwrap().contains("1 failing"), "{summary}");
     assert!(
-        summary.as_str().unwrap().contains("4 unknown"),
+        summary.as_str().unwrap().contains("5 unknown"),
         "the dead node's modules are unknown in the summary: {summary}"
     );
     let unknown = browser.eval("document.querySelector('[data-figure=\"unknown modules\"] .n').textContent");
-    assert_eq!(unknown, "4");
+    assert_eq!(unknown, "5");
     browser.screenshot(&root.join("dashboard-dead-node.png"));
 }
 

@@ -270,6 +270,10 @@ fn bad_packages_are_refused_and_the_running_version_stays() {
 
     // A wrong sha256.
     refused(&url(&good), &["--sha256", &"0".repeat(64)], "checksum_mismatch");
+    // A table entry over its limit (a config of 300 KB).
+    let huge = tmp.path().join("huge.json");
+    std::fs::write(&huge, json!({"pad": "x".repeat(300 * 1024)}).to_string()).unwrap();
+    refused(&url(&good), &["--config", &format!("@{}", huge.display())], "too_large");
 
     // Files outside `--package-dir` are not even opened: neither a file://
     // source, nor a path given to the API, however it is spelled.
@@ -1016,4 +1020,44 @@ fn a_node_killed_during_a_deploy_converges_when_it_restarts_with_no_command() {
         let e = table.as_array()?.first()?.clone();
         (e["converged"] == 3 && e["nodes"] == 3).then_some(())
     });
+}
+
+#[test]
+fn a_corrupt_table_file_is_kept_aside_and_the_table_learnt_from_the_peers() {
+    let key = ClusterKey::generate();
+    let mut nodes = start_cluster(&[("f-1", "web"), ("f-2", "web")], &key);
+    wait_converged(&[&nodes[0], &nodes[1]], 2);
+    let (code, out) = cli_json(&nodes[0], &["deploy", "hello", "--from", hello_dir().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let table = nodes[1].data_dir().join("deployments.json");
+    wait_for(LIMIT, "f-2 to keep the table on disk", || table.exists().then_some(()));
+
+    nodes[1].kill9();
+    std::fs::write(&table, b"{\"format\":1,\"entries\":[{\"key\": oops").unwrap();
+    nodes[1].restart();
+    let f2 = &nodes[1];
+    wait_for(LIMIT, "f-2 to say the table file does not read", || {
+        f2.log_text()
+            .contains("the deployments table file does not read")
+            .then_some(())
+    });
+    let kept: Vec<String> = std::fs::read_dir(f2.data_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("deployments.json.bad-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the bad file is kept aside, not deleted");
+    // The table comes back from f-1, and hello was never removed.
+    wait_for(LIMIT, "f-2 to hold the table again", || {
+        let (_, table) = cli_json(f2, &["deployments"]);
+        (table.as_array()?.len() == 1).then_some(())
+    });
+    assert!(installed_sha(f2, "hello").is_some());
+    wait_for(LIMIT, "f-2 to write the table anew", || {
+        let text = std::fs::read_to_string(f2.data_dir().join("deployments.json")).ok()?;
+        text.contains("\"module\":\"hello\"").then_some(())
+    });
+    let (code, _) = cli_json(f2, &["status"]);
+    assert_eq!(code, 0, "the node is healthy");
 }

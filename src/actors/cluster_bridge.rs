@@ -20,7 +20,7 @@ use crate::cluster::protocol::{Entry, Frame, SetId, Status};
 use crate::cluster::transport::Transport;
 use crate::cluster::{ClusterConfig, ClusterKey, NodeId};
 use crate::logging::LogThrottle;
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::{DropReason, Metrics, CLUSTER_INPUT_REASONS};
 use crate::wire::Envelope;
 use actix::prelude::*;
 use bytes::Bytes;
@@ -90,6 +90,8 @@ pub struct ClusterBridge {
     metrics: Metrics,
     /// Who is told of each keyed dataset's changes (the Deployer).
     watchers: HashMap<SetId, Recipient<EntriesChanged>>,
+    /// The core's refusal counters as last exported to the metrics.
+    exported: [u64; CLUSTER_INPUT_REASONS.len()],
 }
 
 impl ClusterBridge {
@@ -121,6 +123,7 @@ impl ClusterBridge {
             counters: Counters::default(),
             metrics: Metrics::default(),
             watchers: HashMap::new(),
+            exported: [0; CLUSTER_INPUT_REASONS.len()],
         }
     }
 
@@ -130,10 +133,33 @@ impl ClusterBridge {
         self
     }
 
-    /// Counts drops and handshake failures in the node's metrics.
+    /// Counts drops, handshake failures and refused input in the node's
+    /// metrics (every reason from zero).
     pub fn with_metrics(mut self, metrics: Metrics) -> ClusterBridge {
+        for reason in CLUSTER_INPUT_REASONS {
+            metrics.cluster_input_refused(reason, 0);
+        }
         self.metrics = metrics;
         self
+    }
+
+    /// Brings the metrics up to what the core counted.
+    fn export_counters(&mut self) {
+        let c = &self.core.counters;
+        let now = [
+            c.entries_refused,
+            c.entries_obsolete,
+            c.skipped_msgs,
+            c.unknown_sets,
+            c.sync_mismatches,
+            c.sync_unanswered,
+        ];
+        for ((reason, now), before) in CLUSTER_INPUT_REASONS.iter().zip(now).zip(self.exported.iter_mut()) {
+            if now > *before {
+                self.metrics.cluster_input_refused(reason, now - *before);
+                *before = now;
+            }
+        }
     }
 
     fn link_setup(&self, ctx: &Context<Self>) -> LinkSetup {
@@ -198,6 +224,7 @@ impl ClusterBridge {
                 }
             }
         }
+        self.export_counters();
         self.schedule(ctx);
     }
 

@@ -255,6 +255,23 @@ async fn run_publish(
     policy: Option<RolloutPolicy>,
     timeout: Duration,
 ) -> Result<HttpResponse, ApiError> {
+    // Checked as every node will check it, before anything is written.
+    let provisional = crate::cluster::protocol::Entry {
+        key: "check".into(),
+        version: crate::cluster::protocol::Version {
+            clock: now_ms(),
+            origin: node.ctx.identity.name.as_str().into(),
+        },
+        body: deployment.to_body(),
+    };
+    if let Err(why) = Row::read(&provisional) {
+        let code = if why.contains("over the limit") {
+            "too_large"
+        } else {
+            "invalid_request"
+        };
+        return Err(rejected(code, why));
+    }
     let streaming = http
         .headers()
         .get(actix_web::http::header::ACCEPT)

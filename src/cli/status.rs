@@ -1,8 +1,10 @@
 //! `conjoiner status`: the fleet on one screen. Every node with its
 //! membership (and since when), report age and module health, failing nodes
 //! first, failing modules named, and a summary line. Exit code 3 when
-//! anything is failing, or when the node is isolated (it has seeds or
-//! known peers and reaches none of them).
+//! anything is failing (a node, a module, or a step of the deployments
+//! table), or when the node is isolated (it has seeds or known peers and
+//! reaches none of them). DEPLOYS says how many of the modules the table
+//! names for each node run as asked.
 //!
 //! It reads the API's typed answer ([`StatusAnswer`]) and counts nothing
 //! itself: which modules are ok, failing or unknown is the node's rule.
@@ -11,6 +13,8 @@ use super::client::ApiClient;
 use super::members::format_table;
 use super::modules::short_json;
 use super::{CliError, EXIT_OK, EXIT_PARTIAL};
+use crate::deploy::converge::GoalState;
+use crate::deploy::view::short_id;
 use crate::monitor::answer::StatusAnswer;
 use crate::monitor::board::{ModuleCounts, NodeView};
 use serde_json::Value;
@@ -37,7 +41,8 @@ pub async fn run(http: &str, json_out: bool) -> Result<i32, CliError> {
             );
         }
     }
-    Ok(if status.summary.failing_nodes == 0 && status.isolated.is_none() {
+    let failing = status.summary.failing_nodes + status.summary.failed_deploys;
+    Ok(if failing == 0 && status.isolated.is_none() {
         EXIT_OK
     } else {
         EXIT_PARTIAL
@@ -71,7 +76,20 @@ fn why(m: &crate::monitor::board::ModuleReport) -> String {
         .unwrap_or_else(|| short_json(&m.status, 60))
 }
 
-fn row(n: &NodeView) -> [String; 7] {
+/// The DEPLOYS cell: how many of the modules the deployments table names
+/// for the node run as asked (`2/3`, with the failed ones), `-` for none,
+/// `?` when its report says nothing of now.
+fn deploys_cell(n: &NodeView) -> String {
+    let c = n.convergence();
+    match (n.health.is_current(), c.total, c.failed) {
+        (false, _, _) => "?".into(),
+        (true, 0, _) => "-".into(),
+        (true, total, 0) => format!("{}/{total}", c.converged),
+        (true, total, failed) => format!("{}/{total} ({failed} failed)", c.converged),
+    }
+}
+
+fn row(n: &NodeView) -> [String; 8] {
     let load = n.host["load"][0].as_f64().map_or("-".into(), |l| format!("{l:.2}"));
     [
         n.node.clone(),
@@ -80,15 +98,18 @@ fn row(n: &NodeView) -> [String; 7] {
         age(n.member_since_ms),
         age(n.status_age_ms),
         modules_cell(&n.module_counts),
+        deploys_cell(n),
         load,
     ]
 }
 
 /// The whole screen: the table, the failing nodes and modules, the summary.
 pub fn screen(status: &StatusAnswer) -> String {
-    let rows: Vec<[String; 7]> = status.nodes.iter().map(row).collect();
+    let rows: Vec<[String; 8]> = status.nodes.iter().map(row).collect();
     let mut out = format_table(
-        ["NODE", "HEALTH", "MEMBER", "SINCE", "REPORT", "MODULES", "LOAD"],
+        [
+            "NODE", "HEALTH", "MEMBER", "SINCE", "REPORT", "MODULES", "DEPLOYS", "LOAD",
+        ],
         &rows,
     );
     let mut problems = Vec::new();
@@ -99,6 +120,22 @@ pub fn screen(status: &StatusAnswer) -> String {
         for m in n.modules.iter().filter(|m| m.health.is_failing()) {
             problems.push(format!("  {}/{}: {} ({})", n.node, m.name, m.health.as_str(), why(m)));
         }
+        if n.health.is_current() {
+            for g in n.desired.iter().filter(|g| g.state == GoalState::Failed) {
+                problems.push(format!(
+                    "  {}/{}: {} of entry {} failed: {}: {}{}",
+                    n.node,
+                    g.module,
+                    g.action.as_str(),
+                    short_id(&g.entry),
+                    g.code.as_deref().unwrap_or("error"),
+                    g.reason.as_deref().unwrap_or("no reason given"),
+                    g.retry_in_ms
+                        .map(|ms| format!(" (tried {} times; again in {} s)", g.failures, ms.div_ceil(1000)))
+                        .unwrap_or_default()
+                ));
+            }
+        }
     }
     if !problems.is_empty() {
         out.push_str("\nfailing:\n");
@@ -108,8 +145,13 @@ pub fn screen(status: &StatusAnswer) -> String {
         }
     }
     let s = &status.summary;
+    let behind = match (s.behind_nodes, s.failed_deploys) {
+        (0, _) => String::new(),
+        (n, 0) => format!("; {n} node(s) still converging"),
+        (n, failed) => format!("; {n} node(s) behind the deployments table, {failed} step(s) failed"),
+    };
     out.push_str(&format!(
-        "\n{} nodes: {} ok, {} failing; {} modules: {} ok, {} failing, {} unknown (seen from {})\n",
+        "\n{} nodes: {} ok, {} failing; {} modules: {} ok, {} failing, {} unknown{behind} (seen from {})\n",
         s.nodes, s.ok, s.failing_nodes, s.modules, s.ok_modules, s.failing_modules, s.unknown_modules, status.node,
     ));
     out
@@ -206,6 +248,62 @@ mod tests {
             text.contains("n2: the node is dead; its last report is shown"),
             "{text}"
         );
+    }
+
+    /// A node that cannot carry out a deploy is flagged: its DEPLOYS cell,
+    /// a line naming the entry and the reason, and the summary.
+    #[test]
+    fn a_node_behind_the_deployments_table_is_flagged() {
+        use crate::deploy::converge::Goal;
+        use crate::deploy::table::Action;
+        let board = StatusBoard::default();
+        let t0 = Instant::now();
+        let goal = |module: &str, state: GoalState| Goal {
+            module: module.into(),
+            entry: "0192f1e4-7b7c-7d2a-9a51-0a1b2c3d4e5f".into(),
+            clock: 1,
+            action: Action::Deploy,
+            state,
+            reason: Some("no peer could send the package".into()),
+            code: Some("fetch_failed".into()),
+            failures: 2,
+            retry_in_ms: Some(9_500),
+        };
+        let mut behind = report("n1", &[("transponder", Health::Ok)]);
+        behind.desired = vec![goal("web", GoalState::Converged), goal("api", GoalState::Failed)];
+        board.record(behind, t0);
+        let mut dead = report("n2", &[("transponder", Health::Ok)]);
+        dead.desired = vec![goal("api", GoalState::Failed)];
+        board.record(dead, t0);
+        let members = [member("n1", MemberStatus::Alive), member("n2", MemberStatus::Dead)];
+        let nodes = board.view(&members, t0);
+        let answer = StatusAnswer {
+            node: "n1".into(),
+            cluster: "c".into(),
+            status_interval_ms: 1000,
+            isolated: None,
+            summary: summarize(&nodes),
+            shown: nodes.len(),
+            nodes,
+        };
+        let text = screen(&answer);
+        let n1 = text.lines().find(|l| l.starts_with("n1 ")).unwrap();
+        assert!(n1.contains("1/2 (1 failed)"), "{text}");
+        let n2 = text.lines().find(|l| l.starts_with("n2 ")).unwrap();
+        assert!(n2.contains(" ? "), "a dead node's deploys are unknown: {text}");
+        assert!(
+            text.contains("n1/api: deploy of entry 2c3d4e5f failed: fetch_failed: no peer could send the package (tried 2 times; again in 10 s)"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("n2/api"),
+            "a dead node's last word is not a failure now: {text}"
+        );
+        assert!(
+            text.contains("1 node(s) behind the deployments table, 1 step(s) failed"),
+            "{text}"
+        );
+        assert_eq!((answer.summary.behind_nodes, answer.summary.failed_deploys), (1, 1));
     }
 
     #[test]

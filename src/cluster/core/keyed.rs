@@ -134,6 +134,16 @@ impl Replicated for KeyedSet {
     fn items_for(&self, keys: &[Arc<str>]) -> Items {
         Items::Entries(keys.iter().filter_map(|k| self.entries.get(k)).cloned().collect())
     }
+
+    fn versions_of(&self, items: &Items) -> Vec<(Arc<str>, u64)> {
+        match items {
+            Items::Entries(entries) => entries
+                .iter()
+                .map(|e| (e.key.clone(), version_hash(&e.version)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A keyed dataset this node holds, with its owner's rules.

@@ -81,6 +81,7 @@ impl ClusterCore {
         let Some(l) = self.links.remove(&link) else { return };
         self.counters.links_closed += 1;
         self.outbox.remove(&link);
+        self.claims.retain(|(l, _), _| *l != link);
         debug!(link, remote = %l.remote, peer = l.peer_name().map(|n| &**n), %reason, "link down");
         if l.peer.is_none() && l.direction == Direction::Outbound {
             // The dial's hello never came.
@@ -229,6 +230,7 @@ impl ClusterCore {
         let Some(l) = self.links.remove(&link) else { return };
         self.counters.links_closed += 1;
         self.outbox.remove(&link);
+        self.claims.retain(|(l, _), _| *l != link);
         debug!(link, peer = l.peer_name().map(|n| &**n), reason, "closing link");
         self.actions.push_back(Action::Close { link, reason });
         self.fail_join(link, reason);

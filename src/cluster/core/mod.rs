@@ -248,6 +248,10 @@ pub struct CoreCounters {
     pub entries_refused: u64,
     pub entries_obsolete: u64,
     pub entries_pruned: u64,
+    /// Entries a neighbour sent in another version than its digest said,
+    /// and entries it said it held and never sent.
+    pub sync_mismatches: u64,
+    pub sync_unanswered: u64,
     /// Wake-ups that came so late that due probe and suspicion deadlines
     /// were postponed (this node was starved of CPU).
     pub late_wakeups: u64,
@@ -312,6 +316,10 @@ struct JoinAsk {
     redirects: u8,
 }
 
+/// What a neighbour said it holds (key, version hash) of the entries asked
+/// of it, since when.
+type Claims = (Instant, Vec<(Arc<str>, u64)>);
+
 /// This node's side of the cluster.
 pub struct ClusterCore {
     cluster: String,
@@ -370,6 +378,8 @@ pub struct ClusterCore {
     conflicts_logged: StableSet<(Arc<str>, u64)>,
     /// Unreadable message kinds already logged, per peer.
     skipped_logged: StableSet<(Arc<str>, u32, u32)>,
+    /// What each neighbour said it holds, of the entries asked of it.
+    claims: StableMap<(LinkId, SetId), Claims>,
     pub counters: CoreCounters,
 }
 
@@ -419,6 +429,7 @@ impl ClusterCore {
             now,
             conflicts_logged: StableSet::default(),
             skipped_logged: StableSet::default(),
+            claims: StableMap::default(),
             counters: CoreCounters::default(),
         };
         // Alone, this node is the root of its own tree.

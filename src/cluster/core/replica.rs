@@ -127,6 +127,13 @@ pub trait Replicated {
 
     /// The entries held under `keys` (those it holds).
     fn items_for(&self, keys: &[Arc<str>]) -> Items;
+
+    /// The key and version hash (as [`Replicated::versions_in`] gives
+    /// them) of each entry in `items`, to check a peer sent what it said
+    /// it holds.
+    fn versions_of(&self, _items: &Items) -> Vec<(Arc<str>, u64)> {
+        Vec::new()
+    }
 }
 
 /// Of the differing `buckets`, the ones to settle in this exchange: all of

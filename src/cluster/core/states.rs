@@ -108,6 +108,13 @@ impl Replicated for StateTable {
     fn items_for(&self, keys: &[Arc<str>]) -> Items {
         Items::States(keys.iter().filter_map(|k| self.get(k)).cloned().collect())
     }
+
+    fn versions_of(&self, items: &Items) -> Vec<(Arc<str>, u64)> {
+        match items {
+            Items::States(states) => states.iter().map(|s| (s.name.clone(), hash_of(s))).collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,10 +14,14 @@ use rand::seq::IteratorRandom as _;
 use rand::RngExt as _;
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// States sent per message: a state is up to `max_state_bytes`.
 const STATES_PER_MESSAGE: usize = 32;
+/// The most claims remembered per neighbour and dataset.
+const MAX_CLAIMS: usize = 4096;
+/// How long a neighbour may take to send what it said it held.
+const CLAIM_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl ClusterCore {
     /// Brings the next anti-entropy round forward to a tenth of its interval.
@@ -77,7 +81,10 @@ impl ClusterCore {
                 }
             }
             SyncMsg::Differ { set, buckets, have } => self.on_differ(link, set, &buckets, have),
-            SyncMsg::Items { set, items } => self.apply_items(Some(link), set, items, Source::AntiEntropy),
+            SyncMsg::Items { set, items } => {
+                self.check_claims(link, set, &items);
+                self.apply_items(Some(link), set, items, Source::AntiEntropy)
+            }
             SyncMsg::Want { set, keys } => self.on_want(link, set, &keys),
         }
     }
@@ -128,12 +135,12 @@ impl ClusterCore {
         };
         // What to send back is read before theirs is applied: the records
         // we held, for the side that sent its own.
-        let (send, apply, want) = match &have {
+        let (send, apply, want, claimed) = match have {
             Items::Versions(theirs) => {
-                let (send, want) = compare_versions(&r.versions_in(buckets), theirs);
-                (r.items_for(&send), None, want)
+                let (send, want) = compare_versions(&r.versions_in(buckets), &theirs);
+                (r.items_for(&send), None, want, theirs)
             }
-            _ => (r.items_in(buckets), Some(have), Vec::new()),
+            have => (r.items_in(buckets), Some(have), Vec::new(), Vec::new()),
         };
         // Sets differ: compare again soon, until they agree.
         self.anti_entropy_soon();
@@ -142,7 +149,66 @@ impl ClusterCore {
         }
         self.send_items(link, set, send);
         if !want.is_empty() {
+            self.remember_claims(link, set, &want, &claimed);
             self.queue(link, Lane::Control, Msg::Sync(SyncMsg::Want { set, keys: want }));
+        }
+    }
+
+    /// A neighbour said it holds these versions, and is asked for them:
+    /// what it sends must match. Claims still open from an exchange long
+    /// ago (`CLAIM_PATIENCE`) were never answered.
+    fn remember_claims(&mut self, link: LinkId, set: SetId, want: &[Arc<str>], theirs: &[(Arc<str>, u64)]) {
+        let now = self.now;
+        let fresh: Vec<(Arc<str>, u64)> = theirs.iter().filter(|(k, _)| want.contains(k)).cloned().collect();
+        let (since, open) = self.claims.remove(&(link, set)).unwrap_or((now, Vec::new()));
+        let mut claims = if now.saturating_duration_since(since) > CLAIM_PATIENCE && !open.is_empty() {
+            self.counters.sync_unanswered += open.len() as u64;
+            let peer = self.links.get(&link).and_then(|l| l.peer_name().cloned());
+            warn!(link, peer = ?peer.as_deref(), set, unanswered = open.len(),
+                "a neighbour never sent entries it said it held; asking again");
+            (now, Vec::new())
+        } else {
+            (since, open)
+        };
+        for claim in fresh {
+            if claims.1.len() < MAX_CLAIMS && !claims.1.iter().any(|(k, _)| *k == claim.0) {
+                claims.1.push(claim);
+            }
+        }
+        self.claims.insert((link, set), claims);
+    }
+
+    /// Entries from a neighbour that it said it held: each must be the
+    /// version it claimed. A mismatch is a neighbour whose digest lies (or,
+    /// for states that change all the time, one that published anew in
+    /// between); it is logged and counted, and the entries are judged by
+    /// the dataset's rules as any others.
+    fn check_claims(&mut self, link: LinkId, set: SetId, items: &Items) {
+        let Some((since, claims)) = self.claims.remove(&(link, set)) else {
+            return;
+        };
+        let sent = self.replica(set).map(|r| r.versions_of(items)).unwrap_or_default();
+        let mut open = Vec::new();
+        let mut mismatched = 0usize;
+        for (key, claimed) in claims {
+            match sent.iter().find(|(k, _)| *k == key) {
+                Some((_, hash)) if *hash != claimed => mismatched += 1,
+                Some(_) => {}
+                None => open.push((key, claimed)),
+            }
+        }
+        if mismatched > 0 {
+            self.counters.sync_mismatches += mismatched as u64;
+            let peer = self.links.get(&link).and_then(|l| l.peer_name().cloned());
+            if set == SET_STATES {
+                debug!(link, peer = ?peer.as_deref(), set, mismatched, "a neighbour sent newer states than it said it held");
+            } else {
+                warn!(link, peer = ?peer.as_deref(), set, mismatched,
+                    "a neighbour sent other versions than its digest claimed");
+            }
+        }
+        if !open.is_empty() {
+            self.claims.insert((link, set), (since, open));
         }
     }
 

@@ -6,7 +6,8 @@ use super::replica::Replicated as _;
 use super::replica::{MAX_ITEMS_CATCHING_UP, MAX_ITEMS_PER_EXCHANGE};
 use super::*;
 use crate::cluster::protocol::{
-    Hello, Items, ProbeMsg, ProtocolRange, Record, Refusal, StateRecord, SyncMsg, TreeMsg, SET_MEMBERS, SET_STATES,
+    Entry, Hello, Items, ProbeMsg, ProtocolRange, Record, Refusal, StateRecord, SyncMsg, TreeMsg, SET_DEPLOYMENTS,
+    SET_MEMBERS, SET_STATES,
 };
 use std::collections::{BTreeMap, HashMap};
 
@@ -1204,4 +1205,115 @@ fn a_newer_peer_stays_linked_and_its_unknown_messages_are_skipped() {
     });
     let refused = refused.expect("c's join was answered with the refusal");
     assert!(refused.contains("speaks link protocol 3, this one"), "{refused}");
+}
+
+/// Accepts every entry; prunes none.
+struct AnyEntry;
+
+impl super::keyed::EntryRules for AnyEntry {
+    fn check(&self, _entry: &Entry, _held: &super::keyed::KeyedSet, _now_ms: u64) -> Result<(), super::keyed::Refused> {
+        Ok(())
+    }
+    fn obsolete(&self, _held: &super::keyed::KeyedSet, _now_ms: u64) -> Vec<Arc<str>> {
+        Vec::new()
+    }
+}
+
+fn entry(key: &str, clock: u64) -> Arc<Entry> {
+    Arc::new(Entry {
+        key: key.into(),
+        version: crate::cluster::protocol::Version {
+            clock,
+            origin: "b".into(),
+        },
+        body: Bytes::from_static(b"{}"),
+    })
+}
+
+/// An entry written on one node reaches the other by the tree at once;
+/// one that missed it (held back by a cut) arrives by anti-entropy.
+#[test]
+fn a_keyed_dataset_spreads_by_the_tree_and_is_repaired_by_digest() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let b = net.add("b", 2, 100);
+    for i in [a, b] {
+        net.cores[i].hold(SET_DEPLOYMENTS, Box::new(AnyEntry));
+    }
+    net.join(b, a);
+    net.advance(Duration::from_millis(500));
+    let now = net.now;
+    net.cores[a]
+        .write_entry(SET_DEPLOYMENTS, "first", Bytes::from_static(b"{\"n\":1}"), now)
+        .unwrap();
+    net.settle();
+    assert_eq!(net.cores[b].entries(SET_DEPLOYMENTS).len(), 1, "spread by the tree");
+    // b takes one entry that a never hears of by the tree.
+    net.cores[b].load_entries(SET_DEPLOYMENTS, vec![entry("second", 5)], now);
+    assert_eq!(net.cores[a].entries(SET_DEPLOYMENTS).len(), 1);
+    net.advance(Duration::from_secs(5));
+    let keys: Vec<String> = net.cores[a]
+        .entries(SET_DEPLOYMENTS)
+        .iter()
+        .map(|e| e.key.to_string())
+        .collect();
+    assert!(
+        keys.contains(&"second".to_string()),
+        "repaired by anti-entropy: {keys:?}"
+    );
+    assert_eq!(net.cores[a].counters.entries_taken, 2);
+    // Once equal, a round costs each side one small digest.
+    let from = net.log.len();
+    net.advance(Duration::from_secs(3));
+    let differs = net.log[from..]
+        .iter()
+        .filter(|(_, act)| {
+            matches!(act, Action::Send { frame: Frame::Msgs(msgs), .. }
+                if msgs.iter().any(|m| matches!(m, Msg::Sync(SyncMsg::Differ { .. }))))
+        })
+        .count();
+    assert_eq!(differs, 0, "equal tables send no differing buckets");
+}
+
+/// A neighbour that claims, in its digest answer, versions it then does
+/// not send, or sends others, is counted and logged; the link stays.
+#[test]
+fn a_neighbour_whose_digest_lies_is_counted() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let b = net.add("b", 2, 100);
+    net.cores[a].hold(SET_DEPLOYMENTS, Box::new(AnyEntry));
+    net.join(b, a);
+    net.advance(Duration::from_millis(500));
+    let (&to_a, _) = net.links.iter().find(|(_, l)| l.0 == b && l.1 == a).unwrap();
+    let (_, _, a_end) = net.links[&to_a];
+    let now = net.now;
+    // "b" says it holds key `k` at version hash 42, in bucket 3.
+    let differ = Msg::Sync(SyncMsg::Differ {
+        set: SET_DEPLOYMENTS,
+        buckets: vec![super::replica::bucket_of("k") as u16],
+        have: Items::Versions(vec![("k".into(), 42)]),
+    });
+    net.cores[a].frame(a_end, Frame::Msgs(vec![differ.clone()]), now);
+    let sent = sent_on(&drain(&mut net.cores[a]), a_end);
+    assert!(
+        sent.iter()
+            .any(|m| matches!(m, Msg::Sync(SyncMsg::Want { keys, .. }) if keys == &[Arc::<str>::from("k")])),
+        "a asks for it: {sent:?}"
+    );
+    // ...then sends another version.
+    let items = Msg::Sync(SyncMsg::Items {
+        set: SET_DEPLOYMENTS,
+        items: Items::Entries(vec![entry("k", 7)]),
+    });
+    net.cores[a].frame(a_end, Frame::Msgs(vec![items]), now);
+    assert_eq!(net.cores[a].counters.sync_mismatches, 1);
+    // It claims again, and this time never sends; after the patience, the
+    // next claim counts it unanswered.
+    net.cores[a].frame(a_end, Frame::Msgs(vec![differ.clone()]), now);
+    let later = now + Duration::from_secs(11);
+    net.cores[a].frame(a_end, Frame::Msgs(vec![differ]), later);
+    assert!(net.cores[a].counters.sync_unanswered >= 1);
+    assert!(net.links.contains_key(&a_end), "the link stays");
+    assert_eq!(net.cores[a].counters.malformed, 0);
 }
