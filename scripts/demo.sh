@@ -2,7 +2,8 @@
 # A local cluster of three nodes on loopback: one key, their own ports and
 # data dirs. Shows the members and a request answered by all three, deploys
 # the example modules from mods/ (fetched peer to peer, no HTTP server),
-# lists every node's modules and the fleet's status, then stops them.
+# rolls a new config out in waves, lists the deployments table, every
+# node's modules and the fleet's status, then stops them.
 # Usage: scripts/demo.sh [path/to/conjoiner]
 # With KEEP=1 (`make demo KEEP=1`) the nodes keep running until Ctrl-C, so
 # you can open the dashboard and try the CLI against them.
@@ -72,6 +73,15 @@ echo "\$ conjoiner deploy hello --from mods/hello --config '{\"greeting\":\"hi f
 echo
 echo "\$ conjoiner deploy uptime --from mods/uptime --target tag.role=web"
 "$BIN" deploy uptime --from "$MODS/uptime" --target tag.role=web
+echo
+echo "\$ conjoiner deploy hello --from mods/hello --config '{\"greeting\":\"hi again\"}' --canary 1 --health-window 1s"
+"$BIN" deploy hello --from "$MODS/hello" --config '{"greeting":"hi again"}' --canary 1 --health-window 1s
+echo
+echo "\$ conjoiner deployments"
+"$BIN" deployments
+echo
+echo "\$ conjoiner tags --set tier=gold"
+"$BIN" tags --set tier=gold
 echo
 echo "\$ conjoiner request mod.hello '{\"from\":\"demo\"}'"
 "$BIN" request mod.hello '{"from":"demo"}'

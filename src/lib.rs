@@ -1,8 +1,8 @@
 //! Conjoiner: a decentralized management network for fleets of hosts.
 //!
-//! Every host runs the same node; nodes are equal. See `README.md` for use,
-//! `../shared/SPEC.md` for the external contract and `../shared/DESIGN.md`
-//! for the architecture.
+//! Every host runs the same node; nodes are equal. `README.md` is the way
+//! in: what it is, the quick start, a tour; `docs/` holds the guides (module
+//! authors, desired state, the link protocol).
 //!
 //! - [`wire`]: pure envelope, selector and frame code.
 //! - [`actors`]: the node's actors (supervisor, ModBus, Transponder, modules).

@@ -490,7 +490,11 @@ impl Node {
             started: Instant::now(),
             metrics,
         };
-        let deploy = Arc::new(DeployState::open(&config.data_dir, &config.deployer.package_dirs)?);
+        let deploy = Arc::new(DeployState::open(
+            &config.data_dir,
+            &config.deployer.package_dirs,
+            config.deployer.parallel_orders,
+        )?);
         let status = StatusBoard::default();
         let board = status.clone();
         let deployer = DeployerParts {

@@ -290,3 +290,31 @@ fn one_seed_gives_the_same_run_every_time() {
         "two runs of seed 11 differ"
     );
 }
+
+#[test]
+fn a_deployments_table_reaches_every_node_and_a_node_back_with_nothing_takes_it_all() {
+    use conjoiner::sim::table::{run, TableConfig};
+    let mut sim = cluster(80, 11);
+    let config = TableConfig {
+        entries: 200,
+        writes: 5,
+        while_away: 20,
+        ..TableConfig::default()
+    };
+    let report = run(&mut sim, &config, Duration::from_secs(10), 700, 11, &|_| {});
+    assert!(report.loaded_ms.is_some(), "not every node held the table: {report:?}");
+    assert_eq!(report.writes_held_by_all, 5, "a single write missed a node: {report:?}");
+    assert_eq!(
+        report.returned_entries,
+        200 + 5 + 20,
+        "the node that came back holds every entry, those written while it was away too"
+    );
+    assert!(report.returned_ms.is_some());
+    assert_eq!(report.false_dead, 0);
+    // Every running node holds the same table.
+    let held: Vec<usize> = (0..sim.nodes.len())
+        .filter(|i| sim.nodes[*i].up)
+        .map(|i| sim.entries_held(i))
+        .collect();
+    assert!(held.iter().all(|n| *n == 225), "{held:?}");
+}

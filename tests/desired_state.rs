@@ -338,6 +338,22 @@ async fn a_node_that_was_down_during_a_deploy_converges_when_it_returns_and_so_d
     );
     let d3 = lab.start("d3", &[("role", "web")], Some(nodes[0].addr)).await;
     converge(&[&d3, &nodes[0], &nodes[1]], "clock", None, "clock gone everywhere").await;
+
+    // The results d3 sent after each gather had ended are late answers at
+    // their origins, not envelopes that no module handles.
+    for n in &nodes {
+        let transponder = eventually(LIMIT, "the origin to receive d3's late result", || async {
+            let state = n.node.handle.dump_state().await;
+            let transponder = state["modules"]["transponder"].clone();
+            (transponder["counters"]["late_replies"].as_u64() >= Some(1)).then_some(transponder)
+        })
+        .await;
+        assert_eq!(
+            transponder["counters"]["no_handler"], 0,
+            "{}: late results counted as unhandled: {transponder}",
+            n.name
+        );
+    }
     for n in nodes.into_iter().chain([d3]) {
         n.node.shutdown().await;
     }

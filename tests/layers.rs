@@ -1,4 +1,4 @@
-//! The layers of `src/` and the direction of their imports (issue 13):
+//! The layers of `src/` and the direction of their imports:
 //!
 //! 0. `wire`
 //! 1. `cluster`, `sim`, `logging`, `metrics`, `private_file`, `api_token`, `tags`

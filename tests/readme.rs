@@ -19,11 +19,20 @@ fn shape(transcript: &str) -> Vec<String> {
             l.starts_with("$ ")
                 || l.starts_with("NAME ")
                 || l.starts_with("NODE ")
+                || l.starts_with("ID ")
+                // Only the rollout's end: how many waves a poll catches
+                // on the way depends on the machine's pace.
+                || (l.starts_with("rollout ") && l.contains(", done,"))
                 || l.ends_with("targeted")
                 || l.contains(" deployed")
                 || l.contains(" failing;")
         })
         .map(|l| {
+            // A rollout's id is random hex: only its place is compared.
+            let l = match l.strip_prefix("rollout ").and_then(|rest| rest.split_once(':')) {
+                Some((_, rest)) => format!("rollout ID:{rest}"),
+                None => l.to_string(),
+            };
             // Each run of digits becomes one `9`: "deployed 1.0.0 (1025 ms)"
             // and "(987 ms)" have the same shape.
             let mut masked = String::new();

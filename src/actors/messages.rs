@@ -77,12 +77,12 @@ impl Serialize for Tags {
 }
 
 impl NodeIdentity {
-    /// The address of this node's Transponder (SPEC §2).
+    /// The address of this node's Transponder.
     pub fn host_address(&self) -> String {
         format!("{}.host", self.name)
     }
 
-    /// The address of this node's local notification topic (SPEC §2).
+    /// The address of this node's local notification topic.
     pub fn local_address(&self) -> String {
         format!("{}.local", self.name)
     }

@@ -1,5 +1,5 @@
-//! The ModBus: a node's local publish/subscribe bus between its modules
-//! (SPEC §1, §2). Nothing on it leaves the node unless the Transponder sends it.
+//! The ModBus: a node's local publish/subscribe bus between its modules.
+//! Nothing on it leaves the node unless the Transponder sends it.
 //!
 //! Three ways to send:
 //! - [`Publish`]: to every subscriber of the address;

@@ -1,5 +1,5 @@
 //! ProcessModule: runs a package's `main` as a child process and bridges it
-//! to the node (SPEC §8, "Process module protocol").
+//! to the node.
 //!
 //! - stdin gets an `init` line, then one envelope per line for everything
 //!   delivered to the module's subscriptions.

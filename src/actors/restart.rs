@@ -1,12 +1,12 @@
 //! The supervisor's restart decisions, apart from the actor: the policy
-//! (SPEC §8 `restart`), OTP's intensity and period, and backoff. Pure: the
+//! (`restart` in `mod.json`), OTP's intensity and period, and backoff. Pure: the
 //! caller passes the time, so the rules are tested on a mocked clock.
 
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// When a module that exited is started again (SPEC §8 `restart.policy`).
+/// When a module that exited is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartMode {
@@ -32,7 +32,7 @@ pub struct RestartPolicy {
 }
 
 impl Default for RestartPolicy {
-    /// SPEC §8 defaults: 5 restarts within 60 s.
+    /// The defaults: 5 restarts within 60 s.
     fn default() -> Self {
         RestartPolicy {
             mode: RestartMode::Always,

@@ -1,7 +1,7 @@
 //! The Transponder: the node's border between the ClusterBus and its ModBus.
 //!
 //! - Outgoing: stamps envelopes with this node's name, the time and the
-//!   lamport clock (SPEC §3 says these are never trusted from modules), then
+//!   lamport clock (these are never trusted from modules), then
 //!   hands them to the ClusterBus.
 //! - Incoming: drops duplicates, advances the lamport clock, checks
 //!   `dst.target` against this node's name and tags, and delivers what is
@@ -35,7 +35,7 @@ use uuid::Uuid;
 /// are dropped by the bridge and counted (`overloaded`).
 pub const TRANSPONDER_MAILBOX: usize = 8192;
 
-/// The address every node's Transponder listens to (SPEC §2).
+/// The address every node's Transponder listens to.
 pub const CLUSTERBUS_ADDRESS: &str = "conjoiner.clusterbus";
 
 /// Where modules find the live Transponder: its factory puts each new one
@@ -178,7 +178,7 @@ pub struct NodeReply {
     pub elapsed_ms: u64,
 }
 
-/// The result of a gathered request (SPEC §6 `POST /v1/request`).
+/// The result of a gathered request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RequestOutcome {
     pub id: Uuid,
@@ -223,6 +223,9 @@ struct Counters {
     not_for_us: u64,
     bad_target: u64,
     no_handler: u64,
+    /// Answers that came after their gather ended (a node that was away
+    /// reporting on a deploy, a reply past the timeout): dropped.
+    late_replies: u64,
     requests_answered: u64,
     states_published: u64,
 }
@@ -333,6 +336,7 @@ impl Transponder {
     fn record_reply(&mut self, envelope: Envelope) {
         let Some(request_id) = envelope.reply_to else { return };
         let Some(gather) = self.gathers.get_mut(&request_id) else {
+            self.counters.late_replies += 1;
             debug!(envelope = %envelope.id, request = %request_id, from = %envelope.src.node,
                 "late or unknown reply dropped");
             return;
@@ -493,7 +497,9 @@ impl Handler<FromCluster> for Transponder {
             _ if envelope.reply_to.is_some_and(|id| self.gathers.contains_key(&id)) => {
                 self.record_reply(envelope);
             }
-            MessageType::Reply | MessageType::Error if envelope.reply_to.is_some() => {
+            // A late answer is no event for the modules: a node that was
+            // away reports on a deploy whose gather ended long ago.
+            MessageType::Reply | MessageType::Error | MessageType::DeployResult if envelope.reply_to.is_some() => {
                 self.record_reply(envelope);
             }
             MessageType::Request => self.answer_request(envelope, ctx),

@@ -2,7 +2,7 @@
 //! virtual network and prints what it measured (see `conjoiner::sim`).
 //!
 //! Usage: `conjoiner-sim [N[,N…]] [--seed S] [--idle SECS] [--loss-secs SECS]
-//! [--overload-secs SECS]`. Writes `target/sim/sim-N.json` per N.
+//! [--overload-secs SECS] [--table ENTRIES]`. Writes `target/sim/sim-N.json` per N.
 
 use conjoiner::sim::scenario::{run, table, ScenarioConfig};
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ fn main() {
     let mut idle = None;
     let mut loss = None;
     let mut overload = None;
+    let mut table_entries = None;
     while let Some(arg) = args.next() {
         let mut value = |what: &str| -> f64 {
             args.next()
@@ -26,6 +27,7 @@ fn main() {
             "--idle" => idle = Some(Duration::from_secs_f64(value("--idle"))),
             "--loss-secs" => loss = Some(Duration::from_secs_f64(value("--loss-secs"))),
             "--overload-secs" => overload = Some(Duration::from_secs_f64(value("--overload-secs"))),
+            "--table" => table_entries = Some(value("--table") as usize),
             "-h" | "--help" => usage(""),
             list => {
                 for n in list.split(',') {
@@ -54,6 +56,9 @@ fn main() {
         }
         if let Some(d) = overload {
             config.overload_duration = d;
+        }
+        if let Some(entries) = table_entries {
+            config.table.entries = entries;
         }
         let started = std::time::Instant::now();
         let report = run(&config, |step| {
@@ -87,6 +92,6 @@ fn usage(error: &str) -> ! {
     if !error.is_empty() {
         eprintln!("conjoiner-sim: {error}");
     }
-    eprintln!("usage: conjoiner-sim [N[,N...]] [--seed S] [--idle SECS] [--loss-secs SECS] [--overload-secs SECS]");
+    eprintln!("usage: conjoiner-sim [N[,N...]] [--seed S] [--idle SECS] [--loss-secs SECS] [--overload-secs SECS] [--table ENTRIES]");
     std::process::exit(2);
 }

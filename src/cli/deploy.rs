@@ -374,12 +374,13 @@ async fn follow(
         if seen.as_ref() != Some(&(wave, state.clone())) {
             changed = std::time::Instant::now();
             if !json_out {
+                let released = entry["nodes"].as_u64().unwrap_or(0);
+                let later = entry["later"].as_u64().unwrap_or(0);
                 eprintln!(
-                    "rollout {}: wave {wave}, {state}, released to {:.0}% of the targeted nodes; converged {}/{}",
+                    "rollout {}: wave {wave}, {state}, released to {released} of {} alive targeted node(s); converged {}/{released}",
                     crate::deploy::view::short_id(&id),
-                    rollout["released"].as_f64().unwrap_or(0.0) * 100.0,
+                    released + later,
                     entry["converged"],
-                    entry["nodes"],
                 );
                 if let Some(reason) = rollout["reason"].as_str() {
                     eprintln!("  {reason}");

@@ -70,6 +70,16 @@ fn rollout_cell(e: &EntryView) -> String {
     }
 }
 
+/// `K/N`, or, for an entry that wins on no alive node because a newer one
+/// of its module does, `superseded`.
+fn converged_cell(e: &EntryView) -> String {
+    if e.nodes == 0 && e.superseded_on > 0 {
+        "superseded".into()
+    } else {
+        format!("{}/{}", e.converged, e.nodes)
+    }
+}
+
 /// The whole screen: the table, then every node that is behind, and why.
 pub fn screen(entries: &[EntryView]) -> String {
     if entries.is_empty() {
@@ -86,7 +96,7 @@ pub fn screen(entries: &[EntryView]) -> String {
                 e.sha256.as_deref().map_or("-".into(), |s| s.chars().take(12).collect()),
                 format!("{}@{}", e.version.clock, e.version.origin),
                 uptime(e.age_ms.max(1)),
-                format!("{}/{}", e.converged, e.nodes),
+                converged_cell(e),
             ]
         })
         .collect();
@@ -139,4 +149,33 @@ pub fn screen(entries: &[EntryView]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(id: &str, converged: usize, nodes: usize, superseded_on: usize) -> EntryView {
+        serde_json::from_value(json!({
+            "id": id, "module": "web", "action": "deploy",
+            "version": {"clock": 7, "origin": "a"}, "signed_by": null,
+            "ts": 1, "age_ms": 2000,
+            "converged": converged, "nodes": nodes, "behind": [],
+            "superseded_on": superseded_on, "later": 0, "absent": ["w4"],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_entry_that_wins_nowhere_reads_superseded_and_a_live_one_k_of_n() {
+        let text = screen(&[entry("0000-new00001", 2, 3, 0), entry("0000-old00002", 0, 0, 3)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("new00001") && lines[1].ends_with("2/3"), "{text}");
+        assert!(
+            lines[2].starts_with("old00002") && lines[2].ends_with("superseded"),
+            "{text}"
+        );
+        assert!(text.contains("new00001 web on w4: not alive"), "{text}");
+    }
 }

@@ -1,4 +1,4 @@
-//! `conjoiner keygen`: prints a new cluster key (SPEC §7).
+//! `conjoiner keygen`: prints a new cluster key.
 
 use super::{CliError, EXIT_OK};
 use crate::cluster::ClusterKey;

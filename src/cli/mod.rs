@@ -1,4 +1,4 @@
-//! The `conjoiner` command line (SPEC §5). One file per command; every client
+//! The `conjoiner` command line. One file per command; every client
 //! command talks to the local node's control API through [`client::ApiClient`].
 //!
 //! Exit codes: 0 success, 1 error, 2 usage error, 3 partial (some targeted
@@ -28,7 +28,7 @@ pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_PARTIAL: i32 = 3;
 
-/// The default control API address (SPEC §5).
+/// The default control API address.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:7373";
 
 #[derive(Debug, Parser)]

@@ -1,4 +1,4 @@
-//! The cluster key (SPEC §7): 32 random bytes, written as base64.
+//! The cluster key: 32 random bytes, written as base64.
 //!
 //! Every link between nodes is a Noise session keyed by it, so a node without
 //! the key cannot join, read or inject anything. The key comes from
@@ -84,7 +84,7 @@ impl ClusterKey {
         &self.0
     }
 
-    /// Finds the key the way SPEC §7 orders it: the file, the environment
+    /// Finds the key in this order: the file, the environment
     /// value, then `<data-dir>/cluster.key`, created if missing.
     pub fn load(
         key_file: Option<&Path>,

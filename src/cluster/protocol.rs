@@ -127,7 +127,7 @@ impl Hello {
     }
 }
 
-/// A member's status (SPEC §7).
+/// A member's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Status {
     Alive,

@@ -32,7 +32,7 @@ pub const MAX_CHUNK_BYTES: u64 = 512 * 1024;
 /// Tunables of the install pipeline.
 #[derive(Debug, Clone)]
 pub struct DeployerConfig {
-    /// The largest package (compressed) fetched, SPEC §8.
+    /// The largest package (compressed) fetched.
     pub max_package_bytes: u64,
     /// How long a new version must stay up, with no restart, to count as deployed.
     pub probation: Duration,
@@ -41,7 +41,7 @@ pub struct DeployerConfig {
     /// Peer-to-peer chunk size, and how long one chunk may take.
     pub chunk_bytes: u64,
     pub chunk_timeout: Duration,
-    /// Orders for different modules carried out at once.
+    /// Steps of different modules carried out at once.
     pub parallel_orders: usize,
     /// The only directories `file://` sources and `source.path` are read
     /// from (`agent --package-dir`); none by default.

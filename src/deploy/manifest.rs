@@ -1,4 +1,4 @@
-//! `mod.json`, the manifest of a module package (SPEC §8).
+//! `mod.json`, the manifest of a module package.
 //!
 //! Parsed leniently (unknown fields are ignored, so newer packages still load
 //! on older nodes) and validated strictly: every error names the field that

@@ -1,4 +1,4 @@
-//! Module packages (SPEC §8): a gzip'd tar with `mod.json` at its root.
+//! Module packages: a gzip'd tar with `mod.json` at its root.
 //!
 //! [`build`] makes one from a folder, the same bytes for the same files (so
 //! the same folder gives the same sha256). [`unpack`] opens one into a
@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-/// The default largest package (compressed), SPEC §8.
+/// The default largest package (compressed).
 pub const DEFAULT_MAX_PACKAGE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Limits on what a package may unpack to.

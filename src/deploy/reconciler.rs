@@ -192,6 +192,8 @@ impl Reconciler {
                 let started = Instant::now();
                 let lock = me.installer.state.module_lock(&module);
                 let _held = lock.lock().await;
+                let slots = me.installer.state.step_slots.clone();
+                let Ok(_slot) = slots.acquire_owned().await else { return };
                 let report = me.carry_out(&module, &step, row.as_ref()).await;
                 let result = match report.status {
                     DeployStatus::Failed => Err((

@@ -32,6 +32,10 @@ pub struct DeployState {
     /// installed: nothing is reconciled before, so a step never races the
     /// recovery of the folder it works in.
     ready: tokio::sync::watch::Sender<bool>,
+    /// Steps of different modules run side by side, this many at once, so
+    /// a table that names many modules does not start every download at
+    /// once.
+    pub step_slots: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Default, Debug, Clone, Copy, Serialize)]
@@ -47,8 +51,9 @@ pub(crate) struct DeployCounters {
 
 impl DeployState {
     /// Opens `<data-dir>/mods` and `<data-dir>/packages`; `file://`
-    /// packages are read only from `package_dirs`.
-    pub fn open(data_dir: &Path, package_dirs: &[std::path::PathBuf]) -> anyhow::Result<DeployState> {
+    /// packages are read only from `package_dirs`; `parallel` steps run at
+    /// once.
+    pub fn open(data_dir: &Path, package_dirs: &[std::path::PathBuf], parallel: usize) -> anyhow::Result<DeployState> {
         use anyhow::Context as _;
         let readable = PackageDirs::new(package_dirs)?;
         let store = ModuleStore::open(&data_dir.join("mods"))
@@ -64,6 +69,7 @@ impl DeployState {
             goals: Mutex::new(Goals::default()),
             fresh: Mutex::new(HashSet::new()),
             ready: tokio::sync::watch::Sender::new(false),
+            step_slots: Arc::new(tokio::sync::Semaphore::new(parallel.max(1))),
         })
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument as _};
 
-/// The service every node registers and browses (SPEC §7).
+/// The service every node registers and browses.
 pub const SERVICE_TYPE: &str = "_conjoiner._tcp.local.";
 
 /// How long a handed-on candidate is not handed on again.

@@ -22,11 +22,14 @@
 //! frames (probes, membership) are served before bulk ones, as the node's
 //! link queues do.
 
+pub mod measure;
 pub mod scenario;
+pub mod table;
 
 use crate::cluster::core::hash::{StableMap, StableSet};
+use crate::cluster::core::keyed::AnyEntry;
 use crate::cluster::core::{Action, Change, ClusterCore, Direction, LinkId};
-use crate::cluster::protocol::{Frame, Lane, MsgId};
+use crate::cluster::protocol::{Frame, Lane, MsgId, SET_DEPLOYMENTS};
 use crate::cluster::{ClusterConfig, NodeId};
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -295,8 +298,7 @@ impl Sim {
         let i = self.nodes.len();
         let boot = 1_700_000_000_000 + self.now.as_millis() as u64 + i as u64;
         let id = NodeId::new(name, addr, boot, Default::default());
-        let seed = self.rng.random();
-        let core = ClusterCore::new("sim", id, self.config.cluster.clone(), seed, self.instant());
+        let core = self.new_core(id);
         self.nodes.push(SimNode {
             core,
             name: name.to_string(),
@@ -325,15 +327,9 @@ impl Sim {
         let (name, addr) = (self.nodes[i].name.clone(), self.nodes[i].addr);
         self.crash(i, Crash::Reset);
         let boot = 1_700_000_000_000 + self.now.as_millis() as u64 + i as u64 + 1;
-        let seed = self.rng.random();
+        let core = self.new_core(NodeId::new(&name, addr, boot, Default::default()));
         let node = &mut self.nodes[i];
-        node.core = ClusterCore::new(
-            "sim",
-            NodeId::new(&name, addr, boot, Default::default()),
-            self.config.cluster.clone(),
-            seed,
-            self.base + self.now,
-        );
+        node.core = core;
         node.up = true;
         node.host_up = true;
         node.generation += 1;
@@ -344,6 +340,15 @@ impl Sim {
         node.busy_until = self.now;
         self.by_addr.insert(addr, i);
         self.schedule_tick(i);
+    }
+
+    /// A node's core at its start: it holds the deployments table, as a
+    /// node does (its entries' bodies mean nothing here, so any is held).
+    fn new_core(&mut self, id: NodeId) -> ClusterCore {
+        let seed = self.rng.random();
+        let mut core = ClusterCore::new("sim", id, self.config.cluster.clone(), seed, self.instant());
+        core.hold(SET_DEPLOYMENTS, Box::new(AnyEntry));
+        core
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
@@ -373,6 +378,22 @@ impl Sim {
         let now = self.instant();
         let _ = self.nodes[i].core.set_state(Bytes::from(vec![b's'; size]), now);
         self.drain(i);
+    }
+
+    /// Node `i` writes `key` into the deployments table with a body of
+    /// `size` bytes, as a deploy does.
+    pub fn write_entry(&mut self, i: usize, key: &str, size: usize) {
+        let now = self.instant();
+        self.nodes[i]
+            .core
+            .write_entry(SET_DEPLOYMENTS, key, Bytes::from(vec![b'd'; size]), now)
+            .expect("the simulator's table admits any entry");
+        self.drain(i);
+    }
+
+    /// The deployments-table entries node `i` holds.
+    pub fn entries_held(&self, i: usize) -> usize {
+        self.nodes[i].core.entry_count(SET_DEPLOYMENTS)
     }
 
     pub fn crash(&mut self, i: usize, how: Crash) {

@@ -2,7 +2,9 @@
 //! late joiner, an idle window, broadcasts, two crashes, then 10% loss and
 //! overload, measured the way the benchmark measures real nodes.
 
-use super::{Crash, NodeStats, Sim, SimConfig};
+use super::measure::{idle_window, ms, percentile, rand_unit, spread, Spread};
+use super::table::{self, TableConfig, TableReport};
+use super::{Crash, Sim, SimConfig};
 use crate::cluster::core::hash::{StableMap, StableSet};
 use crate::cluster::core::{Change, Standing};
 use serde::Serialize;
@@ -29,6 +31,8 @@ pub struct ScenarioConfig {
     /// publishes it (a three-module report of 2.5 KiB deflates to about
     /// 700 bytes).
     pub state_bytes: usize,
+    /// The deployments-table phase.
+    pub table: TableConfig,
     /// Give up on convergence after this long.
     pub limit: Duration,
 }
@@ -48,28 +52,9 @@ impl ScenarioConfig {
             overload_rate: 20.0,
             overload_duration: Duration::from_secs(60),
             state_bytes: 700,
+            table: TableConfig::default(),
             limit: Duration::from_secs(180),
         }
-    }
-}
-
-/// Per-node figures over a window: mean and max.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Spread {
-    pub mean: f64,
-    pub max: f64,
-}
-
-fn spread(values: impl Iterator<Item = f64>) -> Spread {
-    let (mut sum, mut max, mut n) = (0.0, 0.0f64, 0usize);
-    for v in values {
-        sum += v;
-        max = max.max(v);
-        n += 1;
-    }
-    Spread {
-        mean: if n == 0 { 0.0 } else { sum / n as f64 },
-        max,
     }
 }
 
@@ -119,6 +104,8 @@ pub struct Report {
     pub suspicions_overload: u64,
     pub stalls_excused_overload: u64,
     pub overload_max_queue_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<TableReport>,
     pub sim_events: u64,
     pub wall_s: f64,
 }
@@ -130,18 +117,6 @@ fn stalls_excused(sim: &Sim) -> u64 {
         .iter()
         .map(|n| n.core.detector_counters().stalls_excused)
         .sum()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 /// Starts `n` nodes at random moments within `spread`, all joining node 0,
@@ -229,12 +204,6 @@ pub fn start_cluster_with(
     }
 }
 
-/// A repeatable number in [0, 1) for node `i`.
-fn rand_unit(seed: u64, i: usize) -> f64 {
-    let h = crate::cluster::core::hash::combine(seed, i as u64);
-    (h >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// Runs until every running node has seen `victim` dead; answers when
 /// the last and the median one did.
 fn wait_dead(sim: &mut Sim, victim: &str, since: Duration, limit: Duration) -> (Option<f64>, Option<f64>) {
@@ -267,17 +236,6 @@ fn wait_dead(sim: &mut Sim, victim: &str, since: Duration, limit: Duration) -> (
         }
         sim.run_for(Duration::from_millis(10));
     }
-}
-
-fn totals(sim: &Sim) -> Vec<NodeStats> {
-    sim.nodes.iter().map(|n| n.stats).collect()
-}
-
-/// Every node republishes its state this often, as the Monitor does: at
-/// least every 10 s, and every N/2 s in larger clusters, so the cluster
-/// carries about two states per second whatever its size.
-pub fn state_refresh(nodes: usize) -> Duration {
-    Duration::from_secs_f64((nodes as f64 / 2.0).max(10.0))
 }
 
 /// The standard run.
@@ -329,28 +287,11 @@ pub fn run(config: &ScenarioConfig, progress: impl Fn(&str)) -> Report {
 
     progress("idle window");
     let false_before = sim.false_deaths;
-    let before = totals(&sim);
-    let refresh = state_refresh(n + 1);
-    report.state_refresh_s = refresh.as_secs_f64();
-    let start = sim.now();
-    let mut next_state: Vec<Duration> = (0..sim.nodes.len())
-        .map(|i| start + refresh.mul_f64(rand_unit(config.seed ^ 0x5eed, i)))
-        .collect();
-    while sim.now() < start + config.idle {
-        for (i, at) in next_state.iter_mut().enumerate() {
-            if *at <= sim.now() {
-                sim.set_state(i, config.state_bytes);
-                *at += refresh;
-            }
-        }
-        sim.run_for(Duration::from_millis(100));
-    }
-    let secs = (sim.now() - start).as_secs_f64();
-    let after = totals(&sim);
-    let rate = |f: fn(&NodeStats) -> u64| spread(before.iter().zip(&after).map(|(b, a)| (f(a) - f(b)) as f64 / secs));
-    report.idle_msgs_per_s = rate(|s| s.msgs_in + s.msgs_out);
-    report.idle_frames_per_s = rate(|s| s.frames_in + s.frames_out);
-    report.idle_bytes_per_s = rate(|s| s.bytes_in + s.bytes_out);
+    let idle = idle_window(&mut sim, config.idle, config.state_bytes, config.seed);
+    report.state_refresh_s = idle.refresh.as_secs_f64();
+    report.idle_msgs_per_s = idle.msgs_per_s;
+    report.idle_frames_per_s = idle.frames_per_s;
+    report.idle_bytes_per_s = idle.bytes_per_s;
     report.open_links = spread(sim.nodes.iter().map(|x| x.core.link_count() as f64));
     report.max_links_ever = sim.nodes.iter().map(|x| x.stats.max_links).max().unwrap_or(0);
     report.memory_kib = spread(sim.nodes.iter().map(|x| x.core.heap_bytes() as f64 / 1024.0));
@@ -405,6 +346,17 @@ pub fn run(config: &ScenarioConfig, progress: impl Fn(&str)) -> Report {
     report.detect_reset_ms = wait_dead(&mut sim, &victim, t, Duration::from_secs(60)).0;
     sim.run_for(Duration::from_secs(2));
     report.false_dead_steady = sim.false_deaths - false_before;
+
+    if config.table.entries > 0 {
+        report.table = Some(table::run(
+            &mut sim,
+            &config.table,
+            config.idle,
+            config.state_bytes,
+            config.seed,
+            &progress,
+        ));
+    }
 
     if !config.loss_duration.is_zero() {
         progress(&format!(
@@ -463,6 +415,11 @@ pub fn run(config: &ScenarioConfig, progress: impl Fn(&str)) -> Report {
     report.sim_events = sim.events;
     report.wall_s = wall.elapsed().as_secs_f64();
     report
+}
+
+/// A figure of the table phase, or `-` for a run without it.
+fn on_table(r: &Report, f: impl Fn(&TableReport) -> String) -> String {
+    r.table.as_ref().map_or("-".to_string(), f)
 }
 
 /// The report as the table `make sim` prints.
@@ -539,6 +496,47 @@ pub fn table(reports: &[Report]) -> String {
             r.overload_nodes,
             r.overload_max_queue_ms
         )
+    });
+    row(
+        "deployments table: entries of bytes; all hold all after the last write (ms)",
+        &|r| {
+            on_table(r, |t| {
+                format!("{} of {} B; {}", t.entries, t.entry_bytes, opt(t.loaded_ms))
+            })
+        },
+    );
+    row("idle msgs/s per node with the table, mean (max)", &|r| {
+        on_table(r, |t| {
+            format!("{:.1} ({:.1})", t.idle_msgs_per_s.mean, t.idle_msgs_per_s.max)
+        })
+    });
+    row("idle KB/s per node with the table, mean (max)", &|r| {
+        on_table(r, |t| {
+            format!(
+                "{:.2} ({:.2})",
+                t.idle_bytes_per_s.mean / 1000.0,
+                t.idle_bytes_per_s.max / 1000.0
+            )
+        })
+    });
+    row("cluster state held per node with the table, KiB mean (max)", &|r| {
+        on_table(r, |t| format!("{:.0} ({:.0})", t.memory_kib.mean, t.memory_kib.max))
+    });
+    row("one new entry held by all: p50 / p99 / max (ms), held/written", &|r| {
+        on_table(r, |t| {
+            format!(
+                "{:.1} / {:.1} / {:.1}, {}/{}",
+                t.write_p50_ms, t.write_p99_ms, t.write_max_ms, t.writes_held_by_all, t.writes
+            )
+        })
+    });
+    row("node back with an empty table holds all entries (ms)", &|r| {
+        on_table(r, |t| {
+            format!("{} ({} entries)", opt(t.returned_ms), t.returned_entries)
+        })
+    });
+    row("false dead in the table phase", &|r| {
+        on_table(r, |t| t.false_dead.to_string())
     });
     row("simulator wall time (s)", &|r| format!("{:.1}", r.wall_s));
     out

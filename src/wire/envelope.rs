@@ -1,4 +1,4 @@
-//! The envelope (SPEC §3): the one standard payload every message travels in,
+//! The envelope: the one standard payload every message travels in,
 //! on the ModBus, on the ClusterBus, over the control API and (later) on the
 //! wire between nodes.
 //!
@@ -100,8 +100,8 @@ pub struct Source {
     pub module: String,
 }
 
-/// Where an envelope goes: an address (SPEC §2) and an optional target
-/// selector (SPEC §4) naming the nodes it is meant for.
+/// Where an envelope goes: an address and an optional target
+/// selector naming the nodes it is meant for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Destination {
     pub address: String,
@@ -109,7 +109,7 @@ pub struct Destination {
     pub target: Option<String>,
 }
 
-/// One envelope. Field order follows SPEC §3.
+/// One envelope, its fields in the order of its JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     pub v: u64,

@@ -6,7 +6,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-/// Default largest frame: 1 MiB of payload (SPEC §3), plus room for framing
+/// Default largest frame: 1 MiB of payload, plus room for framing
 /// overhead added by the link layer.
 pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024 + 64 * 1024;
 

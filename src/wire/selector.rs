@@ -1,4 +1,4 @@
-//! Target selectors (SPEC §4): which nodes an envelope is meant for.
+//! Target selectors: which nodes an envelope is meant for.
 //!
 //! A selector is a comma-separated list of terms that must all match (AND):
 //! `*`, `name=<glob>`, `tag.<key>=<glob>`, each optionally negated with `!`.

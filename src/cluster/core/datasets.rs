@@ -40,6 +40,11 @@ impl ClusterCore {
             .unwrap_or_default()
     }
 
+    /// How many entries of `set` are held (without copying them).
+    pub fn entry_count(&self, set: SetId) -> usize {
+        self.held.get(&set).map_or(0, |h| h.entries.len())
+    }
+
     /// Writes a new version of `key` in `set` from this node, and spreads
     /// it to every node. Its version is above every version held, so it
     /// wins wherever it arrives (unless another node wrote the same key at

@@ -30,6 +30,20 @@ pub trait EntryRules: Send {
     fn obsolete(&self, held: &KeyedSet, now_ms: u64) -> Vec<Arc<str>>;
 }
 
+/// Rules that admit every entry and prune none: for a dataset whose
+/// bodies mean nothing (the simulator's, the core's tests).
+pub struct AnyEntry;
+
+impl EntryRules for AnyEntry {
+    fn check(&self, _entry: &Entry, _held: &KeyedSet, _now_ms: u64) -> Result<(), Refused> {
+        Ok(())
+    }
+
+    fn obsolete(&self, _held: &KeyedSet, _now_ms: u64) -> Vec<Arc<str>> {
+        Vec::new()
+    }
+}
+
 /// The entries held of one keyed dataset, with their digest.
 #[derive(Default)]
 pub struct KeyedSet {

@@ -2,6 +2,7 @@
 //! network under a mocked clock. (Many-node behaviour is tested on the
 //! simulator, in `tests/cluster_sim.rs`.)
 
+use super::keyed::AnyEntry;
 use super::replica::Replicated as _;
 use super::replica::{MAX_ITEMS_CATCHING_UP, MAX_ITEMS_PER_EXCHANGE};
 use super::*;
@@ -1205,18 +1206,6 @@ fn a_newer_peer_stays_linked_and_its_unknown_messages_are_skipped() {
     });
     let refused = refused.expect("c's join was answered with the refusal");
     assert!(refused.contains("speaks link protocol 3, this one"), "{refused}");
-}
-
-/// Accepts every entry; prunes none.
-struct AnyEntry;
-
-impl super::keyed::EntryRules for AnyEntry {
-    fn check(&self, _entry: &Entry, _held: &super::keyed::KeyedSet, _now_ms: u64) -> Result<(), super::keyed::Refused> {
-        Ok(())
-    }
-    fn obsolete(&self, _held: &super::keyed::KeyedSet, _now_ms: u64) -> Vec<Arc<str>> {
-        Vec::new()
-    }
 }
 
 fn entry(key: &str, clock: u64) -> Arc<Entry> {
