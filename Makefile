@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run demo readme build test bench bench-load sim lint fmt clean
+.PHONY: run demo readme build test bench bench-load bench-deploy sim lint fmt clean
 
 # Nodes in the benchmark (`make bench N=50`) and the simulator (`make sim N=100,1000`).
 N ?= 20
@@ -49,6 +49,10 @@ bench:
 ## bench-load: 5 node processes exchange 10,000 envelopes/s for 60 s (RATE per node, SECS): losses, drops, latency, RSS (writes target/bench/load.json)
 bench-load:
 	RATE=$(or $(RATE),500) SECS=$(or $(SECS),60) $(RELEASE) bench --target $(HOST) --bench load
+
+## bench-deploy: one 50 MB deploy to N node processes (default 100; 10 stopped during it), peer to peer and from one python3 HTTP server: time until all run it, bytes the source sent (writes target/bench/deploy-N.json)
+bench-deploy:
+	N=$(if $(filter 20,$(N)),100,$(N)) $(RELEASE) bench --target $(HOST) --bench deploy
 
 ## sim: N nodes' cluster cores on a simulated network with a virtual clock: convergence, broadcast, detection, false deaths, per-node traffic (writes target/sim/sim-N.json)
 sim:

@@ -348,7 +348,7 @@ impl NodeHandle {
             self.ctx
                 .identity
                 .span("node")
-                .in_scope(|| info!(tags = ?tags, "tags changed"));
+                .in_scope(|| info!(tags = %self.ctx.identity.tags, "tags changed"));
             self.ctx.cluster.set_tags.do_send(SetTags(tags.clone()));
         }
         Ok(tags)
@@ -458,7 +458,7 @@ impl Node {
             );
         }
         span.in_scope(|| {
-            info!(cluster = %identity.cluster, tags = ?identity.tags, data_dir = %config.data_dir.display(),
+            info!(cluster = %identity.cluster, tags = %identity.tags, data_dir = %config.data_dir.display(),
                 "node starting")
         });
 
@@ -494,6 +494,7 @@ impl Node {
             &config.data_dir,
             &config.deployer.package_dirs,
             config.deployer.parallel_orders,
+            config.deployer.max_uploads,
         )?);
         let status = StatusBoard::default();
         let board = status.clone();

@@ -34,6 +34,9 @@ struct Lab {
     net: MemoryNetwork,
     key: ClusterKey,
     root: tempfile::TempDir,
+    /// Peer-to-peer chunk size, and peers a node sends to at once.
+    chunk_bytes: u64,
+    max_uploads: usize,
 }
 
 struct Started {
@@ -48,6 +51,8 @@ impl Lab {
             net: MemoryNetwork::new(Duration::from_millis(1)),
             key: ClusterKey::generate(),
             root: tempfile::tempdir().unwrap(),
+            chunk_bytes: DeployerConfig::default().chunk_bytes,
+            max_uploads: DeployerConfig::default().max_uploads,
         }
     }
 
@@ -61,6 +66,8 @@ impl Lab {
         DeployerConfig {
             probation: Duration::from_millis(300),
             package_dirs: vec![self.packages()],
+            chunk_bytes: self.chunk_bytes,
+            max_uploads: self.max_uploads,
             ..DeployerConfig::default()
         }
     }
@@ -123,6 +130,30 @@ impl Lab {
             json!({"name": module, "version": "1.0.0", "builtin": "uptime"}).to_string(),
         )
         .unwrap();
+        let out = self.packages().join(format!("{module}.tar.gz"));
+        conjoiner::deploy::package::build(&src, &out).unwrap();
+        out
+    }
+
+    /// A package of a built-in module `module` that carries `bytes` of
+    /// noise (which does not compress): a package of many chunks.
+    fn padded_package(&self, module: &str, bytes: usize) -> PathBuf {
+        let src = self.root.path().join(format!("src-{module}"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(
+            src.join("mod.json"),
+            json!({"name": module, "version": "1.0.0", "builtin": "uptime"}).to_string(),
+        )
+        .unwrap();
+        let mut noise = vec![0u8; bytes];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for b in noise.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        std::fs::write(src.join("noise.bin"), noise).unwrap();
         let out = self.packages().join(format!("{module}.tar.gz"));
         conjoiner::deploy::package::build(&src, &out).unwrap();
         out
@@ -710,6 +741,91 @@ async fn a_rollout_whose_origin_is_gone_stays_where_it_is_and_resumes_from_anoth
     })
     .await;
     converge(&rest, "clock", Some(json!({})), "every node left to run the module").await;
+    for n in nodes {
+        n.node.shutdown().await;
+    }
+}
+
+/// The Deployer's counters on `n`.
+async fn deploy_counters(n: &Started) -> Value {
+    let state = n.node.handle.dump_state().await;
+    state["modules"]["deployer"]["counters"].clone()
+}
+
+#[actix_rt::test]
+async fn a_package_spreads_from_node_to_node_so_its_origin_sends_it_only_a_few_times() {
+    let mut lab = Lab::new();
+    lab.chunk_bytes = 64 * 1024;
+    lab.max_uploads = 1;
+    let names: Vec<(String, &str)> = (1..=7).map(|i| (format!("s{i}"), "web")).collect();
+    let names: Vec<(&str, &str)> = names.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+    let mut nodes = lab.cluster(&names).await;
+    let pkg = lab.padded_package("spread", 1024 * 1024);
+    let size = std::fs::metadata(&pkg).unwrap().len();
+    let away = nodes.pop().unwrap();
+    away.node.shutdown().await;
+
+    deploy(&lab, &nodes[0], "spread", &pkg, None, None, None).await;
+    let all: Vec<&Started> = nodes.iter().collect();
+    converge(&all, "spread", Some(json!({})), "every node to run the package").await;
+    // The node that was away comes back and fetches it too.
+    nodes.push(lab.start("s7", &[("role", "web")], Some(nodes[0].addr)).await);
+    converge(&[&nodes[6]], "spread", Some(json!({})), "s7 to run the package").await;
+
+    // Six nodes fetched the package. Each sends to one peer at a time, and
+    // the origin only while no other node holds it: the rest came from
+    // nodes that fetched it before them.
+    let mut served = Vec::new();
+    for n in &nodes {
+        let counters = deploy_counters(n).await;
+        served.push(counters["bytes_served"].as_u64().expect("bytes_served is counted"));
+    }
+    let total: u64 = served.iter().sum();
+    assert_eq!(
+        total,
+        6 * size,
+        "each fetcher got the package once: {served:?} of {size}"
+    );
+    assert!(
+        served[0] <= 3 * size,
+        "the origin sent {} copies of the package: {served:?}",
+        served[0] as f64 / size as f64
+    );
+    let relays = served[1..].iter().filter(|b| **b > 0).count();
+    assert!(relays >= 1, "no fetcher served another: {served:?}");
+    for n in nodes {
+        n.node.shutdown().await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_new_config_is_reported_deployed_only_once_its_probation_passed() {
+    let lab = Lab::new();
+    let nodes = lab.cluster(&[("c1", "web"), ("c2", "web"), ("c3", "web")]).await;
+    let pkg = lab.padded_package("cfg", 512 * 1024);
+    let first = deploy(&lab, &nodes[0], "cfg", &pkg, Some(json!({"v": 1})), None, None).await;
+    assert!(
+        names(&first).iter().all(|(_, s)| s == "deployed"),
+        "{:?}",
+        names(&first)
+    );
+    // The same package with another config: each node restarts the module
+    // with it, and says `deployed` after the probation, never `unchanged`
+    // while the new config is still on probation.
+    let started = Instant::now();
+    let second = deploy(&lab, &nodes[0], "cfg", &pkg, Some(json!({"v": 2})), None, None).await;
+    assert_eq!(
+        names(&second),
+        [
+            ("c1".to_string(), "deployed".to_string()),
+            ("c2".to_string(), "deployed".to_string()),
+            ("c3".to_string(), "deployed".to_string())
+        ]
+    );
+    assert!(
+        started.elapsed() >= lab.deployer().probation,
+        "results came before any probation could pass"
+    );
     for n in nodes {
         n.node.shutdown().await;
     }

@@ -159,7 +159,7 @@ pub fn start_conjoiner(root: &Path, i: usize, key: &str, bind: &str, seed: &str)
     .args(["--no-mdns", "--data-dir"])
     .arg(&data)
     .env("CONJOINER_KEY", key)
-    .env("RUST_LOG", "warn")
+    .env("RUST_LOG", std::env::var("NODE_LOG").unwrap_or_else(|_| "warn".into()))
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(std::fs::File::create(&log).unwrap());

@@ -11,7 +11,7 @@
 //! It also serves the packages this node holds to peers, chunk by chunk,
 //! and answers the Monitor with where each module stands.
 
-use super::cluster_bus::{EntriesChanged, ListEntries, LoadEntries, WatchEntries};
+use super::cluster_bus::{EntriesChanged, ListEntries, ListMembers, LoadEntries, WatchEntries};
 use super::context::ModuleContext;
 use super::messages::{answer_status, state_handlers, Deliver, ShowState};
 use super::modbus::{Publish, Subscribe, Unsubscribe};
@@ -21,7 +21,7 @@ use crate::deploy::install::{blocking, DeployerConfig, Installer};
 use crate::deploy::order::{PeerNews, PeerRequest};
 use crate::deploy::package::parse_sha256;
 use crate::deploy::reconciler::{Holders, PassSummary, Reconciler};
-use crate::deploy::serve::{read_chunk, ServeError};
+use crate::deploy::serve::{elsewhere, read_chunk, ServeError};
 use crate::deploy::state::DeployState;
 use crate::deploy::table_file::{self, Loaded};
 use crate::modules::registry::Builtins;
@@ -192,15 +192,40 @@ impl Deployer {
         let state = self.parts.state.clone();
         let me = self.source();
         let bus = self.parts.ctx.bus.clone();
+        let members = self.parts.ctx.cluster.members.clone();
+        let name = self.parts.ctx.identity.name.clone();
         actix_rt::spawn(
             async move {
-                let reply = match read_chunk(&state, &sha256, offset, len).await {
+                if offset == 0 && state.originated(&sha256) {
+                    let up = members.send(ListMembers).await.unwrap_or_default();
+                    let is_up = |h: &str| up.iter().any(|m| m.name == h && m.status.is_up());
+                    if let Some(holders) = elsewhere(&state, &name, &request.src.node, &sha256, offset, is_up) {
+                        state.count(|c| c.fetchers_redirected += 1);
+                        debug!(from = %request.src.node, holders = holders.len(), sha256 = %sha256,
+                            "a new fetcher is sent to the nodes that hold the package already");
+                        let body = json!({"holders": holders});
+                        bus.do_send(Publish(Envelope::reply_to_request(
+                            &request,
+                            MessageType::Reply,
+                            me,
+                            body,
+                        )));
+                        return;
+                    }
+                }
+                let reply = match read_chunk(&state, &request.src.node, &sha256, offset, len).await {
                     Ok(data) => {
-                        state.count(|c| c.chunks_served += 1);
+                        state.count(|c| {
+                            c.chunks_served += 1;
+                            c.bytes_served += data.len() as u64;
+                        });
                         let body = json!({"data": BASE64.encode(data)});
                         Envelope::reply_to_request(&request, MessageType::Reply, me, body)
                     }
                     Err(e) => {
+                        if matches!(e, ServeError::Busy(_)) {
+                            state.count(|c| c.chunks_refused_busy += 1);
+                        }
                         debug!(code = e.code(), error = %e, from = %request.src.node, "chunk not served");
                         let body = json!({"error": e.to_string(), "code": e.code()});
                         Envelope::reply_to_request(&request, MessageType::Error, me, body)

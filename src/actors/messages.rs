@@ -24,8 +24,34 @@ pub struct NodeIdentity {
 /// The node's tags, live: every clone of the identity sees a change at
 /// once (selectors, the Monitor's report, the Deployer), and a watcher is
 /// woken by it (the Deployer reconciles against the new tags).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Tags(Arc<tokio::sync::watch::Sender<BTreeMap<String, String>>>);
+
+impl std::fmt::Debug for Tags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.with(|tags| f.debug_tuple("Tags").field(tags).finish())
+    }
+}
+
+/// `role=web,zone=a`, or `none`: as logs and the CLI show tags.
+impl std::fmt::Display for Tags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.with(|tags| {
+            if tags.is_empty() {
+                return f.write_str("none");
+            }
+            let mut first = true;
+            for (k, v) in tags {
+                if !first {
+                    f.write_str(",")?;
+                }
+                first = false;
+                write!(f, "{k}={v}")?;
+            }
+            Ok(())
+        })
+    }
+}
 
 impl Tags {
     pub fn new(tags: BTreeMap<String, String>) -> Tags {
@@ -256,5 +282,20 @@ mod tests {
         assert_eq!(gauge.depth(), 1);
         drop(b);
         assert_eq!(gauge.depth(), 0);
+    }
+
+    #[test]
+    fn tags_read_as_people_write_them() {
+        let tags = Tags::default();
+        assert_eq!(tags.to_string(), "none");
+        tags.set(
+            [
+                ("zone".to_string(), "a".to_string()),
+                ("role".to_string(), "web".to_string()),
+            ]
+            .into(),
+        );
+        assert_eq!(tags.to_string(), "role=web,zone=a");
+        assert_eq!(format!("{tags:?}"), r#"Tags({"role": "web", "zone": "a"})"#);
     }
 }

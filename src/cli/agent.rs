@@ -49,6 +49,11 @@ pub struct AgentArgs {
     /// The largest module package this node fetches (e.g. 64M, 512K, 1048576).
     #[arg(long, env = "CONJOINER_MAX_PACKAGE", default_value = "64M", value_parser = parse_size)]
     pub max_package: u64,
+    /// Peers this node sends module packages to at once; the others ask
+    /// the nodes that already fetched it, so a deploy spreads like a tree.
+    #[arg(long, default_value_t = crate::deploy::uploads::DEFAULT_MAX_UPLOADS as u16,
+        value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_uploads: u16,
     /// A directory this node may read `file://` packages from, and the
     /// paths a local deploy names (repeatable). None by default: the CLI
     /// uploads a local package itself, as the user who runs it.
@@ -170,6 +175,7 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
         transponder: profile.transponder,
         deployer: DeployerConfig {
             max_package_bytes: args.max_package,
+            max_uploads: usize::from(args.max_uploads),
             package_dirs: args.package_dirs.clone(),
             ..profile.deployer
         },

@@ -5,11 +5,13 @@
 //! Removing a module is here too.
 
 use super::fetch::{CachedPackage, FetchError, PackageSource, StallRule};
+use super::holders::{Holders, Pick};
 use super::manifest::{check_module_name, merge_config};
 use super::order::{DeployError, DeployOrder, DeployReport, DeployStatus, PeerNews, PeerRequest};
 use super::package::{parse_sha256, UnpackLimits, DEFAULT_MAX_PACKAGE_BYTES};
 use super::state::DeployState;
 use super::store::{InstallRecord, InstalledModule, Staged};
+use super::uploads::{BUSY, DEFAULT_MAX_UPLOADS};
 use crate::actors::cluster_bus::ListMembers;
 use crate::actors::modbus::Publish;
 use crate::actors::supervisor::{ListModules, ModuleInfo, ModuleState, RemoveModule, StartModule};
@@ -22,7 +24,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The Deployer's inbox.
 pub const DEPLOYER_ADDRESS: &str = "mod.deployer";
@@ -43,6 +45,8 @@ pub struct DeployerConfig {
     pub chunk_timeout: Duration,
     /// Steps of different modules carried out at once.
     pub parallel_orders: usize,
+    /// Peers this node sends packages to at once.
+    pub max_uploads: usize,
     /// The only directories `file://` sources and `source.path` are read
     /// from (`agent --package-dir`); none by default.
     pub package_dirs: Vec<std::path::PathBuf>,
@@ -59,10 +63,21 @@ impl Default for DeployerConfig {
             chunk_bytes: 256 * 1024,
             chunk_timeout: Duration::from_secs(15),
             parallel_orders: 4,
+            max_uploads: DEFAULT_MAX_UPLOADS,
             package_dirs: Vec::new(),
             stall: StallRule::default(),
         }
     }
+}
+
+/// Why a holder did not send a chunk.
+enum ChunkError {
+    /// It sends to enough peers now: another holder is asked meanwhile.
+    Busy,
+    /// The origin sends this fetcher to the nodes that already hold it.
+    Elsewhere(Vec<String>),
+    /// It could not: it is not asked again for this fetch.
+    Failed(String),
 }
 
 /// Runs blocking filesystem work off the node's event loop.
@@ -349,8 +364,9 @@ impl Installer {
         }
     }
 
-    /// Fetches a package in chunks from the origin and any peer known to
-    /// hold it, trying another holder when one fails.
+    /// Fetches a package in chunks from the peers that hold it: any other
+    /// holder before the origin, another one when a holder is busy, and
+    /// never again one that failed.
     pub async fn fetch_from_peers(
         &self,
         origin: &str,
@@ -366,42 +382,41 @@ impl Installer {
         if size > limit {
             return Err(FetchError::TooLarge { limit });
         }
-        let me = &self.ctx.identity.name;
-        let mut holders: Vec<String> = state
-            .holders_of(sha)
-            .into_iter()
-            .filter(|h| h != me && h != origin)
-            .collect();
-        holders.push(origin.to_string());
-        // Only members that are up can answer: asking one that is gone
-        // would only wait out the chunk timeout.
-        let members = self.ctx.cluster.members.send(ListMembers).await.unwrap_or_default();
-        let gone: Vec<String> = holders
-            .iter()
-            .filter(|h| !members.iter().any(|m| &m.name == *h && m.status.is_up()))
-            .cloned()
-            .collect();
-        holders.retain(|h| !gone.contains(h));
-        if holders.is_empty() {
-            return Err(FetchError::Transfer(format!(
-                "no alive peer holds package {sha} (it was held by {}, which {} not up)",
-                gone.join(", "),
-                if gone.len() == 1 { "is" } else { "are" }
-            )));
-        }
+        let me = self.ctx.identity.name.clone();
+        let mut holders = Holders::new(origin);
         let chunk = self.config.chunk_bytes.clamp(1, MAX_CHUNK_BYTES);
         let mut partial = state.cache.begin(limit).await?;
-        let mut turn = 0usize;
-        let mut last_error = String::new();
+        let mut learnt = None::<Instant>;
+        let mut members = Vec::new();
         while partial.size() < size {
-            if holders.is_empty() {
-                return Err(FetchError::Transfer(format!(
-                    "no peer could send package {sha} (at byte {} of {size}): {last_error}",
-                    partial.size()
-                )));
+            // Who holds it, and who is up, looked at again every second.
+            if learnt.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                members = self.ctx.cluster.members.send(ListMembers).await.unwrap_or_default();
+                let known = state.holders_of(sha).into_iter().filter(|h| *h != me);
+                holders.learn(known, |h| members.iter().any(|m| m.name == h && m.status.is_up()));
+                learnt = Some(Instant::now());
             }
-            let holder = holders[turn % holders.len()].clone();
-            turn += 1;
+            let holder = match holders.pick(Instant::now(), rand::random::<u32>() as usize) {
+                Pick::Ask(holder) => holder,
+                Pick::Wait(pause) => {
+                    state.count(|c| c.fetch_waits += 1);
+                    debug!(sha256 = %sha, pause_ms = pause.as_millis() as u64, "every holder of the package is busy; waiting");
+                    tokio::time::sleep(pause).await;
+                    learnt = None;
+                    continue;
+                }
+                Pick::NoneLeft => {
+                    let failures = holders.failures();
+                    return Err(FetchError::Transfer(if failures.is_empty() {
+                        format!("no alive peer holds package {sha} (its origin {origin} is not up)")
+                    } else {
+                        format!(
+                            "no peer could send package {sha} (at byte {} of {size}): {failures}",
+                            partial.size()
+                        )
+                    }));
+                }
+            };
             let offset = partial.size();
             let len = chunk.min(size - offset);
             match self.ask_chunk(&holder, sha, offset, len).await {
@@ -409,18 +424,42 @@ impl Installer {
                     state.count(|c| c.chunks_fetched += 1);
                     partial.write(&data).await?;
                 }
-                Err(e) => {
+                Err(ChunkError::Busy) => {
+                    debug!(holder = %holder, sha256 = %sha, "holder is busy; asking another");
+                    holders.busy(&holder, Instant::now());
+                }
+                Err(ChunkError::Elsewhere(others)) => {
+                    debug!(holder = %holder, sha256 = %sha, others = others.len(), "the origin sends this fetch to the nodes that hold the package");
+                    for other in &others {
+                        state.add_holder(sha, other);
+                    }
+                    let others = others.into_iter().filter(|h| *h != me);
+                    holders.learn(others, |h| members.iter().any(|m| m.name == h && m.status.is_up()));
+                    if holders.has_others() {
+                        holders.busy(&holder, Instant::now());
+                    } else {
+                        holders.failed(
+                            &holder,
+                            "it sends this node to holders that cannot send the package".into(),
+                        );
+                    }
+                }
+                Err(ChunkError::Failed(e)) => {
                     warn!(holder = %holder, offset, error = %e, "peer could not send a package chunk; trying another");
-                    last_error = format!("{holder}: {e}");
-                    holders.retain(|h| h != &holder);
+                    holders.failed(&holder, e);
                 }
             }
         }
         partial.finish(Some(sha)).await
     }
 
-    async fn ask_chunk(&self, holder: &str, sha: &str, offset: u64, len: u64) -> Result<Vec<u8>, String> {
-        let transponder = self.ctx.transponder.get().ok_or("the transponder is restarting")?;
+    async fn ask_chunk(&self, holder: &str, sha: &str, offset: u64, len: u64) -> Result<Vec<u8>, ChunkError> {
+        let failed = |why: String| ChunkError::Failed(why);
+        let transponder = self
+            .ctx
+            .transponder
+            .get()
+            .ok_or_else(|| failed("the transponder is restarting".into()))?;
         let mut ask = RequestCluster::new(
             &self.source.module,
             DEPLOYER_ADDRESS,
@@ -437,28 +476,37 @@ impl Installer {
         let outcome = transponder
             .send(ask)
             .await
-            .map_err(|e| format!("transponder unavailable: {e}"))??;
+            .map_err(|e| failed(format!("transponder unavailable: {e}")))?
+            .map_err(failed)?;
         let reply = outcome
             .replies
             .into_iter()
             .next()
-            .ok_or_else(|| format!("no answer within {} s", self.config.chunk_timeout.as_secs()))?;
+            .ok_or_else(|| failed(format!("no answer within {} s", self.config.chunk_timeout.as_secs())))?;
+        if reply.code.as_deref() == Some(BUSY) {
+            return Err(ChunkError::Busy);
+        }
         if let Some(error) = reply.error {
-            return Err(error);
+            return Err(failed(error));
+        }
+        if let Some(holders) = reply.body.get("holders").and_then(Value::as_array) {
+            let holders = holders.iter().filter_map(Value::as_str).map(str::to_string).collect();
+            return Err(ChunkError::Elsewhere(holders));
         }
         let data = reply
             .body
             .get("data")
             .and_then(Value::as_str)
-            .ok_or("the answer has no `data`")?;
+            .ok_or_else(|| failed("the answer has no `data`".into()))?;
         let data = BASE64
             .decode(data)
-            .map_err(|e| format!("the chunk is not base64: {e}"))?;
+            .map_err(|e| failed(format!("the chunk is not base64: {e}")))?;
         if data.len() as u64 != len {
-            return Err(format!("asked for {len} bytes, got {}", data.len()));
+            return Err(failed(format!("asked for {len} bytes, got {}", data.len())));
         }
         Ok(data)
     }
+
     /// Tells local modules what changed (`<node>.local`, `deployment_changed`).
     fn notify_local(&self, action: &str, module: &str, version: Option<&str>) {
         let envelope = Envelope::new(

@@ -4,6 +4,8 @@
 //! - [`package`]: building and safely unpacking packages.
 //! - [`fetch`]: fetching packages into the content-addressed cache.
 //! - [`serve`]: serving package chunks to peers.
+//! - [`uploads`]: how many peers a node serves at once.
+//! - [`holders`]: which peer a node fetches a package from.
 //! - [`store`]: installs on disk, swapped in by renames, recovered after crashes.
 //! - [`install`]: the one install pipeline (fetch, stage, swap, probation,
 //!   commit or roll back), and removal.
@@ -24,6 +26,7 @@
 
 pub mod converge;
 pub mod fetch;
+pub mod holders;
 pub mod install;
 pub mod manifest;
 pub mod order;
@@ -38,6 +41,7 @@ pub mod state;
 pub mod store;
 pub mod table;
 pub mod table_file;
+pub mod uploads;
 pub mod view;
 
 pub use manifest::Manifest;

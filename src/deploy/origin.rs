@@ -108,6 +108,7 @@ pub async fn order_for(
                 peer: Some(me.to_string()),
                 size: Some(held.size),
             };
+            state.mark_originated(&held.sha256);
             return Ok(order(source, Some(held.sha256)));
         }
         (None, Some(path), None) => {
@@ -161,6 +162,7 @@ pub async fn order_for(
         peer: Some(me.to_string()),
         size: Some(held.size),
     };
+    state.mark_originated(&held.sha256);
     Ok(order(source, Some(held.sha256)))
 }
 

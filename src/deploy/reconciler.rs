@@ -97,6 +97,20 @@ impl Reconciler {
                 None => (String::new(), 0, Action::Undeploy),
             };
             match step {
+                // What is installed already matches, but a step is under
+                // way: a new config or package is on probation, and the
+                // step itself says how it ended (it may yet roll back).
+                Step::Keep { .. }
+                    if self
+                        .installer
+                        .state
+                        .goals
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .busy(&module) =>
+                {
+                    summary.waiting += 1;
+                }
                 Step::Keep { adopt, .. } => {
                     if adopt {
                         let store = self.installer.state.store.clone();

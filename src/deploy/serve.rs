@@ -5,6 +5,8 @@
 use super::install::MAX_CHUNK_BYTES;
 use super::package::parse_sha256;
 use super::state::DeployState;
+use super::uploads::BUSY;
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// Why a peer's request to the Deployer (a package chunk) was not served.
@@ -18,6 +20,8 @@ pub enum ServeError {
     Io { sha256: String, error: std::io::Error },
     #[error("the deployer does not know op {0}; it takes `chunk`")]
     UnknownOp(String),
+    #[error("this node sends packages to {0} peers already; ask another holder")]
+    Busy(usize),
 }
 
 impl ServeError {
@@ -27,12 +31,45 @@ impl ServeError {
             ServeError::NotHeld(_) => "not_held",
             ServeError::Io { .. } => "io_error",
             ServeError::UnknownOp(_) => "unknown_op",
+            ServeError::Busy(_) => BUSY,
         }
     }
 }
 
-/// Reads `len` bytes at `offset` of the package `sha256` this node holds.
-pub async fn read_chunk(state: &DeployState, sha256: &str, offset: u64, len: u64) -> Result<Vec<u8>, ServeError> {
+/// The nodes a new fetcher (one asking for the first chunk) of package
+/// `sha256` is sent to instead, if this node offered it as a deploy's
+/// origin and other nodes that are up (`is_up`) hold it now. The origin
+/// thus sends a package a few times at the start of a deploy, and the
+/// nodes that fetch later (those that were down, among them) take it from
+/// the nodes that fetched it first.
+pub fn elsewhere(
+    state: &DeployState,
+    me: &str,
+    to: &str,
+    sha256: &str,
+    offset: u64,
+    is_up: impl Fn(&str) -> bool,
+) -> Option<Vec<String>> {
+    if offset != 0 || !state.originated(sha256) {
+        return None;
+    }
+    let others: Vec<String> = state
+        .holders_of(sha256)
+        .into_iter()
+        .filter(|h| h != me && h != to && is_up(h))
+        .collect();
+    (!others.is_empty()).then_some(others)
+}
+
+/// Reads `len` bytes at `offset` of the package `sha256` this node holds,
+/// for peer `to`, if this node is not sending to enough peers already.
+pub async fn read_chunk(
+    state: &DeployState,
+    to: &str,
+    sha256: &str,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, ServeError> {
     let bad = |why: &str| ServeError::InvalidRequest(why.to_string());
     let sha = parse_sha256(sha256).map_err(ServeError::InvalidRequest)?;
     if len == 0 || len > MAX_CHUNK_BYTES {
@@ -42,6 +79,13 @@ pub async fn read_chunk(state: &DeployState, sha256: &str, offset: u64, len: u64
     if offset >= package.size {
         return Err(bad("`offset` is past the end of the package"));
     }
+    let last = offset + len >= package.size;
+    state
+        .uploads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .admit(to, &sha, last, Instant::now())
+        .map_err(ServeError::Busy)?;
     let io = |error: std::io::Error| ServeError::Io {
         sha256: sha.clone(),
         error,
@@ -51,4 +95,38 @@ pub async fn read_chunk(state: &DeployState, sha256: &str, offset: u64, len: u64
     let mut data = vec![0u8; len.min(package.size - offset) as usize];
     file.read_exact(&mut data).await.map_err(io)?;
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_origin_sends_a_new_fetcher_elsewhere_and_only_to_holders_that_are_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = DeployState::open(dir.path(), &[], 1, 2).unwrap();
+        let sha = "a".repeat(64);
+        let up = |h: &str| h != "down";
+        state.add_holder(&sha, "b");
+        assert_eq!(
+            elsewhere(&state, "me", "f", &sha, 0, up),
+            None,
+            "not this node's package"
+        );
+        state.mark_originated(&sha);
+        assert_eq!(elsewhere(&state, "me", "f", &sha, 0, up), Some(vec!["b".to_string()]));
+        assert_eq!(
+            elsewhere(&state, "me", "f", &sha, 4096, up),
+            None,
+            "a fetch under way goes on where it is"
+        );
+        assert_eq!(
+            elsewhere(&state, "me", "b", &sha, 0, up),
+            None,
+            "never to the fetcher itself"
+        );
+        state.add_holder(&sha, "down");
+        state.add_holder(&sha, "me");
+        assert_eq!(elsewhere(&state, "me", "f", &sha, 0, up), Some(vec!["b".to_string()]));
+    }
 }

@@ -3,6 +3,7 @@
 use super::converge::{Goal, GoalState, Goals};
 use super::fetch::{PackageCache, PackageDirs};
 use super::store::ModuleStore;
+use super::uploads::Uploads;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -36,6 +37,11 @@ pub struct DeployState {
     /// a table that names many modules does not start every download at
     /// once.
     pub step_slots: Arc<tokio::sync::Semaphore>,
+    /// The peers this node sends packages to now.
+    pub uploads: Mutex<Uploads>,
+    /// Packages this node offered as a deploy's origin: it sends a new
+    /// fetcher of one to the nodes that already fetched it.
+    originated: Mutex<HashSet<String>>,
 }
 
 #[derive(Default, Debug, Clone, Copy, Serialize)]
@@ -46,14 +52,27 @@ pub(crate) struct DeployCounters {
     pub(crate) undeployed: u64,
     pub(crate) reconciles: u64,
     pub(crate) chunks_served: u64,
+    pub(crate) bytes_served: u64,
+    /// Chunks refused because this node was sending to enough peers.
+    pub(crate) chunks_refused_busy: u64,
+    /// New fetchers this node, as a package's origin, sent to the nodes
+    /// that already hold it.
+    pub(crate) fetchers_redirected: u64,
     pub(crate) chunks_fetched: u64,
+    /// Times a fetch found every holder busy and waited.
+    pub(crate) fetch_waits: u64,
 }
 
 impl DeployState {
     /// Opens `<data-dir>/mods` and `<data-dir>/packages`; `file://`
     /// packages are read only from `package_dirs`; `parallel` steps run at
-    /// once.
-    pub fn open(data_dir: &Path, package_dirs: &[std::path::PathBuf], parallel: usize) -> anyhow::Result<DeployState> {
+    /// once, and packages are sent to `uploads` peers at once.
+    pub fn open(
+        data_dir: &Path,
+        package_dirs: &[std::path::PathBuf],
+        parallel: usize,
+        uploads: usize,
+    ) -> anyhow::Result<DeployState> {
         use anyhow::Context as _;
         let readable = PackageDirs::new(package_dirs)?;
         let store = ModuleStore::open(&data_dir.join("mods"))
@@ -70,6 +89,8 @@ impl DeployState {
             fresh: Mutex::new(HashSet::new()),
             ready: tokio::sync::watch::Sender::new(false),
             step_slots: Arc::new(tokio::sync::Semaphore::new(parallel.max(1))),
+            uploads: Mutex::new(Uploads::new(uploads)),
+            originated: Mutex::new(HashSet::new()),
         })
     }
 
@@ -82,6 +103,23 @@ impl DeployState {
     pub async fn wait_ready(&self) {
         let mut ready = self.ready.subscribe();
         let _ = ready.wait_for(|r| *r).await;
+    }
+
+    /// This node offers package `sha256` as a deploy's origin.
+    pub fn mark_originated(&self, sha256: &str) {
+        let mut originated = self.originated.lock().unwrap_or_else(|e| e.into_inner());
+        if originated.len() >= HOLDER_MEMORY {
+            originated.clear();
+        }
+        originated.insert(sha256.to_string());
+    }
+
+    /// Whether this node offered package `sha256` as a deploy's origin.
+    pub fn originated(&self, sha256: &str) -> bool {
+        self.originated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(sha256)
     }
 
     /// Entries that just arrived from the cluster: their origins wait for

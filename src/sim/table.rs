@@ -106,10 +106,12 @@ pub fn run(
         "table: {} entries written {:?} apart",
         config.entries, config.write_gap
     ));
-    for _ in 0..config.entries {
+    for n in 0..config.entries {
+        if n > 0 {
+            sim.run_for(config.write_gap);
+        }
         sim.write_entry(0, &key(written), config.entry_bytes);
         written += 1;
-        sim.run_for(config.write_gap);
     }
     report.loaded_ms = until_all_hold(sim, written, Duration::from_secs(120)).map(ms);
     sim.run_for(Duration::from_secs(2));
