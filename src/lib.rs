@@ -1,8 +1,9 @@
 //! Conjoiner: a decentralized management network for fleets of hosts.
 //!
 //! Every host runs the same node; nodes are equal. `README.md` is the way
-//! in: what it is, the quick start, a tour; `docs/` holds the guides (module
-//! authors, desired state, the link protocol).
+//! in: what it is, the quick start, a tour; `docs/` holds the guides (operators, module
+//! authors, desired state, the link protocol, the architecture) and the
+//! benchmark figures.
 //!
 //! - [`wire`]: pure envelope, selector and frame code.
 //! - [`actors`]: the node's actors (supervisor, ModBus, Transponder, modules).

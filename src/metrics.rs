@@ -23,14 +23,16 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Why the cluster side refused or skipped a peer's input: a dataset entry
 /// that breaks its rules, one already obsolete, a message kind this node
 /// does not know, a dataset it does not hold, entries other than a
-/// neighbour's digest claimed, and entries it claimed and never sent.
-pub const CLUSTER_INPUT_REASONS: [&str; 6] = [
+/// neighbour's digest claimed, entries it claimed and never sent, and
+/// member records whose name or tags break their bounds.
+pub const CLUSTER_INPUT_REASONS: [&str; 7] = [
     "entry_invalid",
     "entry_obsolete",
     "message_unknown",
     "dataset_unknown",
     "sync_mismatch",
     "sync_unanswered",
+    "record_invalid",
 ];
 
 /// Why an envelope was dropped (the `reason` label).

@@ -11,39 +11,17 @@ use std::path::Path;
 
 /// The file the changes are kept in, in the data dir.
 pub const TAGS_FILE: &str = "tags.json";
-/// The most tags a node may carry: every member's tags travel in its
-/// record and sit in every node's member table.
-pub const MAX_TAGS: usize = 64;
-/// The longest key or value, in bytes.
-pub const MAX_TAG_BYTES: usize = 128;
+use crate::cluster::identity::check_tag_value;
+pub use crate::cluster::identity::{check_tag_key as check_key, MAX_TAGS, MAX_TAG_BYTES};
 
-/// Parses `KEY=VALUE`; keys are letters, digits, `_`, `-` and `.`; values
-/// hold no spaces, `,` or `|` (selectors use those).
+/// Parses `KEY=VALUE`, under the rules every node holds peers' tags to.
 pub fn parse_tag(text: &str) -> Result<(String, String), String> {
     let (key, value) = text
         .split_once('=')
         .ok_or_else(|| format!("tag `{text}` must be KEY=VALUE"))?;
     check_key(key)?;
-    if value.chars().any(|c| c.is_whitespace() || c == ',' || c == '|') {
-        return Err(format!("tag value `{value}` must not contain spaces, `,` or `|`"));
-    }
-    if value.len() > MAX_TAG_BYTES {
-        return Err(format!("tag value of `{key}` is longer than {MAX_TAG_BYTES} bytes"));
-    }
+    check_tag_value(key, value)?;
     Ok((key.to_string(), value.to_string()))
-}
-
-/// A tag key: non-empty letters, digits, `_`, `-` or `.`.
-pub fn check_key(key: &str) -> Result<(), String> {
-    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
-        return Err(format!(
-            "tag key `{key}` must be non-empty letters, digits, `_`, `-` or `.`"
-        ));
-    }
-    if key.len() > MAX_TAG_BYTES {
-        return Err(format!("tag key `{key}` is longer than {MAX_TAG_BYTES} bytes"));
-    }
-    Ok(())
 }
 
 /// The changes made at run time.

@@ -510,6 +510,34 @@ fn modules_writes_whole_statuses_when_piped() {
     );
 }
 
+/// `conjoiner modules | head -1` made the CLI panic ("failed printing to
+/// stdout: Broken pipe"). A client command whose reader has gone ends
+/// quietly, as `ls` does: killed by SIGPIPE, nothing on stderr.
+#[test]
+fn a_command_whose_reader_went_away_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let node = TestNode::start("solo-pipe", &[]);
+    wait_for(Duration::from_secs(30), "the modules to be listed", || {
+        stdout(&node.cli(&["modules"])).contains(" monitor ").then_some(())
+    });
+    // A pipe whose read end is closed before the command writes.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_conjoiner"))
+        .arg("modules")
+        .env("CONJOINER_HTTP", &node.http)
+        .env("CONJOINER_TOKEN_FILE", node.data_dir().join("api.token"))
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run conjoiner");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "nothing to say: {stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
+
 /// Slowloris and a crowd of event streams against the control API: 200
 /// connections that send half a request head and stall, and 500 open
 /// `/v1/events` streams. The API keeps answering, every stream gets a

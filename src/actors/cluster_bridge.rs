@@ -153,6 +153,7 @@ impl ClusterBridge {
             c.unknown_sets,
             c.sync_mismatches,
             c.sync_unanswered,
+            c.records_refused,
         ];
         for ((reason, now), before) in CLUSTER_INPUT_REASONS.iter().zip(now).zip(self.exported.iter_mut()) {
             if now > *before {

@@ -10,7 +10,7 @@
 //!   every node's latest report.
 //! - [`ProcessModule`]: runs a package's program and bridges its stdio.
 //! - [`Echo`]: the simplest module, for round trips.
-//! - [`Uptime`]: reports the host's load and uptime (the README's example).
+//! - [`Uptime`]: reports the host's load and uptime (the worked example in `docs/modules.md`).
 
 pub mod cluster_bridge;
 pub mod cluster_bus;

@@ -2,7 +2,7 @@
 //!
 //! Ask it with a request to `mod.uptime` (any body); with `"publish_secs"` in
 //! its config it also publishes the figures as an event on `uptime` every so
-//! often. It is also the worked example in the README's "Writing a module":
+//! often. It is also the worked example in `docs/modules.md` ("Built-in modules in Rust"):
 //! an actor, a `start_module` factory, and one line in the registry.
 
 use super::context::ModuleArgs;

@@ -147,7 +147,7 @@ pub struct UploadQuery {
 /// (up to `--max-package`, hashed as they come, checked against `?sha256=`
 /// when given) and kept only if it is a valid package. The CLI uploads a
 /// local package this way, reading it as its own user, so the node never
-/// opens a path a caller names (the README's list of differences says why).
+/// opens a path a caller names (`docs/operations.md`'s list of differences says why).
 pub async fn upload_package(
     node: web::Data<NodeHandle>,
     query: web::Query<UploadQuery>,

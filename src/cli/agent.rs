@@ -93,17 +93,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is out of range"))
 }
 
-/// Checks a node name: it goes into addresses (`<node>.host`) and selectors.
+/// Checks a node name, under the rules every node holds peers' names to.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok =
-        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "node name `{name}` must be 1 to 64 letters, digits, `_`, `-` or `.` (use --name)"
-        ))
-    }
+    crate::cluster::identity::check_name(name).map_err(|e| format!("{e} (use --name)"))
 }
 
 fn hostname() -> String {

@@ -125,8 +125,24 @@ impl fmt::Display for CliError {
 }
 
 /// Runs the parsed command line and answers the process exit code.
+/// A client command whose reader went away (`conjoiner modules | head
+/// -3`) ends quietly, as `ls` or `cat` do, instead of panicking in
+/// `println!`: Rust ignores SIGPIPE, so writes fail with EPIPE, and this
+/// gives the signal its default action back. Not for the agent, which must
+/// outlive any peer or client that closes a socket.
+fn quiet_on_closed_pipe() {
+    // SAFETY: sets a signal's disposition to the default before any thread
+    // of this process writes; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn run(cli: Cli) -> i32 {
     client::set_token_file(cli.token_file.clone());
+    if !matches!(cli.command, Command::Agent(_)) {
+        quiet_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::Agent(args) => agent::run(&cli.http, args),
         Command::Members(args) => block_on(members::run(&cli.http, cli.json, args)),

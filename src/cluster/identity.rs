@@ -25,7 +25,93 @@ pub struct NodeId {
     pub tags: BTreeMap<String, String>,
 }
 
+/// The longest node name, in bytes. Every member's name sits in every
+/// node's member table and travels in every record about it, so a peer
+/// must not be able to make it large.
+pub const MAX_NAME_BYTES: usize = 64;
+/// The most tags a node may carry, for the same reason.
+pub const MAX_TAGS: usize = 64;
+/// The longest tag key or value, in bytes.
+pub const MAX_TAG_BYTES: usize = 128;
+
+/// A node name: 1 to 64 letters, digits, `_`, `-` or `.`; it goes into
+/// addresses (`<node>.host`) and selectors.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "node name `{}` must be 1 to {MAX_NAME_BYTES} letters, digits, `_`, `-` or `.`",
+            cut(name)
+        ))
+    }
+}
+
+/// A tag key: 1 to 128 letters, digits, `_`, `-` or `.`.
+pub fn check_tag_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        return Err(format!(
+            "tag key `{}` must be non-empty letters, digits, `_`, `-` or `.`",
+            cut(key)
+        ));
+    }
+    if key.len() > MAX_TAG_BYTES {
+        return Err(format!("tag key `{}` is longer than {MAX_TAG_BYTES} bytes", cut(key)));
+    }
+    Ok(())
+}
+
+/// A tag value: at most 128 bytes, with no spaces, `,` or `|` (selectors
+/// use those).
+pub fn check_tag_value(key: &str, value: &str) -> Result<(), String> {
+    if value.chars().any(|c| c.is_whitespace() || c == ',' || c == '|') {
+        return Err(format!(
+            "tag value `{}` must not contain spaces, `,` or `|`",
+            cut(value)
+        ));
+    }
+    if value.len() > MAX_TAG_BYTES {
+        return Err(format!(
+            "tag value of `{}` is longer than {MAX_TAG_BYTES} bytes",
+            cut(key)
+        ));
+    }
+    Ok(())
+}
+
+/// A node's whole set of tags.
+pub fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), String> {
+    if tags.len() > MAX_TAGS {
+        return Err(format!("{} tags; a node carries at most {MAX_TAGS}", tags.len()));
+    }
+    for (key, value) in tags {
+        check_tag_key(key)?;
+        check_tag_value(key, value)?;
+    }
+    Ok(())
+}
+
+/// The start of a text for an error message, marked when cut: what a peer
+/// sent may be a megabyte long.
+fn cut(text: &str) -> String {
+    const SHOWN: usize = 40;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()),
+        None => text.to_string(),
+    }
+}
+
 impl NodeId {
+    /// Whether this identity keeps within the bounds every node enforces
+    /// on the records it holds (`check_name`, `check_tags`).
+    pub fn check(&self) -> Result<(), String> {
+        check_name(&self.name)?;
+        check_tags(&self.tags)
+    }
+
     pub fn new(name: &str, addr: SocketAddr, boot: u64, tags: BTreeMap<String, String>) -> NodeId {
         NodeId {
             name: Arc::from(name),
@@ -40,5 +126,30 @@ impl NodeId {
     pub fn heap_bytes(&self) -> usize {
         let tags: usize = self.tags.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
         std::mem::size_of::<NodeId>() + self.name.len() + tags
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_tags_are_held_to_their_bounds_and_errors_show_only_the_start() {
+        assert!(check_name("web-1.eu").is_ok());
+        assert!(check_name(&"a".repeat(MAX_NAME_BYTES)).is_ok());
+        for bad in ["", "web 1", "web*", "n|2"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        let huge = "n".repeat(900_000);
+        let error = check_name(&huge).unwrap_err();
+        assert!(error.len() < 200, "the error repeats the name: {} bytes", error.len());
+        assert!(error.contains("900000 bytes"), "{error}");
+
+        let tags = |n: usize| -> BTreeMap<String, String> { (0..n).map(|i| (format!("k{i}"), "v".into())).collect() };
+        assert!(check_tags(&tags(MAX_TAGS)).is_ok());
+        assert!(check_tags(&tags(MAX_TAGS + 1)).is_err());
+        assert!(check_tags(&BTreeMap::from([("role".into(), "v".repeat(MAX_TAG_BYTES + 1))])).is_err());
+        assert!(check_tags(&BTreeMap::from([("bad key".into(), "v".into())])).is_err());
+        assert!(check_tags(&BTreeMap::from([("role".into(), "a,b".into())])).is_err());
     }
 }

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 /// How long a holder that said it is busy is left alone.
 pub const BUSY_PAUSE: Duration = Duration::from_millis(700);
 
+/// How many times a holder may say it does not hold the package yet (it
+/// has fetched it and is still checking it) before it is given up.
+pub const NOT_YET_LIMIT: u32 = 5;
+
 /// What to do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pick {
@@ -29,6 +33,7 @@ pub struct Holders {
     known: BTreeSet<String>,
     busy_until: HashMap<String, Instant>,
     failed: HashMap<String, String>,
+    not_yet: HashMap<String, u32>,
     /// The holder being fetched from: kept while it serves.
     current: Option<String>,
 }
@@ -40,6 +45,7 @@ impl Holders {
             known: BTreeSet::from([origin.to_string()]),
             busy_until: HashMap::new(),
             failed: HashMap::new(),
+            not_yet: HashMap::new(),
             current: None,
         }
     }
@@ -98,6 +104,22 @@ impl Holders {
     pub fn busy(&mut self, holder: &str, now: Instant) {
         self.busy_until.insert(holder.to_string(), now + BUSY_PAUSE);
         self.drop_current(holder);
+    }
+
+    /// `holder` does not hold the package: it was named a holder as it
+    /// finished fetching, and is still checking it. Waited for like a busy
+    /// one, a few times, then given up.
+    pub fn not_yet(&mut self, holder: &str, now: Instant) {
+        let times = self.not_yet.entry(holder.to_string()).or_default();
+        *times += 1;
+        if *times > NOT_YET_LIMIT {
+            self.failed(
+                holder,
+                format!("it said {NOT_YET_LIMIT} times that it does not hold the package"),
+            );
+        } else {
+            self.busy(holder, now);
+        }
     }
 
     /// `holder` failed to send a chunk: it is not asked again.
@@ -174,5 +196,27 @@ mod tests {
         assert_eq!(h.pick(t0, 0), Pick::Ask("origin".into()));
         h.learn([], |n| n != "origin");
         assert_eq!(h.pick(t0, 0), Pick::NoneLeft, "the current holder went down");
+    }
+
+    #[test]
+    fn a_holder_still_checking_the_package_is_waited_for_a_few_times_then_given_up() {
+        let t0 = Instant::now();
+        let mut h = Holders::new("origin");
+        h.learn(["b".to_string()], up);
+        for round in 0..NOT_YET_LIMIT {
+            let now = t0 + BUSY_PAUSE * round;
+            assert_eq!(h.pick(now, 0), Pick::Ask("b".into()), "round {round}");
+            h.not_yet("b", now);
+            assert_eq!(
+                h.pick(now, 0),
+                Pick::Wait(BUSY_PAUSE),
+                "the origin is not asked while b may soon hold it"
+            );
+        }
+        let now = t0 + BUSY_PAUSE * NOT_YET_LIMIT;
+        assert_eq!(h.pick(now, 0), Pick::Ask("b".into()));
+        h.not_yet("b", now);
+        assert!(!h.has_others());
+        assert_eq!(h.pick(now, 0), Pick::Ask("origin".into()), "b is given up");
     }
 }

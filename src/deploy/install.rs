@@ -7,7 +7,7 @@
 use super::fetch::{CachedPackage, FetchError, PackageSource, StallRule};
 use super::holders::{Holders, Pick};
 use super::manifest::{check_module_name, merge_config};
-use super::order::{DeployError, DeployOrder, DeployReport, DeployStatus, PeerNews, PeerRequest};
+use super::order::{DeployError, DeployOrder, DeployReport, DeployStatus, PeerNews, PeerRequest, NOT_HELD};
 use super::package::{parse_sha256, UnpackLimits, DEFAULT_MAX_PACKAGE_BYTES};
 use super::state::DeployState;
 use super::store::{InstallRecord, InstalledModule, Staged};
@@ -76,6 +76,9 @@ enum ChunkError {
     Busy,
     /// The origin sends this fetcher to the nodes that already hold it.
     Elsewhere(Vec<String>),
+    /// It does not hold the package yet: it is still checking what it
+    /// has just fetched.
+    NotYet,
     /// It could not: it is not asked again for this fetch.
     Failed(String),
 }
@@ -428,6 +431,10 @@ impl Installer {
                     debug!(holder = %holder, sha256 = %sha, "holder is busy; asking another");
                     holders.busy(&holder, Instant::now());
                 }
+                Err(ChunkError::NotYet) => {
+                    debug!(holder = %holder, sha256 = %sha, "holder does not hold the package yet");
+                    holders.not_yet(&holder, Instant::now());
+                }
                 Err(ChunkError::Elsewhere(others)) => {
                     debug!(holder = %holder, sha256 = %sha, others = others.len(), "the origin sends this fetch to the nodes that hold the package");
                     for other in &others {
@@ -485,6 +492,9 @@ impl Installer {
             .ok_or_else(|| failed(format!("no answer within {} s", self.config.chunk_timeout.as_secs())))?;
         if reply.code.as_deref() == Some(BUSY) {
             return Err(ChunkError::Busy);
+        }
+        if reply.code.as_deref() == Some(NOT_HELD) {
+            return Err(ChunkError::NotYet);
         }
         if let Some(error) = reply.error {
             return Err(failed(error));

@@ -145,6 +145,10 @@ impl DeployError {
     }
 }
 
+/// The code of a chunk refused because the asked node does not hold the
+/// package (yet: a node that has just fetched it is still checking it).
+pub const NOT_HELD: &str = "not_held";
+
 /// What one Deployer asks of another (`request` envelopes to
 /// `mod.deployer`), parsed once by its `op`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@
 use super::fetch::{CachedPackage, FetchError, PackageSource};
 use super::install::DeployerConfig;
 use super::manifest::{check_module_name, Manifest};
-use super::order::{DeployOrder, OrderSource};
+use super::order::{DeployOrder, OrderSource, NOT_HELD};
 use super::package::{parse_sha256, read_manifest};
 use super::state::DeployState;
 use serde_json::Value;
@@ -41,7 +41,7 @@ impl OriginError {
             OriginError::InvalidRequest(_) => "invalid_request",
             OriginError::BadSource(_) => "bad_source",
             OriginError::ChecksumMismatch(_) => "checksum_mismatch",
-            OriginError::NotHeld(_) => "not_held",
+            OriginError::NotHeld(_) => NOT_HELD,
             OriginError::BadPackage(_) => "bad_package",
             OriginError::Fetch(e) => e.code(),
             OriginError::Internal(_) => "internal",

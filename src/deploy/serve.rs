@@ -3,11 +3,13 @@
 //! deploy needs no HTTP server and the origin is not the only source.
 
 use super::install::MAX_CHUNK_BYTES;
+use super::order::NOT_HELD;
 use super::package::parse_sha256;
 use super::state::DeployState;
 use super::uploads::BUSY;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tracing::debug;
 
 /// Why a peer's request to the Deployer (a package chunk) was not served.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +30,7 @@ impl ServeError {
     pub fn code(&self) -> &'static str {
         match self {
             ServeError::InvalidRequest(_) => "invalid_request",
-            ServeError::NotHeld(_) => "not_held",
+            ServeError::NotHeld(_) => NOT_HELD,
             ServeError::Io { .. } => "io_error",
             ServeError::UnknownOp(_) => "unknown_op",
             ServeError::Busy(_) => BUSY,
@@ -86,6 +88,14 @@ pub async fn read_chunk(
         .unwrap_or_else(|e| e.into_inner())
         .admit(to, &sha, last, Instant::now())
         .map_err(ServeError::Busy)?;
+    if last && state.originated(&sha) {
+        // The fetcher holds it all once it has checked it: this origin
+        // sends new fetchers there rather than serving them again, from
+        // now on (the slot just freed must not go to one of them), not
+        // only once the fetcher's own announcement arrives.
+        debug!(fetcher = %to, sha256 = %sha, "a fetcher has the whole package now; later fetchers go to it");
+        state.add_holder(&sha, to);
+    }
     let io = |error: std::io::Error| ServeError::Io {
         sha256: sha.clone(),
         error,
@@ -128,5 +138,33 @@ mod tests {
         state.add_holder(&sha, "down");
         state.add_holder(&sha, "me");
         assert_eq!(elsewhere(&state, "me", "f", &sha, 0, up), Some(vec!["b".to_string()]));
+    }
+
+    #[actix_rt::test]
+    async fn a_fetcher_served_the_last_chunk_by_the_origin_is_where_the_next_new_fetcher_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = DeployState::open(dir.path(), &[], 1, 1).unwrap();
+        let bytes = vec![7u8; 3000];
+        let mut partial = state.cache.begin(1 << 20).await.unwrap();
+        partial.write(&bytes).await.unwrap();
+        let package = partial.finish(None).await.unwrap();
+        let sha = package.sha256.clone();
+        state.mark_originated(&sha);
+        let up = |_: &str| true;
+
+        assert_eq!(read_chunk(&state, "a", &sha, 0, 2000).await.unwrap().len(), 2000);
+        assert!(
+            matches!(read_chunk(&state, "b", &sha, 0, 2000).await, Err(ServeError::Busy(1))),
+            "one upload at a time"
+        );
+        assert_eq!(
+            elsewhere(&state, "me", "b", &sha, 0, up),
+            None,
+            "a holds only part of it"
+        );
+        assert_eq!(read_chunk(&state, "a", &sha, 2000, 2000).await.unwrap().len(), 1000);
+        // `a` has it all now, before its own announcement could arrive: the
+        // slot it freed does not go to a new fetcher.
+        assert_eq!(elsewhere(&state, "me", "b", &sha, 0, up), Some(vec!["a".to_string()]));
     }
 }

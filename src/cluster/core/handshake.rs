@@ -50,6 +50,10 @@ impl ClusterCore {
             );
         }
         let id = hello.id;
+        if let Err(why) = id.check() {
+            self.refuse_record(&why);
+            return self.close(link, "identity out of bounds");
+        }
         if id.name == self.me.name {
             return self.hello_from_my_name(link, &id, remote);
         }

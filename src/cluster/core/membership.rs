@@ -134,6 +134,10 @@ impl ClusterCore {
 
     /// Applies a record about another member and does what follows from it.
     pub(super) fn apply(&mut self, record: &Record, source: Source<'_>) -> Applied {
+        if let Err(why) = record.id.check() {
+            self.refuse_record(&why);
+            return Applied::Stale;
+        }
         let mut record = record.clone();
         // Anti-entropy carries others' opinions, not evidence: a member we
         // hold alive that another node holds dead is only suspected here, so
@@ -243,6 +247,21 @@ impl ClusterCore {
             }
         }
         applied
+    }
+
+    /// Counts a member record that breaks the bounds on names and tags:
+    /// it is neither held nor spread, so a flood of such records grows no
+    /// table. Logged once per 10 s, with the count.
+    pub(super) fn refuse_record(&mut self, why: &str) {
+        self.counters.records_refused += 1;
+        let due = self
+            .record_refusal_logged
+            .is_none_or(|at| self.now.saturating_duration_since(at) >= std::time::Duration::from_secs(10));
+        if due {
+            self.record_refusal_logged = Some(self.now);
+            warn!(refused_so_far = self.counters.records_refused, reason = %why,
+                "refused a member record from a peer: it is not held or spread");
+        }
     }
 
     pub(super) fn status_changed(

@@ -252,6 +252,9 @@ pub struct CoreCounters {
     /// and entries it said it held and never sent.
     pub sync_mismatches: u64,
     pub sync_unanswered: u64,
+    /// Member records (in a hello, news or a table exchange) whose name or
+    /// tags break the bounds every node holds them to, refused unheld.
+    pub records_refused: u64,
     /// Wake-ups that came so late that due probe and suspicion deadlines
     /// were postponed (this node was starved of CPU).
     pub late_wakeups: u64,
@@ -376,6 +379,8 @@ pub struct ClusterCore {
     now: Instant,
     /// Duplicate claims already logged, so a flood of them logs once.
     conflicts_logged: StableSet<(Arc<str>, u64)>,
+    /// When a refused record was last logged: a flood logs a line per 10 s.
+    record_refusal_logged: Option<Instant>,
     /// Unreadable message kinds already logged, per peer.
     skipped_logged: StableSet<(Arc<str>, u32, u32)>,
     /// What each neighbour said it holds, of the entries asked of it.
@@ -428,6 +433,7 @@ impl ClusterCore {
             rng,
             now,
             conflicts_logged: StableSet::default(),
+            record_refusal_logged: None,
             skipped_logged: StableSet::default(),
             claims: StableMap::default(),
             counters: CoreCounters::default(),

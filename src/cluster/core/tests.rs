@@ -716,6 +716,80 @@ fn a_rumour_with_the_highest_incarnation_is_refuted_without_overflow() {
     assert_eq!(net.cores[b].counters.refutations, 1);
 }
 
+/// A taken host sent one member record with a 900,000-character name,
+/// which every node held and spread and which then broke the CLI
+/// everywhere, and records with 20,000 tags. Names and tags now have hard
+/// bounds that every node checks on every record it is sent.
+#[test]
+fn member_records_beyond_the_bounds_on_names_and_tags_are_refused_unheld() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let b = net.add("b", 2, 100);
+    net.join(b, a);
+    net.advance(Duration::from_millis(200));
+    let huge_name = Record {
+        id: Arc::new(NodeId::new(&"n".repeat(900_000), addr(40), 1, BTreeMap::new())),
+        incarnation: 0,
+        status: Status::Alive,
+    };
+    let many_tags: BTreeMap<String, String> = (0..20_000).map(|i| (format!("k{i}"), "v".into())).collect();
+    let tagged = Record {
+        id: Arc::new(NodeId::new("tagged", addr(41), 1, many_tags)),
+        incarnation: 0,
+        status: Status::Alive,
+    };
+    let fine = Record {
+        id: Arc::new(NodeId::new("fine", addr(42), 1, BTreeMap::new())),
+        incarnation: 0,
+        status: Status::Alive,
+    };
+    let link = *net.links.iter().find(|(_, l)| l.0 == a).map(|(_, l)| &l.2).unwrap();
+    let now = net.now;
+    net.cores[b].frame(
+        link,
+        Frame::Msgs(vec![Msg::Sync(SyncMsg::Items {
+            set: SET_MEMBERS,
+            items: Items::Records(vec![huge_name, tagged, fine]),
+        })]),
+        now,
+    );
+    net.settle();
+    let b_core = &net.cores[b];
+    assert_eq!(b_core.counters.records_refused, 2);
+    assert!(b_core.member("tagged").is_none());
+    assert!(
+        b_core.member("fine").is_some(),
+        "a record within the bounds beside them is held"
+    );
+    assert!(
+        b_core.members().all(|m| m.id.name.len() <= 64),
+        "no oversized name is held"
+    );
+    assert!(net.cores[a].member("tagged").is_none(), "nor spread to a");
+    assert!(
+        net.cores[a].link_count() > 0,
+        "the link stays: the peer may be relaying"
+    );
+
+    // A hello that names itself beyond the bounds closes that link.
+    let now = net.now;
+    net.cores[a].link_up(90, Direction::Inbound, addr(43), now);
+    net.cores[a].frame(
+        90,
+        Frame::Hello(Hello {
+            protocol: ProtocolRange::OURS,
+            cluster: "test".into(),
+            id: Arc::new(NodeId::new(&"x".repeat(65), addr(43), 1, BTreeMap::new())),
+            incarnation: 0,
+        }),
+        now,
+    );
+    let sent: Vec<Action> = std::iter::from_fn(|| net.cores[a].poll()).collect();
+    assert!(sent.iter().any(|x| matches!(x, Action::Close { link: 90, .. })));
+    assert_eq!(net.cores[a].counters.records_refused, 1);
+    assert!(net.cores[a].member(&"x".repeat(65)).is_none());
+}
+
 /// Member records among `msgs`: join tables, and those a sync carries.
 fn records_sent(msgs: &[Msg]) -> Vec<Record> {
     msgs.iter()
