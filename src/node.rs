@@ -199,6 +199,7 @@ impl ClusterParts {
         config: &NodeConfig,
         net: &NetworkConfig,
         metrics: &Metrics,
+        started_ms: u64,
     ) -> anyhow::Result<ClusterParts> {
         let span = identity.span("cluster");
         let (key, source) = ClusterKey::load(net.key_file.as_deref(), net.key_env.as_deref(), &config.data_dir)?;
@@ -224,7 +225,7 @@ impl ClusterParts {
         let addr_file = config.data_dir.join(CLUSTER_ADDR_FILE);
         std::fs::write(&addr_file, format!("{advertise}\n"))
             .with_context(|| format!("cannot record the cluster address in {}", addr_file.display()))?;
-        let bridge = ClusterBridge::new(identity, net.timing.clone(), key, transport, advertise)
+        let bridge = ClusterBridge::new(identity, net.timing.clone(), key, transport, advertise, started_ms)
             .with_metrics(metrics.clone())
             .holding(SET_DEPLOYMENTS, Box::new(DeploymentRules::default()))
             .start();
@@ -462,13 +463,17 @@ impl Node {
                 "node starting")
         });
 
+        // One moment for the node's start: its boot in the member table and
+        // in its status reports, so a report from an earlier run is known
+        // for what it is.
+        let (started, started_ms) = (Instant::now(), crate::wire::now_ms());
         let tap = EventTap::default();
         let metrics = Metrics::new();
         let bus = ModBus::new(&identity, tap.clone())
             .with_metrics(metrics.clone())
             .start();
         let parts = match &config.network {
-            Some(net) => Some(ClusterParts::start(&identity, &config, net, &metrics).await?),
+            Some(net) => Some(ClusterParts::start(&identity, &config, net, &metrics, started_ms).await?),
             None => None,
         };
         let (cluster, cluster_state) = match &parts {
@@ -487,7 +492,8 @@ impl Node {
             supervisor: supervisor.clone(),
             cluster,
             transponder: TransponderSlot::default(),
-            started: Instant::now(),
+            started,
+            started_ms,
             metrics,
         };
         let deploy = Arc::new(DeployState::open(

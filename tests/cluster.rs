@@ -30,6 +30,58 @@ fn wait_status(observer: &TestNode, member: &str, status: &str, limit: Duration)
     }
 }
 
+/// A second live process under a taken name stays out of the cluster. It
+/// used to say so only in its log: its `status` read `1 nodes: 1 ok` and
+/// exited 0 (or blamed the cluster key), and its health was `ok`. Now
+/// both say it is refused, why and by whom.
+#[test]
+fn a_refused_duplicate_says_so_in_status_and_health() {
+    let key = ClusterKey::generate();
+    let env = vec![("CONJOINER_KEY".to_string(), key.to_base64())];
+    let holder = TestNode::launch(
+        "twin",
+        Launch {
+            env: env.clone(),
+            ..Launch::default()
+        },
+    );
+    let duplicate = TestNode::launch(
+        "twin",
+        Launch {
+            env,
+            extra: vec!["--join".into(), holder.cluster_addr()],
+            ..Launch::default()
+        },
+    );
+    let (code, stdout_text, stderr_text) = wait_for(Duration::from_secs(20), "the duplicate to be refused", || {
+        let out = duplicate.cli(&["status"]);
+        let err = stderr(&out);
+        err.contains("refused").then(|| (out.status.code(), stdout(&out), err))
+    });
+    assert_eq!(code, Some(3), "a refused node's status is not ok: {stdout_text}");
+    assert!(
+        stderr_text.contains(&holder.cluster_addr()),
+        "names the holder's address {}: {stderr_text}",
+        holder.cluster_addr()
+    );
+    assert!(
+        !stderr_text.contains("isolated"),
+        "does not blame the key or network: {stderr_text}"
+    );
+    let (http_code, health) = duplicate.http("GET", "/v1/health", None);
+    assert_eq!(http_code, 503, "{health}");
+    assert_eq!(health["code"], "refused", "{health}");
+    assert!(
+        health["error"].as_str().unwrap_or_default().contains("twin"),
+        "{health}"
+    );
+    let (_, status) = duplicate.http("GET", "/v1/status", None);
+    assert_eq!(status["refused"]["holder"], holder.cluster_addr().as_str(), "{status}");
+    // The holder is untouched.
+    let out = holder.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
+
 /// Starts `tail --json --address ADDRESS` on every node and waits until each
 /// is connected.
 fn tails(nodes: &[&TestNode], address: &str) -> Vec<Streaming> {

@@ -96,14 +96,17 @@ pub struct ClusterBridge {
 
 impl ClusterBridge {
     /// `transport` is listening-ready; `advertise` is the address peers dial.
+    /// `boot_ms` is when this node started (ms since the epoch), the same
+    /// figure its Monitor's reports carry.
     pub fn new(
         identity: &NodeIdentity,
         config: ClusterConfig,
         key: ClusterKey,
         transport: Arc<dyn Transport>,
         advertise: SocketAddr,
+        boot_ms: u64,
     ) -> ClusterBridge {
-        let me = NodeId::new(&identity.name, advertise, crate::wire::now_ms(), identity.tags.get());
+        let me = NodeId::new(&identity.name, advertise, boot_ms, identity.tags.get());
         let seed: u64 = rand::random();
         let core = ClusterCore::new(&identity.cluster, me, config, seed, Instant::now());
         ClusterBridge {
@@ -352,6 +355,7 @@ impl ClusterBridge {
                 tags: m.id.tags.clone(),
                 incarnation: u64::from(m.incarnation),
                 since_ms: now.saturating_duration_since(self.core.member_since(m)).as_millis() as u64,
+                boot_ms: m.id.boot,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -699,6 +703,13 @@ impl Handler<ClusterStatus> for ClusterBridge {
             links,
             dialing: self.core.dialing_count(),
             standing: standing_text(self.core.standing()),
+            refused: match self.core.standing() {
+                Standing::Refused { holder, reason } => Some(RefusedStanding {
+                    holder: holder.to_string(),
+                    reason: reason.clone(),
+                }),
+                _ => None,
+            },
             health: self.core.health(),
             dropped_overloaded: self.counters.dropped_transponder_full,
         }

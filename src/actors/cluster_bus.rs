@@ -60,6 +60,10 @@ pub struct Member {
     pub incarnation: u64,
     /// How long the member has had this status, as this node saw it.
     pub since_ms: u64,
+    /// When the member's current process started (ms since the epoch): a
+    /// status report from an earlier process is not news of this one.
+    #[serde(default)]
+    pub boot_ms: u64,
 }
 
 /// Push an envelope to every node of the cluster (including this one, whose
@@ -180,10 +184,22 @@ pub struct ClusterSummary {
     /// `joined`, `alone`, `left`, or `refused: <why>` (another live node
     /// holds this node's name).
     pub standing: String,
+    /// Set while another live node holds this node's name: this node stays
+    /// out of the cluster until that one is gone.
+    pub refused: Option<RefusedStanding>,
     /// The failure detector's local health score (0 is healthy).
     pub health: u32,
     /// Cluster envelopes dropped because the Transponder could not keep up.
     pub dropped_overloaded: u64,
+}
+
+/// Why this node is out of the cluster, and who holds its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RefusedStanding {
+    /// The cluster address of the node that holds the name.
+    pub holder: String,
+    /// The refusal in words, with what to do about it.
+    pub reason: String,
 }
 
 /// The handles the Transponder and the control API use to reach the cluster.

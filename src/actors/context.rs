@@ -24,6 +24,9 @@ pub struct ModuleContext {
     pub transponder: TransponderSlot,
     /// When the node started.
     pub started: Instant,
+    /// The same moment in ms since the epoch: the node's boot in the
+    /// member table, and the `started_ms` of its status reports.
+    pub started_ms: u64,
     pub metrics: Metrics,
 }
 

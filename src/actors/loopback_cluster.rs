@@ -222,6 +222,7 @@ impl Handler<ListMembers> for LoopbackCluster {
             tags: self.identity.tags.get(),
             incarnation: 0,
             since_ms: self.started.elapsed().as_millis() as u64,
+            boot_ms: 0,
         }]
     }
 }

@@ -28,7 +28,7 @@ use super::transponder::PublishNodeState;
 use crate::deploy::state::DeployState;
 use crate::deploy::store::InstalledModule;
 use crate::monitor::board::{refresh_interval, Health, ModuleReport, NodeReport, Publication, StatusBoard};
-use crate::wire::{now_ms, Envelope, MessageType, Source};
+use crate::wire::{Envelope, MessageType, Source};
 use actix::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -120,7 +120,7 @@ pub struct Monitor {
 
 impl Monitor {
     pub fn new(parts: MonitorParts, name: &str) -> Monitor {
-        let started_ms = now_ms().saturating_sub(parts.ctx.started.elapsed().as_millis() as u64);
+        let started_ms = parts.ctx.started_ms;
         Monitor {
             span: parts.ctx.identity.span(name),
             config: parts.config,

@@ -237,6 +237,24 @@ async fn health(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
         warn!(error = %fault, "health check: the node is broken");
         return Err(ApiError::unavailable(format!("this node is broken: {fault}")));
     }
+    // Refused by the holder of its name, the node runs but does none of
+    // its work in the cluster: a health check must not call that ok.
+    if let Some(refused) = node
+        .ctx
+        .cluster
+        .status
+        .send(ClusterStatus)
+        .await
+        .ok()
+        .and_then(|c| c.refused)
+    {
+        warn!(holder = %refused.holder, "health check: this node is refused by the holder of its name");
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "refused",
+            format!("this node is out of the cluster: {}", refused.reason),
+        ));
+    }
     let members = list_members(&node).await?;
     let alive = members.iter().filter(|m| m.status == MemberStatus::Alive).count();
     Ok(HttpResponse::Ok().json(json!({
@@ -420,15 +438,21 @@ async fn status(node: web::Data<NodeHandle>, query: web::Query<TargetQuery>) -> 
     let alone = !members
         .iter()
         .any(|m| m.name != node.ctx.identity.name && m.status == MemberStatus::Alive);
-    let isolated = (alone && (!node.settings.join.is_empty() || !known.is_empty())).then(|| Isolation {
-        seeds: node.settings.join.clone(),
-        known_peers: known.len(),
-    });
+    let refused = match node.ctx.cluster.status.send(ClusterStatus).await {
+        Ok(cluster) => cluster.refused,
+        Err(e) => return Err(ApiError::unavailable(format!("the cluster side does not answer: {e}"))),
+    };
+    let isolated =
+        (refused.is_none() && alone && (!node.settings.join.is_empty() || !known.is_empty())).then(|| Isolation {
+            seeds: node.settings.join.clone(),
+            known_peers: known.len(),
+        });
     Ok(HttpResponse::Ok().json(StatusAnswer {
         node: node.ctx.identity.name.clone(),
         cluster: node.ctx.identity.cluster.clone(),
         status_interval_ms: node.settings.monitor.interval.as_millis() as u64,
         isolated,
+        refused,
         summary,
         shown: views.len(),
         nodes: views,

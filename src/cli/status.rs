@@ -2,8 +2,9 @@
 //! membership (and since when), report age and module health, failing nodes
 //! first, failing modules named, and a summary line. Exit code 3 when
 //! anything is failing (a node, a module, or a step of the deployments
-//! table), or when the node is isolated (it has seeds or known peers and
-//! reaches none of them). DEPLOYS says how many of the modules the table
+//! table), when the node is isolated (it has seeds or known peers and
+//! reaches none of them), or when it is refused (another live node holds
+//! its name; it says which). DEPLOYS says how many of the modules the table
 //! names for each node run as asked.
 //!
 //! It reads the API's typed answer ([`StatusAnswer`]) and counts nothing
@@ -27,6 +28,12 @@ pub async fn run(http: &str, json_out: bool) -> Result<i32, CliError> {
         println!("{}", serde_json::to_string_pretty(&raw).unwrap_or_default());
     } else {
         print!("{}", screen(&status));
+        if let Some(refused) = &status.refused {
+            eprintln!(
+                "refused: {} is out of the cluster: {} (held by {}); it keeps trying and gets in once that node is gone",
+                status.node, refused.reason, refused.holder
+            );
+        }
         if let Some(isolated) = &status.isolated {
             eprintln!(
                 "isolated: {} reaches none of its seeds ({}) or {} known peers; it keeps trying \
@@ -42,11 +49,13 @@ pub async fn run(http: &str, json_out: bool) -> Result<i32, CliError> {
         }
     }
     let failing = status.summary.failing_nodes + status.summary.failed_deploys;
-    Ok(if failing == 0 && status.isolated.is_none() {
-        EXIT_OK
-    } else {
-        EXIT_PARTIAL
-    })
+    Ok(
+        if failing == 0 && status.isolated.is_none() && status.refused.is_none() {
+            EXIT_OK
+        } else {
+            EXIT_PARTIAL
+        },
+    )
 }
 
 fn age(ms: Option<u64>) -> String {
@@ -206,6 +215,7 @@ mod tests {
             tags: Default::default(),
             incarnation: 0,
             since_ms: 2600,
+            boot_ms: 0,
         }
     }
 
@@ -230,6 +240,7 @@ mod tests {
             cluster: "c".into(),
             status_interval_ms: 1000,
             isolated: None,
+            refused: None,
             summary: summarize(&nodes),
             shown: nodes.len(),
             nodes,
@@ -282,6 +293,7 @@ mod tests {
             cluster: "c".into(),
             status_interval_ms: 1000,
             isolated: None,
+            refused: None,
             summary: summarize(&nodes),
             shown: nodes.len(),
             nodes,

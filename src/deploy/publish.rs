@@ -317,6 +317,7 @@ mod tests {
             tags: [("role".to_string(), role.to_string())].into(),
             incarnation: 0,
             since_ms: 0,
+            boot_ms: 0,
         }
     }
 

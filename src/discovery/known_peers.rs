@@ -176,6 +176,7 @@ mod tests {
             tags: Default::default(),
             incarnation: 0,
             since_ms: 0,
+            boot_ms: 0,
         }
     }
 

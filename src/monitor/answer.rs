@@ -3,6 +3,7 @@
 //! the same rules of what is ok (those of [`super::board`]).
 
 use super::board::{NodeView, Summary};
+use crate::actors::cluster_bus::RefusedStanding;
 use serde::{Deserialize, Serialize};
 
 /// `GET /v1/status`: the fleet as this node sees it.
@@ -12,8 +13,12 @@ pub struct StatusAnswer {
     pub node: String,
     pub cluster: String,
     pub status_interval_ms: u64,
-    /// Set when this node has ways into the cluster but reaches no one.
+    /// Set when this node has ways into the cluster but reaches no one
+    /// (and is not refused, which says why it is alone).
     pub isolated: Option<Isolation>,
+    /// Set while another live node holds this node's name.
+    #[serde(default)]
+    pub refused: Option<RefusedStanding>,
     /// Of the whole fleet, whatever `?target=` narrowed.
     pub summary: Summary,
     /// How many nodes are listed in `nodes`.

@@ -404,6 +404,12 @@ impl ModuleCounts {
     }
 }
 
+/// How far a report's `started_ms` may fall short of its member's boot and
+/// still be of the same run: builds before the two were one figure read
+/// the clock twice, a few ms apart. A run shorter than this has sent no
+/// report.
+const BOOT_SLACK_MS: u64 = 100;
+
 /// One node as the API shows it (`GET /v1/status`, `GET /v1/modules`); the
 /// CLI and the dashboard read these same fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -449,7 +455,14 @@ impl NodeView {
             let period = r.interval_ms.max(r.refresh_ms).min(MAX_TRUSTED_PERIOD_MS);
             Duration::from_millis(period) * STALE_AFTER_INTERVALS
         });
+        // A node restarted under its name is a new process: the report its
+        // previous run left says nothing of this one, however recent.
+        let previous_run = report.and_then(|(r, _)| {
+            let boot = member.map_or(0, |m| m.boot_ms);
+            (boot != 0 && r.started_ms.saturating_add(BOOT_SLACK_MS) < boot).then_some(boot)
+        });
         let report_stale = match (report, stale_after) {
+            _ if previous_run.is_some() => true,
             (Some((_, age)), Some(limit)) => age > limit,
             _ => true,
         };
@@ -490,6 +503,9 @@ impl NodeView {
             (None, _) => Some("no status report received yet".to_string()),
             (Some(_), Some(MemberStatus::Dead)) => Some("the node is dead; its last report is shown".to_string()),
             (Some(_), Some(MemberStatus::Left)) => Some("the node left; its last report is shown".to_string()),
+            (Some(_), _) if previous_run.is_some() => Some(
+                "the node restarted and has not reported since; the report of its previous run is shown".to_string(),
+            ),
             (Some((_, age)), _) if report_stale => Some(format!(
                 "the latest report is {} ms old (stale after {} ms)",
                 age.as_millis(),

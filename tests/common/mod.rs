@@ -149,10 +149,12 @@ impl TestNode {
             Some(asked) if !asked.ends_with(":0") => asked.clone(),
             _ => http,
         };
+        // Up, or up and refused by the holder of its name (a test may
+        // start a duplicate on purpose).
         wait_for(Duration::from_secs(20), "the control API to answer", || {
             http_request(&self.http, "GET", "/v1/health", None)
                 .ok()
-                .filter(|(status, _)| *status == 200)
+                .filter(|(status, body)| *status == 200 || body.contains("\"code\":\"refused\""))
         });
     }
 

@@ -35,6 +35,7 @@ fn member(name: &str) -> Member {
         tags: BTreeMap::new(),
         incarnation: 0,
         since_ms: 0,
+        boot_ms: 0,
     }
 }
 

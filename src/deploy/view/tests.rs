@@ -42,6 +42,7 @@ fn member(name: &str, status: MemberStatus, role: &str) -> Member {
         tags: [("role".to_string(), role.to_string())].into(),
         incarnation: 0,
         since_ms: 0,
+        boot_ms: 0,
     }
 }
 

@@ -11,6 +11,7 @@ fn member(name: &str, status: MemberStatus) -> Member {
         tags: BTreeMap::from([("role".to_string(), "web".to_string())]),
         incarnation: 0,
         since_ms: 0,
+        boot_ms: 0,
     }
 }
 
@@ -448,4 +449,37 @@ fn a_node_that_left_is_not_failing() {
     let views = board.view(&[member("a", MemberStatus::Left)], t0);
     assert_eq!(views[0].health, NodeHealth::Left);
     assert!(!views[0].is_failing());
+}
+
+/// A restarted node showed its previous run's report as `ok`
+/// (`report=6.5s mods=4/4`) before the new process had reported anything.
+#[test]
+fn a_restarted_node_is_not_ok_on_its_previous_runs_report() {
+    let board = StatusBoard::default();
+    let t0 = Instant::now();
+    board.record(report("a", 7, vec![module("web", Health::Ok)]), t0);
+    let mut restarted = member("a", MemberStatus::Alive);
+    restarted.boot_ms = 5000; // the old report's run started at 1000
+    let now = t0 + Duration::from_millis(500);
+    let view = &board.view(&[restarted.clone()], now)[0];
+    assert_eq!(view.health, NodeHealth::Stale);
+    assert!(view.stale);
+    assert_eq!(view.module_counts.unknown, 1, "{:?}", view.module_counts);
+    assert!(
+        view.error.as_deref().unwrap_or_default().contains("restarted"),
+        "{:?}",
+        view.error
+    );
+
+    // Its first report of this run is news again.
+    let mut fresh = report("a", 0, vec![module("web", Health::Ok)]);
+    fresh.started_ms = 5000;
+    assert!(board.record(fresh, now));
+    let view = &board.view(&[restarted], now)[0];
+    assert_eq!(view.health, NodeHealth::Ok);
+    assert_eq!(view.module_counts.ok, 1);
+
+    // A member whose boot is not known (0) is judged by age alone.
+    let unknown_boot = member("a", MemberStatus::Alive);
+    assert_eq!(board.view(&[unknown_boot], now)[0].health, NodeHealth::Ok);
 }
