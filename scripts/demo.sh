@@ -96,7 +96,7 @@ echo "\$ conjoiner status"
 "$BIN" status || echo "(exit $?: something is failing)"
 echo
 if [ "${KEEP:-}" = 1 ]; then
-    echo "== dashboard: http://$CONJOINER_HTTP/   CLI: export CONJOINER_HTTP=$CONJOINER_HTTP CONJOINER_TOKEN_FILE=$CONJOINER_TOKEN_FILE CONJOINER_KEY=$CONJOINER_KEY"
+    echo "== dashboard: http://$CONJOINER_HTTP/   CLI: export CONJOINER_HTTP=$CONJOINER_HTTP CONJOINER_TOKEN_FILE=$CONJOINER_TOKEN_FILE"
     echo "== the nodes keep running; press Ctrl-C to stop them"
     wait
 fi

@@ -54,7 +54,20 @@ pub enum DropReason {
     Overloaded,
 }
 
+/// The results `conjoiner_deploys_total` counts, each from zero.
+pub const DEPLOY_RESULTS: [&str; 5] = ["deployed", "unchanged", "failed", "undeployed", "not_installed"];
+
 impl DropReason {
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Duplicate,
+        DropReason::Oversize,
+        DropReason::Malformed,
+        DropReason::NoHandler,
+        DropReason::Unauthorized,
+        DropReason::BadTarget,
+        DropReason::Overloaded,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::Duplicate => "duplicate",
@@ -107,7 +120,28 @@ impl Metrics {
             handle,
         };
         metrics.describe();
+        metrics.start_from_zero();
         metrics
+    }
+
+    /// Registers every counter a dashboard or alert may name, at zero, so
+    /// a series exists before its first event (a rate over a missing
+    /// series is no rate at all).
+    fn start_from_zero(&self) {
+        for reason in DropReason::ALL {
+            self.counter("conjoiner_envelopes_dropped_total", &[("reason", reason.as_str())])
+                .increment(0);
+        }
+        self.counter("conjoiner_link_handshake_failures_total", &[])
+            .increment(0);
+        for result in DEPLOY_RESULTS {
+            self.counter("conjoiner_deploys_total", &[("result", result)])
+                .increment(0);
+        }
+        for reason in CLUSTER_INPUT_REASONS {
+            self.counter("conjoiner_cluster_input_refused_total", &[("reason", reason)])
+                .increment(0);
+        }
     }
 
     fn describe(&self) {
@@ -132,6 +166,11 @@ impl Metrics {
             "conjoiner_link_handshake_failures_total".into(),
             None,
             text("Encrypted link handshakes that failed (often a wrong cluster key)."),
+        );
+        r.describe_counter(
+            "conjoiner_cluster_input_refused_total".into(),
+            None,
+            text("Peers' cluster input refused or skipped, by reason."),
         );
         r.describe_counter(
             "conjoiner_deploys_total".into(),
@@ -168,11 +207,22 @@ impl Metrics {
             None,
             text("Modules on this node, by state."),
         );
-        r.describe_gauge(
-            "conjoiner_module_restarts".into(),
+        r.describe_counter(
+            "conjoiner_module_restarts_total".into(),
             None,
             text("Restarts of each module since the node started."),
         );
+        r.describe_gauge(
+            "conjoiner_module_health".into(),
+            None,
+            text("1 for the health each module of this node has in its latest report, 0 for the others."),
+        );
+        r.describe_gauge(
+            "conjoiner_build_info".into(),
+            None,
+            text("Always 1; the labels say which build runs."),
+        );
+
         r.describe_gauge(
             "conjoiner_module_up".into(),
             None,
@@ -242,6 +292,11 @@ impl Metrics {
     pub fn modbus_request_answered(&self, elapsed: Duration) {
         self.histogram("conjoiner_modbus_request_duration_seconds", &[])
             .record(elapsed.as_secs_f64());
+    }
+
+    /// Sets a counter read at scrape time to the total kept elsewhere.
+    pub fn set_total(&self, name: &'static str, labels: &[(&'static str, &str)], total: u64) {
+        self.counter(name, labels).absolute(total);
     }
 
     /// Sets a level read at scrape time.

@@ -397,10 +397,75 @@ fn metrics_are_prometheus_text_and_counters_move_with_traffic() {
         "conjoiner_peers",
         "conjoiner_peer_queue_bytes",
         "conjoiner_modules",
-        "conjoiner_module_restarts",
+        "conjoiner_module_restarts_total",
         "conjoiner_modbus_request_duration_seconds_bucket",
+        "process_cpu_seconds_total",
     ] {
         assert!(before1.iter().any(|(n, _, _)| n == family), "{family} missing");
+    }
+    // Counters exist from zero, every documented reason with them, so a
+    // rate over them is defined before the first event.
+    for reason in [
+        "duplicate",
+        "oversize",
+        "malformed",
+        "unauthorized",
+        "bad_target",
+        "overloaded",
+    ] {
+        let series = before1.iter().find(|(n, l, _)| {
+            n == "conjoiner_envelopes_dropped_total" && l.get("reason").map(String::as_str) == Some(reason)
+        });
+        assert!(series.is_some(), "no dropped series for {reason}");
+    }
+    assert!(before1
+        .iter()
+        .any(|(n, l, v)| n == "conjoiner_link_handshake_failures_total" && l.is_empty() && *v == 0.0));
+    assert!(before1
+        .iter()
+        .any(|(n, l, _)| n == "conjoiner_cluster_input_refused_total"
+            && l.get("reason").map(String::as_str) == Some("record_invalid")));
+    assert_eq!(
+        value(
+            &before1,
+            "conjoiner_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert!(value(&before1, "process_resident_memory_bytes", &[]) > 1_000_000.0);
+    // A module's own health: echo is ok, and exactly one health is 1.
+    let echo_health = wait_for(LIMIT, "echo's health in the metrics", || {
+        let now = metrics(m1);
+        let ones: Vec<String> = now
+            .iter()
+            .filter(|(n, l, v)| {
+                n == "conjoiner_module_health" && l.get("module").map(String::as_str) == Some("echo") && *v == 1.0
+            })
+            .filter_map(|(_, l, _)| l.get("health").cloned())
+            .collect();
+        (!ones.is_empty()).then_some(ones)
+    });
+    assert_eq!(echo_health, ["ok"]);
+    // Text a real Prometheus reads: `promtool check metrics` finds
+    // nothing, where it is installed.
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write as _;
+        let (_, text) = http(&m1.http, "GET", "/metrics", None).expect("GET /metrics");
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}");
     }
     assert_eq!(value(&before1, "conjoiner_members", &[("status", "alive")]), 2.0);
     assert_eq!(value(&before1, "conjoiner_peers", &[]), 1.0);

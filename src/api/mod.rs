@@ -9,12 +9,12 @@
 
 mod deployments;
 mod error;
+mod metrics;
 mod tags;
 
 use self::error::{list_members, parse_target, ApiError, DEFAULT_REQUEST_TIMEOUT_MS, MAX_REQUEST_TIMEOUT_MS};
 use crate::actors::cluster_bus::{ClusterStatus, MemberStatus};
 use crate::actors::transponder::{PublishToCluster, RequestCluster};
-use crate::actors::ModuleState;
 use crate::monitor::answer::{Isolation, StatusAnswer};
 use crate::monitor::board::{summarize, NodeView};
 use crate::node::NodeHandle;
@@ -91,7 +91,7 @@ pub fn serve(
             .route("/v1/tags", web::post().to(tags::change))
             .route("/v1/modules", web::get().to(modules))
             .route("/v1/status", web::get().to(status))
-            .route("/metrics", web::get().to(metrics))
+            .route("/metrics", web::get().to(metrics::metrics))
             .route("/", web::get().to(dashboard))
             .route("/v1/debug/state", web::get().to(debug_state))
             .default_service(web::to(not_found))
@@ -457,58 +457,6 @@ async fn status(node: web::Data<NodeHandle>, query: web::Query<TargetQuery>) -> 
         shown: views.len(),
         nodes: views,
     }))
-}
-
-/// Prometheus text. Counters are kept as events happen; levels (members,
-/// peers, queues, modules) are read from the actors now.
-async fn metrics(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
-    let m = &node.ctx.metrics;
-    let members = list_members(&node).await?;
-    for status in [
-        MemberStatus::Alive,
-        MemberStatus::Suspect,
-        MemberStatus::Dead,
-        MemberStatus::Left,
-    ] {
-        let count = members.iter().filter(|x| x.status == status).count();
-        m.set_level("conjoiner_members", &[("status", status.as_str())], count as f64);
-    }
-    if let Ok(cluster) = node.ctx.cluster.status.send(ClusterStatus).await {
-        m.set_level("conjoiner_peers", &[], cluster.peers as f64);
-        for link in &cluster.links {
-            m.set_level(
-                "conjoiner_peer_queue_bytes",
-                &[("peer", &link.peer)],
-                link.queued_bytes as f64,
-            );
-        }
-    }
-    let modules = node.modules().await;
-    for state in ["starting", "running", "restarting", "stopping", "stopped", "failed"] {
-        let count = modules.iter().filter(|x| module_state_name(&x.state) == state).count();
-        m.set_level("conjoiner_modules", &[("state", state)], count as f64);
-    }
-    for module in &modules {
-        let name = module.name.as_str();
-        m.set_level("conjoiner_module_restarts", &[("module", name)], module.restarts as f64);
-        let up = if module.state == ModuleState::Running { 1.0 } else { 0.0 };
-        m.set_level("conjoiner_module_up", &[("module", name)], up);
-    }
-    m.set_level(
-        "conjoiner_uptime_seconds",
-        &[],
-        node.ctx.started.elapsed().as_secs_f64(),
-    );
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(m.render()))
-}
-
-fn module_state_name(state: &ModuleState) -> String {
-    serde_json::to_value(state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// The dashboard: one static page, embedded in the binary, that polls
