@@ -9,20 +9,6 @@ use crate::node::NodeHandle;
 use actix_web::{web, HttpResponse};
 use std::time::Instant;
 
-/// Every health a module's own report can give it, so that each series
-/// of `conjoiner_module_health` exists and reads 0 when it is not the one.
-const MODULE_HEALTHS: [Health; 9] = [
-    Health::Ok,
-    Health::Degraded,
-    Health::Failing,
-    Health::Unresponsive,
-    Health::Restarting,
-    Health::Failed,
-    Health::Starting,
-    Health::Stopping,
-    Health::Stopped,
-];
-
 pub async fn metrics(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
     let m = &node.ctx.metrics;
     let members = list_members(&node).await?;
@@ -70,7 +56,10 @@ pub async fn metrics(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiErr
         .find(|(r, _)| r.node == me)
     {
         for module in &report.modules {
-            for health in MODULE_HEALTHS {
+            // Every health a node's own report can give, so each series
+            // exists and reads 0 when it is not the one (`unknown` is only
+            // ever said of other nodes' modules).
+            for health in Health::ALL.into_iter().filter(|h| *h != Health::Unknown) {
                 let value = if module.health == health { 1.0 } else { 0.0 };
                 m.set_level(
                     "conjoiner_module_health",

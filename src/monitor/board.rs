@@ -134,6 +134,20 @@ pub enum Health {
 }
 
 impl Health {
+    /// Every health, in the order the API documents them.
+    pub const ALL: [Health; 10] = [
+        Health::Ok,
+        Health::Degraded,
+        Health::Failing,
+        Health::Unresponsive,
+        Health::Restarting,
+        Health::Failed,
+        Health::Starting,
+        Health::Stopping,
+        Health::Stopped,
+        Health::Unknown,
+    ];
+
     /// The word the API uses for it.
     pub fn as_str(self) -> &'static str {
         match self {

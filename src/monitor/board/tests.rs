@@ -399,19 +399,7 @@ fn modules_of_nodes_not_current_are_unknown_never_ok() {
 
 #[test]
 fn health_words_are_those_of_the_api() {
-    use Health::*;
-    for h in [
-        Ok,
-        Degraded,
-        Failing,
-        Unresponsive,
-        Restarting,
-        Failed,
-        Starting,
-        Stopping,
-        Stopped,
-        Unknown,
-    ] {
+    for h in Health::ALL {
         assert_eq!(serde_json::to_value(h).unwrap(), h.as_str());
     }
     for h in [
