@@ -9,6 +9,7 @@
 //! - [`actors`]: the node's actors (supervisor, ModBus, Transponder, modules).
 //! - [`cluster`]: key, encrypted links, link protocol, membership identities.
 //! - [`discovery`]: mDNS and `--join` seeds, which hand peers to the bridge.
+//! - [`command`]: operator keys, signed commands and the one gate they pass.
 //! - [`deploy`]: the deploy capability's parts: manifests, packages, the
 //!   package cache, installs, and rollouts from the origin.
 //! - [`monitor`]: the monitor capability's parts: the status board.
@@ -25,6 +26,7 @@ pub mod api;
 pub mod api_token;
 pub mod cli;
 pub mod cluster;
+pub mod command;
 pub mod deploy;
 pub mod discovery;
 pub mod logging;

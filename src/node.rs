@@ -193,6 +193,14 @@ struct ClusterParts {
     seeds: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// The rules the deployments table is held by, with this node's operator keys.
+fn deployment_rules(trust: &Arc<crate::command::trust::Trust>) -> Box<DeploymentRules> {
+    let trust = trust.clone();
+    Box::new(DeploymentRules::admitting(Box::new(move |row| {
+        crate::deploy::command::admit_entry(&trust, row)
+    })))
+}
+
 impl ClusterParts {
     async fn start(
         identity: &NodeIdentity,
@@ -227,7 +235,7 @@ impl ClusterParts {
             .with_context(|| format!("cannot record the cluster address in {}", addr_file.display()))?;
         let bridge = ClusterBridge::new(identity, net.timing.clone(), key, transport, advertise, started_ms)
             .with_metrics(metrics.clone())
-            .holding(SET_DEPLOYMENTS, Box::new(DeploymentRules::default()))
+            .holding(SET_DEPLOYMENTS, deployment_rules(&config.deployer.trust))
             .start();
         let mdns = if net.mdns && net.memory.is_none() {
             match Mdns::start(
@@ -462,6 +470,16 @@ impl Node {
             info!(cluster = %identity.cluster, tags = %identity.tags, data_dir = %config.data_dir.display(),
                 "node starting")
         });
+        let trust = &config.deployer.trust;
+        span.in_scope(|| {
+            if trust.is_open() {
+                warn!("this node trusts no operator key: any holder of the cluster key can deploy code to it \
+                    (make a key with `conjoiner keygen --operator` and start with --trust-operator)");
+            } else {
+                let keys: Vec<String> = trust.keys.iter().map(|k| k.describe()).collect();
+                info!(keys = %keys.join("; "), "commands are carried out only when signed by one of these operator keys");
+            }
+        });
 
         // One moment for the node's start: its boot in the member table and
         // in its status reports, so a report from an earlier run is known
@@ -480,7 +498,7 @@ impl Node {
             Some(p) => (ClusterHandle::of(&p.bridge), p.bridge.clone().recipient()),
             None => {
                 let loopback = LoopbackCluster::new(&identity)
-                    .holding(SET_DEPLOYMENTS, Box::new(DeploymentRules::default()))
+                    .holding(SET_DEPLOYMENTS, deployment_rules(&config.deployer.trust))
                     .start();
                 (ClusterHandle::of(&loopback), loopback.recipient())
             }

@@ -6,10 +6,11 @@
 use super::error::{list_members, parse_target, rejected, ApiError, MAX_REQUEST_TIMEOUT_MS};
 use crate::actors::cluster_bus::ListEntries;
 use crate::cluster::protocol::SET_DEPLOYMENTS;
+use crate::deploy::command::{take_at_origin, Given, OriginRefusal, RolloutAsked};
 use crate::deploy::origin::{self, DeployRequest, OriginError};
 use crate::deploy::publish;
 use crate::deploy::rollout;
-use crate::deploy::table::{Action, Amount, Deployment, RolloutPolicy, Row};
+use crate::deploy::table::{read_all, Action, Deployment, RolloutPolicy, Row};
 use crate::deploy::view::{view, EntryView};
 use crate::node::NodeHandle;
 use crate::wire::now_ms;
@@ -20,7 +21,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 /// The default and the largest time a deploy waits for the nodes' results.
 pub const DEFAULT_DEPLOY_TIMEOUT_MS: u64 = 120_000;
@@ -42,7 +43,9 @@ pub struct DeployBody {
     config: Option<Value>,
     target: Option<String>,
     #[serde(flatten)]
-    rollout: RolloutBody,
+    rollout: RolloutAsked,
+    #[serde(flatten)]
+    given: Given,
     timeout_ms: Option<u64>,
 }
 
@@ -51,72 +54,16 @@ pub struct UndeployBody {
     module: String,
     target: Option<String>,
     #[serde(flatten)]
-    rollout: RolloutBody,
+    rollout: RolloutAsked,
+    #[serde(flatten)]
+    given: Given,
     timeout_ms: Option<u64>,
 }
 
-/// A rollout's fields in a deploy or undeploy: amounts as a number of
-/// nodes (`3`) or a share (`"25%"`).
-#[derive(Deserialize, Default)]
-pub struct RolloutBody {
-    canary: Option<Value>,
-    batch: Option<Value>,
-    health_window_ms: Option<u64>,
-    max_failed: Option<Value>,
-    revert: Option<bool>,
+/// The rollout a body asks for, or a 400.
+fn policy_of(asked: &RolloutAsked) -> Result<Option<RolloutPolicy>, ApiError> {
+    asked.policy().map_err(|e| rejected("invalid_request", e))
 }
-
-impl RolloutBody {
-    /// The rollout asked for, if any: waves of `batch` after a first wave
-    /// of `canary` (either one alone sets both).
-    fn policy(&self) -> Result<Option<RolloutPolicy>, ApiError> {
-        let amount = |field: &str, v: &Option<Value>| -> Result<Option<Amount>, ApiError> {
-            let text = match v {
-                None | Some(Value::Null) => return Ok(None),
-                Some(Value::Number(n)) => n.to_string(),
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => {
-                    return Err(rejected(
-                        "invalid_request",
-                        format!("`{field}` must be a number of nodes or a percentage such as \"25%\", not {other}"),
-                    ))
-                }
-            };
-            Amount::parse(&text)
-                .map(Some)
-                .map_err(|e| rejected("invalid_request", format!("`{field}`: {e}")))
-        };
-        let canary = amount("canary", &self.canary)?;
-        let batch = amount("batch", &self.batch)?;
-        if canary.is_none() && batch.is_none() {
-            if self.health_window_ms.is_some() || self.max_failed.is_some() || self.revert.is_some() {
-                return Err(rejected(
-                    "invalid_request",
-                    "`health_window_ms`, `max_failed` and `revert` come with a rollout: give `canary` or `batch`",
-                ));
-            }
-            return Ok(None);
-        }
-        for (field, a) in [("canary", canary), ("batch", batch)] {
-            if matches!(a, Some(Amount::Nodes(0))) || matches!(a, Some(Amount::Percent(p)) if p <= 0.0) {
-                return Err(rejected(
-                    "invalid_request",
-                    format!("`{field}` must release at least one node"),
-                ));
-            }
-        }
-        Ok(Some(RolloutPolicy {
-            canary: canary.or(batch).unwrap_or(Amount::Nodes(1)),
-            batch: batch.unwrap_or(Amount::Percent(100.0)),
-            health_window_ms: self.health_window_ms.unwrap_or(DEFAULT_HEALTH_WINDOW_MS),
-            max_failed: amount("max_failed", &self.max_failed)?.unwrap_or(Amount::Nodes(0)),
-            revert: self.revert.unwrap_or(true),
-        }))
-    }
-}
-
-/// How long each wave of a rollout must stay healthy, unless asked otherwise.
-const DEFAULT_HEALTH_WINDOW_MS: u64 = 30_000;
 
 fn deploy_timeout(timeout_ms: Option<u64>) -> Result<Duration, ApiError> {
     let ms = timeout_ms.unwrap_or(DEFAULT_DEPLOY_TIMEOUT_MS);
@@ -181,7 +128,7 @@ pub async fn deploy(
 ) -> Result<HttpResponse, ApiError> {
     let req = req.into_inner();
     parse_target(req.target.as_deref())?;
-    let policy = req.rollout.policy()?;
+    let policy = policy_of(&req.rollout)?;
     let timeout = deploy_timeout(req.timeout_ms)?;
     let request = DeployRequest {
         module: &req.module,
@@ -201,10 +148,11 @@ pub async fn deploy(
         source: Some(order.source),
         sha256: order.sha256,
         config: order.config,
-        ts: now_ms(),
+        ts: 0,
         rollout: None,
+        signature: None,
     };
-    run_publish(node.get_ref().clone(), &http, deployment, policy, timeout).await
+    run_publish(node.get_ref().clone(), &http, req.given, deployment, policy, timeout).await
 }
 
 pub async fn undeploy(
@@ -221,7 +169,7 @@ pub async fn undeploy(
         ));
     }
     parse_target(req.target.as_deref())?;
-    let policy = req.rollout.policy()?;
+    let policy = policy_of(&req.rollout)?;
     let deployment = Deployment {
         module: req.module,
         target: req.target,
@@ -229,17 +177,55 @@ pub async fn undeploy(
         source: None,
         sha256: None,
         config: None,
-        ts: now_ms(),
+        ts: 0,
         rollout: None,
+        signature: None,
     };
     run_publish(
         node.get_ref().clone(),
         &http,
+        req.given,
         deployment,
         policy,
         deploy_timeout(req.timeout_ms)?,
     )
     .await
+}
+
+/// This node, as the origin, takes a command (see
+/// [`take_at_origin`]): its id and the entry body to write, or the refusal
+/// as an API error (logged, and counted when unauthorized).
+pub async fn take_command(
+    node: &NodeHandle,
+    given: Given,
+    deployment: Deployment,
+    policy: Option<&RolloutPolicy>,
+) -> Result<(uuid::Uuid, Deployment), ApiError> {
+    let rows = read_all(&table(node).await?).0;
+    let taken = {
+        let mut recent = node.deploy.recent_commands.lock().unwrap_or_else(|e| e.into_inner());
+        take_at_origin(
+            &node.settings.deployer.trust,
+            &mut recent,
+            &rows,
+            given,
+            deployment,
+            policy,
+            now_ms(),
+        )
+    };
+    taken.map_err(|e| {
+        let status = match e {
+            OriginRefusal::NotAuthorized(_) => {
+                node.ctx.metrics.dropped(crate::metrics::DropReason::Unauthorized);
+                StatusCode::FORBIDDEN
+            }
+            OriginRefusal::Stale(_) => StatusCode::CONFLICT,
+            OriginRefusal::Invalid(_) => StatusCode::BAD_REQUEST,
+        };
+        warn!(code = e.code(), error = %e, "refused a command at its origin");
+        ApiError::new(status, e.code(), e.to_string())
+    })
 }
 
 /// Writes the entry and answers its outcome as one JSON object, or, when
@@ -251,10 +237,12 @@ pub async fn undeploy(
 async fn run_publish(
     node: NodeHandle,
     http: &HttpRequest,
+    given: Given,
     deployment: Deployment,
     policy: Option<RolloutPolicy>,
     timeout: Duration,
 ) -> Result<HttpResponse, ApiError> {
+    let (id, deployment) = take_command(&node, given, deployment, policy.as_ref()).await?;
     // Checked as every node will check it, before anything is written.
     let provisional = crate::cluster::protocol::Entry {
         key: "check".into(),
@@ -279,7 +267,7 @@ async fn run_publish(
         .is_some_and(|v| v.contains("application/x-ndjson"));
     let rolling = policy.is_some();
     if !streaming {
-        let outcome = publish::publish(&node.ctx, deployment, policy, timeout, None)
+        let outcome = publish::publish(&node.ctx, id, deployment, policy, timeout, None)
             .await
             .map_err(ApiError::unavailable)?;
         if rolling {
@@ -297,7 +285,7 @@ async fn run_publish(
     });
     actix_rt::spawn(
         async move {
-            let last = match publish::publish(&node.ctx, deployment, policy, timeout, Some(progress_tx)).await {
+            let last = match publish::publish(&node.ctx, id, deployment, policy, timeout, Some(progress_tx)).await {
                 Ok(outcome) => {
                     if rolling {
                         node.drive_rollout(outcome.id);

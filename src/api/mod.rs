@@ -7,8 +7,8 @@
 //! a 4xx/5xx status, and every rejected input is logged. Bad input never
 //! touches the node's state.
 
-mod deployments;
-mod error;
+pub mod deployments;
+pub mod error;
 mod metrics;
 mod tags;
 
@@ -453,6 +453,7 @@ async fn status(node: web::Data<NodeHandle>, query: web::Query<TargetQuery>) -> 
         status_interval_ms: node.settings.monitor.interval.as_millis() as u64,
         isolated,
         refused,
+        operator_keys: node.settings.deployer.trust.keys.iter().map(|k| k.describe()).collect(),
         summary,
         shown: views.len(),
         nodes: views,

@@ -59,6 +59,14 @@ pub struct AgentArgs {
     /// uploads a local package itself, as the user who runs it.
     #[arg(long = "package-dir")]
     pub package_dirs: Vec<PathBuf>,
+    /// An operator key whose signed commands this node carries out
+    /// (repeatable): `cjop1…`, `@FILE`, or a scope such as
+    /// `{"key":"cjop1…","modules":["web-*"],"target":"tag.env=staging"}`.
+    /// The `*.pub` files in `<data-dir>/operators/` count too. With any
+    /// key trusted, unsigned deploys are refused; with none, any holder of
+    /// the cluster key can deploy.
+    #[arg(long = "trust-operator", value_name = "KEY|@FILE")]
+    pub trust_operators: Vec<String>,
     /// Every timeout and limit, by preset: `lan` (hosts on one network),
     /// `wan` (slow or lossy links: about five times slower to judge a peer,
     /// more patient with downloads and modules), or `local` (nodes on one
@@ -169,6 +177,9 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
             max_package_bytes: args.max_package,
             max_uploads: usize::from(args.max_uploads),
             package_dirs: args.package_dirs.clone(),
+            trust: std::sync::Arc::new(
+                crate::command::trust::Trust::load(&args.trust_operators, &args.data_dir).map_err(CliError::usage)?,
+            ),
             ..profile.deployer
         },
         monitor,

@@ -10,6 +10,11 @@
 
 use super::client::ApiClient;
 use super::{parse_duration, read_targets, CliError, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
+use crate::command::operator_key::OperatorSecret;
+use crate::deploy::command::{command_bytes, RolloutAsked};
+use crate::deploy::order::OrderSource;
+use crate::deploy::package::parse_sha256;
+use crate::deploy::table::{Action, Deployment};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::io::IsTerminal;
@@ -35,6 +40,8 @@ pub struct DeployArgs {
     pub config: Option<String>,
     #[command(flatten)]
     pub rollout: RolloutArgs,
+    #[command(flatten)]
+    pub sign: SignArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -43,6 +50,67 @@ pub struct UndeployArgs {
     pub module: String,
     #[command(flatten)]
     pub rollout: RolloutArgs,
+    #[command(flatten)]
+    pub sign: SignArgs,
+}
+
+/// Signing the command with an operator key.
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    /// Sign the command with this private operator key (from `conjoiner
+    /// keygen --operator`); nodes that trust operator keys carry out only
+    /// signed commands. A URL deploy then needs --sha256: the signature
+    /// names the exact package.
+    #[arg(long, env = "CONJOINER_OPERATOR_KEY", value_name = "FILE")]
+    pub operator_key: Option<std::path::PathBuf>,
+}
+
+impl SignArgs {
+    /// Signs the API request `body` (a deploy or an undeploy, complete but
+    /// for its signature) as the node will check it: adds `id`, `ts` and
+    /// `signature`.
+    fn sign(&self, body: &mut Value, action: Action) -> Result<(), CliError> {
+        let Some(file) = &self.operator_key else {
+            return Ok(());
+        };
+        let secret = OperatorSecret::load(file).map_err(CliError::usage)?;
+        let policy = serde_json::from_value::<RolloutAsked>(body.clone())
+            .map_err(|e| CliError::usage(e.to_string()))?
+            .policy()
+            .map_err(CliError::usage)?;
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        let url = text(&body["source"]["url"]);
+        let sha256 = match (action, text(&body["source"]["package"]).or(text(&body["sha256"]))) {
+            (Action::Undeploy, _) => None,
+            (Action::Deploy, Some(sha)) => Some(parse_sha256(&sha).map_err(CliError::usage)?),
+            (Action::Deploy, None) => {
+                return Err(CliError::usage(
+                    "--operator-key with a URL needs --sha256: the signature names the exact package",
+                ))
+            }
+        };
+        let deployment = Deployment {
+            module: text(&body["module"]).unwrap_or_default(),
+            target: text(&body["target"]),
+            action,
+            source: url.map(|url| OrderSource {
+                url: Some(url),
+                peer: None,
+                size: None,
+            }),
+            sha256,
+            config: Some(body["config"].clone()).filter(|c| !c.is_null()),
+            ts: crate::wire::now_ms(),
+            rollout: None,
+            signature: None,
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        let bytes = command_bytes(&id, &deployment, policy.as_ref());
+        body["id"] = json!(id);
+        body["ts"] = json!(deployment.ts);
+        body["signature"] = json!({"key": secret.public().to_string(), "sig": secret.sign(&bytes)});
+        Ok(())
+    }
 }
 
 /// Which nodes, in which waves, and how long to wait for results.
@@ -119,12 +187,14 @@ pub async fn deploy(http: &str, json_out: bool, args: DeployArgs) -> Result<i32,
         "config": config,
     });
     args.rollout.fill(&mut body)?;
+    args.sign.sign(&mut body, Action::Deploy)?;
     publish(http, json_out, "/v1/deploy", &body, args.rollout.timeout).await
 }
 
 pub async fn undeploy(http: &str, json_out: bool, args: UndeployArgs) -> Result<i32, CliError> {
     let mut body = json!({"module": args.module});
     args.rollout.fill(&mut body)?;
+    args.sign.sign(&mut body, Action::Undeploy)?;
     publish(http, json_out, "/v1/undeploy", &body, args.rollout.timeout).await
 }
 

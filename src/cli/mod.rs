@@ -70,8 +70,9 @@ pub enum Command {
     Tags(tags::TagsArgs),
     /// Stream the envelopes the local node sees.
     Tail(tail::TailArgs),
-    /// Print a new cluster key (give the same key to every node).
-    Keygen,
+    /// Print a new cluster key (give the same key to every node), or with
+    /// --operator make an operator key pair that signs deploys.
+    Keygen(keygen::KeygenArgs),
     /// Deploy a module package to the targeted nodes.
     Deploy(deploy::DeployArgs),
     /// Stop and remove a module from the targeted nodes.
@@ -150,7 +151,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Request(args) => block_on(request::run(&cli.http, cli.json, args)),
         Command::Tail(args) => block_on(tail::run(&cli.http, cli.json, args)),
         Command::Tags(args) => block_on(tags::run(&cli.http, cli.json, args)),
-        Command::Keygen => keygen::run(cli.json),
+        Command::Keygen(args) => keygen::run(cli.json, args),
         Command::Deploy(args) => block_on(deploy::deploy(&cli.http, cli.json, args)),
         Command::Undeploy(args) => block_on(deploy::undeploy(&cli.http, cli.json, args)),
         Command::Deployments(args) => block_on(deployments::run(&cli.http, cli.json, args)),

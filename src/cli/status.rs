@@ -34,6 +34,13 @@ pub async fn run(http: &str, json_out: bool) -> Result<i32, CliError> {
                 status.node, refused.reason, refused.holder
             );
         }
+        if status.operator_keys.is_empty() {
+            eprintln!(
+                "open: {} trusts no operator key, so anyone who holds the cluster key can deploy code to it \
+                 (`conjoiner keygen --operator`, then start the nodes with --trust-operator)",
+                status.node
+            );
+        }
         if let Some(isolated) = &status.isolated {
             eprintln!(
                 "isolated: {} reaches none of its seeds ({}) or {} known peers; it keeps trying \
@@ -241,6 +248,7 @@ mod tests {
             status_interval_ms: 1000,
             isolated: None,
             refused: None,
+            operator_keys: Vec::new(),
             summary: summarize(&nodes),
             shown: nodes.len(),
             nodes,
@@ -294,6 +302,7 @@ mod tests {
             status_interval_ms: 1000,
             isolated: None,
             refused: None,
+            operator_keys: Vec::new(),
             summary: summarize(&nodes),
             shown: nodes.len(),
             nodes,

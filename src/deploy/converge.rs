@@ -164,6 +164,32 @@ impl Goals {
         );
     }
 
+    /// The entry that would decide `module` here was refused by the
+    /// command gate: nothing is done, and the status says why (no retry:
+    /// only a new, signed entry changes that).
+    pub fn refused(&mut self, module: &str, entry: &str, clock: u64, action: Action, reason: String) {
+        if self.busy(module) {
+            return;
+        }
+        self.by_module.insert(
+            module.to_string(),
+            Tracked {
+                goal: Goal {
+                    module: module.to_string(),
+                    entry: entry.to_string(),
+                    clock,
+                    action,
+                    state: GoalState::Failed,
+                    reason: Some(reason),
+                    code: Some(crate::command::gate::NOT_AUTHORIZED.to_string()),
+                    failures: 1,
+                    retry_in_ms: None,
+                },
+                retry_at: None,
+            },
+        );
+    }
+
     /// A step ended: converged, or failed with a code and a reason (then it
     /// is tried again after a backoff that grows with each failure).
     pub fn finished(&mut self, module: &str, result: Result<(), (String, String)>, now: Instant) {

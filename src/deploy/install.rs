@@ -52,6 +52,9 @@ pub struct DeployerConfig {
     pub package_dirs: Vec<std::path::PathBuf>,
     /// How slow a package download may be before it fails as stalled.
     pub stall: StallRule,
+    /// The operator keys whose commands this node carries out (none: any
+    /// holder of the cluster key may deploy).
+    pub trust: std::sync::Arc<crate::command::trust::Trust>,
 }
 
 impl Default for DeployerConfig {
@@ -66,6 +69,7 @@ impl Default for DeployerConfig {
             max_uploads: DEFAULT_MAX_UPLOADS,
             package_dirs: Vec::new(),
             stall: StallRule::default(),
+            trust: Default::default(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`table`]: the deployments table: its entries, the rules a node holds
 //!   them by, and which entry wins on a node.
 //! - [`table_file`]: the table on disk.
+//! - [`command`]: deploys and undeploys as signed commands, and their gate.
 //! - [`reconcile`]: the plan: one step per module, from the table, what is
 //!   installed and what runs.
 //! - [`reconciler`]: carrying the plan out, and answering origins.
@@ -24,6 +25,7 @@
 //! - [`rollout`]: rollouts without a server: waves, health, revert.
 //! - [`view`]: the table with its convergence, as the API shows it.
 
+pub mod command;
 pub mod converge;
 pub mod fetch;
 pub mod holders;

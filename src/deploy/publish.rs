@@ -177,17 +177,17 @@ pub struct Reach {
     pub absent: Vec<Absent>,
 }
 
-/// Writes `deployment` into the table under a new id (released to its first
+/// Writes `deployment` into the table under `id` (released to its first
 /// wave only, with a `rollout` policy), and gathers the results of the
 /// nodes it is in force for now, for up to `timeout`.
 pub async fn publish(
     ctx: &ModuleContext,
+    id: Uuid,
     mut deployment: Deployment,
     rollout: Option<RolloutPolicy>,
     timeout: Duration,
     progress: Option<mpsc::UnboundedSender<Progress>>,
 ) -> Result<PublishOutcome, String> {
-    let id = Uuid::now_v7();
     let members = ctx
         .cluster
         .members
@@ -339,6 +339,7 @@ mod tests {
             config: None,
             ts: 0,
             rollout: None,
+            signature: None,
         };
         let r = reach(&d, "id", &members).unwrap();
         assert_eq!(r.now.iter().collect::<Vec<_>>(), ["a", "b"]);

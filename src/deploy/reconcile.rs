@@ -127,6 +127,7 @@ mod tests {
             config,
             ts: 1,
             rollout: None,
+            signature: None,
         };
         Row::read(&Entry {
             key: id.into(),

@@ -7,6 +7,7 @@
 //! superseded here), its result goes straight to the node that wrote it,
 //! which shows it to whoever ran `conjoiner deploy`.
 
+use super::command::authorize_row;
 use super::install::{blocking, Installer};
 use super::order::{DeployOrder, DeployReport, DeployStatus};
 use super::reconcile::{plan, Installed, Step};
@@ -58,6 +59,7 @@ impl Reconciler {
         }
         let me = ctx.identity.name.clone();
         let tags = ctx.identity.tags.get();
+        let (rows, refused) = self.gate(rows, &me, &tags);
         let won = winners(&rows, &me, &tags);
         let store = self.installer.state.store.clone();
         let installed: BTreeMap<String, Installed> = blocking(move || store.installed())
@@ -76,20 +78,33 @@ impl Reconciler {
                 )
             })
             .collect();
-        let steps = plan(&won, &installed, trusted);
+        let mut steps = plan(&won, &installed, trusted);
+        // A module whose deciding entry was refused here is left as it is:
+        // a refused entry neither changes it nor, by pruning the entry it
+        // superseded, has it removed.
+        steps.retain(|module, _| {
+            won.contains_key(module.as_str()) || !refused.iter().any(|(r, _)| r.module() == module)
+        });
         let mut summary = PassSummary {
             entries: rows.len(),
             named: won.len(),
             ..PassSummary::default()
         };
         let now = Instant::now();
-        let named: BTreeSet<String> = steps.keys().cloned().chain(won.keys().map(|m| m.to_string())).collect();
-        self.installer
-            .state
-            .goals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(&named);
+        let named: BTreeSet<String> = steps
+            .keys()
+            .cloned()
+            .chain(won.keys().map(|m| m.to_string()))
+            .chain(refused.iter().map(|(r, _)| r.module().to_string()))
+            .collect();
+        {
+            let mut goals = self.installer.state.goals.lock().unwrap_or_else(|e| e.into_inner());
+            goals.retain(&named);
+            // A module that only refused entries name here: its status says why.
+            for (row, why) in refused.iter().filter(|(r, _)| !won.contains_key(r.module())) {
+                goals.refused(row.module(), &row.id, row.version.clock, row.action(), why.to_string());
+            }
+        }
         for (module, step) in steps {
             let row = step.entry().and_then(|id| rows.iter().find(|r| r.id == *id)).cloned();
             let (id, clock, action) = match &row {
@@ -180,6 +195,51 @@ impl Reconciler {
             }
         }
         Ok(summary)
+    }
+
+    /// The command gate, for every entry in force here: the entries this
+    /// node may carry out, and the refused ones with the reason. A refusal
+    /// is logged, counted and answered to the entry's origin once.
+    fn gate(
+        &self,
+        rows: Vec<Row>,
+        me: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> (Vec<Row>, Vec<(Row, crate::command::gate::Refusal)>) {
+        let trust = &self.installer.config.trust;
+        let held: std::collections::HashSet<Arc<str>> = rows.iter().map(|r| r.id.clone()).collect();
+        let mut allowed = Vec::with_capacity(rows.len());
+        let mut refused = Vec::new();
+        for row in rows {
+            if !row.in_force_for(me, tags) {
+                allowed.push(row);
+                continue;
+            }
+            match authorize_row(trust, &row, me, tags) {
+                Ok(_) => allowed.push(row),
+                Err(why) => refused.push((row, why)),
+            }
+        }
+        for (row, why) in &refused {
+            if self.installer.state.first_refusal(&row.id, row.version.clock, &held) {
+                warn!(entry = %row.id, module_name = %row.module(), origin = %row.version.origin,
+                    code = why.code(), reason = %why, "refused a deployments-table entry: it is not carried out here");
+                self.installer
+                    .ctx
+                    .metrics
+                    .dropped(crate::metrics::DropReason::Unauthorized);
+                let me = self.clone();
+                let (row, why) = (row.clone(), why.clone());
+                actix_rt::spawn(
+                    async move {
+                        let report = DeployReport::failed(row.module(), why.code(), why.to_string());
+                        me.report(&row, report).await;
+                    }
+                    .in_current_span(),
+                );
+            }
+        }
+        (allowed, refused)
     }
 
     /// Starts `step` of `module` on a task of its own.

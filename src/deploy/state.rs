@@ -42,6 +42,11 @@ pub struct DeployState {
     /// Packages this node offered as a deploy's origin: it sends a new
     /// fetcher of one to the nodes that already fetched it.
     originated: Mutex<HashSet<String>>,
+    /// Signed commands this node took as their origin, so none is taken twice.
+    pub recent_commands: Mutex<crate::command::replay::RecentIds>,
+    /// Table entries (id and version clock) this node refused to carry
+    /// out, so each refusal is logged, counted and audited once.
+    refused: Mutex<HashSet<(Arc<str>, u64)>>,
 }
 
 #[derive(Default, Debug, Clone, Copy, Serialize)]
@@ -64,6 +69,14 @@ pub(crate) struct DeployCounters {
 }
 
 impl DeployState {
+    /// Notes that this node refused version `clock` of entry `id`; true
+    /// the first time. Forgets entries no longer in `held`.
+    pub fn first_refusal(&self, id: &Arc<str>, clock: u64, held: &HashSet<Arc<str>>) -> bool {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.retain(|(id, _)| held.contains(id));
+        refused.insert((id.clone(), clock))
+    }
+
     /// Opens `<data-dir>/mods` and `<data-dir>/packages`; `file://`
     /// packages are read only from `package_dirs`; `parallel` steps run at
     /// once, and packages are sent to `uploads` peers at once.
@@ -91,6 +104,8 @@ impl DeployState {
             step_slots: Arc::new(tokio::sync::Semaphore::new(parallel.max(1))),
             uploads: Mutex::new(Uploads::new(uploads)),
             originated: Mutex::new(HashSet::new()),
+            recent_commands: Mutex::default(),
+            refused: Mutex::default(),
         })
     }
 

@@ -19,6 +19,7 @@ use super::package::parse_sha256;
 use crate::cluster::core::hash::{combine, fnv1a, mix};
 use crate::cluster::core::keyed::{EntryRules, KeyedSet, Refused};
 use crate::cluster::protocol::{Entry, Version};
+use crate::command::signature::OperatorSignature;
 use crate::modules::registry::CORE_MODULES;
 use crate::wire::Target;
 use serde::{Deserialize, Serialize};
@@ -175,6 +176,11 @@ pub struct Deployment {
     pub ts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// The operator's signature over the command's fields (see
+    /// `deploy::command`): kept in the entry, so a node that converges
+    /// later checks it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<OperatorSignature>,
 }
 
 impl Deployment {
@@ -253,6 +259,14 @@ impl Row {
         &self.deployment.module
     }
 
+    /// How entries of one module are ordered: by the time the command was
+    /// given (`ts`, which an operator signs), then by version. The version
+    /// alone would not do: it is not signed, so a host could write an old
+    /// signed entry again under a new version to undo a newer one.
+    pub fn rank(&self) -> (u64, &Version) {
+        (self.deployment.ts, &self.version)
+    }
+
     pub fn action(&self) -> Action {
         self.deployment.action
     }
@@ -281,7 +295,7 @@ impl Row {
     fn supersedes(&self, older: &Row) -> bool {
         self.module() == older.module()
             && self.deployment.target == older.deployment.target
-            && self.version > older.version
+            && self.rank() > older.rank()
             && self.deployment.settled()
     }
 }
@@ -326,7 +340,7 @@ pub fn read_all<'a>(entries: impl IntoIterator<Item = &'a Arc<Entry>>) -> (Vec<R
 pub fn winners<'a>(rows: &'a [Row], name: &str, tags: &BTreeMap<String, String>) -> BTreeMap<&'a str, &'a Row> {
     let mut won: BTreeMap<&str, &Row> = BTreeMap::new();
     for row in rows.iter().filter(|r| r.in_force_for(name, tags)) {
-        let better = won.get(row.module()).is_none_or(|held| row.version > held.version);
+        let better = won.get(row.module()).is_none_or(|held| row.rank() > held.rank());
         if better {
             won.insert(row.module(), row);
         }
@@ -340,9 +354,22 @@ pub fn winners<'a>(rows: &'a [Row], name: &str, tags: &BTreeMap<String, String>)
 #[derive(Default)]
 pub struct DeploymentRules {
     read: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<Row>>>,
+    admit: Option<Admit>,
 }
 
+/// A further check an entry passes before the table holds it (the node's
+/// operator keys: see `deploy::command::admit_entry`).
+pub type Admit = Box<dyn Fn(&Row) -> Result<(), String> + Send + Sync>;
+
 impl DeploymentRules {
+    /// Rules that also hold an entry only if `admit` takes it.
+    pub fn admitting(admit: Admit) -> DeploymentRules {
+        DeploymentRules {
+            admit: Some(admit),
+            ..DeploymentRules::default()
+        }
+    }
+
     /// Every held entry, read (entries that do not read are left out:
     /// they were checked when taken).
     fn rows(&self, held: &KeyedSet) -> Vec<Arc<Row>> {
@@ -364,10 +391,19 @@ impl DeploymentRules {
 impl EntryRules for DeploymentRules {
     fn check(&self, entry: &Entry, held: &KeyedSet, now_ms: u64) -> Result<(), Refused> {
         let row = Row::read(entry).map_err(Refused::Invalid)?;
+        if let Some(admit) = &self.admit {
+            admit(&row).map_err(Refused::Invalid)?;
+        }
         if entry.version.clock > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
             return Err(Refused::Invalid(format!(
                 "its version {} is more than a day ahead of this node's clock ({now_ms}); is a clock wrong?",
                 entry.version.clock
+            )));
+        }
+        if row.deployment.ts > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
+            return Err(Refused::Invalid(format!(
+                "its time {} is more than a day ahead of this node's clock ({now_ms}); is a clock wrong?",
+                row.deployment.ts
             )));
         }
         let superseded = self
@@ -382,19 +418,19 @@ impl EntryRules for DeploymentRules {
 
     fn obsolete(&self, held: &KeyedSet, now_ms: u64) -> Vec<Arc<str>> {
         let rows = self.rows(held);
-        // The newest settled version of each module and target.
-        let mut newest: std::collections::HashMap<(&str, Option<&str>), &Version> = Default::default();
+        // The newest settled entry of each module and target.
+        let mut newest: std::collections::HashMap<(&str, Option<&str>), (u64, &Version)> = Default::default();
         for row in rows.iter().filter(|r| r.deployment.settled()) {
             let key = (row.module(), row.deployment.target.as_deref());
-            let v = newest.entry(key).or_insert(&row.version);
-            if row.version > **v {
-                *v = &row.version;
+            let v = newest.entry(key).or_insert(row.rank());
+            if row.rank() > *v {
+                *v = row.rank();
             }
         }
         rows.iter()
             .filter(|row| {
                 let key = (row.module(), row.deployment.target.as_deref());
-                let superseded = newest.get(&key).is_some_and(|v| **v > row.version);
+                let superseded = newest.get(&key).is_some_and(|v| *v > row.rank());
                 let expired = row.action() == Action::Undeploy
                     && row.deployment.settled()
                     && now_ms.saturating_sub(row.deployment.ts) > KEEP_UNDEPLOYS_MS;

@@ -19,6 +19,10 @@ pub struct StatusAnswer {
     /// Set while another live node holds this node's name.
     #[serde(default)]
     pub refused: Option<RefusedStanding>,
+    /// The operator keys this node trusts, each with its scope; none
+    /// means any holder of the cluster key can deploy to it.
+    #[serde(default)]
+    pub operator_keys: Vec<String>,
     /// Of the whole fleet, whatever `?target=` narrowed.
     pub summary: Summary,
     /// How many nodes are listed in `nodes`.

@@ -8,6 +8,7 @@
 
 pub mod browser;
 pub mod fake_member;
+pub mod lab;
 pub mod netlab;
 
 use serde_json::{json, Value};

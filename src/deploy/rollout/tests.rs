@@ -50,6 +50,7 @@ fn the_first_wave_is_the_canary_and_a_canary_of_all_is_done_at_once() {
         config: None,
         ts: 0,
         rollout: None,
+        signature: None,
     };
     let members: Vec<Member> = (0..10).map(|i| member(&format!("n{i}"))).collect();
     let one = first_wave(

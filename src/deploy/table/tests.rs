@@ -19,6 +19,7 @@ fn deployment(module: &str, target: Option<&str>, action: Action) -> Deployment 
         config: None,
         ts: 1_000,
         rollout: None,
+        signature: None,
     }
 }
 

@@ -1,0 +1,199 @@
+//! Operator keys with the real binary: `keygen --operator`, an agent that
+//! trusts a key (`--trust-operator @FILE`), the CLI signing with
+//! `--operator-key`, and each command the control API must refuse with
+//! `not_authorized` while the running module stays as it was.
+
+mod common;
+
+use common::*;
+use conjoiner::command::operator_key::OperatorSecret;
+use conjoiner::command::signature::OperatorSignature;
+use conjoiner::deploy::command::command_bytes;
+use conjoiner::deploy::table::{Action, Deployment};
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Whether `hello` runs on `node`.
+fn hello_runs(node: &TestNode) -> bool {
+    let (_, nodes) = cli_json(node, &["modules"]);
+    nodes.as_array().into_iter().flatten().any(|n| {
+        n["modules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["name"] == "hello" && m["state"] == "running")
+    })
+}
+
+/// An undeploy of `hello` as the API takes it, signed by `secret` over
+/// `signed_module` at `ts`.
+fn signed_undeploy(secret: &OperatorSecret, signed_module: &str, sent_module: &str, ts: u64) -> Value {
+    let id = uuid::Uuid::now_v7().to_string();
+    let d = Deployment {
+        module: signed_module.into(),
+        target: None,
+        action: Action::Undeploy,
+        source: None,
+        sha256: None,
+        config: None,
+        ts,
+        rollout: None,
+        signature: None,
+    };
+    let sig = secret.sign(&command_bytes(&id, &d, None));
+    json!({
+        "module": sent_module,
+        "id": id,
+        "ts": ts,
+        "signature": OperatorSignature { key: secret.public().to_string(), sig },
+        "timeout_ms": 5000,
+    })
+}
+
+#[test]
+fn a_node_that_trusts_an_operator_key_takes_only_commands_it_signed() {
+    let keys = tempfile::tempdir().unwrap();
+    let alice_file = keys.path().join("alice.key");
+    let bob_file = keys.path().join("bob.key");
+    let make = |file: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_conjoiner"))
+            .args(["keygen", "--operator", "-o", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    let alice_public = make(&alice_file);
+    make(&bob_file);
+    assert!(alice_public.starts_with("cjop1"), "{alice_public}");
+    assert_eq!(
+        std::fs::metadata(&alice_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let pub_file = format!("@{}.pub", alice_file.display());
+    let node = TestNode::start("op1", &["--trust-operator", &pub_file]);
+    let (_, status) = node.http("GET", "/v1/status", None);
+    assert_eq!(status["operator_keys"].as_array().map(Vec::len), Some(1), "{status}");
+    assert!(!stderr(&node.cli(&["status"])).contains("trusts no operator key"));
+    let hello = hello_dir();
+    let hello = hello.to_str().unwrap();
+
+    // Unsigned, and signed by a key the node does not trust: refused.
+    let out = node.cli(&["deploy", "hello", "--from", hello]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not_authorized") && stderr(&out).contains("unsigned"),
+        "{}",
+        stderr(&out)
+    );
+    let out = node.cli(&[
+        "deploy",
+        "hello",
+        "--from",
+        hello,
+        "--operator-key",
+        bob_file.to_str().unwrap(),
+    ]);
+    assert!(stderr(&out).contains("not trusted"), "{}", stderr(&out));
+    assert!(!hello_runs(&node));
+
+    // A private key others may read is not used.
+    std::fs::set_permissions(&alice_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = node.cli(&[
+        "deploy",
+        "hello",
+        "--from",
+        hello,
+        "--operator-key",
+        alice_file.to_str().unwrap(),
+    ]);
+    assert!(stderr(&out).contains("mode 0644"), "{}", stderr(&out));
+    std::fs::set_permissions(&alice_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // Signed by alice: deployed.
+    let out = node.cli(&[
+        "deploy",
+        "hello",
+        "--from",
+        hello,
+        "--operator-key",
+        alice_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    wait_for(LIMIT, "hello to run", || hello_runs(&node).then_some(()));
+
+    // Commands the API must refuse; hello runs on after each.
+    let alice = OperatorSecret::load(&alice_file).unwrap();
+    let now = conjoiner::wire::now_ms();
+    let mut oversized = signed_undeploy(&alice, "hello", "hello", now);
+    oversized["signature"]["sig"] = json!("A".repeat(5000));
+    let valid = signed_undeploy(&alice, "hello", "hello", now);
+    let mut new_id = valid.clone();
+    new_id["id"] = json!(uuid::Uuid::now_v7().to_string());
+    for (what, body, why) in [
+        (
+            "signature over other fields",
+            signed_undeploy(&alice, "other", "hello", now),
+            "does not match",
+        ),
+        (
+            "expired",
+            signed_undeploy(&alice, "hello", "hello", now - 10 * 60_000),
+            "clock_skew",
+        ),
+        ("oversized signature", oversized, "oversized"),
+        ("a captured command under a new id", new_id, "does not match"),
+    ] {
+        let (status, answer) = node.http("POST", "/v1/undeploy", Some(body.to_string().as_bytes()));
+        assert_eq!(status, 403, "{what}: {answer}");
+        assert_eq!(answer["code"], "not_authorized", "{what}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap_or_default().contains(why),
+            "{what}: {answer}"
+        );
+        assert!(hello_runs(&node), "{what}: hello stopped");
+    }
+    assert!(node.log_text().contains("refused a command at its origin"));
+
+    // The valid one is taken once; sent again, it is a replay.
+    let (status, answer) = node.http("POST", "/v1/undeploy", Some(valid.to_string().as_bytes()));
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = node.http("POST", "/v1/undeploy", Some(valid.to_string().as_bytes()));
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (403, Some("not_authorized")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap_or_default().contains("replayed"),
+        "{answer}"
+    );
+    wait_for(LIMIT, "hello to be removed", || (!hello_runs(&node)).then_some(()));
+
+    let (_, metrics) = node.http("GET", "/metrics", None);
+    let text = metrics.as_str().unwrap_or_default().to_string();
+    let refused = text
+        .lines()
+        .find_map(|l| l.strip_prefix("conjoiner_envelopes_dropped_total{reason=\"unauthorized\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(refused >= Some(7), "every refusal counted: {refused:?}");
+}
+
+#[test]
+fn a_node_that_trusts_no_key_says_so_at_start_and_in_status() {
+    let node = TestNode::start("open1", &[]);
+    wait_for(LIMIT, "the warning in the log", || {
+        node.log_text().contains("trusts no operator key").then_some(())
+    });
+    let out = node.cli(&["status"]);
+    assert!(
+        stderr(&out).contains("open1 trusts no operator key"),
+        "{}",
+        stderr(&out)
+    );
+    let (_, status) = node.http("GET", "/v1/status", None);
+    assert_eq!(status["operator_keys"], json!([]));
+}
