@@ -9,6 +9,7 @@
 //! - [`actors`]: the node's actors (supervisor, ModBus, Transponder, modules).
 //! - [`cluster`]: key, encrypted links, link protocol, membership identities.
 //! - [`discovery`]: mDNS and `--join` seeds, which hand peers to the bridge.
+//! - [`audit`]: each command a node took, carried out or refused, on disk.
 //! - [`command`]: operator keys, signed commands and the one gate they pass.
 //! - [`deploy`]: the deploy capability's parts: manifests, packages, the
 //!   package cache, installs, and rollouts from the origin.
@@ -24,6 +25,7 @@
 pub mod actors;
 pub mod api;
 pub mod api_token;
+pub mod audit;
 pub mod cli;
 pub mod cluster;
 pub mod command;

@@ -173,6 +173,56 @@ fn a_node_that_trusts_an_operator_key_takes_only_commands_it_signed() {
     );
     wait_for(LIMIT, "hello to be removed", || (!hello_runs(&node)).then_some(()));
 
+    // The audit trail holds each decision, in a private file.
+    let audit = node.data_dir().join("audit.jsonl");
+    assert_eq!(std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777, 0o600);
+    let (code, trail) = cli_json(&node, &["audit", "--module", "hello", "--since", "1h"]);
+    assert_eq!(code, 0, "{trail}");
+    let lines = trail["lines"].as_array().cloned().unwrap_or_default();
+    let has = |decision: &str, pred: &dyn Fn(&Value) -> bool| {
+        lines
+            .iter()
+            .any(|l| l["decision"] == decision && l["node"] == "op1" && pred(l))
+    };
+    let alice_id = OperatorSecret::load(&alice_file).unwrap().public().id();
+    assert!(
+        has("refused", &|l| l["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("unsigned")),
+        "{trail}"
+    );
+    assert!(
+        has("refused", &|l| l["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("replayed")),
+        "{trail}"
+    );
+    assert!(
+        has("taken", &|l| l["type"] == "deploy" && l["key"] == alice_id.as_str()),
+        "{trail}"
+    );
+    assert!(
+        has("carried_out", &|l| l["type"] == "deploy" && l["status"] == "deployed"),
+        "{trail}"
+    );
+    assert!(
+        has("carried_out", &|l| l["type"] == "undeploy"
+            && l["status"] == "undeployed"),
+        "{trail}"
+    );
+    let times: Vec<u64> = lines.iter().filter_map(|l| l["ts"].as_u64()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "merged by time: {times:?}");
+    let (status, own) = node.http("GET", "/v1/audit?module=hello", None);
+    assert_eq!(status, 200);
+    assert_eq!(own["lines"].as_array().map(Vec::len), Some(lines.len()), "{own}");
+    let table = stdout(&node.cli(&["audit"]));
+    assert!(
+        table.starts_with("TIME (UTC)") && table.contains("carried_out"),
+        "{table}"
+    );
+
     let (_, metrics) = node.http("GET", "/metrics", None);
     let text = metrics.as_str().unwrap_or_default().to_string();
     let refused = text

@@ -166,3 +166,75 @@ fn refused_count(n: &Started, reason: &str) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
+
+#[actix_rt::test]
+async fn a_key_scoped_to_staging_deploys_there_and_prod_refuses_it_and_says_so() {
+    let alice = OperatorSecret::generate();
+    let mut lab = Lab::new();
+    lab.trust = Arc::new(Trust {
+        keys: vec![TrustedKey::parse(&format!(
+            r#"{{"key":"{}","target":"tag.role=staging"}}"#,
+            alice.public()
+        ))
+        .unwrap()],
+    });
+    let nodes = lab.cluster(&[("s1", "staging"), ("p1", "prod")]).await;
+    let pkg = lab.builtin_package("clock");
+    let d = deployment_at(
+        &lab,
+        &nodes[0],
+        "clock",
+        Source::Path(&pkg),
+        Some(json!({"v": 1})),
+        None,
+    )
+    .await;
+    let (given, d) = signed(&alice, d, None);
+    let id = given.id.clone().unwrap();
+    let outcome = command(&nodes[0], given, d, None)
+        .await
+        .expect("the signed deploy is taken");
+    assert_eq!(
+        names(&outcome),
+        [("p1".into(), "failed".into()), ("s1".into(), "deployed".into())]
+    );
+    let p1_result = outcome.results.iter().find(|r| r.node == "p1").unwrap();
+    assert_eq!(p1_result.code.as_deref(), Some("not_authorized"));
+    assert!(
+        p1_result
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("only nodes matching"),
+        "{p1_result:?}"
+    );
+
+    let p1 = &nodes[1].node.handle;
+    assert!(running(&nodes[1], "clock").await.is_none(), "p1 does not run it");
+    let goals = p1.deploy.goals.lock().unwrap().report(std::time::Instant::now());
+    let goal = goals
+        .iter()
+        .find(|g| g.module == "clock")
+        .expect("p1's status names the module");
+    assert_eq!(goal.code.as_deref(), Some("not_authorized"), "{goal:?}");
+    let audit = p1.deploy.audit.read(&Default::default());
+    assert!(
+        audit.iter().any(|l| l.id.as_deref() == Some(id.as_str())
+            && l.decision == conjoiner::audit::Decision::Refused
+            && l.key.as_deref() == Some(alice.public().id().as_str())),
+        "{audit:?}"
+    );
+    let s1_audit = nodes[0].node.handle.deploy.audit.read(&Default::default());
+    let decisions: Vec<&str> = s1_audit
+        .iter()
+        .filter(|l| l.id.as_deref() == Some(id.as_str()))
+        .map(|l| l.decision.as_str())
+        .collect();
+    assert_eq!(decisions, ["taken", "carried_out"]);
+    assert!(p1
+        .ctx
+        .metrics
+        .render()
+        .lines()
+        .any(|l| l == "conjoiner_envelopes_dropped_total{reason=\"unauthorized\"} 1"));
+}

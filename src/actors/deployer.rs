@@ -187,6 +187,26 @@ impl Deployer {
         self.parts.ctx.bus.do_send(Publish(reply));
     }
 
+    /// Someone (`conjoiner audit`) asks for this node's audit lines.
+    fn answer_audit(&self, request: Envelope, query: crate::audit::AuditQuery) {
+        let state = self.parts.state.clone();
+        let (bus, source) = (self.parts.ctx.bus.clone(), self.source());
+        actix_rt::spawn(
+            async move {
+                let lines = blocking(move || state.audit.read(&query)).await;
+                debug!(envelope = %request.id, lines = lines.len(), "answering an audit request");
+                let body = json!({ "lines": lines });
+                bus.do_send(Publish(Envelope::reply_to_request(
+                    &request,
+                    MessageType::Reply,
+                    source,
+                    body,
+                )));
+            }
+            .in_current_span(),
+        );
+    }
+
     /// A peer asks for a piece of a package this node holds.
     fn serve_chunk(&self, request: Envelope, sha256: String, offset: u64, len: u64) {
         let state = self.parts.state.clone();
@@ -438,6 +458,7 @@ impl Handler<Deliver> for Deployer {
                     Ok(PeerRequest::Chunk { sha256, offset, len }) => {
                         return self.serve_chunk(envelope, sha256, offset, len);
                     }
+                    Ok(PeerRequest::Audit { query }) => return self.answer_audit(envelope, query),
                     Ok(PeerRequest::Unknown) => {
                         ServeError::UnknownOp(format!("`{}`", envelope.body["op"].as_str().unwrap_or_default()))
                     }

@@ -5,8 +5,9 @@
 
 use super::error::{list_members, parse_target, rejected, ApiError, MAX_REQUEST_TIMEOUT_MS};
 use crate::actors::cluster_bus::ListEntries;
+use crate::audit::Decision;
 use crate::cluster::protocol::SET_DEPLOYMENTS;
-use crate::deploy::command::{take_at_origin, Given, OriginRefusal, RolloutAsked};
+use crate::deploy::command::{audit_line, take_at_origin, Given, OriginRefusal, RolloutAsked};
 use crate::deploy::origin::{self, DeployRequest, OriginError};
 use crate::deploy::publish;
 use crate::deploy::rollout;
@@ -202,6 +203,15 @@ pub async fn take_command(
     policy: Option<&RolloutPolicy>,
 ) -> Result<(uuid::Uuid, Deployment), ApiError> {
     let rows = read_all(&table(node).await?).0;
+    let me = node.ctx.identity.name.clone();
+    let mut line = audit_line(&me, given.id.as_deref(), &deployment, Some(&me), Decision::Refused);
+    if line.key.is_none() {
+        line.key = given.signature.as_ref().and_then(|s| {
+            crate::command::operator_key::OperatorKey::parse(&s.key)
+                .ok()
+                .map(|k| k.id())
+        });
+    }
     let taken = {
         let mut recent = node.deploy.recent_commands.lock().unwrap_or_else(|e| e.into_inner());
         take_at_origin(
@@ -214,6 +224,14 @@ pub async fn take_command(
             now_ms(),
         )
     };
+    if let Ok((id, _)) = &taken {
+        line.id = Some(id.to_string());
+        line.decision = Decision::Taken;
+    }
+    if let Err(e) = &taken {
+        line.reason = Some(e.to_string());
+    }
+    node.deploy.audit.append(&line);
     taken.map_err(|e| {
         let status = match e {
             OriginRefusal::NotAuthorized(_) => {

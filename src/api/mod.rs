@@ -7,6 +7,7 @@
 //! a 4xx/5xx status, and every rejected input is logged. Bad input never
 //! touches the node's state.
 
+mod audit;
 pub mod deployments;
 pub mod error;
 mod metrics;
@@ -91,6 +92,7 @@ pub fn serve(
             .route("/v1/tags", web::post().to(tags::change))
             .route("/v1/modules", web::get().to(modules))
             .route("/v1/status", web::get().to(status))
+            .route("/v1/audit", web::get().to(audit::lines))
             .route("/metrics", web::get().to(metrics::metrics))
             .route("/", web::get().to(dashboard))
             .route("/v1/debug/state", web::get().to(debug_state))

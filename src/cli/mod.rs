@@ -5,6 +5,7 @@
 //! nodes failed or did not answer; they are listed).
 
 pub mod agent;
+pub mod audit;
 pub mod client;
 pub mod debug;
 pub mod deploy;
@@ -66,6 +67,9 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Send a request and gather one reply per targeted node.
     Request(request::RequestArgs),
+    /// The audit trail of the targeted nodes: each deploy and undeploy a
+    /// node took, carried out or refused, merged by time.
+    Audit(audit::AuditArgs),
     /// Show this node's tags, or change them at run time (--set K=V, --delete K).
     Tags(tags::TagsArgs),
     /// Stream the envelopes the local node sees.
@@ -149,6 +153,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Members(args) => block_on(members::run(&cli.http, cli.json, args)),
         Command::Publish(args) => block_on(publish::run(&cli.http, cli.json, args)),
         Command::Request(args) => block_on(request::run(&cli.http, cli.json, args)),
+        Command::Audit(args) => block_on(audit::run(&cli.http, cli.json, args)),
         Command::Tail(args) => block_on(tail::run(&cli.http, cli.json, args)),
         Command::Tags(args) => block_on(tags::run(&cli.http, cli.json, args)),
         Command::Keygen(args) => keygen::run(cli.json, args),

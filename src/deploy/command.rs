@@ -10,8 +10,10 @@
 //! state), which the node driving it writes as the waves go.
 
 use super::table::{Amount, Deployment, RolloutPolicy, Row};
+use crate::audit::{AuditLine, Decision};
 use crate::command::canonical::signed_bytes;
 use crate::command::gate::{authorize, check_signer, Allowed, Asked, Refusal};
+use crate::command::operator_key::OperatorKey;
 use crate::command::replay::RecentIds;
 use crate::command::signature::OperatorSignature;
 use crate::command::trust::Trust;
@@ -217,6 +219,30 @@ pub fn take_at_origin(
         }
     }
     Ok((id, d))
+}
+
+/// The id of the operator key that signed `d`, if it names one.
+pub fn signer_id(d: &Deployment) -> Option<String> {
+    let key = OperatorKey::parse(&d.signature.as_ref()?.key).ok()?;
+    Some(key.id())
+}
+
+/// An audit line by `node` about command `id` asking for `d`, which
+/// `origin` took.
+pub fn audit_line(node: &str, id: Option<&str>, d: &Deployment, origin: Option<&str>, decision: Decision) -> AuditLine {
+    AuditLine {
+        ts: crate::wire::now_ms(),
+        node: node.to_string(),
+        id: id.map(str::to_string),
+        kind: d.action.as_str().to_string(),
+        module: d.module.clone(),
+        target: d.target.clone(),
+        origin: origin.map(str::to_string),
+        key: signer_id(d),
+        decision,
+        status: None,
+        reason: None,
+    }
 }
 
 fn cut(text: &str) -> String {

@@ -156,6 +156,11 @@ pub const NOT_HELD: &str = "not_held";
 pub enum PeerRequest {
     /// A piece of a package the asked node holds.
     Chunk { sha256: String, offset: u64, len: u64 },
+    /// This node's audit lines (`conjoiner audit`).
+    Audit {
+        #[serde(flatten)]
+        query: crate::audit::AuditQuery,
+    },
     /// An op this node does not serve.
     #[serde(other)]
     Unknown,

@@ -7,13 +7,14 @@
 //! superseded here), its result goes straight to the node that wrote it,
 //! which shows it to whoever ran `conjoiner deploy`.
 
-use super::command::authorize_row;
+use super::command::{audit_line, authorize_row};
 use super::install::{blocking, Installer};
 use super::order::{DeployOrder, DeployReport, DeployStatus};
 use super::reconcile::{plan, Installed, Step};
 use super::table::{read_all, winners, Action, Row};
 use crate::actors::cluster_bus::ListEntries;
 use crate::actors::transponder::SendDirect;
+use crate::audit::Decision;
 use crate::cluster::protocol::SET_DEPLOYMENTS;
 use crate::wire::{Envelope, MessageType};
 use std::collections::{BTreeMap, BTreeSet};
@@ -228,6 +229,15 @@ impl Reconciler {
                     .ctx
                     .metrics
                     .dropped(crate::metrics::DropReason::Unauthorized);
+                let mut line = audit_line(
+                    me,
+                    Some(&row.id),
+                    &row.deployment,
+                    Some(&row.version.origin),
+                    Decision::Refused,
+                );
+                line.reason = Some(why.to_string());
+                self.installer.state.audit.append(&line);
                 let me = self.clone();
                 let (row, why) = (row.clone(), why.clone());
                 actix_rt::spawn(
@@ -289,6 +299,18 @@ impl Reconciler {
                         version = %report.version.as_deref().unwrap_or("-"), elapsed_ms, "step done"),
                     Err((code, error)) => warn!(module_name = %module, entry = %id, %code, %error, elapsed_ms,
                         "step failed; it is tried again after a backoff"),
+                }
+                if let Some(row) = &row {
+                    let mut line = audit_line(
+                        &me.installer.ctx.identity.name,
+                        Some(&row.id),
+                        &row.deployment,
+                        Some(&row.version.origin),
+                        Decision::CarriedOut,
+                    );
+                    line.status = Some(report.status.as_str().to_string());
+                    line.reason = result.as_ref().err().map(|(code, error)| format!("{code}: {error}"));
+                    me.installer.state.audit.append(&line);
                 }
                 me.installer
                     .state

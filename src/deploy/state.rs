@@ -47,6 +47,8 @@ pub struct DeployState {
     /// Table entries (id and version clock) this node refused to carry
     /// out, so each refusal is logged, counted and audited once.
     refused: Mutex<HashSet<(Arc<str>, u64)>>,
+    /// Each command this node took, carried out or refused.
+    pub audit: crate::audit::AuditLog,
 }
 
 #[derive(Default, Debug, Clone, Copy, Serialize)]
@@ -106,6 +108,7 @@ impl DeployState {
             originated: Mutex::new(HashSet::new()),
             recent_commands: Mutex::default(),
             refused: Mutex::default(),
+            audit: crate::audit::AuditLog::open(data_dir),
         })
     }
 
