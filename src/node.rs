@@ -9,7 +9,8 @@ use crate::actors::cluster_bus::SetTags;
 use crate::actors::deployer::{self, DeployerParts};
 use crate::actors::monitor::{self, MonitorConfig, MonitorParts};
 use crate::actors::supervisor::{ListModules, RestartPolicy, Shutdown, StartModule};
-use crate::actors::transponder::{self, TransponderConfig, TransponderSlot};
+use crate::actors::transponder::{TransponderConfig, TransponderSlot};
+use crate::actors::transponder_module;
 use crate::actors::{echo, uptime, ClusterBridge};
 use crate::actors::{
     DumpState, EventTap, LoopbackCluster, ModBus, ModuleContext, ModuleInfo, ModuleState, NodeIdentity, NodeSupervisor,
@@ -544,7 +545,7 @@ impl Node {
             let start: BoxedFactory = match *name {
                 "transponder" => {
                     let config = config.transponder.clone();
-                    Box::new(move |args| transponder::start_module(args, config.clone()))
+                    Box::new(move |args| transponder_module::start_module(args, config.clone()))
                 }
                 "deployer" => {
                     let parts = deployer.clone();

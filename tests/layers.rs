@@ -1,7 +1,8 @@
 //! The layers of `src/` and the direction of their imports:
 //!
 //! 0. `wire`
-//! 1. `cluster`, `sim`, `logging`, `metrics`, `private_file`, `api_token`, `tags`
+//! 1. `cluster`, `sim`, `logging`, `metrics`, `private_file`, `api_token`,
+//!    `tags`, `command` (operator keys and the command gate), `audit`
 //! 2. the runtime: the supervisor, ModBus, module messages, the cluster
 //!    actors and the Transponder in `actors/`, and `discovery`
 //! 3. capabilities: the Deployer, Monitor and built-in module actors,
@@ -34,7 +35,7 @@ const RUNTIME_ACTORS: &[&str] = &[
 fn layer(path: &[&str]) -> Option<usize> {
     Some(match path.first().copied()? {
         "wire" => 0,
-        "cluster" | "sim" | "logging" | "metrics" | "private_file" | "api_token" | "tags" => 1,
+        "cluster" | "sim" | "logging" | "metrics" | "private_file" | "api_token" | "tags" | "command" | "audit" => 1,
         "discovery" => 2,
         // `actors::Name` is an item of `actors/mod.rs`, which is runtime.
         "actors" => match path.get(1) {
@@ -154,6 +155,149 @@ fn imports_only_flow_down_the_layers() {
         upwards.is_empty(),
         "imports up the layers (see the top of tests/layers.rs): {upwards:?}"
     );
+}
+
+/// Every full path a line names (`crate::a::b::C` as `[a, b, C]`,
+/// `super::x::Y` resolved against the file's module), for the file graph.
+fn full_paths(line: &str, own: &[String]) -> Vec<Vec<String>> {
+    let mut found = Vec::new();
+    for (prefix, from_parent) in [("crate::", false), ("super::", true)] {
+        let mut rest = line;
+        while let Some(at) = rest.find(prefix) {
+            let before = rest[..at].chars().last();
+            rest = &rest[at + prefix.len()..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            let (head, items): (Vec<String>, Vec<&str>) = {
+                // `a::b::{c, d::e}`: a shared head, then a group.
+                let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':' || c == '{'));
+                let stem = &rest[..end.unwrap_or(rest.len())];
+                match stem.find('{') {
+                    Some(open) => {
+                        let head = stem[..open].trim_end_matches("::");
+                        let group = &rest[open + 1..];
+                        let group = &group[..group.find('}').unwrap_or(group.len())];
+                        (split_path(head), group.split(',').collect())
+                    }
+                    None => (Vec::new(), vec![stem]),
+                }
+            };
+            for item in items {
+                let mut path: Vec<String> = if from_parent {
+                    own[..own.len().saturating_sub(1)].to_vec()
+                } else {
+                    Vec::new()
+                };
+                path.extend(head.iter().cloned());
+                path.extend(split_path(item.trim()));
+                if !path.is_empty() {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+fn split_path(text: &str) -> Vec<String> {
+    text.split("::")
+        .map(|s| {
+            s.chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect::<String>()
+        })
+        .take_while(|s| !s.is_empty())
+        .collect()
+}
+
+/// The file a module path lives in: the deepest `a/b.rs` or `a/b/mod.rs`.
+fn file_of(src: &Path, path: &[String]) -> Option<PathBuf> {
+    (1..=path.len()).rev().find_map(|n| {
+        let dir: PathBuf = path[..n].iter().collect();
+        [src.join(&dir).with_extension("rs"), src.join(&dir).join("mod.rs")]
+            .into_iter()
+            .find(|f| f.is_file())
+    })
+}
+
+#[test]
+fn no_two_files_import_each_other_even_through_others() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut edges: std::collections::BTreeMap<PathBuf, BTreeSet<PathBuf>> = Default::default();
+    for file in &files {
+        let relative = file.strip_prefix(&src).unwrap();
+        let own = module_of(relative);
+        let text = std::fs::read_to_string(file).unwrap();
+        for line in code_lines(&text) {
+            // `mod x;` declares a child; it is not an import.
+            let trimmed = line
+                .trim_start()
+                .trim_start_matches("pub ")
+                .trim_start_matches("pub(crate) ");
+            if trimmed.starts_with("mod ") {
+                continue;
+            }
+            for path in full_paths(line, &own) {
+                if let Some(target) = file_of(&src, &path) {
+                    if target != *file {
+                        edges.entry(file.clone()).or_default().insert(target);
+                    }
+                }
+            }
+        }
+    }
+    let reaches = |from: &PathBuf, to: &PathBuf| {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![from.clone()];
+        while let Some(f) = stack.pop() {
+            if f == *to {
+                return true;
+            }
+            if seen.insert(f.clone()) {
+                stack.extend(edges.get(&f).into_iter().flatten().cloned());
+            }
+        }
+        false
+    };
+    let mut cycles = BTreeSet::new();
+    for (from, tos) in &edges {
+        for to in tos {
+            if reaches(to, from) {
+                let name = |p: &PathBuf| p.strip_prefix(&src).unwrap().display().to_string();
+                cycles.insert((name(from), name(to)));
+            }
+        }
+    }
+    assert!(
+        cycles.is_empty(),
+        "imports that come back round to the importer: {cycles:#?}"
+    );
+}
+
+#[test]
+fn the_file_graph_reads_groups_and_super_paths() {
+    let own = vec!["deploy".to_string(), "table".to_string()];
+    assert_eq!(
+        full_paths("use crate::cluster::core::{hash::combine, keyed::X};", &own),
+        [
+            vec!["cluster", "core", "hash", "combine"],
+            vec!["cluster", "core", "keyed", "X"]
+        ]
+        .map(|p| p.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    );
+    assert_eq!(
+        full_paths("use super::order::OrderSource;", &own),
+        [vec!["deploy", "order", "OrderSource"]].map(|p| p.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    );
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let path: Vec<String> = ["cluster", "core", "keyed", "KeyedSet"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(file_of(&src, &path), Some(src.join("cluster/core/keyed.rs")));
 }
 
 #[test]

@@ -13,7 +13,8 @@
 
 use super::cluster_bus::{EntriesChanged, ListEntries, ListMembers, LoadEntries, WatchEntries};
 use super::context::ModuleContext;
-use super::messages::{answer_status, state_handlers, Deliver, ShowState};
+use super::messages::{state_handlers, Deliver, ShowState};
+use super::modbus::answer_status;
 use super::modbus::{Publish, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, RunningModule, StartModule};
 use crate::cluster::protocol::SET_DEPLOYMENTS;

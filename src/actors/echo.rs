@@ -5,7 +5,8 @@
 //! check) → ModBus → echo → back the same way.
 
 use super::context::ModuleArgs;
-use super::messages::{answer_status, state_handlers, Deliver, ShowState};
+use super::messages::{state_handlers, Deliver, ShowState};
+use super::modbus::answer_status;
 use super::modbus::{ModBus, Publish, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, RunningModule};
 use super::NodeIdentity;

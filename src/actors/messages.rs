@@ -217,15 +217,6 @@ macro_rules! state_handlers {
 }
 pub(crate) use state_handlers;
 
-/// Answers the Monitor's `status_request` with the module's own state, as a
-/// `status` envelope that replies to it on the ModBus.
-pub fn answer_status(bus: &Addr<super::ModBus>, request: &Envelope, source: crate::wire::Source, body: Value) {
-    let reply = Envelope::reply_to_request(request, crate::wire::MessageType::Status, source, body);
-    if bus.try_send(super::modbus::Publish(reply)).is_err() {
-        tracing::warn!(request = %request.id, "modbus is full; status answer dropped");
-    }
-}
-
 /// Ask a module to stop cleanly (the supervisor does this on shutdown or
 /// undeploy; a module that stops on request is not restarted).
 #[derive(Message, Debug, Clone, Copy)]

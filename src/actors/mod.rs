@@ -25,6 +25,7 @@ pub mod process_module;
 pub mod restart;
 pub mod supervisor;
 pub mod transponder;
+pub mod transponder_module;
 pub mod uptime;
 
 pub use cluster_bridge::ClusterBridge;

@@ -405,6 +405,15 @@ impl ShowState for ModBus {
 
 state_handlers!(ModBus);
 
+/// Answers the Monitor's `status_request` with the module's own state, as a
+/// `status` envelope that replies to it on the ModBus.
+pub fn answer_status(bus: &Addr<ModBus>, request: &Envelope, source: crate::wire::Source, body: serde_json::Value) {
+    let reply = Envelope::reply_to_request(request, crate::wire::MessageType::Status, source, body);
+    if bus.try_send(Publish(reply)).is_err() {
+        tracing::warn!(request = %request.id, "modbus is full; status answer dropped");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

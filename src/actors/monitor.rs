@@ -21,7 +21,8 @@
 
 use super::cluster_bus::{ClusterStatus, ListMembers};
 use super::context::ModuleContext;
-use super::messages::{answer_status, state_handlers, Deliver, ShowState};
+use super::messages::{state_handlers, Deliver, ShowState};
+use super::modbus::answer_status;
 use super::modbus::{self, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, ListModules, ModuleInfo, ModuleState, RunningModule};
 use super::transponder::PublishNodeState;

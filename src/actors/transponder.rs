@@ -16,7 +16,6 @@
 use super::cluster_bus::{
     AttachTransponder, Broadcast, ClusterHandle, Direct, FromCluster, ListMembers, MemberStatus, SetNodeState,
 };
-use super::context::ModuleArgs;
 use super::messages::{state_handlers, Deliver, ShowState};
 use super::modbus::{self, BusError, ModBus};
 use super::NodeIdentity;
@@ -54,20 +53,6 @@ impl TransponderSlot {
             *slot = Some(transponder);
         }
     }
-}
-
-/// The factory of the node's Transponder: a fresh one with `config`, put in
-/// the node's slot so modules and the API reach it.
-pub fn start_module(
-    args: &ModuleArgs<'_>,
-    config: TransponderConfig,
-) -> anyhow::Result<super::supervisor::RunningModule> {
-    let ctx = args.ctx;
-    let transponder = Transponder::new(&ctx.identity, config, ctx.bus.clone(), ctx.cluster.clone());
-    let transponder = transponder.with_metrics(ctx.metrics.clone(), args.name);
-    let (addr, running) = super::supervisor::spawn_module(transponder);
-    ctx.transponder.set(addr);
-    Ok(running)
 }
 
 /// Tunables of the Transponder.

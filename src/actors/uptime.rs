@@ -6,7 +6,8 @@
 //! an actor, a `start_module` factory, and one line in the registry.
 
 use super::context::ModuleArgs;
-use super::messages::{answer_status, state_handlers, Deliver, ShowState};
+use super::messages::{state_handlers, Deliver, ShowState};
+use super::modbus::answer_status;
 use super::modbus::{ModBus, Publish, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, RunningModule};
 use super::transponder::{PublishToCluster, TransponderSlot};
