@@ -968,7 +968,7 @@ while IFS= read -r line; do
     printf '{"op":"reply","to":"%s","body":{}}\n' "$id"
     ;;
   *'"type":"status_request"'*)
-    printf '{"op":"status","body":{"queue":7,"health":"%s"}}\n' "$health"
+    printf '{"op":"status","body":{"queue":7,"health":"%s","reason":"upstream db-primary.internal:5432 refused 14 connections in the last minute; serving from cache"}}\n' "$health"
     ;;
   esac
 done
@@ -980,7 +980,15 @@ done
     let out = node.cli(&["status"]);
     assert_eq!(out.status.code(), Some(3), "a degraded module is a problem to see");
     let text = stdout(&out) + &stderr(&out);
-    assert!(text.contains("honest/honest: degraded"), "{text}");
+    assert!(
+        text.contains("honest/honest: degraded (upstream db-primary.internal:5432 refused 14 connections in the last minute; serving from cache)"),
+        "the reason the module gives is shown whole: {text}"
+    );
+    let module = wait_module(&node, "honest", "degraded", |m| m["health"] == "degraded");
+    assert_eq!(
+        module["health_reason"],
+        "upstream db-primary.internal:5432 refused 14 connections in the last minute; serving from cache"
+    );
     assert_eq!(ask(&node, "mod.honest"), Some(json!({})));
     wait_module(&node, "honest", "ok again", |m| m["health"] == "ok");
     assert_eq!(node.cli(&["status"]).status.code(), Some(0));

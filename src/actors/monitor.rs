@@ -381,6 +381,7 @@ fn module_report(
         health,
         restarts: info.restarts,
         uptime_ms: info.uptime_ms,
+        health_reason: Health::reason_given(&status),
         status,
         status_error,
         last_exit: info.last_exit,

@@ -12,7 +12,6 @@
 
 use super::client::ApiClient;
 use super::members::format_table;
-use super::modules::short_json;
 use super::{CliError, EXIT_OK, EXIT_PARTIAL};
 use crate::deploy::converge::GoalState;
 use crate::deploy::view::short_id;
@@ -84,12 +83,14 @@ fn modules_cell(c: &ModuleCounts) -> String {
     }
 }
 
-/// Why a failing module fails, in a few words.
+/// Why a failing module fails, whole: the node's own finding (no answer,
+/// the last exit), else the reason the module gives, else its status.
 fn why(m: &crate::monitor::board::ModuleReport) -> String {
     m.status_error
         .clone()
         .or_else(|| m.last_exit.clone())
-        .unwrap_or_else(|| short_json(&m.status, 60))
+        .or_else(|| m.health_reason.clone())
+        .unwrap_or_else(|| m.status.to_string())
 }
 
 /// The DEPLOYS cell: how many of the modules the deployments table names
@@ -193,6 +194,7 @@ mod tests {
                 uptime_ms: 1000,
                 status: serde_json::json!({}),
                 status_error: None,
+                health_reason: None,
                 sha256: None,
                 last_exit: None,
                 reported_health: None,

@@ -182,6 +182,12 @@ impl Health {
         }
     }
 
+    /// The reason a running module gives for its own health: a string
+    /// `reason` in its status.
+    pub fn reason_given(status: &Value) -> Option<String> {
+        status.get("reason").and_then(Value::as_str).map(str::to_string)
+    }
+
     /// A module's health from its supervisor's state and, if it runs, its
     /// answer to this round's status request (`None`: not asked). Only a
     /// running module that answered in time can be `ok`. Also answers why a
@@ -215,6 +221,10 @@ pub struct ModuleReport {
     pub status: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_error: Option<String>,
+    /// Why the module says its health is what it is: the `reason` in its
+    /// status, beside `health`, shown whole wherever health is shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -179,6 +179,7 @@ fn report(node: &str, module_health: Health, goal: Option<(&str, GoalState)>) ->
             uptime_ms: 1,
             status: serde_json::Value::Null,
             status_error: None,
+            health_reason: None,
             sha256: None,
             last_exit: None,
             reported_health: None,

@@ -26,6 +26,7 @@ fn module(name: &str, health: Health) -> ModuleReport {
         uptime_ms: 10,
         status: json!({"ok": true}),
         status_error: None,
+        health_reason: None,
         sha256: None,
         last_exit: None,
         reported_health: None,
