@@ -237,14 +237,17 @@ fn five_nodes_membership_bus_requests_failures_and_leave() {
         .unwrap_or_else(|| panic!("no death logged by the bridge:\n{log}"));
     assert!(death.contains(" member=n5 "), "{death}");
     let out = nodes[0].cli(&["--json", "request", "mod.echo", "{}"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "a dead node is not expected: {}",
-        stderr(&out)
-    );
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["replies"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        (
+            out.status.code(),
+            &answer["absent"][0]["node"],
+            &answer["absent"][0]["member"]
+        ),
+        (Some(3), &serde_json::json!("n5"), &serde_json::json!("dead")),
+        "a dead node is not asked, and named: {answer}"
+    );
 
     // Restarted, it is alive again under the same name everywhere.
     nodes[4].restart();
@@ -266,6 +269,14 @@ fn five_nodes_membership_bus_requests_failures_and_leave() {
     let left: Vec<Value> = serde_json::from_slice(&left_only.stdout).unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["name"], "n4");
+    // A request to all names the node that left, and is not a success.
+    let out = nodes[0].cli(&["request", "mod.echo", "{}"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not alive: n4 (left the cluster: not asked)"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

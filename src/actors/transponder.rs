@@ -170,6 +170,18 @@ pub struct RequestOutcome {
     pub replies: Vec<NodeReply>,
     /// Targeted alive nodes that did not answer in time.
     pub missing: Vec<String>,
+    /// Targeted members that are dead or left: not asked, and named.
+    pub absent: Vec<NotAsked>,
+}
+
+/// A member a request's target matched that was not asked, because it is
+/// not alive.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NotAsked {
+    pub node: String,
+    pub member: MemberStatus,
+    /// What that means for this request, in a sentence.
+    pub note: String,
 }
 
 struct Gather {
@@ -195,6 +207,7 @@ impl Gather {
             id,
             replies: self.replies,
             missing,
+            absent: Vec::new(),
         }
     }
 }
@@ -574,6 +587,20 @@ impl Handler<RequestCluster> for Transponder {
         Box::pin(members.into_actor(self).then(move |members, act, _ctx| {
             let _g = act.span.clone().entered();
             let members = members.unwrap_or_default();
+            let not_asked: Vec<NotAsked> = members
+                .iter()
+                .filter(|m| matches!(m.status, MemberStatus::Dead | MemberStatus::Left))
+                .filter(|m| target.as_ref().is_none_or(|t| t.matches(&m.name, &m.tags)))
+                .filter(|m| msg.to.as_ref().is_none_or(|to| &m.name == to))
+                .map(|m| NotAsked {
+                    node: m.name.clone(),
+                    member: m.status,
+                    note: match m.status {
+                        MemberStatus::Left => "left the cluster: not asked".into(),
+                        _ => "dead: not asked (it may come back; ask again then)".into(),
+                    },
+                })
+                .collect();
             let expected: BTreeSet<String> = members
                 .into_iter()
                 // A suspect node is still a member: it is asked, and named
@@ -600,7 +627,18 @@ impl Handler<RequestCluster> for Transponder {
                 info!(request = %id, kind = %envelope.kind, address = %envelope.dst.address,
                     expected = expected.len(), timeout_ms = msg.timeout.as_millis() as u64, "gathering request");
             }
-            let gathered = act.gather(id, &envelope.kind, expected, msg.progress, msg.timeout);
+            if !not_asked.is_empty() {
+                info!(request = %id, not_asked = ?not_asked.iter().map(|n| &n.node).collect::<Vec<_>>(),
+                    "targeted members that are not alive are not asked");
+            }
+            let gathered =
+                act.gather(id, &envelope.kind, expected, msg.progress, msg.timeout)
+                    .map(move |outcome, _act, _ctx| {
+                        outcome.map(|mut o| {
+                            o.absent = not_asked;
+                            o
+                        })
+                    });
             match (&msg.to, nobody) {
                 (_, true) => {}
                 (Some(node), false) => act.direct(node.clone(), envelope),
@@ -608,7 +646,7 @@ impl Handler<RequestCluster> for Transponder {
                     act.broadcast(envelope);
                 }
             }
-            gathered
+            Box::pin(gathered)
         }))
     }
 }

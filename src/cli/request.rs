@@ -1,5 +1,6 @@
 //! `conjoiner request`: send a request to the targeted nodes and gather one
-//! reply per node. Nodes that stay silent are named, never counted as success.
+//! reply per node. Nodes that stay silent, and targeted members that are
+//! dead or left (not asked), are named, never counted as success.
 
 use super::client::ApiClient;
 use super::{parse_duration, read_body, read_targets, CliError, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
@@ -39,6 +40,18 @@ pub async fn run(http: &str, json_out: bool, args: RequestArgs) -> Result<i32, C
         .filter_map(Value::as_str)
         .collect();
     let failed = replies.iter().filter(|r| r.get("error").is_some()).count();
+    let absent: Vec<String> = outcome["absent"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|a| {
+            format!(
+                "{} ({})",
+                a["node"].as_str().unwrap_or("?"),
+                a["note"].as_str().unwrap_or("not alive")
+            )
+        })
+        .collect();
 
     if json_out {
         println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
@@ -60,13 +73,24 @@ pub async fn run(http: &str, json_out: bool, args: RequestArgs) -> Result<i32, C
                 args.timeout.as_millis()
             );
         }
+        if !absent.is_empty() {
+            eprintln!("not alive: {}", absent.join(", "));
+        }
     }
 
     if replies.is_empty() && missing.is_empty() {
         let target = target.as_deref().unwrap_or("*");
-        return Err(CliError::error(format!("no alive node matches the target `{target}`")));
+        let why = if absent.is_empty() {
+            String::new()
+        } else {
+            format!("; not alive: {}", absent.join(", "))
+        };
+        return Err(CliError::error(format!(
+            "no alive node matches the target `{target}`{why}"
+        )));
     }
-    Ok(exit_code(replies.len(), failed, missing.len()))
+    // A targeted member that is not alive was not asked: not a success.
+    Ok(exit_code(replies.len(), failed, missing.len() + absent.len()))
 }
 
 /// 0 when every targeted node answered well; 1 when every one failed and
