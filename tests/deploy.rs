@@ -45,22 +45,6 @@ fn results(outcome: &Value) -> Vec<(String, String, String)> {
     r
 }
 
-/// The module `name` on `node` as `conjoiner modules --json` lists it.
-fn module_state(node: &TestNode, name: &str) -> Option<Value> {
-    let (_, nodes) = cli_json(node, &["modules", "--target", &format!("name={}", node.name)]);
-    nodes
-        .as_array()?
-        .iter()
-        .flat_map(|n| n["modules"].as_array().cloned().unwrap_or_default())
-        .find(|m| m["name"] == name)
-}
-
-fn wait_module(node: &TestNode, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    wait_for(LIMIT, &format!("{name} on {} to be {what}", node.name), || {
-        module_state(node, name).filter(|m| pred(m))
-    })
-}
-
 /// Asks `address` on the one node; answers the reply body if it answered well.
 fn ask(node: &TestNode, address: &str) -> Option<Value> {
     let (code, out) = cli_json(
@@ -533,45 +517,6 @@ fn bad_lines_from_a_module_are_counted_and_it_keeps_running() {
         .find(|l| l.contains("noisy says hi on stderr"))
         .expect("stderr reaches the log");
     assert!(stderr_line.contains("module=noisy"), "{stderr_line}");
-}
-
-#[test]
-fn a_reply_without_to_reaches_the_caller_as_a_protocol_error() {
-    let node = TestNode::start("sloppy", &[]);
-    let tmp = tempfile::tempdir().unwrap();
-    // A common slip: the request id written as `reply_to` instead of `to`.
-    let script = &answering_module(
-        "",
-        r#"    printf '{"op":"reply","reply_to":"%s","body":{"ok":true}}\n' "$id""#,
-    );
-    let dir = module_dir(tmp.path(), "sloppy", "1.0.0", script, json!({}));
-    let (code, out) = cli_json(&node, &["deploy", "sloppy", "--from", dir.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}");
-    let (code, out) = cli_json(
-        &node,
-        &[
-            "request",
-            "mod.sloppy",
-            "{}",
-            "--target",
-            "name=sloppy",
-            "--timeout",
-            "10s",
-        ],
-    );
-    assert_ne!(code, 0, "a protocol error is not a success: {out}");
-    let reply = &out["replies"][0];
-    assert_eq!(
-        reply["node"], "sloppy",
-        "the node answered instead of staying silent: {out}"
-    );
-    let error = reply["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains("needs `to`") && error.contains("it wrote `reply_to`"),
-        "the caller is told what the module did wrong: {out}"
-    );
-    assert_eq!(out["missing"], json!([]), "{out}");
-    assert!(node.log_text().contains("bad line from module"), "and the node logs it");
 }
 
 #[test]

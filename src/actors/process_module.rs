@@ -117,7 +117,13 @@ struct Counters {
     /// Publishes over the module's `publish_per_sec`, dropped.
     publish_dropped: u64,
     replies: u64,
+    /// Lines that broke the stdio protocol in a way a caller waits on (a
+    /// reply without `to` or `body`, an unknown op).
+    protocol_errors: u64,
 }
+
+/// How long a protocol error keeps the module's health `degraded`.
+const PROTOCOL_ERROR_WINDOW: Duration = Duration::from_secs(60);
 
 pub struct ProcessModule {
     identity: NodeIdentity,
@@ -149,6 +155,10 @@ pub struct ProcessModule {
     bad_lines: LogThrottle,
     stderr: std::sync::Arc<std::sync::Mutex<StderrTail>>,
     counters: Counters,
+    /// The last protocol error, and when.
+    last_protocol_error: Option<(String, Instant)>,
+    /// How the child ended, for the requests it left unanswered.
+    ended: Option<String>,
 }
 
 impl ProcessModule {
@@ -177,6 +187,8 @@ impl ProcessModule {
             request_order: VecDeque::new(),
             last_status: None,
             status_requests: VecDeque::new(),
+            last_protocol_error: None,
+            ended: None,
             started: Instant::now(),
             publish_limit,
             publish_drops: LogThrottle::new(Duration::from_secs(10), 1),
@@ -308,31 +320,29 @@ impl ProcessModule {
         self.requests.insert(envelope.id, envelope.clone());
     }
 
-    /// A `reply` line without a usable `to`. Besides the log, the caller
-    /// hears why it got no answer: the request the line names in another
-    /// field (`reply_to`, `id`, `request`), or else the newest request not
-    /// answered yet, gets an error reply saying what the module did wrong.
-    fn reply_without_to(&mut self, value: &Value, line: &str) {
-        let why = match value.get("to") {
-            None => "`reply` needs `to`, the id of the request".to_string(),
-            Some(to) => format!("`reply` has `to` = {to}, which is not a request id"),
-        };
-        self.bad_line(&why, line);
-        let named = ["reply_to", "id", "request"].iter().find_map(|field| {
-            let id = value.get(*field)?.as_str()?;
-            let id = Uuid::parse_str(id).ok()?;
-            self.requests.contains_key(&id).then_some((id, *field))
+    /// A line that broke the stdio protocol where a caller waits: besides
+    /// the log and the module's health, a caller hears at once what the
+    /// module did wrong. `named` is the request the line is about, if known;
+    /// else one it names in another field (`reply_to`, `id`, `request`);
+    /// else the newest request not answered yet.
+    fn broke_protocol(&mut self, why: &str, line: &str, value: Option<&Value>, named: Option<Uuid>) {
+        self.bad_line(why, line);
+        self.counters.protocol_errors += 1;
+        self.last_protocol_error = Some((why.to_string(), Instant::now()));
+        let pending = |id: &Uuid| self.requests.contains_key(id);
+        let in_field = value.and_then(|value| {
+            ["to", "reply_to", "id", "request"].iter().find_map(|field| {
+                let id = Uuid::parse_str(value.get(*field)?.as_str()?).ok()?;
+                pending(&id).then_some((id, *field))
+            })
         });
-        let newest = || {
-            self.request_order
-                .iter()
-                .rev()
-                .find(|id| self.requests.contains_key(id))
-                .copied()
-        };
-        let (id, hint) = match named {
-            Some((id, field)) => (id, format!("; it wrote `{field}`, but the protocol reads `to`")),
-            None => match newest() {
+        let (id, hint) = match (named.filter(pending), in_field) {
+            (Some(id), _) => (id, String::new()),
+            (None, Some((id, field))) if field != "to" => {
+                (id, format!("; it wrote `{field}`, but the protocol reads `to`"))
+            }
+            (None, Some((id, _))) => (id, String::new()),
+            (None, None) => match self.request_order.iter().rev().find(|id| pending(id)).copied() {
                 Some(id) => (id, String::new()),
                 None => return,
             },
@@ -345,8 +355,45 @@ impl ProcessModule {
             "code": "module_protocol",
         });
         let reply = Envelope::reply_to_request(&request, MessageType::Error, self.source(), body);
-        debug!(envelope = %reply.id, request = %request.id, "told the caller the module's reply was malformed");
+        debug!(envelope = %reply.id, request = %request.id, "told the caller the module broke the protocol");
         self.bus.do_send(Publish(reply));
+    }
+
+    /// Every request still waiting for the child, answered at once: it is
+    /// gone and will not answer them.
+    fn answer_pending(&mut self, why: &str) {
+        self.request_order.clear();
+        let pending: Vec<Envelope> = self.requests.drain().map(|(_, r)| r).collect();
+        for request in pending {
+            let body = json!({
+                "error": format!("module `{}` {why} before it answered", self.setup.name),
+                "code": "module_exited",
+            });
+            let reply = Envelope::reply_to_request(&request, MessageType::Error, self.source(), body);
+            debug!(request = %request.id, "told the caller the module is gone");
+            self.bus.do_send(Publish(reply));
+        }
+    }
+
+    /// The module's status as the Monitor gets it: a module that broke the
+    /// protocol lately is `degraded` (unless it says worse), and why.
+    fn status_seen(&self, mut body: Value) -> Value {
+        let Some((why, at)) = &self.last_protocol_error else {
+            return body;
+        };
+        if at.elapsed() > PROTOCOL_ERROR_WINDOW || body.get("health").and_then(Value::as_str) == Some("failing") {
+            return body;
+        }
+        if !body.is_object() {
+            body = json!({ "status": body });
+        }
+        body["health"] = json!("degraded");
+        body["reason"] = json!(format!(
+            "broke the stdio protocol {} time(s), the last {} s ago: {why}",
+            self.counters.protocol_errors,
+            at.elapsed().as_secs()
+        ));
+        body
     }
 
     fn bad_line(&mut self, why: &str, line: &str) {
@@ -366,7 +413,14 @@ impl ProcessModule {
         }
         let parsed = match module_line::parse(line) {
             Ok(parsed) => parsed,
-            Err(LineError::ReplyWithoutTo { line: value, .. }) => return self.reply_without_to(&value, line),
+            Err(LineError::ReplyWithoutTo { why, line: value }) => {
+                return self.broke_protocol(&why, line, Some(&value), None)
+            }
+            Err(LineError::ReplyWithoutBody { to, why }) => return self.broke_protocol(&why, line, None, Some(to)),
+            Err(e @ (LineError::UnknownOp(_) | LineError::Malformed { op: "reply", .. })) => {
+                let value: Option<Value> = serde_json::from_str(line).ok();
+                return self.broke_protocol(&e.to_string(), line, value.as_ref(), None);
+            }
             Err(e) => return self.bad_line(&e.to_string(), line),
         };
         match parsed {
@@ -403,6 +457,7 @@ impl ProcessModule {
             ModuleLine::Status { body } => {
                 debug!(status = %body, answers = self.status_requests.len(), "module reported its status");
                 let source = self.source();
+                let body = self.status_seen(body);
                 for request in self.status_requests.drain(..) {
                     let reply = Envelope::reply_to_request(&request, MessageType::Status, source.clone(), body.clone());
                     self.bus.do_send(Publish(reply));
@@ -510,6 +565,12 @@ impl Actor for ProcessModule {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
+        let why = match (&self.ended, self.stopping) {
+            (_, true) => "was stopped".to_string(),
+            (Some(ended), false) => format!("{ended} (its process)"),
+            (None, false) => "stopped".to_string(),
+        };
+        self.answer_pending(&why);
         if let Some(pid) = self.pid.take() {
             self.kill_leftovers(pid);
         }
@@ -524,6 +585,7 @@ impl Actor for ProcessModule {
             published = c.published,
             publish_dropped = c.publish_dropped,
             replies = c.replies,
+            protocol_errors = c.protocol_errors,
             envelopes_in = c.envelopes_in,
             envelopes_dropped = c.envelopes_dropped,
             stderr_lines = self.stderr.lock().map(|t| t.lines).unwrap_or(0),
@@ -565,6 +627,7 @@ impl Handler<ChildExited> for ProcessModule {
             Err(e) => format!("cannot wait for the process: {e}"),
         };
         let clean = status.as_ref().is_ok_and(|s| s.success());
+        self.ended = Some(described.clone());
         if self.stopping {
             info!(exit = %described, "module process stopped on request");
         } else if clean {

@@ -55,6 +55,9 @@ pub enum LineError {
     ReplyWithoutTo { why: String, line: Value },
     #[error("malformed `{op}` line: {reason}")]
     Malformed { op: &'static str, reason: String },
+    /// A `reply` to request `to` without a `body` (`data` is a common slip).
+    #[error("{why}")]
+    ReplyWithoutBody { to: Uuid, why: String },
 }
 
 /// The fields each op may carry, as written; [`parse`] checks them.
@@ -114,6 +117,26 @@ pub fn parse(line: &str) -> Result<ModuleLine, LineError> {
         .get("to")
         .and_then(Value::as_str)
         .and_then(|id| Uuid::parse_str(id).ok());
+    if let (Some(to), "reply", None) = (to, op.as_str(), value.get("body")) {
+        let others: Vec<String> = value
+            .as_object()
+            .map(|o| {
+                o.keys()
+                    .filter(|k| *k != "op" && *k != "to")
+                    .map(|k| format!("`{k}`"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let had = if others.is_empty() {
+            "nothing else".to_string()
+        } else {
+            others.join(", ")
+        };
+        return Err(LineError::ReplyWithoutBody {
+            to,
+            why: format!("`reply` needs `body`, the answer; it has {had}"),
+        });
+    }
     let raw: Raw = serde_json::from_value(value).map_err(|e| LineError::Malformed {
         op: OPS.into_iter().find(|o| *o == op).unwrap_or("?"),
         reason: e.to_string(),

@@ -510,3 +510,21 @@ while IFS= read -r line; do
     script.push_str("\n    ;;\n  esac\ndone\n");
     script
 }
+
+/// The module `name` on `node` as `conjoiner modules --json` lists it.
+pub fn module_state(node: &TestNode, name: &str) -> Option<Value> {
+    let (_, nodes) = cli_json(node, &["modules", "--target", &format!("name={}", node.name)]);
+    nodes
+        .as_array()?
+        .iter()
+        .flat_map(|n| n["modules"].as_array().cloned().unwrap_or_default())
+        .find(|m| m["name"] == name)
+}
+
+pub fn wait_module(node: &TestNode, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{name} on {} to be {what}", node.name),
+        || module_state(node, name).filter(|m| pred(m)),
+    )
+}
