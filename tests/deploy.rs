@@ -228,6 +228,15 @@ fn bad_packages_are_refused_and_the_running_version_stays() {
     let url = |p: &Path| format!("file://{}", p.display());
     let (code, out) = cli_json(&node, &["deploy", "hello", "--from", &url(&good), "--sha256", &sha]);
     assert_eq!(code, 0, "{out}");
+    // Once the deploy has answered, the Deployer's progress has cleared.
+    let (_, state) = node.http("GET", "/v1/debug/state", None);
+    let goals = &state["modules"]["deployer"]["goals"];
+    assert_eq!(goals[0]["module"], "hello", "{goals}");
+    assert_eq!(
+        (&goals[0]["state"], goals[0].get("reason")),
+        (&json!("converged"), None),
+        "{goals}"
+    );
     let pid = ask(&node, "mod.hello").expect("hello answers")["pid"].as_u64().unwrap();
 
     // What the origin can see is wrong is refused before any entry is
@@ -377,6 +386,14 @@ fn bad_packages_are_refused_and_the_running_version_stays() {
     let broken_pkg = tmp.path().join("broken.tar.gz");
     package(&node, &broken, &broken_pkg);
     deploy_fails(&url(&broken_pkg), &[], "exited with code 7");
+    // Once the deploy has answered, the node's modules say what runs now:
+    // version 1, not the failed upgrade restarting.
+    let shown = module_state(&node, "hello").expect("hello is listed");
+    assert_eq!(
+        (&shown["version"], &shown["state"]),
+        (&json!("1.0.0"), &json!("running")),
+        "{shown}"
+    );
 
     // Through all of it, version 1 stayed installed and answers; the failed
     // upgrade restarted it from its own install.

@@ -323,9 +323,9 @@ impl ProcessModule {
     /// A line that broke the stdio protocol where a caller waits: besides
     /// the log and the module's health, a caller hears at once what the
     /// module did wrong. `named` is the request the line is about, if known;
-    /// else one it names in another field (`reply_to`, `id`, `request`);
-    /// else the newest request not answered yet.
-    fn broke_protocol(&mut self, why: &str, line: &str, value: Option<&Value>, named: Option<Uuid>) {
+    /// else one it names in a field (`to`, `reply_to`, `id`, `request`);
+    /// else, for a `reply` (`newest`), the newest request not answered yet.
+    fn broke_protocol(&mut self, why: &str, line: &str, value: Option<&Value>, named: Option<Uuid>, newest: bool) {
         self.bad_line(why, line);
         self.counters.protocol_errors += 1;
         self.last_protocol_error = Some((why.to_string(), Instant::now()));
@@ -342,10 +342,11 @@ impl ProcessModule {
                 (id, format!("; it wrote `{field}`, but the protocol reads `to`"))
             }
             (None, Some((id, _))) => (id, String::new()),
-            (None, None) => match self.request_order.iter().rev().find(|id| pending(id)).copied() {
+            (None, None) if newest => match self.request_order.iter().rev().find(|id| pending(id)).copied() {
                 Some(id) => (id, String::new()),
                 None => return,
             },
+            (None, None) => return,
         };
         let Some(request) = self.requests.remove(&id) else {
             return;
@@ -414,12 +415,20 @@ impl ProcessModule {
         let parsed = match module_line::parse(line) {
             Ok(parsed) => parsed,
             Err(LineError::ReplyWithoutTo { why, line: value }) => {
-                return self.broke_protocol(&why, line, Some(&value), None)
+                return self.broke_protocol(&why, line, Some(&value), None, true)
             }
-            Err(LineError::ReplyWithoutBody { to, why }) => return self.broke_protocol(&why, line, None, Some(to)),
-            Err(e @ (LineError::UnknownOp(_) | LineError::Malformed { op: "reply", .. })) => {
+            Err(LineError::ReplyWithoutBody { to, why }) => {
+                return self.broke_protocol(&why, line, None, Some(to), true)
+            }
+            Err(e @ LineError::Malformed { op: "reply", .. }) => {
                 let value: Option<Value> = serde_json::from_str(line).ok();
-                return self.broke_protocol(&e.to_string(), line, value.as_ref(), None);
+                return self.broke_protocol(&e.to_string(), line, value.as_ref(), None, true);
+            }
+            // An unknown op answers only the request it names: a module may
+            // write other lines before its proper reply.
+            Err(e @ LineError::UnknownOp(_)) => {
+                let value: Option<Value> = serde_json::from_str(line).ok();
+                return self.broke_protocol(&e.to_string(), line, value.as_ref(), None, false);
             }
             Err(e) => return self.bad_line(&e.to_string(), line),
         };
