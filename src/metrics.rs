@@ -46,7 +46,8 @@ pub enum DropReason {
     Malformed,
     /// Nobody on the ModBus handles its address.
     NoHandler,
-    /// From a peer that failed the encrypted handshake (wrong cluster key).
+    /// From a peer that failed the encrypted handshake (wrong cluster
+    /// key), or a command that no trusted operator key allowed.
     Unauthorized,
     /// A target selector that does not parse.
     BadTarget,

@@ -109,6 +109,34 @@ pub fn serve(
     Ok((handle, bound))
 }
 
+/// Starts the metrics listener on `addr` (`agent --metrics`): `GET
+/// /metrics` only, with no token and no Host check, so Prometheus can
+/// scrape a node by any name it knows it by; every other path is 404.
+/// The text is what `/metrics` on the control API answers, which tells
+/// nothing a token guards. Answers the handle and the bound address.
+pub fn serve_metrics(
+    node: NodeHandle,
+    addr: SocketAddr,
+) -> std::io::Result<(actix_web::dev::ServerHandle, SocketAddr)> {
+    let server = HttpServer::new(move || {
+        let span = node.ctx.identity.span("metrics");
+        App::new()
+            .wrap_fn(move |req, srv| srv.call(req).instrument(span.clone()))
+            .app_data(web::Data::new(node.clone()))
+            .route("/metrics", web::get().to(metrics::metrics))
+            .default_service(web::to(not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .bind(addr)?;
+    let bound = server.addrs().first().copied().unwrap_or(addr);
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Ok((handle, bound))
+}
+
 /// Keeps web pages from driving the API through a browser. The API can
 /// deploy code to the whole fleet, and it takes JSON without a JSON content
 /// type (for curl), so a page elsewhere must not be able to post to it:

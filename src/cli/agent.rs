@@ -67,6 +67,12 @@ pub struct AgentArgs {
     /// the cluster key can deploy.
     #[arg(long = "trust-operator", value_name = "KEY|@FILE")]
     pub trust_operators: Vec<String>,
+    /// Also serve `GET /metrics` on this address, alone: no token and no
+    /// Host check, for Prometheus to scrape by any name (e.g.
+    /// `0.0.0.0:9464`; port 0 picks one, recorded in
+    /// `<data-dir>/metrics.addr`). The control API's `/metrics` stays.
+    #[arg(long, env = "CONJOINER_METRICS", value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Every timeout and limit, by preset: `lan` (hosts on one network),
     /// `wan` (slow or lossy links: about five times slower to judge a peer,
     /// more patient with downloads and modules), or `local` (nodes on one
@@ -166,6 +172,7 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
     let api = ApiSettings {
         addr: resolve("--http", http)?,
         max_body_bytes: DEFAULT_MAX_BODY,
+        metrics: args.metrics.as_deref().map(|m| resolve("--metrics", m)).transpose()?,
     };
     let config = NodeConfig {
         name,
@@ -207,11 +214,16 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
     }
 }
 
+/// Where `agent --metrics` records the address it bound.
+pub const METRICS_ADDR_FILE: &str = "metrics.addr";
+
 /// Where the control API listens, and the largest body it takes.
 struct ApiSettings {
     /// Port 0 picks a free port, recorded in `<data-dir>/http.addr`.
     addr: SocketAddr,
     max_body_bytes: usize,
+    /// The metrics listener's address, if any (`--metrics`).
+    metrics: Option<SocketAddr>,
 }
 
 /// Starts the node, then its control API; stops them in reverse order.
@@ -237,6 +249,21 @@ async fn run_node(config: NodeConfig, api: ApiSettings) -> anyhow::Result<()> {
         }
         info!(http = %http_addr, "control API listening");
     });
+    let metrics_server = match api.metrics {
+        None => None,
+        Some(addr) => {
+            let (server, bound) = crate::api::serve_metrics(node.handle.clone(), addr)
+                .with_context(|| format!("cannot start the metrics listener on {addr}"))?;
+            let file = data_dir.join(METRICS_ADDR_FILE);
+            span.in_scope(|| {
+                if let Err(e) = std::fs::write(&file, format!("{bound}\n")) {
+                    warn!(file = %file.display(), error = %e, "cannot record the metrics address");
+                }
+                info!(metrics = %bound, "metrics listening (GET /metrics only, no token)");
+            });
+            Some(server)
+        }
+    };
     // A node whose own parts broke exits non-zero, so that its service
     // manager starts it again, instead of serving `ok` half dead.
     let mut checkup = tokio::time::interval(CORE_CHECK_INTERVAL);
@@ -260,6 +287,9 @@ async fn run_node(config: NodeConfig, api: ApiSettings) -> anyhow::Result<()> {
     };
     node.shutdown().await;
     server.stop(true).await;
+    if let Some(metrics) = metrics_server {
+        metrics.stop(true).await;
+    }
     match fault {
         Some(fault) => Err(anyhow::anyhow!("this node is broken: {fault}")),
         None => Ok(()),
