@@ -1,8 +1,6 @@
 //! The `conjoiner` binary: parses the command line and runs it.
 
-use clap::Parser;
-
 fn main() {
-    let cli = conjoiner::cli::Cli::parse();
+    let cli = conjoiner::cli::Cli::from_env();
     std::process::exit(conjoiner::cli::run(cli));
 }

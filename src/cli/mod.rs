@@ -57,6 +57,29 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The command line as the binary reads it: `--json` and
+    /// `--token-file` are options of the client commands, so `agent
+    /// --help` does not list them (they mean nothing to the agent).
+    pub fn command_line() -> clap::Command {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        cmd.build();
+        cmd.mut_subcommand("agent", |agent| {
+            agent
+                .mut_arg("json", |a| a.hide(true))
+                .mut_arg("token_file", |a| a.hide(true))
+        })
+    }
+
+    /// Parses the process's arguments (see [`Cli::command_line`]).
+    pub fn from_env() -> Cli {
+        use clap::FromArgMatches;
+        let matches = Cli::command_line().get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node.
@@ -279,6 +302,23 @@ mod tests {
             unit.contains("StateDirectory=conjoiner"),
             "systemd creates the data dir"
         );
+    }
+
+    #[test]
+    fn agent_help_lists_only_what_the_agent_reads() {
+        let mut cmd = Cli::command_line();
+        let agent = cmd.find_subcommand_mut("agent").unwrap().render_long_help().to_string();
+        assert!(!agent.contains("--json") && !agent.contains("--token-file"), "{agent}");
+        assert!(
+            agent.contains("--trust-operator") && agent.contains("--metrics"),
+            "{agent}"
+        );
+        let status = cmd
+            .find_subcommand_mut("status")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(status.contains("--json") && status.contains("--token-file"), "{status}");
     }
 
     #[test]
