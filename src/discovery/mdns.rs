@@ -5,7 +5,10 @@
 //! cluster becomes a candidate for the ClusterBridge; other clusters, this
 //! node itself, and loopback or link-local addresses are skipped. mdns-sd
 //! resolves the same instance many times, so recent candidates are not handed
-//! on again. If the browse channel closes, browsing starts again.
+//! on again; but it resolves a peer anew only when that peer announces
+//! itself, so every peer resolved lately is offered again every few seconds
+//! (a node refused its name rejoins soon after the holder leaves). If the
+//! browse channel closes, browsing starts again.
 
 use crate::actors::cluster_bridge::Candidate;
 use actix::Recipient;
@@ -21,6 +24,14 @@ pub const SERVICE_TYPE: &str = "_conjoiner._tcp.local.";
 
 /// How long a handed-on candidate is not handed on again.
 const REPEAT_AFTER: Duration = Duration::from_secs(15);
+/// How often peers resolved before are offered again. mdns-sd resolves a
+/// peer again only when it announces itself, which can take minutes; a
+/// node that is alone, or was refused its name until the holder left,
+/// must not wait that long to try them (the bridge ignores the ones it
+/// already lists up).
+const OFFER_AGAIN_EVERY: Duration = Duration::from_secs(5);
+/// How long a resolved peer is offered again without being seen anew.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 /// A running mDNS responder and browser.
 pub struct Mdns {
@@ -63,6 +74,7 @@ impl Mdns {
             node: node.to_string(),
             candidates,
             handed: HashMap::new(),
+            resolved: HashMap::new(),
         };
         let task = tokio::spawn(browser.run(daemon.clone()).instrument(span));
         Ok(Mdns { daemon, fullname, task })
@@ -81,6 +93,9 @@ struct Browser {
     node: String,
     candidates: Recipient<Candidate>,
     handed: HashMap<(String, SocketAddr), Instant>,
+    /// Peers of this cluster resolved, by instance name: their addresses
+    /// and when they were last resolved (forgotten when they say goodbye).
+    resolved: HashMap<String, (String, Vec<SocketAddr>, Instant)>,
 }
 
 /// Addresses a remote peer cannot usefully be reached at.
@@ -98,9 +113,18 @@ impl Browser {
         loop {
             match daemon.browse(SERVICE_TYPE) {
                 Ok(events) => {
-                    while let Ok(event) = events.recv_async().await {
-                        if let ServiceEvent::ServiceResolved(service) = event {
-                            self.on_resolved(&service);
+                    let mut again = tokio::time::interval(OFFER_AGAIN_EVERY);
+                    loop {
+                        tokio::select! {
+                            event = events.recv_async() => match event {
+                                Ok(ServiceEvent::ServiceResolved(service)) => self.on_resolved(&service),
+                                Ok(ServiceEvent::ServiceRemoved(_, fullname)) => {
+                                    self.resolved.remove(&fullname);
+                                }
+                                Ok(_) => {}
+                                Err(_) => break,
+                            },
+                            _ = again.tick() => self.offer_again(),
                         }
                     }
                     if !self.candidates.connected() {
@@ -125,14 +149,38 @@ impl Browser {
             return;
         }
         let now = Instant::now();
-        self.handed.retain(|_, at| now.duration_since(*at) < REPEAT_AFTER);
+        let mut addrs = Vec::new();
         for scoped in &service.addresses {
             let ip = scoped.to_ip_addr();
             if !usable_peer_ip(ip) {
                 debug!(%node, %ip, "mDNS address skipped (loopback or link-local)");
                 continue;
             }
-            let addr = SocketAddr::new(ip, service.port);
+            addrs.push(SocketAddr::new(ip, service.port));
+        }
+        self.resolved
+            .insert(service.fullname.clone(), (node.clone(), addrs.clone(), now));
+        self.offer(&node, &addrs, now);
+    }
+
+    /// Every peer resolved lately, offered again (see [`OFFER_AGAIN_EVERY`]).
+    fn offer_again(&mut self) {
+        let now = Instant::now();
+        self.resolved
+            .retain(|_, (_, _, at)| now.duration_since(*at) < FORGET_AFTER);
+        let peers: Vec<(String, Vec<SocketAddr>)> =
+            self.resolved.values().map(|(n, a, _)| (n.clone(), a.clone())).collect();
+        for (node, addrs) in peers {
+            self.offer(&node, &addrs, now);
+        }
+    }
+
+    /// Hands `node`'s addresses to the bridge, each at most once per
+    /// [`REPEAT_AFTER`].
+    fn offer(&mut self, node: &str, addrs: &[SocketAddr], now: Instant) {
+        self.handed.retain(|_, at| now.duration_since(*at) < REPEAT_AFTER);
+        for &addr in addrs {
+            let node = node.to_string();
             let key = (node.clone(), addr);
             if self.handed.contains_key(&key) {
                 continue;

@@ -117,6 +117,11 @@ impl ClusterCore {
                 }
             }
         }
+        if matches!(self.standing, Standing::Refused { .. }) && !self.joining.contains_key(&link) {
+            // A peer that takes this refused node's hello may know the
+            // holder is gone: its table says (see `on_join_table`).
+            self.queue(link, Lane::Control, Msg::Link(LinkMsg::Join));
+        }
         if self.wanted.contains_key(&id.name) {
             self.want(link, &id.name);
         }

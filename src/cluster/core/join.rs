@@ -45,7 +45,7 @@ impl ClusterCore {
             .find(|(_, l)| l.peer.is_some() && (l.remote == addr || l.peer.as_ref().is_some_and(|p| p.addr == addr)))
             .map(|(id, l)| (*id, l.peer_name().cloned()));
         match ready {
-            Some((link, Some(_))) if !matches!(self.standing, Standing::Refused { .. }) => {
+            Some((link, Some(_))) => {
                 self.queue(link, Lane::Control, Msg::Link(LinkMsg::Join));
                 self.joining.insert(link, ask);
                 true
@@ -179,6 +179,24 @@ impl ClusterCore {
     /// A part of the member table, in answer to this node's join: the
     /// first part answers the join.
     pub(super) fn on_join_table(&mut self, link: LinkId, records: Vec<Record>) {
+        // A node refused its name is in again only on a table that no
+        // longer lists the holder alive; else it would say "joined" for a
+        // moment at every retry, until the table refused it again.
+        let holder_alive = records.iter().any(|r| {
+            r.id.name == self.me.name && r.status.is_up() && r.id.addr != self.me.addr && r.id.boot < self.me.boot
+        });
+        if matches!(self.standing, Standing::Refused { .. }) {
+            if holder_alive {
+                debug!(
+                    link,
+                    "the table still lists the holder of this node's name alive; staying out"
+                );
+                self.fail_join(link, "the name is still held");
+                return self.close(link, "name held by another node");
+            }
+            info!("the name is free again; joined the cluster");
+            self.standing = Standing::Joined;
+        }
         self.has_table = true;
         self.standing_joined();
         if let Some(ask) = self.joining.remove(&link) {
@@ -208,11 +226,11 @@ impl ClusterCore {
         }
     }
 
+    /// A node alone is in once it has a table or a peer. A refused one
+    /// leaves that standing only in [`Self::on_join_table`], on a table
+    /// that no longer lists the holder alive.
     pub(super) fn standing_joined(&mut self) {
-        if matches!(self.standing, Standing::Alone | Standing::Refused { .. }) {
-            if matches!(self.standing, Standing::Refused { .. }) {
-                info!("the name is free again; joined the cluster");
-            }
+        if matches!(self.standing, Standing::Alone) {
             self.standing = Standing::Joined;
         }
     }

@@ -234,6 +234,16 @@ impl ClusterCore {
         debug!(link, peer = l.peer_name().map(|n| &**n), reason, "closing link");
         self.actions.push_back(Action::Close { link, reason });
         self.fail_join(link, reason);
+        if l.peer.is_none() && l.direction == Direction::Outbound {
+            // Closed during the hello (refused, a superseded boot): the dial
+            // is over. Its process answered, so the detector is not told.
+            if let Some(d) = self.dialing.remove(&l.remote) {
+                self.counters.dropped_no_route += (d.pending.len() + d.directs.len()) as u64;
+                if let Some(ask) = d.join {
+                    self.answer_join(ask, Err(JoinError::Link(reason.to_string())));
+                }
+            }
+        }
         if let Some(peer) = l.peer {
             self.unroute(&peer.name, link, false);
         }

@@ -193,6 +193,45 @@ fn a_second_live_process_of_a_name_is_refused_and_gets_in_once_the_first_is_gone
 }
 
 #[test]
+fn a_refused_node_stays_out_at_every_step_and_a_peer_that_dials_it_later_lets_it_in() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let x = net.add("x", 2, 100);
+    net.join(x, a);
+    net.advance(Duration::from_millis(300));
+    let dup = net.add("x", 3, 200);
+    net.join(dup, a);
+    net.advance(Duration::from_millis(300));
+    assert!(matches!(net.cores[dup].standing(), Standing::Refused { .. }));
+
+    // A peer dials the refused node (as after an mDNS answer) while the
+    // holder lives: the table it gets still lists the holder, so the node
+    // never says it is in, not even for one step.
+    let dup_addr = net.cores[dup].me().addr;
+    net.cores[a].join(dup_addr, net.now);
+    net.settle_watching(|net| {
+        assert!(
+            matches!(net.cores[dup].standing(), Standing::Refused { .. }),
+            "let in while the holder lives"
+        );
+    });
+    assert_eq!(net.cores[a].member("x").unwrap().id.boot, 100);
+
+    // The holder leaves. The next peer that links to the refused node
+    // tells it so with its table: in, with no join asked by the node.
+    net.cores[x].leave(net.now);
+    net.settle();
+    net.kill(x);
+    net.advance(Duration::from_millis(100));
+    net.cores[a].join(dup_addr, net.now);
+    net.settle();
+    net.advance(Duration::from_millis(300));
+    assert_eq!(net.cores[dup].standing(), &Standing::Joined);
+    let held = net.cores[a].member("x").unwrap();
+    assert_eq!((held.id.boot, held.status), (200, Status::Alive));
+}
+
+#[test]
 fn the_older_of_two_live_claims_wins_wherever_the_newer_was_seen_first() {
     let mut net = Net::new();
     let a = net.add("a", 1, 100);

@@ -94,6 +94,12 @@ impl Net {
 
     /// Delivers every action until nothing moves.
     pub(super) fn settle(&mut self) {
+        self.settle_watching(|_| {});
+    }
+
+    /// As [`Self::settle`], calling `watch` after every action carried:
+    /// for states that must hold at every step, not only at the end.
+    pub(super) fn settle_watching(&mut self, watch: impl Fn(&Net)) {
         for _ in 0..10_000 {
             let mut moved = false;
             for i in 0..self.cores.len() {
@@ -101,6 +107,7 @@ impl Net {
                     moved = true;
                     self.log.push((i, action.clone()));
                     self.carry(i, action);
+                    watch(self);
                 }
             }
             if !moved {
