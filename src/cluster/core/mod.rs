@@ -594,8 +594,16 @@ impl ClusterCore {
         action
     }
 
-    /// When [`ClusterCore::tick`] has work next.
+    /// When [`ClusterCore::tick`] has work next. A node that left or was
+    /// refused its name runs neither probes nor rounds, so their deadlines
+    /// stand still in the past: counting them would wake it at once, and
+    /// again, for as long as it stays out.
     pub fn next_deadline(&self) -> Instant {
+        match self.standing {
+            Standing::Left => return self.now + Duration::from_secs(3600),
+            Standing::Refused { .. } => return self.next_housekeeping,
+            Standing::Alone | Standing::Joined => {}
+        }
         let mut next = self
             .detector
             .next_deadline()

@@ -232,6 +232,35 @@ fn a_refused_node_stays_out_at_every_step_and_a_peer_that_dials_it_later_lets_it
 }
 
 #[test]
+fn a_node_that_is_out_sleeps_until_its_housekeeping_instead_of_waking_at_once() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let x = net.add("x", 2, 100);
+    net.join(x, a);
+    net.advance(Duration::from_millis(300));
+    let dup = net.add("x", 3, 200);
+    net.join(dup, a);
+    // Long enough that every round and probe deadline it had is past.
+    net.advance(Duration::from_secs(30));
+    assert!(matches!(net.cores[dup].standing(), Standing::Refused { .. }));
+    let now = net.now;
+    net.cores[dup].tick(now);
+    let next = net.cores[dup].next_deadline();
+    assert!(
+        next > now && next <= now + Duration::from_secs(1),
+        "a refused node wakes for housekeeping only, {:?} from now",
+        next.checked_duration_since(now)
+    );
+
+    net.cores[a].leave(now);
+    net.cores[a].tick(now);
+    assert!(
+        net.cores[a].next_deadline() > now + Duration::from_secs(60),
+        "a node that left has nothing to wake for"
+    );
+}
+
+#[test]
 fn the_older_of_two_live_claims_wins_wherever_the_newer_was_seen_first() {
     let mut net = Net::new();
     let a = net.add("a", 1, 100);
