@@ -4,7 +4,7 @@
 //! answered, 3 when some did not.
 
 use super::client::ApiClient;
-use super::members::print_table;
+use super::members::format_table;
 use super::{parse_duration, read_targets, CliError, EXIT_OK, EXIT_PARTIAL};
 use crate::audit::AuditLine;
 use serde_json::{json, Value};
@@ -66,40 +66,7 @@ pub async fn run(http: &str, json_out: bool, args: AuditArgs) -> Result<i32, Cli
                 .unwrap_or_default()
         );
     } else {
-        let rows: Vec<[String; 8]> = lines
-            .iter()
-            .map(|l| {
-                let outcome = match (&l.status, &l.reason) {
-                    (Some(s), Some(r)) => format!("{s}: {r}"),
-                    (Some(s), None) => s.clone(),
-                    (None, Some(r)) => r.clone(),
-                    (None, None) => "-".into(),
-                };
-                [
-                    utc(l.ts),
-                    l.node.clone(),
-                    l.decision.as_str().to_string(),
-                    l.kind.clone(),
-                    l.module.clone(),
-                    l.id.clone().unwrap_or_else(|| "-".into()),
-                    l.key.clone().unwrap_or_else(|| "-".into()),
-                    outcome,
-                ]
-            })
-            .collect();
-        print_table(
-            [
-                "TIME (UTC)",
-                "NODE",
-                "DECISION",
-                "TYPE",
-                "MODULE",
-                "ID",
-                "KEY",
-                "OUTCOME",
-            ],
-            &rows,
-        );
+        print!("{}", screen(&lines));
         for f in &failed {
             eprintln!("failed: {f}");
         }
@@ -116,6 +83,44 @@ pub async fn run(http: &str, json_out: bool, args: AuditArgs) -> Result<i32, Cli
     } else {
         EXIT_PARTIAL
     })
+}
+
+/// The audit table, oldest line first.
+pub fn screen(lines: &[AuditLine]) -> String {
+    let rows: Vec<[String; 8]> = lines
+        .iter()
+        .map(|l| {
+            let outcome = match (&l.status, &l.reason) {
+                (Some(s), Some(r)) => format!("{s}: {r}"),
+                (Some(s), None) => s.clone(),
+                (None, Some(r)) => r.clone(),
+                (None, None) => "-".into(),
+            };
+            [
+                utc(l.ts),
+                l.node.clone(),
+                l.decision.as_str().to_string(),
+                l.kind.clone(),
+                l.module.clone(),
+                l.id.clone().unwrap_or_else(|| "-".into()),
+                l.key.clone().unwrap_or_else(|| "-".into()),
+                outcome,
+            ]
+        })
+        .collect();
+    format_table(
+        [
+            "TIME (UTC)",
+            "NODE",
+            "DECISION",
+            "TYPE",
+            "MODULE",
+            "ID",
+            "KEY",
+            "OUTCOME",
+        ],
+        &rows,
+    )
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) of a millisecond timestamp.

@@ -5,7 +5,7 @@
 //! to carry an entry out.
 
 use super::client::ApiClient;
-use super::members::format_table;
+use super::members::{format_table, visible};
 use super::modules::uptime;
 use super::{CliError, EXIT_OK, EXIT_PARTIAL};
 use crate::deploy::view::{short_id, EntryView};
@@ -144,7 +144,7 @@ pub fn screen(entries: &[EntryView]) -> String {
     if !notes.is_empty() {
         out.push('\n');
         for n in notes {
-            out.push_str(&n);
+            out.push_str(&visible(&n));
             out.push('\n');
         }
     }

@@ -31,6 +31,12 @@ pub async fn run(http: &str, json: bool, args: MembersArgs) -> Result<i32, CliEr
     }
     let members: Vec<Member> = serde_json::from_value(raw)
         .map_err(|e| CliError::error(format!("the node's members answer is not what this CLI reads: {e}")))?;
+    print!("{}", screen(&members));
+    Ok(EXIT_OK)
+}
+
+/// The members table.
+pub fn screen(members: &[Member]) -> String {
     let rows: Vec<[String; 4]> = members
         .iter()
         .map(|m| {
@@ -43,8 +49,7 @@ pub async fn run(http: &str, json: bool, args: MembersArgs) -> Result<i32, CliEr
             ]
         })
         .collect();
-    print_table(["NAME", "ADDR", "STATUS", "TAGS"], &rows);
-    Ok(EXIT_OK)
+    format_table(["NAME", "ADDR", "STATUS", "TAGS"], &rows)
 }
 
 /// Prints rows under a header, each column as wide as its widest cell.
@@ -58,16 +63,37 @@ pub fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
 /// `--json` gives everything.
 pub const MAX_CELL_CHARS: usize = 4096;
 
-/// `text`, cut to `MAX_CELL_CHARS` characters with the cut marked.
+/// `text`, cut to `MAX_CELL_CHARS` characters with the cut marked, and
+/// its control characters written out (see [`visible`]).
 pub fn cell(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.char_indices().nth(MAX_CELL_CHARS).is_none() {
+    if !text.chars().any(char::is_control) && text.char_indices().nth(MAX_CELL_CHARS).is_none() {
         return text.into();
     }
-    let end = text
-        .char_indices()
-        .nth(MAX_CELL_CHARS - 1)
-        .map_or(text.len(), |(i, _)| i);
-    format!("{}…", &text[..end]).into()
+    let mut shown: Vec<char> = shown_chars(text).take(MAX_CELL_CHARS + 1).collect();
+    if shown.len() > MAX_CELL_CHARS {
+        shown.truncate(MAX_CELL_CHARS - 1);
+        shown.push('…');
+    }
+    shown.into_iter().collect::<String>().into()
+}
+
+/// `text` with its control characters written out (`\n`, `\u{1b}`): what
+/// a peer or a module reports is printed, never obeyed by the terminal, and
+/// a row stays one line.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        shown_chars(text).collect::<String>().into()
+    } else {
+        text.into()
+    }
+}
+
+fn shown_chars(text: &str) -> impl Iterator<Item = char> + '_ {
+    text.chars().flat_map(|c| {
+        let escaped = c.is_control().then(|| c.escape_debug());
+        let plain = (!c.is_control()).then_some(c);
+        escaped.into_iter().flatten().chain(plain)
+    })
 }
 
 /// Rows under a header, each column as wide as its widest cell, one line

@@ -20,6 +20,9 @@ pub mod status;
 pub mod tags;
 pub mod tail;
 
+#[cfg(test)]
+mod answers_tests;
+
 use clap::{Parser, Subcommand};
 use std::fmt;
 use std::time::Duration;

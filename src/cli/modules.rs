@@ -5,7 +5,7 @@
 //! exit code 3.
 
 use super::client::ApiClient;
-use super::members::print_table;
+use super::members::{format_table, visible};
 use super::{read_targets, CliError, EXIT_OK, EXIT_PARTIAL};
 use crate::monitor::board::NodeView;
 use serde_json::Value;
@@ -38,46 +38,51 @@ pub async fn run(http: &str, json_out: bool, args: ModulesArgs) -> Result<i32, C
         } else {
             usize::MAX
         };
-        let mut rows = Vec::new();
-        for node in &nodes {
-            for m in &node.modules {
-                let status = match &m.status_error {
-                    Some(e) => e.clone(),
-                    None => short_json(&m.status, status_width),
-                };
-                // A module of a node whose state is unknown shows the health
-                // its last report gave, marked as such.
-                let (state, health) = match m.reported_health {
-                    Some(said) => (
-                        format!("was {}", m.state),
-                        format!("{} (last said {})", m.health.as_str(), said.as_str()),
-                    ),
-                    None => (m.state.clone(), m.health.as_str().to_string()),
-                };
-                rows.push([
-                    node.node.clone(),
-                    m.name.clone(),
-                    m.kind.clone(),
-                    m.version.clone(),
-                    state,
-                    health,
-                    m.restarts.to_string(),
-                    uptime(m.uptime_ms),
-                    status,
-                ]);
-            }
-        }
-        print_table(
-            [
-                "NODE", "MODULE", "KIND", "VERSION", "STATE", "HEALTH", "RESTARTS", "UPTIME", "STATUS",
-            ],
-            &rows,
-        );
+        print!("{}", screen(&nodes, status_width));
         for node in &stale {
-            eprintln!("{}: {}", node.node, node.error.as_deref().unwrap_or("stale"));
+            eprintln!("{}: {}", node.node, visible(node.error.as_deref().unwrap_or("stale")));
         }
     }
     Ok(if stale.is_empty() { EXIT_OK } else { EXIT_PARTIAL })
+}
+
+/// The modules table, the STATUS column cut to `status_width` characters.
+pub fn screen(nodes: &[NodeView], status_width: usize) -> String {
+    let mut rows = Vec::new();
+    for node in nodes {
+        for m in &node.modules {
+            let status = match &m.status_error {
+                Some(e) => e.clone(),
+                None => short_json(&m.status, status_width),
+            };
+            // A module of a node whose state is unknown shows the health
+            // its last report gave, marked as such.
+            let (state, health) = match m.reported_health {
+                Some(said) => (
+                    format!("was {}", m.state),
+                    format!("{} (last said {})", m.health.as_str(), said.as_str()),
+                ),
+                None => (m.state.clone(), m.health.as_str().to_string()),
+            };
+            rows.push([
+                node.node.clone(),
+                m.name.clone(),
+                m.kind.clone(),
+                m.version.clone(),
+                state,
+                health,
+                m.restarts.to_string(),
+                uptime(m.uptime_ms),
+                status,
+            ]);
+        }
+    }
+    format_table(
+        [
+            "NODE", "MODULE", "KIND", "VERSION", "STATE", "HEALTH", "RESTARTS", "UPTIME", "STATUS",
+        ],
+        &rows,
+    )
 }
 
 /// Compact JSON cut to `max` characters, `-` for null.

@@ -11,7 +11,7 @@
 //! itself: which modules are ok, failing or unknown is the node's rule.
 
 use super::client::ApiClient;
-use super::members::format_table;
+use super::members::{cell, format_table, visible};
 use super::{CliError, EXIT_OK, EXIT_PARTIAL};
 use crate::deploy::converge::GoalState;
 use crate::deploy::view::short_id;
@@ -157,7 +157,7 @@ pub fn screen(status: &StatusAnswer) -> String {
     if !problems.is_empty() {
         out.push_str("\nfailing:\n");
         for p in problems {
-            out.push_str(&p);
+            out.push_str(&visible(&p));
             out.push('\n');
         }
     }
@@ -169,7 +169,14 @@ pub fn screen(status: &StatusAnswer) -> String {
     };
     out.push_str(&format!(
         "\n{} nodes: {} ok, {} failing; {} modules: {} ok, {} failing, {} unknown{behind} (seen from {})\n",
-        s.nodes, s.ok, s.failing_nodes, s.modules, s.ok_modules, s.failing_modules, s.unknown_modules, status.node,
+        s.nodes,
+        s.ok,
+        s.failing_nodes,
+        s.modules,
+        s.ok_modules,
+        s.failing_modules,
+        s.unknown_modules,
+        cell(&status.node),
     ));
     out
 }

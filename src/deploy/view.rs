@@ -101,7 +101,7 @@ fn behind_why(row: &Row, view: Option<&NodeView>) -> Option<Behind> {
 /// a UUIDv7, whose first characters are its time and shared by entries
 /// written close together, and whose last are random.
 pub fn short_id(id: &str) -> &str {
-    id.get(id.len().saturating_sub(8)..).unwrap_or(id)
+    id.char_indices().rev().nth(7).map_or(id, |(i, _)| &id[i..])
 }
 
 /// Every entry of the table, with its convergence across `members` (their
