@@ -18,7 +18,7 @@ pub const DEFAULT_DATA_DIR: &str = "./conjoiner-data";
 /// bytes, hex) and written there if there is none yet.
 pub fn load_or_create(data_dir: &Path) -> std::io::Result<String> {
     let path = data_dir.join(API_TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
+    match crate::private_file::read_to_string(&path) {
         Ok(text) if valid(text.trim()) => return Ok(text.trim().to_string()),
         Ok(_) => tracing::warn!(file = %path.display(), "the API token file is not a valid token; making a new one"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

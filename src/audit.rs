@@ -130,6 +130,7 @@ impl AuditLog {
             .append(true)
             .create(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&self.path)?;
         // A file made by hand (or by an older build) is made private too.
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;

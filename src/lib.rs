@@ -16,6 +16,7 @@
 //! - [`monitor`]: the monitor capability's parts: the status board.
 //! - [`modules`]: module specs for the supervisor, and a process module's parts.
 //! - [`node`]: builds one node from a [`node::NodeConfig`].
+//! - [`data_dir`]: the checks that keep a node's data dir its own.
 //! - [`sim`]: the cluster core of many nodes on a virtual network.
 //! - [`metrics`]: the node's Prometheus metrics.
 //! - [`tags`]: a node's tags, and the changes made to them at run time.
@@ -29,6 +30,7 @@ pub mod audit;
 pub mod cli;
 pub mod cluster;
 pub mod command;
+pub mod data_dir;
 pub mod deploy;
 pub mod discovery;
 pub mod logging;

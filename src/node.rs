@@ -232,7 +232,7 @@ impl ClusterParts {
         let bound = transport.local_addr();
         let advertise = advertise_address(bound, net.advertise);
         let addr_file = config.data_dir.join(CLUSTER_ADDR_FILE);
-        std::fs::write(&addr_file, format!("{advertise}\n"))
+        crate::private_file::write(&addr_file, format!("{advertise}\n").as_bytes())
             .with_context(|| format!("cannot record the cluster address in {}", addr_file.display()))?;
         let bridge = ClusterBridge::new(identity, net.timing.clone(), key, transport, advertise, started_ms)
             .with_metrics(metrics.clone())
@@ -452,8 +452,7 @@ pub struct Node {
 impl Node {
     /// Builds and starts a node. Must be called inside an actix system.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
-        crate::deploy::fetch::private_dir(&config.data_dir)
-            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        crate::data_dir::claim(&config.data_dir)?;
         // The tags given at start, with the changes made at run time.
         let changes = TagChanges::load(&config.data_dir);
         let identity = NodeIdentity {

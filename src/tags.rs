@@ -61,7 +61,7 @@ impl TagChanges {
     /// Reads the changes kept in `dir` (none if there is no file).
     pub fn load(dir: &Path) -> Result<TagChanges, String> {
         let path = dir.join(TAGS_FILE);
-        match std::fs::read(&path) {
+        match crate::private_file::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{} does not read: {e}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TagChanges::default()),
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),

@@ -1,7 +1,7 @@
 //! The layers of `src/` and the direction of their imports:
 //!
 //! 0. `wire`
-//! 1. `cluster`, `sim`, `logging`, `metrics`, `private_file`, `api_token`,
+//! 1. `cluster`, `sim`, `logging`, `metrics`, `private_file`, `data_dir`, `api_token`,
 //!    `tags`, `command` (operator keys and the command gate), `audit`
 //! 2. the runtime: the supervisor, ModBus, module messages, the cluster
 //!    actors and the Transponder in `actors/`, and `discovery`
@@ -35,7 +35,8 @@ const RUNTIME_ACTORS: &[&str] = &[
 fn layer(path: &[&str]) -> Option<usize> {
     Some(match path.first().copied()? {
         "wire" => 0,
-        "cluster" | "sim" | "logging" | "metrics" | "private_file" | "api_token" | "tags" | "command" | "audit" => 1,
+        "cluster" | "sim" | "logging" | "metrics" | "private_file" | "data_dir" | "api_token" | "tags" | "command"
+        | "audit" => 1,
         "discovery" => 2,
         // `actors::Name` is an item of `actors/mod.rs`, which is runtime.
         "actors" => match path.get(1) {

@@ -244,7 +244,7 @@ async fn run_node(config: NodeConfig, api: ApiSettings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot start the control API on {}", api.addr))?;
     let addr_file = data_dir.join(HTTP_ADDR_FILE);
     span.in_scope(|| {
-        if let Err(e) = std::fs::write(&addr_file, format!("{http_addr}\n")) {
+        if let Err(e) = crate::private_file::write(&addr_file, format!("{http_addr}\n").as_bytes()) {
             warn!(file = %addr_file.display(), error = %e, "cannot record the control API address");
         }
         info!(http = %http_addr, "control API listening");
@@ -256,7 +256,7 @@ async fn run_node(config: NodeConfig, api: ApiSettings) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot start the metrics listener on {addr}"))?;
             let file = data_dir.join(METRICS_ADDR_FILE);
             span.in_scope(|| {
-                if let Err(e) = std::fs::write(&file, format!("{bound}\n")) {
+                if let Err(e) = crate::private_file::write(&file, format!("{bound}\n").as_bytes()) {
                     warn!(file = %file.display(), error = %e, "cannot record the metrics address");
                 }
                 info!(metrics = %bound, "metrics listening (GET /metrics only, no token)");

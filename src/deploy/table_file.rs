@@ -87,7 +87,7 @@ pub fn save(dir: &Path, entries: &[Arc<Entry>]) -> std::io::Result<()> {
 /// `deployments.json.bad-<ms>` so that it is neither lost nor read again.
 pub fn load(dir: &Path, now_ms: u64) -> Loaded {
     let path = dir.join(TABLE_FILE);
-    let bytes = match std::fs::read(&path) {
+    let bytes = match crate::private_file::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
         Err(e) => {

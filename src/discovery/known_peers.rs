@@ -36,7 +36,7 @@ struct PeersFile {
 /// The addresses in `path`; none if it is missing or unreadable (a bad
 /// file is logged, and replaced at the next save).
 pub fn load(path: &Path) -> Vec<SocketAddr> {
-    let bytes = match std::fs::read(path) {
+    let bytes = match crate::private_file::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
