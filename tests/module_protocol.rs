@@ -141,3 +141,35 @@ fn a_reply_without_to_reaches_the_caller_as_a_protocol_error() {
     assert_eq!(out["missing"], json!([]), "{out}");
     assert!(node.log_text().contains("bad line from module"), "and the node logs it");
 }
+
+#[test]
+fn a_line_over_the_limit_is_skipped_and_the_module_keeps_running() {
+    // Two MB of stdout and of stderr in one line each, twice the limit,
+    // and then a good reply: the long lines are bad lines, nothing more.
+    let script = module(
+        r#"    head -c 2000000 /dev/zero | tr '\0' x; echo
+    head -c 2000000 /dev/zero | tr '\0' y >&2; echo >&2
+    printf '{"op":"reply","to":"%s","body":{"ok":true}}\n' "$id""#,
+    );
+    let (node, code, out) = deploy_and_ask("longline", &script);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["replies"][0]["body"], json!({"ok": true}), "{out}");
+    let (code, out) = cli_json(&node, &["request", "mod.longline", "{}", "--timeout", "60s"]);
+    assert_eq!(code, 0, "the module still answers after its long lines: {out}");
+    assert_eq!(out["replies"][0]["body"], json!({"ok": true}), "{out}");
+    let m = module_state(&node, "longline").expect("the module is listed");
+    assert_eq!(
+        (m["state"].as_str(), m["restarts"].as_u64()),
+        (Some("running"), Some(0)),
+        "{m}"
+    );
+    let log = node.log_text();
+    assert!(
+        log.contains("longer than 1048576 bytes"),
+        "the stdout line is logged as bad"
+    );
+    assert!(
+        log.contains("a stderr line over 1048576 bytes was skipped"),
+        "and so is the stderr line"
+    );
+}

@@ -23,6 +23,7 @@ use super::transponder::{PublishToCluster, TransponderSlot};
 use super::NodeIdentity;
 use crate::deploy::Manifest;
 use crate::logging::LogThrottle;
+use crate::modules::line_codec::{ModuleLines, ModuleText};
 use crate::modules::module_line::{self, LineError, LogLevel, ModuleLine};
 use crate::modules::process_tree::{self, ProcessRef};
 use crate::modules::publish_limit::TokenBucket;
@@ -36,11 +37,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::FramedRead;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-/// The longest stdout/stderr line taken from a child; longer ones are bad lines.
+/// The longest stdout/stderr line taken from a child; longer ones are
+/// skipped as bad lines, and the child keeps running.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 /// Lines waiting for the child's stdin; more are dropped (and counted).
 const STDIN_QUEUE: usize = 1024;
@@ -251,16 +253,16 @@ impl ProcessModule {
             }
         });
 
-        ctx.add_stream(FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE_BYTES)));
+        ctx.add_stream(FramedRead::new(stdout, ModuleLines::new(MAX_LINE_BYTES)));
 
         let span = self.span.clone();
         let tail = self.stderr.clone();
         let stderr_reader = actix_rt::spawn(async move {
-            let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+            let mut lines = FramedRead::new(stderr, ModuleLines::new(MAX_LINE_BYTES));
             let mut throttle = module_log_throttle();
             while let Some(line) = futures_util::StreamExt::next(&mut lines).await {
                 match line {
-                    Ok(line) => {
+                    Ok(ModuleText::Line(line)) => {
                         if let Ok(mut tail) = tail.lock() {
                             tail.push(&line);
                         }
@@ -271,9 +273,9 @@ impl ProcessModule {
                             });
                         }
                     }
-                    Err(LinesCodecError::MaxLineLengthExceeded) => {
-                        span.in_scope(|| warn!(stream = %"stderr", "a stderr line over {MAX_LINE_BYTES} bytes was cut"))
-                    }
+                    Ok(ModuleText::TooLong) => span.in_scope(
+                        || warn!(stream = %"stderr", "a stderr line over {MAX_LINE_BYTES} bytes was skipped"),
+                    ),
                     Err(_) => break,
                 }
             }
@@ -603,15 +605,13 @@ impl Actor for ProcessModule {
     }
 }
 
-impl StreamHandler<Result<String, LinesCodecError>> for ProcessModule {
-    fn handle(&mut self, line: Result<String, LinesCodecError>, ctx: &mut Self::Context) {
+impl StreamHandler<std::io::Result<ModuleText>> for ProcessModule {
+    fn handle(&mut self, line: std::io::Result<ModuleText>, ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
         match line {
-            Ok(line) => self.handle_line(&line, ctx),
-            Err(LinesCodecError::MaxLineLengthExceeded) => {
-                self.bad_line(&format!("longer than {MAX_LINE_BYTES} bytes"), "")
-            }
-            Err(LinesCodecError::Io(e)) => warn!(error = %e, "cannot read the module's stdout"),
+            Ok(ModuleText::Line(line)) => self.handle_line(&line, ctx),
+            Ok(ModuleText::TooLong) => self.bad_line(&format!("longer than {MAX_LINE_BYTES} bytes, skipped"), ""),
+            Err(e) => warn!(error = %e, "cannot read the module's stdout"),
         }
     }
 

@@ -8,6 +8,7 @@ use crate::actors::cluster_bus::ListEntries;
 use crate::audit::Decision;
 use crate::cluster::protocol::SET_DEPLOYMENTS;
 use crate::deploy::command::{audit_line, take_at_origin, Given, OriginRefusal, RolloutAsked};
+use crate::deploy::fetch::FetchError;
 use crate::deploy::origin::{self, DeployRequest, OriginError};
 use crate::deploy::publish;
 use crate::deploy::rollout;
@@ -82,6 +83,10 @@ fn deploy_timeout(timeout_ms: Option<u64>) -> Result<Duration, ApiError> {
 fn origin_rejected(e: OriginError) -> ApiError {
     match e {
         OriginError::Internal(message) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+        // The node's fault, not the caller's: 507, so nobody fixes the package.
+        e @ OriginError::Fetch(FetchError::DiskFull(_)) => {
+            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.code(), e.to_string())
+        }
         e => rejected(e.code(), e.to_string()),
     }
 }

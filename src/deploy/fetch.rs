@@ -6,6 +6,7 @@
 //! renamed to `<sha256>.tar.gz`; the cache is content-addressed, so a package
 //! already there is never fetched again.
 
+use super::disk::WriteError;
 use super::package::parse_sha256;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -81,6 +82,9 @@ pub enum FetchError {
     Transfer(String),
     #[error("package cache error: {0}")]
     Cache(String),
+    /// The package could not be written into the cache for want of space.
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
     /// A `file://` source or path outside every `--package-dir`: the node
     /// runs as a privileged user, and a deploy must not make it read (and
     /// offer to the fleet) a file its caller could not.
@@ -97,6 +101,7 @@ impl FetchError {
             FetchError::ChecksumMismatch { .. } => "checksum_mismatch",
             FetchError::Transfer(_) => "fetch_failed",
             FetchError::Cache(_) => "cache_error",
+            FetchError::DiskFull(_) => "disk_full",
             FetchError::NotAllowed { .. } => "path_not_allowed",
         }
     }
@@ -321,7 +326,7 @@ impl PackageCache {
             .mode(0o600)
             .open(&path)
             .await
-            .map_err(|e| FetchError::Cache(format!("cannot create {}: {e}", path.display())))?;
+            .map_err(|e| cache_write_error(format!("cannot create {}", path.display()), &e))?;
         Ok(PartialPackage {
             cache: self.clone(),
             path,
@@ -443,7 +448,7 @@ impl PartialPackage {
             .ok_or_else(|| FetchError::Cache("download already finished".into()))?;
         file.write_all(data)
             .await
-            .map_err(|e| FetchError::Cache(format!("cannot write {}: {e}", self.path.display())))
+            .map_err(|e| cache_write_error(format!("cannot write {}", self.path.display()), &e))
     }
 
     pub fn size(&self) -> u64 {
@@ -456,8 +461,9 @@ impl PartialPackage {
             .file
             .take()
             .ok_or_else(|| FetchError::Cache("download already finished".into()))?;
-        file.flush().await.map_err(|e| FetchError::Cache(e.to_string()))?;
-        file.sync_all().await.map_err(|e| FetchError::Cache(e.to_string()))?;
+        let what = || format!("cannot write {}", self.path.display());
+        file.flush().await.map_err(|e| cache_write_error(what(), &e))?;
+        file.sync_all().await.map_err(|e| cache_write_error(what(), &e))?;
         drop(file);
         let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
         if let Some(expected) = expected {
@@ -478,6 +484,14 @@ impl PartialPackage {
             path,
             size: self.size,
         })
+    }
+}
+
+/// A failed write into the cache: `disk_full` when it is, else `cache_error`.
+fn cache_write_error(what: String, e: &std::io::Error) -> FetchError {
+    match WriteError::new(what, e) {
+        WriteError::DiskFull(m) => FetchError::DiskFull(m),
+        WriteError::Failed(m) => FetchError::Cache(m),
     }
 }
 

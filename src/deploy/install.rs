@@ -4,11 +4,12 @@
 //! for a probation, then commit, or roll back to the previous version.
 //! Removing a module is here too.
 
+use super::disk::WriteError;
 use super::fetch::{CachedPackage, FetchError, PackageSource, StallRule};
 use super::holders::{Holders, Pick};
 use super::manifest::{check_module_name, merge_config};
 use super::order::{DeployError, DeployOrder, DeployReport, DeployStatus, PeerNews, PeerRequest, NOT_HELD};
-use super::package::{parse_sha256, UnpackLimits, DEFAULT_MAX_PACKAGE_BYTES};
+use super::package::{parse_sha256, UnpackError, UnpackLimits, DEFAULT_MAX_PACKAGE_BYTES};
 use super::state::DeployState;
 use super::store::{InstallRecord, InstalledModule, Staged};
 use super::uploads::{BUSY, DEFAULT_MAX_UPLOADS};
@@ -159,10 +160,12 @@ impl Installer {
         let path = package.path.clone();
         let staged = match blocking(move || store.stage(&path, limits)).await {
             Ok(staged) => staged,
-            Err(e) => {
+            Err(UnpackError::Package(e)) => {
                 state.cache.evict(&package);
                 return Err(DeployError::BadPackage(e));
             }
+            // The package may be fine: it stays cached for the next try.
+            Err(UnpackError::DiskFull(e)) => return Err(DeployError::DiskFull(e)),
         };
         let manifest = staged.manifest.clone();
         if manifest.name != name {
@@ -203,7 +206,10 @@ impl Installer {
         .await;
         if let Err(e) = completed {
             self.discard(staged).await;
-            return Err(DeployError::InstallFailed(e));
+            return Err(match e {
+                WriteError::DiskFull(e) => DeployError::DiskFull(e),
+                WriteError::Failed(e) => DeployError::InstallFailed(e),
+            });
         }
 
         say(format!("starting {name} {}", manifest.version));

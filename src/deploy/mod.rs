@@ -2,6 +2,7 @@
 //!
 //! - [`manifest`]: `mod.json`, parsed and validated.
 //! - [`package`]: building and safely unpacking packages.
+//! - [`disk`]: a full disk told apart from a bad package.
 //! - [`fetch`]: fetching packages into the content-addressed cache.
 //! - [`serve`]: serving package chunks to peers.
 //! - [`uploads`]: how many peers a node serves at once.
@@ -27,6 +28,7 @@
 
 pub mod command;
 pub mod converge;
+pub mod disk;
 pub mod fetch;
 pub mod holders;
 pub mod install;

@@ -127,6 +127,9 @@ pub enum DeployError {
     BadPackage(String),
     #[error("{0}")]
     InstallFailed(String),
+    /// The node's disk is full; the package may be fine, and stays cached.
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
     #[error("{0}")]
     StartFailed(String),
 }
@@ -140,6 +143,7 @@ impl DeployError {
             DeployError::FetchTimeout(_) => "fetch_failed",
             DeployError::BadPackage(_) => "bad_package",
             DeployError::InstallFailed(_) => "install_failed",
+            DeployError::DiskFull(_) => "disk_full",
             DeployError::StartFailed(_) => "start_failed",
         }
     }

@@ -6,6 +6,7 @@
 //! node: absolute paths, `..`, links, devices, and archives that grow past a
 //! limit when decompressed.
 
+use super::disk;
 use super::manifest::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
@@ -142,8 +143,34 @@ fn check_executable(path: &Path) -> Result<(), String> {
 /// Unpacks the package at `package` into `dest` (which must not exist yet),
 /// refusing unsafe entries, then reads and checks its `mod.json`. On any
 /// error `dest` may hold a partial tree; the caller removes it.
-pub fn unpack(package: &Path, dest: &Path, limits: UnpackLimits) -> Result<Manifest, String> {
-    std::fs::create_dir(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+/// Why a package could not be unpacked: the package's fault, or a full disk.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum UnpackError {
+    #[error("{0}")]
+    Package(String),
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
+}
+
+impl From<String> for UnpackError {
+    fn from(why: String) -> Self {
+        UnpackError::Package(why)
+    }
+}
+
+/// `what` failed with `e` while unpacking: a full disk is named, anything
+/// else counts against the package as before (a corrupt entry reads as an
+/// I/O error too).
+fn unpack_error(what: String, e: io::Error) -> UnpackError {
+    if disk::is_full(&e) {
+        UnpackError::DiskFull(format!("{what}: {e}"))
+    } else {
+        UnpackError::Package(format!("{what}: {e}"))
+    }
+}
+
+pub fn unpack(package: &Path, dest: &Path, limits: UnpackLimits) -> Result<Manifest, UnpackError> {
+    std::fs::create_dir(dest).map_err(|e| unpack_error(format!("cannot create {}", dest.display()), e))?;
     let file = File::open(package).map_err(|e| format!("cannot open the package: {e}"))?;
     let mut archive = tar::Archive::new(GzDecoder::new(file));
     let mut unpacked: u64 = 0;
@@ -157,16 +184,19 @@ pub fn unpack(package: &Path, dest: &Path, limits: UnpackLimits) -> Result<Manif
         let mut entry = entry.map_err(|e| format!("the package is not a valid gzip'd tar: {e}"))?;
         count += 1;
         if count > limits.max_entries {
-            return Err(format!("the package has more than {} entries", limits.max_entries));
+            return Err(UnpackError::from(format!(
+                "the package has more than {} entries",
+                limits.max_entries
+            )));
         }
         if let Some(path) = read_extension(&mut entry)? {
             // Extensions count towards the unpacked total like files do.
             unpacked = unpacked.saturating_add(entry.size());
             if unpacked > limits.max_unpacked_bytes {
-                return Err(format!(
+                return Err(UnpackError::from(format!(
                     "the package unpacks to more than {} bytes (a compression bomb?)",
                     limits.max_unpacked_bytes
-                ));
+                )));
             }
             long_path = path.or(long_path);
             continue;
@@ -184,40 +214,46 @@ pub fn unpack(package: &Path, dest: &Path, limits: UnpackLimits) -> Result<Manif
         match kind {
             tar::EntryType::Directory => {
                 if let Some(rel) = relative {
-                    std::fs::create_dir_all(dest.join(rel)).map_err(|e| format!("cannot create {shown}: {e}"))?;
+                    std::fs::create_dir_all(dest.join(rel))
+                        .map_err(|e| unpack_error(format!("cannot create {shown}"), e))?;
                 }
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let Some(rel) = relative else {
-                    return Err(format!("the package has a file entry without a name (`{shown}`)"));
+                    return Err(UnpackError::from(format!(
+                        "the package has a file entry without a name (`{shown}`)"
+                    )));
                 };
                 let size = entry.header().size().unwrap_or(u64::MAX);
                 unpacked = unpacked.saturating_add(size);
                 if unpacked > limits.max_unpacked_bytes {
-                    return Err(format!(
+                    return Err(UnpackError::from(format!(
                         "the package unpacks to more than {} bytes (a compression bomb?)",
                         limits.max_unpacked_bytes
-                    ));
+                    )));
                 }
                 let target = dest.join(&rel);
                 if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {shown}: {e}"))?;
+                    std::fs::create_dir_all(parent).map_err(|e| unpack_error(format!("cannot create {shown}"), e))?;
                 }
                 let mode = entry.header().mode().unwrap_or(0o644) & 0o755;
-                write_file(&mut entry, &target, mode, size).map_err(|e| format!("cannot unpack {shown}: {e}"))?;
+                write_file(&mut entry, &target, mode, size)
+                    .map_err(|e| unpack_error(format!("cannot unpack {shown}"), e))?;
             }
             tar::EntryType::Symlink | tar::EntryType::Link => {
-                return Err(format!("the package has a link (`{shown}`); links are refused"))
+                return Err(UnpackError::from(format!(
+                    "the package has a link (`{shown}`); links are refused"
+                )))
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                return Err(format!(
+                return Err(UnpackError::from(format!(
                     "the package has a device or fifo (`{shown}`); they are refused"
-                ))
+                )))
             }
             other => {
-                return Err(format!(
+                return Err(UnpackError::from(format!(
                     "the package has an entry of unsupported type {other:?} (`{shown}`)"
-                ))
+                )))
             }
         }
     }
@@ -444,7 +480,9 @@ pub(crate) mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let pkg = tmp.path().join("p.tar.gz");
         raw_package(&pkg, make);
-        unpack(&pkg, &tmp.path().join("out"), UnpackLimits::for_package_limit(1 << 20)).unwrap_err()
+        unpack(&pkg, &tmp.path().join("out"), UnpackLimits::for_package_limit(1 << 20))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -489,7 +527,7 @@ pub(crate) mod tests {
             max_unpacked_bytes: 1 << 20,
             max_entries: 100,
         };
-        let err = unpack(&pkg, &tmp.path().join("out"), limits).unwrap_err();
+        let err = unpack(&pkg, &tmp.path().join("out"), limits).unwrap_err().to_string();
         assert!(err.contains("compression bomb"), "{err}");
     }
 
@@ -568,7 +606,9 @@ pub(crate) mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let pkg = tmp.path().join("junk.tar.gz");
         std::fs::write(&pkg, b"this is not gzip").unwrap();
-        let err = unpack(&pkg, &tmp.path().join("out"), UnpackLimits::for_package_limit(1 << 20)).unwrap_err();
+        let err = unpack(&pkg, &tmp.path().join("out"), UnpackLimits::for_package_limit(1 << 20))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("gzip"), "{err}");
     }
 

@@ -11,8 +11,9 @@
 //! - `<name>/` without `install.json`: half-written: removed;
 //! - `.trash-*`: an undeploy in progress: removed.
 
+use super::disk::WriteError;
 use super::manifest::{Manifest, MANIFEST_FILE};
-use super::package::{self, UnpackLimits};
+use super::package::{self, UnpackError, UnpackLimits};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -172,7 +173,7 @@ impl ModuleStore {
     }
 
     /// Unpacks a package into a fresh staging folder.
-    pub fn stage(&self, package: &Path, limits: UnpackLimits) -> Result<Staged, String> {
+    pub fn stage(&self, package: &Path, limits: UnpackLimits) -> Result<Staged, UnpackError> {
         let dir = self.root.join(format!(".staging-{}", uuid::Uuid::now_v7()));
         match package::unpack(package, &dir, limits) {
             Ok(manifest) => Ok(Staged { dir, manifest }),
@@ -184,15 +185,15 @@ impl ModuleStore {
     }
 
     /// Writes `config.json`, then `install.json` (which completes the install).
-    pub fn complete(&self, staged: &Staged, record: &InstallRecord) -> Result<(), String> {
+    pub fn complete(&self, staged: &Staged, record: &InstallRecord) -> Result<(), WriteError> {
         let write = |file: &str, value: &Value| {
-            let text = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
-            std::fs::write(staged.dir.join(file), text).map_err(|e| format!("cannot write {file}: {e}"))
+            let text = serde_json::to_vec_pretty(value).map_err(|e| WriteError::Failed(e.to_string()))?;
+            std::fs::write(staged.dir.join(file), text).map_err(|e| WriteError::new(format!("cannot write {file}"), &e))
         };
         write(CONFIG_FILE, &record.config)?;
         write(
             INSTALL_RECORD,
-            &serde_json::to_value(record).map_err(|e| e.to_string())?,
+            &serde_json::to_value(record).map_err(|e| WriteError::Failed(e.to_string()))?,
         )
     }
 
