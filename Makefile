@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run demo readme build test bench bench-load bench-deploy sim lint fmt clean
+.PHONY: run demo readme build test bench bench-load bench-deploy bench-floods sim lint fmt clean
 
 # Nodes in the benchmark (`make bench N=50`) and the simulator (`make sim N=100,1000`).
 N ?= 20
@@ -53,6 +53,10 @@ bench-load:
 ## bench-deploy: one 50 MB deploy to N node processes (default 100; 10 stopped during it), peer to peer and from one python3 HTTP server: time until all run it, bytes the source sent (writes target/bench/deploy-N.json)
 bench-deploy:
 	N=$(if $(filter 20,$(N)),100,$(N)) $(RELEASE) bench --target $(HOST) --bench deploy
+
+## bench-floods: one release node under 1,500 envelopes of 900 KB (COUNT) with a module that never reads its stdin and 200 event stream readers that never read: its RSS before and at peak
+bench-floods:
+	FLOOD_PUBLISHES=$(or $(COUNT),1500) $(CARGO) test --release --test floods -- --nocapture
 
 ## sim: N nodes' cluster cores on a simulated network with a virtual clock: convergence, broadcast, detection, false deaths, per-node traffic (writes target/sim/sim-N.json)
 sim:

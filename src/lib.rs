@@ -17,6 +17,8 @@
 //! - [`modules`]: module specs for the supervisor, and a process module's parts.
 //! - [`node`]: builds one node from a [`node::NodeConfig`].
 //! - [`data_dir`]: the checks that keep a node's data dir its own.
+//! - [`cgroup`]: a cgroup per process module, so that none of its processes
+//!   outlives it.
 //! - [`sim`]: the cluster core of many nodes on a virtual network.
 //! - [`metrics`]: the node's Prometheus metrics.
 //! - [`tags`]: a node's tags, and the changes made to them at run time.
@@ -27,6 +29,7 @@ pub mod actors;
 pub mod api;
 pub mod api_token;
 pub mod audit;
+pub mod cgroup;
 pub mod cli;
 pub mod cluster;
 pub mod command;

@@ -135,6 +135,7 @@ impl Metrics {
         }
         self.counter("conjoiner_link_handshake_failures_total", &[])
             .increment(0);
+        self.counter("conjoiner_event_streams_dropped_total", &[]).increment(0);
         for result in DEPLOY_RESULTS {
             self.counter("conjoiner_deploys_total", &[("result", result)])
                 .increment(0);
@@ -217,6 +218,16 @@ impl Metrics {
             "conjoiner_module_health".into(),
             None,
             text("1 for the health each module of this node has in its latest report, 0 for the others."),
+        );
+        r.describe_gauge(
+            "conjoiner_event_streams".into(),
+            None,
+            text("Readers of this node's event stream (`GET /v1/events`, `conjoiner tail`)."),
+        );
+        r.describe_counter(
+            "conjoiner_event_streams_dropped_total".into(),
+            None,
+            text("Event stream readers dropped because they did not read."),
         );
         r.describe_gauge(
             "conjoiner_build_info".into(),

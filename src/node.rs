@@ -513,6 +513,7 @@ impl Node {
             started,
             started_ms,
             metrics,
+            containment: crate::cgroup::Containment::detect(&config.name),
         };
         let deploy = Arc::new(DeployState::open(
             &config.data_dir,

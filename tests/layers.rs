@@ -22,6 +22,7 @@ const RUNTIME_ACTORS: &[&str] = &[
     "supervisor",
     "modbus",
     "messages",
+    "event_tap",
     "restart",
     "cluster_bridge",
     "cluster_bus",
@@ -35,8 +36,8 @@ const RUNTIME_ACTORS: &[&str] = &[
 fn layer(path: &[&str]) -> Option<usize> {
     Some(match path.first().copied()? {
         "wire" => 0,
-        "cluster" | "sim" | "logging" | "metrics" | "private_file" | "data_dir" | "api_token" | "tags" | "command"
-        | "audit" => 1,
+        "cluster" | "sim" | "logging" | "metrics" | "private_file" | "data_dir" | "cgroup" | "api_token" | "tags"
+        | "command" | "audit" => 1,
         "discovery" => 2,
         // `actors::Name` is an item of `actors/mod.rs`, which is runtime.
         "actors" => match path.get(1) {

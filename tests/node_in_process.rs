@@ -2,15 +2,16 @@
 //! Transponder: stamping, lamport clock, duplicates, restarts.
 
 use conjoiner::actors::cluster_bus::FromCluster;
+use conjoiner::actors::event_tap::{ReaderWants, TapStream};
 use conjoiner::actors::supervisor::ListModules;
 use conjoiner::actors::transponder::{PublishToCluster, RequestCluster};
 use conjoiner::actors::{ModuleState, StopModule, TransponderConfig};
 use conjoiner::node::{Node, NodeConfig};
 use conjoiner::wire::{Envelope, MessageType, Source};
+use futures_util::StreamExt as _;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast;
 
 async fn start(name: &str, dir: &tempfile::TempDir) -> Node {
     Node::start(NodeConfig {
@@ -27,14 +28,49 @@ async fn start(name: &str, dir: &tempfile::TempDir) -> Node {
     .expect("node starts")
 }
 
+/// The node's tap, read back into envelopes from its event stream frames.
+struct Tap {
+    stream: TapStream,
+    bytes: Vec<u8>,
+}
+
+impl Tap {
+    fn of(node: &Node) -> Tap {
+        let wants = ReaderWants {
+            bodies: true,
+            ..ReaderWants::default()
+        };
+        Tap {
+            stream: node.handle.tap.subscribe(wants).expect("room on the tap"),
+            bytes: Vec::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Envelope {
+        loop {
+            if let Some(end) = self.bytes.windows(2).position(|w| w == b"\n\n") {
+                let frame: Vec<u8> = self.bytes.drain(..end + 2).collect();
+                let frame = String::from_utf8(frame).expect("UTF-8 frames");
+                let data = frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .expect("a data line");
+                return serde_json::from_str(data).expect("an envelope");
+            }
+            // A piece may end inside a character: bytes until the frame is whole.
+            let piece = self.stream.next().await.expect("the tap is open");
+            self.bytes.extend_from_slice(&piece);
+        }
+    }
+}
+
 /// Waits for the next envelope on the tap that satisfies `pred`.
-async fn next_where(rx: &mut broadcast::Receiver<Envelope>, pred: impl Fn(&Envelope) -> bool) -> Envelope {
+async fn next_where(rx: &mut Tap, pred: impl Fn(&Envelope) -> bool) -> Envelope {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            match rx.recv().await {
-                Ok(env) if pred(&env) => return env,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(e) => panic!("tap closed: {e}"),
+            let env = rx.next().await;
+            if pred(&env) {
+                return env;
             }
         }
     })
@@ -58,7 +94,7 @@ fn from_peer(address: &str, lamport: u64, target: Option<&str>) -> Envelope {
 }
 
 /// Publishes an event as a module would, and answers it as stamped.
-async fn publish(node: &Node, tap: &mut broadcast::Receiver<Envelope>, n: u32) -> Envelope {
+async fn publish(node: &Node, tap: &mut Tap, n: u32) -> Envelope {
     let transponder = node.handle.transponder().unwrap();
     let id = transponder
         .send(PublishToCluster {
@@ -78,7 +114,7 @@ async fn publish(node: &Node, tap: &mut broadcast::Receiver<Envelope>, n: u32) -
 async fn envelopes_are_stamped_and_the_lamport_clock_follows_peers() {
     let dir = tempfile::tempdir().unwrap();
     let node = start("inproc-1", &dir).await;
-    let mut tap = node.handle.tap.subscribe();
+    let mut tap = Tap::of(&node);
 
     let first = publish(&node, &mut tap, 1).await;
     let second = publish(&node, &mut tap, 2).await;
@@ -120,7 +156,7 @@ async fn envelopes_are_stamped_and_the_lamport_clock_follows_peers() {
 async fn duplicates_and_envelopes_for_other_nodes_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let node = start("inproc-2", &dir).await;
-    let mut tap = node.handle.tap.subscribe();
+    let mut tap = Tap::of(&node);
     let transponder = node.handle.transponder().unwrap();
 
     let ours = from_peer("dup.topic", 1, Some("tag.dc=ams"));

@@ -28,6 +28,9 @@ pub struct ModuleContext {
     /// member table, and the `started_ms` of its status reports.
     pub started_ms: u64,
     pub metrics: Metrics,
+    /// How process modules' processes are kept together: a cgroup each,
+    /// or their process tree where the host gives no cgroups.
+    pub containment: crate::cgroup::Containment,
 }
 
 impl ModuleContext {

@@ -10,7 +10,6 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::broadcast;
 
 /// Who this node is: its name, cluster and tags. Handed to every actor at
 /// construction (no global registry), so several nodes can share a process.
@@ -222,42 +221,6 @@ pub(crate) use state_handlers;
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct StopModule;
-
-/// The node's live stream of envelopes (for `GET /v1/events` and
-/// `conjoiner tail`). Cloning is cheap; emitting with no listener costs a
-/// check and nothing more.
-#[derive(Clone)]
-pub struct EventTap {
-    sender: broadcast::Sender<Envelope>,
-}
-
-impl EventTap {
-    pub fn new(capacity: usize) -> EventTap {
-        let (sender, _) = broadcast::channel(capacity);
-        EventTap { sender }
-    }
-
-    /// Offers an envelope to every listener; slow listeners lose the oldest.
-    pub fn emit(&self, envelope: &Envelope) {
-        if self.sender.receiver_count() > 0 {
-            let _ = self.sender.send(envelope.clone());
-        }
-    }
-
-    pub fn subscribe(&self) -> broadcast::Receiver<Envelope> {
-        self.sender.subscribe()
-    }
-
-    pub fn listeners(&self) -> usize {
-        self.sender.receiver_count()
-    }
-}
-
-impl Default for EventTap {
-    fn default() -> Self {
-        EventTap::new(1024)
-    }
-}
 
 #[cfg(test)]
 mod tests {

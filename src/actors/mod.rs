@@ -11,12 +11,16 @@
 //! - [`ProcessModule`]: runs a package's program and bridges its stdio.
 //! - [`Echo`]: the simplest module, for round trips.
 //! - [`Uptime`]: reports the host's load and uptime (the worked example in `docs/modules.md`).
+//!
+//! Besides them, [`EventTap`] is the node's live stream of envelopes for
+//! readers of the control API.
 
 pub mod cluster_bridge;
 pub mod cluster_bus;
 pub mod context;
 pub mod deployer;
 pub mod echo;
+pub mod event_tap;
 pub mod loopback_cluster;
 pub mod messages;
 pub mod modbus;
@@ -33,8 +37,9 @@ pub use cluster_bus::{ClusterHandle, Member, MemberStatus};
 pub use context::{ModuleArgs, ModuleContext};
 pub use deployer::Deployer;
 pub use echo::Echo;
+pub use event_tap::EventTap;
 pub use loopback_cluster::LoopbackCluster;
-pub use messages::{Deliver, DumpState, EventTap, NodeIdentity, QueueGauge, QueueTicket, Snapshot, StopModule, Tags};
+pub use messages::{Deliver, DumpState, NodeIdentity, QueueGauge, QueueTicket, Snapshot, StopModule, Tags};
 pub use modbus::{BusError, ModBus};
 pub use monitor::Monitor;
 pub use process_module::ProcessModule;

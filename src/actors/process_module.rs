@@ -21,12 +21,14 @@ use super::modbus::{ModBus, Publish, Subscribe, Unsubscribe};
 use super::supervisor::ExitNote;
 use super::transponder::{PublishToCluster, TransponderSlot};
 use super::NodeIdentity;
+use crate::cgroup::{Containment, ModuleCgroup};
 use crate::deploy::Manifest;
 use crate::logging::LogThrottle;
 use crate::modules::line_codec::{ModuleLines, ModuleText};
 use crate::modules::module_line::{self, LineError, LogLevel, ModuleLine};
 use crate::modules::process_tree::{self, ProcessRef};
 use crate::modules::publish_limit::TokenBucket;
+use crate::modules::stdin_queue::{self, Refused, StdinQueue};
 use crate::wire::{Envelope, MessageType, Source};
 use actix::prelude::*;
 use serde::Serialize;
@@ -36,7 +38,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
@@ -44,8 +46,6 @@ use uuid::Uuid;
 /// The longest stdout/stderr line taken from a child; longer ones are
 /// skipped as bad lines, and the child keeps running.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
-/// Lines waiting for the child's stdin; more are dropped (and counted).
-const STDIN_QUEUE: usize = 1024;
 /// How long an exited child's stderr is still read before its exit is handled.
 const STDERR_DRAIN: Duration = Duration::from_millis(500);
 /// How much of the end of a child's stderr is kept, to say why it failed.
@@ -102,6 +102,8 @@ pub struct ProcessModuleSetup {
     pub manifest: Manifest,
     /// The effective config, sent in the `init` line.
     pub config: Value,
+    /// A cgroup for each run, or the process tree only.
+    pub containment: Containment,
 }
 
 #[derive(Message)]
@@ -134,12 +136,15 @@ pub struct ProcessModule {
     bus: Addr<ModBus>,
     transponder: TransponderSlot,
     exit_note: ExitNote,
-    stdin: Option<mpsc::Sender<String>>,
+    stdin: Option<StdinQueue>,
     pid: Option<u32>,
     kill: Option<oneshot::Sender<()>>,
     /// The child's process tree as read when a stop began: killed at the
     /// end, even the parts that lost their parent meanwhile.
     tree_at_stop: BTreeSet<ProcessRef>,
+    /// This run's cgroup, where the node has them: everything the child
+    /// starts stays in it, and it is killed whole at the end.
+    cgroup: Option<ModuleCgroup>,
     stopping: bool,
     subscriptions: BTreeSet<String>,
     requests: HashMap<Uuid, Envelope>,
@@ -183,6 +188,7 @@ impl ProcessModule {
             pid: None,
             kill: None,
             tree_at_stop: BTreeSet::new(),
+            cgroup: None,
             stopping: false,
             subscriptions: BTreeSet::new(),
             requests: HashMap::new(),
@@ -218,12 +224,26 @@ impl ProcessModule {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: setsid and prctl are async-signal-safe and touch only the
-        // child. The session marks everything the module starts.
+        if let Containment::Cgroup { parent } = &self.setup.containment {
+            match ModuleCgroup::create(parent, &self.identity.name, &self.setup.name) {
+                Ok(group) => self.cgroup = Some(group),
+                Err(e) => warn!(error = %e, parent = %parent.display(),
+                    "cannot make this module's cgroup; its process tree is all that is killed on stop"),
+            }
+        }
+        let join_fd = self.cgroup.as_ref().and_then(ModuleCgroup::join_fd);
+        // SAFETY: setsid, prctl and write are async-signal-safe and touch
+        // only the child. The session marks everything the module starts;
+        // the cgroup holds it even when it leaves the session.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 libc::setsid();
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some(fd) = join_fd {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -235,16 +255,16 @@ impl ProcessModule {
         let stdout = child.stdout.take().ok_or("no stdout pipe")?;
         let stderr = child.stderr.take().ok_or("no stderr pipe")?;
 
-        let (lines, mut queue) = mpsc::channel::<String>(STDIN_QUEUE);
+        let (lines, mut queue) = stdin_queue::stdin_queue(stdin_queue::MAX_LINES, stdin_queue::MAX_BYTES);
         let init = json!({"type": "init", "body": {
             "node": self.identity.name, "module": self.setup.name, "config": self.setup.config,
         }});
-        let _ = lines.try_send(init.to_string());
+        let _ = lines.offer(init.to_string());
         self.stdin = Some(lines);
         let span = self.span.clone();
         actix_rt::spawn(async move {
             let mut stdin = stdin;
-            while let Some(mut line) = queue.recv().await {
+            while let Some(mut line) = queue.next().await {
                 line.push('\n');
                 if let Err(e) = stdin.write_all(line.as_bytes()).await {
                     span.in_scope(|| debug!(error = %e, "module stdin closed"));
@@ -541,7 +561,13 @@ impl ProcessModule {
     fn kill_leftovers(&mut self, pid: u32) {
         let mut tree = std::mem::take(&mut self.tree_at_stop);
         tree.extend(process_tree::tree_of(pid as i32, &process_tree::read_processes()));
-        let killed = process_tree::signal_all(&tree, libc::SIGKILL);
+        let mut killed = process_tree::signal_all(&tree, libc::SIGKILL);
+        // The group holds what the tree lost: a daemon that left the
+        // session after its parent exited.
+        if let Some(group) = self.cgroup.take() {
+            killed = killed.max(group.kill_all());
+            group.remove();
+        }
         if killed > 0 {
             warn!(processes = killed, "killed processes the module left running");
         }
@@ -686,10 +712,17 @@ impl Handler<Deliver> for ProcessModule {
             Ok(line) => line,
             Err(e) => return warn!(envelope = %envelope.id, error = %e, "cannot encode envelope for the module"),
         };
-        if stdin.try_send(line).is_err() {
+        if let Err(why) = stdin.offer(line) {
             self.counters.envelopes_dropped += 1;
-            warn!(envelope = %envelope.id, dropped = self.counters.envelopes_dropped,
-                "module is not reading its stdin fast enough; envelope dropped");
+            match why {
+                Refused::Full { queued_bytes } => {
+                    warn!(envelope = %envelope.id, dropped = self.counters.envelopes_dropped,
+                    queued_bytes, limit_bytes = stdin_queue::MAX_BYTES, limit_lines = stdin_queue::MAX_LINES,
+                    "module is not reading its stdin fast enough; envelope dropped")
+                }
+                Refused::Closed => warn!(envelope = %envelope.id, dropped = self.counters.envelopes_dropped,
+                    "module's stdin is closed; envelope dropped"),
+            }
         } else {
             debug!(envelope = %envelope.id, kind = %envelope.kind, address = %envelope.dst.address,
                 "envelope written to module stdin");
@@ -719,7 +752,10 @@ impl Handler<StopModule> for ProcessModule {
             "stopping module process: SIGTERM"
         );
         self.tree_at_stop = process_tree::tree_of(pid as i32, &process_tree::read_processes());
-        let signalled = process_tree::signal_all(&self.tree_at_stop, libc::SIGTERM);
+        let mut signalled = process_tree::signal_all(&self.tree_at_stop, libc::SIGTERM);
+        if let Some(group) = &self.cgroup {
+            signalled = signalled.max(group.signal(libc::SIGTERM));
+        }
         debug!(processes = signalled, "SIGTERM sent to the module's process tree");
         ctx.run_later(grace, |act, _ctx| {
             if let Some(kill) = act.kill.take() {
@@ -748,6 +784,9 @@ impl ShowState for ProcessModule {
             "status": self.last_status.as_ref().map(|(v, _)| v),
             "status_age_ms": self.last_status.as_ref().map(|(_, t)| t.elapsed().as_millis() as u64),
             "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "stdin_queued_bytes": self.stdin.as_ref().map(StdinQueue::queued_bytes),
+            "containment": self.setup.containment.describe(),
+            "cgroup": self.cgroup.as_ref().map(|g| g.path().display().to_string()),
             "counters": Counters {
                 stderr_lines: self.stderr.lock().map(|t| t.lines).unwrap_or(0),
                 ..self.counters

@@ -75,6 +75,8 @@ pub async fn metrics(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiErr
         node.ctx.started.elapsed().as_secs_f64(),
     );
     m.set_level("conjoiner_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    m.set_level("conjoiner_event_streams", &[], node.tap.listeners() as f64);
+    m.set_total("conjoiner_event_streams_dropped_total", &[], node.tap.dropped());
     let mut text = m.render();
     if let Some(process) = ProcessFigures::read() {
         text.push_str(&process.exposition(node.ctx.started_ms));

@@ -15,11 +15,12 @@ mod tags;
 
 use self::error::{list_members, parse_target, ApiError, DEFAULT_REQUEST_TIMEOUT_MS, MAX_REQUEST_TIMEOUT_MS};
 use crate::actors::cluster_bus::{ClusterStatus, MemberStatus};
+use crate::actors::event_tap::ReaderWants;
 use crate::actors::transponder::{PublishToCluster, RequestCluster};
 use crate::monitor::answer::{Isolation, StatusAnswer};
 use crate::monitor::board::{summarize, NodeView};
 use crate::node::NodeHandle;
-use crate::wire::{Envelope, MessageType};
+use crate::wire::MessageType;
 use actix_web::dev::Service;
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::StatusCode;
@@ -31,7 +32,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio_stream::wrappers::BroadcastStream;
 use tracing::{debug, warn, Instrument};
 
 /// Starts the control API on `addr`; answers the server handle and the
@@ -53,6 +53,7 @@ pub fn serve(
     let server = HttpServer::new(move || {
         let names = names.clone();
         let token = token.clone();
+        let shown_token = ApiToken(token.clone());
         // Every log line of a request (rejections included) names the node
         // and `module=api`.
         let span = node.ctx.identity.span("api");
@@ -75,6 +76,7 @@ pub fn serve(
             })
             .wrap_fn(move |req, srv| srv.call(req).instrument(span.clone()))
             .app_data(web::Data::new(node.clone()))
+            .app_data(web::Data::new(shown_token))
             .app_data(json_config(max_body))
             .app_data(web::PayloadConfig::new(max_body))
             .app_data(web::QueryConfig::default().error_handler(query_error))
@@ -177,6 +179,9 @@ fn check_browser_guard(req: &HttpRequest, names: &[String]) -> Result<(), ApiErr
     }
     Ok(())
 }
+
+/// The node's API token, for the routes that show more to its holders.
+struct ApiToken(std::sync::Arc<String>);
 
 /// Every route that changes anything (any method but GET and HEAD) needs
 /// the node's token (see `api_token`).
@@ -401,31 +406,36 @@ struct EventsQuery {
 
 /// Server-Sent Events: one `data:` line with an envelope per event. A first
 /// comment line `: connected` tells the client the stream is live.
-async fn events(node: web::Data<NodeHandle>, query: web::Query<EventsQuery>) -> HttpResponse {
+/// Bodies (which may carry a deploy's secrets) only for readers that show
+/// the API token; the others get `"body_hidden": true`, and the first line
+/// says so. A reader that does not read is dropped (see `EventTap`).
+async fn events(
+    node: web::Data<NodeHandle>,
+    token: web::Data<ApiToken>,
+    req: HttpRequest,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
     let EventsQuery { address, kind } = query.into_inner();
-    let address = address.filter(|a| !a.is_empty());
-    let kind = kind.filter(|k| !k.is_empty());
-    let wanted = move |env: &Envelope| {
-        address.as_ref().is_none_or(|a| &env.dst.address == a) && kind.as_ref().is_none_or(|k| env.kind.as_str() == k)
+    let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+    let wants = ReaderWants {
+        address: address.filter(|a| !a.is_empty()),
+        kind: kind.filter(|k| !k.is_empty()),
+        bodies: crate::api_token::authorized(&token.0, header),
     };
-    let live = BroadcastStream::new(node.tap.subscribe()).filter_map(move |item| {
-        let frame = match item {
-            Ok(env) if wanted(&env) => {
-                let json = serde_json::to_string(&env).unwrap_or_default();
-                Some(Bytes::from(format!("id: {}\ndata: {json}\n\n", env.id)))
-            }
-            Ok(_) => None,
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                Some(Bytes::from(format!(": lagged, {n} envelopes skipped\n\n")))
-            }
-        };
-        futures_util::future::ready(frame.map(Ok::<_, actix_web::Error>))
-    });
-    let hello = futures_util::stream::once(futures_util::future::ready(Ok(Bytes::from_static(b": connected\n\n"))));
-    HttpResponse::Ok()
+    let hello: &'static [u8] = if wants.bodies {
+        b": connected\n\n"
+    } else {
+        b": connected; bodies hidden: this reader did not show the node's API token\n\n"
+    };
+    let live = node
+        .tap
+        .subscribe(wants)
+        .map_err(|full| ApiError::unavailable(full.to_string()))?;
+    let hello = futures_util::stream::once(futures_util::future::ready(Bytes::from_static(hello)));
+    Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
-        .streaming(hello.chain(live))
+        .streaming(hello.chain(live).map(Ok::<_, actix_web::Error>)))
 }
 
 #[derive(Deserialize)]
@@ -484,6 +494,7 @@ async fn status(node: web::Data<NodeHandle>, query: web::Query<TargetQuery>) -> 
         isolated,
         refused,
         operator_keys: node.settings.deployer.trust.keys.iter().map(|k| k.describe()).collect(),
+        module_containment: node.ctx.containment.describe(),
         summary,
         shown: views.len(),
         nodes: views,

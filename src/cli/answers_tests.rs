@@ -119,6 +119,7 @@ fn status_sample() -> StatusAnswer {
         }),
         refused: None,
         operator_keys: vec!["cjop1abc (deploy: *)".into()],
+        module_containment: "process tree (cgroup v2 is not mounted)".into(),
         summary: summarize(&nodes),
         shown: nodes.len(),
         nodes,

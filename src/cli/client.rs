@@ -84,8 +84,10 @@ impl ApiClient {
 
     /// Sends a GET and answers the response once its status says success;
     /// the body can then be read whole or as a stream (Server-Sent Events).
+    /// The token goes along when the CLI can read it: the event stream
+    /// shows bodies only to its holders.
     pub async fn stream(&self, path: &str, query: &[(&str, &str)]) -> Result<reqwest::Response, CliError> {
-        let request = self.http.get(self.url(path)).query(query);
+        let request = with_token(self.http.get(self.url(path)).query(query));
         self.send(request).await
     }
 

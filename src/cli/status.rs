@@ -40,6 +40,13 @@ pub async fn run(http: &str, json_out: bool) -> Result<i32, CliError> {
                 status.node
             );
         }
+        if status.module_containment.starts_with("process tree") {
+            eprintln!(
+                "uncontained: {} keeps its modules' processes by their {}; a daemon a module double-forks \
+                 outlives it (run the agent as root, or under systemd with Delegate=yes)",
+                status.node, status.module_containment
+            );
+        }
         if let Some(isolated) = &status.isolated {
             eprintln!(
                 "isolated: {} reaches none of its seeds ({}) or {} known peers; it keeps trying \
@@ -258,6 +265,7 @@ mod tests {
             isolated: None,
             refused: None,
             operator_keys: Vec::new(),
+            module_containment: "cgroup".into(),
             summary: summarize(&nodes),
             shown: nodes.len(),
             nodes,
@@ -312,6 +320,7 @@ mod tests {
             isolated: None,
             refused: None,
             operator_keys: Vec::new(),
+            module_containment: "cgroup".into(),
             summary: summarize(&nodes),
             shown: nodes.len(),
             nodes,

@@ -27,14 +27,21 @@ pub async fn run(http: &str, json_out: bool, args: TailArgs) -> Result<i32, CliE
     let response = client.stream("/v1/events", &query).await?;
     eprintln!("tailing envelopes seen by the node at {http} (Ctrl-C to stop)");
     let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
+    // Bytes, not text, until a line is whole: a chunk may end inside a
+    // character.
+    let mut buffer: Vec<u8> = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| CliError::error(format!("event stream broke: {e}")))?;
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find('\n') {
-            let line: String = buffer.drain(..=end).collect();
-            if let Some(data) = line.trim_end().strip_prefix("data: ") {
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let raw: Vec<u8> = buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&raw);
+            let line = line.trim_end();
+            if let Some(data) = line.strip_prefix("data: ") {
                 print_envelope(data, json_out);
+            } else if let Some(note) = line.strip_prefix(": connected; ") {
+                // Without the API token, the node leaves bodies out.
+                eprintln!("{note}");
             }
         }
     }
@@ -63,7 +70,11 @@ fn print_envelope(data: &str, json_out: bool) {
         env["src"]["module"].as_str().unwrap_or("?"),
         env["dst"]["address"].as_str().unwrap_or("?"),
         target,
-        env["body"],
+        if env["body_hidden"] == true {
+            "(body hidden)".to_string()
+        } else {
+            env["body"].to_string()
+        },
     );
 }
 

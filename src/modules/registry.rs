@@ -116,6 +116,7 @@ fn process_spec(ctx: &ModuleContext, dir: std::path::PathBuf, manifest: Manifest
                 dir: dir.clone(),
                 manifest: manifest.clone(),
                 config: config.clone(),
+                containment: ctx.containment.clone(),
             };
             let actor = ProcessModule::new(
                 &ctx.identity,

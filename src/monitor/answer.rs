@@ -23,6 +23,11 @@ pub struct StatusAnswer {
     /// means any holder of the cluster key can deploy to it.
     #[serde(default)]
     pub operator_keys: Vec<String>,
+    /// How this node keeps each process module's processes together:
+    /// `cgroup`, or `process tree (why)` where the host gives no cgroups
+    /// (a double-forked daemon then outlives its module).
+    #[serde(default)]
+    pub module_containment: String,
     /// Of the whole fleet, whatever `?target=` narrowed.
     pub summary: Summary,
     /// How many nodes are listed in `nodes`.

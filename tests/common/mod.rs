@@ -528,3 +528,25 @@ pub fn wait_module(node: &TestNode, name: &str, what: &str, pred: impl Fn(&Value
         || module_state(node, name).filter(|m| pred(m)),
     )
 }
+
+/// Is `pid` a live process (not gone, not a zombie nobody reaped)?
+pub fn process_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().to_string()))
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+/// Kills the listed processes when dropped, so a failed test leaves none.
+pub struct KillOnDrop(pub Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // SAFETY: kill(2) on pids this test's module started.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+    }
+}
