@@ -274,6 +274,9 @@ impl Drop for TestNode {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            // A node killed outright leaves its modules' cgroups; remove
+            // them (and kill what is in them) as its next start would.
+            conjoiner::cgroup::Containment::detect(&self.name);
         }
     }
 }
