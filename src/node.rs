@@ -20,7 +20,7 @@ use crate::cluster::memory::MemoryNetwork;
 use crate::cluster::protocol::SET_DEPLOYMENTS;
 use crate::cluster::transport::{TcpTransport, Transport};
 use crate::cluster::{ClusterConfig, ClusterKey, KeySource};
-use crate::deploy::fetch::StallRule;
+use crate::deploy::fetch::{StallRule, UrlDeadline};
 use crate::deploy::install::DeployerConfig;
 use crate::deploy::state::DeployState;
 use crate::deploy::table::DeploymentRules;
@@ -94,6 +94,10 @@ impl Profile {
                 stall: StallRule {
                     window: Duration::from_secs(60),
                     ..lan.deployer.stall
+                },
+                url_deadline: UrlDeadline {
+                    base: Duration::from_secs(30),
+                    min_bytes_per_sec: 128 * 1024,
                 },
                 ..lan.deployer
             },

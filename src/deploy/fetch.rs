@@ -126,6 +126,36 @@ impl Default for StallRule {
     }
 }
 
+/// How long a node gives a package's URL when peers hold the package too:
+/// `base` plus the package's size at `min_bytes_per_sec`. Past that the
+/// node fetches it from the peers instead. Without this, four URLs that
+/// trickled just above the stall rule held every step slot of every node
+/// that was not the origin, and another module's deploy waited minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UrlDeadline {
+    pub base: Duration,
+    pub min_bytes_per_sec: u64,
+}
+
+impl Default for UrlDeadline {
+    /// 10 s, plus 1 MiB/s of the package: a LAN mirror beats it many times.
+    fn default() -> Self {
+        UrlDeadline {
+            base: Duration::from_secs(10),
+            min_bytes_per_sec: 1024 * 1024,
+        }
+    }
+}
+
+impl UrlDeadline {
+    /// The deadline for a package of `size` bytes (the base alone when the
+    /// size is not known).
+    pub fn for_size(&self, size: Option<u64>) -> Duration {
+        let rate = self.min_bytes_per_sec.max(1) as f64;
+        self.base + Duration::from_secs_f64(size.unwrap_or(0) as f64 / rate)
+    }
+}
+
 /// Watches a download against a [`StallRule`]. Pure: time comes in.
 #[derive(Debug, Clone)]
 pub struct StallWatch {
@@ -507,6 +537,22 @@ impl Drop for PartialPackage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_gets_its_base_and_a_share_of_its_size() {
+        let d = UrlDeadline::default();
+        assert_eq!(d.for_size(None), Duration::from_secs(10));
+        assert_eq!(d.for_size(Some(5 * 1024 * 1024)), Duration::from_secs(15));
+        let stingy = UrlDeadline {
+            base: Duration::ZERO,
+            min_bytes_per_sec: 0,
+        };
+        assert_eq!(
+            stingy.for_size(Some(3)),
+            Duration::from_secs(3),
+            "a rate of 0 counts as 1 B/s"
+        );
+    }
 
     #[test]
     fn sources_parse() {

@@ -5,7 +5,7 @@
 //! Removing a module is here too.
 
 use super::disk::WriteError;
-use super::fetch::{CachedPackage, FetchError, PackageSource, StallRule};
+use super::fetch::{CachedPackage, FetchError, PackageSource, StallRule, UrlDeadline};
 use super::holders::{Holders, Pick};
 use super::manifest::{check_module_name, merge_config};
 use super::order::{DeployError, DeployOrder, DeployReport, DeployStatus, PeerNews, PeerRequest, NOT_HELD};
@@ -53,6 +53,8 @@ pub struct DeployerConfig {
     pub package_dirs: Vec<std::path::PathBuf>,
     /// How slow a package download may be before it fails as stalled.
     pub stall: StallRule,
+    /// How long a URL is given when peers hold the package too.
+    pub url_deadline: UrlDeadline,
     /// The operator keys whose commands this node carries out (none: any
     /// holder of the cluster key may deploy).
     pub trust: std::sync::Arc<crate::command::trust::Trust>,
@@ -70,6 +72,7 @@ impl Default for DeployerConfig {
             max_uploads: DEFAULT_MAX_UPLOADS,
             package_dirs: Vec::new(),
             stall: StallRule::default(),
+            url_deadline: UrlDeadline::default(),
             trust: Default::default(),
         }
     }
@@ -354,12 +357,20 @@ impl Installer {
                 if expected.is_none() {
                     warn!(url = %url, "deploying without a sha256: the package is not checked against a known sum");
                 }
-                Some(
-                    state
-                        .cache
-                        .fetch_with(&source, expected, limit, self.config.stall)
-                        .await,
-                )
+                let download = state.cache.fetch_with(&source, expected, limit, self.config.stall);
+                if order.source.peer.is_some() && expected.is_some() {
+                    // Peers hold it too: a slow URL must not hold this
+                    // node's step slot for long.
+                    let deadline = self.config.url_deadline.for_size(order.source.size);
+                    Some(tokio::time::timeout(deadline, download).await.unwrap_or_else(|_| {
+                        Err(FetchError::Transfer(format!(
+                            "the URL did not deliver the package within {:.0} s",
+                            deadline.as_secs_f64()
+                        )))
+                    }))
+                } else {
+                    Some(download.await)
+                }
             }
             None => None,
         };
