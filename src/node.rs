@@ -266,6 +266,7 @@ impl ClusterParts {
             &identity.name,
             bridge.clone().recipient(),
             bridge.clone().recipient(),
+            bridge.clone().recipient(),
             span,
         ));
         Ok(ClusterParts { bridge, mdns, seeds })

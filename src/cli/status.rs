@@ -30,7 +30,9 @@ pub async fn run(http: &str, json_out: bool) -> Result<i32, CliError> {
         if let Some(refused) = &status.refused {
             eprintln!(
                 "refused: {} is out of the cluster: {} (held by {}); it keeps trying and gets in once that node is gone",
-                status.node, refused.reason, refused.holder
+                visible(&status.node),
+                visible(&refused.reason),
+                visible(&refused.holder)
             );
         }
         if status.operator_keys.is_empty() {

@@ -1,6 +1,7 @@
 //! `conjoiner tail`: a live stream of the envelopes the local node sees.
 
 use super::client::ApiClient;
+use super::members::visible;
 use super::{CliError, EXIT_ERROR};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -51,31 +52,39 @@ pub async fn run(http: &str, json_out: bool, args: TailArgs) -> Result<i32, CliE
 
 fn print_envelope(data: &str, json_out: bool) {
     if json_out {
+        // JSON as the node wrote it: control characters are escaped there.
         println!("{data}");
-        return;
+    } else {
+        println!("{}", envelope_line(data));
     }
+}
+
+/// One envelope as a line for people. Names, addresses and targets come
+/// from peers and modules, so their control characters are written out,
+/// never sent to the terminal.
+fn envelope_line(data: &str) -> String {
     let Ok(env) = serde_json::from_str::<Value>(data) else {
-        println!("{data}");
-        return;
+        return visible(data).into_owned();
     };
+    let text = |v: &Value| visible(v.as_str().unwrap_or("?")).into_owned();
     let target = env["dst"]["target"]
         .as_str()
-        .map(|t| format!(" [{t}]"))
+        .map(|t| format!(" [{}]", visible(t)))
         .unwrap_or_default();
-    println!(
+    format!(
         "{} {:<9} {}/{} -> {}{} {}",
         clock(env["ts"].as_u64().unwrap_or(0)),
-        env["type"].as_str().unwrap_or("?"),
-        env["src"]["node"].as_str().unwrap_or("?"),
-        env["src"]["module"].as_str().unwrap_or("?"),
-        env["dst"]["address"].as_str().unwrap_or("?"),
+        text(&env["type"]),
+        text(&env["src"]["node"]),
+        text(&env["src"]["module"]),
+        text(&env["dst"]["address"]),
         target,
         if env["body_hidden"] == true {
             "(body hidden)".to_string()
         } else {
             env["body"].to_string()
         },
-    );
+    )
 }
 
 /// `HH:MM:SS.mmm` (UTC) of a millisecond timestamp.
@@ -92,6 +101,25 @@ fn clock(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn peers_control_characters_are_written_out_not_sent_to_the_terminal() {
+        let data = serde_json::json!({
+            "type": "event",
+            "ts": 0,
+            "src": {"node": "evil\u{1b}[2J", "module": "m\nx"},
+            "dst": {"address": "a\u{7}", "target": "name=\u{1b}]0;t"},
+            "body": {"k": "\u{1b}[31m"},
+        })
+        .to_string();
+        let line = super::envelope_line(&data);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(
+            line.contains(r"evil\u{1b}[2J/m\nx -> a\u{7} [name=\u{1b}]0;t]"),
+            "{line}"
+        );
+        assert!(!super::envelope_line("not json \u{1b}[2J").chars().any(char::is_control));
+    }
+
     #[test]
     fn clock_is_utc_time_of_day() {
         assert_eq!(super::clock(1_764_000_000_123), "16:00:00.123");

@@ -10,7 +10,7 @@
 //! that no longer holds a member fails its dial, and the next is tried.
 
 use crate::actors::cluster_bridge::JoinSeed;
-use crate::actors::cluster_bus::{ListMembers, Member, MemberStatus};
+use crate::actors::cluster_bus::{ClusterStatus, ListMembers, Member, MemberStatus};
 use actix::Recipient;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -83,6 +83,7 @@ pub fn spawn(
     me: &str,
     members: Recipient<ListMembers>,
     join: Recipient<JoinSeed>,
+    status: Recipient<ClusterStatus>,
     span: tracing::Span,
 ) -> Vec<JoinHandle<()>> {
     let path = data_dir.join(PEERS_FILE);
@@ -98,7 +99,7 @@ pub fn spawn(
             )
         });
         tasks.push(tokio::spawn(
-            rejoin(known, me.to_string(), members, join).instrument(span),
+            rejoin(known, me.to_string(), members, join, status).instrument(span),
         ));
     }
     tasks
@@ -128,8 +129,17 @@ async fn keep_saved(path: PathBuf, me: String, members: Recipient<ListMembers>) 
 }
 
 /// Dials each known peer in turn, with backoff between rounds, until the
-/// node lists a live peer (by this or any other way in).
-async fn rejoin(known: Vec<SocketAddr>, me: String, members: Recipient<ListMembers>, join: Recipient<JoinSeed>) {
+/// node lists a live peer (by this or any other way in) and is not refused.
+/// A node restarted before the others declared its last run dead is
+/// refused its own name for a moment, yet lists the peer that refused it:
+/// it must keep dialing, or nothing leads it back once that run is dead.
+async fn rejoin(
+    known: Vec<SocketAddr>,
+    me: String,
+    members: Recipient<ListMembers>,
+    join: Recipient<JoinSeed>,
+    status: Recipient<ClusterStatus>,
+) {
     let mut backoff = super::seeds::FIRST_BACKOFF;
     let mut rounds = 0u32;
     loop {
@@ -137,7 +147,11 @@ async fn rejoin(known: Vec<SocketAddr>, me: String, members: Recipient<ListMembe
             let Ok(list) = members.send(ListMembers).await else {
                 return;
             };
-            if has_peers(&list, &me) {
+            let refused = match status.send(ClusterStatus).await {
+                Ok(cluster) => cluster.refused.is_some(),
+                Err(_) => return,
+            };
+            if has_peers(&list, &me) && !refused {
                 debug!("in a cluster; no more dialing of known peers");
                 return;
             }
