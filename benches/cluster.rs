@@ -233,14 +233,25 @@ fn broadcast_phase_over(began: Instant, b: usize, total: usize, system: &str) ->
 // ---------------------------------------------------------------- conjoiner
 
 /// Reads a node's `/v1/events` stream and sends (marker, arrival) pairs.
-fn sse_reader(addr: String, node: usize, tx: mpsc::Sender<(usize, String, Instant)>, ready: mpsc::Sender<()>) {
+/// The node's API token goes along: without it the stream leaves bodies,
+/// and so the markers, out.
+fn sse_reader(
+    addr: String,
+    token: Option<String>,
+    node: usize,
+    tx: mpsc::Sender<(usize, String, Instant)>,
+    ready: mpsc::Sender<()>,
+) {
     let sock: SocketAddr = addr.parse().unwrap();
     let Ok(mut stream) = TcpStream::connect(sock) else {
         return;
     };
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     if write!(
         stream,
-        "GET /v1/events?address=bench.lat HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+        "GET /v1/events?address=bench.lat HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\n"
     )
     .is_err()
     {
@@ -327,8 +338,8 @@ fn bench_conjoiner(n: usize, broadcasts: usize, limit: Duration, steady: u64) ->
     let (ready_tx, ready_rx) = mpsc::channel();
     for (i, addr) in https.iter().enumerate() {
         if let Some(addr) = addr.clone() {
-            let (tx, ready) = (tx.clone(), ready_tx.clone());
-            thread::spawn(move || sse_reader(addr, i, tx, ready));
+            let (tx, ready, token) = (tx.clone(), ready_tx.clone(), tokens[i].clone());
+            thread::spawn(move || sse_reader(addr, token, i, tx, ready));
         }
     }
     let connected = (0..n)

@@ -51,10 +51,6 @@ pub enum DataDirError {
 /// Makes `dir` if it is missing (0700), or checks that it, and what it
 /// holds, belong to this node's user alone. See the module doc.
 pub fn claim(dir: &Path) -> Result<(), DataDirError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DataDirError::Io { path, source }
-    };
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -78,24 +74,19 @@ pub fn claim(dir: &Path) -> Result<(), DataDirError> {
     Ok(())
 }
 
+/// An I/O failure on `path`, as a [`DataDirError`].
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError {
+    let path = path.to_path_buf();
+    move |source| DataDirError::Io { path, source }
+}
+
 fn check_entries(dir: &Path, me: u32, depth: usize) -> Result<(), DataDirError> {
     if depth == 0 {
         return Ok(());
     }
-    let entries = std::fs::read_dir(dir).map_err(|source| DataDirError::Io {
-        path: dir.into(),
-        source,
-    })?;
-    for entry in entries {
-        let entry = entry.map_err(|source| DataDirError::Io {
-            path: dir.into(),
-            source,
-        })?;
-        let path = entry.path();
-        let meta = std::fs::symlink_metadata(&path).map_err(|source| DataDirError::Io {
-            path: path.clone(),
-            source,
-        })?;
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
         if meta.file_type().is_symlink() {
             return Err(DataDirError::Link { path });
         }

@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -32,11 +31,6 @@ impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 #[test]
@@ -78,15 +72,7 @@ fn a_full_disk_is_named_and_the_package_is_not_blamed() {
     // An upload that does not fit in the package cache is the node's
     // fault too: 507, not a bad package.
     let _cache = SmallDisk::mount(&node.data_dir().join("packages"), "1m");
-    let mut noise = Vec::with_capacity(2 << 20);
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    while noise.len() < 2 << 20 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        noise.write_all(&state.to_le_bytes()).unwrap();
-    }
-    let (status, answer) = node.http("POST", "/v1/packages", Some(&noise));
+    let (status, answer) = node.http("POST", "/v1/packages", Some(&noise(2 << 20, 0x2545_f491_4f6c_dd1d)));
     assert_eq!((status, answer["code"].as_str()), (507, Some("disk_full")), "{answer}");
 
     // The node is still up, and the table says why it is behind.

@@ -72,15 +72,7 @@ fn fast_then_slow_server(files: HashMap<String, Vec<u8>>) -> (String, Arc<Atomic
 /// A module folder with a 256 KB blob that does not compress.
 fn module_with_blob(root: &Path, name: &str, seed: u64) -> std::path::PathBuf {
     let dir = module_dir(root, name, "1.0.0", "#!/bin/sh\nexec cat\n", json!({}));
-    let mut state = seed | 1;
-    let mut blob = Vec::with_capacity(256 * 1024);
-    while blob.len() < 256 * 1024 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        blob.extend_from_slice(&state.to_le_bytes());
-    }
-    std::fs::write(dir.join("blob"), blob).unwrap();
+    std::fs::write(dir.join("blob"), noise(256 * 1024, seed)).unwrap();
     dir
 }
 

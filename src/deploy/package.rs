@@ -6,7 +6,7 @@
 //! node: absolute paths, `..`, links, devices, and archives that grow past a
 //! limit when decompressed.
 
-use super::disk;
+use super::disk::WriteError;
 use super::manifest::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
@@ -162,10 +162,9 @@ impl From<String> for UnpackError {
 /// else counts against the package as before (a corrupt entry reads as an
 /// I/O error too).
 fn unpack_error(what: String, e: io::Error) -> UnpackError {
-    if disk::is_full(&e) {
-        UnpackError::DiskFull(format!("{what}: {e}"))
-    } else {
-        UnpackError::Package(format!("{what}: {e}"))
+    match WriteError::new(what, &e) {
+        WriteError::DiskFull(m) => UnpackError::DiskFull(m),
+        WriteError::Failed(m) => UnpackError::Package(m),
     }
 }
 

@@ -553,3 +553,25 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// `len` bytes that do not compress (xorshift from `seed`), for packages
+/// whose size on the wire must be their size on disk.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
+
+/// Whether the tests run as root (needed to give files away, mount, or
+/// make cgroups; CI runs as root).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
