@@ -16,6 +16,8 @@
 //! - [`monitor`]: the monitor capability's parts: the status board.
 //! - [`modules`]: module specs for the supervisor, and a process module's parts.
 //! - [`node`]: builds one node from a [`node::NodeConfig`].
+//! - [`config`]: the agent's settings: the config file, the flags laid over
+//!   it, the presets beneath, and what a reload may change.
 //! - [`data_dir`]: the checks that keep a node's data dir its own.
 //! - [`cgroup`]: a cgroup per process module, so that none of its processes
 //!   outlives it.
@@ -33,6 +35,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod cluster;
 pub mod command;
+pub mod config;
 pub mod data_dir;
 pub mod deploy;
 pub mod discovery;

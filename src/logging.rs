@@ -5,22 +5,32 @@
 //! through the node by its id (`envelope=<uuid>` on every hop).
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tracing_subscriber::filter::Targets;
-use tracing_subscriber::fmt;
 use tracing_subscriber::prelude::*;
+use tracing_subscriber::{fmt, reload, Registry};
 
 /// The log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-/// Installs the global subscriber, writing to stderr. The default filter is
-/// `info`; `RUST_LOG` overrides it.
-pub fn init(format: LogFormat) {
-    let (filter, problem) = filter_from(std::env::var("RUST_LOG").ok().as_deref());
+/// The running filter, swapped by [`set_level`] when the config is reloaded.
+static FILTER: OnceLock<reload::Handle<Targets, Registry>> = OnceLock::new();
+
+/// Installs the global subscriber, writing to stderr, with the filter
+/// `level` (see [`parse_filter`]; the agent's settings pick it: `RUST_LOG`
+/// when set, else the config file's `log_level`, else `info`).
+pub fn init(format: LogFormat, level: &str) {
+    let (filter, problem) = match parse_filter(level) {
+        Ok(filter) => (filter, None),
+        Err(e) => (Targets::new().with_default(tracing::Level::INFO), Some(e)),
+    };
+    let (filter, handle) = reload::Layer::new(filter);
     let layer = fmt::layer().with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => tracing_subscriber::registry()
@@ -38,26 +48,34 @@ pub fn init(format: LogFormat) {
     };
     // A second init (tests that start several nodes in one process) is harmless.
     if result.is_ok() {
+        let _ = FILTER.set(handle);
         if let Some(problem) = problem {
-            tracing::warn!(%problem, "RUST_LOG not understood; logging at info");
+            tracing::warn!(%problem, "log level not understood; logging at info");
         }
     }
 }
 
-/// The filter a `RUST_LOG` value asks for: comma-separated `level` and
-/// `target=level` directives (`debug`, `conjoiner=debug,info`). `Targets`
-/// rather than `EnvFilter`: it has no span or field filters, but it does not
-/// bring a regex engine into the binary, whose size is most of an idle
-/// node's memory. Unset or empty means `info`; a value it cannot read also
-/// means `info`, with the reason to log.
-fn filter_from(value: Option<&str>) -> (Targets, Option<String>) {
-    let info = || Targets::new().with_default(tracing::Level::INFO);
-    match value.map(str::trim) {
-        None | Some("") => (info(), None),
-        Some(value) => match value.parse::<Targets>() {
-            Ok(targets) => (targets, None),
-            Err(e) => (info(), Some(format!("{value:?}: {e}"))),
-        },
+/// Changes the running filter (a reload of the config file).
+pub fn set_level(level: &str) -> Result<(), String> {
+    let filter = parse_filter(level)?;
+    FILTER
+        .get()
+        .ok_or("this process did not set up its log")?
+        .reload(filter)
+        .map_err(|e| format!("cannot change the log level: {e}"))
+}
+
+/// Reads a filter: comma-separated `level` and `target=level` directives
+/// (`debug`, `conjoiner=debug,info`), as `RUST_LOG` takes them; empty
+/// means `info`. `Targets` rather than `EnvFilter`: it has no span or
+/// field filters, but it does not bring a regex engine into the binary,
+/// whose size is most of an idle node's memory.
+pub fn parse_filter(text: &str) -> Result<Targets, String> {
+    match text.trim() {
+        "" => Ok(Targets::new().with_default(tracing::Level::INFO)),
+        text => text
+            .parse::<Targets>()
+            .map_err(|e| format!("{text:?} is not a log filter: {e} (try `info` or `conjoiner=debug,info`)")),
     }
 }
 
@@ -109,22 +127,18 @@ mod tests {
     use tracing::Level;
 
     #[test]
-    fn rust_log_directives_set_levels_per_target_and_bad_values_fall_back_to_info() {
-        let (unset, problem) = filter_from(None);
-        assert!(problem.is_none());
+    fn filters_set_levels_per_target_and_bad_ones_are_refused_with_the_reason() {
+        let unset = parse_filter("").unwrap();
         assert!(unset.would_enable("conjoiner::node", &Level::INFO));
         assert!(!unset.would_enable("conjoiner::node", &Level::DEBUG));
 
-        let (mixed, problem) = filter_from(Some("conjoiner=debug,info"));
-        assert!(problem.is_none());
+        let mixed = parse_filter("conjoiner=debug,info").unwrap();
         assert!(mixed.would_enable("conjoiner::cluster::core", &Level::DEBUG));
         assert!(!mixed.would_enable("actix_server::worker", &Level::DEBUG));
         assert!(mixed.would_enable("actix_server::worker", &Level::INFO));
 
-        let (bad, problem) = filter_from(Some("conjoiner=loud"));
-        assert!(problem.unwrap().contains("conjoiner=loud"));
-        assert!(bad.would_enable("conjoiner", &Level::INFO));
-        assert!(!bad.would_enable("conjoiner", &Level::DEBUG));
+        let bad = parse_filter("conjoiner=loud").unwrap_err();
+        assert!(bad.contains("conjoiner=loud"), "{bad}");
     }
 
     #[test]

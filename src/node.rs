@@ -199,10 +199,10 @@ struct ClusterParts {
 }
 
 /// The rules the deployments table is held by, with this node's operator keys.
-fn deployment_rules(trust: &Arc<crate::command::trust::Trust>) -> Box<DeploymentRules> {
+fn deployment_rules(trust: &crate::command::trust::SharedTrust) -> Box<DeploymentRules> {
     let trust = trust.clone();
     Box::new(DeploymentRules::admitting(Box::new(move |row| {
-        crate::deploy::command::admit_entry(&trust, row)
+        crate::deploy::command::admit_entry(&trust.current(), row)
     })))
 }
 
@@ -304,10 +304,10 @@ pub struct NodeSettings {
     pub transponder: TransponderConfig,
     pub deployer: DeployerConfig,
     pub monitor: MonitorConfig,
-    /// The tags given at start; run-time changes lie over them.
-    pub given_tags: BTreeMap<String, String>,
-    /// One tag change at a time.
-    pub tag_changes: Arc<tokio::sync::Mutex<()>>,
+    /// The tags given at start, or by the config file's last reload;
+    /// run-time changes lie over them. Held through a change, so that
+    /// changes are made one at a time.
+    pub given_tags: Arc<tokio::sync::Mutex<BTreeMap<String, String>>>,
 }
 
 /// The parts of a node that the control API needs. Cheap to clone,
@@ -340,12 +340,12 @@ impl NodeHandle {
         set: BTreeMap<String, String>,
         delete: Vec<String>,
     ) -> Result<BTreeMap<String, String>, String> {
-        let _one = self.settings.tag_changes.lock().await;
+        let given = self.settings.given_tags.lock().await;
         let dir = &self.settings.data_dir;
         // Changes that no longer read are replaced by these.
         let mut changes = TagChanges::load(dir).unwrap_or_default();
         changes.change(&set, &delete);
-        let tags = changes.apply(&self.settings.given_tags);
+        let tags = changes.apply(&given);
         if tags.len() > crate::tags::MAX_TAGS {
             return Err(format!(
                 "a node carries at most {} tags; this would make {}",
@@ -359,6 +359,24 @@ impl NodeHandle {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot keep the tags in {}: {e}", dir.display()))?;
+        self.spread_tags(&tags);
+        Ok(tags)
+    }
+
+    /// Takes `given` as the tags given at start (the config file was
+    /// reloaded); the changes made at run time still lie over them.
+    /// Answers the tags now.
+    pub async fn set_given_tags(&self, given: BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut held = self.settings.given_tags.lock().await;
+        *held = given;
+        let changes = TagChanges::load(&self.settings.data_dir).unwrap_or_default();
+        let tags = changes.apply(&held);
+        self.spread_tags(&tags);
+        tags
+    }
+
+    /// Makes `tags` this node's, and tells every member if they changed.
+    fn spread_tags(&self, tags: &BTreeMap<String, String>) {
         if self.ctx.identity.tags.set(tags.clone()) {
             self.ctx
                 .identity
@@ -366,7 +384,6 @@ impl NodeHandle {
                 .in_scope(|| info!(tags = %self.ctx.identity.tags, "tags changed"));
             self.ctx.cluster.set_tags.do_send(SetTags(tags.clone()));
         }
-        Ok(tags)
     }
 
     /// Drives the rollout of table entry `id` from this node (its waves
@@ -475,7 +492,7 @@ impl Node {
             info!(cluster = %identity.cluster, tags = %identity.tags, data_dir = %config.data_dir.display(),
                 "node starting")
         });
-        let trust = &config.deployer.trust;
+        let trust = config.deployer.trust.current();
         span.in_scope(|| {
             if trust.is_open() {
                 warn!("this node trusts no operator key: any holder of the cluster key can deploy code to it \
@@ -586,8 +603,7 @@ impl Node {
                 transponder: config.transponder.clone(),
                 deployer: config.deployer.clone(),
                 monitor: config.monitor.clone(),
-                given_tags: config.tags.clone(),
-                tag_changes: Arc::new(tokio::sync::Mutex::new(())),
+                given_tags: Arc::new(tokio::sync::Mutex::new(config.tags.clone())),
             }),
             deploy,
             status,

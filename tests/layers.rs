@@ -8,7 +8,8 @@
 //! 3. capabilities: the Deployer, Monitor and built-in module actors,
 //!    `deploy`, `monitor`, `modules`
 //! 4. `node` (assembly)
-//! 5. `api`, `cli`
+//! 5. `config` (the agent's settings, which resolve into a node's presets)
+//! 6. `api`, `cli`
 //!
 //! A file may import its own layer and the ones below. This test reads
 //! every `crate::…` and `super::…` path in `src/` (comments and test
@@ -46,7 +47,8 @@ fn layer(path: &[&str]) -> Option<usize> {
         },
         "modules" | "deploy" | "monitor" => 3,
         "node" => 4,
-        "api" | "cli" => 5,
+        "config" => 5,
+        "api" | "cli" => 6,
         _ => return None,
     })
 }

@@ -220,7 +220,7 @@ pub async fn take_command(
     let taken = {
         let mut recent = node.deploy.recent_commands.lock().unwrap_or_else(|e| e.into_inner());
         take_at_origin(
-            &node.settings.deployer.trust,
+            &node.settings.deployer.trust.current(),
             &mut recent,
             &rows,
             given,

@@ -493,7 +493,15 @@ async fn status(node: web::Data<NodeHandle>, query: web::Query<TargetQuery>) -> 
         status_interval_ms: node.settings.monitor.interval.as_millis() as u64,
         isolated,
         refused,
-        operator_keys: node.settings.deployer.trust.keys.iter().map(|k| k.describe()).collect(),
+        operator_keys: node
+            .settings
+            .deployer
+            .trust
+            .current()
+            .keys
+            .iter()
+            .map(|k| k.describe())
+            .collect(),
         module_containment: node.ctx.containment.describe(),
         summary,
         shown: views.len(),

@@ -15,7 +15,7 @@ pub async fn show(node: web::Data<NodeHandle>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "node": node.ctx.identity.name,
         "tags": node.ctx.identity.tags.get(),
-        "given": node.settings.given_tags,
+        "given": node.settings.given_tags.lock().await.clone(),
         "changes": changes,
     }))
 }

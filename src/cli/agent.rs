@@ -2,36 +2,52 @@
 //!
 //! SIGUSR1 makes every actor log one line with a snapshot of its state.
 
-use super::{parse_duration, CliError, EXIT_OK};
-use crate::actors::monitor::MonitorConfig;
-use crate::deploy::install::DeployerConfig;
+use super::{CliError, EXIT_OK};
+use crate::command::trust::{SharedTrust, Trust};
+use crate::config::file::{OperatorEntry, ProfileName};
+use crate::config::units::{parse_duration, parse_size, Dur, Size};
+use crate::config::{AgentFile, AgentSettings, ConfigFile};
 use crate::logging::{self, LogFormat};
-use crate::node::{NetworkConfig, Node, NodeConfig, Profile, DEFAULT_MAX_BODY, HTTP_ADDR_FILE};
+use crate::node::{NetworkConfig, Node, NodeConfig, DEFAULT_MAX_BODY, HTTP_ADDR_FILE};
 use anyhow::Context as _;
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-#[derive(Debug, clap::Args)]
+/// The agent's flags. Each has a key of the same name in the config file
+/// (`--config`); a flag given here, or its environment variable, wins
+/// over the file. Defaults are those of the file's absent keys.
+#[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
+    /// A TOML file with the agent's settings: every flag has a key of the
+    /// same name, and `[membership]`, `[deployer]`, `[monitor]` and
+    /// `[transponder]` tune the preset. SIGHUP reads it again and applies
+    /// what may change at run time: tags, log_level, operators.
+    #[arg(long, env = "CONJOINER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the settings (the file with the flags laid over it), print
+    /// them whole as a config file, and exit without starting a node.
+    #[arg(long)]
+    pub check: bool,
     /// This node's name. Default: the hostname.
     #[arg(long, env = "CONJOINER_NAME")]
     pub name: Option<String>,
     /// The cluster's name; nodes only talk to nodes of the same cluster.
-    #[arg(long, env = "CONJOINER_CLUSTER", default_value = "conjoiner")]
-    pub cluster: String,
-    /// A tag `KEY=VALUE` for target selectors (repeatable).
+    /// Default: conjoiner.
+    #[arg(long, env = "CONJOINER_CLUSTER")]
+    pub cluster: Option<String>,
+    /// A tag `KEY=VALUE` for target selectors (repeatable; merged key by
+    /// key with the file's `tags`).
     #[arg(long = "tag", value_parser = crate::tags::parse_tag)]
     pub tags: Vec<(String, String)>,
-    /// Where the node keeps its state.
-    #[arg(long, env = "CONJOINER_DATA_DIR", default_value = "./conjoiner-data")]
-    pub data_dir: PathBuf,
-    /// Where the cluster listener binds (TCP, encrypted).
-    #[arg(long, env = "CONJOINER_BIND", default_value = "0.0.0.0:7946")]
-    pub bind: String,
+    /// Where the node keeps its state. Default: ./conjoiner-data.
+    #[arg(long, env = "CONJOINER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where the cluster listener binds (TCP, encrypted). Default: 0.0.0.0:7946.
+    #[arg(long, env = "CONJOINER_BIND")]
+    pub bind: Option<String>,
     /// The address other nodes dial to reach this one (IP or IP:PORT).
     /// Default: the bind address, or this host's first LAN address.
     #[arg(long, env = "CONJOINER_ADVERTISE")]
@@ -46,14 +62,15 @@ pub struct AgentArgs {
     /// CONJOINER_KEY, else `<data-dir>/cluster.key`, created on first start.
     #[arg(long)]
     pub key_file: Option<PathBuf>,
-    /// The largest module package this node fetches (e.g. 64M, 512K, 1048576).
-    #[arg(long, env = "CONJOINER_MAX_PACKAGE", default_value = "64M", value_parser = parse_size)]
-    pub max_package: u64,
+    /// The largest module package this node fetches (e.g. 64M, 512K,
+    /// 1048576). Default: 64M.
+    #[arg(long, env = "CONJOINER_MAX_PACKAGE", value_parser = parse_size)]
+    pub max_package: Option<u64>,
     /// Peers this node sends module packages to at once; the others ask
     /// the nodes that already fetched it, so a deploy spreads like a tree.
-    #[arg(long, default_value_t = crate::deploy::uploads::DEFAULT_MAX_UPLOADS as u16,
-        value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub max_uploads: u16,
+    /// Default: 2.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_uploads: Option<u16>,
     /// A directory this node may read `file://` packages from, and the
     /// paths a local deploy names (repeatable). None by default: the CLI
     /// uploads a local package itself, as the user who runs it.
@@ -76,58 +93,83 @@ pub struct AgentArgs {
     /// Every timeout and limit, by preset: `lan` (hosts on one network),
     /// `wan` (slow or lossy links: about five times slower to judge a peer,
     /// more patient with downloads and modules), or `local` (nodes on one
-    /// host: quicker to judge). See `Profile` in `src/node.rs`.
-    #[arg(long, env = "CONJOINER_PROFILE", default_value = "lan", value_parser = ["lan", "wan", "local"])]
-    pub profile: String,
+    /// host: quicker to judge). `agent --check` prints every value.
+    /// Default: lan.
+    #[arg(long, env = "CONJOINER_PROFILE", value_parser = ["lan", "wan", "local"])]
+    pub profile: Option<String>,
     /// How often the Monitor asks this node's modules for their status. A
     /// changed report is published at once; an unchanged one every
     /// max(interval, N/2 s) in a cluster of N nodes, and shown as stale
     /// after three such periods. Default: 10s (30s with `--profile wan`).
     #[arg(long, value_parser = parse_duration)]
     pub status_interval: Option<Duration>,
-    /// Log line format (the filter comes from RUST_LOG, default `info`).
-    #[arg(long, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    /// Log line format. Default: text. The filter is `RUST_LOG`, else the
+    /// file's `log_level`, else `info`.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
-/// Parses a size: bytes, or a number with `K`, `M` or `G` (powers of 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (number, factor) = match text.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&text[..i], 1u64 << 10),
-        Some((i, 'M' | 'm')) => (&text[..i], 1 << 20),
-        Some((i, 'G' | 'g')) => (&text[..i], 1 << 30),
-        _ => (text, 1),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (try 64M, 512K or a number of bytes)"))?;
-    n.checked_mul(factor)
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("`{text}` is out of range"))
+impl AgentArgs {
+    /// The flags as a layer of settings, in the config file's schema.
+    fn layer(&self, http: Option<&str>) -> AgentFile {
+        let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        AgentFile {
+            name: self.name.clone(),
+            cluster: self.cluster.clone(),
+            tags: (!self.tags.is_empty()).then(|| self.tags.iter().cloned().collect()),
+            data_dir: self.data_dir.clone(),
+            bind: self.bind.clone(),
+            advertise: self.advertise.clone(),
+            join: some_vec(&self.join),
+            mdns: self.no_mdns.then_some(false),
+            key_file: self.key_file.clone(),
+            http: http.map(str::to_string),
+            metrics: self.metrics.clone(),
+            max_package: self.max_package.map(Size),
+            max_uploads: self.max_uploads,
+            package_dirs: (!self.package_dirs.is_empty()).then(|| self.package_dirs.clone()),
+            operators: (!self.trust_operators.is_empty())
+                .then(|| self.trust_operators.iter().cloned().map(OperatorEntry::Text).collect()),
+            profile: self.profile.as_deref().and_then(ProfileName::parse),
+            status_interval: self.status_interval.map(Dur),
+            log_format: self.log_format,
+            ..AgentFile::default()
+        }
+    }
+}
+
+/// Where a node's settings come from: the flags it was started with and
+/// its config file, read again on every reload.
+struct Sources {
+    flags: AgentFile,
+    file: Option<PathBuf>,
+}
+
+impl Sources {
+    /// Reads the file, lays the flags over it, and resolves the settings.
+    /// An error names the key, and the file and line that gave it, or the flag.
+    fn resolve(&self) -> Result<AgentSettings, String> {
+        let file = self.file.as_deref().map(ConfigFile::load).transpose()?;
+        let given = match &file {
+            Some(file) => self.flags.clone().over(file.values.clone()),
+            None => self.flags.clone(),
+        };
+        let rust_log = std::env::var("RUST_LOG").ok();
+        AgentSettings::resolve(&given, rust_log.as_deref()).map_err(|e| {
+            let by_flag = self.flags.gives(&e.key);
+            let by_env = e.key == "log_level" && rust_log.as_deref().is_some_and(|l| !l.trim().is_empty());
+            match &file {
+                _ if by_env => format!("RUST_LOG: {}", e.message),
+                Some(file) if !by_flag => format!("{}: {}", file.name_key(&e.key), e.message),
+                _ => format!("`{}`: {}", e.key, e.message),
+            }
+        })
+    }
 }
 
 /// Checks a node name, under the rules every node holds peers' names to.
 pub fn check_name(name: &str) -> Result<(), String> {
     crate::cluster::identity::check_name(name).map_err(|e| format!("{e} (use --name)"))
-}
-
-fn hostname() -> String {
-    let Some(name) = crate::node::system_hostname() else {
-        return "conjoiner".into();
-    };
-    // Keep the short host name; replace anything a node name may not hold.
-    let short = name.split('.').next().unwrap_or(&name);
-    short
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
 }
 
 /// glibc gives each thread its own malloc arena; a node has a few threads
@@ -141,70 +183,38 @@ fn limit_malloc_arenas() {
     }
 }
 
-fn resolve(flag: &str, addr: &str) -> Result<SocketAddr, CliError> {
+fn resolve(key: &str, addr: &str) -> Result<SocketAddr, CliError> {
     addr.to_socket_addrs()
-        .map_err(|e| CliError::usage(format!("{flag} `{addr}` is not an address: {e}")))?
+        .map_err(|e| CliError::usage(format!("`{key}` `{addr}` is not an address: {e}")))?
         .next()
-        .ok_or_else(|| CliError::usage(format!("{flag} `{addr}` resolves to nothing")))
+        .ok_or_else(|| CliError::usage(format!("`{key}` `{addr}` resolves to nothing")))
 }
 
-/// `--advertise` takes `IP` (the bound port is used) or `IP:PORT`.
-fn parse_advertise(text: &str) -> Result<SocketAddr, CliError> {
-    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, 0));
+/// Runs the agent; `http` is the `--http` flag, if given.
+pub fn run(http: Option<&str>, args: AgentArgs) -> Result<i32, CliError> {
+    let sources = Sources {
+        flags: args.layer(http),
+        file: args.config.clone(),
+    };
+    let settings = sources.resolve().map_err(CliError::usage)?;
+    let trust = Trust::load(&settings.operators, &settings.data_dir).map_err(CliError::usage)?;
+    if args.check {
+        let from = match &args.config {
+            Some(file) => format!("the flags over {}, over", file.display()),
+            None => "the flags over".into(),
+        };
+        print!(
+            "# conjoiner agent: settings from {from} the `{}` preset\n{}",
+            settings.profile_name.as_str(),
+            settings.to_toml()
+        );
+        return Ok(EXIT_OK);
     }
-    text.parse()
-        .map_err(|_| CliError::usage(format!("--advertise `{text}` must be IP or IP:PORT")))
-}
-
-pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
-    let name = args.name.clone().unwrap_or_else(hostname);
-    check_name(&name).map_err(CliError::usage)?;
-    let profile = Profile::preset(&args.profile)
-        .ok_or_else(|| CliError::usage(format!("unknown --profile `{}`", args.profile)))?;
-    let monitor = match args.status_interval {
-        Some(interval) if interval < Duration::from_millis(100) => {
-            return Err(CliError::usage("--status-interval must be at least 100ms"))
-        }
-        Some(interval) => MonitorConfig::every(interval),
-        None => profile.monitor,
-    };
-    let api = ApiSettings {
-        addr: resolve("--http", http)?,
-        max_body_bytes: DEFAULT_MAX_BODY,
-        metrics: args.metrics.as_deref().map(|m| resolve("--metrics", m)).transpose()?,
-    };
-    let config = NodeConfig {
-        name,
-        cluster: args.cluster.clone(),
-        tags: args.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
-        data_dir: args.data_dir.clone(),
-        transponder: profile.transponder,
-        deployer: DeployerConfig {
-            max_package_bytes: args.max_package,
-            max_uploads: usize::from(args.max_uploads),
-            package_dirs: args.package_dirs.clone(),
-            trust: std::sync::Arc::new(
-                crate::command::trust::Trust::load(&args.trust_operators, &args.data_dir).map_err(CliError::usage)?,
-            ),
-            ..profile.deployer
-        },
-        monitor,
-        network: Some(NetworkConfig {
-            bind: resolve("--bind", &args.bind)?,
-            advertise: args.advertise.as_deref().map(parse_advertise).transpose()?,
-            join: args.join.clone(),
-            mdns: !args.no_mdns,
-            key_file: args.key_file.clone(),
-            key_env: std::env::var("CONJOINER_KEY").ok(),
-            timing: profile.cluster,
-            memory: None,
-        }),
-    };
-    logging::init(args.log_format);
+    let (config, api) = node_config(&settings, trust)?;
+    logging::init(settings.log_format, &settings.log_level);
     limit_malloc_arenas();
     let system = actix_rt::System::new();
-    let result = system.block_on(run_node(config, api));
+    let result = system.block_on(run_node(config, api, sources, settings));
     match result {
         Ok(()) => Ok(EXIT_OK),
         Err(e) => {
@@ -212,6 +222,45 @@ pub fn run(http: &str, args: AgentArgs) -> Result<i32, CliError> {
             Err(CliError::error(format!("{e:#}")))
         }
     }
+}
+
+/// What the node and its control API are built from.
+fn node_config(s: &AgentSettings, trust: Trust) -> Result<(NodeConfig, ApiSettings), CliError> {
+    let profile = s.profile.clone();
+    let api = ApiSettings {
+        addr: resolve("http", &s.http)?,
+        max_body_bytes: DEFAULT_MAX_BODY,
+        metrics: s.metrics.as_deref().map(|m| resolve("metrics", m)).transpose()?,
+    };
+    let advertise = s
+        .advertise
+        .as_deref()
+        .map(crate::config::settings::parse_advertise)
+        .transpose()
+        .map_err(CliError::usage)?;
+    let config = NodeConfig {
+        name: s.name.clone(),
+        cluster: s.cluster.clone(),
+        tags: s.tags.clone(),
+        data_dir: s.data_dir.clone(),
+        transponder: profile.transponder,
+        deployer: crate::deploy::install::DeployerConfig {
+            trust: SharedTrust::new(trust),
+            ..profile.deployer
+        },
+        monitor: profile.monitor,
+        network: Some(NetworkConfig {
+            bind: resolve("bind", &s.bind)?,
+            advertise,
+            join: s.join.clone(),
+            mdns: s.mdns,
+            key_file: s.key_file.clone(),
+            key_env: std::env::var("CONJOINER_KEY").ok(),
+            timing: profile.cluster,
+            memory: None,
+        }),
+    };
+    Ok((config, api))
 }
 
 /// Where `agent --metrics` records the address it bound.
@@ -227,10 +276,16 @@ struct ApiSettings {
 }
 
 /// Starts the node, then its control API; stops them in reverse order.
-async fn run_node(config: NodeConfig, api: ApiSettings) -> anyhow::Result<()> {
+async fn run_node(
+    config: NodeConfig,
+    api: ApiSettings,
+    sources: Sources,
+    mut settings: AgentSettings,
+) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigusr1 = signal(SignalKind::user_defined1())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let data_dir = config.data_dir.clone();
     let node = Node::start(config).await?;
     let span = node.handle.ctx.identity.span("node");
@@ -276,6 +331,10 @@ async fn run_node(config: NodeConfig, api: ApiSettings) -> anyhow::Result<()> {
                 span.in_scope(|| info!("SIGUSR1 received: dumping every actor's state"));
                 node.handle.dump_state().await;
             }
+            _ = sighup.recv() => {
+                let _in_span = span.enter();
+                reload(&node, &sources, &mut settings).await;
+            }
             _ = checkup.tick() => {
                 if let Some(fault) = node.handle.core_fault().await {
                     span.in_scope(|| error!(error = %fault, "this node is broken; stopping so that it is restarted"));
@@ -294,6 +353,64 @@ async fn run_node(config: NodeConfig, api: ApiSettings) -> anyhow::Result<()> {
         Some(fault) => Err(anyhow::anyhow!("this node is broken: {fault}")),
         None => Ok(()),
     }
+}
+
+/// Reads the settings again (SIGHUP) and takes what may change at run
+/// time: tags, the log level and the trusted operator keys (with the
+/// `*.pub` files of `<data-dir>/operators/`). Any other change is refused
+/// by name and waits for the next start. Settings that do not read are
+/// refused whole, and the node runs on as it was.
+async fn reload(node: &Node, sources: &Sources, running: &mut AgentSettings) {
+    let file = sources.file.as_ref().map(|f| f.display().to_string());
+    info!(config = %file.as_deref().unwrap_or("(none: the flags only)"), "SIGHUP received: reading the settings again");
+    let wanted = match sources.resolve() {
+        Ok(wanted) => wanted,
+        Err(e) => {
+            error!(error = %e, "settings not reloaded: the node keeps those it runs with");
+            return;
+        }
+    };
+    let (next, outcome) = running.reload(&wanted);
+    let trust = match Trust::load(&next.operators, &next.data_dir) {
+        Ok(trust) => trust,
+        Err(e) => {
+            error!(error = %e, "settings not reloaded: the node keeps those it runs with");
+            return;
+        }
+    };
+    let before = running.flat();
+    let after = next.flat();
+    for key in &outcome.taken {
+        let show = |v: Option<&toml::Value>| v.map_or_else(|| "(none)".to_string(), |v| v.to_string());
+        info!(key = %key, from = %show(before.get(key)), to = %show(after.get(key)), "setting changed");
+    }
+    if outcome.taken.iter().any(|k| k == "log_level") {
+        if let Err(e) = logging::set_level(&next.log_level) {
+            error!(error = %e, "the log level stays as it was");
+        }
+    }
+    if outcome.taken.iter().any(|k| k == "tags") {
+        let tags = node.handle.set_given_tags(next.tags.clone()).await;
+        info!(tags = ?tags, "tags given by the settings changed; run-time changes still lie over them");
+    }
+    let shared = &node.handle.settings.deployer.trust;
+    let describe = |t: &Trust| t.keys.iter().map(|k| k.describe()).collect::<Vec<_>>();
+    if describe(&shared.current()) != describe(&trust) {
+        if trust.is_open() {
+            warn!("this node now trusts no operator key: any holder of the cluster key can deploy code to it");
+        } else {
+            info!(keys = %describe(&trust).join("; "), "trusted operator keys changed");
+        }
+        shared.replace(trust);
+    }
+    if !outcome.refused.is_empty() {
+        warn!(keys = %outcome.refused.join(", "),
+            "these settings change only at the next start; the node keeps its running values");
+    }
+    if outcome.taken.is_empty() && outcome.refused.is_empty() {
+        info!("settings reloaded: nothing to change");
+    }
+    *running = next;
 }
 
 /// How often the agent checks that the node's own parts still run.
@@ -325,14 +442,66 @@ mod tests {
         assert!(check_name("").is_err());
         assert!(check_name("web 1").is_err());
         assert!(check_name("web*").is_err());
-        assert!(check_name(&hostname()).is_ok(), "the default name is valid");
-        assert_eq!(parse_advertise("10.0.0.5").unwrap(), "10.0.0.5:0".parse().unwrap());
-        assert_eq!(parse_advertise("10.0.0.5:80").unwrap(), "10.0.0.5:80".parse().unwrap());
-        assert!(parse_advertise("nope").is_err());
-        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
-        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
-        assert_eq!(parse_size("1000").unwrap(), 1000);
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("lots").is_err());
+        assert!(
+            check_name(&crate::config::settings::default_name()).is_ok(),
+            "the default name is valid"
+        );
+    }
+
+    fn args(words: &[&str]) -> AgentArgs {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(["conjoiner", "agent"].iter().chain(words)).unwrap();
+        match cli.command {
+            crate::cli::Command::Agent(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_flag_stands_for_the_key_of_its_name_and_an_absent_flag_for_nothing() {
+        let none = args(&[]).layer(None);
+        assert_eq!(
+            none,
+            AgentFile::default(),
+            "no flag, no setting: the file or the default decides"
+        );
+        let given = args(&[
+            "--name",
+            "n1",
+            "--no-mdns",
+            "--tag",
+            "a=1",
+            "--join",
+            "s:1",
+            "--max-package",
+            "1M",
+            "--profile",
+            "wan",
+            "--trust-operator",
+            "@k.pub",
+            "--status-interval",
+            "20s",
+        ])
+        .layer(Some("127.0.0.1:1"));
+        assert_eq!(given.name.as_deref(), Some("n1"));
+        assert_eq!(given.mdns, Some(false));
+        assert_eq!(given.http.as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(given.max_package, Some(Size(1 << 20)));
+        assert_eq!(given.profile, Some(ProfileName::Wan));
+        assert_eq!(given.operators, Some(vec![OperatorEntry::Text("@k.pub".into())]));
+        for key in [
+            "name",
+            "mdns",
+            "tags",
+            "join",
+            "max_package",
+            "profile",
+            "operators",
+            "status_interval",
+            "http",
+        ] {
+            assert!(given.gives(key), "{key}");
+        }
+        assert!(!given.gives("bind") && !given.gives("membership.probe_interval"));
     }
 }

@@ -25,15 +25,14 @@ mod answers_tests;
 
 use clap::{Parser, Subcommand};
 use std::fmt;
-use std::time::Duration;
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_PARTIAL: i32 = 3;
 
-/// The default control API address.
-pub const DEFAULT_HTTP: &str = "127.0.0.1:7373";
+pub use crate::config::settings::DEFAULT_HTTP;
+pub use crate::config::units::parse_duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,9 +41,11 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:7373";
     about = "A decentralized management network for fleets of hosts"
 )]
 pub struct Cli {
-    /// The node's control API address (the agent listens there; other commands talk to it).
-    #[arg(long, global = true, env = "CONJOINER_HTTP", default_value = DEFAULT_HTTP)]
-    pub http: String,
+    /// The node's control API address (the agent listens there; other
+    /// commands talk to it). Default: 127.0.0.1:7373, or for the agent its
+    /// config file's `http`.
+    #[arg(long, global = true, env = "CONJOINER_HTTP")]
+    pub http: Option<String>,
 
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
@@ -174,22 +175,26 @@ pub fn run(cli: Cli) -> i32 {
     if !matches!(cli.command, Command::Agent(_)) {
         quiet_on_closed_pipe();
     }
+    // The agent lays `--http` over its config file's; the other commands
+    // talk to the default address unless told otherwise.
+    let given_http = cli.http.clone();
+    let http = given_http.as_deref().unwrap_or(DEFAULT_HTTP);
     let result = match cli.command {
-        Command::Agent(args) => agent::run(&cli.http, args),
-        Command::Members(args) => block_on(members::run(&cli.http, cli.json, args)),
-        Command::Publish(args) => block_on(publish::run(&cli.http, cli.json, args)),
-        Command::Request(args) => block_on(request::run(&cli.http, cli.json, args)),
-        Command::Audit(args) => block_on(audit::run(&cli.http, cli.json, args)),
-        Command::Tail(args) => block_on(tail::run(&cli.http, cli.json, args)),
-        Command::Tags(args) => block_on(tags::run(&cli.http, cli.json, args)),
+        Command::Agent(args) => agent::run(given_http.as_deref(), args),
+        Command::Members(args) => block_on(members::run(http, cli.json, args)),
+        Command::Publish(args) => block_on(publish::run(http, cli.json, args)),
+        Command::Request(args) => block_on(request::run(http, cli.json, args)),
+        Command::Audit(args) => block_on(audit::run(http, cli.json, args)),
+        Command::Tail(args) => block_on(tail::run(http, cli.json, args)),
+        Command::Tags(args) => block_on(tags::run(http, cli.json, args)),
         Command::Keygen(args) => keygen::run(cli.json, args),
-        Command::Deploy(args) => block_on(deploy::deploy(&cli.http, cli.json, args)),
-        Command::Undeploy(args) => block_on(deploy::undeploy(&cli.http, cli.json, args)),
-        Command::Deployments(args) => block_on(deployments::run(&cli.http, cli.json, args)),
-        Command::Modules(args) => block_on(modules::run(&cli.http, cli.json, args)),
+        Command::Deploy(args) => block_on(deploy::deploy(http, cli.json, args)),
+        Command::Undeploy(args) => block_on(deploy::undeploy(http, cli.json, args)),
+        Command::Deployments(args) => block_on(deployments::run(http, cli.json, args)),
+        Command::Modules(args) => block_on(modules::run(http, cli.json, args)),
         Command::Package(args) => package::run(cli.json, args),
-        Command::Status => block_on(status::run(&cli.http, cli.json)),
-        Command::Debug(command) => block_on(debug::run(&cli.http, command)),
+        Command::Status => block_on(status::run(http, cli.json)),
+        Command::Debug(command) => block_on(debug::run(http, command)),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "conjoiner", &mut std::io::stdout());
@@ -235,43 +240,9 @@ pub fn read_targets(targets: &[String]) -> Result<Option<String>, CliError> {
         .map_err(|e| CliError::usage(e.to_string()))
 }
 
-/// Parses a duration such as `500ms`, `5s`, `2m` or `1h`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try 500ms, 5s, 2m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("unknown unit `{unit}` in `{text}` (use ms, s, m or h)")),
-    };
-    if !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 {
-        return Err(format!("`{text}` is out of range (more than 0, at most 24h)"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("").is_err());
-    }
 
     #[test]
     fn bodies_and_targets() {
@@ -300,7 +271,19 @@ mod tests {
         let Command::Agent(args) = cli.command else {
             panic!("not an agent command: {exec}")
         };
-        assert_eq!(args.data_dir, std::path::PathBuf::from("/var/lib/conjoiner"));
+        let config = args.config.expect("the unit reads a config file");
+        assert_eq!(config, std::path::PathBuf::from("/etc/conjoiner/conjoiner.toml"));
+        // The example file in `dist/` is that file: it reads, and with it
+        // the node keeps its state where systemd makes it.
+        let example = crate::config::ConfigFile::parse(&config, include_str!("../../dist/conjoiner.toml").into())
+            .unwrap_or_else(|e| panic!("dist/conjoiner.toml: {e}"));
+        let settings = crate::config::AgentSettings::resolve(&example.values, None).unwrap();
+        assert_eq!(settings.data_dir, std::path::PathBuf::from("/var/lib/conjoiner"));
+        assert_eq!(settings.key_file, Some("/etc/conjoiner/cluster.key".into()));
+        assert!(
+            unit.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+            "systemctl reload sends SIGHUP"
+        );
         assert!(
             unit.contains("StateDirectory=conjoiner"),
             "systemd creates the data dir"

@@ -57,7 +57,7 @@ pub struct DeployerConfig {
     pub url_deadline: UrlDeadline,
     /// The operator keys whose commands this node carries out (none: any
     /// holder of the cluster key may deploy).
-    pub trust: std::sync::Arc<crate::command::trust::Trust>,
+    pub trust: crate::command::trust::SharedTrust,
 }
 
 impl Default for DeployerConfig {

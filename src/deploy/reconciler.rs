@@ -207,7 +207,7 @@ impl Reconciler {
         me: &str,
         tags: &BTreeMap<String, String>,
     ) -> (Vec<Row>, Vec<(Row, crate::command::gate::Refusal)>) {
-        let trust = &self.installer.config.trust;
+        let trust = &*self.installer.config.trust.current();
         let held: std::collections::HashSet<Arc<str>> = rows.iter().map(|r| r.id.clone()).collect();
         let mut allowed = Vec::with_capacity(rows.len());
         let mut refused = Vec::new();

@@ -12,7 +12,7 @@ use conjoiner::cluster::memory::MemoryNetwork;
 use conjoiner::cluster::{ClusterConfig, ClusterKey};
 use conjoiner::command::operator_key::OperatorSecret;
 use conjoiner::command::signature::OperatorSignature;
-use conjoiner::command::trust::Trust;
+use conjoiner::command::trust::{SharedTrust, Trust};
 use conjoiner::deploy::command::{command_bytes, Given};
 use conjoiner::deploy::install::DeployerConfig;
 use conjoiner::deploy::origin::{self, DeployRequest};
@@ -91,9 +91,11 @@ impl Lab {
             transponder: Default::default(),
             deployer: DeployerConfig {
                 trust: if self.open_nodes.iter().any(|n| n == name) {
-                    Arc::new(Trust::default())
+                    SharedTrust::default()
                 } else {
-                    self.trust.clone()
+                    SharedTrust::new(Trust {
+                        keys: self.trust.keys.clone(),
+                    })
                 },
                 ..self.deployer()
             },

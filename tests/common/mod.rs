@@ -123,8 +123,9 @@ impl TestNode {
         }
         let child = command
             .args(&self.launch.extra)
-            .envs(self.launch.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "conjoiner=debug,info")
+            // A test's own environment wins, RUST_LOG included.
+            .envs(self.launch.env.iter().map(|(k, v)| (k, v)))
             .env_remove("CONJOINER_HTTP")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
