@@ -2,12 +2,12 @@
 //! them. [`TcpTransport`] is TCP with a Noise `XXpsk3` handshake keyed by the
 //! cluster key; `cluster::memory` is an in-process network for tests.
 
-use super::admission::{Admission, AdmissionLimits};
+use super::admission::{Admission, AdmissionLimits, Place};
 use super::core::Direction;
 use super::link::{next_link_id, DownReason, FailedAt, LinkEvent, LinkHandle, LinkSetup, Outgoing};
 use super::noise::{handshake, FrameSender, LinkError};
 use crate::logging::LogThrottle;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,17 +56,23 @@ impl TcpTransport {
     }
 }
 
+/// What the accept loop keeps per connection in its handshake: dropping
+/// it (when another source takes the place) ends that handshake.
+type PushOut = oneshot::Sender<()>;
+
 /// A connection's place among those in their handshake; given back when
 /// dropped, whether the handshake worked or not.
 struct Ticket {
-    admission: Arc<Mutex<Admission>>,
-    source: IpAddr,
+    admission: Arc<Mutex<Admission<PushOut>>>,
+    place: Place,
+    /// Resolves when another source took the place.
+    pushed_out: oneshot::Receiver<()>,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Ok(mut admission) = self.admission.lock() {
-            admission.release(self.source);
+            admission.release(self.place);
         }
     }
 }
@@ -86,27 +92,46 @@ impl Transport for TcpTransport {
                     warn!("the cluster listener was already taken; not accepting links");
                     return;
                 };
-                let admission = Arc::new(Mutex::new(Admission::new(limits)));
+                let admission: Arc<Mutex<Admission<PushOut>>> = Arc::new(Mutex::new(Admission::new(limits)));
                 let mut refusals = LogThrottle::new(Duration::from_secs(10), 1);
+                let mut push_outs = LogThrottle::new(Duration::from_secs(10), 1);
                 loop {
                     match listener.accept().await {
                         Ok((stream, remote)) => {
+                            let (push_out, pushed_out) = oneshot::channel();
                             let verdict = match admission.lock() {
-                                Ok(mut a) => a.admit(remote.ip()).map_err(|why| (why, a.refused, a.pending())),
-                                Err(_) => Ok(()),
+                                Ok(mut a) => a
+                                    .admit(remote.ip(), push_out)
+                                    .map(|admitted| (admitted, a.pushed_out))
+                                    .map_err(|why| (why, a.refused, a.pending())),
+                                Err(_) => continue,
                             };
-                            if let Err((why, total, pending)) = verdict {
-                                drop(stream);
-                                if let Some(count) = refusals.event(Instant::now()) {
-                                    warn!(%remote, refused = count, refused_total = total, pending,
-                                        "closed inbound connections before their handshake: {why}");
+                            let (admitted, pushed_total) = match verdict {
+                                Ok(admitted) => admitted,
+                                Err((why, total, pending)) => {
+                                    drop(stream);
+                                    if let Some(count) = refusals.event(Instant::now()) {
+                                        warn!(%remote, refused = count, refused_total = total, pending,
+                                            "closed inbound connections before their handshake: {why}");
+                                    }
+                                    continue;
                                 }
-                                continue;
+                            };
+                            if admitted.pushed_out.is_some() {
+                                debug!(%remote, "took the place of the busiest source's oldest handshake");
+                                if let Some(count) = push_outs.event(Instant::now()) {
+                                    warn!(%remote, ended = count, ended_total = pushed_total,
+                                        "every handshake place was taken: ended the oldest handshake of the \
+                                        busiest source to make room for a source with fewer");
+                                }
                             }
+                            // Dropping it ends the handshake that lost its place.
+                            drop(admitted.pushed_out);
                             debug!(%remote, "inbound connection");
                             let ticket = Ticket {
                                 admission: admission.clone(),
-                                source: remote.ip(),
+                                place: admitted.place,
+                                pushed_out,
                             };
                             tokio::spawn(run_link(
                                 stream,
@@ -172,8 +197,21 @@ async fn run_link(
     ticket: Option<Ticket>,
 ) {
     let _ = stream.set_nodelay(true);
-    let shaken = handshake(&mut stream, &setup.key, direction == Direction::Outbound).await;
-    drop(ticket);
+    let initiator = direction == Direction::Outbound;
+    let shaken = match ticket {
+        None => handshake(&mut stream, &setup.key, initiator).await,
+        Some(mut ticket) => {
+            let shaken = tokio::select! {
+                shaken = handshake(&mut stream, &setup.key, initiator) => shaken,
+                _ = &mut ticket.pushed_out => {
+                    debug!(%remote, "handshake ended: its place went to a source with fewer waiting");
+                    return;
+                }
+            };
+            drop(ticket);
+            shaken
+        }
+    };
     let transport = match shaken {
         Ok(t) => t,
         Err(e) => {

@@ -311,7 +311,7 @@ impl Drop for Streaming {
     }
 }
 
-fn lines<R: Read + Send + 'static>(reader: R) -> mpsc::Receiver<String> {
+pub fn lines<R: Read + Send + 'static>(reader: R) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines().map_while(Result::ok) {
