@@ -74,6 +74,31 @@ pub fn claim(dir: &Path) -> Result<(), DataDirError> {
     Ok(())
 }
 
+/// The umask the agent was started with, kept for the processes of its
+/// modules (see [`keep_files_private`]); `u32::MAX` until then.
+static INHERITED_UMASK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+
+/// Makes every file and directory the agent creates from now on its own
+/// alone (umask 077). Under a umask of 000, the folders the node made in
+/// its data dir were writable by anyone, and the next start refused the
+/// data dir. The umask the agent was started with is kept for its
+/// modules' processes ([`inherited_umask`]): what they create is theirs
+/// to decide. For the agent's process only: it is process-wide.
+pub fn keep_files_private() {
+    // SAFETY: umask only swaps the process's file mode mask.
+    let inherited = unsafe { libc::umask(0o077) };
+    INHERITED_UMASK.store(inherited, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The umask the agent was started with, for a module's process to run
+/// under, if [`keep_files_private`] changed the agent's own.
+pub fn inherited_umask() -> Option<libc::mode_t> {
+    match INHERITED_UMASK.load(std::sync::atomic::Ordering::Relaxed) {
+        u32::MAX => None,
+        mask => Some(mask),
+    }
+}
+
 /// An I/O failure on `path`, as a [`DataDirError`].
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError {
     let path = path.to_path_buf();

@@ -52,6 +52,7 @@ fn loss_brings_no_false_death_and_a_partition_heals() {
                     env: vec![("CONJOINER_KEY".into(), key.to_base64())],
                     extra,
                     no_loopback_defaults: true,
+                    umask: None,
                 },
             )
         })

@@ -142,3 +142,62 @@ fn a_data_dir_another_user_could_plant_is_refused_and_nothing_outside_is_touched
         assert_eq!(std::fs::read_to_string(v).unwrap(), "precious", "{}", v.display());
     }
 }
+
+/// Under a umask of 000 the folders a node made in its data dir were open
+/// to everyone, and its next start refused them. The node keeps its own
+/// files private; its modules still get the umask it was started with.
+#[test]
+fn under_umask_000_the_node_keeps_its_files_private_and_starts_again() {
+    let out = tempfile::tempdir().unwrap();
+    let seen = out.path().join("module-umask");
+    let mut node = TestNode::launch(
+        "umask0",
+        Launch {
+            umask: Some(0),
+            env: vec![("UMASK_SEEN".into(), seen.display().to_string())],
+            ..Launch::default()
+        },
+    );
+    let pkg = module_dir(
+        out.path(),
+        "masked",
+        "1.0.0",
+        "#!/bin/sh\numask > \"$UMASK_SEEN\"\nexec cat >/dev/null\n",
+        serde_json::json!({}),
+    );
+    let deployed = node.cli(&["deploy", "masked", "--from", pkg.to_str().unwrap()]);
+    assert!(deployed.status.success(), "{}", stderr(&deployed));
+    let mask = wait_for(Duration::from_secs(30), "the module to write its umask", || {
+        std::fs::read_to_string(&seen).ok().filter(|s| !s.trim().is_empty())
+    });
+    assert_eq!(
+        u32::from_str_radix(mask.trim(), 8).ok(),
+        Some(0),
+        "the module runs under the umask the agent was given: {mask}"
+    );
+
+    // Nothing the node made may be written by others.
+    let mut open = Vec::new();
+    let mut dirs = vec![(node.data_dir(), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let meta = entry.path().symlink_metadata().unwrap();
+            if meta.permissions().mode() & 0o022 != 0 {
+                open.push(format!(
+                    "{} {:o}",
+                    entry.path().display(),
+                    meta.permissions().mode() & 0o777
+                ));
+            }
+            if meta.is_dir() && depth < 2 {
+                dirs.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    assert!(open.is_empty(), "writable by others: {open:?}");
+
+    // And it starts again on the same data dir (before, it refused it).
+    node.restart();
+    let (code, _) = node.http("GET", "/v1/health", None);
+    assert_eq!(code, 200);
+}

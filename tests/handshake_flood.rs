@@ -32,6 +32,7 @@ fn a_node_joins_while_nine_sources_hold_every_handshake_place() {
         env: vec![("CONJOINER_KEY".into(), key.to_base64())],
         extra: vec!["--bind".into(), format!("{}:7946", lab.ip(i)), "--no-mdns".into()],
         no_loopback_defaults: true,
+        umask: None,
     };
     let victim = TestNode::launch("victim", launch(1));
 

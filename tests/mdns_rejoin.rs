@@ -27,6 +27,7 @@ fn a_refused_duplicate_joins_by_mdns_soon_after_the_holder_leaves() {
                 env: vec![("CONJOINER_KEY".into(), key.to_base64())],
                 extra: vec!["--bind".into(), "0.0.0.0:7946".into()],
                 no_loopback_defaults: true,
+                umask: None,
             },
         )
     };

@@ -30,6 +30,7 @@ fn hosts_find_each_other_by_mdns_survive_a_cut_and_rejoin() {
                     env: vec![("CONJOINER_KEY".into(), key.to_base64())],
                     extra: vec!["--bind".into(), "0.0.0.0:7946".into()],
                     no_loopback_defaults: true,
+                    umask: None,
                 },
             )
         })

@@ -92,7 +92,14 @@ pub struct ClusterBridge {
     watchers: HashMap<SetId, Recipient<EntriesChanged>>,
     /// The core's refusal counters as last exported to the metrics.
     exported: [u64; CLUSTER_INPUT_REASONS.len()],
+    /// When each discovered address was last logged at info: mDNS offers
+    /// a cached dead peer again every 15 s, which is news once.
+    candidates_logged: HashMap<SocketAddr, Instant>,
 }
+
+/// A discovered address is logged at info at most this often (debug
+/// otherwise).
+const CANDIDATE_LOG_EVERY: Duration = Duration::from_secs(600);
 
 impl ClusterBridge {
     /// `transport` is listening-ready; `advertise` is the address peers dial.
@@ -127,6 +134,7 @@ impl ClusterBridge {
             metrics: Metrics::default(),
             watchers: HashMap::new(),
             exported: [0; CLUSTER_INPUT_REASONS.len()],
+            candidates_logged: HashMap::new(),
         }
     }
 
@@ -637,8 +645,20 @@ impl Handler<Candidate> for ClusterBridge {
         if known || self.core.dialing_count() > 64 {
             return;
         }
-        info!(addr = %msg.addr, node = %msg.node, "discovered a peer; joining through it");
-        self.core.join(msg.addr, Instant::now());
+        let now = Instant::now();
+        let news = self
+            .candidates_logged
+            .get(&msg.addr)
+            .is_none_or(|at| now.saturating_duration_since(*at) >= CANDIDATE_LOG_EVERY);
+        if news {
+            info!(addr = %msg.addr, node = %msg.node, "discovered a peer; joining through it");
+            self.candidates_logged
+                .retain(|_, at| now.saturating_duration_since(*at) < CANDIDATE_LOG_EVERY);
+            self.candidates_logged.insert(msg.addr, now);
+        } else {
+            debug!(addr = %msg.addr, node = %msg.node, "discovered a peer again; joining through it");
+        }
+        self.core.join(msg.addr, now);
         self.drive(ctx);
     }
 }

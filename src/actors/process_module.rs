@@ -232,12 +232,17 @@ impl ProcessModule {
             }
         }
         let join_fd = self.cgroup.as_ref().and_then(ModuleCgroup::join_fd);
-        // SAFETY: setsid, prctl and write are async-signal-safe and touch
-        // only the child. The session marks everything the module starts;
-        // the cgroup holds it even when it leaves the session.
+        let umask = crate::data_dir::inherited_umask();
+        // SAFETY: setsid, prctl, umask and write are async-signal-safe and
+        // touch only the child. The session marks everything the module
+        // starts; the cgroup holds it even when it leaves the session. The
+        // module creates files under the umask the agent was started with.
         unsafe {
             command.pre_exec(move || {
                 libc::setsid();
+                if let Some(mask) = umask {
+                    libc::umask(mask);
+                }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 if let Some(fd) = join_fd {
                     if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {

@@ -211,6 +211,7 @@ pub fn run(http: Option<&str>, args: AgentArgs) -> Result<i32, CliError> {
         return Ok(EXIT_OK);
     }
     let (config, api) = node_config(&settings, trust)?;
+    crate::data_dir::keep_files_private();
     logging::init(settings.log_format, &settings.log_level);
     limit_malloc_arenas();
     let system = actix_rt::System::new();

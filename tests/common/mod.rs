@@ -60,6 +60,8 @@ pub struct Launch {
     pub extra: Vec<String>,
     /// Leave out `--bind 127.0.0.1:0 --no-mdns` (for multi-host tests).
     pub no_loopback_defaults: bool,
+    /// Start the agent under this umask (else the test's own).
+    pub umask: Option<u32>,
 }
 
 impl TestNode {
@@ -120,6 +122,16 @@ impl TestNode {
         // Reports every second, so tests see changes quickly.
         if !self.launch.extra.iter().any(|a| a == "--status-interval") {
             command.args(["--status-interval", "1s"]);
+        }
+        if let Some(mask) = self.launch.umask {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: umask is async-signal-safe and changes the child only.
+            unsafe {
+                command.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
         }
         let child = command
             .args(&self.launch.extra)
