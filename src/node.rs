@@ -16,10 +16,11 @@ use crate::actors::{
     DumpState, EventTap, LoopbackCluster, ModBus, ModuleContext, ModuleInfo, ModuleState, NodeIdentity, NodeSupervisor,
     Snapshot, Tags, Transponder,
 };
+use crate::cluster::keyring::{key_id, show_id};
 use crate::cluster::memory::MemoryNetwork;
 use crate::cluster::protocol::SET_DEPLOYMENTS;
 use crate::cluster::transport::{TcpTransport, Transport};
-use crate::cluster::{ClusterConfig, ClusterKey, KeySource};
+use crate::cluster::{ClusterConfig, ClusterKey, KeySource, Keyring};
 use crate::deploy::fetch::{StallRule, UrlDeadline};
 use crate::deploy::install::DeployerConfig;
 use crate::deploy::state::DeployState;
@@ -224,6 +225,22 @@ impl ClusterParts {
             ),
             other => info!(source = %other, "cluster key loaded"),
         });
+        // The keyring, once there is one, is what the node links with.
+        let keyring = match Keyring::load(&config.data_dir).map_err(anyhow::Error::msg)? {
+            None => Keyring::new(key),
+            Some(keyring) => {
+                span.in_scope(|| {
+                    let ids: Vec<String> = keyring.ids().iter().map(show_id).collect();
+                    if keyring.keys().any(|k| *k == key) {
+                        info!(primary = %ids[0], keys = %ids.join(", "), "keyring loaded");
+                    } else {
+                        warn!(primary = %ids[0], keys = %ids.join(", "), given = %show_id(&key_id(&key)),
+                            source = %source, "the key given at start is not in the keyring, which wins");
+                    }
+                });
+                keyring
+            }
+        };
         let transport: Arc<dyn Transport> = match &net.memory {
             Some(network) => Arc::new(network.transport()),
             None => {
@@ -238,7 +255,7 @@ impl ClusterParts {
         let addr_file = config.data_dir.join(CLUSTER_ADDR_FILE);
         crate::private_file::write(&addr_file, format!("{advertise}\n").as_bytes())
             .with_context(|| format!("cannot record the cluster address in {}", addr_file.display()))?;
-        let bridge = ClusterBridge::new(identity, net.timing.clone(), key, transport, advertise, started_ms)
+        let bridge = ClusterBridge::new(identity, net.timing.clone(), keyring, transport, advertise, started_ms)
             .with_metrics(metrics.clone())
             .holding(SET_DEPLOYMENTS, deployment_rules(&config.deployer.trust))
             .start();

@@ -120,7 +120,7 @@ fn garbage_and_oversized_frames_are_refused_and_the_node_keeps_working() {
         .unwrap();
     runtime.block_on(async {
         let mut stream = tokio::net::TcpStream::connect(&target).await.unwrap();
-        let transport = handshake(&mut stream, &key, true)
+        let transport = handshake(&mut stream, &conjoiner::cluster::Keyring::new(key.clone()), true)
             .await
             .expect("right key, handshake succeeds");
         let (_read, write) = stream.into_split();
@@ -186,7 +186,7 @@ fn idle_connections_are_capped_and_wrong_keys_cannot_flood_the_log() {
     runtime.block_on(async {
         for _ in 0..60 {
             let mut stream = tokio::net::TcpStream::connect(&target).await.unwrap();
-            let _ = handshake(&mut stream, &stranger, true).await;
+            let _ = handshake(&mut stream, &conjoiner::cluster::Keyring::new(stranger.clone()), true).await;
         }
     });
     // Every failure is counted, though few are logged: the 256 idle ones
@@ -272,7 +272,10 @@ fn a_member_that_hangs_up_before_hello_is_not_taken_for_a_wrong_key() {
             let Ok(Ok((mut stream, _))) = tokio::time::timeout(Duration::from_secs(1), listener.accept()).await else {
                 continue;
             };
-            if handshake(&mut stream, &k, false).await.is_ok() {
+            if handshake(&mut stream, &conjoiner::cluster::Keyring::new(k.clone()), false)
+                .await
+                .is_ok()
+            {
                 hung.fetch_add(1, Ordering::SeqCst);
             }
             drop(stream);

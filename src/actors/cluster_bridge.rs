@@ -18,7 +18,7 @@ use crate::cluster::core::{Action, Change, ClusterCore, CoreError, Direction, Li
 use crate::cluster::link::{DownReason, FailedAt, LinkEvent, LinkHandle, LinkSetup};
 use crate::cluster::protocol::{Entry, Frame, SetId, Status};
 use crate::cluster::transport::Transport;
-use crate::cluster::{ClusterConfig, ClusterKey, NodeId};
+use crate::cluster::{ClusterConfig, NodeId, SharedKeyring};
 use crate::logging::LogThrottle;
 use crate::metrics::{DropReason, Metrics, CLUSTER_INPUT_REASONS};
 use crate::wire::Envelope;
@@ -73,7 +73,8 @@ pub struct ClusterBridge {
     span: tracing::Span,
     core: ClusterCore,
     transport: Arc<dyn Transport>,
-    key: ClusterKey,
+    /// The keys links are made with (`<data-dir>/keyring`).
+    keys: SharedKeyring,
     links: HashMap<LinkId, LinkHandle>,
     join_waiters: HashMap<SocketAddr, Vec<oneshot::Sender<Result<String, String>>>>,
     listener_task: Option<tokio::task::JoinHandle<()>>,
@@ -108,7 +109,7 @@ impl ClusterBridge {
     pub fn new(
         identity: &NodeIdentity,
         config: ClusterConfig,
-        key: ClusterKey,
+        keys: impl Into<SharedKeyring>,
         transport: Arc<dyn Transport>,
         advertise: SocketAddr,
         boot_ms: u64,
@@ -121,7 +122,7 @@ impl ClusterBridge {
             span: identity.span("cluster"),
             core,
             transport,
-            key,
+            keys: keys.into(),
             links: HashMap::new(),
             join_waiters: HashMap::new(),
             listener_task: None,
@@ -176,7 +177,7 @@ impl ClusterBridge {
 
     fn link_setup(&self, ctx: &Context<Self>) -> LinkSetup {
         LinkSetup {
-            key: self.key.clone(),
+            keys: self.keys.clone(),
             max_frame: self.core.config().max_frame,
             events: ctx.address().recipient(),
             span: self.span.clone(),

@@ -9,6 +9,7 @@
 //! a rollout stopped.
 
 use super::client::ApiClient;
+use super::members::visible;
 use super::{parse_duration, read_targets, CliError, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 use crate::command::operator_key::OperatorSecret;
 use crate::deploy::command::{command_bytes, RolloutAsked};
@@ -324,12 +325,13 @@ fn absent_lines(start: &Value) -> Vec<String> {
         .into_iter()
         .flatten()
         .map(|a| {
-            format!(
+            visible(&format!(
                 "{}: {}: {}",
                 a["node"].as_str().unwrap_or("?"),
                 a["member"].as_str().unwrap_or("?"),
                 a["note"].as_str().unwrap_or("")
-            )
+            ))
+            .into_owned()
         })
         .collect();
     let later = start["later"].as_array().map_or(0, Vec::len);
@@ -339,7 +341,13 @@ fn absent_lines(start: &Value) -> Vec<String> {
     lines
 }
 
+/// One node's result as a line. Its text comes from the node (and its
+/// module), so control characters are written out.
 fn describe(result: &Value) -> String {
+    visible(&describe_raw(result)).into_owned()
+}
+
+fn describe_raw(result: &Value) -> String {
     let node = result["node"].as_str().unwrap_or("?");
     let status = result["status"].as_str().unwrap_or("?");
     let ms = result["elapsed_ms"].as_u64().unwrap_or(0);
@@ -387,7 +395,7 @@ fn summarize(json_out: bool, outcome: &Value, quiet: bool) -> Result<i32, CliErr
             parts.push(format!(
                 "{} missing ({}): they hold the entry and carry it out on their own",
                 missing.len(),
-                missing.join(", ")
+                visible(&missing.join(", "))
             ));
         }
         if absent > 0 {
@@ -453,7 +461,7 @@ async fn follow(
                     entry["converged"],
                 );
                 if let Some(reason) = rollout["reason"].as_str() {
-                    eprintln!("  {reason}");
+                    eprintln!("  {}", visible(reason));
                 }
             }
             seen = Some((wave, state.clone()));
@@ -481,5 +489,25 @@ async fn follow(
             )));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node's result and an absent member's note are the peer's text:
+    /// printed whole, with control characters written out.
+    #[test]
+    fn results_and_absent_notes_write_control_characters_out() {
+        let line = describe(&json!({"node": "n1", "status": "failed", "version": "1.0",
+            "elapsed_ms": 12, "error": "no\u{1b}]0;pwned\u{7}", "code": "bad_package"}));
+        assert_eq!(line, "n1: failed 1.0 (12 ms): no\\u{1b}]0;pwned\\u{7} [bad_package]");
+        let lines = absent_lines(&json!({"absent": [{"node": "n\r2", "member": "dead", "note": "gone"}],
+            "later": ["n3"]}));
+        assert_eq!(
+            lines,
+            ["n\\r2: dead: gone", "1 more node(s) in later waves of the rollout"]
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! dead or left (not asked), are named, never counted as success.
 
 use super::client::ApiClient;
+use super::members::visible;
 use super::{parse_duration, read_body, read_targets, CliError, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -57,24 +58,20 @@ pub async fn run(http: &str, json_out: bool, args: RequestArgs) -> Result<i32, C
         println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
     } else {
         for reply in replies {
-            let node = reply["node"].as_str().unwrap_or("?");
-            match reply.get("error").and_then(Value::as_str) {
-                Some(error) => {
-                    let code = reply["code"].as_str().unwrap_or("error");
-                    eprintln!("{node}: error: {error} ({code})");
-                }
-                None => println!("{node}: {}", reply["body"]),
+            match reply_line(reply) {
+                (true, line) => eprintln!("{line}"),
+                (false, line) => println!("{line}"),
             }
         }
         if !missing.is_empty() {
             eprintln!(
                 "missing: {} (no reply within {} ms)",
-                missing.join(", "),
+                visible(&missing.join(", ")),
                 args.timeout.as_millis()
             );
         }
         if !absent.is_empty() {
-            eprintln!("not alive: {}", absent.join(", "));
+            eprintln!("not alive: {}", visible(&absent.join(", ")));
         }
     }
 
@@ -93,6 +90,20 @@ pub async fn run(http: &str, json_out: bool, args: RequestArgs) -> Result<i32, C
     Ok(exit_code(replies.len(), failed, missing.len() + absent.len()))
 }
 
+/// One node's reply as a line, and whether it is an error (for stderr).
+/// A module or a peer chooses the text, so control characters are
+/// written out, never sent to the terminal; the body prints as JSON.
+fn reply_line(reply: &Value) -> (bool, String) {
+    let node = visible(reply["node"].as_str().unwrap_or("?")).into_owned();
+    match reply.get("error").and_then(Value::as_str) {
+        Some(error) => {
+            let code = reply["code"].as_str().unwrap_or("error");
+            (true, format!("{node}: error: {} ({})", visible(error), visible(code)))
+        }
+        None => (false, format!("{node}: {}", reply["body"])),
+    }
+}
+
 /// 0 when every targeted node answered well; 1 when every one failed and
 /// none was silent; 3 (partial) otherwise.
 pub fn exit_code(replies: usize, failed: usize, missing: usize) -> i32 {
@@ -108,6 +119,16 @@ pub fn exit_code(replies: usize, failed: usize, missing: usize) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replys_text_is_printed_with_its_control_characters_written_out() {
+        let (is_error, line) = reply_line(&json!({"node": "n1", "error": "bad\u{1b}[2J", "code": "x\ny"}));
+        assert!(is_error);
+        assert_eq!(line, "n1: error: bad\\u{1b}[2J (x\\ny)");
+        let (is_error, line) = reply_line(&json!({"node": "n\u{7}2", "body": {"say": "\u{1b}[31m"}}));
+        assert!(!is_error);
+        assert!(!line.contains('\u{1b}') && !line.contains('\u{7}'), "{line:?}");
+    }
 
     #[test]
     fn silent_nodes_are_never_success() {

@@ -8,7 +8,7 @@
 //! stops reading must not make us buffer without bound.
 
 use super::core::{Direction, LinkId};
-use super::key::ClusterKey;
+use super::keyring::SharedKeyring;
 use super::noise::LinkError;
 use super::protocol::Lane;
 use actix::prelude::*;
@@ -87,9 +87,10 @@ impl FailedAt {
     /// The stage a handshake error stands for.
     pub fn of_handshake(e: &LinkError) -> FailedAt {
         match e {
-            LinkError::Handshake(_) | LinkError::MessageTooLarge { .. } | LinkError::Decrypt(_) => {
-                FailedAt::HandshakeRefused
-            }
+            LinkError::Handshake(_)
+            | LinkError::NoCommonKey { .. }
+            | LinkError::MessageTooLarge { .. }
+            | LinkError::Decrypt(_) => FailedAt::HandshakeRefused,
             LinkError::HandshakeTimeout(_)
             | LinkError::ClosedDuringHandshake
             | LinkError::Io(_)
@@ -102,7 +103,8 @@ impl FailedAt {
 /// What every link task needs.
 #[derive(Clone)]
 pub struct LinkSetup {
-    pub key: ClusterKey,
+    /// The keys links are made with, read at each handshake.
+    pub keys: SharedKeyring,
     pub max_frame: usize,
     pub events: Recipient<LinkEvent>,
     pub span: tracing::Span,

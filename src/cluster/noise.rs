@@ -1,5 +1,13 @@
-//! Encrypted links: a Noise `XXpsk3` handshake keyed by the cluster key, then
+//! Encrypted links: a Noise `XXpsk3` handshake keyed by a cluster key, then
 //! frames carried in Noise transport messages.
+//!
+//! The key is picked in the handshake itself, from the two nodes' keyrings:
+//! the dialer's first message names the keys it holds by id (a hash, never
+//! the key), the answer names the one both hold, and the third message,
+//! which mixes the key in (`psk3`), uses it. So a node accepting several
+//! keys during a rotation pays one handshake, and a node with no key in
+//! common learns so by name. A peer of an earlier release sends and reads
+//! empty payloads: both sides then use their primary key, as before.
 //!
 //! On the wire every Noise message is a 4-byte big-endian length and that many
 //! bytes, at most 65,535 (the Noise limit); a larger length is refused before
@@ -9,6 +17,7 @@
 //! against `max_frame` as soon as the first chunk is decrypted.
 
 use super::key::ClusterKey;
+use super::keyring::{key_id, show_id, KeyId, Keyring, MAX_KEYS};
 use bytes::{Bytes, BytesMut};
 use snow::{HandshakeState, StatelessTransportState};
 use std::sync::Arc;
@@ -53,6 +62,8 @@ pub enum LinkError {
     Decrypt(String),
     #[error("peer closed the link in the middle of a frame")]
     Truncated,
+    #[error("no cluster key in common: this node holds {ours}, the peer {theirs} (install one of the peer's keys in the keyring, or give the peer one of these)")]
+    NoCommonKey { ours: String, theirs: String },
 }
 
 fn noise_error(e: snow::Error) -> LinkError {
@@ -90,14 +101,67 @@ fn builder(key: &ClusterKey) -> Result<snow::Builder<'_>, LinkError> {
         .map_err(noise_error)
 }
 
+/// Marks a handshake payload of this release (an earlier one sends none).
+const KEYS_MAGIC: &[u8; 4] = b"CJK1";
+
+/// The dialer's first payload: the ids of the keys it holds, primary first.
+fn offer(keyring: &Keyring) -> Vec<u8> {
+    let ids = keyring.ids();
+    let mut payload = KEYS_MAGIC.to_vec();
+    payload.push(ids.len() as u8);
+    ids.iter().for_each(|id| payload.extend_from_slice(id));
+    payload
+}
+
+/// The key ids in a payload after its magic: a count, then 4 bytes each.
+fn read_ids(bytes: &[u8]) -> Option<Vec<KeyId>> {
+    let (&count, rest) = bytes.split_first()?;
+    let count = usize::from(count);
+    if count > MAX_KEYS || rest.len() != count * 4 {
+        return None;
+    }
+    Some(rest.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect())
+}
+
+fn show_ids(ids: &[KeyId]) -> String {
+    format!("[{}]", ids.iter().map(show_id).collect::<Vec<_>>().join(", "))
+}
+
+/// What the accepting side makes of the dialer's offer.
+#[derive(Debug, PartialEq, Eq)]
+enum Pick {
+    /// A peer of an earlier release: the primary key, no payload back.
+    Legacy,
+    /// The key both hold: this node's primary if the dialer holds it,
+    /// else the first of the dialer's that this node holds.
+    Key(KeyId),
+    /// None in common; the dialer's ids, to name them.
+    NoneInCommon(Vec<KeyId>),
+}
+
+fn pick(keyring: &Keyring, offer: &[u8]) -> Pick {
+    let Some(ids) = offer.strip_prefix(KEYS_MAGIC).and_then(read_ids) else {
+        return Pick::Legacy;
+    };
+    let primary = key_id(keyring.primary());
+    if ids.contains(&primary) {
+        return Pick::Key(primary);
+    }
+    match ids.iter().find(|id| keyring.by_id(id).is_some()) {
+        Some(id) => Pick::Key(*id),
+        None => Pick::NoneInCommon(ids),
+    }
+}
+
 /// Runs the XXpsk3 handshake as the dialing side or the accepting side, with
 /// a fresh static key per link (nodes are authenticated by the cluster key,
-/// not by their static keys).
-pub async fn handshake<S>(stream: &mut S, key: &ClusterKey, initiator: bool) -> Result<Transport, LinkError>
+/// not by their static keys), and a key both keyrings hold.
+pub async fn handshake<S>(stream: &mut S, keyring: &Keyring, initiator: bool) -> Result<Transport, LinkError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let run = async {
+        let key = keyring.primary();
         let keypair = builder(key)?.generate_keypair().map_err(noise_error)?;
         let b = builder(key)?.local_private_key(&keypair.private).map_err(noise_error)?;
         let mut state: HandshakeState = if initiator {
@@ -109,19 +173,76 @@ where
         let mut message = vec![0u8; HANDSHAKE_BUFFER];
         let mut payload = vec![0u8; HANDSHAKE_BUFFER];
         let mut incoming = Vec::new();
-        // XX has three messages: initiator, responder, initiator.
-        for turn in 0..3 {
-            let ours = (turn % 2 == 0) == initiator;
-            if ours {
-                let n = state.write_message(&[], &mut message).map_err(noise_error)?;
-                write_message(stream, &message[..n]).await?;
-                stream.flush().await?;
-            } else {
-                read_message(stream, &mut incoming)
-                    .await?
-                    .ok_or(LinkError::ClosedDuringHandshake)?;
-                state.read_message(&incoming, &mut payload).map_err(noise_error)?;
+        let ours_shown = || show_ids(&keyring.ids());
+        // XX has three messages: initiator, responder, initiator. The
+        // first two carry the keys' ids; the third mixes the key in.
+        if initiator {
+            let n = state
+                .write_message(&offer(keyring), &mut message)
+                .map_err(noise_error)?;
+            write_message(stream, &message[..n]).await?;
+            stream.flush().await?;
+            read_message(stream, &mut incoming)
+                .await?
+                .ok_or(LinkError::ClosedDuringHandshake)?;
+            let n = state.read_message(&incoming, &mut payload).map_err(noise_error)?;
+            if let Some(answer) = payload[..n].strip_prefix(KEYS_MAGIC) {
+                match answer {
+                    [1, id @ ..] if id.len() == 4 => {
+                        let id: KeyId = [id[0], id[1], id[2], id[3]];
+                        let key = keyring.by_id(&id).ok_or_else(|| {
+                            LinkError::Handshake(format!(
+                                "the peer picked key {}, which this node does not hold",
+                                show_id(&id)
+                            ))
+                        })?;
+                        state.set_psk(3, key.as_bytes()).map_err(noise_error)?;
+                    }
+                    [0, ids @ ..] => {
+                        let theirs =
+                            read_ids(ids).map_or_else(|| "no key this node reads".into(), |ids| show_ids(&ids));
+                        return Err(LinkError::NoCommonKey {
+                            ours: ours_shown(),
+                            theirs,
+                        });
+                    }
+                    _ => return Err(LinkError::Handshake("the peer's key answer does not read".into())),
+                }
             }
+            let n = state.write_message(&[], &mut message).map_err(noise_error)?;
+            write_message(stream, &message[..n]).await?;
+            stream.flush().await?;
+        } else {
+            read_message(stream, &mut incoming)
+                .await?
+                .ok_or(LinkError::ClosedDuringHandshake)?;
+            let n = state.read_message(&incoming, &mut payload).map_err(noise_error)?;
+            let answer = match pick(keyring, &payload[..n]) {
+                Pick::Legacy => Vec::new(),
+                Pick::Key(id) => {
+                    let key = keyring.by_id(&id).expect("picked among this keyring's keys");
+                    state.set_psk(3, key.as_bytes()).map_err(noise_error)?;
+                    [KEYS_MAGIC.as_slice(), &[1], &id].concat()
+                }
+                Pick::NoneInCommon(theirs) => {
+                    let mut answer = [KEYS_MAGIC.as_slice(), &[0]].concat();
+                    answer.extend_from_slice(&offer(keyring)[KEYS_MAGIC.len()..]);
+                    let n = state.write_message(&answer, &mut message).map_err(noise_error)?;
+                    write_message(stream, &message[..n]).await?;
+                    stream.flush().await?;
+                    return Err(LinkError::NoCommonKey {
+                        ours: ours_shown(),
+                        theirs: show_ids(&theirs),
+                    });
+                }
+            };
+            let n = state.write_message(&answer, &mut message).map_err(noise_error)?;
+            write_message(stream, &message[..n]).await?;
+            stream.flush().await?;
+            read_message(stream, &mut incoming)
+                .await?
+                .ok_or(LinkError::ClosedDuringHandshake)?;
+            state.read_message(&incoming, &mut payload).map_err(noise_error)?;
         }
         let transport = state.into_stateless_transport_mode().map_err(noise_error)?;
         Ok(Transport(Arc::new(transport)))
@@ -276,8 +397,9 @@ mod tests {
     async fn pair(a: &ClusterKey, b: &ClusterKey) -> (Result<Transport, LinkError>, Result<Transport, LinkError>) {
         let (mut left, mut right) = tokio::io::duplex(1 << 20);
         let (ka, kb) = (a.clone(), b.clone());
-        let dial = tokio::spawn(async move { (handshake(&mut left, &ka, true).await, left) });
-        let accept = tokio::spawn(async move { (handshake(&mut right, &kb, false).await, right) });
+        let dial = tokio::spawn(async move { (handshake(&mut left, &Keyring::new(ka.clone()), true).await, left) });
+        let accept =
+            tokio::spawn(async move { (handshake(&mut right, &Keyring::new(kb.clone()), false).await, right) });
         let (d, a) = (dial.await.unwrap(), accept.await.unwrap());
         (d.0, a.0)
     }
@@ -288,7 +410,7 @@ mod tests {
         let (mut left, mut right) = tokio::io::duplex(1 << 16);
         let k2 = key.clone();
         let accept = tokio::spawn(async move {
-            let t = handshake(&mut right, &k2, false).await.unwrap();
+            let t = handshake(&mut right, &Keyring::new(k2.clone()), false).await.unwrap();
             let mut rx = t.receiver(right, 1 << 20);
             let mut got = Vec::new();
             while let Some(frame) = rx.recv().await.unwrap() {
@@ -296,7 +418,7 @@ mod tests {
             }
             got
         });
-        let t = handshake(&mut left, &key, true).await.unwrap();
+        let t = handshake(&mut left, &Keyring::new(key.clone()), true).await.unwrap();
         let sizes = [
             0usize,
             1,
@@ -322,16 +444,135 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_wrong_key_fails_the_handshake_on_both_sides_or_at_first_frame() {
-        let (dial, accept) = pair(&ClusterKey::generate(), &ClusterKey::generate()).await;
-        // The responder checks the psk in the third message, so it always fails.
-        assert!(
-            matches!(accept, Err(LinkError::Handshake(_))),
-            "accept: {:?}",
-            accept.err()
-        );
-        // The initiator finishes its side; it learns of the refusal when the link closes.
-        let _ = dial;
+    async fn a_wrong_key_fails_the_handshake_on_both_sides_naming_the_keys() {
+        let (a, b) = (ClusterKey::generate(), ClusterKey::generate());
+        let (dial, accept) = pair(&a, &b).await;
+        for (side, result, ours, theirs) in [("dial", dial, &a, &b), ("accept", accept, &b, &a)] {
+            match result {
+                Err(e @ LinkError::NoCommonKey { .. }) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains(&show_id(&key_id(ours))) && text.contains(&show_id(&key_id(theirs))),
+                        "{side}: {text}"
+                    );
+                }
+                other => panic!("{side}: expected NoCommonKey, got {:?}", other.err()),
+            }
+        }
+    }
+
+    /// Runs a handshake both of whose keyrings are given, and sends one
+    /// frame across, so that a key picked wrong fails here.
+    async fn talk(a: Keyring, b: Keyring) -> Result<(), String> {
+        let (mut left, mut right) = tokio::io::duplex(1 << 16);
+        let accept = tokio::spawn(async move {
+            let t = handshake(&mut right, &b, false).await.map_err(|e| e.to_string())?;
+            t.receiver(right, 1000).recv().await.map_err(|e| e.to_string())
+        });
+        let t = handshake(&mut left, &a, true).await.map_err(|e| e.to_string())?;
+        let mut tx = t.sender(left);
+        tx.send(b"hello").await.map_err(|e| e.to_string())?;
+        tx.flush().await.map_err(|e| e.to_string())?;
+        match accept.await.unwrap()? {
+            Some(frame) if &frame[..] == b"hello" => Ok(()),
+            other => Err(format!("got {other:?}")),
+        }
+    }
+
+    fn ring(primary: &ClusterKey, others: &[&ClusterKey]) -> Keyring {
+        let mut ring = Keyring::new(primary.clone());
+        for k in others {
+            ring.install((*k).clone()).unwrap();
+        }
+        ring
+    }
+
+    /// Mid-rotation every pair that shares a key links, whichever side
+    /// dials and whichever key is each one's primary.
+    #[tokio::test]
+    async fn nodes_whose_keyrings_share_any_key_link_in_one_handshake() {
+        let (k1, k2, k3) = (ClusterKey::generate(), ClusterKey::generate(), ClusterKey::generate());
+        let cases = [
+            (ring(&k1, &[]), ring(&k1, &[])),
+            (ring(&k2, &[&k1]), ring(&k1, &[])),
+            (ring(&k1, &[]), ring(&k2, &[&k1])),
+            (ring(&k2, &[&k1]), ring(&k1, &[&k2])),
+            (ring(&k3, &[&k1, &k2]), ring(&k1, &[&k2])),
+            (ring(&k1, &[&k3]), ring(&k2, &[&k3])),
+        ];
+        for (i, (a, b)) in cases.into_iter().enumerate() {
+            assert_eq!(talk(a.clone(), b.clone()).await, Ok(()), "case {i}: {a:?} dials {b:?}");
+            assert_eq!(talk(b.clone(), a.clone()).await, Ok(()), "case {i}: {b:?} dials {a:?}");
+        }
+        let refused = talk(ring(&k1, &[&k2]), ring(&k3, &[])).await.unwrap_err();
+        assert!(refused.contains("no cluster key in common"), "{refused}");
+    }
+
+    /// The handshake of the release before keyrings: empty payloads, the
+    /// one key mixed in.
+    async fn legacy_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        stream: &mut S,
+        key: &ClusterKey,
+        initiator: bool,
+    ) -> Result<Transport, LinkError> {
+        let keypair = builder(key)?.generate_keypair().map_err(noise_error)?;
+        let b = builder(key)?.local_private_key(&keypair.private).map_err(noise_error)?;
+        let mut state = if initiator {
+            b.build_initiator()
+        } else {
+            b.build_responder()
+        }
+        .map_err(noise_error)?;
+        let (mut message, mut payload, mut incoming) = (vec![0u8; 1024], vec![0u8; 1024], Vec::new());
+        for turn in 0..3 {
+            if (turn % 2 == 0) == initiator {
+                let n = state.write_message(&[], &mut message).map_err(noise_error)?;
+                write_message(stream, &message[..n]).await?;
+                stream.flush().await?;
+            } else {
+                read_message(stream, &mut incoming)
+                    .await?
+                    .ok_or(LinkError::ClosedDuringHandshake)?;
+                state.read_message(&incoming, &mut payload).map_err(noise_error)?;
+            }
+        }
+        Ok(Transport(Arc::new(
+            state.into_stateless_transport_mode().map_err(noise_error)?,
+        )))
+    }
+
+    /// A fleet is upgraded one host at a time: a node of this release and
+    /// one of the last link both ways on the primary key.
+    #[tokio::test]
+    async fn a_node_of_the_release_before_keyrings_links_both_ways() {
+        let key = ClusterKey::generate();
+        for new_dials in [true, false] {
+            let (mut left, mut right) = tokio::io::duplex(1 << 16);
+            let (ring, old_key) = (ring(&key, &[&ClusterKey::generate()]), key.clone());
+            let old = tokio::spawn(async move {
+                let t = legacy_handshake(&mut right, &old_key, !new_dials).await.unwrap();
+                t.receiver(right, 1000).recv().await.unwrap()
+            });
+            let t = handshake(&mut left, &ring, new_dials).await.unwrap();
+            let mut tx = t.sender(left);
+            tx.send(b"hi").await.unwrap();
+            tx.flush().await.unwrap();
+            assert_eq!(
+                old.await.unwrap().as_deref(),
+                Some(&b"hi"[..]),
+                "new dials: {new_dials}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_offer_that_does_not_read_is_taken_for_an_earlier_release() {
+        let k = ClusterKey::generate();
+        let ring = ring(&k, &[]);
+        assert_eq!(pick(&ring, b""), Pick::Legacy);
+        assert_eq!(pick(&ring, b"CJK1\x09"), Pick::Legacy, "more ids than a keyring holds");
+        assert_eq!(pick(&ring, b"CJK1\x01abc"), Pick::Legacy, "a short id");
+        assert_eq!(pick(&ring, &offer(&ring)), Pick::Key(key_id(&k)));
     }
 
     /// A peer that hangs up mid-handshake is a busy or departing node as
@@ -348,7 +589,10 @@ mod tests {
         let key = ClusterKey::generate();
         let (left, mut right) = tokio::io::duplex(1 << 16);
         drop(left);
-        let hung_up = handshake(&mut right, &key, false).await.err().unwrap();
+        let hung_up = handshake(&mut right, &Keyring::new(key.clone()), false)
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(hung_up, LinkError::ClosedDuringHandshake), "{hung_up:?}");
         assert_eq!(FailedAt::of_handshake(&hung_up), FailedAt::HandshakeUnfinished);
         assert_eq!(
@@ -363,10 +607,10 @@ mod tests {
         let (mut left, mut right) = tokio::io::duplex(1 << 16);
         let k2 = key.clone();
         let accept = tokio::spawn(async move {
-            let t = handshake(&mut right, &k2, false).await.unwrap();
+            let t = handshake(&mut right, &Keyring::new(k2.clone()), false).await.unwrap();
             t.receiver(right, 1000).recv().await
         });
-        let t = handshake(&mut left, &key, true).await.unwrap();
+        let t = handshake(&mut left, &Keyring::new(key.clone()), true).await.unwrap();
         let mut tx = t.sender(left);
         tx.send(&[7u8; 1001]).await.unwrap();
         tx.flush().await.unwrap();
@@ -378,7 +622,7 @@ mod tests {
         // Before the handshake, a length over the Noise limit is refused unread.
         let (mut left, mut right) = tokio::io::duplex(1 << 16);
         left.write_all(&(10u32 << 20).to_be_bytes()).await.unwrap();
-        match handshake(&mut right, &key, false).await {
+        match handshake(&mut right, &Keyring::new(key.clone()), false).await {
             Err(LinkError::MessageTooLarge { size }) => assert_eq!(size, 10 << 20),
             other => panic!("expected MessageTooLarge, got {:?}", other.err()),
         }
@@ -387,6 +631,6 @@ mod tests {
         left.write_all(&40u32.to_be_bytes()).await.unwrap();
         left.write_all(&[0xAB; 40]).await.unwrap();
         drop(left);
-        assert!(handshake(&mut right, &key, false).await.is_err());
+        assert!(handshake(&mut right, &Keyring::new(key.clone()), false).await.is_err());
     }
 }

@@ -198,11 +198,12 @@ async fn run_link(
 ) {
     let _ = stream.set_nodelay(true);
     let initiator = direction == Direction::Outbound;
+    let keyring = setup.keys.current();
     let shaken = match ticket {
-        None => handshake(&mut stream, &setup.key, initiator).await,
+        None => handshake(&mut stream, &keyring, initiator).await,
         Some(mut ticket) => {
             let shaken = tokio::select! {
-                shaken = handshake(&mut stream, &setup.key, initiator) => shaken,
+                shaken = handshake(&mut stream, &keyring, initiator) => shaken,
                 _ = &mut ticket.pushed_out => {
                     debug!(%remote, "handshake ended: its place went to a source with fewer waiting");
                     return;

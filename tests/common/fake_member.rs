@@ -51,7 +51,9 @@ pub async fn answer_join(
     addr: SocketAddr,
     table_after: Duration,
 ) -> Answered {
-    let transport = handshake(&mut stream, key, false).await.expect("handshake");
+    let transport = handshake(&mut stream, &conjoiner::cluster::Keyring::new(key.clone()), false)
+        .await
+        .expect("handshake");
     let (read, write) = stream.into_split();
     let mut tx = transport.sender(write);
     let rx = transport.receiver(read, 1 << 20);
