@@ -195,6 +195,8 @@ pub fn system_hostname() -> Option<String> {
 /// The cluster side of a running node, stopped in order at shutdown.
 struct ClusterParts {
     bridge: Addr<ClusterBridge>,
+    /// The keys links are made with; `conjoiner keys` changes them.
+    keys: crate::cluster::SharedKeyring,
     mdns: Option<Mdns>,
     seeds: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -255,10 +257,18 @@ impl ClusterParts {
         let addr_file = config.data_dir.join(CLUSTER_ADDR_FILE);
         crate::private_file::write(&addr_file, format!("{advertise}\n").as_bytes())
             .with_context(|| format!("cannot record the cluster address in {}", addr_file.display()))?;
-        let bridge = ClusterBridge::new(identity, net.timing.clone(), keyring, transport, advertise, started_ms)
-            .with_metrics(metrics.clone())
-            .holding(SET_DEPLOYMENTS, deployment_rules(&config.deployer.trust))
-            .start();
+        let keys = crate::cluster::SharedKeyring::new(keyring);
+        let bridge = ClusterBridge::new(
+            identity,
+            net.timing.clone(),
+            keys.clone(),
+            transport,
+            advertise,
+            started_ms,
+        )
+        .with_metrics(metrics.clone())
+        .holding(SET_DEPLOYMENTS, deployment_rules(&config.deployer.trust))
+        .start();
         let mdns = if net.mdns && net.memory.is_none() {
             match Mdns::start(
                 &identity.cluster,
@@ -286,7 +296,12 @@ impl ClusterParts {
             bridge.clone().recipient(),
             span,
         ));
-        Ok(ClusterParts { bridge, mdns, seeds })
+        Ok(ClusterParts {
+            bridge,
+            keys,
+            mdns,
+            seeds,
+        })
     }
 
     /// Stops discovery, then says goodbye to the cluster.
@@ -569,6 +584,7 @@ impl Node {
             builtins: BUILTINS,
             data_dir: config.data_dir.clone(),
             holders: Arc::new(move |sha: &str| board.holders_of(sha)),
+            keys: parts.as_ref().map(|p| p.keys.clone()),
         };
         let monitor = MonitorParts {
             ctx: ctx.clone(),

@@ -17,7 +17,11 @@ use super::messages::{state_handlers, Deliver, ShowState};
 use super::modbus::answer_status;
 use super::modbus::{Publish, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, RunningModule, StartModule};
+use crate::audit::{AuditLine, Decision};
 use crate::cluster::protocol::SET_DEPLOYMENTS;
+use crate::cluster::SharedKeyring;
+use crate::command::keyring_change::{KeyringAnswer, KeyringChange, KeyringOp, KeyringRefusal};
+use crate::command::replay::RecentIds;
 use crate::deploy::install::{blocking, DeployerConfig, Installer};
 use crate::deploy::order::{PeerNews, PeerRequest};
 use crate::deploy::package::parse_sha256;
@@ -89,6 +93,9 @@ pub struct DeployerParts {
     pub builtins: Builtins,
     pub data_dir: PathBuf,
     pub holders: Holders,
+    /// The keys the node's links are made with (none on a node without
+    /// links): `conjoiner keys` lists and changes them through here.
+    pub keys: Option<SharedKeyring>,
 }
 
 /// The factory of the node's Deployer.
@@ -118,6 +125,7 @@ pub fn start_module(name: &str, parts: DeployerParts) -> anyhow::Result<RunningM
         again: false,
         save_pending: false,
         last_pass: None,
+        keyring_ids: RecentIds::default(),
     };
     Ok(spawn_module(deployer).1)
 }
@@ -146,6 +154,8 @@ pub struct Deployer {
     again: bool,
     save_pending: bool,
     last_pass: Option<(Instant, Result<PassSummary, String>)>,
+    /// Keyring commands taken lately, so that none is taken twice.
+    keyring_ids: RecentIds,
 }
 
 /// Run a reconcile pass (again, if one runs now).
@@ -183,6 +193,94 @@ impl Deployer {
                 MessageType::Error,
                 self.source(),
                 json!({"error": e.to_string(), "code": e.code()}),
+            ),
+        };
+        self.parts.ctx.bus.do_send(Publish(reply));
+    }
+
+    /// Someone (`conjoiner keys`) lists or changes this node's cluster
+    /// keys. A change passes the command gate, is kept in the data dir,
+    /// then used for every new link; each one is in the audit.
+    fn answer_keyring(&mut self, request: Envelope, change: KeyringChange) {
+        let Some(keys) = self.parts.keys.clone() else {
+            let body = json!({"error": "this node makes no cluster links", "code": "invalid_request"});
+            let reply = Envelope::reply_to_request(&request, MessageType::Error, self.source(), body);
+            return self.parts.ctx.bus.do_send(Publish(reply));
+        };
+        let identity = &self.parts.ctx.identity;
+        let mut keyring = keys.current();
+        let trust = self.parts.config.trust.current();
+        let applied = change
+            .apply(
+                &mut keyring,
+                &trust,
+                &mut self.keyring_ids,
+                &identity.name,
+                &identity.tags.get(),
+                now_ms(),
+            )
+            .and_then(|changed| {
+                if changed {
+                    keyring.save(&self.parts.data_dir).map_err(|e| KeyringRefusal {
+                        code: "failed",
+                        message: format!("cannot keep the keyring in {}: {e}", self.parts.data_dir.display()),
+                    })?;
+                    keys.replace(keyring.clone());
+                }
+                Ok(changed)
+            });
+        let answer = KeyringAnswer::of(&keyring, *applied.as_ref().unwrap_or(&false));
+        if change.op != KeyringOp::List {
+            let signer = change
+                .signature
+                .as_ref()
+                .and_then(|s| crate::command::operator_key::OperatorKey::parse(&s.key).ok())
+                .map(|k| k.id());
+            let (decision, status, reason) = match &applied {
+                Ok(changed) => (
+                    Decision::CarriedOut,
+                    Some(format!(
+                        "{}: {}",
+                        change.op.as_str(),
+                        if *changed { "changed" } else { "unchanged" }
+                    )),
+                    None,
+                ),
+                Err(refusal) => (
+                    Decision::Refused,
+                    Some(change.op.as_str().to_string()),
+                    Some(format!("{}: {}", refusal.code, refusal.message)),
+                ),
+            };
+            match &applied {
+                Ok(changed) => {
+                    info!(op = change.op.as_str(), from = %request.src.node, changed, primary = %answer.primary,
+                    keys = %answer.keys.join(", "), "keyring command carried out")
+                }
+                Err(refusal) => warn!(op = change.op.as_str(), from = %request.src.node, code = refusal.code,
+                    reason = %refusal.message, "keyring command refused"),
+            }
+            self.parts.state.audit.append(&AuditLine {
+                ts: now_ms(),
+                node: identity.name.clone(),
+                id: Some(change.id.clone()),
+                kind: "keyring".into(),
+                module: "keyring".into(),
+                target: None,
+                origin: Some(request.src.node.clone()),
+                key: signer,
+                decision,
+                status,
+                reason,
+            });
+        }
+        let reply = match applied {
+            Ok(_) => Envelope::reply_to_request(&request, MessageType::Reply, self.source(), json!(answer)),
+            Err(refusal) => Envelope::reply_to_request(
+                &request,
+                MessageType::Error,
+                self.source(),
+                json!({"error": refusal.message, "code": refusal.code}),
             ),
         };
         self.parts.ctx.bus.do_send(Publish(reply));
@@ -460,6 +558,7 @@ impl Handler<Deliver> for Deployer {
                         return self.serve_chunk(envelope, sha256, offset, len);
                     }
                     Ok(PeerRequest::Audit { query }) => return self.answer_audit(envelope, query),
+                    Ok(PeerRequest::Keyring { change }) => return self.answer_keyring(envelope, change),
                     Ok(PeerRequest::Unknown) => {
                         ServeError::UnknownOp(format!("`{}`", envelope.body["op"].as_str().unwrap_or_default()))
                     }

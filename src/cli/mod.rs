@@ -11,6 +11,7 @@ pub mod debug;
 pub mod deploy;
 pub mod deployments;
 pub mod keygen;
+pub mod keys;
 pub mod members;
 pub mod modules;
 pub mod package;
@@ -101,6 +102,9 @@ pub enum Command {
     Tags(tags::TagsArgs),
     /// Stream the envelopes the local node sees.
     Tail(tail::TailArgs),
+    /// The cluster keys of every alive node: list them, or install, use or
+    /// remove one on all at once (rotation without downtime).
+    Keys(keys::KeysArgs),
     /// Print a new cluster key (give the same key to every node), or with
     /// --operator make an operator key pair that signs deploys.
     Keygen(keygen::KeygenArgs),
@@ -188,6 +192,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Tail(args) => block_on(tail::run(http, cli.json, args)),
         Command::Tags(args) => block_on(tags::run(http, cli.json, args)),
         Command::Keygen(args) => keygen::run(cli.json, args),
+        Command::Keys(args) => block_on(keys::run(http, cli.json, args)),
         Command::Deploy(args) => block_on(deploy::deploy(http, cli.json, args)),
         Command::Undeploy(args) => block_on(deploy::undeploy(http, cli.json, args)),
         Command::Deployments(args) => block_on(deployments::run(http, cli.json, args)),

@@ -183,6 +183,11 @@ impl SharedKeyring {
     pub fn current(&self) -> Keyring {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// Links are made with `keyring` from now on (links up stay up).
+    pub fn replace(&self, keyring: Keyring) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = keyring;
+    }
 }
 
 impl From<Keyring> for SharedKeyring {

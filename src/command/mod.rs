@@ -16,11 +16,14 @@
 //! - [`replay`]: ids and times an origin has seen, so a captured command
 //!   cannot be sent again.
 //!
-//! The commands themselves live with the capability they drive: deploys
-//! and undeploys are deployments-table entries (`deploy::command`).
+//! - [`keyring_change`]: the command that changes a node's cluster keys.
+//!
+//! The deploy commands live with the capability they drive: deploys and
+//! undeploys are deployments-table entries (`deploy::command`).
 
 pub mod canonical;
 pub mod gate;
+pub mod keyring_change;
 pub mod operator_key;
 pub mod replay;
 pub mod signature;

@@ -165,6 +165,10 @@ pub enum PeerRequest {
         #[serde(flatten)]
         query: crate::audit::AuditQuery,
     },
+    /// List or change this node's cluster keys (`conjoiner keys`).
+    Keyring {
+        change: crate::command::keyring_change::KeyringChange,
+    },
     /// An op this node does not serve.
     #[serde(other)]
     Unknown,
