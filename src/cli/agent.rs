@@ -10,7 +10,7 @@ use crate::config::{AgentFile, AgentSettings, ConfigFile};
 use crate::logging::{self, LogFormat};
 use crate::node::{NetworkConfig, Node, NodeConfig, DEFAULT_MAX_BODY, HTTP_ADDR_FILE};
 use anyhow::Context as _;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -183,13 +183,6 @@ fn limit_malloc_arenas() {
     }
 }
 
-fn resolve(key: &str, addr: &str) -> Result<SocketAddr, CliError> {
-    addr.to_socket_addrs()
-        .map_err(|e| CliError::usage(format!("`{key}` `{addr}` is not an address: {e}")))?
-        .next()
-        .ok_or_else(|| CliError::usage(format!("`{key}` `{addr}` resolves to nothing")))
-}
-
 /// Runs the agent; `http` is the `--http` flag, if given.
 pub fn run(http: Option<&str>, args: AgentArgs) -> Result<i32, CliError> {
     let sources = Sources {
@@ -229,16 +222,10 @@ pub fn run(http: Option<&str>, args: AgentArgs) -> Result<i32, CliError> {
 fn node_config(s: &AgentSettings, trust: Trust) -> Result<(NodeConfig, ApiSettings), CliError> {
     let profile = s.profile.clone();
     let api = ApiSettings {
-        addr: resolve("http", &s.http)?,
+        addr: s.http_addr,
         max_body_bytes: DEFAULT_MAX_BODY,
-        metrics: s.metrics.as_deref().map(|m| resolve("metrics", m)).transpose()?,
+        metrics: s.metrics_addr,
     };
-    let advertise = s
-        .advertise
-        .as_deref()
-        .map(crate::config::settings::parse_advertise)
-        .transpose()
-        .map_err(CliError::usage)?;
     let config = NodeConfig {
         name: s.name.clone(),
         cluster: s.cluster.clone(),
@@ -251,8 +238,8 @@ fn node_config(s: &AgentSettings, trust: Trust) -> Result<(NodeConfig, ApiSettin
         },
         monitor: profile.monitor,
         network: Some(NetworkConfig {
-            bind: resolve("bind", &s.bind)?,
-            advertise,
+            bind: s.bind_addr,
+            advertise: s.advertise_addr,
             join: s.join.clone(),
             mdns: s.mdns,
             key_file: s.key_file.clone(),

@@ -49,12 +49,18 @@ pub struct AgentSettings {
     pub tags: BTreeMap<String, String>,
     pub data_dir: PathBuf,
     pub bind: String,
+    /// `bind`, resolved once (a host name is looked up here only).
+    pub bind_addr: SocketAddr,
     pub advertise: Option<String>,
+    /// `advertise` read: an IP alone has port 0, the bound port.
+    pub advertise_addr: Option<SocketAddr>,
     pub join: Vec<String>,
     pub mdns: bool,
     pub key_file: Option<PathBuf>,
     pub http: String,
+    pub http_addr: SocketAddr,
     pub metrics: Option<String>,
+    pub metrics_addr: Option<SocketAddr>,
     pub max_package: u64,
     pub max_uploads: u16,
     pub package_dirs: Vec<PathBuf>,
@@ -93,15 +99,20 @@ impl AgentSettings {
             ));
         }
         let bind = given.bind.clone().unwrap_or_else(|| DEFAULT_BIND.into());
-        check_address("bind", &bind)?;
-        if let Some(advertise) = &given.advertise {
-            parse_advertise(advertise).map_err(|e| SettingError::new("advertise", e))?;
-        }
+        let bind_addr = check_address("bind", &bind)?;
+        let advertise_addr = given
+            .advertise
+            .as_deref()
+            .map(parse_advertise)
+            .transpose()
+            .map_err(|e| SettingError::new("advertise", e))?;
         let http = given.http.clone().unwrap_or_else(|| DEFAULT_HTTP.into());
-        check_address("http", &http)?;
-        if let Some(metrics) = &given.metrics {
-            check_address("metrics", metrics)?;
-        }
+        let http_addr = check_address("http", &http)?;
+        let metrics_addr = given
+            .metrics
+            .as_deref()
+            .map(|m| check_address("metrics", m))
+            .transpose()?;
         let max_uploads = given
             .max_uploads
             .unwrap_or(crate::deploy::uploads::DEFAULT_MAX_UPLOADS as u16);
@@ -155,12 +166,16 @@ impl AgentSettings {
             tags,
             data_dir: absolute(given.data_dir.clone().unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
             bind,
+            bind_addr,
             advertise: given.advertise.clone(),
+            advertise_addr,
             join: given.join.clone().unwrap_or_default(),
             mdns: given.mdns.unwrap_or(true),
             key_file: given.key_file.clone().map(absolute),
             http,
+            http_addr,
             metrics: given.metrics.clone(),
+            metrics_addr,
             max_package: profile.deployer.max_package_bytes,
             max_uploads,
             package_dirs: profile.deployer.package_dirs.clone(),
