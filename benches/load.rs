@@ -124,21 +124,47 @@ fn main() {
         return;
     }
 
-    // Watch RSS and CPU until the last envelope should have arrived.
+    // Watch RSS and CPU until every loadgen has written its last publish
+    // (a node that holds its publishers back makes that later than SECS),
+    // then for the last envelopes to arrive.
     let cpu_before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
     let load_start = Instant::now() + Duration::from_secs_f64((start_at - unix_secs()).max(0.0));
-    let end = load_start + Duration::from_secs(secs as u64) + DRAIN;
+    let give_up = load_start + Duration::from_secs(secs as u64 * 4 + 60);
+    let all_done = || {
+        nodes
+            .iter()
+            .all(|node| counts(&node.data).is_some_and(|c| c["done_sending"] == true))
+    };
+    let mut done_seen: Option<Instant> = None;
     let mut rss_samples: Vec<(f64, Vec<u64>)> = Vec::new();
-    while Instant::now() < end {
+    loop {
+        let now = Instant::now();
+        if done_seen.is_none() && now >= load_start && all_done() {
+            done_seen = Some(now);
+        }
+        let end = match done_seen {
+            Some(done) => (done + DRAIN).max(load_start + Duration::from_secs(secs as u64) + DRAIN),
+            None => give_up,
+        };
+        if now >= end {
+            break;
+        }
         let at = unix_secs() - start_at;
         rss_samples.push((at, pids.iter().map(|p| rss_kib(*p)).collect()));
-        thread::sleep(SAMPLE_EVERY.min(end.saturating_duration_since(Instant::now())));
+        thread::sleep(SAMPLE_EVERY.min(end.saturating_duration_since(now)));
     }
+    if done_seen.is_none() {
+        eprintln!(
+            "some loadgens had not written their last publish after {} s",
+            give_up.duration_since(load_start).as_secs()
+        );
+    }
+    let watched = Instant::now().saturating_duration_since(load_start).as_secs_f64();
     let ticks = clock_ticks_per_s();
     let cpu_cores: Vec<f64> = pids
         .iter()
         .zip(&cpu_before)
-        .map(|(p, before)| (cpu_ticks(*p) - before) as f64 / ticks / (secs as f64 + DRAIN.as_secs_f64()))
+        .map(|(p, before)| (cpu_ticks(*p) - before) as f64 / ticks / watched)
         .collect();
     // The last counts are written once a second; RSS is read once the
     // nodes have been idle a while.
@@ -244,7 +270,15 @@ fn main() {
             row["rss_kib_after"].as_f64().unwrap() / 1024.0,
         );
     }
-    let delivered_per_s = total_received as f64 / secs as f64;
+    let last_publish = figures
+        .iter()
+        .filter_map(|f| f.as_ref().and_then(|f| f["done_at"].as_f64()))
+        .fold(f64::NAN, f64::max);
+    let delivered_per_s = total_received as f64 / (last_publish - start_at).max(secs as f64);
+    println!(
+        "publishing {rate}/s per node was planned to take {secs} s and took {:.1} s (the nodes hold publishers back when their links are full)",
+        last_publish - start_at
+    );
     println!(
         "sent {total_sent} ({:.0}/s), delivered {total_received} of {total_expected} ({delivered_per_s:.0}/s), missing {}",
         total_sent as f64 / secs as f64,
@@ -277,6 +311,7 @@ fn main() {
         "expected": total_expected,
         "received": total_received,
         "delivered_per_s": delivered_per_s,
+        "publishing_took_s": last_publish - start_at,
         "latency_ms": {"p50": percentile_ms(50.0), "p99": percentile_ms(99.0), "max": max_ms},
         "per_node": rows,
         "drops": drops,

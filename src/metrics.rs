@@ -272,8 +272,12 @@ impl Metrics {
     }
 
     pub fn dropped(&self, reason: DropReason) {
+        self.dropped_many(reason, 1);
+    }
+
+    pub fn dropped_many(&self, reason: DropReason, n: u64) {
         self.counter("conjoiner_envelopes_dropped_total", &[("reason", reason.as_str())])
-            .increment(1);
+            .increment(n);
     }
 
     pub fn handshake_failed(&self) {

@@ -197,6 +197,8 @@ struct ClusterParts {
     bridge: Addr<ClusterBridge>,
     /// The keys links are made with; `conjoiner keys` changes them.
     keys: crate::cluster::SharedKeyring,
+    /// Set by the bridge while the links cannot carry more.
+    backpressure: crate::cluster::backpressure::Backpressure,
     mdns: Option<Mdns>,
     seeds: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -258,6 +260,7 @@ impl ClusterParts {
         crate::private_file::write(&addr_file, format!("{advertise}\n").as_bytes())
             .with_context(|| format!("cannot record the cluster address in {}", addr_file.display()))?;
         let keys = crate::cluster::SharedKeyring::new(keyring);
+        let backpressure = crate::cluster::backpressure::Backpressure::default();
         let bridge = ClusterBridge::new(
             identity,
             net.timing.clone(),
@@ -267,6 +270,7 @@ impl ClusterParts {
             started_ms,
         )
         .with_metrics(metrics.clone())
+        .with_backpressure(backpressure.clone())
         .holding(SET_DEPLOYMENTS, deployment_rules(&config.deployer.trust))
         .start();
         let mdns = if net.mdns && net.memory.is_none() {
@@ -299,6 +303,7 @@ impl ClusterParts {
         Ok(ClusterParts {
             bridge,
             keys,
+            backpressure,
             mdns,
             seeds,
         })
@@ -549,7 +554,10 @@ impl Node {
             None => None,
         };
         let (cluster, cluster_state) = match &parts {
-            Some(p) => (ClusterHandle::of(&p.bridge), p.bridge.clone().recipient()),
+            Some(p) => (
+                ClusterHandle::of(&p.bridge).with_backpressure(p.backpressure.clone()),
+                p.bridge.clone().recipient(),
+            ),
             None => {
                 let loopback = LoopbackCluster::new(&identity)
                     .holding(SET_DEPLOYMENTS, deployment_rules(&config.deployer.trust))

@@ -13,9 +13,11 @@
 use super::cluster_bus::*;
 use super::messages::{state_handlers, ShowState};
 use super::NodeIdentity;
+use crate::cluster::backpressure::Backpressure;
 use crate::cluster::core::keyed::EntryRules;
 use crate::cluster::core::{Action, Change, ClusterCore, CoreError, Direction, LinkId, Standing};
-use crate::cluster::link::{DownReason, FailedAt, LinkEvent, LinkHandle, LinkSetup};
+use crate::cluster::link::{DownReason, FailedAt, LinkEvent, LinkHandle, LinkSetup, Queued};
+use crate::cluster::link_loads::LinkLoads;
 use crate::cluster::protocol::{Entry, Frame, SetId, Status};
 use crate::cluster::transport::Transport;
 use crate::cluster::{ClusterConfig, NodeId, SharedKeyring};
@@ -60,7 +62,6 @@ struct Counters {
     malformed_envelopes: u64,
     oversized: u64,
     handshake_failures: u64,
-    links_dropped_slow: u64,
     frames_in: u64,
     frames_out: u64,
     bytes_out: u64,
@@ -87,6 +88,12 @@ pub struct ClusterBridge {
     unfinished_log: LogThrottle,
     /// Drops at a full Transponder mailbox, logged once per 10 s.
     transponder_full_log: LogThrottle,
+    /// The links' queues, the node's congestion, and what links lost.
+    loads: LinkLoads,
+    /// Envelopes lost on links, logged once per 10 s.
+    link_loss_log: LogThrottle,
+    /// Congestion coming and going, logged at info once per 10 s.
+    congestion_log: LogThrottle,
     counters: Counters,
     metrics: Metrics,
     /// Who is told of each keyed dataset's changes (the Deployer).
@@ -131,6 +138,9 @@ impl ClusterBridge {
             handshake_log: LogThrottle::new(Duration::from_secs(10), 5),
             unfinished_log: LogThrottle::new(Duration::from_secs(10), 5),
             transponder_full_log: LogThrottle::new(Duration::from_secs(10), 1),
+            loads: LinkLoads::new(Backpressure::default()),
+            link_loss_log: LogThrottle::new(Duration::from_secs(10), 1),
+            congestion_log: LogThrottle::new(Duration::from_secs(10), 1),
             counters: Counters::default(),
             metrics: Metrics::default(),
             watchers: HashMap::new(),
@@ -142,6 +152,13 @@ impl ClusterBridge {
     /// Holds keyed dataset `set` (the deployments table) under `rules`.
     pub fn holding(mut self, set: SetId, rules: Box<dyn EntryRules>) -> ClusterBridge {
         self.core.hold(set, rules);
+        self
+    }
+
+    /// Sets `gauge` while the links cannot carry more, so whatever feeds
+    /// the cluster holds back (see [`Backpressure`]).
+    pub fn with_backpressure(mut self, gauge: Backpressure) -> ClusterBridge {
+        self.loads = LinkLoads::new(gauge);
         self
     }
 
@@ -195,7 +212,7 @@ impl ClusterBridge {
                 }
                 Action::Send { link, lane, frame } => self.send(link, lane, &frame),
                 Action::Close { link, reason } => {
-                    if self.links.remove(&link).is_some() {
+                    if self.remove_link(link).is_some() {
                         debug!(link, reason, "link closed");
                     }
                 }
@@ -283,14 +300,98 @@ impl ClusterBridge {
         self.counters.frames_out += 1;
         self.counters.bytes_out += bytes.len() as u64;
         let limit = self.core.config().peer_queue_bytes;
-        if let Err(full) = handle.enqueue(bytes, lane, limit) {
-            self.counters.links_dropped_slow += 1;
-            warn!(link, remote = %handle.remote, queued_bytes = full.queued, limit,
-                "peer does not drain its queue; disconnecting it");
-            self.links.remove(&link);
-            self.core
-                .link_down(link, "peer does not drain its queue", Instant::now());
+        match handle.enqueue(bytes, lane, frame.envelopes(), limit) {
+            Ok(Queued::Yes) => {}
+            Ok(Queued::Shed { envelopes }) => {
+                let remote = handle.remote;
+                self.loads.shed(envelopes);
+                self.link_lost(Some((link, remote)), u64::from(envelopes), "its queue is full");
+            }
+            Err(full) => {
+                warn!(link, remote = %handle.remote, queued_bytes = full.queued, limit,
+                    "peer does not drain its queue; disconnecting it");
+                self.drop_stalled(link);
+            }
         }
+    }
+
+    /// Envelopes a link lost: counted in the metrics, logged once per 10 s.
+    fn link_lost(&mut self, link: Option<(LinkId, SocketAddr)>, envelopes: u64, why: &str) {
+        if envelopes == 0 {
+            return;
+        }
+        self.metrics.dropped_many(DropReason::Overloaded, envelopes);
+        if let Some(times) = self.link_loss_log.event(Instant::now()) {
+            let c = &self.loads.counters;
+            let (link, remote) = link.map_or((None, None), |(l, r)| (Some(l), Some(r.to_string())));
+            warn!(
+                link,
+                remote,
+                envelopes,
+                why,
+                times,
+                queue_full = c.envelopes_dropped_queue_full,
+                stale = c.envelopes_dropped_stale,
+                link_closed = c.envelopes_dropped_link_closed,
+                "envelopes for a peer dropped (counted as overloaded)"
+            );
+        }
+    }
+
+    /// Forgets a link, counting what it had not written yet as lost.
+    fn remove_link(&mut self, link: LinkId) -> Option<LinkHandle> {
+        let handle = self.links.remove(&link)?;
+        let lost = self.loads.closed(link, &handle);
+        self.link_lost(Some((link, handle.remote)), lost, "the link closed");
+        Some(handle)
+    }
+
+    /// Closes a link whose peer reads nothing at all.
+    fn drop_stalled(&mut self, link: LinkId) {
+        self.loads.stalled_closed();
+        self.remove_link(link);
+        self.core
+            .link_down(link, "peer does not drain its queue", Instant::now());
+    }
+
+    /// Looks at the links' queues: sets the node's congestion, counts what
+    /// links shed, closes the links that stalled. Runs every 50 ms while
+    /// anything is queued, every 500 ms otherwise.
+    fn look_at_links(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let verdict = self.loads.look(&self.links, now);
+        if verdict.dropped > 0 {
+            self.link_lost(None, verdict.dropped, "they waited too long");
+        }
+        if let Some(congested) = verdict.changed {
+            let episodes = self.loads.counters.congested_episodes;
+            let worst = self.links.values().map(|l| l.queued_bytes()).max().unwrap_or(0);
+            if congested && self.congestion_log.event(now).is_some() {
+                info!(
+                    episodes,
+                    max_queued_bytes = worst,
+                    "links are backed up; holding back what this node's modules publish"
+                );
+            } else {
+                debug!(congested, episodes, max_queued_bytes = worst, "link congestion changed");
+            }
+        }
+        for (link, yes) in verdict.backed_up {
+            self.core.link_backed_up(link, yes);
+        }
+        for link in verdict.stalled {
+            if let Some(handle) = self.links.get(&link) {
+                warn!(link, remote = %handle.remote, queued_bytes = handle.queued_bytes(),
+                    stalled_s = crate::cluster::backpressure::STALL_AFTER.as_secs(),
+                    "peer does not drain its queue (nothing written while frames waited); disconnecting it");
+            }
+            self.drop_stalled(link);
+        }
+        self.drive(ctx);
+        ctx.run_later(self.loads.next_look(&self.links), |act, ctx| {
+            let _g = act.span.clone().entered();
+            act.look_at_links(ctx);
+        });
     }
 
     fn deliver(&mut self, from: &str, data: &Bytes, direct: bool) {
@@ -379,6 +480,7 @@ impl Actor for ClusterBridge {
         ctx.set_mailbox_capacity(8192);
         let _g = self.span.clone().entered();
         self.listener_task = Some(self.transport.listen(self.link_setup(ctx)));
+        self.look_at_links(ctx);
         let config = self.core.config();
         info!(listen = %self.transport.local_addr(), advertise = %self.core.me().addr, boot = self.core.me().boot,
             probe_ms = config.probe_interval.as_millis() as u64,
@@ -424,7 +526,7 @@ impl Handler<LinkEvent> for ClusterBridge {
                 }
             }
             LinkEvent::Down { id, reason } => {
-                let Some(handle) = self.links.remove(&id) else { return };
+                let Some(handle) = self.remove_link(id) else { return };
                 // With XXpsk3 the dialer finishes its half of the handshake
                 // before the key is checked; a wrong key shows here, as the
                 // peer hanging up before it says hello.
@@ -496,6 +598,8 @@ impl Handler<Broadcast> for ClusterBridge {
     type Result = ();
     fn handle(&mut self, Broadcast(envelope): Broadcast, ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
+        let waited = crate::wire::now_ms().saturating_sub(envelope.ts);
+        self.loads.broadcast_waited(Duration::from_millis(waited));
         let bytes: Bytes = envelope.to_vec().into();
         match self.core.broadcast(envelope.id.as_u128(), bytes, Instant::now()) {
             Ok(()) => {
@@ -785,10 +889,15 @@ impl ShowState for ClusterBridge {
                     .and_then(|id| self.links.get(&id))
                     .map(|h| h.queued_bytes());
                 link["queued_bytes"] = json!(queued);
+                if let Some(id) = link["id"].as_u64() {
+                    link["queue_state"] = json!(self.loads.state(id).as_str());
+                }
             }
         }
         state["kind"] = json!("bridge");
         state["bridge"] = json!(&self.counters);
+        state["link_loads"] = json!(&self.loads.counters);
+        state["congested"] = json!(self.loads.gauge().is_congested());
         state["transponder_attached"] = json!(self.transponder.as_ref().is_some_and(|t| t.connected()));
         state
     }

@@ -216,6 +216,8 @@ pub struct ClusterHandle {
     pub list_entries: Recipient<ListEntries>,
     pub watch_entries: Recipient<WatchEntries>,
     pub set_tags: Recipient<SetTags>,
+    /// Set while the links cannot carry more: publishers hold back.
+    pub backpressure: crate::cluster::backpressure::Backpressure,
 }
 
 impl ClusterHandle {
@@ -246,6 +248,13 @@ impl ClusterHandle {
             list_entries: addr.clone().recipient(),
             watch_entries: addr.clone().recipient(),
             set_tags: addr.clone().recipient(),
+            backpressure: Default::default(),
         }
+    }
+
+    /// The gauge the cluster sets when it cannot carry more.
+    pub fn with_backpressure(mut self, gauge: crate::cluster::backpressure::Backpressure) -> ClusterHandle {
+        self.backpressure = gauge;
+        self
     }
 }

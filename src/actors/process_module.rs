@@ -22,6 +22,7 @@ use super::supervisor::ExitNote;
 use super::transponder::{PublishToCluster, TransponderSlot};
 use super::NodeIdentity;
 use crate::cgroup::{Containment, ModuleCgroup};
+use crate::cluster::backpressure::Backpressure;
 use crate::deploy::Manifest;
 use crate::logging::LogThrottle;
 use crate::modules::line_codec::{ModuleLines, ModuleText};
@@ -104,6 +105,9 @@ pub struct ProcessModuleSetup {
     pub config: Value,
     /// A cgroup for each run, or the process tree only.
     pub containment: Containment,
+    /// While set, the module's output is read no further: what it
+    /// publishes waits in its own pipe instead of being lost further on.
+    pub backpressure: Backpressure,
 }
 
 #[derive(Message)]
@@ -156,6 +160,8 @@ pub struct ProcessModule {
     started: Instant,
     publish_limit: TokenBucket,
     publish_drops: LogThrottle,
+    /// Envelopes dropped at a full stdin queue, logged once per 10 s.
+    stdin_drops: LogThrottle,
     /// `log` lines and bad lines put in the node's log (see
     /// `MODULE_LOG_LINES_PER_SEC`).
     log_lines: LogThrottle,
@@ -200,6 +206,7 @@ impl ProcessModule {
             started: Instant::now(),
             publish_limit,
             publish_drops: LogThrottle::new(Duration::from_secs(10), 1),
+            stdin_drops: LogThrottle::new(Duration::from_secs(10), 1),
             log_lines: module_log_throttle(),
             bad_lines: module_log_throttle(),
             stderr: Default::default(),
@@ -278,7 +285,10 @@ impl ProcessModule {
             }
         });
 
-        ctx.add_stream(FramedRead::new(stdout, ModuleLines::new(MAX_LINE_BYTES)));
+        ctx.add_stream(held_back(
+            FramedRead::new(stdout, ModuleLines::new(MAX_LINE_BYTES)),
+            self.setup.backpressure.clone(),
+        ));
 
         let span = self.span.clone();
         let tail = self.stderr.clone();
@@ -636,6 +646,20 @@ impl Actor for ProcessModule {
     }
 }
 
+/// `lines`, taken only while the node is not congested: a module that
+/// publishes more than the links carry blocks on its own stdout, as a
+/// program writing to any full pipe does.
+fn held_back<S>(lines: S, gauge: Backpressure) -> impl futures_util::Stream<Item = S::Item>
+where
+    S: futures_util::Stream + Unpin,
+{
+    futures_util::stream::unfold((lines, gauge), |(mut lines, gauge)| async move {
+        gauge.wait_clear().await;
+        let line = futures_util::StreamExt::next(&mut lines).await?;
+        Some((line, (lines, gauge)))
+    })
+}
+
 impl StreamHandler<std::io::Result<ModuleText>> for ProcessModule {
     fn handle(&mut self, line: std::io::Result<ModuleText>, ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
@@ -721,9 +745,14 @@ impl Handler<Deliver> for ProcessModule {
             self.counters.envelopes_dropped += 1;
             match why {
                 Refused::Full { queued_bytes } => {
-                    warn!(envelope = %envelope.id, dropped = self.counters.envelopes_dropped,
+                    // Counted every time, logged once per 10 s: an overloaded
+                    // module drops thousands a second.
+                    let Some(times) = self.stdin_drops.event(Instant::now()) else {
+                        return;
+                    };
+                    warn!(envelope = %envelope.id, times, dropped = self.counters.envelopes_dropped,
                     queued_bytes, limit_bytes = stdin_queue::MAX_BYTES, limit_lines = stdin_queue::MAX_LINES,
-                    "module is not reading its stdin fast enough; envelope dropped")
+                    "module is not reading its stdin fast enough; envelopes dropped")
                 }
                 Refused::Closed => warn!(envelope = %envelope.id, dropped = self.counters.envelopes_dropped,
                     "module's stdin is closed; envelope dropped"),

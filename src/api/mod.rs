@@ -348,6 +348,14 @@ async fn publish(node: web::Data<NodeHandle>, req: web::Json<PublishBody>) -> Re
             MessageType::parse(k).ok_or_else(|| ApiError::bad_request("invalid_request", "`type` must not be empty"))?
         }
     };
+    if node.ctx.cluster.backpressure.is_congested() {
+        debug!(address = %req.address, "publish refused: the node's links are backed up");
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "this node's cluster links are backed up; publish again in a moment",
+        ));
+    }
     let id = transponder(&node)?
         .send(PublishToCluster {
             kind,

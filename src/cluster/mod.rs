@@ -5,12 +5,14 @@
 //! simulator (`crate::sim`) drives thousands of cores over a virtual network.
 
 pub mod admission;
+pub mod backpressure;
 pub mod config;
 pub mod core;
 pub mod identity;
 pub mod key;
 pub mod keyring;
 pub mod link;
+pub mod link_loads;
 pub mod memory;
 pub mod noise;
 pub mod protocol;

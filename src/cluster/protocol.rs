@@ -507,6 +507,27 @@ pub enum ProtocolError {
 const MAX_BATCH: usize = 1 << 20;
 
 impl Frame {
+    /// How many ClusterBus envelopes the frame carries: what is lost with
+    /// it should it be shed.
+    pub fn envelopes(&self) -> u32 {
+        match self {
+            Frame::Hello(_) => 0,
+            Frame::Direct(_) => 1,
+            Frame::Msgs(msgs) => msgs
+                .iter()
+                .filter(|m| {
+                    matches!(
+                        m,
+                        Msg::Tree(TreeMsg::Gossip {
+                            payload: Payload::Envelope(_),
+                            ..
+                        })
+                    )
+                })
+                .count() as u32,
+        }
+    }
+
     pub fn encode(&self) -> Bytes {
         match self {
             Frame::Hello(h) => with_kind(KIND_HELLO, &h.encode()),

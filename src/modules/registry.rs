@@ -117,6 +117,7 @@ fn process_spec(ctx: &ModuleContext, dir: std::path::PathBuf, manifest: Manifest
                 manifest: manifest.clone(),
                 config: config.clone(),
                 containment: ctx.containment.clone(),
+                backpressure: ctx.cluster.backpressure.clone(),
             };
             let actor = ProcessModule::new(
                 &ctx.identity,

@@ -75,6 +75,15 @@ impl ClusterCore {
         self.close(link, "at the link cap");
     }
 
+    /// The driver found link `link` backed up (or clear again): the tree
+    /// relays to its peer by id meanwhile (see `BroadcastTree::set_backed_up`).
+    pub fn link_backed_up(&mut self, link: LinkId, yes: bool) {
+        if let Some(peer) = self.links.get(&link).and_then(|l| l.peer_name()).cloned() {
+            debug!(link, %peer, backed_up = yes, "link queue state changed");
+            self.tree.set_backed_up(&peer, yes);
+        }
+    }
+
     /// A link is gone (closed by the peer, or failed).
     pub fn link_down(&mut self, link: LinkId, reason: &str, now: Instant) {
         self.now = now;

@@ -132,6 +132,10 @@ pub struct BroadcastTree {
     children: StableSet<Arc<str>>,
     /// Links made eager by a graft, until a duplicate prunes them.
     grafted: StableSet<Arc<str>>,
+    /// Neighbours whose link is backed up: what this node relays goes to
+    /// them lazily (ids only), and they graft what they still miss, rather
+    /// than their queue shedding copies they mostly have already.
+    backed_up: StableSet<Arc<str>>,
     round: Option<Round>,
     my_hops: u16,
     /// The beacon round and hops each neighbour last sent us.
@@ -163,6 +167,7 @@ impl BroadcastTree {
             parent: None,
             children: StableSet::default(),
             grafted: StableSet::default(),
+            backed_up: StableSet::default(),
             round: None,
             my_hops: 0,
             heard: StableMap::default(),
@@ -213,6 +218,15 @@ impl BroadcastTree {
         self.is_tree(peer) || self.grafted.contains(peer)
     }
 
+    /// The link to `peer` is backed up (or clear again).
+    pub fn set_backed_up(&mut self, peer: &Arc<str>, yes: bool) {
+        if yes {
+            self.backed_up.insert(peer.clone());
+        } else {
+            self.backed_up.remove(peer);
+        }
+    }
+
     /// A new overlay neighbour: it learns our round at once, so a node that
     /// just joined finds a parent without waiting for the next beacon.
     pub fn neighbour_up(&mut self, peer: &Arc<str>, out: &mut Vec<TreeOut>) {
@@ -230,6 +244,7 @@ impl BroadcastTree {
         }
         self.children.remove(peer);
         self.grafted.remove(peer);
+        self.backed_up.remove(peer);
         self.lazy_queue.remove(peer);
         self.heard.remove(peer);
         if self.switch.as_ref().is_some_and(|(p, _)| &**p == peer) {
@@ -614,7 +629,8 @@ impl BroadcastTree {
             if Some(peer) == from.as_ref() {
                 continue;
             }
-            if flood || self.is_eager(peer) {
+            let relay_lazily = announce && lane == Lane::Bulk && self.backed_up.contains(peer);
+            if flood || (self.is_eager(peer) && !relay_lazily) {
                 out.push(TreeOut::Send {
                     to: peer.clone(),
                     msg: TreeMsg::Gossip {
@@ -900,6 +916,43 @@ mod tests {
         // This node's own envelope goes to every neighbour at once.
         tree.broadcast(2, envelope(), t0, &mut out);
         assert_eq!(sends(&out).len(), 3);
+    }
+
+    #[test]
+    fn a_backed_up_child_gets_relayed_envelopes_by_id_and_may_graft_them() {
+        let t0 = Instant::now();
+        let mut tree = tree_with(&["p", "kid", "other"]);
+        let mut out = Vec::new();
+        tree.on_beacon(&name("p"), round(1), 0, true, t0, &mut out);
+        tree.on_parent(&name("kid"), true);
+        tree.set_backed_up(&name("kid"), true);
+        out.clear();
+        tree.on_gossip(&name("p"), 1, 3, envelope(), t0, &mut out);
+        assert!(sends(&out).is_empty(), "nothing whole for the backed-up child");
+        out.clear();
+        tree.tick(t0 + Duration::from_millis(25), &mut out);
+        let mut lazy = sends(&out);
+        lazy.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            lazy,
+            vec![
+                ("kid".into(), TreeMsg::IHave { ids: vec![(1, 4)] }),
+                ("other".into(), TreeMsg::IHave { ids: vec![(1, 4)] }),
+            ]
+        );
+        // It grafts what it missed, and gets it whole.
+        out.clear();
+        tree.on_graft(&name("kid"), &[1], &mut out);
+        assert!(matches!(&sends(&out)[..], [(to, TreeMsg::Gossip { id: 1, .. })] if to == "kid"));
+        // This node's own envelopes still go to it, and once clear, relays too.
+        out.clear();
+        tree.broadcast(2, envelope(), t0, &mut out);
+        assert_eq!(sends(&out).len(), 3);
+        tree.set_backed_up(&name("kid"), false);
+        out.clear();
+        tree.on_gossip(&name("p"), 3, 3, envelope(), t0, &mut out);
+        let pushed: Vec<String> = sends(&out).into_iter().map(|(to, _)| to).collect();
+        assert_eq!(pushed, vec!["kid".to_string()]);
     }
 
     #[test]
