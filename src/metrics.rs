@@ -205,6 +205,16 @@ impl Metrics {
             text("Bytes queued for each peer's link."),
         );
         r.describe_gauge(
+            "conjoiner_congested".into(),
+            None,
+            text("1 while a link is backed up and this node holds back what its modules publish."),
+        );
+        r.describe_counter(
+            "conjoiner_congested_episodes_total".into(),
+            None,
+            text("Times this node began holding its publishers back."),
+        );
+        r.describe_gauge(
             "conjoiner_modules".into(),
             None,
             text("Modules on this node, by state."),

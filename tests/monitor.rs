@@ -396,6 +396,8 @@ fn metrics_are_prometheus_text_and_counters_move_with_traffic() {
         "conjoiner_members",
         "conjoiner_peers",
         "conjoiner_peer_queue_bytes",
+        "conjoiner_congested",
+        "conjoiner_congested_episodes_total",
         "conjoiner_modules",
         "conjoiner_module_restarts_total",
         "conjoiner_modbus_request_duration_seconds_bucket",

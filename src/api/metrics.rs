@@ -31,6 +31,9 @@ pub async fn metrics(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiErr
             );
         }
     }
+    let gauge = &node.ctx.cluster.backpressure;
+    m.set_level("conjoiner_congested", &[], if gauge.is_congested() { 1.0 } else { 0.0 });
+    m.set_total("conjoiner_congested_episodes_total", &[], gauge.episodes());
     let modules = node.modules().await;
     for state in ["starting", "running", "restarting", "stopping", "stopped", "failed"] {
         let count = modules.iter().filter(|x| module_state_name(&x.state) == state).count();

@@ -332,7 +332,10 @@ fn check_screen<T: DeserializeOwned>(what: &str, sample: Value, screen: impl Fn(
 #[test]
 fn the_status_screen_prints_any_answer() {
     let sample = serde_json::to_value(status_sample()).unwrap();
-    check_screen("status", sample, status::screen);
+    check_screen("status", sample, |s: &StatusAnswer| {
+        // The warning lines come after the table, as on the terminal.
+        format!("{}\n\n{}", status::screen(s), status::warnings(s).join("\n"))
+    });
 }
 
 #[test]

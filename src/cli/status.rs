@@ -27,40 +27,8 @@ pub async fn run(http: &str, json_out: bool) -> Result<i32, CliError> {
         println!("{}", serde_json::to_string_pretty(&raw).unwrap_or_default());
     } else {
         print!("{}", screen(&status));
-        if let Some(refused) = &status.refused {
-            eprintln!(
-                "refused: {} is out of the cluster: {} (held by {}); it keeps trying and gets in once that node is gone",
-                visible(&status.node),
-                visible(&refused.reason),
-                visible(&refused.holder)
-            );
-        }
-        if status.operator_keys.is_empty() {
-            eprintln!(
-                "open: {} trusts no operator key, so anyone who holds the cluster key can deploy code to it \
-                 (`conjoiner keygen --operator`, then start the nodes with --trust-operator)",
-                status.node
-            );
-        }
-        if status.module_containment.starts_with("process tree") {
-            eprintln!(
-                "uncontained: {} keeps its modules' processes by their {}; a daemon a module double-forks \
-                 outlives it (run the agent as root, or under systemd with Delegate=yes)",
-                status.node, status.module_containment
-            );
-        }
-        if let Some(isolated) = &status.isolated {
-            eprintln!(
-                "isolated: {} reaches none of its seeds ({}) or {} known peers; it keeps trying \
-                 (is the cluster key the same? is the network open?)",
-                status.node,
-                if isolated.seeds.is_empty() {
-                    "none".to_string()
-                } else {
-                    isolated.seeds.join(", ")
-                },
-                isolated.known_peers,
-            );
+        for line in warnings(&status) {
+            eprintln!("{line}");
         }
     }
     let failing = status.summary.failing_nodes + status.summary.failed_deploys;
@@ -127,6 +95,50 @@ fn row(n: &NodeView) -> [String; 8] {
         deploys_cell(n),
         load,
     ]
+}
+
+/// The lines `status` writes on stderr under its table: why the node is
+/// out, open, uncontained or isolated. Every text from the answer is
+/// shown with its control characters written out.
+pub fn warnings(status: &StatusAnswer) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(refused) = &status.refused {
+        lines.push(format!(
+            "refused: {} is out of the cluster: {} (held by {}); it keeps trying and gets in once that node is gone",
+            visible(&status.node),
+            visible(&refused.reason),
+            visible(&refused.holder)
+        ));
+    }
+    if status.operator_keys.is_empty() {
+        lines.push(format!(
+            "open: {} trusts no operator key, so anyone who holds the cluster key can deploy code to it \
+             (`conjoiner keygen --operator`, then start the nodes with --trust-operator)",
+            visible(&status.node)
+        ));
+    }
+    if status.module_containment.starts_with("process tree") {
+        lines.push(format!(
+            "uncontained: {} keeps its modules' processes by their {}; a daemon a module double-forks \
+             outlives it (run the agent as root, or under systemd with Delegate=yes)",
+            visible(&status.node),
+            visible(&status.module_containment)
+        ));
+    }
+    if let Some(isolated) = &status.isolated {
+        lines.push(format!(
+            "isolated: {} reaches none of its seeds ({}) or {} known peers; it keeps trying \
+             (is the cluster key the same? is the network open?)",
+            visible(&status.node),
+            if isolated.seeds.is_empty() {
+                "none".to_string()
+            } else {
+                visible(&isolated.seeds.join(", ")).into_owned()
+            },
+            isolated.known_peers,
+        ));
+    }
+    lines
 }
 
 /// The whole screen: the table, the failing nodes and modules, the summary.

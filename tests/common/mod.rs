@@ -588,3 +588,34 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Each node's result, by node name: (status, code).
+pub fn deploy_results(outcome: &Value) -> Vec<(String, String, String)> {
+    let mut r: Vec<(String, String, String)> = outcome["results"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|r| {
+            (
+                r["node"].as_str().unwrap_or("?").to_string(),
+                r["status"].as_str().unwrap_or("?").to_string(),
+                format!(
+                    "{} {}",
+                    r["code"].as_str().unwrap_or(""),
+                    r["error"].as_str().unwrap_or("")
+                ),
+            )
+        })
+        .collect();
+    r.sort();
+    r
+}
+
+/// Asks `address` on the one node; answers the reply body if it answered well.
+pub fn ask_node(node: &TestNode, address: &str) -> Option<Value> {
+    let (code, out) = cli_json(
+        node,
+        &["request", address, "{}", "--target", &format!("name={}", node.name)],
+    );
+    (code == 0).then(|| out["replies"][0]["body"].clone())
+}
