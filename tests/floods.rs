@@ -101,6 +101,7 @@ fn a_deaf_module_and_readers_that_never_read_stay_within_a_memory_bound() {
     let module = module_state(&node, "deaf").expect("the module is listed");
     let (_, state) = node.http("GET", "/v1/debug/state", None);
     let stdin_dropped = most_of(&state, "envelopes_dropped");
+    let dropped_overloaded = metric(&node, "conjoiner_envelopes_dropped_total{reason=\"overloaded\"} ");
     eprintln!(
         "floods: {publishes} envelopes of 900 KB in {:.1} s; RSS before {:.1} MiB, peak {:.1} MiB, after {:.1} MiB; \
          event readers dropped {dropped_readers}; envelopes the module could not take {stdin_dropped}; module {}",
@@ -119,6 +120,10 @@ fn a_deaf_module_and_readers_that_never_read_stay_within_a_memory_bound() {
     assert!(
         stdin_dropped > 0,
         "the deaf module's state counts the envelopes it could not take: {state}"
+    );
+    assert!(
+        dropped_overloaded >= stdin_dropped as f64,
+        "the node's drop metric counts them too: {dropped_overloaded} < {stdin_dropped}"
     );
     let (status, health) = node.http("GET", "/v1/health", None);
     assert_eq!(status, 200, "the node is still up: {health}");

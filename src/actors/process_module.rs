@@ -25,6 +25,7 @@ use crate::cgroup::{Containment, ModuleCgroup};
 use crate::cluster::backpressure::Backpressure;
 use crate::deploy::Manifest;
 use crate::logging::LogThrottle;
+use crate::metrics::{DropReason, Metrics};
 use crate::modules::line_codec::{ModuleLines, ModuleText};
 use crate::modules::module_line::{self, LineError, LogLevel, ModuleLine};
 use crate::modules::process_tree::{self, ProcessRef};
@@ -108,6 +109,9 @@ pub struct ProcessModuleSetup {
     /// While set, the module's output is read no further: what it
     /// publishes waits in its own pipe instead of being lost further on.
     pub backpressure: Backpressure,
+    /// Where envelopes dropped at its stdin are counted with the node's
+    /// other drops.
+    pub metrics: Metrics,
 }
 
 #[derive(Message)]
@@ -745,6 +749,7 @@ impl Handler<Deliver> for ProcessModule {
             self.counters.envelopes_dropped += 1;
             match why {
                 Refused::Full { queued_bytes } => {
+                    self.setup.metrics.dropped(DropReason::Overloaded);
                     // Counted every time, logged once per 10 s: an overloaded
                     // module drops thousands a second.
                     let Some(times) = self.stdin_drops.event(Instant::now()) else {
@@ -754,8 +759,11 @@ impl Handler<Deliver> for ProcessModule {
                     queued_bytes, limit_bytes = stdin_queue::MAX_BYTES, limit_lines = stdin_queue::MAX_LINES,
                     "module is not reading its stdin fast enough; envelopes dropped")
                 }
-                Refused::Closed => warn!(envelope = %envelope.id, dropped = self.counters.envelopes_dropped,
-                    "module's stdin is closed; envelope dropped"),
+                Refused::Closed => {
+                    self.setup.metrics.dropped(DropReason::NoHandler);
+                    warn!(envelope = %envelope.id, dropped = self.counters.envelopes_dropped,
+                        "module's stdin is closed; envelope dropped")
+                }
             }
         } else {
             debug!(envelope = %envelope.id, kind = %envelope.kind, address = %envelope.dst.address,

@@ -118,6 +118,7 @@ fn process_spec(ctx: &ModuleContext, dir: std::path::PathBuf, manifest: Manifest
                 config: config.clone(),
                 containment: ctx.containment.clone(),
                 backpressure: ctx.cluster.backpressure.clone(),
+                metrics: ctx.metrics.clone(),
             };
             let actor = ProcessModule::new(
                 &ctx.identity,
