@@ -4,7 +4,7 @@
 //! settings print back as a config file (`agent --check`), and a reload
 //! compares two of them key by key.
 
-use super::file::{AgentFile, OperatorEntry, ProfileName};
+use super::file::{AgentFile, OperatorEntry, OperatorScope, ProfileName};
 use super::knobs::{check_cluster, check_deployer, ClusterKnobs, DeployerKnobs, MonitorKnobs, TransponderKnobs};
 use super::units::{format_duration, format_size};
 use crate::actors::monitor::MonitorConfig;
@@ -222,7 +222,7 @@ impl AgentSettings {
         );
         t.insert(
             "operators".into(),
-            list(self.operators.iter().map(|o| text(o)).collect()),
+            list(self.operators.iter().map(|o| operator_value(o)).collect()),
         );
         t.insert("profile".into(), text(self.profile_name.as_str()));
         t.insert(
@@ -355,6 +355,15 @@ pub fn default_name() -> String {
             }
         })
         .collect()
+}
+
+/// A trusted key as the file writes it: a scope (held as the JSON that
+/// `--trust-operator` takes) as a TOML table, anything else as its text.
+fn operator_value(flag: &str) -> Value {
+    serde_json::from_str::<OperatorScope>(flag)
+        .ok()
+        .and_then(|scope| Value::try_from(scope).ok())
+        .unwrap_or_else(|| Value::String(flag.to_string()))
 }
 
 #[cfg(test)]

@@ -91,6 +91,13 @@ fn what_check_prints_reads_back_as_the_same_settings() {
     assert_eq!(again.profile.monitor.interval, Duration::from_secs(45));
     assert_eq!(again.profile.monitor.timeout, Duration::from_secs(4));
     assert_eq!(again.max_package, 100 << 20);
+    // A scoped key is printed as the table it was written as, not as JSON
+    // in a string.
+    assert!(
+        printed.contains(&format!("[[operators]]\nkey = \"{key}\"\nmodules = [\"web-*\"]\n")),
+        "{printed}"
+    );
+    assert!(!printed.contains("{\\\"key"), "{printed}");
 }
 
 #[test]
