@@ -17,7 +17,7 @@ use crate::cluster::backpressure::Backpressure;
 use crate::cluster::core::keyed::EntryRules;
 use crate::cluster::core::{Action, Change, ClusterCore, CoreError, Direction, LinkId, Standing};
 use crate::cluster::link::{DownReason, FailedAt, LinkEvent, LinkHandle, LinkSetup, Queued};
-use crate::cluster::link_loads::LinkLoads;
+use crate::cluster::link_loads::{LinkLoads, LOOK_BUSY};
 use crate::cluster::protocol::{Entry, Frame, SetId, Status};
 use crate::cluster::transport::Transport;
 use crate::cluster::{ClusterConfig, NodeId, SharedKeyring};
@@ -82,6 +82,10 @@ pub struct ClusterBridge {
     transponder: Option<Recipient<FromCluster>>,
     /// When the core is woken next, and the timer that does it.
     wake: Option<(Instant, SpawnHandle)>,
+    /// When the links' queues are looked at next, and the timer.
+    next_look: Option<(Instant, SpawnHandle)>,
+    /// A send filled a bulk lane past the low mark: look soon.
+    look_soon: bool,
     /// Failed handshakes are logged five per 10 s, then summed.
     handshake_log: LogThrottle,
     /// Handshakes that never finished, logged apart from refusals.
@@ -135,6 +139,8 @@ impl ClusterBridge {
             listener_task: None,
             transponder: None,
             wake: None,
+            next_look: None,
+            look_soon: false,
             handshake_log: LogThrottle::new(Duration::from_secs(10), 5),
             unfinished_log: LogThrottle::new(Duration::from_secs(10), 5),
             transponder_full_log: LogThrottle::new(Duration::from_secs(10), 1),
@@ -256,6 +262,26 @@ impl ClusterBridge {
         }
         self.export_counters();
         self.schedule(ctx);
+        if std::mem::take(&mut self.look_soon) {
+            self.schedule_look(ctx, LOOK_BUSY);
+        }
+    }
+
+    /// Looks at the links within `after`, unless a look is due sooner.
+    fn schedule_look(&mut self, ctx: &mut Context<Self>, after: Duration) {
+        let at = Instant::now() + after;
+        if let Some((due, handle)) = self.next_look {
+            if due <= at {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let handle = ctx.run_later(after, |act, ctx| {
+            act.next_look = None;
+            let _g = act.span.clone().entered();
+            act.look_at_links(ctx);
+        });
+        self.next_look = Some((at, handle));
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
@@ -301,7 +327,15 @@ impl ClusterBridge {
         self.counters.bytes_out += bytes.len() as u64;
         let limit = self.core.config().peer_queue_bytes;
         match handle.enqueue(bytes, lane, frame.envelopes(), limit) {
-            Ok(Queued::Yes) => {}
+            Ok(Queued::Yes) => {
+                // Idle looks are seconds apart; a filling lane is looked
+                // at within LOOK_BUSY.
+                if lane == crate::cluster::protocol::Lane::Bulk
+                    && handle.sample().bulk_queued > crate::cluster::backpressure::LOW_BYTES
+                {
+                    self.look_soon = true;
+                }
+            }
             Ok(Queued::Shed { envelopes }) => {
                 let remote = handle.remote;
                 self.loads.shed(envelopes);
@@ -356,7 +390,8 @@ impl ClusterBridge {
 
     /// Looks at the links' queues: sets the node's congestion, counts what
     /// links shed, closes the links that stalled. Runs every 50 ms while
-    /// anything is queued, every 500 ms otherwise.
+    /// anything is queued, every 2 s otherwise, and within 50 ms of a send
+    /// that fills a bulk lane past the low mark.
     fn look_at_links(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let verdict = self.loads.look(&self.links, now);
@@ -388,10 +423,7 @@ impl ClusterBridge {
             self.drop_stalled(link);
         }
         self.drive(ctx);
-        ctx.run_later(self.loads.next_look(&self.links), |act, ctx| {
-            let _g = act.span.clone().entered();
-            act.look_at_links(ctx);
-        });
+        self.schedule_look(ctx, self.loads.next_look(&self.links));
     }
 
     fn deliver(&mut self, from: &str, data: &Bytes, direct: bool) {

@@ -61,7 +61,7 @@ fn backed_up(state: LinkState) -> bool {
 /// How often the links are looked at while anything is queued, and while
 /// everything is idle.
 pub const LOOK_BUSY: Duration = Duration::from_millis(50);
-pub const LOOK_IDLE: Duration = Duration::from_millis(500);
+pub const LOOK_IDLE: Duration = Duration::from_secs(2);
 
 impl LinkLoads {
     pub fn new(gauge: Backpressure) -> LinkLoads {
