@@ -20,6 +20,18 @@ const FLOOD_SOURCES: usize = 9;
 const PER_SOURCE: usize = 40;
 /// The node's places for connections in their handshake.
 const PLACES: usize = 256;
+/// What the node logs when a source with fewer handshakes waiting takes
+/// the place of the busiest source's oldest one.
+const PUSHED_OUT: &str = "every handshake place was taken: ended the oldest handshake";
+
+fn handshake_lines(node: &TestNode) -> String {
+    node.log_text()
+        .lines()
+        .filter(|l| l.contains("handshake"))
+        .take(20)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 #[test]
 fn a_node_joins_while_nine_sources_hold_every_handshake_place() {
@@ -83,6 +95,20 @@ fn a_node_joins_while_nine_sources_hold_every_handshake_place() {
             .is_some_and(|n| n >= PLACES - 8)
     });
 
+    // The held count above includes connections still in the kernel's
+    // accept queue; wait until the node itself has run out of places and
+    // started pushing the busiest source out, so the join below really
+    // happens in a full house.
+    let filled = Instant::now() + Duration::from_secs(20);
+    while !victim.log_text().contains(PUSHED_OUT) {
+        assert!(
+            Instant::now() < filled,
+            "the flood never filled the places in 20 s; the victim's handshake lines:\n{}",
+            handshake_lines(&victim)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     let mut joiner_launch = launch(2);
     joiner_launch
         .extra
@@ -101,21 +127,6 @@ fn a_node_joins_while_nine_sources_hold_every_handshake_place() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("joined in {:?} during the flood", started.elapsed());
-    // Every place was held: sources pushed each other out (the joiner
-    // takes a place the same way when none is free, or a free one).
-    assert!(
-        victim
-            .log_text()
-            .contains("every handshake place was taken: ended the oldest handshake"),
-        "the flood never filled the places:\n{}",
-        victim
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("handshake"))
-            .take(20)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
     // The flood still fills the places the joiner does not need.
     let (_, status) = victim.http("GET", "/v1/health", None);
     assert_eq!(status["status"], "ok", "{status}");
