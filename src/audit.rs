@@ -53,7 +53,7 @@ pub struct AuditLine {
     /// The command's id (its table entry's key), if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// `deploy` or `undeploy`.
+    /// `deploy`, `undeploy`, `keyring` or `tags`.
     #[serde(rename = "type")]
     pub kind: String,
     pub module: String,

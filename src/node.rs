@@ -21,6 +21,7 @@ use crate::cluster::memory::MemoryNetwork;
 use crate::cluster::protocol::SET_DEPLOYMENTS;
 use crate::cluster::transport::{TcpTransport, Transport};
 use crate::cluster::{ClusterConfig, ClusterKey, KeySource, Keyring};
+use crate::command::tag_change::TagRefusal;
 use crate::deploy::fetch::{StallRule, UrlDeadline};
 use crate::deploy::install::DeployerConfig;
 use crate::deploy::state::DeployState;
@@ -370,13 +371,15 @@ impl NodeHandle {
 
     /// Changes this node's tags at run time: `set` and `delete` lie over
     /// the tags given at start, are kept in the data dir, and reach every
-    /// member at once (selectors, and the Deployer reconciles). Answers the
-    /// tags now.
+    /// member at once (selectors, and the Deployer reconciles). `allow`
+    /// sees the tags before and after, and may refuse the change (the
+    /// command gate); nothing is changed then. Answers the tags now.
     pub async fn change_tags(
         &self,
         set: BTreeMap<String, String>,
         delete: Vec<String>,
-    ) -> Result<BTreeMap<String, String>, String> {
+        allow: impl FnOnce(&BTreeMap<String, String>, &BTreeMap<String, String>) -> Result<(), TagRefusal>,
+    ) -> Result<BTreeMap<String, String>, TagRefusal> {
         let given = self.settings.given_tags.lock().await;
         let dir = &self.settings.data_dir;
         // Changes that no longer read are replaced by these.
@@ -384,18 +387,19 @@ impl NodeHandle {
         changes.change(&set, &delete);
         let tags = changes.apply(&given);
         if tags.len() > crate::tags::MAX_TAGS {
-            return Err(format!(
+            return Err(TagRefusal::invalid(format!(
                 "a node carries at most {} tags; this would make {}",
                 crate::tags::MAX_TAGS,
                 tags.len()
-            ));
+            )));
         }
+        allow(&self.ctx.identity.tags.get(), &tags)?;
         let save_dir = dir.clone();
         let save = changes.clone();
         tokio::task::spawn_blocking(move || save.save(&save_dir))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot keep the tags in {}: {e}", dir.display()))?;
+            .map_err(|e| TagRefusal::failed(e.to_string()))?
+            .map_err(|e| TagRefusal::failed(format!("cannot keep the tags in {}: {e}", dir.display())))?;
         self.spread_tags(&tags);
         Ok(tags)
     }

@@ -263,7 +263,11 @@ async fn a_tag_change_makes_a_node_pick_up_or_drop_a_module() {
     let tags = t1
         .node
         .handle
-        .change_tags(BTreeMap::from([("role".into(), "db".into())]), Vec::new())
+        .change_tags(
+            BTreeMap::from([("role".into(), "db".into())]),
+            Vec::new(),
+            |_, _| Ok(()),
+        )
         .await
         .unwrap();
     assert_eq!(tags["role"], "db");
@@ -280,7 +284,7 @@ async fn a_tag_change_makes_a_node_pick_up_or_drop_a_module() {
 
     t1.node
         .handle
-        .change_tags(BTreeMap::new(), vec!["role".into()])
+        .change_tags(BTreeMap::new(), vec!["role".into()], |_, _| Ok(()))
         .await
         .unwrap();
     converge(&[t1], "clock", None, "t1 to drop the module").await;

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use conjoiner::command::operator_key::OperatorSecret;
 use conjoiner::command::signature::OperatorSignature;
+use conjoiner::command::tag_change::TagChange;
 use conjoiner::deploy::command::command_bytes;
 use conjoiner::deploy::table::{Action, Deployment};
 use serde_json::{json, Value};
@@ -230,6 +231,134 @@ fn a_node_that_trusts_an_operator_key_takes_only_commands_it_signed() {
         .find_map(|l| l.strip_prefix("conjoiner_envelopes_dropped_total{reason=\"unauthorized\"} "))
         .and_then(|v| v.trim().parse::<u64>().ok());
     assert!(refused >= Some(7), "every refusal counted: {refused:?}");
+}
+
+/// This node's tags, as its API answers them.
+fn tags_of(node: &TestNode) -> Value {
+    node.http("GET", "/v1/tags", None).1["tags"].clone()
+}
+
+#[test]
+fn a_trusting_node_changes_its_tags_only_by_a_signed_change_that_keeps_it_in_scope() {
+    let keys = tempfile::tempdir().unwrap();
+    let (alice, staging) = (OperatorSecret::generate(), OperatorSecret::generate());
+    let staging_file = keys.path().join("staging.key");
+    staging.write_pair(&staging_file).unwrap();
+    let scoped = format!(r#"{{"key":"{}","target":"tag.env=staging"}}"#, staging.public());
+    let alice_trusted = alice.public().to_string();
+    let node = TestNode::start(
+        "tg1",
+        &[
+            "--tag",
+            "env=staging",
+            "--trust-operator",
+            &alice_trusted,
+            "--trust-operator",
+            &scoped,
+        ],
+    );
+    let staging_key = staging_file.to_str().unwrap();
+
+    // Unsigned: refused, and nothing changed.
+    let out = node.cli(&["tags", "--set", "role=db"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not_authorized") && stderr(&out).contains("unsigned"),
+        "{}",
+        stderr(&out)
+    );
+    // A key scoped to staging cannot move the node out of staging.
+    let out = node.cli(&["tags", "--set", "env=prod", "--operator-key", staging_key]);
+    assert!(stderr(&out).contains("out of the key's scope"), "{}", stderr(&out));
+    assert_eq!(tags_of(&node), json!({"env": "staging"}));
+
+    // Inside its scope, it may.
+    let out = node.cli(&["tags", "--set", "role=db", "--operator-key", staging_key]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("role=db"), "{}", stdout(&out));
+    assert_eq!(tags_of(&node), json!({"env": "staging", "role": "db"}));
+
+    // Changes the API must refuse, as a taken host's client would send them.
+    let change = |set: &str, node_name: &str, ts: u64| TagChange {
+        set: [("tier".to_string(), set.to_string())].into(),
+        node: node_name.into(),
+        id: uuid::Uuid::now_v7().to_string(),
+        ts,
+        ..TagChange::default()
+    };
+    let sign = |mut c: TagChange| {
+        c.signature = Some(OperatorSignature {
+            key: alice.public().to_string(),
+            sig: alice.sign(&c.signed_bytes()),
+        });
+        c
+    };
+    let now = conjoiner::wire::now_ms();
+    let valid = sign(change("gold", "tg1", now));
+    let mut tampered = valid.clone();
+    tampered.set.insert("tier".into(), "lead".into());
+    let mut new_id = valid.clone();
+    new_id.id = uuid::Uuid::now_v7().to_string();
+    for (what, body, why) in [
+        (
+            "signed for another node",
+            sign(change("gold", "tg2", now)),
+            "signed for node `tg2`",
+        ),
+        ("expired", sign(change("gold", "tg1", now - 10 * 60_000)), "clock_skew"),
+        ("a signature over other tags", tampered, "does not match"),
+        ("a captured change under a new id", new_id, "does not match"),
+    ] {
+        let (status, answer) = node.http("POST", "/v1/tags", Some(json!(body).to_string().as_bytes()));
+        assert_eq!(status, 403, "{what}: {answer}");
+        assert_eq!(answer["code"], "not_authorized", "{what}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap_or_default().contains(why),
+            "{what}: {answer}"
+        );
+    }
+    assert_eq!(tags_of(&node), json!({"env": "staging", "role": "db"}));
+    let (status, answer) = node.http("POST", "/v1/tags", Some(json!(valid).to_string().as_bytes()));
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = node.http("POST", "/v1/tags", Some(json!(valid).to_string().as_bytes()));
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (403, Some("not_authorized")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap_or_default().contains("replayed"),
+        "{answer}"
+    );
+    assert_eq!(tags_of(&node)["tier"], "gold");
+    assert!(node.log_text().contains("tags command refused"));
+
+    // Each decision is in the audit, with the key that signed it.
+    let (code, trail) = cli_json(&node, &["audit", "--module", "tags", "--since", "1h"]);
+    assert_eq!(code, 0, "{trail}");
+    let lines = trail["lines"].as_array().cloned().unwrap_or_default();
+    let count = |decision: &str| {
+        lines
+            .iter()
+            .filter(|l| l["decision"] == decision && l["type"] == "tags")
+            .count()
+    };
+    assert_eq!((count("refused"), count("carried_out")), (7, 2), "{trail}");
+    assert!(
+        lines.iter().any(|l| l["decision"] == "carried_out"
+            && l["status"] == "set role=db"
+            && l["key"] == staging.public().id().as_str()),
+        "{trail}"
+    );
+
+    let (_, metrics) = node.http("GET", "/metrics", None);
+    let refused = metrics
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("conjoiner_envelopes_dropped_total{reason=\"unauthorized\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(refused, Some(7), "every refusal counted");
 }
 
 #[test]

@@ -2,12 +2,16 @@
 //! them at run time (`conjoiner tags --set K=V --delete K`).
 
 use super::error::{rejected, ApiError};
+use crate::audit::{AuditLine, Decision};
+use crate::command::gate::NOT_AUTHORIZED;
+use crate::command::tag_change::{TagChange, TAGS_SCOPE};
 use crate::node::NodeHandle;
-use crate::tags::{check_key, parse_tag, TagChanges};
+use crate::tags::TagChanges;
+use crate::wire::now_ms;
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
 use serde_json::json;
-use std::collections::BTreeMap;
+use tracing::{info, warn};
 
 /// The tags now, those given at start, and the changes made since.
 pub async fn show(node: web::Data<NodeHandle>) -> HttpResponse {
@@ -20,32 +24,62 @@ pub async fn show(node: web::Data<NodeHandle>) -> HttpResponse {
     }))
 }
 
-#[derive(Deserialize)]
-pub struct ChangeBody {
-    #[serde(default)]
-    set: BTreeMap<String, String>,
-    #[serde(default)]
-    delete: Vec<String>,
-}
-
-/// Sets and deletes tags; answers the tags now.
-pub async fn change(node: web::Data<NodeHandle>, body: web::Json<ChangeBody>) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    if body.set.is_empty() && body.delete.is_empty() {
-        return Err(rejected("invalid_request", "give tags to `set` or to `delete`"));
-    }
-    for (k, v) in &body.set {
-        parse_tag(&format!("{k}={v}")).map_err(|e| rejected("invalid_tag", e))?;
-    }
-    for k in &body.delete {
-        check_key(k).map_err(|e| rejected("invalid_tag", e))?;
-        if body.set.contains_key(k) {
-            return Err(rejected("invalid_tag", format!("tag `{k}` is both set and deleted")));
+/// Sets and deletes tags; answers the tags now. The change is a command:
+/// on a node that trusts operator keys it must be signed (see
+/// `command::tag_change`), and each one, carried out or refused, is in the
+/// audit.
+pub async fn change(node: web::Data<NodeHandle>, body: web::Json<TagChange>) -> Result<HttpResponse, ApiError> {
+    let change = body.into_inner();
+    change.check().map_err(|e| rejected(e.code, e.message))?;
+    let me = node.ctx.identity.name.clone();
+    let trust = node.settings.deployer.trust.current();
+    let changed = node
+        .change_tags(change.set.clone(), change.delete.clone(), |before, after| {
+            let mut seen = node.deploy.recent_commands.lock().unwrap_or_else(|e| e.into_inner());
+            change
+                .authorize(&trust, &mut seen, &me, before, after, now_ms())
+                .map(|_| ())
+        })
+        .await;
+    let (decision, status, reason) = match &changed {
+        Ok(_) => (Decision::CarriedOut, Some(change.describe()), None),
+        Err(refusal) => (
+            Decision::Refused,
+            Some(change.describe()),
+            Some(format!("{}: {}", refusal.code, refusal.message)),
+        ),
+    };
+    node.deploy.audit.append(&AuditLine {
+        ts: now_ms(),
+        node: me.to_string(),
+        id: (!change.id.is_empty()).then(|| change.id.clone()),
+        kind: "tags".into(),
+        module: TAGS_SCOPE.into(),
+        target: None,
+        origin: Some(me.to_string()),
+        key: change.signer_id(),
+        decision,
+        status,
+        reason,
+    });
+    match changed {
+        Ok(tags) => {
+            info!(change = %change.describe(), key = change.signer_id().as_deref().unwrap_or("-"),
+                "tags command carried out");
+            Ok(HttpResponse::Ok().json(json!({"node": me, "tags": tags})))
+        }
+        Err(refusal) => {
+            warn!(code = refusal.code, reason = %refusal.message, change = %change.describe(),
+                "tags command refused");
+            let status = match refusal.code {
+                NOT_AUTHORIZED => {
+                    node.ctx.metrics.dropped(crate::metrics::DropReason::Unauthorized);
+                    StatusCode::FORBIDDEN
+                }
+                "failed" => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Err(ApiError::new(status, refusal.code, refusal.message))
         }
     }
-    let tags = node
-        .change_tags(body.set, body.delete)
-        .await
-        .map_err(|e| rejected("invalid_tag", e))?;
-    Ok(HttpResponse::Ok().json(json!({"node": node.ctx.identity.name, "tags": tags})))
 }

@@ -17,6 +17,7 @@
 //!   cannot be sent again.
 //!
 //! - [`keyring_change`]: the command that changes a node's cluster keys.
+//! - [`tag_change`]: the command that changes a node's tags.
 //!
 //! The deploy commands live with the capability they drive: deploys and
 //! undeploys are deployments-table entries (`deploy::command`).
@@ -27,4 +28,5 @@ pub mod keyring_change;
 pub mod operator_key;
 pub mod replay;
 pub mod signature;
+pub mod tag_change;
 pub mod trust;
