@@ -22,6 +22,7 @@ use crate::cluster::protocol::SET_DEPLOYMENTS;
 use crate::cluster::SharedKeyring;
 use crate::command::keyring_change::{KeyringAnswer, KeyringChange, KeyringOp, KeyringRefusal};
 use crate::command::replay::RecentIds;
+use crate::command::signature::OperatorSignature;
 use crate::deploy::install::{blocking, DeployerConfig, Installer};
 use crate::deploy::order::{PeerNews, PeerRequest};
 use crate::deploy::package::parse_sha256;
@@ -231,11 +232,7 @@ impl Deployer {
             });
         let answer = KeyringAnswer::of(&keyring, *applied.as_ref().unwrap_or(&false));
         if change.op != KeyringOp::List {
-            let signer = change
-                .signature
-                .as_ref()
-                .and_then(|s| crate::command::operator_key::OperatorKey::parse(&s.key).ok())
-                .map(|k| k.id());
+            let signer = change.signature.as_ref().and_then(OperatorSignature::signer_id);
             let (decision, status, reason) = match &applied {
                 Ok(changed) => (
                     Decision::CarriedOut,

@@ -7,6 +7,7 @@ use super::error::{list_members, parse_target, rejected, ApiError, MAX_REQUEST_T
 use crate::actors::cluster_bus::ListEntries;
 use crate::audit::Decision;
 use crate::cluster::protocol::SET_DEPLOYMENTS;
+use crate::command::signature::OperatorSignature;
 use crate::deploy::command::{audit_line, take_at_origin, Given, OriginRefusal, RolloutAsked};
 use crate::deploy::fetch::FetchError;
 use crate::deploy::origin::{self, DeployRequest, OriginError};
@@ -211,11 +212,7 @@ pub async fn take_command(
     let me = node.ctx.identity.name.clone();
     let mut line = audit_line(&me, given.id.as_deref(), &deployment, Some(&me), Decision::Refused);
     if line.key.is_none() {
-        line.key = given.signature.as_ref().and_then(|s| {
-            crate::command::operator_key::OperatorKey::parse(&s.key)
-                .ok()
-                .map(|k| k.id())
-        });
+        line.key = given.signature.as_ref().and_then(OperatorSignature::signer_id);
     }
     let taken = {
         let mut recent = node.deploy.recent_commands.lock().unwrap_or_else(|e| e.into_inner());

@@ -70,10 +70,7 @@ fn command(args: &KeysArgs) -> Result<KeyringChange, CliError> {
     };
     if let Some(file) = &args.operator_key {
         let secret = OperatorSecret::load(file).map_err(CliError::usage)?;
-        change.signature = Some(OperatorSignature {
-            key: secret.public().to_string(),
-            sig: secret.sign(&change.signed_bytes()),
-        });
+        change.signature = Some(OperatorSignature::by(&secret, &change.signed_bytes()));
     }
     Ok(change)
 }

@@ -39,10 +39,7 @@ fn command(args: TagsArgs, node: String) -> Result<TagChange, CliError> {
     change.check().map_err(|e| CliError::usage(e.message))?;
     if let Some(file) = &args.operator_key {
         let secret = OperatorSecret::load(file).map_err(CliError::usage)?;
-        change.signature = Some(OperatorSignature {
-            key: secret.public().to_string(),
-            sig: secret.sign(&change.signed_bytes()),
-        });
+        change.signature = Some(OperatorSignature::by(&secret, &change.signed_bytes()));
     }
     Ok(change)
 }

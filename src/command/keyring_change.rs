@@ -163,10 +163,7 @@ mod tests {
     }
 
     fn signed(mut c: KeyringChange, by: &OperatorSecret) -> KeyringChange {
-        c.signature = Some(OperatorSignature {
-            key: by.public().to_string(),
-            sig: by.sign(&c.signed_bytes()),
-        });
+        c.signature = Some(OperatorSignature::by(by, &c.signed_bytes()));
         c
     }
 

@@ -2,7 +2,7 @@
 //! the operator's public key and its ed25519 signature (base64) over the
 //! command's canonical bytes.
 
-use super::operator_key::OperatorKey;
+use super::operator_key::{OperatorKey, OperatorSecret};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +18,20 @@ pub struct OperatorSignature {
 }
 
 impl OperatorSignature {
+    /// `secret`'s signature over a command's canonical `bytes`.
+    pub fn by(secret: &OperatorSecret, bytes: &[u8]) -> OperatorSignature {
+        OperatorSignature {
+            key: secret.public().to_string(),
+            sig: secret.sign(bytes),
+        }
+    }
+
+    /// The id of the key it names, for logs and the audit (whether or not
+    /// the signature is valid).
+    pub fn signer_id(&self) -> Option<String> {
+        OperatorKey::parse(&self.key).ok().map(|k| k.id())
+    }
+
     /// The key that made a valid signature over `bytes`, or why not.
     pub fn check(&self, bytes: &[u8]) -> Result<OperatorKey, String> {
         if self.key.len() > MAX_KEY_CHARS || self.sig.len() > MAX_SIG_CHARS {

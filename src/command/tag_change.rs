@@ -96,10 +96,7 @@ impl TagChange {
 
     /// The id of the operator key that signed it, if any (not checked).
     pub fn signer_id(&self) -> Option<String> {
-        let signature = self.signature.as_ref()?;
-        super::operator_key::OperatorKey::parse(&signature.key)
-            .ok()
-            .map(|k| k.id())
+        self.signature.as_ref().and_then(OperatorSignature::signer_id)
     }
 
     /// Whether the change reads: something to do, each tag under the rules
@@ -186,10 +183,7 @@ mod tests {
     }
 
     fn signed(mut c: TagChange, by: &OperatorSecret) -> TagChange {
-        c.signature = Some(OperatorSignature {
-            key: by.public().to_string(),
-            sig: by.sign(&c.signed_bytes()),
-        });
+        c.signature = Some(OperatorSignature::by(by, &c.signed_bytes()));
         c
     }
 
