@@ -8,12 +8,20 @@
 //! Commands are rare, so a line is written at once, synchronously, with
 //! the file opened for appending each time (a file removed or rotated by
 //! hand is simply started again).
+//!
+//! Each line is signed by the node that wrote it, with its identity key
+//! (`cluster::node_key`), over the line's other fields in canonical JSON.
+//! `conjoiner audit` checks every line against the identity key that the
+//! writer proved on a link, so a line altered after it was written, or
+//! made up by another host in the writer's name, shows as such.
 
+use crate::cluster::node_key::{NodeKey, NodePublicKey};
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead as _, Write as _};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub const AUDIT_FILE: &str = "audit.jsonl";
 /// The size past which the file is rotated.
@@ -72,6 +80,78 @@ pub struct AuditLine {
     /// Why it was refused, or why a step failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The writing node's ed25519 signature (base64) over
+    /// [`AuditLine::signed_bytes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+}
+
+/// The first line of the bytes a node signs for an audit line, so the
+/// signature means nothing anywhere else.
+const LINE_DOMAIN: &[u8] = b"conjoiner audit line v1\n";
+
+/// What a line's signature says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineCheck {
+    /// Signed by the identity key its node proved.
+    Valid,
+    /// No signature, or one that does not verify against that key: the
+    /// line was altered, or another host made it up.
+    Invalid,
+    /// The node's identity key is not known to the node asked.
+    Unchecked,
+}
+
+impl LineCheck {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineCheck::Valid => "valid",
+            LineCheck::Invalid => "INVALID",
+            LineCheck::Unchecked => "unchecked",
+        }
+    }
+}
+
+impl AuditLine {
+    /// The bytes signed: a domain line, then every field but `sig` in
+    /// canonical JSON.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut fields = serde_json::to_value(AuditLine {
+            sig: None,
+            ..self.clone()
+        })
+        .unwrap_or_default();
+        if let Some(map) = fields.as_object_mut() {
+            map.remove("sig");
+        }
+        let mut bytes = LINE_DOMAIN.to_vec();
+        bytes.extend_from_slice(crate::command::canonical::canonical_json(&fields).as_bytes());
+        bytes
+    }
+
+    /// Signs the line as its node, `key`.
+    pub fn sign(&mut self, key: &NodeKey) {
+        self.sig = Some(b64().encode(key.sign(&self.signed_bytes())));
+    }
+
+    /// Checks the line against its node's identity key, if known.
+    pub fn check(&self, key: Option<&NodePublicKey>) -> LineCheck {
+        let Some(key) = key else { return LineCheck::Unchecked };
+        let sig: Option<[u8; 64]> = self
+            .sig
+            .as_deref()
+            .and_then(|s| b64().decode(s).ok())
+            .and_then(|b| b.try_into().ok());
+        match sig {
+            Some(sig) if key.verifies(&self.signed_bytes(), &sig) => LineCheck::Valid,
+            _ => LineCheck::Invalid,
+        }
+    }
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
 }
 
 /// Which lines to answer.
@@ -94,6 +174,8 @@ pub struct AuditLog {
     path: PathBuf,
     max_bytes: u64,
     write: Mutex<()>,
+    /// The node's identity key, which signs each line it appends.
+    signer: Option<Arc<NodeKey>>,
 }
 
 impl AuditLog {
@@ -106,7 +188,14 @@ impl AuditLog {
             path: data_dir.join(AUDIT_FILE),
             max_bytes,
             write: Mutex::new(()),
+            signer: None,
         }
+    }
+
+    /// Signs every line appended from now on with `key`.
+    pub fn signed_by(mut self, key: Arc<NodeKey>) -> AuditLog {
+        self.signer = Some(key);
+        self
     }
 
     fn rotated(&self) -> PathBuf {
@@ -117,7 +206,11 @@ impl AuditLog {
     /// disk must not stop a node from refusing a forged deploy).
     pub fn append(&self, line: &AuditLine) {
         let _one = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = self.try_append(line) {
+        let mut line = line.clone();
+        if let Some(key) = &self.signer {
+            line.sign(key);
+        }
+        if let Err(e) = self.try_append(&line) {
             tracing::error!(file = %self.path.display(), error = %e, "cannot write the audit line");
         }
     }
@@ -175,7 +268,53 @@ mod tests {
             decision: Decision::Refused,
             status: None,
             reason: Some("unsigned".into()),
+            sig: None,
         }
+    }
+
+    #[test]
+    fn a_line_signed_by_its_node_checks_and_any_change_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(NodeKey::generate());
+        let log = AuditLog::open(dir.path()).signed_by(key.clone());
+        log.append(&line(1, "web"));
+        let read = log.read(&AuditQuery::default());
+        let [written] = &read[..] else { panic!("{read:?}") };
+        let public = key.public();
+        assert_eq!(written.check(Some(&public)), LineCheck::Valid);
+        assert_eq!(written.check(None), LineCheck::Unchecked);
+        assert_eq!(written.check(Some(&NodeKey::generate().public())), LineCheck::Invalid);
+        // Each field is covered: a change to any of them breaks the check.
+        let changes: Vec<fn(&mut AuditLine)> = vec![
+            |l| l.ts += 1,
+            |l| l.node = "n2".into(),
+            |l| l.id = None,
+            |l| l.kind = "undeploy".into(),
+            |l| l.module = "db".into(),
+            |l| l.target = Some("*".into()),
+            |l| l.origin = Some("n3".into()),
+            |l| l.key = None,
+            |l| l.decision = Decision::CarriedOut,
+            |l| l.status = Some("deployed".into()),
+            |l| l.reason = None,
+            |l| l.sig = None,
+            |l| l.sig = Some("AAAA".into()),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut altered = written.clone();
+            change(&mut altered);
+            assert_eq!(altered.check(Some(&public)), LineCheck::Invalid, "change {i}");
+        }
+        // A line of the file edited by hand reads back, and fails.
+        let text = std::fs::read_to_string(dir.path().join(AUDIT_FILE)).unwrap();
+        std::fs::write(
+            dir.path().join(AUDIT_FILE),
+            text.replace("\"refused\"", "\"carried_out\""),
+        )
+        .unwrap();
+        let edited = log.read(&AuditQuery::default());
+        assert_eq!(edited[0].decision, Decision::CarriedOut);
+        assert_eq!(edited[0].check(Some(&public)), LineCheck::Invalid);
     }
 
     #[test]

@@ -23,9 +23,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Why the cluster side refused or skipped a peer's input: a dataset entry
 /// that breaks its rules, one already obsolete, a message kind this node
 /// does not know, a dataset it does not hold, entries other than a
-/// neighbour's digest claimed, entries it claimed and never sent, and
-/// member records whose name or tags break their bounds.
-pub const CLUSTER_INPUT_REASONS: [&str; 7] = [
+/// neighbour's digest claimed, entries it claimed and never sent, member
+/// records whose name or tags break their bounds, and hellos whose
+/// identity key the link did not prove or another key holds the name of.
+pub const CLUSTER_INPUT_REASONS: [&str; 8] = [
     "entry_invalid",
     "entry_obsolete",
     "message_unknown",
@@ -33,6 +34,7 @@ pub const CLUSTER_INPUT_REASONS: [&str; 7] = [
     "sync_mismatch",
     "sync_unanswered",
     "record_invalid",
+    "identity_refused",
 ];
 
 /// Why an envelope was dropped (the `reason` label).

@@ -18,6 +18,7 @@ use crate::actors::{
 };
 use crate::cluster::keyring::{key_id, show_id};
 use crate::cluster::memory::MemoryNetwork;
+use crate::cluster::node_key::{NodeKey, NodeKeySource};
 use crate::cluster::protocol::SET_DEPLOYMENTS;
 use crate::cluster::transport::{TcpTransport, Transport};
 use crate::cluster::{ClusterConfig, ClusterKey, KeySource, Keyring};
@@ -215,6 +216,7 @@ fn deployment_rules(trust: &crate::command::trust::SharedTrust) -> Box<Deploymen
 impl ClusterParts {
     async fn start(
         identity: &NodeIdentity,
+        node_key: Arc<NodeKey>,
         config: &NodeConfig,
         net: &NetworkConfig,
         metrics: &Metrics,
@@ -270,6 +272,7 @@ impl ClusterParts {
             advertise,
             started_ms,
         )
+        .with_node_key(node_key)
         .with_metrics(metrics.clone())
         .with_backpressure(backpressure.clone())
         .holding(SET_DEPLOYMENTS, deployment_rules(&config.deployer.trust))
@@ -346,6 +349,8 @@ pub struct NodeSettings {
     /// run-time changes lie over them. Held through a change, so that
     /// changes are made one at a time.
     pub given_tags: Arc<tokio::sync::Mutex<BTreeMap<String, String>>>,
+    /// This node's identity key (`<data-dir>/node.key`).
+    pub node_key: Arc<NodeKey>,
 }
 
 /// The parts of a node that the control API needs. Cheap to clone,
@@ -533,6 +538,17 @@ impl Node {
             info!(cluster = %identity.cluster, tags = %identity.tags, data_dir = %config.data_dir.display(),
                 "node starting")
         });
+        let (node_key, key_source) = NodeKey::load_or_create(&config.data_dir).map_err(anyhow::Error::msg)?;
+        let node_key = Arc::new(node_key);
+        span.in_scope(|| match &key_source {
+            NodeKeySource::Created(path) => info!(
+                identity = %node_key.public(), id = %node_key.public().id(), file = %path.display(),
+                "made this node's identity key"
+            ),
+            NodeKeySource::Loaded(_) => {
+                info!(identity = %node_key.public(), id = %node_key.public().id(), "identity key loaded")
+            }
+        });
         let trust = config.deployer.trust.current();
         span.in_scope(|| {
             if trust.is_open() {
@@ -554,7 +570,9 @@ impl Node {
             .with_metrics(metrics.clone())
             .start();
         let parts = match &config.network {
-            Some(net) => Some(ClusterParts::start(&identity, &config, net, &metrics, started_ms).await?),
+            Some(net) => {
+                Some(ClusterParts::start(&identity, node_key.clone(), &config, net, &metrics, started_ms).await?)
+            }
             None => None,
         };
         let (cluster, cluster_state) = match &parts {
@@ -581,12 +599,14 @@ impl Node {
             metrics,
             containment: crate::cgroup::Containment::detect(&config.name),
         };
-        let deploy = Arc::new(DeployState::open(
+        let mut deploy = DeployState::open(
             &config.data_dir,
             &config.deployer.package_dirs,
             config.deployer.parallel_orders,
             config.deployer.max_uploads,
-        )?);
+        )?;
+        deploy.audit = deploy.audit.signed_by(node_key.clone());
+        let deploy = Arc::new(deploy);
         let status = StatusBoard::default();
         let board = status.clone();
         let deployer = DeployerParts {
@@ -649,6 +669,7 @@ impl Node {
                 deployer: config.deployer.clone(),
                 monitor: config.monitor.clone(),
                 given_tags: Arc::new(tokio::sync::Mutex::new(config.tags.clone())),
+                node_key,
             }),
             deploy,
             status,

@@ -223,6 +223,32 @@ fn a_node_that_trusts_an_operator_key_takes_only_commands_it_signed() {
         table.starts_with("TIME (UTC)") && table.contains("carried_out"),
         "{table}"
     );
+    // Each line is signed by the node's identity key, and checks.
+    assert!(
+        lines.iter().all(|l| l["signature"] == "valid" && l["sig"].is_string()),
+        "{trail}"
+    );
+    // A line edited in the file afterwards no longer checks.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let edited = text.replacen("\"decision\":\"refused\"", "\"decision\":\"carried_out\"", 1);
+    assert_ne!(edited, text, "a refused line to edit");
+    std::fs::write(&audit, edited).unwrap();
+    let (code, trail) = cli_json(&node, &["audit", "--module", "hello", "--since", "1h"]);
+    assert_eq!(code, 3, "an altered line makes the answer partial: {trail}");
+    let invalid = trail["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["signature"] == "invalid")
+        .count();
+    assert_eq!(invalid, 1, "{trail}");
+    let out = node.cli(&["audit", "--module", "hello"]);
+    assert!(
+        stderr(&out).contains("1 line(s) whose signature does not verify"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("INVALID"), "{}", stdout(&out));
 
     let (_, metrics) = node.http("GET", "/metrics", None);
     let text = metrics.as_str().unwrap_or_default().to_string();

@@ -18,6 +18,7 @@ use crate::cluster::core::keyed::EntryRules;
 use crate::cluster::core::{Action, Change, ClusterCore, CoreError, Direction, LinkId, Standing};
 use crate::cluster::link::{DownReason, FailedAt, LinkEvent, LinkHandle, LinkSetup, Queued};
 use crate::cluster::link_loads::{LinkLoads, LOOK_BUSY};
+use crate::cluster::node_key::NodeKey;
 use crate::cluster::protocol::{Entry, Frame, SetId, Status};
 use crate::cluster::transport::Transport;
 use crate::cluster::{ClusterConfig, NodeId, SharedKeyring};
@@ -76,6 +77,9 @@ pub struct ClusterBridge {
     transport: Arc<dyn Transport>,
     /// The keys links are made with (`<data-dir>/keyring`).
     keys: SharedKeyring,
+    /// This node's identity (`<data-dir>/node.key`), the static key of
+    /// its handshakes.
+    node_key: Arc<NodeKey>,
     links: HashMap<LinkId, LinkHandle>,
     join_waiters: HashMap<SocketAddr, Vec<oneshot::Sender<Result<String, String>>>>,
     listener_task: Option<tokio::task::JoinHandle<()>>,
@@ -127,13 +131,16 @@ impl ClusterBridge {
     ) -> ClusterBridge {
         let me = NodeId::new(&identity.name, advertise, boot_ms, identity.tags.get());
         let seed: u64 = rand::random();
-        let core = ClusterCore::new(&identity.cluster, me, config, seed, Instant::now());
+        let mut core = ClusterCore::new(&identity.cluster, me, config, seed, Instant::now());
+        let node_key = Arc::new(NodeKey::generate());
+        core.set_identity(node_key.public());
         ClusterBridge {
             identity: identity.clone(),
             span: identity.span("cluster"),
             core,
             transport,
             keys: keys.into(),
+            node_key,
             links: HashMap::new(),
             join_waiters: HashMap::new(),
             listener_task: None,
@@ -153,6 +160,14 @@ impl ClusterBridge {
             exported: [0; CLUSTER_INPUT_REASONS.len()],
             candidates_logged: HashMap::new(),
         }
+    }
+
+    /// Links as `key` (the node's lasting identity) rather than the key of
+    /// its own the bridge makes for a node that keeps none.
+    pub fn with_node_key(mut self, key: Arc<NodeKey>) -> ClusterBridge {
+        self.core.set_identity(key.public());
+        self.node_key = key;
+        self
     }
 
     /// Holds keyed dataset `set` (the deployments table) under `rules`.
@@ -189,6 +204,7 @@ impl ClusterBridge {
             c.sync_mismatches,
             c.sync_unanswered,
             c.records_refused,
+            c.identities_refused,
         ];
         for ((reason, now), before) in CLUSTER_INPUT_REASONS.iter().zip(now).zip(self.exported.iter_mut()) {
             if now > *before {
@@ -201,6 +217,7 @@ impl ClusterBridge {
     fn link_setup(&self, ctx: &Context<Self>) -> LinkSetup {
         LinkSetup {
             keys: self.keys.clone(),
+            node_key: self.node_key.clone(),
             max_frame: self.core.config().max_frame,
             events: ctx.address().recipient(),
             span: self.span.clone(),
@@ -498,6 +515,7 @@ impl ClusterBridge {
                 incarnation: u64::from(m.incarnation),
                 since_ms: now.saturating_duration_since(self.core.member_since(m)).as_millis() as u64,
                 boot_ms: m.id.boot,
+                identity: self.core.identity_of(&m.id.name).map(|k| k.to_string()),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -540,8 +558,12 @@ impl Handler<LinkEvent> for ClusterBridge {
         match event {
             LinkEvent::Up(handle) => {
                 let (id, direction, remote) = (handle.id, handle.direction, handle.remote);
+                let peer_static = handle.peer_static;
                 self.links.insert(id, handle);
                 self.core.link_up(id, direction, remote, now);
+                if let Some(key) = peer_static {
+                    self.core.link_proven(id, key);
+                }
             }
             LinkEvent::Frame { id, frame } => {
                 if !self.links.contains_key(&id) {

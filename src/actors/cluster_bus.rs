@@ -64,6 +64,11 @@ pub struct Member {
     /// status report from an earlier process is not news of this one.
     #[serde(default)]
     pub boot_ms: u64,
+    /// The identity key (`cjnode1…`) the member proved on a link with the
+    /// node that answers (its own, for itself); none while that node has
+    /// not linked with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// Push an envelope to every node of the cluster (including this one, whose

@@ -269,6 +269,7 @@ impl Deployer {
                 decision,
                 status,
                 reason,
+                sig: None,
             });
         }
         let reply = match applied {

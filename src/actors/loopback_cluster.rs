@@ -223,6 +223,7 @@ impl Handler<ListMembers> for LoopbackCluster {
             incarnation: 0,
             since_ms: self.started.elapsed().as_millis() as u64,
             boot_ms: 0,
+            identity: None,
         }]
     }
 }

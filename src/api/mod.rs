@@ -295,6 +295,7 @@ async fn health(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(json!({
         "node": node.ctx.identity.name,
         "cluster": node.ctx.identity.cluster,
+        "identity": node.settings.node_key.public().to_string(),
         "status": "ok",
         "members_alive": alive,
         "uptime_ms": node.ctx.started.elapsed().as_millis() as u64,
@@ -498,6 +499,7 @@ async fn status(node: web::Data<NodeHandle>, query: web::Query<TargetQuery>) -> 
     Ok(HttpResponse::Ok().json(StatusAnswer {
         node: node.ctx.identity.name.clone(),
         cluster: node.ctx.identity.cluster.clone(),
+        identity: node.settings.node_key.public().to_string(),
         status_interval_ms: node.settings.monitor.interval.as_millis() as u64,
         isolated,
         refused,

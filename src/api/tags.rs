@@ -61,6 +61,7 @@ pub async fn change(node: web::Data<NodeHandle>, body: web::Json<TagChange>) -> 
         decision,
         status,
         reason,
+        sig: None,
     });
     match changed {
         Ok(tags) => {

@@ -86,6 +86,7 @@ fn member(name: &str, status: MemberStatus) -> Member {
         incarnation: 4,
         since_ms: 2600,
         boot_ms: 1_764_000_000_000,
+        identity: None,
     }
 }
 
@@ -112,6 +113,7 @@ fn status_sample() -> StatusAnswer {
     StatusAnswer {
         node: "n1".into(),
         cluster: "prod".into(),
+        identity: String::new(),
         status_interval_ms: 1000,
         isolated: Some(Isolation {
             seeds: vec!["10.0.0.2:7946".into()],
@@ -155,6 +157,7 @@ fn audit_sample() -> Vec<AuditLine> {
         decision: Decision::Refused,
         status: Some("failed".into()),
         reason: Some("not_authorized: the key may not deploy web".into()),
+        sig: None,
     }]
 }
 
@@ -365,7 +368,10 @@ fn the_deployments_screen_prints_any_answer() {
 #[test]
 fn the_audit_screen_prints_any_answer() {
     let sample = serde_json::to_value(audit_sample()).unwrap();
-    check_screen("audit", sample, |l: &Vec<AuditLine>| audit::screen(l));
+    check_screen("audit", sample, |l: &Vec<AuditLine>| {
+        let checked: Vec<_> = l.iter().map(|l| (l.clone(), l.check(None))).collect();
+        audit::screen(&checked)
+    });
 }
 
 /// A row is one line, whatever its text: a newline or a terminal escape in

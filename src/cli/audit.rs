@@ -1,13 +1,18 @@
 //! `conjoiner audit`: the audit lines of the targeted nodes (each command
 //! a node took as its origin, carried out or refused), merged by time, and
-//! the nodes that did not answer named. Exit 0 when every targeted node
-//! answered, 3 when some did not.
+//! the nodes that did not answer named. Each line is checked against the
+//! identity key its node proved on a link with the node asked (see
+//! `audit.rs`). Exit 0 when every targeted node answered and no line fails
+//! its check, 3 otherwise.
 
 use super::client::ApiClient;
 use super::members::format_table;
 use super::{parse_duration, read_targets, CliError, EXIT_OK, EXIT_PARTIAL};
-use crate::audit::AuditLine;
+use crate::actors::Member;
+use crate::audit::{AuditLine, LineCheck};
+use crate::cluster::node_key::NodePublicKey;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
@@ -36,7 +41,15 @@ pub async fn run(http: &str, json_out: bool, args: AuditArgs) -> Result<i32, Cli
         "target": read_targets(&args.target)?,
         "timeout_ms": args.timeout.as_millis() as u64,
     });
-    let outcome: Value = ApiClient::new(http).post("/v1/request", &request).await?;
+    let client = ApiClient::new(http);
+    let outcome: Value = client.post("/v1/request", &request).await?;
+    // The keys the members proved to the node asked, after their answers,
+    // so a node that answered is known by then.
+    let members: Vec<Member> = client.get("/v1/members", &[]).await.unwrap_or_default();
+    let keys: HashMap<String, NodePublicKey> = members
+        .into_iter()
+        .filter_map(|m| Some((m.name, NodePublicKey::parse(m.identity.as_deref()?).ok()?)))
+        .collect();
     let empty = Vec::new();
     let mut lines: Vec<AuditLine> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
@@ -53,6 +66,14 @@ pub async fn run(http: &str, json_out: bool, args: AuditArgs) -> Result<i32, Cli
         }
     }
     lines.sort_by(|a, b| (a.ts, &a.node).cmp(&(b.ts, &b.node)));
+    let checked: Vec<(AuditLine, LineCheck)> = lines
+        .into_iter()
+        .map(|l| {
+            let check = l.check(keys.get(&l.node));
+            (l, check)
+        })
+        .collect();
+    let invalid = checked.iter().filter(|(_, c)| *c == LineCheck::Invalid).count();
     let missing: Vec<&str> = outcome["missing"]
         .as_array()
         .unwrap_or(&empty)
@@ -60,15 +81,29 @@ pub async fn run(http: &str, json_out: bool, args: AuditArgs) -> Result<i32, Cli
         .filter_map(Value::as_str)
         .collect();
     if json_out {
+        let lines: Vec<Value> = checked
+            .iter()
+            .map(|(l, c)| {
+                let mut v = json!(l);
+                v["signature"] = json!(c);
+                v
+            })
+            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({"lines": lines, "missing": missing, "failed": failed}))
                 .unwrap_or_default()
         );
     } else {
-        print!("{}", screen(&lines));
+        print!("{}", screen(&checked));
         for f in &failed {
             eprintln!("failed: {f}");
+        }
+        if invalid > 0 {
+            eprintln!(
+                "invalid: {invalid} line(s) whose signature does not verify against the identity key their \
+                 node proved: altered after they were written, or made up by another host"
+            );
         }
         if !missing.is_empty() {
             eprintln!(
@@ -78,18 +113,18 @@ pub async fn run(http: &str, json_out: bool, args: AuditArgs) -> Result<i32, Cli
             );
         }
     }
-    Ok(if missing.is_empty() && failed.is_empty() {
+    Ok(if missing.is_empty() && failed.is_empty() && invalid == 0 {
         EXIT_OK
     } else {
         EXIT_PARTIAL
     })
 }
 
-/// The audit table, oldest line first.
-pub fn screen(lines: &[AuditLine]) -> String {
-    let rows: Vec<[String; 8]> = lines
+/// The audit table, oldest line first, with each line's check.
+pub fn screen(lines: &[(AuditLine, LineCheck)]) -> String {
+    let rows: Vec<[String; 9]> = lines
         .iter()
-        .map(|l| {
+        .map(|(l, check)| {
             let outcome = match (&l.status, &l.reason) {
                 (Some(s), Some(r)) => format!("{s}: {r}"),
                 (Some(s), None) => s.clone(),
@@ -104,6 +139,7 @@ pub fn screen(lines: &[AuditLine]) -> String {
                 l.module.clone(),
                 l.id.clone().unwrap_or_else(|| "-".into()),
                 l.key.clone().unwrap_or_else(|| "-".into()),
+                check.as_str().to_string(),
                 outcome,
             ]
         })
@@ -117,6 +153,7 @@ pub fn screen(lines: &[AuditLine]) -> String {
             "MODULE",
             "ID",
             "KEY",
+            "SIGNATURE",
             "OUTCOME",
         ],
         &rows,

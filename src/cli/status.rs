@@ -253,6 +253,7 @@ mod tests {
             incarnation: 0,
             since_ms: 2600,
             boot_ms: 0,
+            identity: None,
         }
     }
 
@@ -275,6 +276,7 @@ mod tests {
         let answer = StatusAnswer {
             node: "n1".into(),
             cluster: "c".into(),
+            identity: String::new(),
             status_interval_ms: 1000,
             isolated: None,
             refused: None,
@@ -330,6 +332,7 @@ mod tests {
         let answer = StatusAnswer {
             node: "n1".into(),
             cluster: "c".into(),
+            identity: String::new(),
             status_interval_ms: 1000,
             isolated: None,
             refused: None,

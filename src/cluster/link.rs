@@ -16,6 +16,7 @@
 use super::backpressure::{self, LinkSample};
 use super::core::{Direction, LinkId};
 use super::keyring::SharedKeyring;
+use super::node_key::NodeKey;
 use super::noise::LinkError;
 use super::protocol::Lane;
 use actix::prelude::*;
@@ -112,6 +113,8 @@ impl FailedAt {
 pub struct LinkSetup {
     /// The keys links are made with, read at each handshake.
     pub keys: SharedKeyring,
+    /// This node's identity, the static key of its handshakes.
+    pub node_key: Arc<NodeKey>,
     pub max_frame: usize,
     pub events: Recipient<LinkEvent>,
     pub span: tracing::Span,
@@ -131,6 +134,8 @@ pub struct LinkHandle {
     /// The TCP socket (a duplicate descriptor), to ask the kernel whether
     /// the peer's host still acknowledges; none on in-memory links.
     socket: Option<OwnedFd>,
+    /// The X25519 static key the peer proved it holds in the handshake.
+    pub peer_static: Option<[u8; 32]>,
 }
 
 /// A control frame was not queued: the peer already has this many control
@@ -264,6 +269,7 @@ impl LinkHandle {
                 writer,
                 _close_reader: close_reader,
                 socket: None,
+                peer_static: None,
             },
             Outgoing {
                 control: control_rx,
@@ -341,6 +347,12 @@ impl LinkHandle {
     /// [`LinkHandle::peer_host_answered`].
     pub fn with_socket(mut self, socket: OwnedFd) -> LinkHandle {
         self.socket = Some(socket);
+        self
+    }
+
+    /// The link's peer proved it holds `key` (see `Transport::peer_static`).
+    pub fn with_peer_static(mut self, key: Option<[u8; 32]>) -> LinkHandle {
+        self.peer_static = key;
         self
     }
 

@@ -188,8 +188,11 @@ impl Transport for MemoryTransport {
                 setup.clone(),
                 a_id,
             ));
+            // Each side learns the other's identity, as a handshake shows it.
             let (a, a_out) = LinkHandle::new(a_id, remote, Direction::Outbound, a_pump.abort_handle(), a_close);
+            let a = a.with_peer_static(peer.node_key.public().noise_static());
             let (b, b_out) = LinkHandle::new(b_id, local, Direction::Inbound, b_pump.abort_handle(), b_close);
+            let b = b.with_peer_static(setup.node_key.public().noise_static());
             let _ = a_start.send(a_out);
             let _ = b_start.send(b_out);
             peer.events.do_send(LinkEvent::Up(b));

@@ -14,6 +14,7 @@ pub mod keyring;
 pub mod link;
 pub mod link_loads;
 pub mod memory;
+pub mod node_key;
 pub mod noise;
 pub mod protocol;
 pub mod tcp_info;

@@ -18,6 +18,7 @@
 
 use super::key::ClusterKey;
 use super::keyring::{key_id, show_id, KeyId, Keyring, MAX_KEYS};
+use super::node_key::NodeKey;
 use bytes::{Bytes, BytesMut};
 use snow::{HandshakeState, StatelessTransportState};
 use std::sync::Arc;
@@ -153,17 +154,32 @@ fn pick(keyring: &Keyring, offer: &[u8]) -> Pick {
     }
 }
 
-/// Runs the XXpsk3 handshake as the dialing side or the accepting side, with
-/// a fresh static key per link (nodes are authenticated by the cluster key,
-/// not by their static keys), and a key both keyrings hold.
+/// [`handshake_as`] for a party with no lasting identity (a key of its
+/// own for this one link): tools and tests that stand in for a peer.
 pub async fn handshake<S>(stream: &mut S, keyring: &Keyring, initiator: bool) -> Result<Transport, LinkError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    handshake_as(stream, keyring, &NodeKey::generate(), initiator).await
+}
+
+/// Runs the XXpsk3 handshake as the dialing side or the accepting side,
+/// with this node's identity as the static key (so the peer learns which
+/// key holds this end: [`Transport::peer_static`]), and a cluster key both
+/// keyrings hold (which admits the link at all).
+pub async fn handshake_as<S>(
+    stream: &mut S,
+    keyring: &Keyring,
+    me: &NodeKey,
+    initiator: bool,
+) -> Result<Transport, LinkError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let run = async {
         let key = keyring.primary();
-        let keypair = builder(key)?.generate_keypair().map_err(noise_error)?;
-        let b = builder(key)?.local_private_key(&keypair.private).map_err(noise_error)?;
+        let private = me.noise_private();
+        let b = builder(key)?.local_private_key(&private).map_err(noise_error)?;
         let mut state: HandshakeState = if initiator {
             b.build_initiator()
         } else {
@@ -244,19 +260,41 @@ where
                 .ok_or(LinkError::ClosedDuringHandshake)?;
             state.read_message(&incoming, &mut payload).map_err(noise_error)?;
         }
+        let peer_static = peer_static(&state)?;
         let transport = state.into_stateless_transport_mode().map_err(noise_error)?;
-        Ok(Transport(Arc::new(transport)))
+        Ok(Transport {
+            state: Arc::new(transport),
+            peer_static,
+        })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, run)
         .await
         .map_err(|_| LinkError::HandshakeTimeout(HANDSHAKE_TIMEOUT))?
 }
 
-/// The keys of an established link, shared by its sending and receiving halves.
+/// The X25519 static key the peer showed in a finished handshake.
+fn peer_static(state: &HandshakeState) -> Result<[u8; 32], LinkError> {
+    state
+        .get_remote_static()
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| LinkError::Handshake("the peer showed no static key".into()))
+}
+
+/// The keys of an established link, shared by its sending and receiving
+/// halves, and the static key the peer proved it holds.
 #[derive(Clone)]
-pub struct Transport(Arc<StatelessTransportState>);
+pub struct Transport {
+    state: Arc<StatelessTransportState>,
+    peer_static: [u8; 32],
+}
 
 impl Transport {
+    /// The X25519 static key of the other end: the Noise form of its node
+    /// identity (see `NodePublicKey::noise_static`).
+    pub fn peer_static(&self) -> [u8; 32] {
+        self.peer_static
+    }
+
     pub fn sender<W: AsyncWrite + Unpin>(&self, writer: W) -> FrameSender<W> {
         FrameSender {
             transport: self.clone(),
@@ -296,7 +334,7 @@ impl<W: AsyncWrite + Unpin> FrameSender<W> {
             self.cipher.resize(chunk.len() + TAG_LEN, 0);
             let n = self
                 .transport
-                .0
+                .state
                 .write_message(self.nonce, chunk, &mut self.cipher)
                 .map_err(|e| LinkError::Decrypt(e.to_string()))?;
             self.nonce += 1;
@@ -318,7 +356,7 @@ impl<W: AsyncWrite + Unpin> FrameSender<W> {
         self.cipher.resize(plain.len() + TAG_LEN, 0);
         let n = self
             .transport
-            .0
+            .state
             .write_message(self.nonce, plain, &mut self.cipher)
             .map_err(|e| LinkError::Decrypt(e.to_string()))?;
         self.nonce += 1;
@@ -345,7 +383,7 @@ impl<R: AsyncRead + Unpin> FrameReceiver<R> {
         self.plain.resize(self.incoming.len(), 0);
         let n = self
             .transport
-            .0
+            .state
             .read_message(self.nonce, &self.incoming, &mut self.plain)
             .map_err(|e| LinkError::Decrypt(e.to_string()))?;
         self.nonce += 1;
@@ -479,6 +517,23 @@ mod tests {
         }
     }
 
+    /// Each side of a link learns the Noise form of the other's identity
+    /// key, which is what a hello's named key is checked against.
+    #[tokio::test]
+    async fn a_handshake_shows_each_side_the_others_identity() {
+        let key = ClusterKey::generate();
+        let (a, b) = (Arc::new(NodeKey::generate()), Arc::new(NodeKey::generate()));
+        let (mut left, mut right) = tokio::io::duplex(1 << 16);
+        let (ring_a, ring_b) = (Keyring::new(key.clone()), Keyring::new(key));
+        let b2 = b.clone();
+        let accept = tokio::spawn(async move { handshake_as(&mut right, &ring_b, &b2, false).await.unwrap() });
+        let dialed = handshake_as(&mut left, &ring_a, &a, true).await.unwrap();
+        let accepted = accept.await.unwrap();
+        assert_eq!(Some(dialed.peer_static()), b.public().noise_static());
+        assert_eq!(Some(accepted.peer_static()), a.public().noise_static());
+        assert_ne!(a.public().noise_static(), b.public().noise_static());
+    }
+
     fn ring(primary: &ClusterKey, others: &[&ClusterKey]) -> Keyring {
         let mut ring = Keyring::new(primary.clone());
         for k in others {
@@ -536,9 +591,11 @@ mod tests {
                 state.read_message(&incoming, &mut payload).map_err(noise_error)?;
             }
         }
-        Ok(Transport(Arc::new(
-            state.into_stateless_transport_mode().map_err(noise_error)?,
-        )))
+        let peer_static = peer_static(&state)?;
+        Ok(Transport {
+            state: Arc::new(state.into_stateless_transport_mode().map_err(noise_error)?),
+            peer_static,
+        })
     }
 
     /// A fleet is upgraded one host at a time: a node of this release and

@@ -20,6 +20,7 @@
 //! one per update.
 
 use super::identity::NodeId;
+use super::node_key::NodePublicKey;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -86,6 +87,10 @@ pub struct Hello {
     pub id: Arc<NodeId>,
     /// The sender's current incarnation, so a receiver learns it with the link.
     pub incarnation: u32,
+    /// The sender's identity key. The receiver checks it against the static
+    /// key the link's handshake proved (see `cluster::node_key`); none from
+    /// a node of an earlier release.
+    pub identity: Option<NodePublicKey>,
 }
 
 /// The fields of a hello that every version has, in their order.
@@ -107,22 +112,30 @@ impl Hello {
         };
         let mut out = postcard::to_allocvec(&head).expect("hello serializes");
         out.extend(postcard::to_allocvec(&self.protocol.min).expect("a number serializes"));
+        out.extend(postcard::to_allocvec(&self.identity).expect("a key serializes"));
         out
     }
 
     fn decode(bytes: &[u8]) -> Result<Hello, postcard::Error> {
         let (head, rest): (HelloHead, &[u8]) = postcard::take_from_bytes(bytes)?;
-        // A version-2 hello ends here; later fields may follow `min`.
-        let min = if rest.is_empty() {
-            head.max
+        // A version-2 hello ends here; later fields follow `min`, each
+        // absent from the hellos of the releases before it.
+        let (min, rest) = if rest.is_empty() {
+            (head.max, rest)
         } else {
-            postcard::take_from_bytes::<u32>(rest)?.0
+            postcard::take_from_bytes::<u32>(rest)?
+        };
+        let identity = if rest.is_empty() {
+            None
+        } else {
+            postcard::take_from_bytes::<Option<NodePublicKey>>(rest)?.0
         };
         Ok(Hello {
             protocol: ProtocolRange { min, max: head.max },
             cluster: head.cluster,
             id: head.id,
             incarnation: head.incarnation,
+            identity,
         })
     }
 }

@@ -5,7 +5,7 @@
 use super::admission::{Admission, AdmissionLimits, Place};
 use super::core::Direction;
 use super::link::{next_link_id, DownReason, FailedAt, LinkEvent, LinkHandle, LinkSetup, Outgoing};
-use super::noise::{handshake, FrameSender, LinkError};
+use super::noise::{handshake_as, FrameSender, LinkError};
 use crate::logging::LogThrottle;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -200,10 +200,10 @@ async fn run_link(
     let initiator = direction == Direction::Outbound;
     let keyring = setup.keys.current();
     let shaken = match ticket {
-        None => handshake(&mut stream, &keyring, initiator).await,
+        None => handshake_as(&mut stream, &keyring, &setup.node_key, initiator).await,
         Some(mut ticket) => {
             let shaken = tokio::select! {
-                shaken = handshake(&mut stream, &keyring, initiator) => shaken,
+                shaken = handshake_as(&mut stream, &keyring, &setup.node_key, initiator) => shaken,
                 _ = &mut ticket.pushed_out => {
                     debug!(%remote, "handshake ended: its place went to a source with fewer waiting");
                     return;
@@ -240,6 +240,7 @@ async fn run_link(
     if let Some(socket) = socket {
         handle = handle.with_socket(socket);
     }
+    handle = handle.with_peer_static(Some(transport.peer_static()));
     let _ = start_tx.send(outgoing);
     if setup.events.send(LinkEvent::Up(handle)).await.is_err() {
         return;

@@ -242,6 +242,7 @@ pub fn audit_line(node: &str, id: Option<&str>, d: &Deployment, origin: Option<&
         decision,
         status: None,
         reason: None,
+        sig: None,
     }
 }
 

@@ -318,6 +318,7 @@ mod tests {
             incarnation: 0,
             since_ms: 0,
             boot_ms: 0,
+            identity: None,
         }
     }
 

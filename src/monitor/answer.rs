@@ -12,6 +12,10 @@ pub struct StatusAnswer {
     /// The node that answers.
     pub node: String,
     pub cluster: String,
+    /// The answering node's identity key (`cjnode1…`), which its links
+    /// prove.
+    #[serde(default)]
+    pub identity: String,
     pub status_interval_ms: u64,
     /// Set when this node has ways into the cluster but reaches no one
     /// (and is not refused, which says why it is alone).

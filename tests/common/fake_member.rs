@@ -63,6 +63,7 @@ pub async fn answer_join(
         cluster: "conjoiner".into(),
         id: me.clone(),
         incarnation: 0,
+        identity: None,
     });
     tx.send(&hello.encode()).await.expect("send hello");
     tx.flush().await.expect("flush");

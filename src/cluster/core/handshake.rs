@@ -9,6 +9,7 @@ use super::rings::Rings;
 use super::tree::BroadcastTree;
 use super::{Action, ClusterCore, Direction, JoinError, LinkId, Source, Standing};
 use crate::cluster::identity::NodeId;
+use crate::cluster::node_key::NodePublicKey;
 use crate::cluster::protocol::{
     Frame, Hello, Items, Lane, LinkMsg, Msg, Record, Refusal, Status, SyncMsg, SET_MEMBERS,
 };
@@ -54,8 +55,26 @@ impl ClusterCore {
             self.refuse_record(&why);
             return self.close(link, "identity out of bounds");
         }
+        let Ok(proven) = self.prove(link, &id, hello.identity) else {
+            return;
+        };
         if id.name == self.me.name {
-            return self.hello_from_my_name(link, &id, remote);
+            return self.hello_from_my_name(link, &id, remote, proven);
+        }
+        if let Some(holder) = self.held_by_another(&id.name, proven) {
+            self.counters.identities_refused += 1;
+            self.log_conflict(
+                &id,
+                "a node proved another identity key than the one that holds this name; refused it",
+            );
+            return self.refuse(
+                link,
+                Refusal::NameTaken {
+                    name: id.name.clone(),
+                    holder: holder.addr,
+                    holder_boot: holder.boot,
+                },
+            );
         }
         let record = Record {
             id: id.clone(),
@@ -80,10 +99,15 @@ impl ClusterCore {
             debug!(%remote, peer = %id.name, "hello from a superseded boot; closing");
             return self.close(link, "superseded boot");
         }
-        debug!(link, peer = %id.name, %remote, ?direction, protocol = version, "hello received");
+        debug!(link, peer = %id.name, %remote, ?direction, protocol = version,
+            identity = %proven.map_or("none".to_string(), |k| k.id()), "hello received");
         if let Some(l) = self.links.get_mut(&link) {
             l.peer = Some(id.clone());
             l.version = version;
+            l.peer_identity = proven;
+        }
+        if let Some(key) = proven {
+            self.hold_name(&id.name, key);
         }
         // One preferred link per peer: the one dialed by the lower name, so
         // both sides pick the same; a second link idles out.
@@ -141,8 +165,57 @@ impl ClusterCore {
         }
     }
 
+    /// The identity key a hello names, if the link proved it: `Ok(None)`
+    /// for a hello that names none (an earlier release) or a link that
+    /// proved no key (the simulator). A hello naming a key the link was
+    /// not made with is a lie about who is speaking: the link is closed.
+    fn prove(&mut self, link: LinkId, id: &NodeId, named: Option<NodePublicKey>) -> Result<Option<NodePublicKey>, ()> {
+        let Some(named) = named else { return Ok(None) };
+        let Some(shown) = self.links.get(&link).and_then(|l| l.peer_static) else {
+            return Ok(None);
+        };
+        if named.noise_static() == Some(shown) {
+            return Ok(Some(named));
+        }
+        self.counters.identities_refused += 1;
+        warn!(link, peer = %id.name, addr = %id.addr, named = %named.id(),
+            "the hello names an identity key that did not make the link; closing it");
+        self.close(link, "identity key not proven");
+        Err(())
+    }
+
+    /// The member that holds `name` under another identity key than
+    /// `proven`, while it is up. A name is held by the key first proven on
+    /// a link with it, until its member is dead or gone; a hello that
+    /// proves no key cannot take a name that a key holds.
+    fn held_by_another(&self, name: &str, proven: Option<NodePublicKey>) -> Option<Arc<NodeId>> {
+        let holder = self.holders.get(name)?;
+        if proven == Some(*holder) {
+            return None;
+        }
+        self.table.get(name).filter(|m| m.status.is_up()).map(|m| m.id.clone())
+    }
+
+    /// `key` holds `name` from now on. Names of members no longer in the
+    /// table are let go, so the map never outgrows the member table.
+    fn hold_name(&mut self, name: &Arc<str>, key: NodePublicKey) {
+        if self.holders.insert(name.clone(), key) != Some(key) {
+            debug!(peer = %name, identity = %key.id(), "name held by this identity key");
+        }
+        if self.holders.len() > self.table.len() + 64 {
+            let table = &self.table;
+            self.holders.retain(|name, _| table.get(name).is_some());
+        }
+    }
+
     /// A hello from a process with this node's name.
-    pub(super) fn hello_from_my_name(&mut self, link: LinkId, id: &Arc<NodeId>, remote: SocketAddr) {
+    pub(super) fn hello_from_my_name(
+        &mut self,
+        link: LinkId,
+        id: &Arc<NodeId>,
+        remote: SocketAddr,
+        proven: Option<NodePublicKey>,
+    ) {
         if id.boot == self.me.boot {
             debug!(%remote, "dialed this node itself; closing");
             if let Some(d) = self.dialing.remove(&remote) {
@@ -152,7 +225,14 @@ impl ClusterCore {
             }
             return self.close(link, "this node");
         }
-        if id.boot > self.me.boot {
+        // A node with an identity holds its name while it runs: a process
+        // that does not prove the same key never makes it step aside,
+        // whatever boot it claims.
+        let another_key = self.identity.is_some() && proven != self.identity;
+        if another_key || id.boot > self.me.boot {
+            if another_key {
+                self.counters.identities_refused += 1;
+            }
             self.log_conflict(id, "another process with this node's name tried to join; refused it");
             self.refuse(
                 link,

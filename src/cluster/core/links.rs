@@ -27,6 +27,8 @@ impl ClusterCore {
                 last_used: now,
                 hello_deadline: now + self.config.hello_timeout,
                 version: 0,
+                peer_static: None,
+                peer_identity: None,
                 i_want: false,
                 peer_wants: false,
                 hangup_expected: false,
@@ -45,6 +47,7 @@ impl ClusterCore {
                 cluster: self.cluster.clone(),
                 id: self.me.clone(),
                 incarnation: self.incarnation,
+                identity: self.identity,
             }),
         });
         debug!(link, %remote, ?direction, "link up");
@@ -73,6 +76,15 @@ impl ClusterCore {
         self.queue(link, Lane::Control, Msg::Link(LinkMsg::Busy { peers }));
         self.flush();
         self.close(link, "at the link cap");
+    }
+
+    /// The handshake of `link` proved that its peer holds the X25519
+    /// static key `key`; the peer's hello must name the identity it is the
+    /// Noise form of.
+    pub fn link_proven(&mut self, link: LinkId, key: [u8; 32]) {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.peer_static = Some(key);
+        }
     }
 
     /// The driver found link `link` backed up (or clear again): the tree

@@ -57,6 +57,7 @@ use self::states::StateTable;
 use self::tree::BroadcastTree;
 use super::config::ClusterConfig;
 use super::identity::NodeId;
+use super::node_key::NodePublicKey;
 use super::protocol::{Entry, Frame, Lane, LinkMsg, Msg, ProtocolRange, Refusal, SetId, StateRecord, Status};
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -255,6 +256,9 @@ pub struct CoreCounters {
     /// Member records (in a hello, news or a table exchange) whose name or
     /// tags break the bounds every node holds them to, refused unheld.
     pub records_refused: u64,
+    /// Hellos refused for their identity key: not the key the link was
+    /// made with, or another key than the one holding the name.
+    pub identities_refused: u64,
     /// Wake-ups that came so late that due probe and suspicion deadlines
     /// were postponed (this node was starved of CPU).
     pub late_wakeups: u64,
@@ -288,6 +292,11 @@ struct Link {
     i_want: bool,
     /// The peer counts it as overlay.
     peer_wants: bool,
+    /// The X25519 static key the link's handshake proved the peer holds.
+    peer_static: Option<[u8; 32]>,
+    /// The peer's identity key, once its hello named the key the link
+    /// proved.
+    peer_identity: Option<NodePublicKey>,
     /// The peer answered our join on this link and does not count it as
     /// overlay: a busy seed hangs up then, which says nothing about its
     /// health.
@@ -379,6 +388,12 @@ pub struct ClusterCore {
     now: Instant,
     /// Duplicate claims already logged, so a flood of them logs once.
     conflicts_logged: StableSet<(Arc<str>, u64)>,
+    /// This node's identity key, named in its hellos; none in the
+    /// simulator, whose links prove no keys.
+    identity: Option<NodePublicKey>,
+    /// The identity key each name is held by, as proven on a link with it
+    /// (see `handshake::held_by_another`).
+    holders: StableMap<Arc<str>, NodePublicKey>,
     /// When a refused record was last logged: a flood logs a line per 10 s.
     record_refusal_logged: Option<Instant>,
     /// Unreadable message kinds already logged, per peer.
@@ -433,6 +448,8 @@ impl ClusterCore {
             rng,
             now,
             conflicts_logged: StableSet::default(),
+            identity: None,
+            holders: StableMap::default(),
             record_refusal_logged: None,
             skipped_logged: StableSet::default(),
             claims: StableMap::default(),
@@ -444,7 +461,22 @@ impl ClusterCore {
         core
     }
 
+    /// This node's identity key, named in every hello it sends.
+    pub fn set_identity(&mut self, key: NodePublicKey) {
+        self.identity = Some(key);
+    }
+
     // ------------------------------------------------------------ queries
+
+    /// The identity key that holds `name`: this node's own, or the one a
+    /// link with that member proved.
+    pub fn identity_of(&self, name: &str) -> Option<NodePublicKey> {
+        if name == &*self.me.name {
+            self.identity
+        } else {
+            self.holders.get(name).copied()
+        }
+    }
 
     pub fn me(&self) -> &Arc<NodeId> {
         &self.me

@@ -36,6 +36,7 @@ fn frames_round_trip_and_bad_ones_are_named() {
             cluster: "c".into(),
             id: id(),
             incarnation: 2,
+            identity: None,
         }),
         Frame::Msgs(vec![
             Msg::Probe(ProbeMsg::Ping { seq: 1 }),
@@ -196,18 +197,20 @@ fn hellos_carry_a_range_and_a_version_2_hello_reads_as_two_to_two() {
         cluster: "c".into(),
         id: id(),
         incarnation: 1,
+        identity: Some(crate::cluster::node_key::NodeKey::generate().public()),
     })
     .encode();
     let (seen, _): (V2HelloRead, _) = postcard::take_from_bytes(&ours[1..]).unwrap();
     assert_eq!(seen.protocol, PROTOCOL_MAX);
     assert_eq!(seen.cluster, "c");
 
-    // Fields a later version appends after the range are ignored.
+    // Fields a later version appends after the identity are ignored.
     let mut later = Frame::Hello(Hello {
         protocol: ProtocolRange { min: 3, max: 4 },
         cluster: "c".into(),
         id: id(),
         incarnation: 1,
+        identity: None,
     })
     .encode()
     .to_vec();
@@ -216,6 +219,40 @@ fn hellos_carry_a_range_and_a_version_2_hello_reads_as_two_to_two() {
         panic!()
     };
     assert_eq!(hello.protocol, ProtocolRange { min: 3, max: 4 });
+    assert_eq!(hello.identity, None);
+}
+
+#[test]
+fn a_hello_names_its_identity_and_a_version_3_hello_reads_without_one() {
+    let key = crate::cluster::node_key::NodeKey::generate().public();
+    let hello = |identity| Hello {
+        protocol: ProtocolRange { min: 3, max: 3 },
+        cluster: "c".into(),
+        id: id(),
+        incarnation: 1,
+        identity,
+    };
+    let Frame::Hello(back) = Frame::decode(Frame::Hello(hello(Some(key))).encode()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(back.identity, Some(key));
+    // The hello of the release before identities ends after `min`.
+    let mut v3 = Frame::Hello(hello(None)).encode().to_vec();
+    assert_eq!(v3.pop(), Some(0), "an absent identity is one byte");
+    let Frame::Hello(back) = Frame::decode(Bytes::from(v3)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(back.identity, None);
+    // Bytes that are not a key are a malformed hello, not an identity.
+    let mut bad = Frame::Hello(hello(None)).encode().to_vec();
+    bad.pop();
+    bad.push(1);
+    let not_a_point = (0..=255u8)
+        .map(|b| [b; 32])
+        .find(|k| crate::cluster::node_key::NodePublicKey::from_bytes(*k).is_none())
+        .expect("some 32 equal bytes are no curve point");
+    bad.extend_from_slice(&not_a_point);
+    assert!(Frame::decode(Bytes::from(bad)).is_err());
 }
 
 #[derive(Deserialize)]

@@ -36,6 +36,7 @@ fn member(name: &str) -> Member {
         incarnation: 0,
         since_ms: 0,
         boot_ms: 0,
+        identity: None,
     }
 }
 

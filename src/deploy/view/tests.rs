@@ -44,6 +44,7 @@ fn member(name: &str, status: MemberStatus, role: &str) -> Member {
         incarnation: 0,
         since_ms: 0,
         boot_ms: 0,
+        identity: None,
     }
 }
 

@@ -12,6 +12,7 @@ fn member(name: &str, status: MemberStatus) -> Member {
         incarnation: 0,
         since_ms: 0,
         boot_ms: 0,
+        identity: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn a_frame_before_hello_or_a_second_hello_closes_the_link() {
             cluster: "other".into(),
             id: stranger,
             incarnation: 0,
+            identity: None,
         }),
         now,
     );
@@ -258,6 +259,7 @@ proptest::proptest! {
             cluster: "test".into(),
             id: Arc::new(NodeId::new("a", addr(1), 1, BTreeMap::new())),
             incarnation: 0,
+            identity: None,
         };
         core.frame(1, Frame::Hello(hello), now);
         drain(&mut core);
@@ -278,6 +280,7 @@ proptest::proptest! {
             cluster: "test".into(),
             id: Arc::new(NodeId::new("a-newcomer", addr(77), 1, BTreeMap::new())),
             incarnation: 0,
+            identity: None,
         };
         core.frame(2, Frame::Hello(hello), later);
         core.frame(2, Frame::Msgs(vec![Msg::Probe(ProbeMsg::Ping { seq: 41 })]), later);

@@ -535,6 +535,7 @@ fn member_records_beyond_the_bounds_on_names_and_tags_are_refused_unheld() {
             cluster: "test".into(),
             id: Arc::new(NodeId::new(&"x".repeat(65), addr(43), 1, BTreeMap::new())),
             incarnation: 0,
+            identity: None,
         }),
         now,
     );

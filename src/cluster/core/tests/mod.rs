@@ -3,6 +3,7 @@
 //! simulator, in `tests/cluster_sim.rs`.)
 
 mod datasets;
+mod identities;
 mod links;
 mod membership;
 mod net;

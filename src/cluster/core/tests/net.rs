@@ -22,6 +22,9 @@ pub(super) struct Net {
     pub(super) next: LinkId,
     /// Every action each core took, for assertions.
     pub(super) log: Vec<(usize, Action)>,
+    /// Each core's identity key, if it has one: its links prove it, as a
+    /// handshake would.
+    pub(super) keys: Vec<Option<NodePublicKey>>,
 }
 
 impl Net {
@@ -35,6 +38,7 @@ impl Net {
             links: HashMap::new(),
             next: 1,
             log: Vec::new(),
+            keys: Vec::new(),
         }
     }
 
@@ -45,6 +49,16 @@ impl Net {
             .push(ClusterCore::new("test", id, ClusterConfig::local(), i as u64, self.now));
         self.up.push(true);
         self.stalled.push(false);
+        self.keys.push(None);
+        i
+    }
+
+    /// [`Self::add`] with an identity key of its own.
+    pub(super) fn add_keyed(&mut self, name: &str, port: u16, boot: u64) -> usize {
+        let i = self.add(name, port, boot);
+        let key = crate::cluster::node_key::NodeKey::generate().public();
+        self.cores[i].set_identity(key);
+        self.keys[i] = Some(key);
         i
     }
 
@@ -57,6 +71,12 @@ impl Net {
         let now = self.now;
         self.cores[j].link_up(b, Direction::Inbound, from, now);
         self.cores[i].link_up(a, Direction::Outbound, addr, now);
+        if let Some(key) = self.keys[i].and_then(|k| k.noise_static()) {
+            self.cores[j].link_proven(b, key);
+        }
+        if let Some(key) = self.keys[j].and_then(|k| k.noise_static()) {
+            self.cores[i].link_proven(a, key);
+        }
     }
 
     /// Core `i` gets no CPU until `resume`, and every link to it closes
