@@ -25,8 +25,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// does not know, a dataset it does not hold, entries other than a
 /// neighbour's digest claimed, entries it claimed and never sent, member
 /// records whose name or tags break their bounds, and hellos whose
-/// identity key the link did not prove or another key holds the name of.
-pub const CLUSTER_INPUT_REASONS: [&str; 8] = [
+/// identity key the link did not prove or another key holds the name of,
+/// and hellos without an admission this node accepts.
+pub const CLUSTER_INPUT_REASONS: [&str; 9] = [
     "entry_invalid",
     "entry_obsolete",
     "message_unknown",
@@ -35,6 +36,7 @@ pub const CLUSTER_INPUT_REASONS: [&str; 8] = [
     "sync_unanswered",
     "record_invalid",
     "identity_refused",
+    "not_admitted",
 ];
 
 /// Why an envelope was dropped (the `reason` label).

@@ -16,12 +16,14 @@ use crate::actors::{
     DumpState, EventTap, LoopbackCluster, ModBus, ModuleContext, ModuleInfo, ModuleState, NodeIdentity, NodeSupervisor,
     Snapshot, Tags, Transponder,
 };
+use crate::cluster::core::AdmissionRule;
 use crate::cluster::keyring::{key_id, show_id};
 use crate::cluster::memory::MemoryNetwork;
 use crate::cluster::node_key::{NodeKey, NodeKeySource};
 use crate::cluster::protocol::SET_DEPLOYMENTS;
 use crate::cluster::transport::{TcpTransport, Transport};
 use crate::cluster::{ClusterConfig, ClusterKey, KeySource, Keyring};
+use crate::command::admission::Admission;
 use crate::command::tag_change::TagRefusal;
 use crate::deploy::fetch::{StallRule, UrlDeadline};
 use crate::deploy::install::DeployerConfig;
@@ -144,6 +146,10 @@ pub struct NetworkConfig {
     pub key_file: Option<PathBuf>,
     /// The `CONJOINER_KEY` value, if set.
     pub key_env: Option<String>,
+    /// Link only with admitted peers (see `command::admission`).
+    pub require_admission: bool,
+    /// An admission to keep as this node's own (`--join-token`).
+    pub join_token: Option<PathBuf>,
     pub timing: ClusterConfig,
     /// Link over this in-process network instead of TCP (tests); `bind`
     /// and mDNS are then unused.
@@ -205,6 +211,51 @@ struct ClusterParts {
     seeds: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// This node's admission (from `--join-token`, kept in the data dir), and,
+/// when it requires admission of its peers, the rule their hellos are held
+/// to, read against the operator keys trusted at that moment.
+fn admission(
+    identity: &NodeIdentity,
+    node_key: &NodeKey,
+    config: &NodeConfig,
+    net: &NetworkConfig,
+    span: &tracing::Span,
+) -> anyhow::Result<(Option<String>, Option<AdmissionRule>)> {
+    let me = node_key.public();
+    if let Some(file) = &net.join_token {
+        let text = crate::private_file::read_to_string(file)
+            .with_context(|| format!("cannot read the join token {}", file.display()))?;
+        let token = Admission::parse(&text).map_err(|e| anyhow::anyhow!("join token {}: {e}", file.display()))?;
+        token
+            .install(&config.data_dir, &me, &identity.name)
+            .map_err(|e| anyhow::anyhow!("join token {}: {e}", file.display()))?;
+        span.in_scope(|| info!(file = %file.display(), "kept the join token as this node's admission"));
+    }
+    let own = Admission::load(&config.data_dir).map_err(anyhow::Error::msg)?;
+    span.in_scope(|| match &own {
+        Some(a) => info!(signer = a.signature.signer_id().as_deref().unwrap_or("?"),
+            "this node shows its admission to every peer"),
+        None if net.require_admission => warn!(identity = %me,
+            "this node holds no admission, so its peers refuse it too:              `conjoiner admit {me} --name {}`, then restart it with --join-token FILE", identity.name),
+        None => {}
+    });
+    if !net.require_admission {
+        return Ok((own.map(|a| a.to_text()), None));
+    }
+    let trust = config.deployer.trust.clone();
+    if trust.current().is_open() {
+        anyhow::bail!(
+            "require_admission needs at least one trusted operator key (--trust-operator),              whose signature admits a node"
+        );
+    }
+    span.in_scope(|| info!("links only with peers admitted by a trusted operator key"));
+    let rule: AdmissionRule = Box::new(move |peer, key, text| {
+        let admission = Admission::parse(text)?;
+        admission.admits(&trust.current(), peer, key).map(|_| ())
+    });
+    Ok((own.map(|a| a.to_text()), Some(rule)))
+}
+
 /// The rules the deployments table is held by, with this node's operator keys.
 fn deployment_rules(trust: &crate::command::trust::SharedTrust) -> Box<DeploymentRules> {
     let trust = trust.clone();
@@ -264,6 +315,7 @@ impl ClusterParts {
             .with_context(|| format!("cannot record the cluster address in {}", addr_file.display()))?;
         let keys = crate::cluster::SharedKeyring::new(keyring);
         let backpressure = crate::cluster::backpressure::Backpressure::default();
+        let (own_admission, admission_rule) = admission(identity, &node_key, config, net, &span)?;
         let bridge = ClusterBridge::new(
             identity,
             net.timing.clone(),
@@ -273,6 +325,7 @@ impl ClusterParts {
             started_ms,
         )
         .with_node_key(node_key)
+        .with_admission(own_admission, admission_rule)
         .with_metrics(metrics.clone())
         .with_backpressure(backpressure.clone())
         .holding(SET_DEPLOYMENTS, deployment_rules(&config.deployer.trust))

@@ -38,6 +38,8 @@ async fn start(net: &MemoryNetwork, name: &str, key: &ClusterKey, join: Option<S
             mdns: false,
             key_file: None,
             key_env: Some(key.to_base64()),
+            require_admission: false,
+            join_token: None,
             timing: ClusterConfig::local(),
             memory: Some(net.clone()),
         }),

@@ -58,6 +58,7 @@ fn impersonate(target: &str, key: &ClusterKey, name: &str, claimed: std::net::So
             id: Arc::new(NodeId::new(name, claimed, 1, BTreeMap::new())),
             incarnation: 0,
             identity: prove.then(|| mine.public()),
+            admission: None,
         });
         tx.send(&hello.encode()).await.unwrap();
         tx.flush().await.unwrap();

@@ -15,7 +15,7 @@ use super::messages::{state_handlers, ShowState};
 use super::NodeIdentity;
 use crate::cluster::backpressure::Backpressure;
 use crate::cluster::core::keyed::EntryRules;
-use crate::cluster::core::{Action, Change, ClusterCore, CoreError, Direction, LinkId, Standing};
+use crate::cluster::core::{Action, AdmissionRule, Change, ClusterCore, CoreError, Direction, LinkId, Standing};
 use crate::cluster::link::{DownReason, FailedAt, LinkEvent, LinkHandle, LinkSetup, Queued};
 use crate::cluster::link_loads::{LinkLoads, LOOK_BUSY};
 use crate::cluster::node_key::NodeKey;
@@ -170,6 +170,13 @@ impl ClusterBridge {
         self
     }
 
+    /// Shows `own` (this node's admission) in its hellos, and holds every
+    /// peer's to `rule` (none: requires none).
+    pub fn with_admission(mut self, own: Option<String>, rule: Option<AdmissionRule>) -> ClusterBridge {
+        self.core.set_admission(own, rule);
+        self
+    }
+
     /// Holds keyed dataset `set` (the deployments table) under `rules`.
     pub fn holding(mut self, set: SetId, rules: Box<dyn EntryRules>) -> ClusterBridge {
         self.core.hold(set, rules);
@@ -205,6 +212,7 @@ impl ClusterBridge {
             c.sync_unanswered,
             c.records_refused,
             c.identities_refused,
+            c.not_admitted,
         ];
         for ((reason, now), before) in CLUSTER_INPUT_REASONS.iter().zip(now).zip(self.exported.iter_mut()) {
             if now > *before {

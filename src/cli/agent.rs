@@ -84,6 +84,17 @@ pub struct AgentArgs {
     /// the cluster key can deploy.
     #[arg(long = "trust-operator", value_name = "KEY|@FILE")]
     pub trust_operators: Vec<String>,
+    /// Link only with peers whose hello shows an admission (`conjoiner
+    /// admit`) by an operator key this node trusts, for the identity key
+    /// the link proved and the name it claims. A host that has only the
+    /// cluster key gets no link.
+    #[arg(long)]
+    pub require_admission: bool,
+    /// This node's admission (from `conjoiner admit <its identity key>
+    /// --name <its name>`), kept as `<data-dir>/admission.json` and shown
+    /// to every peer.
+    #[arg(long, value_name = "FILE")]
+    pub join_token: Option<PathBuf>,
     /// Also serve `GET /metrics` on this address, alone: no token and no
     /// Host check, for Prometheus to scrape by any name (e.g.
     /// `0.0.0.0:9464`; port 0 picks one, recorded in
@@ -130,6 +141,8 @@ impl AgentArgs {
             package_dirs: (!self.package_dirs.is_empty()).then(|| self.package_dirs.clone()),
             operators: (!self.trust_operators.is_empty())
                 .then(|| self.trust_operators.iter().cloned().map(OperatorEntry::Text).collect()),
+            require_admission: self.require_admission.then_some(true),
+            join_token: self.join_token.clone(),
             profile: self.profile.as_deref().and_then(ProfileName::parse),
             status_interval: self.status_interval.map(Dur),
             log_format: self.log_format,
@@ -239,6 +252,8 @@ fn node_config(s: &AgentSettings, trust: Trust) -> Result<(NodeConfig, ApiSettin
             mdns: s.mdns,
             key_file: s.key_file.clone(),
             key_env: std::env::var("CONJOINER_KEY").ok(),
+            require_admission: s.require_admission,
+            join_token: s.join_token.clone(),
             timing: profile.cluster,
             memory: None,
         }),

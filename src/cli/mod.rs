@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 error, 2 usage error, 3 partial (some targeted
 //! nodes failed or did not answer; they are listed).
 
+pub mod admit;
 pub mod agent;
 pub mod audit;
 pub mod client;
@@ -108,6 +109,9 @@ pub enum Command {
     /// Print a new cluster key (give the same key to every node), or with
     /// --operator make an operator key pair that signs deploys.
     Keygen(keygen::KeygenArgs),
+    /// Admit a host to a fleet that requires admission: sign a join token
+    /// for its identity key and name (`agent --join-token FILE`).
+    Admit(admit::AdmitArgs),
     /// Deploy a module package to the targeted nodes.
     Deploy(deploy::DeployArgs),
     /// Stop and remove a module from the targeted nodes.
@@ -192,6 +196,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Tail(args) => block_on(tail::run(http, cli.json, args)),
         Command::Tags(args) => block_on(tags::run(http, cli.json, args)),
         Command::Keygen(args) => keygen::run(cli.json, args),
+        Command::Admit(args) => admit::run(args),
         Command::Keys(args) => block_on(keys::run(http, cli.json, args)),
         Command::Deploy(args) => block_on(deploy::deploy(http, cli.json, args)),
         Command::Undeploy(args) => block_on(deploy::undeploy(http, cli.json, args)),

@@ -104,7 +104,7 @@ pub fn warnings(status: &StatusAnswer) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(refused) = &status.refused {
         lines.push(format!(
-            "refused: {} is out of the cluster: {} (held by {}); it keeps trying and gets in once that node is gone",
+            "refused: {} is out of the cluster: {} (refused by {}); it keeps trying",
             visible(&status.node),
             visible(&refused.reason),
             visible(&refused.holder)

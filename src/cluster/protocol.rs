@@ -91,6 +91,9 @@ pub struct Hello {
     /// key the link's handshake proved (see `cluster::node_key`); none from
     /// a node of an earlier release.
     pub identity: Option<NodePublicKey>,
+    /// The sender's admission (an operator's signed word that its identity
+    /// key may be this node), as text, for peers that require one.
+    pub admission: Option<String>,
 }
 
 /// The fields of a hello that every version has, in their order.
@@ -113,6 +116,7 @@ impl Hello {
         let mut out = postcard::to_allocvec(&head).expect("hello serializes");
         out.extend(postcard::to_allocvec(&self.protocol.min).expect("a number serializes"));
         out.extend(postcard::to_allocvec(&self.identity).expect("a key serializes"));
+        out.extend(postcard::to_allocvec(&self.admission).expect("text serializes"));
         out
     }
 
@@ -125,10 +129,15 @@ impl Hello {
         } else {
             postcard::take_from_bytes::<u32>(rest)?
         };
-        let identity = if rest.is_empty() {
+        let (identity, rest) = if rest.is_empty() {
+            (None, rest)
+        } else {
+            postcard::take_from_bytes::<Option<NodePublicKey>>(rest)?
+        };
+        let admission = if rest.is_empty() {
             None
         } else {
-            postcard::take_from_bytes::<Option<NodePublicKey>>(rest)?.0
+            postcard::take_from_bytes::<Option<String>>(rest)?.0
         };
         Ok(Hello {
             protocol: ProtocolRange { min, max: head.max },
@@ -136,6 +145,7 @@ impl Hello {
             id: head.id,
             incarnation: head.incarnation,
             identity,
+            admission,
         })
     }
 }
@@ -290,7 +300,8 @@ impl Payload {
 /// Why a peer refuses a link.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
-    /// Another live process holds this name (started earlier, at `holder`).
+    /// Another live process holds this name (at `holder`): it started
+    /// earlier, or its identity key holds the name.
     NameTaken {
         name: Arc<str>,
         holder: SocketAddr,
@@ -301,6 +312,9 @@ pub enum Refusal {
     /// The two nodes share no protocol version: the refusing node speaks
     /// `min` to `max`.
     Protocol { min: u32, max: u32 },
+    /// The refusing node requires an admission, and the hello had none
+    /// that it accepts (why).
+    NotAdmitted { reason: String },
 }
 
 impl std::fmt::Display for Refusal {
@@ -308,7 +322,7 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::NameTaken { name, holder, .. } => write!(
                 f,
-                "the name `{name}` is held by a live node at {holder}, which started earlier; \
+                "the name `{name}` is held by a live node at {holder}; \
                  give this node another --name, or stop the other one"
             ),
             Refusal::OtherCluster { cluster } => write!(f, "the node there belongs to cluster `{cluster}`"),
@@ -318,6 +332,11 @@ impl std::fmt::Display for Refusal {
                  upgrade the older node",
                 ProtocolRange { min: *min, max: *max },
                 ProtocolRange::OURS
+            ),
+            Refusal::NotAdmitted { reason } => write!(
+                f,
+                "not admitted: {reason}; an operator admits this node with \
+                 `conjoiner admit <its identity key> --name <its name>`, given to it by --join-token"
             ),
         }
     }

@@ -18,10 +18,13 @@
 //!
 //! - [`keyring_change`]: the command that changes a node's cluster keys.
 //! - [`tag_change`]: the command that changes a node's tags.
+//! - [`admission`]: an operator's word that a host's identity key may be
+//!   the node of a name, which peers that require admission check.
 //!
 //! The deploy commands live with the capability they drive: deploys and
 //! undeploys are deployments-table entries (`deploy::command`).
 
+pub mod admission;
 pub mod canonical;
 pub mod gate;
 pub mod keyring_change;

@@ -30,6 +30,8 @@ pub struct AgentFile {
     pub max_uploads: Option<u16>,
     pub package_dirs: Option<Vec<PathBuf>>,
     pub operators: Option<Vec<OperatorEntry>>,
+    pub require_admission: Option<bool>,
+    pub join_token: Option<PathBuf>,
     pub profile: Option<ProfileName>,
     pub status_interval: Option<Dur>,
     pub log_format: Option<LogFormat>,
@@ -129,6 +131,8 @@ impl AgentFile {
             max_uploads: self.max_uploads.or(lower.max_uploads),
             package_dirs: self.package_dirs.or(lower.package_dirs),
             operators: self.operators.or(lower.operators),
+            require_admission: self.require_admission.or(lower.require_admission),
+            join_token: self.join_token.or(lower.join_token),
             profile: self.profile.or(lower.profile),
             status_interval: self.status_interval.or(lower.status_interval),
             log_format: self.log_format.or(lower.log_format),
@@ -158,6 +162,8 @@ impl AgentFile {
             "max_uploads" => self.max_uploads.is_some(),
             "package_dirs" => self.package_dirs.is_some(),
             "operators" => self.operators.is_some(),
+            "require_admission" => self.require_admission.is_some(),
+            "join_token" => self.join_token.is_some(),
             "profile" => self.profile.is_some(),
             "status_interval" => self.status_interval.is_some(),
             "log_format" => self.log_format.is_some(),
@@ -177,6 +183,7 @@ impl AgentFile {
         };
         self.data_dir.as_mut().map(at);
         self.key_file.as_mut().map(at);
+        self.join_token.as_mut().map(at);
         for p in self.package_dirs.iter_mut().flatten() {
             at(p);
         }

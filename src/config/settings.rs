@@ -66,6 +66,10 @@ pub struct AgentSettings {
     pub package_dirs: Vec<PathBuf>,
     /// As `--trust-operator` takes them.
     pub operators: Vec<String>,
+    /// Every peer's hello must show an admission by a trusted operator key.
+    pub require_admission: bool,
+    /// An admission to keep as this node's own at start.
+    pub join_token: Option<PathBuf>,
     pub profile_name: ProfileName,
     /// The preset with the file's and the flags' tunings laid over it.
     pub profile: Profile,
@@ -124,6 +128,7 @@ impl AgentSettings {
             crate::command::trust::TrustedKey::parse(op).map_err(|e| SettingError::new("operators", e))?;
         }
 
+        let require_admission = given.require_admission.unwrap_or(false);
         let profile_name = given.profile.unwrap_or(ProfileName::Lan);
         let mut profile = Profile::preset(profile_name.as_str()).expect("every profile name has a preset");
         given.membership.apply(&mut profile.cluster);
@@ -180,6 +185,8 @@ impl AgentSettings {
             max_uploads,
             package_dirs: profile.deployer.package_dirs.clone(),
             operators,
+            require_admission,
+            join_token: given.join_token.clone().map(absolute),
             profile_name,
             profile,
             log_format: given.log_format.unwrap_or(LogFormat::Text),
@@ -224,6 +231,10 @@ impl AgentSettings {
             "operators".into(),
             list(self.operators.iter().map(|o| operator_value(o)).collect()),
         );
+        t.insert("require_admission".into(), Value::Boolean(self.require_admission));
+        if let Some(token) = &self.join_token {
+            t.insert("join_token".into(), path(token));
+        }
         t.insert("profile".into(), text(self.profile_name.as_str()));
         t.insert(
             "status_interval".into(),

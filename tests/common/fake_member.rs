@@ -64,6 +64,7 @@ pub async fn answer_join(
         id: me.clone(),
         incarnation: 0,
         identity: None,
+        admission: None,
     });
     tx.send(&hello.encode()).await.expect("send hello");
     tx.flush().await.expect("flush");

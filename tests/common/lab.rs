@@ -107,6 +107,8 @@ impl Lab {
                 mdns: false,
                 key_file: None,
                 key_env: Some(self.key.to_base64()),
+                require_admission: false,
+                join_token: None,
                 timing: ClusterConfig::local(),
                 memory: Some(self.net.clone()),
             }),

@@ -61,6 +61,17 @@ impl ClusterCore {
         if id.name == self.me.name {
             return self.hello_from_my_name(link, &id, remote, proven);
         }
+        if let Err(why) = self.admitted(&id, proven, hello.admission.as_deref()) {
+            self.counters.not_admitted += 1;
+            if self.conflicts_logged.insert((id.name.clone(), id.boot)) {
+                warn!(peer = %id.name, addr = %id.addr, %remote, "refused a node that is not admitted: {why}");
+            }
+            let seen = Refusal::NotAdmitted {
+                reason: format!("the node `{}` there is not admitted: {why}", id.name),
+            };
+            self.answer_join_on(link, JoinError::Refused(seen));
+            return self.refuse(link, Refusal::NotAdmitted { reason: why });
+        }
         if let Some(holder) = self.held_by_another(&id.name, proven) {
             self.counters.identities_refused += 1;
             self.log_conflict(
@@ -184,6 +195,21 @@ impl ClusterCore {
         Err(())
     }
 
+    /// Whether the peer `id`, whose link proved `proven`, is admitted: by
+    /// the admission its hello showed, when this node requires one.
+    fn admitted(&self, id: &NodeId, proven: Option<NodePublicKey>, admission: Option<&str>) -> Result<(), String> {
+        let Some(rule) = &self.admission_rule else {
+            return Ok(());
+        };
+        let Some(key) = proven else {
+            return Err("it proved no identity key (a node of an earlier release?)".into());
+        };
+        let Some(text) = admission else {
+            return Err(format!("it showed no admission for its identity key {key}"));
+        };
+        rule(id, &key, text)
+    }
+
     /// The member that holds `name` under another identity key than
     /// `proven`, while it is up. A name is held by the key first proven on
     /// a link with it, until its member is dead or gone; a hello that
@@ -225,10 +251,27 @@ impl ClusterCore {
             }
             return self.close(link, "this node");
         }
-        // A node with an identity holds its name while it runs: a process
-        // that does not prove the same key never makes it step aside,
-        // whatever boot it claims.
+        // Between two keys, boots prove nothing (a claimed boot is just a
+        // number): the process that knocks yields. A node refuses every
+        // process of its name with another key that dials it, and steps
+        // aside only when it dialed a seed or a discovered address itself
+        // and found its name held there (a second host given the same
+        // name). A dial meant for another member never makes it step aside.
         let another_key = self.identity.is_some() && proven != self.identity;
+        let outbound = self
+            .links
+            .get(&link)
+            .is_some_and(|l| l.direction == Direction::Outbound);
+        let meant_for = self.dialing.get(&remote).and_then(|d| d.expect.clone());
+        if another_key && outbound {
+            if meant_for.is_some() {
+                self.counters.identities_refused += 1;
+                warn!(%remote, expected = ?meant_for, "a dialed member answered with this node's name; closing");
+                return self.close(link, "answered with this node's name");
+            }
+            self.step_aside(id.addr, id.boot);
+            return self.close(link, "name held by another live node");
+        }
         if another_key || id.boot > self.me.boot {
             if another_key {
                 self.counters.identities_refused += 1;
@@ -276,42 +319,37 @@ impl ClusterCore {
     /// Another, older, live process holds this node's name: stay out of the
     /// cluster until it is gone (joins are retried by the caller).
     pub(super) fn step_aside(&mut self, holder: SocketAddr, holder_boot: u64) {
-        if matches!(self.standing, Standing::Refused { .. }) {
-            return;
-        }
-        let reason = Refusal::NameTaken {
-            name: self.me.name.clone(),
-            holder,
-            holder_boot,
-        }
-        .to_string();
-        error!(%holder, holder_boot, "{reason}; this node stays out of the cluster and keeps trying");
-        self.standing = Standing::Refused {
-            holder,
-            reason: reason.clone(),
-        };
         let refusal = Refusal::NameTaken {
             name: self.me.name.clone(),
             holder,
             holder_boot,
+        };
+        self.stay_out(holder, refusal);
+    }
+
+    /// A peer at `by` refused this node (`refusal`): it stays out of the
+    /// cluster, keeps trying, and is in again once a peer answers its join
+    /// with a table that lets it in (see `on_join_table`).
+    fn stay_out(&mut self, by: SocketAddr, refusal: Refusal) {
+        if matches!(self.standing, Standing::Refused { .. }) {
+            return;
+        }
+        let reason = refusal.to_string();
+        error!(peer = %by, "{reason}; this node stays out of the cluster and keeps trying");
+        self.standing = Standing::Refused {
+            holder: by,
+            reason: reason.clone(),
         };
         for (_, ask) in std::mem::take(&mut self.joining) {
             self.answer_join(ask, Err(JoinError::Refused(refusal.clone())));
         }
         let links: Vec<LinkId> = self.links.keys().copied().collect();
         for link in links {
-            self.close(link, "name held by another node");
+            self.close(link, "refused by a peer; staying out");
         }
         for (_, d) in std::mem::take(&mut self.dialing) {
             if let Some(ask) = d.join {
-                self.answer_join(
-                    ask,
-                    Err(JoinError::Refused(Refusal::NameTaken {
-                        name: self.me.name.clone(),
-                        holder,
-                        holder_boot,
-                    })),
-                );
+                self.answer_join(ask, Err(JoinError::Refused(refusal.clone())));
             }
         }
         // Forget the cluster: a later successful join starts afresh.
@@ -333,7 +371,34 @@ impl ClusterCore {
                 name,
                 holder,
                 holder_boot,
-            } if *name == self.me.name => self.step_aside(*holder, *holder_boot),
+            } if *name == self.me.name => {
+                // A peer that dialed this node cannot send it away: only a
+                // node it went to itself can (see `hello_from_my_name`).
+                let inbound = self.links.get(&link).is_some_and(|l| l.direction == Direction::Inbound);
+                if self.identity.is_some() && inbound {
+                    warn!(
+                        ?remote,
+                        "a peer that dialed this node says another holds its name; not stepping aside"
+                    );
+                } else {
+                    self.step_aside(*holder, *holder_boot)
+                }
+            }
+            // Not admitted by a node it went to before any peer sent it a
+            // member table: out, and saying why, until a peer takes it in.
+            // One peer's refusal does not send a member out of the cluster
+            // it is in.
+            Refusal::NotAdmitted { .. }
+                if !self.has_table
+                    && self
+                        .links
+                        .get(&link)
+                        .is_some_and(|l| l.direction == Direction::Outbound) =>
+            {
+                if let Some(remote) = remote {
+                    self.stay_out(remote, refusal.clone());
+                }
+            }
             other => warn!(?remote, reason = %other, "a peer refused this node's link"),
         }
         if let Some(ask) = self.joining.remove(&link) {

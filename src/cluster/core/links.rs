@@ -48,6 +48,7 @@ impl ClusterCore {
                 id: self.me.clone(),
                 incarnation: self.incarnation,
                 identity: self.identity,
+                admission: self.admission.clone(),
             }),
         });
         debug!(link, %remote, ?direction, "link up");

@@ -209,6 +209,12 @@ pub enum CoreError {
     Refused(String),
 }
 
+/// Whether the admission a peer's hello shows (its text) admits that
+/// peer (its member identity and the identity key its link proved); if
+/// not, why. The node gives the core this rule, so the core knows nothing
+/// of operator keys.
+pub type AdmissionRule = Box<dyn Fn(&NodeId, &NodePublicKey, &str) -> Result<(), String>>;
+
 /// Counters of what the core decided (debug dump, metrics, simulator).
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct CoreCounters {
@@ -259,6 +265,8 @@ pub struct CoreCounters {
     /// Hellos refused for their identity key: not the key the link was
     /// made with, or another key than the one holding the name.
     pub identities_refused: u64,
+    /// Hellos refused for want of an admission this node accepts.
+    pub not_admitted: u64,
     /// Wake-ups that came so late that due probe and suspicion deadlines
     /// were postponed (this node was starved of CPU).
     pub late_wakeups: u64,
@@ -394,6 +402,11 @@ pub struct ClusterCore {
     /// The identity key each name is held by, as proven on a link with it
     /// (see `handshake::held_by_another`).
     holders: StableMap<Arc<str>, NodePublicKey>,
+    /// This node's admission, shown in its hellos.
+    admission: Option<String>,
+    /// Set when this node requires an admission of every peer: whether the
+    /// admission a hello shows admits that peer's proven key and name.
+    admission_rule: Option<AdmissionRule>,
     /// When a refused record was last logged: a flood logs a line per 10 s.
     record_refusal_logged: Option<Instant>,
     /// Unreadable message kinds already logged, per peer.
@@ -450,6 +463,8 @@ impl ClusterCore {
             conflicts_logged: StableSet::default(),
             identity: None,
             holders: StableMap::default(),
+            admission: None,
+            admission_rule: None,
             record_refusal_logged: None,
             skipped_logged: StableSet::default(),
             claims: StableMap::default(),
@@ -464,6 +479,13 @@ impl ClusterCore {
     /// This node's identity key, named in every hello it sends.
     pub fn set_identity(&mut self, key: NodePublicKey) {
         self.identity = Some(key);
+    }
+
+    /// This node's admission (shown in its hellos), and the rule its
+    /// peers' admissions are held to (none: it requires none).
+    pub fn set_admission(&mut self, own: Option<String>, rule: Option<AdmissionRule>) {
+        self.admission = own;
+        self.admission_rule = rule;
     }
 
     // ------------------------------------------------------------ queries

@@ -37,6 +37,7 @@ fn frames_round_trip_and_bad_ones_are_named() {
             id: id(),
             incarnation: 2,
             identity: None,
+            admission: None,
         }),
         Frame::Msgs(vec![
             Msg::Probe(ProbeMsg::Ping { seq: 1 }),
@@ -198,6 +199,7 @@ fn hellos_carry_a_range_and_a_version_2_hello_reads_as_two_to_two() {
         id: id(),
         incarnation: 1,
         identity: Some(crate::cluster::node_key::NodeKey::generate().public()),
+        admission: None,
     })
     .encode();
     let (seen, _): (V2HelloRead, _) = postcard::take_from_bytes(&ours[1..]).unwrap();
@@ -211,6 +213,7 @@ fn hellos_carry_a_range_and_a_version_2_hello_reads_as_two_to_two() {
         id: id(),
         incarnation: 1,
         identity: None,
+        admission: None,
     })
     .encode()
     .to_vec();
@@ -231,21 +234,32 @@ fn a_hello_names_its_identity_and_a_version_3_hello_reads_without_one() {
         id: id(),
         incarnation: 1,
         identity,
+        admission: None,
     };
     let Frame::Hello(back) = Frame::decode(Frame::Hello(hello(Some(key))).encode()).unwrap() else {
         panic!()
     };
     assert_eq!(back.identity, Some(key));
+    // An admission travels as its text.
+    let admitted = Hello {
+        admission: Some("{\"name\":\"n4\"}".into()),
+        ..hello(Some(key))
+    };
+    let Frame::Hello(back) = Frame::decode(Frame::Hello(admitted.clone()).encode()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(back, admitted);
     // The hello of the release before identities ends after `min`.
     let mut v3 = Frame::Hello(hello(None)).encode().to_vec();
+    assert_eq!(v3.pop(), Some(0), "an absent admission is one byte");
     assert_eq!(v3.pop(), Some(0), "an absent identity is one byte");
     let Frame::Hello(back) = Frame::decode(Bytes::from(v3)).unwrap() else {
         panic!()
     };
-    assert_eq!(back.identity, None);
+    assert_eq!((back.identity, back.admission), (None, None));
     // Bytes that are not a key are a malformed hello, not an identity.
     let mut bad = Frame::Hello(hello(None)).encode().to_vec();
-    bad.pop();
+    bad.truncate(bad.len() - 2);
     bad.push(1);
     let not_a_point = (0..=255u8)
         .map(|b| [b; 32])

@@ -28,6 +28,7 @@ fn a_hello_naming_a_key_the_link_did_not_prove_closes_the_link() {
         id: Arc::new(NodeId::new("a", addr(1), 1, BTreeMap::new())),
         incarnation: 0,
         identity,
+        admission: None,
     };
     core.frame(1, Frame::Hello(hello(Some(named))), now);
     let actions = drain(&mut core);
@@ -109,4 +110,54 @@ fn a_node_never_steps_aside_for_a_process_of_its_name_with_another_key() {
     assert_ne!(net.cores[impostor].standing(), &Standing::Joined);
     assert!(net.cores[a].member("a").is_some_and(|m| m.id.addr == addr(1)));
     assert_eq!(net.cores[a].counters.identities_refused, 1);
+}
+
+#[test]
+fn a_node_that_requires_admission_links_only_with_admitted_peers() {
+    let mut net = Net::new();
+    let a = net.add_keyed("a", 1, 100);
+    // The rule the node is given: here, an admission is the text `ok:NAME`.
+    let rule: AdmissionRule = Box::new(|id, _key, text| {
+        (text == format!("ok:{}", id.name))
+            .then_some(())
+            .ok_or_else(|| format!("`{text}` admits no one here"))
+    });
+    net.cores[a].set_admission(Some("ok:a".into()), Some(rule));
+    let b = net.add_keyed("b", 2, 100);
+    net.cores[b].set_admission(Some("ok:b".into()), None);
+    net.join(b, a);
+    net.advance(Duration::from_millis(300));
+    assert_eq!(net.cores[b].standing(), &Standing::Joined);
+    assert!(net.cores[a].member("b").is_some_and(|m| m.status == Status::Alive));
+
+    // Shown someone else's admission, or none, or by a node that proves no
+    // key: refused, counted, and the refused node says why.
+    let cases: [(&str, Option<&str>, bool, &str); 3] = [
+        ("c", Some("ok:b"), true, "admits no one here"),
+        ("d", None, true, "showed no admission"),
+        ("e", Some("ok:e"), false, "proved no identity key"),
+    ];
+    for (i, (name, admission, keyed, why)) in cases.into_iter().enumerate() {
+        let port = 10 + i as u16;
+        let peer = if keyed {
+            net.add_keyed(name, port, 100)
+        } else {
+            net.add(name, port, 100)
+        };
+        net.cores[peer].set_admission(admission.map(str::to_string), None);
+        net.join(peer, a);
+        net.advance(Duration::from_millis(300));
+        assert!(net.cores[a].member(name).is_none(), "{name} let in");
+        match net.cores[peer].standing() {
+            Standing::Refused { reason, .. } => {
+                assert!(
+                    reason.contains("not admitted") && reason.contains(why),
+                    "{name}: {reason}"
+                )
+            }
+            other => panic!("{name} should stay out, is {other:?}"),
+        }
+    }
+    assert_eq!(net.cores[a].counters.not_admitted, 3);
+    assert_eq!(net.cores[b].standing(), &Standing::Joined);
 }

@@ -34,6 +34,7 @@ fn a_frame_before_hello_or_a_second_hello_closes_the_link() {
             id: stranger,
             incarnation: 0,
             identity: None,
+            admission: None,
         }),
         now,
     );
@@ -260,6 +261,7 @@ proptest::proptest! {
             id: Arc::new(NodeId::new("a", addr(1), 1, BTreeMap::new())),
             incarnation: 0,
             identity: None,
+            admission: None,
         };
         core.frame(1, Frame::Hello(hello), now);
         drain(&mut core);
@@ -281,6 +283,7 @@ proptest::proptest! {
             id: Arc::new(NodeId::new("a-newcomer", addr(77), 1, BTreeMap::new())),
             incarnation: 0,
             identity: None,
+            admission: None,
         };
         core.frame(2, Frame::Hello(hello), later);
         core.frame(2, Frame::Msgs(vec![Msg::Probe(ProbeMsg::Ping { seq: 41 })]), later);

@@ -536,6 +536,7 @@ fn member_records_beyond_the_bounds_on_names_and_tags_are_refused_unheld() {
             id: Arc::new(NodeId::new(&"x".repeat(65), addr(43), 1, BTreeMap::new())),
             incarnation: 0,
             identity: None,
+            admission: None,
         }),
         now,
     );
