@@ -66,6 +66,7 @@ fn command(args: &KeysArgs) -> Result<KeyringChange, CliError> {
         key,
         id: uuid::Uuid::now_v7().to_string(),
         ts: crate::wire::now_ms(),
+        target: read_targets(&args.target)?,
         signature: None,
     };
     if let Some(file) = &args.operator_key {

@@ -3,7 +3,9 @@
 //! hosts may link with the fleet, so on a node that trusts operator keys
 //! it passes the same gate as a deploy: signed by a trusted key whose
 //! scope covers the reserved name `keyring` on this node, new (its id
-//! never seen), and signed within the time window.
+//! never seen), signed within the time window, and meant for this node
+//! (the selector it was sent to is signed with it, so a captured change
+//! cannot be sent on to a node outside it).
 
 use super::canonical::signed_bytes;
 use super::gate::{authorize, Asked, Refusal};
@@ -12,6 +14,7 @@ use super::signature::OperatorSignature;
 use super::trust::Trust;
 use crate::cluster::keyring::{key_id, show_id, Keyring};
 use crate::cluster::ClusterKey;
+use crate::wire::Target;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -51,6 +54,10 @@ pub struct KeyringChange {
     /// A fresh id and the time it was made, both signed.
     pub id: String,
     pub ts: u64,
+    /// The nodes it is meant for: the selector the change was sent to
+    /// (none: every node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<OperatorSignature>,
 }
@@ -93,13 +100,19 @@ impl KeyringRefusal {
 impl KeyringChange {
     /// The bytes an operator signs for it.
     pub fn signed_bytes(&self) -> Vec<u8> {
-        signed_bytes(&json!({
+        let mut fields = json!({
             "type": "keyring",
             "op": self.op.as_str(),
             "key": self.key,
             "id": self.id,
             "ts": self.ts,
-        }))
+        });
+        // Signed only when given, so a change for every node reads as the
+        // release before targets signed it.
+        if let Some(target) = &self.target {
+            fields["target"] = json!(target);
+        }
+        signed_bytes(&fields)
     }
 
     /// Checks the command against this node's trust and the ids it has
@@ -129,6 +142,15 @@ impl KeyringChange {
             tags,
         };
         authorize(trust, &asked).map_err(|Refusal(why)| KeyringRefusal::new(super::gate::NOT_AUTHORIZED, why))?;
+        if let Some(text) = &self.target {
+            let target = Target::parse(text).map_err(|e| KeyringRefusal::new("invalid_request", e.to_string()))?;
+            if !target.matches(node, tags) {
+                return Err(KeyringRefusal::new(
+                    super::gate::NOT_AUTHORIZED,
+                    format!("the change is meant for the nodes matching `{target}`, not for this one"),
+                ));
+            }
+        }
         if !trust.is_open() || self.signature.is_some() {
             seen.take(&self.id, self.ts, now_ms)
                 .map_err(|why| KeyringRefusal::new(super::gate::NOT_AUTHORIZED, why))?;
@@ -158,8 +180,48 @@ mod tests {
             key: Some(key.to_base64()),
             id: id.into(),
             ts: now,
+            target: None,
             signature: None,
         }
+    }
+
+    #[test]
+    fn a_change_for_some_nodes_is_refused_by_the_others_and_its_target_cannot_be_stripped() {
+        let alice = OperatorSecret::generate();
+        let trust = trusting(&alice, &[]);
+        let k2 = ClusterKey::generate();
+        let now = 1_000_000_000;
+        let for_n2 = signed(
+            KeyringChange {
+                target: Some("name=n2".into()),
+                ..change(KeyringOp::Install, &k2, "t1", now)
+            },
+            &alice,
+        );
+        let tags = BTreeMap::new();
+        let mut ring = Keyring::new(ClusterKey::generate());
+        let refused = for_n2
+            .apply(&mut ring, &trust, &mut RecentIds::default(), "n1", &tags, now)
+            .unwrap_err();
+        assert_eq!(refused.code, "not_authorized");
+        assert!(
+            refused.message.contains("meant for the nodes matching `name=n2`"),
+            "{refused:?}"
+        );
+        assert_eq!(ring.ids().len(), 1, "n1's keyring changed");
+        // Without its target it is another command, whose signature fails.
+        let stripped = KeyringChange {
+            target: None,
+            ..for_n2.clone()
+        };
+        let refused = stripped
+            .apply(&mut ring, &trust, &mut RecentIds::default(), "n1", &tags, now)
+            .unwrap_err();
+        assert!(refused.message.contains("does not match"), "{refused:?}");
+        assert_eq!(
+            for_n2.apply(&mut ring, &trust, &mut RecentIds::default(), "n2", &tags, now),
+            Ok(true)
+        );
     }
 
     fn signed(mut c: KeyringChange, by: &OperatorSecret) -> KeyringChange {
@@ -202,6 +264,7 @@ mod tests {
             key: None,
             id: "d".into(),
             ts: now,
+            target: None,
             signature: None,
         };
         assert_eq!(list.apply(&mut ring, &open, &mut seen, "n1", &tags, now), Ok(false));
