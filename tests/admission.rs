@@ -14,17 +14,6 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-fn launch(name: &str, key: &ClusterKey, extra: Vec<String>) -> TestNode {
-    TestNode::launch(
-        name,
-        Launch {
-            env: vec![("CONJOINER_KEY".into(), key.to_base64())],
-            extra,
-            ..Launch::default()
-        },
-    )
-}
-
 fn identity(node: &TestNode) -> NodePublicKey {
     // `/v1/status` answers even while the node is refused (`/v1/health` then says 503).
     let (_, status) = node.http("GET", "/v1/status", None);
@@ -79,7 +68,7 @@ fn only_admitted_hosts_link_with_nodes_that_require_admission() {
 
     // Each node makes its identity key at its first start; the operator
     // admits it, and it starts again with its token.
-    let mut n1 = launch("n1", &key, strict(None));
+    let mut n1 = with_key("n1", &key, strict(None));
     assert!(
         n1.log_text().contains("this node holds no admission"),
         "{}",
@@ -88,7 +77,7 @@ fn only_admitted_hosts_link_with_nodes_that_require_admission() {
     let token1 = admit(&n1, &alice, dir.path());
     n1.set_extra_flags(&[strict(None), vec!["--join-token".into(), token1]].concat());
     n1.restart();
-    let mut n2 = launch("n2", &key, strict(Some(&n1)));
+    let mut n2 = with_key("n2", &key, strict(Some(&n1)));
     let token2 = admit(&n2, &alice, dir.path());
     n2.set_extra_flags(&[strict(Some(&n1)), vec!["--join-token".into(), token2.clone()]].concat());
     n2.restart();
@@ -96,7 +85,7 @@ fn only_admitted_hosts_link_with_nodes_that_require_admission() {
     assert!(n2.log_text().contains("this node shows its admission to every peer"));
 
     // A host with the cluster key and no admission gets no link.
-    let mut n3 = launch("n3", &key, vec!["--join".into(), n1.cluster_addr()]);
+    let mut n3 = with_key("n3", &key, vec!["--join".into(), n1.cluster_addr()]);
     wait_for(LIMIT, "n1 to refuse n3", || {
         n1.log_text()
             .contains("refused a node that is not admitted")

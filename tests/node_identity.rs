@@ -14,21 +14,6 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn keyed(name: &str, key: &ClusterKey, join: Option<&TestNode>) -> TestNode {
-    let mut extra = Vec::new();
-    if let Some(seed) = join {
-        extra.extend(["--join".to_string(), seed.cluster_addr()]);
-    }
-    TestNode::launch(
-        name,
-        Launch {
-            env: vec![("CONJOINER_KEY".into(), key.to_base64())],
-            extra,
-            ..Launch::default()
-        },
-    )
-}
-
 fn addr_of(observer: &TestNode, name: &str) -> Option<String> {
     members_json(observer)
         .iter()

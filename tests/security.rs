@@ -14,21 +14,6 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-fn keyed(name: &str, key: &ClusterKey, join: Option<&TestNode>) -> TestNode {
-    let mut extra = Vec::new();
-    if let Some(seed) = join {
-        extra.extend(["--join".to_string(), seed.cluster_addr()]);
-    }
-    TestNode::launch(
-        name,
-        Launch {
-            env: vec![("CONJOINER_KEY".into(), key.to_base64())],
-            extra,
-            ..Launch::default()
-        },
-    )
-}
-
 /// Waits until `node`'s log has `count` lines containing `text`.
 fn wait_log(node: &TestNode, text: &str, count: usize) {
     wait_for(

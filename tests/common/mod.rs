@@ -447,6 +447,24 @@ pub fn alive_names(observer: &TestNode) -> Vec<String> {
     names
 }
 
+/// A node on loopback with the cluster key `key` and `extra` agent flags.
+pub fn with_key(name: &str, key: &conjoiner::cluster::ClusterKey, extra: Vec<String>) -> TestNode {
+    TestNode::launch(
+        name,
+        Launch {
+            env: vec![("CONJOINER_KEY".into(), key.to_base64())],
+            extra,
+            ..Launch::default()
+        },
+    )
+}
+
+/// A node with the cluster key `key` that joins `join`, if given.
+pub fn keyed(name: &str, key: &conjoiner::cluster::ClusterKey, join: Option<&TestNode>) -> TestNode {
+    let extra = join.map_or_else(Vec::new, |seed| vec!["--join".to_string(), seed.cluster_addr()]);
+    with_key(name, key, extra)
+}
+
 /// Starts `names` as one cluster: the first is the seed the others join.
 pub fn start_cluster(names: &[(&str, &str)], key: &conjoiner::cluster::ClusterKey) -> Vec<TestNode> {
     let env = vec![("CONJOINER_KEY".to_string(), key.to_base64())];

@@ -78,14 +78,7 @@ impl ClusterCore {
                 &id,
                 "a node proved another identity key than the one that holds this name; refused it",
             );
-            return self.refuse(
-                link,
-                Refusal::NameTaken {
-                    name: id.name.clone(),
-                    holder: holder.addr,
-                    holder_boot: holder.boot,
-                },
-            );
+            return self.refuse_name(link, &holder);
         }
         let record = Record {
             id: id.clone(),
@@ -93,14 +86,7 @@ impl ClusterCore {
             status: Status::Alive,
         };
         if let Applied::Conflict { holder } = self.apply(&record, Source::Hello) {
-            return self.refuse(
-                link,
-                Refusal::NameTaken {
-                    name: id.name.clone(),
-                    holder: holder.addr,
-                    holder_boot: holder.boot,
-                },
-            );
+            return self.refuse_name(link, &holder);
         }
         let held = self.table.get(&id.name).map(|m| (m.id.clone(), m.status, m.record()));
         let Some((held_id, held_status, held_record)) = held else {
@@ -301,6 +287,16 @@ impl ClusterCore {
         if let Some(ask) = self.joining.remove(&link).or(dial) {
             self.answer_join(ask, Err(error));
         }
+    }
+
+    /// Refuses the peer on `link` a name that `holder` holds.
+    fn refuse_name(&mut self, link: LinkId, holder: &NodeId) {
+        let refusal = Refusal::NameTaken {
+            name: holder.name.clone(),
+            holder: holder.addr,
+            holder_boot: holder.boot,
+        };
+        self.refuse(link, refusal);
     }
 
     pub(super) fn refuse(&mut self, link: LinkId, refusal: Refusal) {
