@@ -128,3 +128,95 @@ fn a_hello_under_another_nodes_name_is_refused_and_the_holder_keeps_it() {
     assert_eq!(addr_of(&n1, "n2").as_deref(), Some(real.as_str()));
     assert!(!n2.log_text().contains("stays out of the cluster"), "n2 stepped aside");
 }
+
+/// How many envelopes `node` dropped for `reason`, from its metrics.
+fn dropped(node: &TestNode, reason: &str) -> u64 {
+    let (_, metrics) = node.http("GET", "/metrics", None);
+    let line = format!("conjoiner_envelopes_dropped_total{{reason=\"{reason}\"}} ");
+    metrics
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_peer_cannot_hand_over_answers_or_envelopes_in_another_nodes_name() {
+    use common::fake_member;
+    use conjoiner::cluster::protocol::{Payload, TreeMsg};
+    use conjoiner::wire::envelope::{Envelope, MessageType, Source};
+
+    let key = ClusterKey::generate();
+    let (listener, fake_addr) = fake_member::bind();
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel::<()>();
+    let k = key.clone();
+    let envelope = |src: &str, kind: MessageType, answers: bool| {
+        let mut e = Envelope::new(
+            kind,
+            Source {
+                node: src.into(),
+                module: "probe".into(),
+            },
+            "probe.topic",
+            None,
+            serde_json::json!({"from": src}),
+        );
+        e.reply_to = answers.then(uuid::Uuid::now_v7);
+        bytes::Bytes::from(e.to_vec())
+    };
+    let forged_direct = envelope("victim", MessageType::Event, false);
+    let forged_answer = envelope("victim", MessageType::DeployResult, true);
+    let genuine = envelope("fake", MessageType::Event, false);
+    let (send_forged, send_genuine) = (std::sync::mpsc::channel::<()>(), std::sync::mpsc::channel::<()>());
+    let (go_forged, go_genuine) = (send_forged.1, send_genuine.1);
+    fake_member::spawn(move || async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let fake_member::Answered { mut tx, rx: _rx } =
+            fake_member::answer_join(stream, &k, "fake", fake_addr, Duration::ZERO).await;
+        let _ = tokio::task::spawn_blocking(move || go_forged.recv()).await;
+        tx.send(&Frame::Direct(forged_direct).encode()).await.unwrap();
+        let gossip = Frame::Msgs(vec![Msg::Tree(TreeMsg::Gossip {
+            id: 7,
+            hops: 0,
+            payload: Payload::Envelope(forged_answer),
+        })]);
+        tx.send(&gossip.encode()).await.unwrap();
+        tx.flush().await.unwrap();
+        let _ = tokio::task::spawn_blocking(move || go_genuine.recv()).await;
+        tx.send(&Frame::Direct(genuine).encode()).await.unwrap();
+        tx.flush().await.unwrap();
+        let _ = sent_tx.send(());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let node = common::fake_member::node_joining("n1", &key, fake_addr);
+    wait_for(Duration::from_secs(20), "n1 to list the fake member", || {
+        alive_names(&node).contains(&"fake".to_string()).then_some(())
+    });
+    let before = dropped(&node, "unauthorized");
+    send_forged.0.send(()).unwrap();
+    wait_for(Duration::from_secs(15), "both forgeries to be dropped", || {
+        (dropped(&node, "unauthorized") >= before + 2).then_some(())
+    });
+    let log = node.log_text();
+    assert!(
+        log.contains("a direct envelope from `fake` claims to come from `victim`; dropped"),
+        "{log}"
+    );
+    assert!(
+        log.contains("an answer comes straight from the node that gives it"),
+        "{log}"
+    );
+    // An envelope in its own name goes through, and is not counted.
+    send_genuine.0.send(()).unwrap();
+    sent_rx.recv_timeout(Duration::from_secs(15)).unwrap();
+    wait_for(Duration::from_secs(15), "the genuine envelope to arrive", || {
+        node.log_text()
+            .lines()
+            .any(|l| l.contains("received from cluster") && l.contains("from=fake"))
+            .then_some(())
+    });
+    assert_eq!(dropped(&node, "unauthorized"), before + 2);
+}

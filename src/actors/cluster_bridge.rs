@@ -24,6 +24,7 @@ use crate::cluster::transport::Transport;
 use crate::cluster::{ClusterConfig, NodeId, SharedKeyring};
 use crate::logging::LogThrottle;
 use crate::metrics::{DropReason, Metrics, CLUSTER_INPUT_REASONS};
+use crate::wire::provenance::{self, Arrival};
 use crate::wire::Envelope;
 use actix::prelude::*;
 use bytes::Bytes;
@@ -68,6 +69,9 @@ struct Counters {
     bytes_out: u64,
     /// Cluster envelopes dropped because the Transponder's mailbox was full.
     dropped_transponder_full: u64,
+    /// Envelopes that came another way than their source could have sent
+    /// them (see `wire::provenance`).
+    forged: u64,
 }
 
 pub struct ClusterBridge {
@@ -96,6 +100,8 @@ pub struct ClusterBridge {
     unfinished_log: LogThrottle,
     /// Drops at a full Transponder mailbox, logged once per 10 s.
     transponder_full_log: LogThrottle,
+    /// Envelopes dropped for their provenance, logged five per 10 s.
+    forged_log: LogThrottle,
     /// The links' queues, the node's congestion, and what links lost.
     loads: LinkLoads,
     /// Envelopes lost on links, logged once per 10 s.
@@ -151,6 +157,7 @@ impl ClusterBridge {
             handshake_log: LogThrottle::new(Duration::from_secs(10), 5),
             unfinished_log: LogThrottle::new(Duration::from_secs(10), 5),
             transponder_full_log: LogThrottle::new(Duration::from_secs(10), 1),
+            forged_log: LogThrottle::new(Duration::from_secs(10), 5),
             loads: LinkLoads::new(Backpressure::default()),
             link_loss_log: LogThrottle::new(Duration::from_secs(10), 1),
             congestion_log: LogThrottle::new(Duration::from_secs(10), 1),
@@ -249,9 +256,16 @@ impl ClusterBridge {
                 }
                 Action::Deliver {
                     from, envelope, direct, ..
-                } => self.deliver(&from, &envelope, direct),
+                } => {
+                    let arrival = if direct {
+                        Arrival::Direct { from: &from }
+                    } else {
+                        Arrival::Broadcast
+                    };
+                    self.deliver(&from, &envelope, arrival)
+                }
                 Action::State { node, data } => match inflate_state(&data) {
-                    Ok(json) => self.deliver(&node, &json, false),
+                    Ok(json) => self.deliver(&node, &json, Arrival::State { of: &node }),
                     Err(e) => {
                         self.counters.malformed_envelopes += 1;
                         self.metrics.dropped(DropReason::Malformed);
@@ -451,7 +465,7 @@ impl ClusterBridge {
         self.schedule_look(ctx, self.loads.next_look(&self.links));
     }
 
-    fn deliver(&mut self, from: &str, data: &Bytes, direct: bool) {
+    fn deliver(&mut self, from: &str, data: &Bytes, arrival: Arrival<'_>) {
         let envelope = match Envelope::from_slice(data) {
             Ok(e) => e,
             Err(e) => {
@@ -461,7 +475,16 @@ impl ClusterBridge {
             }
         };
         debug!(envelope = %envelope.id, via = %from, origin = %envelope.src.node, kind = %envelope.kind,
-            direct, "cluster envelope received");
+            ?arrival, "cluster envelope received");
+        if let Err(why) = provenance::check(&envelope, arrival) {
+            self.counters.forged += 1;
+            self.metrics.dropped(DropReason::Unauthorized);
+            if let Some(count) = self.forged_log.event(Instant::now()) {
+                warn!(peer = %from, envelope = %envelope.id, dropped = count, dropped_total = self.counters.forged,
+                    "{why}; dropped");
+            }
+            return;
+        }
         self.deliver_local(envelope);
     }
 

@@ -4,6 +4,7 @@
 pub mod dedup;
 pub mod envelope;
 pub mod frame;
+pub mod provenance;
 pub mod selector;
 
 pub use dedup::SeenIds;
