@@ -206,11 +206,8 @@ mod tests {
         assert!(damaged.contains("does not hold a node key"), "{damaged}");
         std::fs::remove_file(&path).unwrap();
         let elsewhere = dir.path().join("elsewhere");
-        NodeKey::load_or_create(&{
-            std::fs::create_dir(&elsewhere).unwrap();
-            elsewhere.clone()
-        })
-        .unwrap();
+        std::fs::create_dir(&elsewhere).unwrap();
+        NodeKey::load_or_create(&elsewhere).unwrap();
         std::os::unix::fs::symlink(elsewhere.join(NODE_KEY_FILE), &path).unwrap();
         assert!(
             NodeKey::load_or_create(dir.path()).is_err(),

@@ -101,7 +101,6 @@ impl ClusterCore {
         if let Some(l) = self.links.get_mut(&link) {
             l.peer = Some(id.clone());
             l.version = version;
-            l.peer_identity = proven;
         }
         if let Some(key) = proven {
             self.hold_name(&id.name, key);

@@ -28,7 +28,6 @@ impl ClusterCore {
                 hello_deadline: now + self.config.hello_timeout,
                 version: 0,
                 peer_static: None,
-                peer_identity: None,
                 i_want: false,
                 peer_wants: false,
                 hangup_expected: false,

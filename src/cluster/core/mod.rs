@@ -302,9 +302,6 @@ struct Link {
     peer_wants: bool,
     /// The X25519 static key the link's handshake proved the peer holds.
     peer_static: Option<[u8; 32]>,
-    /// The peer's identity key, once its hello named the key the link
-    /// proved.
-    peer_identity: Option<NodePublicKey>,
     /// The peer answered our join on this link and does not count it as
     /// overlay: a busy seed hangs up then, which says nothing about its
     /// health.
