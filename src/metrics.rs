@@ -26,8 +26,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// neighbour's digest claimed, entries it claimed and never sent, member
 /// records whose name or tags break their bounds, and hellos whose
 /// identity key the link did not prove or another key holds the name of,
-/// and hellos without an admission this node accepts.
-pub const CLUSTER_INPUT_REASONS: [&str; 9] = [
+/// hellos without an admission this node accepts, and member records that
+/// their member's own signed proof does not cover.
+pub const CLUSTER_INPUT_REASONS: [&str; 10] = [
     "entry_invalid",
     "entry_obsolete",
     "message_unknown",
@@ -37,6 +38,7 @@ pub const CLUSTER_INPUT_REASONS: [&str; 9] = [
     "record_invalid",
     "identity_refused",
     "not_admitted",
+    "record_unproven",
 ];
 
 /// Why an envelope was dropped (the `reason` label).

@@ -44,6 +44,7 @@ fn impersonate(target: &str, key: &ClusterKey, name: &str, claimed: std::net::So
             incarnation: 0,
             identity: prove.then(|| mine.public()),
             admission: None,
+            proof: None,
         });
         tx.send(&hello.encode()).await.unwrap();
         tx.flush().await.unwrap();
@@ -219,4 +220,132 @@ fn a_peer_cannot_hand_over_answers_or_envelopes_in_another_nodes_name() {
             .then_some(())
     });
     assert_eq!(dropped(&node, "unauthorized"), before + 2);
+}
+
+/// Finds the object that describes this node's own record (`me`) in a
+/// debug dump, wherever the dump nests it.
+fn own_record(v: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    match v {
+        serde_json::Value::Object(map) => {
+            if let Some(me) = map.get("me").filter(|m| m["name"] == name && m.get("boot").is_some()) {
+                return Some(me.clone());
+            }
+            map.values().find_map(|v| own_record(v, name))
+        }
+        serde_json::Value::Array(items) => items.iter().find_map(|v| own_record(v, name)),
+        _ => None,
+    }
+}
+
+/// How many peers' cluster inputs `node` refused for `reason`.
+fn refused_input(node: &TestNode, reason: &str) -> u64 {
+    let (_, metrics) = node.http("GET", "/metrics", None);
+    let line = format!("conjoiner_cluster_input_refused_total{{reason=\"{reason}\"}} ");
+    metrics
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A taken host sent one gossip update with a healthy node's record and
+/// status `left`, and every node listed it as left for good; a `dead` at
+/// the top incarnation was as final. Records about a node are now taken
+/// only as that node's own signed proof says them.
+#[test]
+fn a_forged_leave_or_death_does_not_shut_a_healthy_node_out() {
+    use conjoiner::cluster::protocol::{Items, Payload, Record, Status, SyncMsg, TreeMsg, SET_MEMBERS};
+
+    let key = ClusterKey::generate();
+    let n1 = keyed("n1", &key, None);
+    let n2 = keyed("n2", &key, Some(&n1));
+    let n3 = keyed("n3", &key, Some(&n1));
+    wait_converged(&[&n1, &n2, &n3], 3);
+    let (_, dump) = n2.http("GET", "/v1/debug/state", None);
+    let me = own_record(&dump, "n2").unwrap_or_else(|| panic!("n2's own record in {dump}"));
+    let victim = Arc::new(NodeId::new(
+        "n2",
+        me["addr"].as_str().unwrap().parse().unwrap(),
+        me["boot"].as_u64().unwrap(),
+        BTreeMap::new(),
+    ));
+    let incarnation = me["incarnation"].as_u64().unwrap() as u32;
+    let forged = |incarnation, status| Record {
+        id: victim.clone(),
+        incarnation,
+        status,
+    };
+    let lies = vec![
+        Msg::Tree(TreeMsg::Gossip {
+            id: 0x1eff,
+            hops: 0,
+            payload: Payload::Update {
+                record: forged(incarnation, Status::Left),
+                accuser: None,
+            },
+        }),
+        Msg::Sync(SyncMsg::Items {
+            set: SET_MEMBERS,
+            items: Items::Records(vec![forged(u32::MAX, Status::Dead)]),
+        }),
+    ];
+
+    // The attacker: a member in its own name, with its own key, holding
+    // the cluster key, that says hello to n1 and then lies about n2.
+    let target = n1.cluster_addr();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let claimed = listener.local_addr().unwrap();
+    let attacker = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut stream = tokio::net::TcpStream::connect(target).await.unwrap();
+            let mine = NodeKey::generate();
+            let transport = handshake_as(&mut stream, &Keyring::new(key.clone()), &mine, true)
+                .await
+                .expect("the cluster key admits the link");
+            let (read, write) = stream.into_split();
+            let (mut tx, _rx) = (transport.sender(write), transport.receiver(read, 1 << 20));
+            let hello = Frame::Hello(Hello {
+                protocol: ProtocolRange::OURS,
+                cluster: "conjoiner".into(),
+                id: Arc::new(NodeId::new("evil", claimed, 1, BTreeMap::new())),
+                incarnation: 0,
+                identity: Some(mine.public()),
+                admission: None,
+                proof: None,
+            });
+            tx.send(&hello.encode()).await.unwrap();
+            tx.send(&Frame::Msgs(lies).encode()).await.unwrap();
+            tx.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        })
+    });
+    wait_for(Duration::from_secs(15), "n1 to refuse the forged records", || {
+        (refused_input(&n1, "record_unproven") >= 2).then_some(())
+    });
+    attacker.join().unwrap();
+    assert!(
+        n1.log_text()
+            .contains("refused a record about a member that its member did not sign"),
+        "{}",
+        n1.log_text()
+    );
+    // For five seconds n2 is alive everywhere.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        for observer in [&n1, &n2, &n3] {
+            assert_eq!(
+                member_status(observer, "n2").as_deref(),
+                Some("alive"),
+                "n2 at {}",
+                observer.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

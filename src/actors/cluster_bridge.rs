@@ -139,7 +139,7 @@ impl ClusterBridge {
         let seed: u64 = rand::random();
         let mut core = ClusterCore::new(&identity.cluster, me, config, seed, Instant::now());
         let node_key = Arc::new(NodeKey::generate());
-        core.set_identity(node_key.public());
+        core.set_identity(node_key.clone());
         ClusterBridge {
             identity: identity.clone(),
             span: identity.span("cluster"),
@@ -172,7 +172,7 @@ impl ClusterBridge {
     /// Links as `key` (the node's lasting identity) rather than the key of
     /// its own the bridge makes for a node that keeps none.
     pub fn with_node_key(mut self, key: Arc<NodeKey>) -> ClusterBridge {
-        self.core.set_identity(key.public());
+        self.core.set_identity(key.clone());
         self.node_key = key;
         self
     }
@@ -220,6 +220,7 @@ impl ClusterBridge {
             c.records_refused,
             c.identities_refused,
             c.not_admitted,
+            c.records_unproven,
         ];
         for ((reason, now), before) in CLUSTER_INPUT_REASONS.iter().zip(now).zip(self.exported.iter_mut()) {
             if now > *before {

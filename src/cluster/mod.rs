@@ -13,6 +13,7 @@ pub mod key;
 pub mod keyring;
 pub mod link;
 pub mod link_loads;
+pub mod member_proof;
 pub mod memory;
 pub mod node_key;
 pub mod noise;

@@ -20,6 +20,7 @@
 //! one per update.
 
 use super::identity::NodeId;
+use super::member_proof::MemberProof;
 use super::node_key::NodePublicKey;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -31,8 +32,11 @@ use std::sync::Arc;
 /// with one version; version 3 groups messages by sub-protocol, frames each
 /// on its own, carries this range in the hello, and replicates datasets
 /// (members, node states, the deployments table) by one mechanism.
+/// Version 4 sends each member's signed proof about itself (see
+/// `member_proof`) beside the records about it; a version-3 link gets the
+/// records alone.
 pub const PROTOCOL_MIN: u32 = 3;
-pub const PROTOCOL_MAX: u32 = 3;
+pub const PROTOCOL_MAX: u32 = 4;
 
 const KIND_HELLO: u8 = 1;
 const KIND_MSGS: u8 = 2;
@@ -94,6 +98,9 @@ pub struct Hello {
     /// The sender's admission (an operator's signed word that its identity
     /// key may be this node), as text, for peers that require one.
     pub admission: Option<String>,
+    /// The sender's signed word that it is alive at `incarnation` (see
+    /// `member_proof`), which the receiver passes on with its record.
+    pub proof: Option<Arc<MemberProof>>,
 }
 
 /// The fields of a hello that every version has, in their order.
@@ -117,6 +124,7 @@ impl Hello {
         out.extend(postcard::to_allocvec(&self.protocol.min).expect("a number serializes"));
         out.extend(postcard::to_allocvec(&self.identity).expect("a key serializes"));
         out.extend(postcard::to_allocvec(&self.admission).expect("text serializes"));
+        out.extend(postcard::to_allocvec(&self.proof).expect("a proof serializes"));
         out
     }
 
@@ -134,10 +142,15 @@ impl Hello {
         } else {
             postcard::take_from_bytes::<Option<NodePublicKey>>(rest)?
         };
-        let admission = if rest.is_empty() {
+        let (admission, rest) = if rest.is_empty() {
+            (None, rest)
+        } else {
+            postcard::take_from_bytes::<Option<String>>(rest)?
+        };
+        let proof = if rest.is_empty() {
             None
         } else {
-            postcard::take_from_bytes::<Option<String>>(rest)?.0
+            postcard::take_from_bytes::<Option<Arc<MemberProof>>>(rest)?.0
         };
         Ok(Hello {
             protocol: ProtocolRange { min, max: head.max },
@@ -146,6 +159,7 @@ impl Hello {
             incarnation: head.incarnation,
             identity,
             admission,
+            proof,
         })
     }
 }
@@ -362,7 +376,7 @@ pub enum Msg {
 
 /// How many kinds each group has, in the order of [`Msg`]'s variants; a
 /// message whose group or kind lies past these is a newer node's.
-const KINDS_PER_GROUP: [u32; 4] = [6, 4, 7, 4];
+const KINDS_PER_GROUP: [u32; 4] = [6, 4, 7, 5];
 
 /// Links and joins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -451,6 +465,9 @@ pub enum SyncMsg {
     Items { set: SetId, items: Items },
     /// Send me these keys' entries.
     Want { set: SetId, keys: Vec<Arc<str>> },
+    /// The members' own signed proofs about themselves, for the records
+    /// that follow in the same frame (link protocol 4 and later).
+    Proofs { proofs: Vec<Arc<MemberProof>> },
 }
 
 impl Msg {
@@ -499,6 +516,7 @@ impl Msg {
                 SyncMsg::Differ { .. } => "differ",
                 SyncMsg::Items { .. } => "items",
                 SyncMsg::Want { .. } => "want",
+                SyncMsg::Proofs { .. } => "proofs",
             },
             Msg::Skipped { .. } => "skipped",
         }

@@ -65,6 +65,7 @@ pub async fn answer_join(
         incarnation: 0,
         identity: None,
         admission: None,
+        proof: None,
     });
     tx.send(&hello.encode()).await.expect("send hello");
     tx.flush().await.expect("flush");

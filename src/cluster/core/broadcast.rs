@@ -65,7 +65,16 @@ impl ClusterCore {
     pub(super) fn on_tree(&mut self, from: &Arc<str>, msg: TreeMsg) {
         let mut out = Vec::new();
         match msg {
-            TreeMsg::Gossip { id, hops, payload } => self.tree.on_gossip(from, id, hops, payload, self.now, &mut out),
+            TreeMsg::Gossip { id, hops, payload } => {
+                // A lie about a member goes no further than this node.
+                if let Payload::Update { record, .. } = &payload {
+                    if !self.worth_passing_on(record) {
+                        self.tree.refuse(id, self.now);
+                        return;
+                    }
+                }
+                self.tree.on_gossip(from, id, hops, payload, self.now, &mut out)
+            }
             TreeMsg::IHave { ids } => self.tree.on_ihave(from, &ids, self.now),
             TreeMsg::Beacon {
                 root,

@@ -80,6 +80,17 @@ impl ClusterCore {
             );
             return self.refuse_name(link, &holder);
         }
+        // Its proof of this very record, under the key its link proved, is
+        // what this node passes on with the record (see `proofs`).
+        if let Some(proof) = hello.proof.filter(|p| !p.left) {
+            let fits = proven == Some(proof.key) && *proof.id == *id && proof.incarnation == hello.incarnation;
+            if fits {
+                self.take_proof(Some(link), proof);
+            } else {
+                self.counters.records_unproven += 1;
+                debug!(link, peer = %id.name, "a hello's proof is not of its own record under its proven key; not held");
+            }
+        }
         let record = Record {
             id: id.clone(),
             incarnation: hello.incarnation,
@@ -351,6 +362,7 @@ impl ClusterCore {
         let me = self.me.clone();
         self.table = MemberTable::new(me.clone(), self.now);
         self.table.set_me(self.incarnation, Status::Alive, self.now);
+        self.sign_me();
         self.rings = Rings::new(&me.name, self.config.rings);
         self.detector = Detector::new(self.config.detector(), self.now);
         self.tree = BroadcastTree::new(&me.name, self.config.tree());

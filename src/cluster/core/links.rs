@@ -48,6 +48,7 @@ impl ClusterCore {
                 incarnation: self.incarnation,
                 identity: self.identity,
                 admission: self.admission.clone(),
+                proof: self.my_proof(),
             }),
         });
         debug!(link, %remote, ?direction, "link up");
@@ -346,10 +347,14 @@ impl ClusterCore {
         let mut links: Vec<(LinkId, Vec<(Lane, Msg)>)> = self.outbox.drain().collect();
         links.sort_by_key(|(id, _)| *id);
         for (link, msgs) in links {
+            let version = self.links.get(&link).map_or(0, |l| l.version);
             let mut batches: [(Vec<Msg>, usize); 2] = [(Vec::new(), 0), (Vec::new(), 0)];
             for (lane, msg) in msgs {
+                // Members' proofs go just before the records they cover,
+                // in the same frame.
+                let proofs = self.proofs_for(&msg, version);
                 let (batch, size) = &mut batches[lane as usize];
-                let s = size_hint(&msg);
+                let s = size_hint(&msg) + proofs.as_ref().map_or(0, size_hint);
                 if !batch.is_empty() && *size + s > 256 * 1024 {
                     self.actions.push_back(Action::Send {
                         link,
@@ -359,6 +364,7 @@ impl ClusterCore {
                     *size = 0;
                 }
                 *size += s;
+                batch.extend(proofs);
                 batch.push(msg);
             }
             for (lane, (batch, _)) in [Lane::Control, Lane::Bulk].into_iter().zip(batches) {
@@ -491,6 +497,7 @@ pub(super) fn size_hint(msg: &Msg) -> usize {
         }
         Msg::Sync(SyncMsg::Digest { sets }) => sets.iter().map(|(_, h)| 4 + h.len() * 9).sum(),
         Msg::Sync(SyncMsg::Want { keys, .. }) => 8 + keys.iter().map(|k| k.len() + 1).sum::<usize>(),
+        Msg::Sync(SyncMsg::Proofs { proofs }) => 8 + proofs.len() * 192,
         _ => 32,
     }
 }

@@ -48,6 +48,7 @@ impl ClusterCore {
         info!(incarnation = self.incarnation, "leaving the cluster");
         self.standing = Standing::Left;
         self.table.set_me(self.incarnation, Status::Left, now);
+        self.sign_me();
         let record = self.table.me().record();
         let id = update_id(&record, None);
         let payload = Payload::Update { record, accuser: None };
@@ -80,6 +81,7 @@ impl ClusterCore {
         self.me = Arc::new(id);
         self.incarnation = self.incarnation.saturating_add(1);
         self.table.set_me_id(self.me.clone(), self.incarnation);
+        self.sign_me();
         info!(incarnation = self.incarnation, tags = %tags_text(&self.me.tags), "this node's tags changed; spreading them");
         let record = self.table.me().record();
         self.spread(record, None);
@@ -93,7 +95,19 @@ impl ClusterCore {
             return;
         }
         if record.id.boot == self.me.boot {
-            if record.status != Status::Alive && record.incarnation >= self.incarnation {
+            // Only this node raises its incarnation: a claim above it is
+            // forged, and refuting it would hand the forger this node's
+            // incarnation numbers (one at the top would leave none).
+            if record.status != Status::Alive && record.incarnation > self.incarnation {
+                self.unproven(
+                    &record.id.name,
+                    record.status,
+                    record.incarnation,
+                    "a claim about this node above its own incarnation",
+                );
+                return;
+            }
+            if record.status != Status::Alive && record.incarnation == self.incarnation {
                 self.incarnation = record.incarnation.saturating_add(1);
                 self.counters.refutations += 1;
                 self.detector.refuted();
@@ -103,6 +117,7 @@ impl ClusterCore {
                     "the cluster suspected this node or declared it dead; refuting"
                 );
                 self.table.set_me(self.incarnation, Status::Alive, self.now);
+                self.sign_me();
                 let mine = self.table.me().record();
                 if let Some(link) = via {
                     self.queue(
@@ -122,6 +137,13 @@ impl ClusterCore {
         if !record.status.is_up() || other.addr == self.me.addr {
             return;
         }
+        if self.identity.is_some() {
+            // Hearsay of another process under this name, from a node that
+            // cannot sign for it: a name held by a key is settled on links
+            // only (see `handshake::hello_from_my_name`).
+            debug!(addr = %other.addr, boot = other.boot, "news of another process under this node's name; ignored");
+            return;
+        }
         if other.boot < self.me.boot {
             self.step_aside(other.addr, other.boot);
         } else {
@@ -136,6 +158,9 @@ impl ClusterCore {
     pub(super) fn apply(&mut self, record: &Record, source: Source<'_>) -> Applied {
         if let Err(why) = record.id.check() {
             self.refuse_record(&why);
+            return Applied::Stale;
+        }
+        if !self.vouched(record, source) {
             return Applied::Stale;
         }
         let mut record = record.clone();

@@ -46,6 +46,7 @@ mod handshake;
 mod join;
 mod links;
 mod membership;
+mod proofs;
 mod sync;
 
 use self::detector::{Detector, DetectorCounters};
@@ -57,7 +58,8 @@ use self::states::StateTable;
 use self::tree::BroadcastTree;
 use super::config::ClusterConfig;
 use super::identity::NodeId;
-use super::node_key::NodePublicKey;
+use super::member_proof::MemberProof;
+use super::node_key::{NodeKey, NodePublicKey};
 use super::protocol::{Entry, Frame, Lane, LinkMsg, Msg, ProtocolRange, Refusal, SetId, StateRecord, Status};
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -267,6 +269,9 @@ pub struct CoreCounters {
     pub identities_refused: u64,
     /// Hellos refused for want of an admission this node accepts.
     pub not_admitted: u64,
+    /// Member records and proofs refused because the member's own proof
+    /// does not cover them (see `proofs`).
+    pub records_unproven: u64,
     /// Wake-ups that came so late that due probe and suspicion deadlines
     /// were postponed (this node was starved of CPU).
     pub late_wakeups: u64,
@@ -396,6 +401,13 @@ pub struct ClusterCore {
     /// This node's identity key, named in its hellos; none in the
     /// simulator, whose links prove no keys.
     identity: Option<NodePublicKey>,
+    /// Signs this node's proofs about itself; none in the simulator.
+    signer: Option<Arc<NodeKey>>,
+    /// Each member's latest proof about itself (this node's own included),
+    /// which the records about it are held to.
+    proofs: StableMap<Arc<str>, Arc<MemberProof>>,
+    /// When an unproven record was last logged: a flood logs a line per 10 s.
+    unproven_logged: Option<Instant>,
     /// The identity key each name is held by, as proven on a link with it
     /// (see `handshake::held_by_another`).
     holders: StableMap<Arc<str>, NodePublicKey>,
@@ -459,6 +471,9 @@ impl ClusterCore {
             now,
             conflicts_logged: StableSet::default(),
             identity: None,
+            signer: None,
+            proofs: StableMap::default(),
+            unproven_logged: None,
             holders: StableMap::default(),
             admission: None,
             admission_rule: None,
@@ -473,9 +488,12 @@ impl ClusterCore {
         core
     }
 
-    /// This node's identity key, named in every hello it sends.
-    pub fn set_identity(&mut self, key: NodePublicKey) {
-        self.identity = Some(key);
+    /// This node's identity key, named in every hello it sends and
+    /// signing its proofs about itself.
+    pub fn set_identity(&mut self, key: Arc<NodeKey>) {
+        self.identity = Some(key.public());
+        self.signer = Some(key);
+        self.sign_me();
     }
 
     /// This node's admission (shown in its hellos), and the rule its
@@ -784,6 +802,7 @@ impl ClusterCore {
         let now = self.now;
         self.tree.expire(now);
         self.prune_entries();
+        self.prune_proofs();
         let late: Vec<LinkId> = self
             .links
             .iter()

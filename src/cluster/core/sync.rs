@@ -86,6 +86,7 @@ impl ClusterCore {
                 self.apply_items(Some(link), set, items, Source::AntiEntropy)
             }
             SyncMsg::Want { set, keys } => self.on_want(link, set, &keys),
+            SyncMsg::Proofs { proofs } => self.take_proofs(link, proofs),
         }
     }
 

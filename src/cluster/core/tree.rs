@@ -461,6 +461,16 @@ impl BroadcastTree {
         self.push(id, payload, hops.saturating_add(1), Some(from.clone()), now, out);
     }
 
+    /// A broadcast this node refused to take or pass on (a lie about a
+    /// member): remembered as seen, so lazy repair does not ask for it.
+    pub fn refuse(&mut self, id: MsgId, now: Instant) {
+        if self.remember(id, now) {
+            if let Some(m) = self.missing.remove(&id) {
+                self.graft_due.remove(&(m.deadline, id));
+            }
+        }
+    }
+
     /// Ids a neighbour has.
     pub fn on_ihave(&mut self, from: &Arc<str>, ids: &[(MsgId, u16)], now: Instant) {
         for (id, _hops) in ids {

@@ -38,6 +38,7 @@ fn frames_round_trip_and_bad_ones_are_named() {
             incarnation: 2,
             identity: None,
             admission: None,
+            proof: None,
         }),
         Frame::Msgs(vec![
             Msg::Probe(ProbeMsg::Ping { seq: 1 }),
@@ -200,6 +201,7 @@ fn hellos_carry_a_range_and_a_version_2_hello_reads_as_two_to_two() {
         incarnation: 1,
         identity: Some(crate::cluster::node_key::NodeKey::generate().public()),
         admission: None,
+        proof: None,
     })
     .encode();
     let (seen, _): (V2HelloRead, _) = postcard::take_from_bytes(&ours[1..]).unwrap();
@@ -214,6 +216,7 @@ fn hellos_carry_a_range_and_a_version_2_hello_reads_as_two_to_two() {
         incarnation: 1,
         identity: None,
         admission: None,
+        proof: None,
     })
     .encode()
     .to_vec();
@@ -235,6 +238,7 @@ fn a_hello_names_its_identity_and_a_version_3_hello_reads_without_one() {
         incarnation: 1,
         identity,
         admission: None,
+        proof: None,
     };
     let Frame::Hello(back) = Frame::decode(Frame::Hello(hello(Some(key))).encode()).unwrap() else {
         panic!()
@@ -243,14 +247,41 @@ fn a_hello_names_its_identity_and_a_version_3_hello_reads_without_one() {
     // An admission travels as its text.
     let admitted = Hello {
         admission: Some("{\"name\":\"n4\"}".into()),
+        proof: None,
         ..hello(Some(key))
     };
     let Frame::Hello(back) = Frame::decode(Frame::Hello(admitted.clone()).encode()).unwrap() else {
         panic!()
     };
     assert_eq!(back, admitted);
+    // A hello carries its sender's proof; the release before proofs ends
+    // its hello after the admission, and the proof reads as none.
+    let signer = crate::cluster::node_key::NodeKey::generate();
+    let proof = Arc::new(crate::cluster::member_proof::MemberProof::sign(
+        "c",
+        &signer,
+        id(),
+        1,
+        false,
+    ));
+    let proven = Hello {
+        proof: Some(proof),
+        ..hello(Some(signer.public()))
+    };
+    let Frame::Hello(back) = Frame::decode(Frame::Hello(proven.clone()).encode()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(back, proven);
+    assert_eq!(back.proof.unwrap().verify("c"), Ok(()));
+    let mut before_proofs = Frame::Hello(hello(Some(key))).encode().to_vec();
+    assert_eq!(before_proofs.pop(), Some(0), "an absent proof is one byte");
+    let Frame::Hello(back) = Frame::decode(Bytes::from(before_proofs)).unwrap() else {
+        panic!()
+    };
+    assert_eq!((back.identity, back.proof), (Some(key), None));
     // The hello of the release before identities ends after `min`.
     let mut v3 = Frame::Hello(hello(None)).encode().to_vec();
+    assert_eq!(v3.pop(), Some(0), "an absent proof is one byte");
     assert_eq!(v3.pop(), Some(0), "an absent admission is one byte");
     assert_eq!(v3.pop(), Some(0), "an absent identity is one byte");
     let Frame::Hello(back) = Frame::decode(Bytes::from(v3)).unwrap() else {
@@ -259,7 +290,7 @@ fn a_hello_names_its_identity_and_a_version_3_hello_reads_without_one() {
     assert_eq!((back.identity, back.admission), (None, None));
     // Bytes that are not a key are a malformed hello, not an identity.
     let mut bad = Frame::Hello(hello(None)).encode().to_vec();
-    bad.truncate(bad.len() - 2);
+    bad.truncate(bad.len() - 3);
     bad.push(1);
     let not_a_point = (0..=255u8)
         .map(|b| [b; 32])

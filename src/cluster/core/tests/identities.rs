@@ -18,7 +18,7 @@ fn a_hello_naming_a_key_the_link_did_not_prove_closes_the_link() {
         5,
         now,
     );
-    core.set_identity(NodeKey::generate().public());
+    core.set_identity(Arc::new(NodeKey::generate()));
     let (shown, named) = (NodeKey::generate().public(), NodeKey::generate().public());
     core.link_up(1, Direction::Inbound, addr(1), now);
     core.link_proven(1, shown.noise_static().unwrap());
@@ -29,6 +29,7 @@ fn a_hello_naming_a_key_the_link_did_not_prove_closes_the_link() {
         incarnation: 0,
         identity,
         admission: None,
+        proof: None,
     };
     core.frame(1, Frame::Hello(hello(Some(named))), now);
     let actions = drain(&mut core);

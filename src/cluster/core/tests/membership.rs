@@ -442,8 +442,11 @@ fn a_link_this_node_closes_does_not_make_it_probe_the_peer() {
     }
 }
 
+/// Only a node raises its own incarnation. A forged `dead` at the top
+/// incarnation once made its victim refute to the top, where it had no
+/// number left to refute the next one with; such a claim is now discarded.
 #[test]
-fn a_rumour_with_the_highest_incarnation_is_refuted_without_overflow() {
+fn a_rumour_above_this_nodes_incarnation_is_discarded_not_refuted() {
     let mut net = Net::new();
     let a = net.add("a", 1, 100);
     let b = net.add("b", 2, 100);
@@ -466,7 +469,25 @@ fn a_rumour_with_the_highest_incarnation_is_refuted_without_overflow() {
         now,
     );
     net.settle();
-    assert_eq!(net.cores[b].incarnation(), u32::MAX);
+    assert_eq!(net.cores[b].incarnation(), 0);
+    assert_eq!(net.cores[b].counters.refutations, 0);
+    assert_eq!(net.cores[b].counters.records_unproven, 1);
+    // A claim at its own incarnation is still refuted, as SWIM has it.
+    let fair = Record {
+        id: net.cores[b].me().clone(),
+        incarnation: 0,
+        status: Status::Suspect,
+    };
+    net.cores[b].frame(
+        link,
+        Frame::Msgs(vec![Msg::Sync(SyncMsg::Items {
+            set: SET_MEMBERS,
+            items: Items::Records(vec![fair]),
+        })]),
+        now,
+    );
+    net.settle();
+    assert_eq!(net.cores[b].incarnation(), 1);
     assert_eq!(net.cores[b].counters.refutations, 1);
 }
 
@@ -537,6 +558,7 @@ fn member_records_beyond_the_bounds_on_names_and_tags_are_refused_unheld() {
             incarnation: 0,
             identity: None,
             admission: None,
+            proof: None,
         }),
         now,
     );

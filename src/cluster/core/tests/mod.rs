@@ -7,3 +7,4 @@ mod identities;
 mod links;
 mod membership;
 mod net;
+mod proofs;

@@ -56,9 +56,9 @@ impl Net {
     /// [`Self::add`] with an identity key of its own.
     pub(super) fn add_keyed(&mut self, name: &str, port: u16, boot: u64) -> usize {
         let i = self.add(name, port, boot);
-        let key = crate::cluster::node_key::NodeKey::generate().public();
+        let key = std::sync::Arc::new(crate::cluster::node_key::NodeKey::generate());
+        self.keys[i] = Some(key.public());
         self.cores[i].set_identity(key);
-        self.keys[i] = Some(key);
         i
     }
 

@@ -1,0 +1,297 @@
+//! Members' proofs about themselves: which records about a member this
+//! node takes, and the proofs it sends beside the records it passes on.
+//!
+//! A member whose proof this node holds is *keyed*. For a keyed member:
+//! - `alive` and `left` are taken only as its own proof says them, with
+//!   the same address, boot, tags and incarnation;
+//! - `suspect` and `dead`, which others report, only at an incarnation it
+//!   has signed: a claim above that is discarded;
+//! - a proof under another key than the one that holds the name is refused
+//!   while that member is up. Once it is dead or gone, a new key may take
+//!   the name (a rebuilt host).
+//!
+//! A member of an earlier release has no key and no proof, and its records
+//! are judged by the rules of `members` alone.
+
+use super::{ClusterCore, LinkId, Source};
+use crate::cluster::member_proof::MemberProof;
+use crate::cluster::protocol::{Items, LinkMsg, Msg, Payload, Record, Status, SyncMsg, TreeMsg};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, warn};
+
+/// The first link protocol version that carries proofs.
+pub const PROOFS_FROM: u32 = 4;
+
+/// What a record about a member is worth, given the proof held of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vouch {
+    /// The member's proof covers it.
+    Proven,
+    /// The member has no key here: the rules of boots and incarnations alone.
+    Unkeyed,
+    /// Older than the proof held: nothing new, whatever it says.
+    Stale,
+    /// Keyed, and not covered by its proof: refused, for this reason.
+    Unproven(&'static str),
+}
+
+/// Judges `record` about a member whose latest proof here is `proof`.
+/// Pure, so the rules are tested as a table.
+pub fn vouch(proof: Option<&MemberProof>, record: &Record) -> Vouch {
+    let Some(p) = proof else { return Vouch::Unkeyed };
+    let (boot, inc) = (record.id.boot, record.incarnation);
+    if boot < p.id.boot {
+        return Vouch::Stale;
+    }
+    if boot > p.id.boot {
+        return Vouch::Unproven("a boot its member has not signed");
+    }
+    if inc < p.incarnation {
+        return Vouch::Stale;
+    }
+    match record.status {
+        Status::Alive if p.left && inc == p.incarnation => Vouch::Stale,
+        Status::Alive | Status::Left if inc > p.incarnation => {
+            Vouch::Unproven("an incarnation its member has not signed")
+        }
+        Status::Left if !p.left => Vouch::Unproven("a leave its member has not signed"),
+        Status::Suspect | Status::Dead if inc > p.incarnation => {
+            Vouch::Unproven("a suspicion above any incarnation its member has signed")
+        }
+        _ if *record.id != *p.id => Vouch::Unproven("an address or tags other than its member signed"),
+        _ => Vouch::Proven,
+    }
+}
+
+impl ClusterCore {
+    /// Signs this node's current record and holds the proof, to send with
+    /// its hellos and beside every record about it.
+    pub(super) fn sign_me(&mut self) {
+        let Some(key) = &self.signer else { return };
+        let left = self.table.me().status == Status::Left;
+        let proof = MemberProof::sign(&self.cluster, key, self.me.clone(), self.incarnation, left);
+        self.proofs.insert(self.me.name.clone(), Arc::new(proof));
+    }
+
+    /// This node's own proof, for its hello.
+    pub(super) fn my_proof(&self) -> Option<Arc<MemberProof>> {
+        self.signer.as_ref()?;
+        self.proofs.get(&self.me.name).cloned()
+    }
+
+    /// Whether this node takes `record` (from `source`): see [`vouch`].
+    /// A hello's record is checked against its link instead, and this
+    /// node's own decisions follow from records it took.
+    pub(super) fn vouched(&mut self, record: &Record, source: Source<'_>) -> bool {
+        if matches!(source, Source::Hello | Source::Local { .. }) {
+            return true;
+        }
+        let name = &record.id.name;
+        match vouch(self.proofs.get(name).map(|p| &**p), record) {
+            Vouch::Proven | Vouch::Unkeyed => true,
+            Vouch::Stale => false,
+            Vouch::Unproven(why) => {
+                self.unproven(name, record.status, record.incarnation, why);
+                false
+            }
+        }
+    }
+
+    /// Whether a member update that came down the broadcast tree may be
+    /// passed on: not when its member's proof refutes it, nor a claim
+    /// about this node above its own incarnation. Counted and logged.
+    pub(super) fn worth_passing_on(&mut self, record: &Record) -> bool {
+        let name = &record.id.name;
+        if *name == self.me.name {
+            let forged = record.id.boot == self.me.boot
+                && record.status != Status::Alive
+                && record.incarnation > self.incarnation;
+            if forged {
+                self.unproven(
+                    name,
+                    record.status,
+                    record.incarnation,
+                    "a claim about this node above its own incarnation",
+                );
+            }
+            return !forged;
+        }
+        match vouch(self.proofs.get(name).map(|p| &**p), record) {
+            Vouch::Unproven(why) => {
+                self.unproven(name, record.status, record.incarnation, why);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Proofs from a peer: each newer one that verifies is held, for the
+    /// records that follow it.
+    pub(super) fn take_proofs(&mut self, link: LinkId, proofs: Vec<Arc<MemberProof>>) {
+        for proof in proofs {
+            self.take_proof(Some(link), proof);
+        }
+    }
+
+    /// Holds `proof` if it is newer than the one held and verifies. A
+    /// proof under another key than the one holding a live member's name
+    /// is refused; so is one about this node (only it speaks for itself).
+    pub(super) fn take_proof(&mut self, link: Option<LinkId>, proof: Arc<MemberProof>) -> bool {
+        let name = proof.id.name.clone();
+        if name == self.me.name {
+            return false;
+        }
+        if let Err(why) = proof.id.check() {
+            self.refuse_record(&why);
+            return false;
+        }
+        let held = self.proofs.get(&name);
+        if held.is_some_and(|h| !proof.newer_than(h)) {
+            return false;
+        }
+        let up = self.table.get(&name).is_some_and(|m| m.status.is_up());
+        let key = self.holders.get(&name).copied().or(held.map(|h| h.key));
+        if up && key.is_some_and(|k| k != proof.key) {
+            self.unproven(
+                &name,
+                Status::Alive,
+                proof.incarnation,
+                "a proof under another key than holds the name",
+            );
+            return false;
+        }
+        if let Err(why) = proof.verify(&self.cluster) {
+            self.unproven(&name, Status::Alive, proof.incarnation, "its proof does not verify");
+            debug!(?link, member = %name, %why, "refused a member proof");
+            return false;
+        }
+        self.proofs.insert(name, proof);
+        true
+    }
+
+    /// Counts and logs (once per 10 s) a record or proof refused for want
+    /// of its member's signature.
+    pub(super) fn unproven(&mut self, name: &Arc<str>, status: Status, incarnation: u32, why: &str) {
+        self.counters.records_unproven += 1;
+        let due = self
+            .unproven_logged
+            .is_none_or(|at| self.now.saturating_duration_since(at) >= Duration::from_secs(10));
+        if due {
+            self.unproven_logged = Some(self.now);
+            warn!(member = %name, said = %status.as_str(), incarnation,
+                refused_so_far = self.counters.records_unproven, reason = %why,
+                "refused a record about a member that its member did not sign");
+        }
+    }
+
+    /// The proofs for the records `msg` carries, when `version` carries
+    /// proofs: sent just before it, in the same frame.
+    pub(super) fn proofs_for(&self, msg: &Msg, version: u32) -> Option<Msg> {
+        if version < PROOFS_FROM || self.proofs.is_empty() {
+            return None;
+        }
+        let mut proofs: Vec<Arc<MemberProof>> = Vec::new();
+        let mut add = |r: &Record| {
+            if let Some(p) = self.proofs.get(&r.id.name) {
+                // The records of one message are of distinct members.
+                if p.id.boot == r.id.boot {
+                    proofs.push(p.clone());
+                }
+            }
+        };
+        match msg {
+            Msg::Tree(TreeMsg::Gossip {
+                payload: Payload::Update { record, .. },
+                ..
+            }) => add(record),
+            Msg::Link(LinkMsg::JoinTable { records })
+            | Msg::Sync(SyncMsg::Items {
+                items: Items::Records(records),
+                ..
+            })
+            | Msg::Sync(SyncMsg::Differ {
+                have: Items::Records(records),
+                ..
+            }) => records.iter().for_each(&mut add),
+            _ => {}
+        }
+        (!proofs.is_empty()).then_some(Msg::Sync(SyncMsg::Proofs { proofs }))
+    }
+
+    /// Lets go of the proofs of members no longer in the table, so the map
+    /// never outgrows it (proofs of names never taken among them).
+    pub(super) fn prune_proofs(&mut self) {
+        if self.proofs.len() > self.table.len() {
+            let table = &self.table;
+            self.proofs.retain(|name, _| table.get(name).is_some());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::identity::NodeId;
+    use crate::cluster::node_key::NodeKey;
+    use std::collections::BTreeMap;
+
+    fn id(boot: u64, port: u16) -> Arc<NodeId> {
+        Arc::new(NodeId::new(
+            "n2",
+            format!("10.0.0.2:{port}").parse().unwrap(),
+            boot,
+            BTreeMap::new(),
+        ))
+    }
+
+    fn record(boot: u64, port: u16, incarnation: u32, status: Status) -> Record {
+        Record {
+            id: id(boot, port),
+            incarnation,
+            status,
+        }
+    }
+
+    #[test]
+    fn records_of_a_keyed_member_need_its_proof() {
+        use Status::*;
+        let key = NodeKey::generate();
+        let alive5 = MemberProof::sign("c", &key, id(10, 1), 5, false);
+        let left5 = MemberProof::sign("c", &key, id(10, 1), 5, true);
+        // (proof, record, expected; `None`: unproven, whatever the reason)
+        let cases: Vec<(&MemberProof, Record, Option<Vouch>)> = vec![
+            (&alive5, record(10, 1, 5, Alive), Some(Vouch::Proven)),
+            (&alive5, record(10, 1, 4, Alive), Some(Vouch::Stale)),
+            (&alive5, record(10, 1, 6, Alive), None),
+            (&alive5, record(10, 2, 5, Alive), None),
+            (&alive5, record(11, 1, 0, Alive), None),
+            (&alive5, record(9, 1, 9, Alive), Some(Vouch::Stale)),
+            (&alive5, record(10, 1, 5, Left), None),
+            (&alive5, record(10, 1, 9, Left), None),
+            (&alive5, record(10, 1, 4, Left), Some(Vouch::Stale)),
+            (&left5, record(10, 1, 5, Left), Some(Vouch::Proven)),
+            (&left5, record(10, 1, 5, Alive), Some(Vouch::Stale)),
+            (&alive5, record(10, 1, 5, Suspect), Some(Vouch::Proven)),
+            (&alive5, record(10, 1, 5, Dead), Some(Vouch::Proven)),
+            (&alive5, record(10, 1, 3, Dead), Some(Vouch::Stale)),
+            (&alive5, record(10, 1, 6, Suspect), None),
+            (&alive5, record(10, 1, u32::MAX, Dead), None),
+            (&alive5, record(10, 9, 5, Dead), None),
+        ];
+        for (i, (proof, rec, expected)) in cases.into_iter().enumerate() {
+            let got = vouch(Some(proof), &rec);
+            let ok = match expected {
+                Some(v) => got == v,
+                None => matches!(got, Vouch::Unproven(_)),
+            };
+            assert!(ok, "case {i}: {:?} at {} gave {got:?}", rec.status, rec.incarnation);
+        }
+    }
+
+    #[test]
+    fn a_member_without_a_key_keeps_the_old_rules() {
+        let rec = record(10, 1, 7, Status::Left);
+        assert_eq!(vouch(None, &rec), Vouch::Unkeyed);
+    }
+}

@@ -1,0 +1,208 @@
+//! Members' proofs: records about a keyed member are taken only as its own
+//! signed proof says, so a peer that holds the cluster key cannot mark a
+//! healthy node `left` or dead for good, nor move it elsewhere.
+
+use crate::cluster::core::*;
+use crate::cluster::protocol::{Items, Msg, Payload, Record, SyncMsg, TreeMsg, SET_MEMBERS};
+use std::collections::BTreeMap;
+
+use super::net::*;
+
+/// Three keyed nodes, joined through the first, after a moment to settle.
+fn three_keyed() -> (Net, [usize; 3]) {
+    let mut net = Net::new();
+    let a = net.add_keyed("a", 1, 100);
+    let b = net.add_keyed("b", 2, 100);
+    let c = net.add_keyed("c", 3, 100);
+    net.join(b, a);
+    net.join(c, a);
+    net.advance(Duration::from_secs(2));
+    for i in [a, b, c] {
+        for name in ["a", "b", "c"] {
+            assert_eq!(net.status(i, name), Some(Status::Alive), "{name} at node {i}");
+        }
+    }
+    (net, [a, b, c])
+}
+
+/// Hands `msgs` to node `to` as if its peer at the other end of some link
+/// had sent them: a peer that holds the cluster key, and lies.
+fn inject(net: &mut Net, to: usize, msgs: Vec<Msg>) {
+    let link = *net.links.iter().find(|(_, l)| l.1 == to).map(|(_, l)| &l.2).unwrap();
+    let now = net.now;
+    net.cores[to].frame(link, crate::cluster::protocol::Frame::Msgs(msgs), now);
+    net.settle();
+}
+
+fn forged(net: &Net, about: usize, incarnation: u32, status: Status, port: Option<u16>) -> Record {
+    let mut id = (**net.cores[about].me()).clone();
+    if let Some(port) = port {
+        id.addr = addr(port);
+    }
+    Record {
+        id: Arc::new(id),
+        incarnation,
+        status,
+    }
+}
+
+#[test]
+fn forged_records_about_a_keyed_member_are_refused_on_every_node() {
+    let (mut net, [a, b, c]) = three_keyed();
+    let inc = net.cores[b].incarnation();
+    let lies = vec![
+        forged(&net, b, inc, Status::Left, None),
+        forged(&net, b, inc + 1, Status::Left, None),
+        forged(&net, b, u32::MAX, Status::Dead, None),
+        forged(&net, b, inc + 1, Status::Alive, Some(66)),
+        forged(&net, b, inc, Status::Alive, Some(66)),
+    ];
+    for to in [a, c] {
+        inject(
+            &mut net,
+            to,
+            vec![Msg::Sync(SyncMsg::Items {
+                set: SET_MEMBERS,
+                items: Items::Records(lies.clone()),
+            })],
+        );
+        let gossip = lies
+            .iter()
+            .enumerate()
+            .map(|(i, record)| {
+                Msg::Tree(TreeMsg::Gossip {
+                    id: 0xbad0 + i as u128,
+                    hops: 0,
+                    payload: Payload::Update {
+                        record: record.clone(),
+                        accuser: None,
+                    },
+                })
+            })
+            .collect();
+        inject(&mut net, to, gossip);
+    }
+    net.advance(Duration::from_secs(3));
+    for i in [a, c] {
+        let m = net.cores[i].member("b").expect("b is held");
+        assert_eq!(m.status, Status::Alive, "b at node {i}");
+        assert_eq!(m.id.addr, addr(2), "b's address at node {i}");
+        assert!(
+            net.cores[i].counters.records_unproven >= 1,
+            "refusals counted at node {i}: {}",
+            net.cores[i].counters.records_unproven
+        );
+    }
+    // The lies went no further than the nodes they were told to: b never
+    // heard them, so it had nothing to refute.
+    assert_eq!(net.cores[b].incarnation(), inc);
+}
+
+#[test]
+fn a_members_own_news_reaches_every_node_with_its_proof() {
+    let (mut net, [a, b, c]) = three_keyed();
+    // A tag change is a new incarnation, signed by its node.
+    let tags = BTreeMap::from([("role".to_string(), "db".to_string())]);
+    let now = net.now;
+    net.cores[b].set_tags(tags.clone(), now);
+    net.advance(Duration::from_secs(2));
+    for i in [a, c] {
+        assert_eq!(net.cores[i].member("b").unwrap().id.tags, tags, "b's tags at node {i}");
+    }
+    // A node that joins later gets the table with its proofs, and so
+    // refuses a forged leave as the others do.
+    let d = net.add_keyed("d", 4, 100);
+    net.join(d, c);
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.status(d, "b"), Some(Status::Alive));
+    let inc = net.cores[b].incarnation();
+    let lie = forged(&net, b, inc, Status::Left, None);
+    inject(
+        &mut net,
+        d,
+        vec![Msg::Sync(SyncMsg::Items {
+            set: SET_MEMBERS,
+            items: Items::Records(vec![lie]),
+        })],
+    );
+    assert_eq!(net.status(d, "b"), Some(Status::Alive));
+    assert!(net.cores[d].counters.records_unproven >= 1);
+    // Its own leave is signed, and every node takes it.
+    let now = net.now;
+    net.cores[b].leave(now);
+    net.advance(Duration::from_secs(2));
+    for i in [a, c, d] {
+        assert_eq!(net.status(i, "b"), Some(Status::Left), "b at node {i}");
+    }
+    for i in [a, c, d] {
+        assert_eq!(net.cores[i].counters.records_unproven, u64::from(i == d), "node {i}");
+    }
+}
+
+#[test]
+fn a_suspicion_at_a_signed_incarnation_still_spreads_and_is_refuted() {
+    let (mut net, [a, b, c]) = three_keyed();
+    let inc = net.cores[b].incarnation();
+    // What an observer may say: suspect, at the incarnation b signed.
+    let fair = forged(&net, b, inc, Status::Suspect, None);
+    inject(
+        &mut net,
+        a,
+        vec![Msg::Sync(SyncMsg::Items {
+            set: SET_MEMBERS,
+            items: Items::Records(vec![fair]),
+        })],
+    );
+    net.advance(Duration::from_secs(2));
+    assert!(net.cores[b].incarnation() > inc, "b refuted");
+    for i in [a, c] {
+        assert_eq!(net.status(i, "b"), Some(Status::Alive), "b at node {i}");
+        assert_eq!(net.cores[i].counters.records_unproven, 0, "node {i}");
+    }
+}
+
+#[test]
+fn a_dead_member_is_declared_dead_at_the_incarnation_it_signed() {
+    let mut net = Net::new();
+    let nodes: Vec<usize> = (0..6)
+        .map(|i| net.add_keyed(&format!("n{i}"), 10 + i as u16, 100))
+        .collect();
+    for &n in &nodes[1..] {
+        net.join(n, nodes[0]);
+    }
+    net.advance(Duration::from_secs(3));
+    net.kill(nodes[5]);
+    net.advance(Duration::from_secs(10));
+    for &i in &nodes[..5] {
+        assert_eq!(net.status(i, "n5"), Some(Status::Dead), "n5 at node {i}");
+        assert_eq!(net.cores[i].counters.records_unproven, 0, "node {i}");
+    }
+}
+
+#[test]
+fn a_node_of_the_release_before_gets_no_proofs_and_its_news_still_counts() {
+    let mut net = Net::new();
+    let a = net.add_keyed("a", 1, 100);
+    let old = net.add("old", 2, 100);
+    net.cores[old].speak(crate::cluster::protocol::ProtocolRange { min: 3, max: 3 });
+    let c = net.add_keyed("c", 3, 100);
+    let d = net.add_keyed("d", 4, 100);
+    net.join(old, a);
+    net.join(c, old);
+    net.join(d, a);
+    net.advance(Duration::from_secs(3));
+    for i in [a, old, c, d] {
+        for name in ["a", "old", "c", "d"] {
+            assert_eq!(net.status(i, name), Some(Status::Alive), "{name} at node {i}");
+        }
+    }
+    assert_eq!(net.cores[old].counters.skipped_msgs, 0, "no message it cannot read");
+    // The old node's news of a death carries no proof; the others take it
+    // at the incarnation the dead node signed.
+    net.kill(d);
+    net.advance(Duration::from_secs(10));
+    for i in [a, old, c] {
+        assert_eq!(net.status(i, "d"), Some(Status::Dead), "d at node {i}");
+        assert_eq!(net.cores[i].counters.records_unproven, 0, "node {i}");
+    }
+}
