@@ -318,3 +318,56 @@ fn a_deployments_table_reaches_every_node_and_a_node_back_with_nothing_takes_it_
         .collect();
     assert!(held.iter().all(|n| *n == 225), "{held:?}");
 }
+
+/// One node that holds the cluster key tells its neighbours, every second,
+/// that every other node left, is dead at the top incarnation, and moved.
+/// With identity keys, no honest node believes any of it; without, almost
+/// every honest node loses almost every other (so the run measures the
+/// defence, not a liar too weak to matter).
+#[test]
+fn one_lying_node_among_fifty_turns_no_honest_node_against_another() {
+    use conjoiner::sim::liar;
+    let mut outcomes = Vec::new();
+    for keyed in [true, false] {
+        let mut config = SimConfig::lan(7);
+        config.keyed = keyed;
+        let mut sim = Sim::new(config);
+        start_cluster(&mut sim, 50, Duration::from_millis(300), Duration::from_secs(60)).expect("converges");
+        let report = liar::run(&mut sim, 1, Duration::from_secs(10), &|_| {});
+        assert!(report.lies >= 10 * 49 * 3, "the liar lied: {report:?}");
+        outcomes.push(report);
+    }
+    let (keyed, unkeyed) = (&outcomes[0], &outcomes[1]);
+    assert_eq!(
+        (keyed.false_dead, keyed.lost_pairs_max, keyed.lost_pairs_end),
+        (0, 0, 0),
+        "{keyed:?}"
+    );
+    assert!(keyed.refused > 0, "{keyed:?}");
+    assert!(unkeyed.lost_pairs_end > 48 * 47, "{unkeyed:?}");
+}
+
+/// A restarted node keeps its identity key (a node keeps it in its data
+/// dir), so the others take its new boot at once, proof and all.
+#[test]
+fn a_keyed_node_restarted_in_place_is_back_on_every_node() {
+    let mut config = SimConfig::lan(3);
+    config.keyed = true;
+    let mut sim = Sim::new(config);
+    start_cluster(&mut sim, 20, Duration::from_millis(300), Duration::from_secs(60)).expect("converges");
+    let name = sim.nodes[5].name.clone();
+    let old_boot = sim.nodes[0].core.member(&name).unwrap().id.boot;
+    sim.restart(5);
+    sim.join(5, 0);
+    let deadline = sim.now() + Duration::from_secs(30);
+    while !(0..20).all(|i| {
+        sim.nodes[i]
+            .core
+            .member(&name)
+            .is_some_and(|m| m.status == Status::Alive && m.id.boot > old_boot)
+    }) {
+        assert!(sim.now() < deadline, "the restarted node is not back on every node");
+        sim.run_for(Duration::from_millis(100));
+    }
+    assert_eq!(sim.false_deaths, 0);
+}

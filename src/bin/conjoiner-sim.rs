@@ -2,7 +2,10 @@
 //! virtual network and prints what it measured (see `conjoiner::sim`).
 //!
 //! Usage: `conjoiner-sim [N[,N…]] [--seed S] [--idle SECS] [--loss-secs SECS]
-//! [--overload-secs SECS] [--table ENTRIES]`. Writes `target/sim/sim-N.json` per N.
+//! [--overload-secs SECS] [--table ENTRIES] [--keyed] [--liar SECS]`.
+//! Writes `target/sim/sim-N.json` per N. `--keyed` gives every node an
+//! identity key; `--liar SECS` (keyed unless `--unkeyed`) has one node lie
+//! about all others for that long.
 
 use conjoiner::sim::scenario::{run, table, ScenarioConfig};
 use std::path::PathBuf;
@@ -16,6 +19,8 @@ fn main() {
     let mut loss = None;
     let mut overload = None;
     let mut table_entries = None;
+    let mut keyed = None;
+    let mut liar = Duration::ZERO;
     while let Some(arg) = args.next() {
         let mut value = |what: &str| -> f64 {
             args.next()
@@ -28,6 +33,9 @@ fn main() {
             "--loss-secs" => loss = Some(Duration::from_secs_f64(value("--loss-secs"))),
             "--overload-secs" => overload = Some(Duration::from_secs_f64(value("--overload-secs"))),
             "--table" => table_entries = Some(value("--table") as usize),
+            "--liar" => liar = Duration::from_secs_f64(value("--liar")),
+            "--keyed" => keyed = Some(true),
+            "--unkeyed" => keyed = Some(false),
             "-h" | "--help" => usage(""),
             list => {
                 for n in list.split(',') {
@@ -60,6 +68,8 @@ fn main() {
         if let Some(entries) = table_entries {
             config.table.entries = entries;
         }
+        config.liar = liar;
+        config.keyed = keyed.unwrap_or(!liar.is_zero());
         let started = std::time::Instant::now();
         let report = run(&config, |step| {
             eprintln!("[N={n} {:>6.1}s {}] {step}", started.elapsed().as_secs_f64(), memory())
@@ -92,6 +102,6 @@ fn usage(error: &str) -> ! {
     if !error.is_empty() {
         eprintln!("conjoiner-sim: {error}");
     }
-    eprintln!("usage: conjoiner-sim [N[,N...]] [--seed S] [--idle SECS] [--loss-secs SECS] [--overload-secs SECS] [--table ENTRIES]");
+    eprintln!("usage: conjoiner-sim [N[,N...]] [--seed S] [--idle SECS] [--loss-secs SECS] [--overload-secs SECS] [--table ENTRIES] [--keyed|--unkeyed] [--liar SECS]");
     std::process::exit(2);
 }

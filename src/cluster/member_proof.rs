@@ -21,6 +21,10 @@ const DOMAIN: &[u8] = b"conjoiner member proof v1\0";
 
 /// A node's signature over its own record: `id` (name, address, boot,
 /// tags) is alive at `incarnation`, or, with `left`, has left for good.
+/// `admission` is the node's admission, an operator's signed word that its
+/// key may be this node (see `command::admission`), carried beside the
+/// proof for fleets that require one; it is signed by the operator, not by
+/// the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberProof {
     pub id: Arc<NodeId>,
@@ -29,6 +33,7 @@ pub struct MemberProof {
     pub key: NodePublicKey,
     /// 64 bytes; any other length is refused.
     pub signature: Vec<u8>,
+    pub admission: Option<String>,
 }
 
 /// Why a proof is refused.
@@ -56,7 +61,14 @@ impl MemberProof {
             left,
             key: key.public(),
             signature,
+            admission: None,
         }
+    }
+
+    /// The same proof, showing `admission`.
+    pub fn with_admission(mut self, admission: Option<String>) -> MemberProof {
+        self.admission = admission;
+        self
     }
 
     /// Whether the key it names signed exactly these fields for `cluster`.

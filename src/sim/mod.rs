@@ -22,6 +22,7 @@
 //! frames (probes, membership) are served before bulk ones, as the node's
 //! link queues do.
 
+pub mod liar;
 pub mod measure;
 pub mod scenario;
 pub mod table;
@@ -29,7 +30,8 @@ pub mod table;
 use crate::cluster::core::hash::{StableMap, StableSet};
 use crate::cluster::core::keyed::AnyEntry;
 use crate::cluster::core::{Action, Change, ClusterCore, Direction, LinkId};
-use crate::cluster::protocol::{Frame, Lane, MsgId, SET_DEPLOYMENTS};
+use crate::cluster::node_key::NodeKey;
+use crate::cluster::protocol::{Frame, Lane, Msg, MsgId, SET_DEPLOYMENTS};
 use crate::cluster::{ClusterConfig, NodeId};
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -56,6 +58,10 @@ pub struct SimConfig {
     /// CPU time of one timer wake-up.
     pub cost_per_tick: Duration,
     pub seed: u64,
+    /// Every node has an identity key, its links prove it, and it signs its
+    /// own member record, as real nodes do. Off by default: each node then
+    /// checks every other's proof once, which costs real CPU at scale.
+    pub keyed: bool,
 }
 
 impl SimConfig {
@@ -71,6 +77,7 @@ impl SimConfig {
             cost_per_kib: Duration::from_micros(2),
             cost_per_tick: Duration::from_micros(5),
             seed,
+            keyed: false,
         }
     }
 
@@ -116,6 +123,8 @@ enum Work {
         link: LinkId,
         direction: Direction,
         remote: SocketAddr,
+        /// The peer's handshake static key, when nodes are keyed.
+        proven: Option<[u8; 32]>,
     },
     Frame {
         link: LinkId,
@@ -153,6 +162,9 @@ pub struct SimNode {
     pub core: ClusterCore,
     pub name: String,
     pub addr: SocketAddr,
+    /// Its identity key, when nodes are keyed; a restart keeps it, as a
+    /// node keeps `node.key` in its data dir.
+    pub key: Option<std::sync::Arc<NodeKey>>,
     /// The process runs.
     pub up: bool,
     /// The host answers (false after a silent crash).
@@ -298,11 +310,12 @@ impl Sim {
         let i = self.nodes.len();
         let boot = 1_700_000_000_000 + self.now.as_millis() as u64 + i as u64;
         let id = NodeId::new(name, addr, boot, Default::default());
-        let core = self.new_core(id);
+        let (core, key) = self.new_core(id, None);
         self.nodes.push(SimNode {
             core,
             name: name.to_string(),
             addr,
+            key,
             up: true,
             host_up: true,
             slow: 1.0,
@@ -327,9 +340,11 @@ impl Sim {
         let (name, addr) = (self.nodes[i].name.clone(), self.nodes[i].addr);
         self.crash(i, Crash::Reset);
         let boot = 1_700_000_000_000 + self.now.as_millis() as u64 + i as u64 + 1;
-        let core = self.new_core(NodeId::new(&name, addr, boot, Default::default()));
+        let kept = self.nodes[i].key.clone();
+        let (core, key) = self.new_core(NodeId::new(&name, addr, boot, Default::default()), kept);
         let node = &mut self.nodes[i];
         node.core = core;
+        node.key = key;
         node.up = true;
         node.host_up = true;
         node.generation += 1;
@@ -343,12 +358,40 @@ impl Sim {
     }
 
     /// A node's core at its start: it holds the deployments table, as a
-    /// node does (its entries' bodies mean nothing here, so any is held).
-    fn new_core(&mut self, id: NodeId) -> ClusterCore {
+    /// node does (its entries' bodies mean nothing here, so any is held),
+    /// and, when nodes are keyed, an identity key of its own.
+    fn new_core(
+        &mut self,
+        id: NodeId,
+        key: Option<std::sync::Arc<NodeKey>>,
+    ) -> (ClusterCore, Option<std::sync::Arc<NodeKey>>) {
         let seed = self.rng.random();
         let mut core = ClusterCore::new("sim", id, self.config.cluster.clone(), seed, self.instant());
         core.hold(SET_DEPLOYMENTS, Box::new(AnyEntry));
-        core
+        let key = self.config.keyed.then(|| {
+            let key = key.unwrap_or_else(|| std::sync::Arc::new(NodeKey::generate()));
+            core.set_identity(key.clone());
+            key
+        });
+        (core, key)
+    }
+
+    /// Sends `msgs` from node `i` to every peer it has a link with, as if
+    /// its core had: a node that lies, for the liar run (see [`liar`]).
+    pub fn send_from(&mut self, i: usize, msgs: Vec<Msg>) {
+        let mine: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.node == i && l.open)
+            .map(|(id, _)| *id)
+            .collect();
+        let frame = Frame::Msgs(msgs);
+        let bytes = frame.encoded_len();
+        for link in mine {
+            self.nodes[i].stats.frames_out += 1;
+            self.nodes[i].stats.bytes_out += bytes as u64;
+            self.transmit(link, frame.clone(), bytes);
+        }
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
@@ -591,8 +634,12 @@ impl Sim {
                 link,
                 direction,
                 remote,
+                proven,
             } => {
                 node.core.link_up(link, direction, remote, now);
+                if let Some(key) = proven {
+                    node.core.link_proven(link, key);
+                }
                 cfg.cost_per_frame
             }
             Work::Frame { link, frame, bytes } => {
@@ -817,12 +864,15 @@ impl Sim {
         );
         let my_addr = self.nodes[i].addr;
         let at = self.now + took;
+        let static_of = |k: &Option<std::sync::Arc<NodeKey>>| k.as_ref().and_then(|k| k.public().noise_static());
+        let (key_i, key_j) = (static_of(&self.nodes[i].key), static_of(&self.nodes[j].key));
         self.send_work(
             j,
             Work::Up {
                 link: b,
                 direction: Direction::Inbound,
                 remote: my_addr,
+                proven: key_i,
             },
             at.saturating_sub(latency),
         );
@@ -832,6 +882,7 @@ impl Sim {
                 link: a,
                 direction: Direction::Outbound,
                 remote: addr,
+                proven: key_j,
             },
             at,
         );

@@ -1,7 +1,9 @@
 //! The simulator's standard run (`make sim N=…`): a simultaneous start, a
-//! late joiner, an idle window, broadcasts, two crashes, then 10% loss and
-//! overload, measured the way the benchmark measures real nodes.
+//! late joiner, an idle window, broadcasts, two crashes, then (if asked)
+//! one lying node, then 10% loss and overload, measured the way the
+//! benchmark measures real nodes.
 
+use super::liar::{self, LiarReport};
 use super::measure::{idle_window, ms, percentile, rand_unit, spread, Spread};
 use super::table::{self, TableConfig, TableReport};
 use super::{Crash, Sim, SimConfig};
@@ -35,6 +37,10 @@ pub struct ScenarioConfig {
     pub table: TableConfig,
     /// Give up on convergence after this long.
     pub limit: Duration,
+    /// Nodes have identity keys and sign their own member records.
+    pub keyed: bool,
+    /// How long one node lies about all others (zero: no liar).
+    pub liar: Duration,
 }
 
 impl ScenarioConfig {
@@ -54,6 +60,8 @@ impl ScenarioConfig {
             state_bytes: 700,
             table: TableConfig::default(),
             limit: Duration::from_secs(180),
+            keyed: false,
+            liar: Duration::ZERO,
         }
     }
 }
@@ -106,6 +114,8 @@ pub struct Report {
     pub overload_max_queue_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub table: Option<TableReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liar: Option<LiarReport>,
     pub sim_events: u64,
     pub wall_s: f64,
 }
@@ -241,7 +251,9 @@ fn wait_dead(sim: &mut Sim, victim: &str, since: Duration, limit: Duration) -> (
 /// The standard run.
 pub fn run(config: &ScenarioConfig, progress: impl Fn(&str)) -> Report {
     let wall = Instant::now();
-    let mut sim = Sim::new(SimConfig::lan(config.seed));
+    let mut sim_config = SimConfig::lan(config.seed);
+    sim_config.keyed = config.keyed;
+    let mut sim = Sim::new(sim_config);
     let n = config.nodes;
     let mut report = Report {
         nodes: n,
@@ -346,6 +358,10 @@ pub fn run(config: &ScenarioConfig, progress: impl Fn(&str)) -> Report {
     report.detect_reset_ms = wait_dead(&mut sim, &victim, t, Duration::from_secs(60)).0;
     sim.run_for(Duration::from_secs(2));
     report.false_dead_steady = sim.false_deaths - false_before;
+
+    if !config.liar.is_zero() {
+        report.liar = Some(liar::run(&mut sim, 1, config.liar, &progress));
+    }
 
     if config.table.entries > 0 {
         report.table = Some(table::run(
@@ -537,6 +553,26 @@ pub fn table(reports: &[Report]) -> String {
     });
     row("false dead in the table phase", &|r| {
         on_table(r, |t| t.false_dead.to_string())
+    });
+    let on_liar = |r: &Report, f: &dyn Fn(&LiarReport) -> String| r.liar.as_ref().map_or("-".to_string(), f);
+    row("one liar: keyed; seconds; forged records sent; its links", &|r| {
+        on_liar(r, &|l| {
+            format!(
+                "{}; {:.0} s; {}; {}",
+                if l.keyed { "yes" } else { "no" },
+                l.seconds,
+                l.lies,
+                l.neighbours
+            )
+        })
+    });
+    row("one liar: false dead; lost pairs max, 10 s after; refused", &|r| {
+        on_liar(r, &|l| {
+            format!(
+                "{}; {}, {}; {}",
+                l.false_dead, l.lost_pairs_max, l.lost_pairs_end, l.refused
+            )
+        })
     });
     row("simulator wall time (s)", &|r| format!("{:.1}", r.wall_s));
     out

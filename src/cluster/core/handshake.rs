@@ -82,8 +82,8 @@ impl ClusterCore {
         }
         // Its proof of this very record, under the key its link proved, is
         // what this node passes on with the record (see `proofs`).
-        if let Some(proof) = hello.proof.filter(|p| !p.left) {
-            let fits = proven == Some(proof.key) && *proof.id == *id && proof.incarnation == hello.incarnation;
+        if let (Some(proof), Some(key)) = (hello.proof.filter(|p| !p.left), proven) {
+            let fits = proof.key == key && *proof.id == *id && proof.incarnation == hello.incarnation;
             if fits {
                 self.take_proof(Some(link), proof);
             } else {

@@ -501,6 +501,8 @@ impl ClusterCore {
     pub fn set_admission(&mut self, own: Option<String>, rule: Option<AdmissionRule>) {
         self.admission = own;
         self.admission_rule = rule;
+        // Its proof shows its admission from now on.
+        self.sign_me();
     }
 
     // ------------------------------------------------------------ queries

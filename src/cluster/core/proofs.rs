@@ -11,7 +11,9 @@
 //!   the name (a rebuilt host).
 //!
 //! A member of an earlier release has no key and no proof, and its records
-//! are judged by the rules of `members` alone.
+//! are judged by the rules of `members` alone; but a node that requires
+//! admission takes records only of members whose proof it holds, with an
+//! admission it accepts, so no host can invent members there.
 
 use super::{ClusterCore, LinkId, Source};
 use crate::cluster::member_proof::MemberProof;
@@ -36,10 +38,17 @@ pub enum Vouch {
     Unproven(&'static str),
 }
 
-/// Judges `record` about a member whose latest proof here is `proof`.
-/// Pure, so the rules are tested as a table.
-pub fn vouch(proof: Option<&MemberProof>, record: &Record) -> Vouch {
-    let Some(p) = proof else { return Vouch::Unkeyed };
+/// Judges `record` about a member whose latest proof here is `proof`
+/// (`required`: this node takes no member without one). Pure, so the rules
+/// are tested as a table.
+pub fn vouch(proof: Option<&MemberProof>, record: &Record, required: bool) -> Vouch {
+    let Some(p) = proof else {
+        return if required {
+            Vouch::Unproven("no admitted proof of its member is held")
+        } else {
+            Vouch::Unkeyed
+        };
+    };
     let (boot, inc) = (record.id.boot, record.incarnation);
     if boot < p.id.boot {
         return Vouch::Stale;
@@ -70,7 +79,8 @@ impl ClusterCore {
     pub(super) fn sign_me(&mut self) {
         let Some(key) = &self.signer else { return };
         let left = self.table.me().status == Status::Left;
-        let proof = MemberProof::sign(&self.cluster, key, self.me.clone(), self.incarnation, left);
+        let proof = MemberProof::sign(&self.cluster, key, self.me.clone(), self.incarnation, left)
+            .with_admission(self.admission.clone());
         self.proofs.insert(self.me.name.clone(), Arc::new(proof));
     }
 
@@ -88,7 +98,8 @@ impl ClusterCore {
             return true;
         }
         let name = &record.id.name;
-        match vouch(self.proofs.get(name).map(|p| &**p), record) {
+        let required = self.admission_rule.is_some();
+        match vouch(self.proofs.get(name).map(|p| &**p), record, required) {
             Vouch::Proven | Vouch::Unkeyed => true,
             Vouch::Stale => false,
             Vouch::Unproven(why) => {
@@ -117,7 +128,8 @@ impl ClusterCore {
             }
             return !forged;
         }
-        match vouch(self.proofs.get(name).map(|p| &**p), record) {
+        let required = self.admission_rule.is_some();
+        match vouch(self.proofs.get(name).map(|p| &**p), record, required) {
             Vouch::Unproven(why) => {
                 self.unproven(name, record.status, record.incarnation, why);
                 false
@@ -161,6 +173,11 @@ impl ClusterCore {
             );
             return false;
         }
+        if let Err(why) = self.admits(held.map(|h| &**h), &proof) {
+            self.unproven(&name, Status::Alive, proof.incarnation, "its member is not admitted");
+            debug!(?link, member = %name, %why, "refused a member proof");
+            return false;
+        }
         if let Err(why) = proof.verify(&self.cluster) {
             self.unproven(&name, Status::Alive, proof.incarnation, "its proof does not verify");
             debug!(?link, member = %name, %why, "refused a member proof");
@@ -168,6 +185,23 @@ impl ClusterCore {
         }
         self.proofs.insert(name, proof);
         true
+    }
+
+    /// Whether `proof` shows an admission this node accepts, when it
+    /// requires one. An admission already accepted with the proof held
+    /// (same key, same text) is not checked again.
+    fn admits(&self, held: Option<&MemberProof>, proof: &MemberProof) -> Result<(), String> {
+        let Some(rule) = &self.admission_rule else {
+            return Ok(());
+        };
+        let Some(text) = &proof.admission else {
+            return Err("it shows no admission".into());
+        };
+        if held.is_some_and(|h| h.key == proof.key && h.admission.as_ref() == Some(text) && h.id.name == proof.id.name)
+        {
+            return Ok(());
+        }
+        rule(&proof.id, &proof.key, text)
     }
 
     /// Counts and logs (once per 10 s) a record or proof refused for want
@@ -280,7 +314,7 @@ mod tests {
             (&alive5, record(10, 9, 5, Dead), None),
         ];
         for (i, (proof, rec, expected)) in cases.into_iter().enumerate() {
-            let got = vouch(Some(proof), &rec);
+            let got = vouch(Some(proof), &rec, false);
             let ok = match expected {
                 Some(v) => got == v,
                 None => matches!(got, Vouch::Unproven(_)),
@@ -290,8 +324,12 @@ mod tests {
     }
 
     #[test]
-    fn a_member_without_a_key_keeps_the_old_rules() {
+    fn a_member_without_a_key_keeps_the_old_rules_unless_admission_is_required() {
         let rec = record(10, 1, 7, Status::Left);
-        assert_eq!(vouch(None, &rec), Vouch::Unkeyed);
+        assert_eq!(vouch(None, &rec, false), Vouch::Unkeyed);
+        assert!(
+            matches!(vouch(None, &rec, true), Vouch::Unproven(_)),
+            "where admission is required"
+        );
     }
 }

@@ -206,3 +206,74 @@ fn a_node_of_the_release_before_gets_no_proofs_and_its_news_still_counts() {
         assert_eq!(net.cores[i].counters.records_unproven, 0, "node {i}");
     }
 }
+
+/// Where admission is required, a host that holds the cluster key cannot
+/// invent members: a record needs its member's proof, and the proof an
+/// admission the node accepts.
+#[test]
+fn where_admission_is_required_no_member_can_be_invented() {
+    use crate::cluster::member_proof::MemberProof;
+    use crate::cluster::node_key::NodeKey;
+    let mut net = Net::new();
+    let rule = || -> AdmissionRule {
+        Box::new(|id, _key, text| {
+            (text == format!("ok:{}", id.name))
+                .then_some(())
+                .ok_or_else(|| format!("`{text}` admits no one here"))
+        })
+    };
+    let nodes: Vec<usize> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let n = net.add_keyed(name, 1 + i as u16, 100);
+            net.cores[n].set_admission(Some(format!("ok:{name}")), Some(rule()));
+            n
+        })
+        .collect();
+    net.join(nodes[1], nodes[0]);
+    net.join(nodes[2], nodes[0]);
+    net.advance(Duration::from_secs(2));
+    for &i in &nodes {
+        for name in ["a", "b", "c"] {
+            assert_eq!(net.status(i, name), Some(Status::Alive), "{name} at node {i}");
+        }
+    }
+    let ghost = |name: &str, port| {
+        Arc::new(crate::cluster::identity::NodeId::new(
+            name,
+            addr(port),
+            1,
+            BTreeMap::new(),
+        ))
+    };
+    let key = NodeKey::generate();
+    let signed = MemberProof::sign("test", &key, ghost("ghost", 90), 0, false);
+    let copied = MemberProof::sign("test", &key, ghost("ghost2", 91), 0, false).with_admission(Some("ok:a".into()));
+    let msgs = vec![
+        Msg::Sync(SyncMsg::Proofs {
+            proofs: vec![Arc::new(signed), Arc::new(copied)],
+        }),
+        Msg::Sync(SyncMsg::Items {
+            set: SET_MEMBERS,
+            items: Items::Records(
+                [("ghost", 90), ("ghost2", 91), ("ghost3", 92)]
+                    .iter()
+                    .map(|(name, port)| Record {
+                        id: ghost(name, *port),
+                        incarnation: 0,
+                        status: Status::Alive,
+                    })
+                    .collect(),
+            ),
+        }),
+    ];
+    inject(&mut net, nodes[0], msgs);
+    net.advance(Duration::from_secs(2));
+    for &i in &nodes {
+        for name in ["ghost", "ghost2", "ghost3"] {
+            assert!(net.cores[i].member(name).is_none(), "{name} invented at node {i}");
+        }
+    }
+    assert!(net.cores[nodes[0]].counters.records_unproven >= 5);
+}
