@@ -132,8 +132,13 @@ fn a_hello_under_another_nodes_name_is_refused_and_the_holder_keeps_it() {
 
 /// How many envelopes `node` dropped for `reason`, from its metrics.
 fn dropped(node: &TestNode, reason: &str) -> u64 {
+    counter(node, "conjoiner_envelopes_dropped_total", reason)
+}
+
+/// The value of counter `name` with label `reason` in `node`'s metrics.
+fn counter(node: &TestNode, name: &str, reason: &str) -> u64 {
     let (_, metrics) = node.http("GET", "/metrics", None);
-    let line = format!("conjoiner_envelopes_dropped_total{{reason=\"{reason}\"}} ");
+    let line = format!("{name}{{reason=\"{reason}\"}} ");
     metrics
         .as_str()
         .unwrap_or_default()
@@ -239,15 +244,7 @@ fn own_record(v: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
 
 /// How many peers' cluster inputs `node` refused for `reason`.
 fn refused_input(node: &TestNode, reason: &str) -> u64 {
-    let (_, metrics) = node.http("GET", "/metrics", None);
-    let line = format!("conjoiner_cluster_input_refused_total{{reason=\"{reason}\"}} ");
-    metrics
-        .as_str()
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(line.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    counter(node, "conjoiner_cluster_input_refused_total", reason)
 }
 
 /// A taken host sent one gossip update with a healthy node's record and

@@ -376,15 +376,19 @@ impl Sim {
         (core, key)
     }
 
-    /// Sends `msgs` from node `i` to every peer it has a link with, as if
-    /// its core had: a node that lies, for the liar run (see [`liar`]).
-    pub fn send_from(&mut self, i: usize, msgs: Vec<Msg>) {
-        let mine: Vec<LinkId> = self
-            .links
+    /// Node `i`'s ends of its open links.
+    fn open_links_of(&self, i: usize) -> Vec<LinkId> {
+        self.links
             .iter()
             .filter(|(_, l)| l.node == i && l.open)
             .map(|(id, _)| *id)
-            .collect();
+            .collect()
+    }
+
+    /// Sends `msgs` from node `i` to every peer it has a link with, as if
+    /// its core had: a node that lies, for the liar run (see [`liar`]).
+    pub fn send_from(&mut self, i: usize, msgs: Vec<Msg>) {
+        let mine = self.open_links_of(i);
         let frame = Frame::Msgs(msgs);
         let bytes = frame.encoded_len();
         for link in mine {
@@ -445,12 +449,7 @@ impl Sim {
         node.host_up = how == Crash::Reset;
         node.control.clear();
         node.bulk.clear();
-        let mine: Vec<LinkId> = self
-            .links
-            .iter()
-            .filter(|(_, l)| l.node == i && l.open)
-            .map(|(id, _)| *id)
-            .collect();
+        let mine = self.open_links_of(i);
         for link in mine {
             let (peer, peer_link) = {
                 let l = self.links.get_mut(&link).expect("listed");
