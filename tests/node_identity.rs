@@ -249,8 +249,9 @@ fn refused_input(node: &TestNode, reason: &str) -> u64 {
 
 /// A taken host sent one gossip update with a healthy node's record and
 /// status `left`, and every node listed it as left for good; a `dead` at
-/// the top incarnation was as final. Records about a node are now taken
-/// only as that node's own signed proof says them.
+/// the top incarnation was as final, and a status report in another
+/// node's name was shown as its own. Records and reports about a node are
+/// now taken only as that node's own signature says them.
 #[test]
 fn a_forged_leave_or_death_does_not_shut_a_healthy_node_out() {
     use conjoiner::cluster::protocol::{Items, Payload, Record, Status, SyncMsg, TreeMsg, SET_MEMBERS};
@@ -286,6 +287,16 @@ fn a_forged_leave_or_death_does_not_shut_a_healthy_node_out() {
         Msg::Sync(SyncMsg::Items {
             set: SET_MEMBERS,
             items: Items::Records(vec![forged(u32::MAX, Status::Dead)]),
+        }),
+        // And a status report in n2's name, unsealed.
+        Msg::Sync(SyncMsg::Items {
+            set: conjoiner::cluster::protocol::SET_STATES,
+            items: Items::States(vec![Arc::new(conjoiner::cluster::protocol::StateRecord {
+                name: "n2".into(),
+                boot: victim.boot,
+                version: u64::MAX / 2,
+                data: bytes::Bytes::from_static(b"{\"modules\":{\"backdoor\":{}}}"),
+            })]),
         }),
     ];
 
@@ -323,7 +334,7 @@ fn a_forged_leave_or_death_does_not_shut_a_healthy_node_out() {
         })
     });
     wait_for(Duration::from_secs(15), "n1 to refuse the forged records", || {
-        (refused_input(&n1, "record_unproven") >= 2).then_some(())
+        (refused_input(&n1, "record_unproven") >= 3).then_some(())
     });
     attacker.join().unwrap();
     assert!(

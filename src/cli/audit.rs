@@ -1,8 +1,8 @@
 //! `conjoiner audit`: the audit lines of the targeted nodes (each command
 //! a node took as its origin, carried out or refused), merged by time, and
-//! the nodes that did not answer named. Each line is checked against the
-//! identity key its node proved on a link with the node asked (see
-//! `audit.rs`). Exit 0 when every targeted node answered and no line fails
+//! the nodes that did not answer named. Each line is checked against its
+//! node's identity key as the node asked knows it: proved on a link, or
+//! named by the node's signed member proof (see `audit.rs`). Exit 0 when every targeted node answered and no line fails
 //! its check, 3 otherwise.
 
 use super::client::ApiClient;

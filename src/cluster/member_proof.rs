@@ -9,7 +9,9 @@
 //! dead above any incarnation it can refute, or move it to another address.
 //!
 //! What is signed is a domain label, the cluster's name, and the postcard
-//! bytes of (node id, incarnation, left): one encoding, read one way.
+//! bytes of (node id, incarnation, left): one encoding, read one way. A
+//! node also seals each state it publishes (its status report) the same
+//! way, over its name, boot, version and the state's sha256.
 
 use super::identity::NodeId;
 use super::node_key::{NodeKey, NodePublicKey};
@@ -93,6 +95,61 @@ impl MemberProof {
     }
 }
 
+/// Keeps a state seal from being read as any other signed thing.
+const STATE_DOMAIN: &[u8] = b"conjoiner state seal v1\0";
+
+/// A node's signature over one of its own published states (its status
+/// report), so that no other host can report in its name: the node's
+/// name, boot and version, and the sha256 of the state's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateSeal {
+    pub name: Arc<str>,
+    pub boot: u64,
+    pub version: u64,
+    /// 64 bytes; any other length is refused.
+    pub signature: Vec<u8>,
+}
+
+fn state_bytes(cluster: &str, name: &str, boot: u64, version: u64, data: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    let mut out = STATE_DOMAIN.to_vec();
+    out.extend(postcard::to_allocvec(&(cluster, name, boot, version)).expect("a header serializes"));
+    out.extend(sha2::Sha256::digest(data));
+    out
+}
+
+impl StateSeal {
+    /// Seals this node's state `version` of boot `boot`, whose bytes are `data`.
+    pub fn seal(cluster: &str, key: &NodeKey, name: Arc<str>, boot: u64, version: u64, data: &[u8]) -> StateSeal {
+        let signature = key.sign(&state_bytes(cluster, &name, boot, version, data)).to_vec();
+        StateSeal {
+            name,
+            boot,
+            version,
+            signature,
+        }
+    }
+
+    /// Whether this seal is about that state of that node.
+    pub fn covers(&self, name: &str, boot: u64, version: u64) -> bool {
+        &*self.name == name && self.boot == boot && self.version == version
+    }
+
+    /// Whether `key` sealed exactly `data` as this state, for `cluster`.
+    pub fn verify(&self, cluster: &str, key: &NodePublicKey, data: &[u8]) -> Result<(), ProofError> {
+        let sig: &[u8; 64] = self
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| ProofError::SignatureLength(self.signature.len()))?;
+        if key.verifies(&state_bytes(cluster, &self.name, self.boot, self.version, data), sig) {
+            Ok(())
+        } else {
+            Err(ProofError::BadSignature)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +182,32 @@ mod tests {
         let mut changed = good.clone();
         changed.signature.push(0);
         assert_eq!(changed.verify("c"), Err(ProofError::SignatureLength(65)), "oversized");
+    }
+
+    #[test]
+    fn a_state_seal_covers_its_bytes_and_version_under_its_key() {
+        let key = NodeKey::generate();
+        let seal = StateSeal::seal("c", &key, "n1".into(), 7, 3, b"report");
+        assert_eq!(seal.verify("c", &key.public(), b"report"), Ok(()));
+        assert!(seal.covers("n1", 7, 3) && !seal.covers("n1", 7, 4) && !seal.covers("n2", 7, 3));
+        assert_eq!(
+            seal.verify("c", &key.public(), b"backdoor"),
+            Err(ProofError::BadSignature)
+        );
+        assert_eq!(
+            seal.verify("x", &key.public(), b"report"),
+            Err(ProofError::BadSignature)
+        );
+        assert_eq!(
+            seal.verify("c", &NodeKey::generate().public(), b"report"),
+            Err(ProofError::BadSignature)
+        );
+        let mut replayed = seal.clone();
+        replayed.version = 4;
+        assert_eq!(
+            replayed.verify("c", &key.public(), b"report"),
+            Err(ProofError::BadSignature)
+        );
     }
 
     #[test]

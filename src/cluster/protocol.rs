@@ -20,7 +20,7 @@
 //! one per update.
 
 use super::identity::NodeId;
-use super::member_proof::MemberProof;
+use super::member_proof::{MemberProof, StateSeal};
 use super::node_key::NodePublicKey;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -465,9 +465,13 @@ pub enum SyncMsg {
     Items { set: SetId, items: Items },
     /// Send me these keys' entries.
     Want { set: SetId, keys: Vec<Arc<str>> },
-    /// The members' own signed proofs about themselves, for the records
-    /// that follow in the same frame (link protocol 4 and later).
-    Proofs { proofs: Vec<Arc<MemberProof>> },
+    /// The members' own signed proofs about themselves, and the seals of
+    /// their states, for the records and states that follow in the same
+    /// frame (link protocol 4 and later).
+    Proofs {
+        proofs: Vec<Arc<MemberProof>>,
+        seals: Vec<StateSeal>,
+    },
 }
 
 impl Msg {

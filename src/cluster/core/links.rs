@@ -497,7 +497,7 @@ pub(super) fn size_hint(msg: &Msg) -> usize {
         }
         Msg::Sync(SyncMsg::Digest { sets }) => sets.iter().map(|(_, h)| 4 + h.len() * 9).sum(),
         Msg::Sync(SyncMsg::Want { keys, .. }) => 8 + keys.iter().map(|k| k.len() + 1).sum::<usize>(),
-        Msg::Sync(SyncMsg::Proofs { proofs }) => 8 + proofs.len() * 192,
+        Msg::Sync(SyncMsg::Proofs { proofs, seals }) => 8 + proofs.len() * 192 + seals.len() * 96,
         _ => 32,
     }
 }

@@ -47,6 +47,7 @@ mod join;
 mod links;
 mod membership;
 mod proofs;
+mod seals;
 mod sync;
 
 use self::detector::{Detector, DetectorCounters};
@@ -58,7 +59,7 @@ use self::states::StateTable;
 use self::tree::BroadcastTree;
 use super::config::ClusterConfig;
 use super::identity::NodeId;
-use super::member_proof::MemberProof;
+use super::member_proof::{MemberProof, StateSeal};
 use super::node_key::{NodeKey, NodePublicKey};
 use super::protocol::{Entry, Frame, Lane, LinkMsg, Msg, ProtocolRange, Refusal, SetId, StateRecord, Status};
 use bytes::Bytes;
@@ -408,6 +409,11 @@ pub struct ClusterCore {
     proofs: StableMap<Arc<str>, Arc<MemberProof>>,
     /// When an unproven record was last logged: a flood logs a line per 10 s.
     unproven_logged: Option<Instant>,
+    /// The seal of each member's state held (this node's own included),
+    /// passed on with it.
+    seals: StableMap<Arc<str>, StateSeal>,
+    /// Seals that came in the frame being read, for the states after them.
+    frame_seals: Vec<StateSeal>,
     /// The identity key each name is held by, as proven on a link with it
     /// (see `handshake::held_by_another`).
     holders: StableMap<Arc<str>, NodePublicKey>,
@@ -474,6 +480,8 @@ impl ClusterCore {
             signer: None,
             proofs: StableMap::default(),
             unproven_logged: None,
+            seals: StableMap::default(),
+            frame_seals: Vec::new(),
             holders: StableMap::default(),
             admission: None,
             admission_rule: None,
@@ -507,13 +515,17 @@ impl ClusterCore {
 
     // ------------------------------------------------------------ queries
 
-    /// The identity key that holds `name`: this node's own, or the one a
-    /// link with that member proved.
+    /// The identity key of member `name`: this node's own, the one a link
+    /// with that member proved, or the one its signed proof names (which
+    /// reaches every node, linked or not).
     pub fn identity_of(&self, name: &str) -> Option<NodePublicKey> {
         if name == &*self.me.name {
             self.identity
         } else {
-            self.holders.get(name).copied()
+            self.holders
+                .get(name)
+                .copied()
+                .or_else(|| self.proofs.get(name).map(|p| p.key))
         }
     }
 
@@ -692,6 +704,8 @@ impl ClusterCore {
     /// A frame arrived on `link`.
     pub fn frame(&mut self, link: LinkId, frame: Frame, now: Instant) {
         self.now = now;
+        // Seals cover the states of their own frame only.
+        self.frame_seals.clear();
         let Some(l) = self.links.get_mut(&link) else { return };
         l.frames_in += 1;
         let peer = l.peer.clone();

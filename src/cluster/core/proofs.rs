@@ -219,12 +219,14 @@ impl ClusterCore {
         }
     }
 
-    /// The proofs for the records `msg` carries, when `version` carries
-    /// proofs: sent just before it, in the same frame.
+    /// The proofs for the records `msg` carries, and the seals of its
+    /// states (see `seals`), when `version` carries proofs: sent just
+    /// before it, in the same frame.
     pub(super) fn proofs_for(&self, msg: &Msg, version: u32) -> Option<Msg> {
         if version < PROOFS_FROM || self.proofs.is_empty() {
             return None;
         }
+        let seals = self.seals_for(msg);
         let mut proofs: Vec<Arc<MemberProof>> = Vec::new();
         let mut add = |r: &Record| {
             if let Some(p) = self.proofs.get(&r.id.name) {
@@ -250,15 +252,18 @@ impl ClusterCore {
             }) => records.iter().for_each(&mut add),
             _ => {}
         }
-        (!proofs.is_empty()).then_some(Msg::Sync(SyncMsg::Proofs { proofs }))
+        (!proofs.is_empty() || !seals.is_empty()).then_some(Msg::Sync(SyncMsg::Proofs { proofs, seals }))
     }
 
-    /// Lets go of the proofs of members no longer in the table, so the map
-    /// never outgrows it (proofs of names never taken among them).
+    /// Lets go of the proofs and seals of members no longer in the table,
+    /// so neither map outgrows it (those of names never taken among them).
     pub(super) fn prune_proofs(&mut self) {
-        if self.proofs.len() > self.table.len() {
-            let table = &self.table;
+        let table = &self.table;
+        if self.proofs.len() > table.len() {
             self.proofs.retain(|name, _| table.get(name).is_some());
+        }
+        if self.seals.len() > table.len() {
+            self.seals.retain(|name, _| table.get(name).is_some());
         }
     }
 }

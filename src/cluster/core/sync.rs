@@ -86,7 +86,10 @@ impl ClusterCore {
                 self.apply_items(Some(link), set, items, Source::AntiEntropy)
             }
             SyncMsg::Want { set, keys } => self.on_want(link, set, &keys),
-            SyncMsg::Proofs { proofs } => self.take_proofs(link, proofs),
+            SyncMsg::Proofs { proofs, seals } => {
+                self.take_proofs(link, proofs);
+                self.take_seals(seals);
+            }
         }
     }
 
@@ -300,6 +303,7 @@ impl ClusterCore {
             data,
         });
         self.states.set(&record, self.me.boot);
+        self.seal_my_state(&record);
         let id = state_id(&record);
         let mut out = Vec::new();
         self.tree.broadcast(id, Payload::State(record), now, &mut out);
@@ -317,6 +321,9 @@ impl ClusterCore {
         let Some(boot) = self.table.get(&state.name).map(|m| m.id.boot) else {
             return;
         };
+        if state.boot != boot || self.states.version(&state.name, boot) >= state.version || !self.state_sealed(&state) {
+            return;
+        }
         if self.states.set(&state, boot) {
             self.actions.push_back(Action::State {
                 node: state.name.clone(),

@@ -115,6 +115,13 @@ fn a_members_own_news_reaches_every_node_with_its_proof() {
     net.join(d, c);
     net.advance(Duration::from_secs(2));
     assert_eq!(net.status(d, "b"), Some(Status::Alive));
+    // Every node knows every member's key, from its proof if not a link.
+    for i in [a, b, c, d] {
+        for j in [a, b, c, d] {
+            let name = net.cores[j].me().name.clone();
+            assert_eq!(net.cores[i].identity_of(&name), net.keys[j], "{name}'s key at node {i}");
+        }
+    }
     let inc = net.cores[b].incarnation();
     let lie = forged(&net, b, inc, Status::Left, None);
     inject(
@@ -253,6 +260,7 @@ fn where_admission_is_required_no_member_can_be_invented() {
     let msgs = vec![
         Msg::Sync(SyncMsg::Proofs {
             proofs: vec![Arc::new(signed), Arc::new(copied)],
+            seals: Vec::new(),
         }),
         Msg::Sync(SyncMsg::Items {
             set: SET_MEMBERS,
@@ -276,4 +284,68 @@ fn where_admission_is_required_no_member_can_be_invented() {
         }
     }
     assert!(net.cores[nodes[0]].counters.records_unproven >= 5);
+}
+
+/// A status report forged in another node's name (once, a "backdoor"
+/// module showed on a node for more than 50 s) is not taken: a node's state
+/// counts only as that node sealed it.
+#[test]
+fn a_state_is_taken_only_as_its_node_sealed_it() {
+    use crate::cluster::member_proof::StateSeal;
+    use crate::cluster::node_key::NodeKey;
+    use crate::cluster::protocol::StateRecord;
+    let (mut net, [a, b, c]) = three_keyed();
+    let now = net.now;
+    net.cores[b].set_state(Bytes::from_static(b"b: all ok"), now).unwrap();
+    net.advance(Duration::from_secs(2));
+    for i in [a, c] {
+        let held = net.cores[i].state_of("b").expect("b's state");
+        assert_eq!(&held.data[..], b"b: all ok", "node {i}");
+    }
+    let genuine = net.cores[a].state_of("b").unwrap().clone();
+    let forged = |version: u64| {
+        Arc::new(StateRecord {
+            name: "b".into(),
+            boot: genuine.boot,
+            version,
+            data: Bytes::from_static(b"b: backdoor running"),
+        })
+    };
+    let other_key = NodeKey::generate();
+    let wrong_seal = StateSeal::seal("test", &other_key, "b".into(), genuine.boot, 90, b"b: backdoor running");
+    // Unsealed, sealed by another key, and the genuine seal on other bytes.
+    let genuine_seal = StateSeal::seal("test", &NodeKey::generate(), "b".into(), genuine.boot, 91, b"x");
+    let msgs = vec![
+        Msg::Sync(SyncMsg::Proofs {
+            proofs: Vec::new(),
+            seals: vec![wrong_seal, genuine_seal],
+        }),
+        Msg::Sync(SyncMsg::Items {
+            set: crate::cluster::protocol::SET_STATES,
+            items: Items::States(vec![forged(89), forged(90), forged(91)]),
+        }),
+        Msg::Tree(TreeMsg::Gossip {
+            id: 0x5ea1,
+            hops: 0,
+            payload: Payload::State(forged(92)),
+        }),
+    ];
+    inject(&mut net, a, msgs);
+    net.advance(Duration::from_secs(2));
+    for i in [a, c] {
+        let held = net.cores[i].state_of("b").unwrap();
+        assert_eq!(&held.data[..], b"b: all ok", "node {i} took a forged state");
+    }
+    assert!(net.cores[a].counters.records_unproven >= 4);
+    // b's next report still goes through everywhere.
+    let now = net.now;
+    net.cores[b].set_state(Bytes::from_static(b"b: still ok"), now).unwrap();
+    net.advance(Duration::from_secs(2));
+    for i in [a, c] {
+        assert_eq!(
+            &net.cores[i].state_of("b").unwrap().data[..],
+            b"b: still ok",
+            "node {i}"
+        );
+    }
 }
