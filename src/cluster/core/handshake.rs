@@ -208,11 +208,17 @@ impl ClusterCore {
 
     /// The member that holds `name` under another identity key than
     /// `proven`, while it is up. A name is held by the key first proven on
-    /// a link with it, until its member is dead or gone; a hello that
-    /// proves no key cannot take a name that a key holds.
+    /// a link with it, or else by the key its member's signed proof names
+    /// (so a node that never linked with the holder knows it too), until
+    /// its member is dead or gone; a hello that proves no key cannot take
+    /// a name that a key holds.
     fn held_by_another(&self, name: &str, proven: Option<NodePublicKey>) -> Option<Arc<NodeId>> {
-        let holder = self.holders.get(name)?;
-        if proven == Some(*holder) {
+        let holder = self
+            .holders
+            .get(name)
+            .copied()
+            .or_else(|| self.proofs.get(name).map(|p| p.key))?;
+        if proven == Some(holder) {
             return None;
         }
         self.table.get(name).filter(|m| m.status.is_up()).map(|m| m.id.clone())

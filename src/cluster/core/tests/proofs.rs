@@ -349,3 +349,104 @@ fn a_state_is_taken_only_as_its_node_sealed_it() {
         );
     }
 }
+
+/// A node that never linked with a name's holder still knows the holder's
+/// key from its proof, so a hello under that name with another key is
+/// refused there too.
+#[test]
+fn a_name_is_held_by_the_key_its_proof_names_where_no_link_proved_it() {
+    use crate::cluster::member_proof::MemberProof;
+    use crate::cluster::node_key::NodeKey;
+    use crate::cluster::protocol::{Frame, Hello, LinkMsg, ProtocolRange, Refusal};
+    let now = Instant::now();
+    let mut core = ClusterCore::new(
+        "test",
+        crate::cluster::identity::NodeId::new("x", addr(9), 1, BTreeMap::new()),
+        ClusterConfig::local(),
+        5,
+        now,
+    );
+    core.set_identity(Arc::new(NodeKey::generate()));
+    let hello = |name: &str, port, key: &NodeKey| Hello {
+        protocol: ProtocolRange::OURS,
+        cluster: "test".into(),
+        id: Arc::new(crate::cluster::identity::NodeId::new(
+            name,
+            addr(port),
+            1,
+            BTreeMap::new(),
+        )),
+        incarnation: 0,
+        identity: Some(key.public()),
+        admission: None,
+        proof: None,
+    };
+    // `a` links, and tells of `b`, with b's own proof.
+    let (ka, kb, impostor) = (NodeKey::generate(), NodeKey::generate(), NodeKey::generate());
+    core.link_up(1, Direction::Inbound, addr(1), now);
+    core.link_proven(1, ka.public().noise_static().unwrap());
+    core.frame(1, Frame::Hello(hello("a", 1, &ka)), now);
+    let b = Arc::new(crate::cluster::identity::NodeId::new("b", addr(2), 1, BTreeMap::new()));
+    let proof = MemberProof::sign("test", &kb, b.clone(), 0, false);
+    let news = vec![
+        Msg::Sync(SyncMsg::Proofs {
+            proofs: vec![Arc::new(proof)],
+            seals: Vec::new(),
+        }),
+        Msg::Sync(SyncMsg::Items {
+            set: SET_MEMBERS,
+            items: Items::Records(vec![Record {
+                id: b,
+                incarnation: 0,
+                status: Status::Alive,
+            }]),
+        }),
+    ];
+    core.frame(1, Frame::Msgs(news), now);
+    assert_eq!(core.member("b").map(|m| m.status), Some(Status::Alive));
+    assert_eq!(core.identity_of("b"), Some(kb.public()));
+    drain(&mut core);
+    // Another key says hello as `b`, from elsewhere: refused.
+    core.link_up(2, Direction::Inbound, addr(66), now);
+    core.link_proven(2, impostor.public().noise_static().unwrap());
+    core.frame(2, Frame::Hello(hello("b", 66, &impostor)), now);
+    let sent = sent_on(&drain(&mut core), 2);
+    assert!(
+        sent.iter()
+            .any(|m| matches!(m, Msg::Link(LinkMsg::Refused(Refusal::NameTaken { .. })))),
+        "{sent:?}"
+    );
+    assert_eq!(core.member("b").unwrap().id.addr, addr(2));
+    assert_eq!(core.counters.identities_refused, 1);
+}
+
+/// A proof under a member's own key that its key did not sign (a higher
+/// incarnation, to carry a move) is refused: once a member is held, every
+/// proof of it is checked.
+#[test]
+fn a_proof_under_a_held_members_key_with_a_false_signature_is_refused() {
+    use crate::cluster::member_proof::MemberProof;
+    use crate::cluster::node_key::NodeKey;
+    let (mut net, [a, b, _c]) = three_keyed();
+    let inc = net.cores[b].incarnation();
+    let moved = forged(&net, b, inc + 1, Status::Alive, Some(66));
+    let mut proof = MemberProof::sign("test", &NodeKey::generate(), moved.id.clone(), inc + 1, false);
+    proof.key = net.keys[b].unwrap();
+    inject(
+        &mut net,
+        a,
+        vec![
+            Msg::Sync(SyncMsg::Proofs {
+                proofs: vec![Arc::new(proof)],
+                seals: Vec::new(),
+            }),
+            Msg::Sync(SyncMsg::Items {
+                set: SET_MEMBERS,
+                items: Items::Records(vec![moved]),
+            }),
+        ],
+    );
+    let m = net.cores[a].member("b").unwrap();
+    assert_eq!((m.id.addr, m.incarnation), (addr(2), inc));
+    assert!(net.cores[a].counters.records_unproven >= 2);
+}
