@@ -75,6 +75,9 @@ pub struct Report {
     pub converge_ms: Option<f64>,
     /// Nodes that listed everyone when the limit came (if it did).
     pub converged_nodes: usize,
+    /// Member records refused as unproven by the time all listed all (a
+    /// keyed run has no liar then: each is a genuine record refused).
+    pub unproven_at_start: u64,
     pub late_join_ms: Option<f64>,
     /// Per node, in the idle window (a state republished every
     /// `state_refresh_s` per node, as the Monitor does).
@@ -274,6 +277,7 @@ pub fn run(config: &ScenarioConfig, progress: impl Fn(&str)) -> Report {
         return report;
     }
     progress(&format!("converged in {:.0} ms", report.converge_ms.unwrap_or(0.0)));
+    report.unproven_at_start = sim.nodes.iter().map(|x| x.core.counters.records_unproven).sum();
 
     // Every node publishes its status report once.
     for i in 0..n {
@@ -459,6 +463,9 @@ pub fn table(reports: &[Report]) -> String {
         out.push_str(" |\n");
     };
     row("simultaneous start: all list all (ms)", &|r| opt(r.converge_ms));
+    row("records refused as unproven during the start", &|r| {
+        r.unproven_at_start.to_string()
+    });
     row("late joiner known to all (ms)", &|r| opt(r.late_join_ms));
     row("idle msgs/s per node, mean (max)", &|r| {
         format!("{:.1} ({:.1})", r.idle_msgs_per_s.mean, r.idle_msgs_per_s.max)
