@@ -26,9 +26,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// neighbour's digest claimed, entries it claimed and never sent, member
 /// records whose name or tags break their bounds, and hellos whose
 /// identity key the link did not prove or another key holds the name of,
-/// hellos without an admission this node accepts, and member records that
-/// their member's own signed proof does not cover.
-pub const CLUSTER_INPUT_REASONS: [&str; 10] = [
+/// hellos without an admission this node accepts, member records that
+/// their member's own signed proof does not cover, and news of new members
+/// over its link's budget.
+pub const CLUSTER_INPUT_REASONS: [&str; 11] = [
     "entry_invalid",
     "entry_obsolete",
     "message_unknown",
@@ -39,6 +40,7 @@ pub const CLUSTER_INPUT_REASONS: [&str; 10] = [
     "identity_refused",
     "not_admitted",
     "record_unproven",
+    "news_over_budget",
 ];
 
 /// Why an envelope was dropped (the `reason` label).

@@ -247,6 +247,44 @@ fn refused_input(node: &TestNode, reason: &str) -> u64 {
     counter(node, "conjoiner_cluster_input_refused_total", reason)
 }
 
+/// A member in its own name, `evil`, with its own identity key and the
+/// cluster key, as a taken host is: it says hello to `target`, sends it
+/// `lies` in one frame, and holds the link for three seconds.
+fn lie_to(target: &TestNode, key: &ClusterKey, lies: Vec<Msg>) -> std::thread::JoinHandle<()> {
+    let target = target.cluster_addr();
+    let key = key.clone();
+    std::thread::spawn(move || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let claimed = listener.local_addr().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut stream = tokio::net::TcpStream::connect(target).await.unwrap();
+            let mine = NodeKey::generate();
+            let transport = handshake_as(&mut stream, &Keyring::new(key), &mine, true)
+                .await
+                .expect("the cluster key admits the link");
+            let (read, write) = stream.into_split();
+            let (mut tx, _rx) = (transport.sender(write), transport.receiver(read, 1 << 20));
+            let hello = Frame::Hello(Hello {
+                protocol: ProtocolRange::OURS,
+                cluster: "conjoiner".into(),
+                id: Arc::new(NodeId::new("evil", claimed, 1, BTreeMap::new())),
+                incarnation: 0,
+                identity: Some(mine.public()),
+                admission: None,
+                proof: None,
+            });
+            tx.send(&hello.encode()).await.unwrap();
+            tx.send(&Frame::Msgs(lies).encode()).await.unwrap();
+            tx.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        })
+    })
+}
+
 /// A taken host sent one gossip update with a healthy node's record and
 /// status `left`, and every node listed it as left for good; a `dead` at
 /// the top incarnation was as final, and a status report in another
@@ -300,39 +338,8 @@ fn a_forged_leave_or_death_does_not_shut_a_healthy_node_out() {
         }),
     ];
 
-    // The attacker: a member in its own name, with its own key, holding
-    // the cluster key, that says hello to n1 and then lies about n2.
-    let target = n1.cluster_addr();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let claimed = listener.local_addr().unwrap();
-    let attacker = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let mut stream = tokio::net::TcpStream::connect(target).await.unwrap();
-            let mine = NodeKey::generate();
-            let transport = handshake_as(&mut stream, &Keyring::new(key.clone()), &mine, true)
-                .await
-                .expect("the cluster key admits the link");
-            let (read, write) = stream.into_split();
-            let (mut tx, _rx) = (transport.sender(write), transport.receiver(read, 1 << 20));
-            let hello = Frame::Hello(Hello {
-                protocol: ProtocolRange::OURS,
-                cluster: "conjoiner".into(),
-                id: Arc::new(NodeId::new("evil", claimed, 1, BTreeMap::new())),
-                incarnation: 0,
-                identity: Some(mine.public()),
-                admission: None,
-                proof: None,
-            });
-            tx.send(&hello.encode()).await.unwrap();
-            tx.send(&Frame::Msgs(lies).encode()).await.unwrap();
-            tx.flush().await.unwrap();
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        })
-    });
+    // The attacker says hello to n1 and then lies about n2.
+    let attacker = lie_to(&n1, &key, lies);
     wait_for(Duration::from_secs(15), "n1 to refuse the forged records", || {
         (refused_input(&n1, "record_unproven") >= 3).then_some(())
     });
@@ -355,5 +362,77 @@ fn a_forged_leave_or_death_does_not_shut_a_healthy_node_out() {
             );
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A taken host sent 2,000 invented "alive" members in one 70 KB frame,
+/// and the three real nodes answered requests only from themselves for
+/// minutes. A link now introduces at most a budget of new members (a
+/// burst, then a rate), and the rest is dropped, counted and logged.
+#[test]
+fn two_thousand_invented_members_in_one_frame_get_only_a_links_budget_in() {
+    use conjoiner::cluster::protocol::{Items, Record, Status, SyncMsg, SET_MEMBERS};
+
+    const BURST: usize = 512;
+    const FAKES: usize = 2_000;
+    // Past its first moments, when a node takes all it hears (see
+    // `new_members_grace`): the tests' nodes are new.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("conjoiner.toml");
+    std::fs::write(&config, "[membership]\nnew_members_grace = \"1ms\"\n").unwrap();
+    let flags = |seed: Option<&TestNode>| {
+        let mut extra = vec!["--config".to_string(), config.to_str().unwrap().to_string()];
+        if let Some(seed) = seed {
+            extra.extend(["--join".to_string(), seed.cluster_addr()]);
+        }
+        extra
+    };
+    let key = ClusterKey::generate();
+    let n1 = with_key("n1", &key, flags(None));
+    let n2 = with_key("n2", &key, flags(Some(&n1)));
+    let n3 = with_key("n3", &key, flags(Some(&n1)));
+    wait_converged(&[&n1, &n2, &n3], 3);
+
+    let fakes: Vec<Record> = (0..FAKES)
+        .map(|i| Record {
+            id: Arc::new(NodeId::new(
+                &format!("fake-{i}"),
+                format!("127.0.0.1:{}", 40_000 + i).parse().unwrap(),
+                1,
+                BTreeMap::new(),
+            )),
+            incarnation: 0,
+            status: Status::Alive,
+        })
+        .collect();
+    let attacker = lie_to(
+        &n1,
+        &key,
+        vec![Msg::Sync(SyncMsg::Items {
+            set: SET_MEMBERS,
+            items: Items::Records(fakes),
+        })],
+    );
+    wait_for(Duration::from_secs(15), "n1 to drop the news over the budget", || {
+        (refused_input(&n1, "news_over_budget") >= (FAKES - BURST) as u64).then_some(())
+    });
+    attacker.join().unwrap();
+    assert!(
+        n1.log_text()
+            .contains("a peer brings more new members than its link may introduce; dropped the news"),
+        "{}",
+        n1.log_text()
+    );
+    for node in [&n1, &n2, &n3] {
+        let (code, members) = cli_json(node, &["members"]);
+        assert_eq!(code, 0, "{members}");
+        let fakes = members.as_array().map_or(0, |m| {
+            m.iter()
+                .filter(|m| m["name"].as_str().is_some_and(|n| n.starts_with("fake-")))
+                .count()
+        });
+        assert!(fakes <= BURST, "{} holds {fakes} invented members", node.name);
+        let (_, health) = node.http("GET", "/v1/health", None);
+        assert_eq!(health["status"], "ok", "{} {health}", node.name);
     }
 }

@@ -221,6 +221,7 @@ impl ClusterBridge {
             c.identities_refused,
             c.not_admitted,
             c.records_unproven,
+            c.news_over_budget,
         ];
         for ((reason, now), before) in CLUSTER_INPUT_REASONS.iter().zip(now).zip(self.exported.iter_mut()) {
             if now > *before {

@@ -15,6 +15,7 @@ pub mod link;
 pub mod link_loads;
 pub mod member_proof;
 pub mod memory;
+pub mod news_budget;
 pub mod node_key;
 pub mod noise;
 pub mod protocol;

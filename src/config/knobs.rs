@@ -130,6 +130,9 @@ section! {
         peer_queue_bytes: Size => peer_queue_bytes,
         max_state_bytes: Size => max_state_bytes,
         max_pending_per_dial: usize => max_pending_per_dial,
+        new_members_burst: u32 => new_members_burst,
+        new_members_per_sec: u32 => new_members_per_sec,
+        new_members_grace: Dur => new_members_grace,
     }
 }
 

@@ -78,6 +78,9 @@ pub struct Report {
     /// Member records refused as unproven by the time all listed all (a
     /// keyed run has no liar then: each is a genuine record refused).
     pub unproven_at_start: u64,
+    /// News of new members dropped over a link's budget by then: a mass
+    /// start should bring none over one link.
+    pub news_dropped_at_start: u64,
     pub late_join_ms: Option<f64>,
     /// Per node, in the idle window (a state republished every
     /// `state_refresh_s` per node, as the Monitor does).
@@ -278,6 +281,7 @@ pub fn run(config: &ScenarioConfig, progress: impl Fn(&str)) -> Report {
     }
     progress(&format!("converged in {:.0} ms", report.converge_ms.unwrap_or(0.0)));
     report.unproven_at_start = sim.nodes.iter().map(|x| x.core.counters.records_unproven).sum();
+    report.news_dropped_at_start = sim.nodes.iter().map(|x| x.core.counters.news_over_budget).sum();
 
     // Every node publishes its status report once.
     for i in 0..n {
@@ -465,6 +469,9 @@ pub fn table(reports: &[Report]) -> String {
     row("simultaneous start: all list all (ms)", &|r| opt(r.converge_ms));
     row("records refused as unproven during the start", &|r| {
         r.unproven_at_start.to_string()
+    });
+    row("new-member news over a link's budget during the start", &|r| {
+        r.news_dropped_at_start.to_string()
     });
     row("late joiner known to all (ms)", &|r| opt(r.late_join_ms));
     row("idle msgs/s per node, mean (max)", &|r| {

@@ -66,9 +66,13 @@ impl ClusterCore {
         let mut out = Vec::new();
         match msg {
             TreeMsg::Gossip { id, hops, payload } => {
-                // A lie about a member goes no further than this node.
-                if let Payload::Update { record, .. } = &payload {
-                    if !self.worth_passing_on(record) {
+                // A lie about a member, or news over its link's budget,
+                // goes no further than this node (a copy already had is
+                // dropped below, and costs no budget).
+                let unseen = !self.tree.has_seen(id);
+                if let (Payload::Update { record, .. }, true) = (&payload, unseen) {
+                    let link = self.by_peer.get(from).copied();
+                    if !self.news_fits(link, record) || !self.worth_passing_on(record) {
                         self.tree.refuse(id, self.now);
                         return;
                     }

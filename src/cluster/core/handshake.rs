@@ -213,11 +213,7 @@ impl ClusterCore {
     /// its member is dead or gone; a hello that proves no key cannot take
     /// a name that a key holds.
     fn held_by_another(&self, name: &str, proven: Option<NodePublicKey>) -> Option<Arc<NodeId>> {
-        let holder = self
-            .holders
-            .get(name)
-            .copied()
-            .or_else(|| self.proofs.get(name).map(|p| p.key))?;
+        let holder = self.key_of(name)?;
         if proven == Some(holder) {
             return None;
         }

@@ -200,6 +200,9 @@ impl ClusterCore {
         self.has_table = true;
         self.standing_joined();
         if let Some(ask) = self.joining.remove(&link) {
+            if let Some(l) = self.links.get_mut(&link) {
+                l.join_answer = MAX_JOIN_RECORDS;
+            }
             let peer = self.links.get(&link).and_then(|l| l.peer_name().cloned());
             if let Some(name) = peer {
                 self.answer_join(ask, Ok(name));
@@ -218,6 +221,7 @@ impl ClusterCore {
     pub(super) fn on_join_done(&mut self, link: LinkId, from: &Arc<str>) {
         if let Some(l) = self.links.get_mut(&link) {
             l.hangup_expected = !l.peer_wants;
+            l.join_answer = 0;
         }
         let overlay = self.links.get(&link).is_some_and(|l| l.i_want || l.peer_wants);
         let subject = self.rings.is_subject(from);

@@ -32,6 +32,8 @@ impl ClusterCore {
                 peer_wants: false,
                 hangup_expected: false,
                 frames_in: 0,
+                news: self.news_budget(),
+                join_answer: 0,
             },
         );
         // Dials under way count: each is a link about to open.

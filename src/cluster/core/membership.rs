@@ -5,6 +5,7 @@
 use super::detector::DetectorOut;
 use super::hash::{combine, name_hash, ring_position};
 use super::members::Applied;
+use super::proofs::Claim;
 use super::{helpers, rings, Action, Change, ClusterCore, LinkId, Source, Standing};
 use crate::cluster::identity::NodeId;
 use crate::cluster::protocol::{
@@ -101,8 +102,7 @@ impl ClusterCore {
             if record.status != Status::Alive && record.incarnation > self.incarnation {
                 self.unproven(
                     &record.id.name,
-                    record.status,
-                    record.incarnation,
+                    Claim::Record(record.status, record.incarnation),
                     "a claim about this node above its own incarnation",
                 );
                 return;

@@ -46,6 +46,7 @@ mod handshake;
 mod join;
 mod links;
 mod membership;
+mod news;
 mod proofs;
 mod seals;
 mod sync;
@@ -60,6 +61,7 @@ use self::tree::BroadcastTree;
 use super::config::ClusterConfig;
 use super::identity::NodeId;
 use super::member_proof::{MemberProof, StateSeal};
+use super::news_budget::NewsBudget;
 use super::node_key::{NodeKey, NodePublicKey};
 use super::protocol::{Entry, Frame, Lane, LinkMsg, Msg, ProtocolRange, Refusal, SetId, StateRecord, Status};
 use bytes::Bytes;
@@ -273,6 +275,9 @@ pub struct CoreCounters {
     /// Member records and proofs refused because the member's own proof
     /// does not cover them (see `proofs`).
     pub records_unproven: u64,
+    /// News of new members dropped because its link had introduced its
+    /// budget's worth (see `news`).
+    pub news_over_budget: u64,
     /// Wake-ups that came so late that due probe and suspicion deadlines
     /// were postponed (this node was starved of CPU).
     pub late_wakeups: u64,
@@ -313,6 +318,12 @@ struct Link {
     /// health.
     hangup_expected: bool,
     frames_in: u64,
+    /// The new members this link may still introduce.
+    news: NewsBudget,
+    /// New members the peer may still bring in its table in answer to this
+    /// node's join (at most what a join answer holds): not news by a third
+    /// party, so not charged to `news`.
+    join_answer: usize,
 }
 
 impl Link {
@@ -409,6 +420,11 @@ pub struct ClusterCore {
     proofs: StableMap<Arc<str>, Arc<MemberProof>>,
     /// When an unproven record was last logged: a flood logs a line per 10 s.
     unproven_logged: Option<Instant>,
+    /// When news over a link's budget was last logged.
+    news_logged: Option<Instant>,
+    /// Until then this node is learning the cluster, and news of new
+    /// members is not limited (`new_members_grace`).
+    learning_until: Instant,
     /// The seal of each member's state held (this node's own included),
     /// passed on with it.
     seals: StableMap<Arc<str>, StateSeal>,
@@ -435,6 +451,7 @@ impl ClusterCore {
     /// A node alone, about to join. `seed` makes its random choices
     /// repeatable (the simulator); nodes pass a random one.
     pub fn new(cluster: &str, me: NodeId, config: ClusterConfig, seed: u64, now: Instant) -> ClusterCore {
+        let learning_until = now + config.new_members_grace;
         let me = Arc::new(me);
         let mut rng = SmallRng::seed_from_u64(seed);
         let jitter = |rng: &mut SmallRng, d: Duration| d.mul_f64(rng.random_range(0.5..1.5));
@@ -480,6 +497,8 @@ impl ClusterCore {
             signer: None,
             proofs: StableMap::default(),
             unproven_logged: None,
+            news_logged: None,
+            learning_until,
             seals: StableMap::default(),
             frame_seals: Vec::new(),
             holders: StableMap::default(),
@@ -522,11 +541,17 @@ impl ClusterCore {
         if name == &*self.me.name {
             self.identity
         } else {
-            self.holders
-                .get(name)
-                .copied()
-                .or_else(|| self.proofs.get(name).map(|p| p.key))
+            self.key_of(name)
         }
+    }
+
+    /// The key that holds another member's name: the one its link proved,
+    /// else the one its signed proof names.
+    fn key_of(&self, name: &str) -> Option<NodePublicKey> {
+        self.holders
+            .get(name)
+            .copied()
+            .or_else(|| self.proofs.get(name).map(|p| p.key))
     }
 
     pub fn me(&self) -> &Arc<NodeId> {

@@ -25,6 +25,27 @@ use tracing::{debug, warn};
 /// The first link protocol version that carries proofs.
 pub const PROOFS_FROM: u32 = 4;
 
+/// What a refused input said about its member, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Claim {
+    /// A member record: its status, at an incarnation.
+    Record(Status, u32),
+    /// A member's proof, at an incarnation.
+    Proof(u32),
+    /// A status report, at a version.
+    Report(u64),
+}
+
+impl std::fmt::Display for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Claim::Record(status, incarnation) => write!(f, "{} at incarnation {incarnation}", status.as_str()),
+            Claim::Proof(incarnation) => write!(f, "a proof at incarnation {incarnation}"),
+            Claim::Report(version) => write!(f, "a status report, version {version}"),
+        }
+    }
+}
+
 /// What a record about a member is worth, given the proof held of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vouch {
@@ -103,7 +124,7 @@ impl ClusterCore {
             Vouch::Proven | Vouch::Unkeyed => true,
             Vouch::Stale => false,
             Vouch::Unproven(why) => {
-                self.unproven(name, record.status, record.incarnation, why);
+                self.unproven(name, Claim::Record(record.status, record.incarnation), why);
                 false
             }
         }
@@ -121,8 +142,7 @@ impl ClusterCore {
             if forged {
                 self.unproven(
                     name,
-                    record.status,
-                    record.incarnation,
+                    Claim::Record(record.status, record.incarnation),
                     "a claim about this node above its own incarnation",
                 );
             }
@@ -131,7 +151,7 @@ impl ClusterCore {
         let required = self.admission_rule.is_some();
         match vouch(self.proofs.get(name).map(|p| &**p), record, required) {
             Vouch::Unproven(why) => {
-                self.unproven(name, record.status, record.incarnation, why);
+                self.unproven(name, Claim::Record(record.status, record.incarnation), why);
                 false
             }
             _ => true,
@@ -163,18 +183,16 @@ impl ClusterCore {
             return false;
         }
         let up = self.table.get(&name).is_some_and(|m| m.status.is_up());
-        let key = self.holders.get(&name).copied().or(held.map(|h| h.key));
-        if up && key.is_some_and(|k| k != proof.key) {
+        if up && self.key_of(&name).is_some_and(|k| k != proof.key) {
             self.unproven(
                 &name,
-                Status::Alive,
-                proof.incarnation,
+                Claim::Proof(proof.incarnation),
                 "a proof under another key than holds the name",
             );
             return false;
         }
         if let Err(why) = self.admits(held.map(|h| &**h), &proof) {
-            self.unproven(&name, Status::Alive, proof.incarnation, "its member is not admitted");
+            self.unproven(&name, Claim::Proof(proof.incarnation), "its member is not admitted");
             debug!(?link, member = %name, %why, "refused a member proof");
             return false;
         }
@@ -190,7 +208,7 @@ impl ClusterCore {
             return true;
         }
         if let Err(why) = proof.verify(&self.cluster) {
-            self.unproven(&name, Status::Alive, proof.incarnation, "its proof does not verify");
+            self.unproven(&name, Claim::Proof(proof.incarnation), "its proof does not verify");
             debug!(?link, member = %name, %why, "refused a member proof");
             return false;
         }
@@ -217,14 +235,14 @@ impl ClusterCore {
 
     /// Counts and logs (once per 10 s) a record or proof refused for want
     /// of its member's signature.
-    pub(super) fn unproven(&mut self, name: &Arc<str>, status: Status, incarnation: u32, why: &str) {
+    pub(super) fn unproven(&mut self, name: &Arc<str>, said: Claim, why: &str) {
         self.counters.records_unproven += 1;
         let due = self
             .unproven_logged
             .is_none_or(|at| self.now.saturating_duration_since(at) >= Duration::from_secs(10));
         if due {
             self.unproven_logged = Some(self.now);
-            warn!(member = %name, said = %status.as_str(), incarnation,
+            warn!(member = %name, %said,
                 refused_so_far = self.counters.records_unproven, reason = %why,
                 "refused a record about a member that its member did not sign");
         }

@@ -8,9 +8,10 @@
 //! covers verifies, to be passed on with that state. A member without a
 //! proof (of an earlier release) has its states taken as before.
 
+use super::proofs::Claim;
 use super::ClusterCore;
 use crate::cluster::member_proof::StateSeal;
-use crate::cluster::protocol::{Items, Msg, Payload, StateRecord, Status, SyncMsg, TreeMsg};
+use crate::cluster::protocol::{Items, Msg, Payload, StateRecord, SyncMsg, TreeMsg};
 
 impl ClusterCore {
     /// Seals this node's newly published `state`.
@@ -57,7 +58,7 @@ impl ClusterCore {
             },
         };
         let name = state.name.clone();
-        self.unproven(&name, Status::Alive, 0, why);
+        self.unproven(&name, Claim::Report(state.version), why);
         false
     }
 

@@ -276,6 +276,9 @@ impl ClusterCore {
                 self.about_me(&record, via);
                 continue;
             }
+            if !self.news_fits(via, &record) {
+                continue;
+            }
             let applied = self.apply(&record, source);
             if !matches!(applied, Applied::Stale | Applied::SameSuspicion) {
                 changed += 1;

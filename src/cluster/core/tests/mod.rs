@@ -7,4 +7,5 @@ mod identities;
 mod links;
 mod membership;
 mod net;
+mod news;
 mod proofs;

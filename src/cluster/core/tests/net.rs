@@ -43,10 +43,15 @@ impl Net {
     }
 
     pub(super) fn add(&mut self, name: &str, port: u16, boot: u64) -> usize {
+        self.add_configured(name, port, boot, ClusterConfig::local())
+    }
+
+    /// [`Self::add`] with timings and limits of its own.
+    pub(super) fn add_configured(&mut self, name: &str, port: u16, boot: u64, config: ClusterConfig) -> usize {
         let id = NodeId::new(name, addr(port), boot, BTreeMap::new());
         let i = self.cores.len();
         self.cores
-            .push(ClusterCore::new("test", id, ClusterConfig::local(), i as u64, self.now));
+            .push(ClusterCore::new("test", id, config, i as u64, self.now));
         self.up.push(true);
         self.stalled.push(false);
         self.keys.push(None);
@@ -289,4 +294,13 @@ pub(super) fn digests_sent(net: &Net, i: usize, from: usize) -> usize {
                     if msgs.iter().any(|m| matches!(m, Msg::Sync(SyncMsg::Digest { .. }))))
         })
         .count()
+}
+
+/// Hands `msgs` to node `to` as if its peer at the other end of some link
+/// had sent them: a peer that holds the cluster key, and lies.
+pub(super) fn inject(net: &mut Net, to: usize, msgs: Vec<crate::cluster::protocol::Msg>) {
+    let link = *net.links.iter().find(|(_, l)| l.1 == to).map(|(_, l)| &l.2).unwrap();
+    let now = net.now;
+    net.cores[to].frame(link, crate::cluster::protocol::Frame::Msgs(msgs), now);
+    net.settle();
 }

@@ -25,15 +25,6 @@ fn three_keyed() -> (Net, [usize; 3]) {
     (net, [a, b, c])
 }
 
-/// Hands `msgs` to node `to` as if its peer at the other end of some link
-/// had sent them: a peer that holds the cluster key, and lies.
-fn inject(net: &mut Net, to: usize, msgs: Vec<Msg>) {
-    let link = *net.links.iter().find(|(_, l)| l.1 == to).map(|(_, l)| &l.2).unwrap();
-    let now = net.now;
-    net.cores[to].frame(link, crate::cluster::protocol::Frame::Msgs(msgs), now);
-    net.settle();
-}
-
 fn forged(net: &Net, about: usize, incarnation: u32, status: Status, port: Option<u16>) -> Record {
     let mut id = (**net.cores[about].me()).clone();
     if let Some(port) = port {
