@@ -289,6 +289,27 @@ fn conjoiner_death(line: &str) -> Option<(u128, String)> {
     Some((at, member))
 }
 
+/// Prints what the start cost each node, from its core's counters: the
+/// signatures it checked (members' proofs and status-report seals),
+/// refutations and links opened, mean and most.
+fn start_costs(nodes: &mut [ConjoinerNode]) {
+    let counters: Vec<Value> = nodes
+        .iter_mut()
+        .filter_map(|n| n.http().map(str::to_string))
+        .filter_map(|addr| http(&addr, "GET", "/v1/debug/state", "", None).ok())
+        .filter_map(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+        .map(|state| state["cluster"]["counters"].clone())
+        .collect();
+    let mut line = format!("conjoiner: the start, per node of {}, mean (max):", counters.len());
+    for name in ["signatures_checked", "refutations", "links_opened"] {
+        let values: Vec<u64> = counters.iter().filter_map(|c| c[name].as_u64()).collect();
+        let mean = values.iter().sum::<u64>() as f64 / values.len().max(1) as f64;
+        let max = values.iter().max().copied().unwrap_or(0);
+        line += &format!(" {name} {mean:.1} ({max})");
+    }
+    eprintln!("{line}");
+}
+
 fn bench_conjoiner(n: usize, broadcasts: usize, limit: Duration, steady: u64) -> Figures {
     let root = tempfile::tempdir().unwrap();
     let key = {
@@ -321,6 +342,7 @@ fn bench_conjoiner(n: usize, broadcasts: usize, limit: Duration, steady: u64) ->
             f.best_alive
         ),
     }
+    start_costs(&mut nodes);
     let pids: Vec<u32> = nodes.iter().map(|n| n.proc.child.id()).collect();
     let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
     eprintln!("conjoiner: steady window of {steady} s");

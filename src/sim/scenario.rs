@@ -81,6 +81,9 @@ pub struct Report {
     /// News of new members dropped over a link's budget by then: a mass
     /// start should bring none over one link.
     pub news_dropped_at_start: u64,
+    /// Signatures (members' proofs, seals) checked per node by then, mean
+    /// and most: what signed records cost a start in CPU.
+    pub signatures_at_start: Spread,
     pub late_join_ms: Option<f64>,
     /// Per node, in the idle window (a state republished every
     /// `state_refresh_s` per node, as the Monitor does).
@@ -282,6 +285,7 @@ pub fn run(config: &ScenarioConfig, progress: impl Fn(&str)) -> Report {
     progress(&format!("converged in {:.0} ms", report.converge_ms.unwrap_or(0.0)));
     report.unproven_at_start = sim.nodes.iter().map(|x| x.core.counters.records_unproven).sum();
     report.news_dropped_at_start = sim.nodes.iter().map(|x| x.core.counters.news_over_budget).sum();
+    report.signatures_at_start = spread(sim.nodes.iter().map(|x| x.core.counters.signatures_checked as f64));
 
     // Every node publishes its status report once.
     for i in 0..n {
@@ -472,6 +476,9 @@ pub fn table(reports: &[Report]) -> String {
     });
     row("new-member news over a link's budget during the start", &|r| {
         r.news_dropped_at_start.to_string()
+    });
+    row("signatures checked per node during the start, mean (max)", &|r| {
+        format!("{:.0} ({:.0})", r.signatures_at_start.mean, r.signatures_at_start.max)
     });
     row("late joiner known to all (ms)", &|r| opt(r.late_join_ms));
     row("idle msgs/s per node, mean (max)", &|r| {

@@ -85,7 +85,7 @@ impl ClusterCore {
         if let (Some(proof), Some(key)) = (hello.proof.filter(|p| !p.left), proven) {
             let fits = proof.key == key && *proof.id == *id && proof.incarnation == hello.incarnation;
             if fits {
-                self.take_proof(Some(link), proof);
+                self.take_proof(Some(link), proof, true);
             } else {
                 self.counters.records_unproven += 1;
                 debug!(link, peer = %id.name, "a hello's proof is not of its own record under its proven key; not held");

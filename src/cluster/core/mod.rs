@@ -278,6 +278,9 @@ pub struct CoreCounters {
     /// News of new members dropped because its link had introduced its
     /// budget's worth (see `news`).
     pub news_over_budget: u64,
+    /// Signatures of members' proofs and seals checked (the CPU that
+    /// signed records cost).
+    pub signatures_checked: u64,
     /// Wake-ups that came so late that due probe and suspicion deadlines
     /// were postponed (this node was starved of CPU).
     pub late_wakeups: u64,

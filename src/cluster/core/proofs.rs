@@ -162,14 +162,18 @@ impl ClusterCore {
     /// records that follow it.
     pub(super) fn take_proofs(&mut self, link: LinkId, proofs: Vec<Arc<MemberProof>>) {
         for proof in proofs {
-            self.take_proof(Some(link), proof);
+            self.take_proof(Some(link), proof, false);
         }
     }
 
     /// Holds `proof` if it is newer than the one held and verifies. A
     /// proof under another key than the one holding a live member's name
     /// is refused; so is one about this node (only it speaks for itself).
-    pub(super) fn take_proof(&mut self, link: Option<LinkId>, proof: Arc<MemberProof>) -> bool {
+    /// `own_link`: it came in its member's own hello, on a link that
+    /// proved the proof's key, so its signature says nothing the link did
+    /// not (a member that signs itself badly only hurts itself: others
+    /// check what it passes on).
+    pub(super) fn take_proof(&mut self, link: Option<LinkId>, proof: Arc<MemberProof>, own_link: bool) -> bool {
         let name = proof.id.name.clone();
         if name == self.me.name {
             return false;
@@ -203,10 +207,11 @@ impl ClusterCore {
         // proof of that member is checked. This spares a 200-node start 200
         // signature checks per node.
         let unheard = self.table.get(&name).is_none() && self.admission_rule.is_none();
-        if unheard {
+        if unheard || own_link {
             self.proofs.insert(name, proof);
             return true;
         }
+        self.counters.signatures_checked += 1;
         if let Err(why) = proof.verify(&self.cluster) {
             self.unproven(&name, Claim::Proof(proof.incarnation), "its proof does not verify");
             debug!(?link, member = %name, %why, "refused a member proof");

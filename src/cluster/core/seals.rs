@@ -47,6 +47,9 @@ impl ClusterCore {
             .find(covers)
             .or_else(|| self.seals.get(&state.name).filter(|s| covers(s)))
             .cloned();
+        if seal.is_some() {
+            self.counters.signatures_checked += 1;
+        }
         let why = match seal {
             None => "a status report its node did not seal",
             Some(seal) => match seal.verify(&self.cluster, &key, &state.data) {
