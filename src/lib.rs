@@ -24,6 +24,8 @@
 //! - [`sim`]: the cluster core of many nodes on a virtual network.
 //! - [`metrics`]: the node's Prometheus metrics.
 //! - [`tags`]: a node's tags, and the changes made to them at run time.
+//! - [`token_bucket`]: so many a second, with a burst (publishes, news of
+//!   new members).
 //! - [`api`]: the control API (HTTP) the CLI talks to.
 //! - [`cli`]: the `conjoiner` command line.
 
@@ -47,4 +49,5 @@ pub mod node;
 pub mod private_file;
 pub mod sim;
 pub mod tags;
+pub mod token_bucket;
 pub mod wire;

@@ -21,6 +21,39 @@ fn addr_of(observer: &TestNode, name: &str) -> Option<String> {
         .and_then(|m| m["addr"].as_str().map(str::to_string))
 }
 
+type Tx = conjoiner::cluster::noise::FrameSender<tokio::net::tcp::OwnedWriteHalf>;
+type Rx = conjoiner::cluster::noise::FrameReceiver<tokio::net::tcp::OwnedReadHalf>;
+
+/// Opens a link to `target` as a holder of the cluster key, with the
+/// identity key `mine`, and says hello as `name` from `claimed` with the
+/// oldest boot, naming `mine` or no identity.
+async fn say_hello(
+    target: &str,
+    key: &ClusterKey,
+    mine: &NodeKey,
+    name: &str,
+    claimed: std::net::SocketAddr,
+    prove: bool,
+) -> (Tx, Rx) {
+    let mut stream = tokio::net::TcpStream::connect(target).await.unwrap();
+    let transport = handshake_as(&mut stream, &Keyring::new(key.clone()), mine, true)
+        .await
+        .expect("the cluster key admits the link");
+    let (read, write) = stream.into_split();
+    let (mut tx, rx) = (transport.sender(write), transport.receiver(read, 1 << 20));
+    let hello = Frame::Hello(Hello {
+        protocol: ProtocolRange::OURS,
+        cluster: "conjoiner".into(),
+        id: Arc::new(NodeId::new(name, claimed, 1, BTreeMap::new())),
+        incarnation: 0,
+        identity: prove.then(|| mine.public()),
+        admission: None,
+        proof: None,
+    });
+    tx.send(&hello.encode()).await.unwrap();
+    (tx, rx)
+}
+
 /// Says hello to `target` as `name` from `claimed` with the oldest boot,
 /// proving a key of its own (`identity`) or none, and answers what the
 /// node sent back before it closed the link.
@@ -30,23 +63,8 @@ fn impersonate(target: &str, key: &ClusterKey, name: &str, claimed: std::net::So
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut stream = tokio::net::TcpStream::connect(target).await.unwrap();
         let mine = NodeKey::generate();
-        let transport = handshake_as(&mut stream, &Keyring::new(key.clone()), &mine, true)
-            .await
-            .expect("the cluster key admits the link");
-        let (read, write) = stream.into_split();
-        let (mut tx, mut rx) = (transport.sender(write), transport.receiver(read, 1 << 20));
-        let hello = Frame::Hello(Hello {
-            protocol: ProtocolRange::OURS,
-            cluster: "conjoiner".into(),
-            id: Arc::new(NodeId::new(name, claimed, 1, BTreeMap::new())),
-            incarnation: 0,
-            identity: prove.then(|| mine.public()),
-            admission: None,
-            proof: None,
-        });
-        tx.send(&hello.encode()).await.unwrap();
+        let (mut tx, mut rx) = say_hello(target, key, &mine, name, claimed, prove).await;
         tx.flush().await.unwrap();
         let mut seen = Vec::new();
         let read = async {
@@ -261,23 +279,8 @@ fn lie_to(target: &TestNode, key: &ClusterKey, lies: Vec<Msg>) -> std::thread::J
             .build()
             .unwrap();
         runtime.block_on(async {
-            let mut stream = tokio::net::TcpStream::connect(target).await.unwrap();
             let mine = NodeKey::generate();
-            let transport = handshake_as(&mut stream, &Keyring::new(key), &mine, true)
-                .await
-                .expect("the cluster key admits the link");
-            let (read, write) = stream.into_split();
-            let (mut tx, _rx) = (transport.sender(write), transport.receiver(read, 1 << 20));
-            let hello = Frame::Hello(Hello {
-                protocol: ProtocolRange::OURS,
-                cluster: "conjoiner".into(),
-                id: Arc::new(NodeId::new("evil", claimed, 1, BTreeMap::new())),
-                incarnation: 0,
-                identity: Some(mine.public()),
-                admission: None,
-                proof: None,
-            });
-            tx.send(&hello.encode()).await.unwrap();
+            let (mut tx, _rx) = say_hello(&target, &key, &mine, "evil", claimed, true).await;
             tx.send(&Frame::Msgs(lies).encode()).await.unwrap();
             tx.flush().await.unwrap();
             tokio::time::sleep(Duration::from_secs(3)).await;

@@ -29,8 +29,8 @@ use crate::metrics::{DropReason, Metrics};
 use crate::modules::line_codec::{ModuleLines, ModuleText};
 use crate::modules::module_line::{self, LineError, LogLevel, ModuleLine};
 use crate::modules::process_tree::{self, ProcessRef};
-use crate::modules::publish_limit::TokenBucket;
 use crate::modules::stdin_queue::{self, Refused, StdinQueue};
+use crate::token_bucket::TokenBucket;
 use crate::wire::{Envelope, MessageType, Source};
 use actix::prelude::*;
 use serde::Serialize;
@@ -186,6 +186,8 @@ impl ProcessModule {
         transponder: TransponderSlot,
         exit_note: ExitNote,
     ) -> ProcessModule {
+        // Held to `publish_per_sec`, after a burst of twice that: publishes
+        // beyond it are dropped and counted.
         let publish_limit = TokenBucket::new(setup.manifest.publish_per_sec, Instant::now());
         ProcessModule {
             identity: identity.clone(),

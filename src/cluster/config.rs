@@ -3,7 +3,6 @@
 
 use super::core::detector::DetectorConfig;
 use super::core::tree::TreeConfig;
-use super::news_budget::NewsLimits;
 use std::time::Duration;
 
 /// Cluster timings and limits.
@@ -133,14 +132,6 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// A link's budget of new members.
-    pub fn news_limits(&self) -> NewsLimits {
-        NewsLimits {
-            burst: self.new_members_burst,
-            per_sec: self.new_members_per_sec,
-        }
-    }
-
     /// For hosts on one LAN.
     pub fn lan() -> ClusterConfig {
         ClusterConfig {

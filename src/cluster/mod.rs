@@ -15,7 +15,6 @@ pub mod link;
 pub mod link_loads;
 pub mod member_proof;
 pub mod memory;
-pub mod news_budget;
 pub mod node_key;
 pub mod noise;
 pub mod protocol;

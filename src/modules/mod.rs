@@ -5,13 +5,11 @@
 //! - [`module_line`]: the lines a process module writes, parsed into ops.
 //! - [`line_codec`]: reading those lines, where an over-long one is skipped.
 //! - [`process_tree`]: every process a module started, to stop them all.
-//! - [`publish_limit`]: a process module's publish rate limit.
 //! - [`stdin_queue`]: what waits for a process module's stdin, bounded in bytes.
 
 pub mod line_codec;
 pub mod module_line;
 pub mod process_tree;
-pub mod publish_limit;
 pub mod registry;
 pub mod stdin_queue;
 

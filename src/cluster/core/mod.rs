@@ -61,9 +61,9 @@ use self::tree::BroadcastTree;
 use super::config::ClusterConfig;
 use super::identity::NodeId;
 use super::member_proof::{MemberProof, StateSeal};
-use super::news_budget::NewsBudget;
 use super::node_key::{NodeKey, NodePublicKey};
 use super::protocol::{Entry, Frame, Lane, LinkMsg, Msg, ProtocolRange, Refusal, SetId, StateRecord, Status};
+use crate::token_bucket::TokenBucket;
 use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{RngExt as _, SeedableRng as _};
@@ -321,8 +321,8 @@ struct Link {
     /// health.
     hangup_expected: bool,
     frames_in: u64,
-    /// The new members this link may still introduce.
-    news: NewsBudget,
+    /// The new members this link may still introduce (see `news`).
+    news: TokenBucket,
     /// New members the peer may still bring in its table in answer to this
     /// node's join (at most what a join answer holds): not news by a third
     /// party, so not charged to `news`.

@@ -44,6 +44,14 @@ fn invented(prefix: &str, n: usize) -> Vec<Record> {
         .collect()
 }
 
+/// A table exchange that brings `records`.
+fn table_exchange(records: Vec<Record>) -> Vec<Msg> {
+    vec![Msg::Sync(SyncMsg::Items {
+        set: SET_MEMBERS,
+        items: Items::Records(records),
+    })]
+}
+
 fn held(net: &Net, i: usize) -> usize {
     net.cores[i].members().count()
 }
@@ -58,14 +66,7 @@ fn two_thousand_invented_members_in_one_table_exchange_get_a_burst_in() {
     let (mut net, [a, b, c]) = three();
     let (burst, per_sec) = budget();
     let fakes = invented("fake-", 2_000);
-    inject(
-        &mut net,
-        a,
-        vec![Msg::Sync(SyncMsg::Items {
-            set: SET_MEMBERS,
-            items: Items::Records(fakes),
-        })],
-    );
+    inject(&mut net, a, table_exchange(fakes));
     assert_eq!(held(&net, a), 3 + burst, "node a takes a burst");
     assert_eq!(net.cores[a].counters.news_over_budget, (2_000 - burst) as u64);
     // What a took it passes on, and no more: the others' budgets for
@@ -77,14 +78,7 @@ fn two_thousand_invented_members_in_one_table_exchange_get_a_burst_in() {
     // A second later, another flood on the same link gets the rate only.
     net.advance(Duration::from_secs(1));
     let before = held(&net, a);
-    inject(
-        &mut net,
-        a,
-        vec![Msg::Sync(SyncMsg::Items {
-            set: SET_MEMBERS,
-            items: Items::Records(invented("more-", 2_000)),
-        })],
-    );
+    inject(&mut net, a, table_exchange(invented("more-", 2_000)));
     let added = held(&net, a) - before;
     assert!(added <= per_sec + 1, "{added} more in a second (rate {per_sec}/s)");
     assert!(added > 0, "the rate still lets news in");
@@ -137,14 +131,7 @@ fn news_of_members_already_held_costs_nothing() {
         status: Status::Alive,
     }];
     news.extend(invented("fake-", 3));
-    inject(
-        &mut net,
-        d,
-        vec![Msg::Sync(SyncMsg::Items {
-            set: SET_MEMBERS,
-            items: Items::Records(news),
-        })],
-    );
+    inject(&mut net, d, table_exchange(news));
     assert_eq!(held(&net, d), 5, "one invented member got in");
     assert_eq!(net.cores[d].counters.news_over_budget, 2);
     let b_at_d = net.cores[d].members().find(|m| &*m.id.name == "b").unwrap().incarnation;
@@ -195,25 +182,11 @@ fn a_node_learning_the_cluster_takes_all_it_hears() {
     net.join(fresh, a);
     // Within its grace, a table exchange of 20 members it never heard of
     // all counts: a mass start brings nearly all the table over one link.
-    inject(
-        &mut net,
-        fresh,
-        vec![Msg::Sync(SyncMsg::Items {
-            set: SET_MEMBERS,
-            items: Items::Records(invented("new-", 20)),
-        })],
-    );
+    inject(&mut net, fresh, table_exchange(invented("new-", 20)));
     assert_eq!(held(&net, fresh), 22);
     assert_eq!(net.cores[fresh].counters.news_over_budget, 0);
     // After it, the budget holds.
     net.advance(ClusterConfig::local().new_members_grace);
-    inject(
-        &mut net,
-        fresh,
-        vec![Msg::Sync(SyncMsg::Items {
-            set: SET_MEMBERS,
-            items: Items::Records(invented("later-", 20)),
-        })],
-    );
+    inject(&mut net, fresh, table_exchange(invented("later-", 20)));
     assert!(net.cores[fresh].counters.news_over_budget >= 18);
 }
