@@ -279,11 +279,7 @@ impl ClusterCore {
     /// table. Logged once per 10 s, with the count.
     pub(super) fn refuse_record(&mut self, why: &str) {
         self.counters.records_refused += 1;
-        let due = self
-            .record_refusal_logged
-            .is_none_or(|at| self.now.saturating_duration_since(at) >= std::time::Duration::from_secs(10));
-        if due {
-            self.record_refusal_logged = Some(self.now);
+        if self.record_refusal_log.event(self.now).is_some() {
             warn!(refused_so_far = self.counters.records_refused, reason = %why,
                 "refused a member record from a peer: it is not held or spread");
         }

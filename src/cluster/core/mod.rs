@@ -63,6 +63,7 @@ use super::identity::NodeId;
 use super::member_proof::{MemberProof, StateSeal};
 use super::node_key::{NodeKey, NodePublicKey};
 use super::protocol::{Entry, Frame, Lane, LinkMsg, Msg, ProtocolRange, Refusal, SetId, StateRecord, Status};
+use crate::logging::LogThrottle;
 use crate::token_bucket::TokenBucket;
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -422,9 +423,9 @@ pub struct ClusterCore {
     /// which the records about it are held to.
     proofs: StableMap<Arc<str>, Arc<MemberProof>>,
     /// When an unproven record was last logged: a flood logs a line per 10 s.
-    unproven_logged: Option<Instant>,
+    unproven_log: LogThrottle,
     /// When news over a link's budget was last logged.
-    news_logged: Option<Instant>,
+    news_log: LogThrottle,
     /// Until then this node is learning the cluster, and news of new
     /// members is not limited (`new_members_grace`).
     learning_until: Instant,
@@ -442,7 +443,7 @@ pub struct ClusterCore {
     /// admission a hello shows admits that peer's proven key and name.
     admission_rule: Option<AdmissionRule>,
     /// When a refused record was last logged: a flood logs a line per 10 s.
-    record_refusal_logged: Option<Instant>,
+    record_refusal_log: LogThrottle,
     /// Unreadable message kinds already logged, per peer.
     skipped_logged: StableSet<(Arc<str>, u32, u32)>,
     /// What each neighbour said it holds, of the entries asked of it.
@@ -499,15 +500,15 @@ impl ClusterCore {
             identity: None,
             signer: None,
             proofs: StableMap::default(),
-            unproven_logged: None,
-            news_logged: None,
+            unproven_log: LogThrottle::new(Duration::from_secs(10), 1),
+            news_log: LogThrottle::new(Duration::from_secs(10), 1),
             learning_until,
             seals: StableMap::default(),
             frame_seals: Vec::new(),
             holders: StableMap::default(),
             admission: None,
             admission_rule: None,
-            record_refusal_logged: None,
+            record_refusal_log: LogThrottle::new(Duration::from_secs(10), 1),
             skipped_logged: StableSet::default(),
             claims: StableMap::default(),
             counters: CoreCounters::default(),

@@ -17,7 +17,6 @@
 use super::{ClusterCore, LinkId};
 use crate::cluster::protocol::Record;
 use crate::token_bucket::TokenBucket;
-use std::time::Duration;
 use tracing::warn;
 
 impl ClusterCore {
@@ -50,11 +49,7 @@ impl ClusterCore {
         }
         self.counters.news_over_budget += 1;
         let peer = l.peer_name().cloned();
-        let due = self
-            .news_logged
-            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(10));
-        if due {
-            self.news_logged = Some(now);
+        if self.news_log.event(now).is_some() {
             warn!(peer = peer.as_deref().unwrap_or("?"), member = %record.id.name,
                 burst = self.config.new_members_burst, per_sec = self.config.new_members_per_sec,
                 dropped_so_far = self.counters.news_over_budget,

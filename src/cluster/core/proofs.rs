@@ -19,7 +19,6 @@ use super::{ClusterCore, LinkId, Source};
 use crate::cluster::member_proof::MemberProof;
 use crate::cluster::protocol::{Items, LinkMsg, Msg, Payload, Record, Status, SyncMsg, TreeMsg};
 use std::sync::Arc;
-use std::time::Duration;
 use tracing::{debug, warn};
 
 /// The first link protocol version that carries proofs.
@@ -242,11 +241,7 @@ impl ClusterCore {
     /// of its member's signature.
     pub(super) fn unproven(&mut self, name: &Arc<str>, said: Claim, why: &str) {
         self.counters.records_unproven += 1;
-        let due = self
-            .unproven_logged
-            .is_none_or(|at| self.now.saturating_duration_since(at) >= Duration::from_secs(10));
-        if due {
-            self.unproven_logged = Some(self.now);
+        if self.unproven_log.event(self.now).is_some() {
             warn!(member = %name, %said,
                 refused_so_far = self.counters.records_unproven, reason = %why,
                 "refused a record about a member that its member did not sign");

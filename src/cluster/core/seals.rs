@@ -47,18 +47,18 @@ impl ClusterCore {
             .find(covers)
             .or_else(|| self.seals.get(&state.name).filter(|s| covers(s)))
             .cloned();
-        if seal.is_some() {
-            self.counters.signatures_checked += 1;
-        }
         let why = match seal {
             None => "a status report its node did not seal",
-            Some(seal) => match seal.verify(&self.cluster, &key, &state.data) {
-                Ok(()) => {
-                    self.seals.insert(state.name.clone(), seal);
-                    return true;
+            Some(seal) => {
+                self.counters.signatures_checked += 1;
+                match seal.verify(&self.cluster, &key, &state.data) {
+                    Ok(()) => {
+                        self.seals.insert(state.name.clone(), seal);
+                        return true;
+                    }
+                    Err(_) => "a status report whose seal does not verify",
                 }
-                Err(_) => "a status report whose seal does not verify",
-            },
+            }
         };
         let name = state.name.clone();
         self.unproven(&name, Claim::Report(state.version), why);
