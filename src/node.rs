@@ -259,8 +259,8 @@ fn admission(
 /// The rules the deployments table is held by, with this node's operator keys.
 fn deployment_rules(trust: &crate::command::trust::SharedTrust) -> Box<DeploymentRules> {
     let trust = trust.clone();
-    Box::new(DeploymentRules::admitting(Box::new(move |row| {
-        crate::deploy::command::admit_entry(&trust.current(), row)
+    Box::new(DeploymentRules::admitting(Box::new(move |row, held| {
+        crate::deploy::command::admit_entry(&trust.current(), row, held)
     })))
 }
 
@@ -485,12 +485,21 @@ impl NodeHandle {
         }
     }
 
+    /// This node as the driver of a rollout: its name and identity key.
+    pub fn driver(&self) -> crate::deploy::steer::Driver {
+        crate::deploy::steer::Driver {
+            node: self.ctx.identity.name.clone(),
+            key: self.settings.node_key.public().to_string(),
+        }
+    }
+
     /// Drives the rollout of table entry `id` from this node (its waves
     /// and its revert), until it is done, stopped, or another node drives it.
     pub fn drive_rollout(&self, id: uuid::Uuid) {
         actix_rt::spawn(crate::deploy::rollout::drive(
             self.ctx.clone(),
             self.status.clone(),
+            self.settings.node_key.clone(),
             id.to_string(),
         ));
     }

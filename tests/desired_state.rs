@@ -9,6 +9,7 @@
 use conjoiner::actors::cluster_bus::{ListEntries, ListMembers, MemberStatus};
 use conjoiner::cluster::protocol::SET_DEPLOYMENTS;
 use conjoiner::deploy::rollout::{steer, write_rollout};
+use conjoiner::deploy::steer::{Steer, SteerAction};
 use conjoiner::deploy::table::{Amount, RolloutPolicy, RolloutState, Row};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -341,17 +342,7 @@ async fn a_rollout_whose_canary_fails_reverts_and_the_rest_never_run_it() {
 
     let id = outcome.id.to_string();
     let reverted = eventually(LIMIT, "the rollout to be reverted", || async {
-        let table = nodes[0]
-            .node
-            .handle
-            .ctx
-            .cluster
-            .list_entries
-            .send(ListEntries(SET_DEPLOYMENTS))
-            .await
-            .ok()?;
-        let row = table.iter().find(|e| *e.key == *id).map(|e| Row::read(e).unwrap())?;
-        let r = row.deployment.rollout?;
+        let r = row_at(&nodes[0], &id).await?.deployment.rollout?;
         (r.state == RolloutState::Reverted).then_some(r)
     })
     .await;
@@ -402,18 +393,10 @@ async fn a_rollout_whose_origin_is_gone_stays_where_it_is_and_resumes_from_anoth
     let rest: Vec<&Started> = nodes.iter().collect();
     alive(&rest, 3).await;
 
-    let entry = |n: &Started| {
-        let id = id.clone();
-        let cluster = n.node.handle.ctx.cluster.clone();
-        async move {
-            let table = cluster.list_entries.send(ListEntries(SET_DEPLOYMENTS)).await.ok()?;
-            table.iter().find(|e| *e.key == *id).map(|e| Row::read(e).unwrap())
-        }
-    };
     // Nobody drives it: it stays released to the canary only.
-    let before = entry(&nodes[0]).await.unwrap().deployment.rollout.unwrap();
+    let before = row_at(&nodes[0], &id).await.unwrap().deployment.rollout.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let still = entry(&nodes[0]).await.unwrap().deployment.rollout.unwrap();
+    let still = row_at(&nodes[0], &id).await.unwrap().deployment.rollout.unwrap();
     assert_eq!(
         (still.state, still.released, still.wave),
         (before.state, before.released, before.wave)
@@ -428,13 +411,24 @@ async fn a_rollout_whose_origin_is_gone_stays_where_it_is_and_resumes_from_anoth
     assert!(running_now <= 1, "only the canary (if it was not the origin) runs it");
 
     // o2 resumes it with a short window, and drives it to the end.
-    let row = entry(&nodes[0]).await.unwrap();
-    let mut resumed = steer(row.deployment.rollout.as_ref().unwrap(), "resume").unwrap();
+    let row = row_at(&nodes[0], &id).await.unwrap();
+    let handle = &nodes[0].node.handle;
+    let resume = Steer {
+        action: SteerAction::Resume,
+        entry: id.clone(),
+        driver: handle.driver(),
+        id: uuid::Uuid::now_v7().to_string(),
+        ts: conjoiner::wire::now_ms(),
+        signature: None,
+    };
+    let mut resumed = steer(row.deployment.rollout.as_ref().unwrap(), resume).unwrap();
     resumed.policy.health_window_ms = 300;
-    write_rollout(&nodes[0].node.handle.ctx, &row, resumed).await.unwrap();
+    write_rollout(&handle.ctx, &handle.settings.node_key, &row, resumed)
+        .await
+        .unwrap();
     nodes[0].node.handle.drive_rollout(outcome.id);
     eventually(LIMIT, "the resumed rollout to be done", || async {
-        let r = entry(&nodes[1]).await?.deployment.rollout?;
+        let r = row_at(&nodes[1], &id).await?.deployment.rollout?;
         (r.state == RolloutState::Done).then_some(())
     })
     .await;

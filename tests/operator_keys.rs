@@ -10,6 +10,7 @@ use conjoiner::command::operator_key::OperatorSecret;
 use conjoiner::command::signature::OperatorSignature;
 use conjoiner::command::tag_change::TagChange;
 use conjoiner::deploy::command::command_bytes;
+use conjoiner::deploy::steer::{Driver, Steer, SteerAction};
 use conjoiner::deploy::table::{Action, Deployment};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt as _;
@@ -42,6 +43,7 @@ fn signed_undeploy(secret: &OperatorSecret, signed_module: &str, sent_module: &s
         config: None,
         ts,
         rollout: None,
+        driver: None,
         signature: None,
     };
     let sig = secret.sign(&command_bytes(&id, &d, None));
@@ -257,6 +259,117 @@ fn a_node_that_trusts_an_operator_key_takes_only_commands_it_signed() {
         .find_map(|l| l.strip_prefix("conjoiner_envelopes_dropped_total{reason=\"unauthorized\"} "))
         .and_then(|v| v.trim().parse::<u64>().ok());
     assert!(refused >= Some(7), "every refusal counted: {refused:?}");
+}
+
+/// A steer of entry `entry` signed by `secret`, made for `driver`, as the
+/// body `POST /v1/deployments/{id}/{action}` takes.
+fn signed_steer(secret: &OperatorSecret, action: SteerAction, entry: &str, driver: Driver) -> Value {
+    let mut steer = Steer {
+        action,
+        entry: entry.into(),
+        driver,
+        id: uuid::Uuid::now_v7().to_string(),
+        ts: conjoiner::wire::now_ms(),
+        signature: None,
+    };
+    steer.signature = Some(OperatorSignature::by(secret, &steer.signed_bytes()));
+    json!({"id": steer.id, "ts": steer.ts, "driver": steer.driver, "signature": steer.signature})
+}
+
+#[test]
+fn a_trusting_node_steers_a_rollout_only_by_a_signed_command_made_for_it() {
+    let keys = tempfile::tempdir().unwrap();
+    let alice_file = keys.path().join("alice.key");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_conjoiner"))
+        .args(["keygen", "--operator", "-o", alice_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let alice = OperatorSecret::load(&alice_file).unwrap();
+    let key = alice_file.to_str().unwrap();
+    let node = TestNode::start("op3", &["--trust-operator", &format!("@{key}.pub")]);
+    let hello = hello_dir();
+
+    // A signed rollout (one node: its canary is all of it).
+    let out = node.cli(&[
+        "deploy",
+        "hello",
+        "--from",
+        hello.to_str().unwrap(),
+        "--canary",
+        "1",
+        "--operator-key",
+        key,
+    ]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    wait_for(LIMIT, "hello to run", || hello_runs(&node).then_some(()));
+    let (_, table) = cli_json(&node, &["deployments"]);
+    let id = table[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(table[0]["rollout"]["state"], "done", "{table}");
+
+    // Unsigned, and signed for another node: refused, and hello runs on.
+    let out = node.cli(&["deployments", "revert", &id[..8]]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("not_authorized") && stderr(&out).contains("unsigned"),
+        "{}",
+        stderr(&out)
+    );
+    let (_, health) = node.http("GET", "/v1/health", None);
+    let me = Driver {
+        node: "op3".into(),
+        key: health["identity"].as_str().unwrap().into(),
+    };
+    let elsewhere = Driver {
+        node: "op9".into(),
+        key: me.key.clone(),
+    };
+    let path = format!("/v1/deployments/{id}/revert");
+    let body = signed_steer(&alice, SteerAction::Revert, &id, elsewhere);
+    let (status, answer) = node.http("POST", &path, Some(body.to_string().as_bytes()));
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (403, Some("not_authorized")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("made for node `op9`"),
+        "{answer}"
+    );
+    assert!(hello_runs(&node), "hello stopped after a refused steer");
+
+    // Signed for this node: reverted, and hello goes; sent again, a replay.
+    let body = signed_steer(&alice, SteerAction::Revert, &id, me);
+    let (status, answer) = node.http("POST", &path, Some(body.to_string().as_bytes()));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["rollout"]["state"], "reverted", "{answer}");
+    wait_for(LIMIT, "hello to be removed", || (!hello_runs(&node)).then_some(()));
+    let (status, answer) = node.http("POST", &path, Some(body.to_string().as_bytes()));
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap_or_default().contains("replayed"),
+        "{answer}"
+    );
+
+    // The CLI signs a steer the gate takes (a reverted rollout then cannot resume).
+    let out = node.cli(&["deployments", "resume", &id[..8], "--operator-key", key]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("cannot resume"),
+        "{}",
+        stderr(&out)
+    );
+
+    let (_, trail) = cli_json(&node, &["audit", "--module", "hello", "--since", "1h"]);
+    let lines = trail["lines"].as_array().cloned().unwrap_or_default();
+    let reverts = |decision: &str| {
+        lines
+            .iter()
+            .filter(|l| l["type"] == "revert" && l["decision"] == decision)
+            .count()
+    };
+    assert_eq!((reverts("taken"), reverts("refused")), (1, 3), "{trail}");
 }
 
 /// This node's tags, as its API answers them.

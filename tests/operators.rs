@@ -4,12 +4,15 @@
 //! stands for such a host: it trusts no key, so it takes and spreads
 //! anything, as a taken host running its own code would.
 
-use conjoiner::actors::cluster_bus::{ListEntries, WriteEntry};
+use conjoiner::actors::cluster_bus::WriteEntry;
 use conjoiner::cluster::protocol::SET_DEPLOYMENTS;
 use conjoiner::command::operator_key::OperatorSecret;
+use conjoiner::command::signature::OperatorSignature;
 use conjoiner::command::trust::{Trust, TrustedKey};
 use conjoiner::deploy::command::Given;
-use conjoiner::deploy::table::Deployment;
+use conjoiner::deploy::rollout::{steer, write_rollout};
+use conjoiner::deploy::steer::{Steer, SteerAction};
+use conjoiner::deploy::table::{Amount, Deployment, RolloutPolicy, RolloutState};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -29,16 +32,7 @@ fn lab_trusting(alice: &OperatorSecret) -> Lab {
 
 /// Whether `n` holds entry `id` in its deployments table.
 async fn holds(n: &Started, id: &str) -> bool {
-    let entries = n
-        .node
-        .handle
-        .ctx
-        .cluster
-        .list_entries
-        .send(ListEntries(SET_DEPLOYMENTS))
-        .await
-        .unwrap();
-    entries.iter().any(|e| &*e.key == id)
+    row_at(n, id).await.is_some()
 }
 
 /// `x` writes `body` into the table under `key` itself, past any origin check.
@@ -52,6 +46,7 @@ async fn write_raw(x: &Started, key: &str, d: &Deployment) {
             set: SET_DEPLOYMENTS,
             key: key.into(),
             body: d.to_body(),
+            clock: None,
         })
         .await
         .unwrap()
@@ -237,4 +232,110 @@ async fn a_key_scoped_to_staging_deploys_there_and_prod_refuses_it_and_says_so()
         .render()
         .lines()
         .any(|l| l == "conjoiner_envelopes_dropped_total{reason=\"unauthorized\"} 1"));
+}
+
+#[actix_rt::test]
+async fn a_signed_rollout_moves_only_as_the_node_its_operator_named_seals_it() {
+    let alice = OperatorSecret::generate();
+    let lab = lab_trusting(&alice);
+    let mut nodes = lab
+        .cluster(&[("a1", "web"), ("a2", "web"), ("a3", "web"), ("x", "edge")])
+        .await;
+    let x = nodes.pop().unwrap();
+    let pkg = lab.builtin_package("clock");
+    let policy = RolloutPolicy {
+        canary: Amount::Nodes(1),
+        batch: Amount::Nodes(1),
+        health_window_ms: 600_000,
+        max_failed: Amount::Nodes(0),
+        revert: true,
+    };
+    let d = deployment_at(
+        &lab,
+        &nodes[0],
+        "clock",
+        Source::Path(&pkg),
+        Some(json!({"v": 1})),
+        Some("tag.role=web"),
+    )
+    .await;
+
+    // Signed for a2 to drive, given to a1: refused at a1.
+    let (given, signed_elsewhere) = signed_rollout(&alice, &nodes[1], d.clone(), &policy);
+    let refused = command(&nodes[0], given, signed_elsewhere, Some(policy))
+        .await
+        .err()
+        .unwrap();
+    assert!(refused.contains("driven by node `a2`"), "{refused}");
+
+    // Signed for a1: its canary runs it, and every node holds it at wave 1.
+    let (given, signed) = signed_rollout(&alice, &nodes[0], d, &policy);
+    let id = given.id.clone().unwrap();
+    command(&nodes[0], given, signed, Some(policy))
+        .await
+        .expect("a signed rollout is taken at the node it names");
+    let first = eventually(LIMIT, "every node to hold the rollout at wave 1", || async {
+        let mut rows = Vec::new();
+        for n in nodes.iter().chain([&x]) {
+            rows.push(row_at(n, &id).await?);
+        }
+        Some(rows[0].deployment.rollout.clone().unwrap())
+    })
+    .await;
+    assert_eq!((first.wave, first.state), (1, RolloutState::Rolling));
+
+    // x, which holds the cluster key, releases it to every node and
+    // writes that as its own version: no trusting node takes it.
+    let invalid_before = refused_count(&nodes[1], "entry_invalid");
+    let mut forged = row_at(&x, &id).await.unwrap().deployment;
+    let r = forged.rollout.as_mut().unwrap();
+    r.released = 1.0;
+    r.state = RolloutState::Done;
+    write_raw(&x, &id, &forged).await;
+    eventually(LIMIT, "a2 to refuse x's progress", || async {
+        (refused_count(&nodes[1], "entry_invalid") > invalid_before).then_some(())
+    })
+    .await;
+    for n in &nodes {
+        let held = row_at(n, &id).await.unwrap().deployment.rollout.unwrap();
+        assert_eq!(
+            (held.released, held.state),
+            (first.released, RolloutState::Rolling),
+            "{} took x's progress",
+            n.name
+        );
+    }
+    let mut running_now = 0;
+    for n in &nodes {
+        running_now += usize::from(running(n, "clock").await.is_some());
+    }
+    assert_eq!(running_now, 1, "only the canary runs it");
+
+    // alice hands the rollout to a3 with a signed pause: every node takes
+    // a3's sealed progress.
+    let row = row_at(&nodes[2], &id).await.unwrap();
+    let mut pause = Steer {
+        action: SteerAction::Pause,
+        entry: id.clone(),
+        driver: nodes[2].node.handle.driver(),
+        id: uuid::Uuid::now_v7().to_string(),
+        ts: conjoiner::wire::now_ms(),
+        signature: None,
+    };
+    pause.signature = Some(OperatorSignature::by(&alice, &pause.signed_bytes()));
+    let next = steer(row.deployment.rollout.as_ref().unwrap(), pause).unwrap();
+    let handle = &nodes[2].node.handle;
+    write_rollout(&handle.ctx, &handle.settings.node_key, &row, next)
+        .await
+        .expect("a3 writes the steer it was given");
+    eventually(LIMIT, "every trusting node to hold the rollout paused", || async {
+        for n in &nodes {
+            let r = row_at(n, &id).await?.deployment.rollout?;
+            if r.state != RolloutState::Paused {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
 }

@@ -742,7 +742,9 @@ impl Handler<WriteEntry> for ClusterBridge {
     type Result = Result<Arc<Entry>, String>;
     fn handle(&mut self, msg: WriteEntry, ctx: &mut Self::Context) -> Self::Result {
         let _g = self.span.clone().entered();
-        let result = self.core.write_entry(msg.set, &msg.key, msg.body, Instant::now());
+        let result = self
+            .core
+            .write_entry(msg.set, &msg.key, msg.body, msg.clock, Instant::now());
         self.drive(ctx);
         result.map_err(|e| e.to_string())
     }

@@ -100,6 +100,9 @@ pub struct WriteEntry {
     pub set: SetId,
     pub key: String,
     pub body: Bytes,
+    /// The version's clock, when the writer signed the body for it (a
+    /// rollout's driver does); `None` lets the cluster choose.
+    pub clock: Option<u64>,
 }
 
 /// Entries of a keyed dataset kept on disk, taken at start before any

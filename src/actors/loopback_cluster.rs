@@ -147,10 +147,12 @@ impl Handler<WriteEntry> for LoopbackCluster {
             .held
             .get_mut(&msg.set)
             .ok_or_else(|| format!("this node holds no dataset {}", msg.set))?;
-        let entry = held.write(&msg.key, msg.body, &me, now_ms()).map_err(|why| match why {
-            Refused::Invalid(why) => format!("the entry is refused: {why}"),
-            Refused::Obsolete => "the entry is refused: a newer entry already supersedes it".to_string(),
-        })?;
+        let entry = held
+            .write(&msg.key, msg.body, &me, now_ms(), msg.clock)
+            .map_err(|why| match why {
+                Refused::Invalid(why) => format!("the entry is refused: {why}"),
+                Refused::Obsolete => "the entry is refused: a newer entry already supersedes it".to_string(),
+            })?;
         info!(set = msg.set, key = %msg.key, "wrote a dataset entry");
         self.changed(msg.set, vec![entry.clone()], Vec::new());
         Ok(entry)

@@ -5,7 +5,8 @@
 
 use super::error::{list_members, parse_target, rejected, ApiError, MAX_REQUEST_TIMEOUT_MS};
 use crate::actors::cluster_bus::ListEntries;
-use crate::audit::Decision;
+use crate::audit::{AuditLine, Decision};
+use crate::cluster::identity::cut;
 use crate::cluster::protocol::SET_DEPLOYMENTS;
 use crate::command::signature::OperatorSignature;
 use crate::deploy::command::{audit_line, take_at_origin, Given, OriginRefusal, RolloutAsked};
@@ -13,6 +14,7 @@ use crate::deploy::fetch::FetchError;
 use crate::deploy::origin::{self, DeployRequest, OriginError};
 use crate::deploy::publish;
 use crate::deploy::rollout;
+use crate::deploy::steer::{Driver, Steer, SteerAction};
 use crate::deploy::table::{read_all, Action, Deployment, RolloutPolicy, Row};
 use crate::deploy::view::{view, EntryView};
 use crate::node::NodeHandle;
@@ -157,6 +159,7 @@ pub async fn deploy(
         config: order.config,
         ts: 0,
         rollout: None,
+        driver: None,
         signature: None,
     };
     run_publish(node.get_ref().clone(), &http, req.given, deployment, policy, timeout).await
@@ -186,6 +189,7 @@ pub async fn undeploy(
         config: None,
         ts: 0,
         rollout: None,
+        driver: None,
         signature: None,
     };
     run_publish(
@@ -220,6 +224,7 @@ pub async fn take_command(
             &node.settings.deployer.trust.current(),
             &mut recent,
             &rows,
+            &node.driver(),
             given,
             deployment,
             policy,
@@ -287,9 +292,17 @@ async fn run_publish(
         .is_some_and(|v| v.contains("application/x-ndjson"));
     let rolling = policy.is_some();
     if !streaming {
-        let outcome = publish::publish(&node.ctx, id, deployment, policy, timeout, None)
-            .await
-            .map_err(ApiError::unavailable)?;
+        let outcome = publish::publish(
+            &node.ctx,
+            &node.settings.node_key,
+            id,
+            deployment,
+            policy,
+            timeout,
+            None,
+        )
+        .await
+        .map_err(ApiError::unavailable)?;
         if rolling {
             node.drive_rollout(outcome.id);
         }
@@ -305,7 +318,17 @@ async fn run_publish(
     });
     actix_rt::spawn(
         async move {
-            let last = match publish::publish(&node.ctx, id, deployment, policy, timeout, Some(progress_tx)).await {
+            let last = match publish::publish(
+                &node.ctx,
+                &node.settings.node_key,
+                id,
+                deployment,
+                policy,
+                timeout,
+                Some(progress_tx),
+            )
+            .await
+            {
                 Ok(outcome) => {
                     if rolling {
                         node.drive_rollout(outcome.id);
@@ -360,18 +383,41 @@ pub async fn list(node: web::Data<NodeHandle>, query: web::Query<DeploymentsQuer
     Ok(HttpResponse::Ok().json(listed))
 }
 
+/// What a caller gives with a steer: for a signed one (as `conjoiner
+/// deployments --operator-key` makes it), its id, time, the node it was
+/// made for and the signature; unsigned, nothing (an empty body or `null`).
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct SteerGiven {
+    id: Option<String>,
+    ts: Option<u64>,
+    driver: Option<Driver>,
+    signature: Option<OperatorSignature>,
+}
+
 /// `POST /v1/deployments/{id}/{pause|resume|revert}`, from any node: the
-/// rollout's new state, written as a new version of its entry. A resumed
-/// rollout is driven from this node.
-pub async fn steer(node: web::Data<NodeHandle>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+/// rollout's new state, written as a new version of its entry. This node
+/// drives the rollout from then on. On a node that trusts operator keys the
+/// command must be signed for this node (see `deploy::steer`); it is
+/// audited either way.
+pub async fn steer(
+    node: web::Data<NodeHandle>,
+    path: web::Path<(String, String)>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
     let (prefix, command) = path.into_inner();
-    if !["pause", "resume", "revert"].contains(&command.as_str()) {
+    let Some(action) = SteerAction::parse(&command) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no command `{command}`: use pause, resume or revert"),
+            format!("no command `{}`: use pause, resume or revert", cut(&command)),
         ));
-    }
+    };
+    let given: SteerGiven = match std::str::from_utf8(&body).map(str::trim) {
+        Ok("" | "null") => SteerGiven::default(),
+        _ => serde_json::from_slice(&body)
+            .map_err(|e| rejected("invalid_request", format!("the steer command does not read: {e}")))?,
+    };
     let entries = table(&node).await?;
     let entry = find(&entries, &prefix)?;
     let row = Row::read(entry).map_err(|e| rejected("invalid_request", e))?;
@@ -384,12 +430,70 @@ pub async fn steer(node: web::Data<NodeHandle>, path: web::Path<(String, String)
             ),
         ));
     };
-    let next = rollout::steer(rollout, &command).map_err(|e| rejected("invalid_state", e))?;
+    let me = node.driver();
+    let steer = Steer {
+        action,
+        entry: row.id.to_string(),
+        driver: given.driver.unwrap_or_else(|| me.clone()),
+        id: given.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        ts: given.ts.unwrap_or_else(now_ms),
+        signature: given.signature,
+    };
+    let mut line = AuditLine {
+        ts: now_ms(),
+        node: me.node.clone(),
+        id: Some(steer.id.clone()),
+        kind: action.as_str().to_string(),
+        module: row.module().to_string(),
+        target: row.deployment.target.clone(),
+        origin: Some(me.node.clone()),
+        key: steer.signer_id(),
+        decision: Decision::Refused,
+        status: None,
+        reason: None,
+        sig: None,
+    };
+    let taken = {
+        let mut recent = node.deploy.recent_commands.lock().unwrap_or_else(|e| e.into_inner());
+        steer.take_at_origin(
+            &node.settings.deployer.trust.current(),
+            &mut recent,
+            &row.id,
+            row.module(),
+            &me.node,
+            &me.key,
+            now_ms(),
+        )
+    };
+    if let Err(refusal) = taken {
+        line.reason = Some(refusal.to_string());
+        node.deploy.audit.append(&line);
+        node.ctx.metrics.dropped(crate::metrics::DropReason::Unauthorized);
+        warn!(entry = %row.id, %command, error = %refusal, "refused to steer a rollout");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            refusal.code(),
+            refusal.to_string(),
+        ));
+    }
+    let next = match rollout::steer(rollout, steer) {
+        Ok(next) => next,
+        Err(e) => {
+            line.reason = Some(e.clone());
+            node.deploy.audit.append(&line);
+            return Err(rejected("invalid_state", e));
+        }
+    };
     info!(entry = %row.id, %command, from = rollout.state.as_str(), to = next.state.as_str(), "steering a rollout");
-    rollout::write_rollout(&node.ctx, &row, next)
-        .await
-        .map_err(ApiError::unavailable)?;
-    if command == "resume" {
+    let written = rollout::write_rollout(&node.ctx, &node.settings.node_key, &row, next).await;
+    if let Err(e) = &written {
+        line.reason = Some(e.clone());
+    } else {
+        line.decision = Decision::Taken;
+    }
+    node.deploy.audit.append(&line);
+    written.map_err(ApiError::unavailable)?;
+    if action == SteerAction::Resume {
         if let Ok(id) = uuid::Uuid::parse_str(&row.id) {
             node.drive_rollout(id);
         }

@@ -1,6 +1,7 @@
 //! The HTTP client every CLI command uses to reach the local node's control API.
 
 use super::CliError;
+use crate::deploy::steer::Driver;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -53,6 +54,22 @@ impl ApiClient {
     pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T, CliError> {
         let response = self.stream(path, query).await?;
         decode(response).await
+    }
+
+    /// The node this client talks to, as a rollout's driver: its name and
+    /// identity key (from `GET /v1/health`), which a signed rollout or
+    /// steer names.
+    pub async fn driver(&self) -> Result<Driver, CliError> {
+        let health: Value = self.get("/v1/health", &[]).await?;
+        match (health["node"].as_str(), health["identity"].as_str()) {
+            (Some(node), Some(key)) => Ok(Driver {
+                node: node.to_string(),
+                key: key.to_string(),
+            }),
+            _ => Err(CliError::error(
+                "the node's health answer names no node and identity key to sign the command for",
+            )),
+        }
     }
 
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, CliError> {

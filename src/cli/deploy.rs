@@ -68,9 +68,10 @@ pub struct SignArgs {
 
 impl SignArgs {
     /// Signs the API request `body` (a deploy or an undeploy, complete but
-    /// for its signature) as the node will check it: adds `id`, `ts` and
-    /// `signature`.
-    fn sign(&self, body: &mut Value, action: Action) -> Result<(), CliError> {
+    /// for its signature) as the node at `http` will check it: adds `id`,
+    /// `ts` and `signature`, and for a rollout the node that drives it
+    /// (`driver`: that node, asked for its name and key).
+    async fn sign(&self, http: &str, body: &mut Value, action: Action) -> Result<(), CliError> {
         let Some(file) = &self.operator_key else {
             return Ok(());
         };
@@ -90,6 +91,10 @@ impl SignArgs {
                 ))
             }
         };
+        let driver = match policy {
+            Some(_) => Some(ApiClient::new(http).driver().await?),
+            None => None,
+        };
         let deployment = Deployment {
             module: text(&body["module"]).unwrap_or_default(),
             target: text(&body["target"]),
@@ -103,6 +108,7 @@ impl SignArgs {
             config: Some(body["config"].clone()).filter(|c| !c.is_null()),
             ts: crate::wire::now_ms(),
             rollout: None,
+            driver,
             signature: None,
         };
         let id = uuid::Uuid::now_v7().to_string();
@@ -110,6 +116,9 @@ impl SignArgs {
         body["id"] = json!(id);
         body["ts"] = json!(deployment.ts);
         body["signature"] = json!({"key": secret.public().to_string(), "sig": secret.sign(&bytes)});
+        if let Some(driver) = &deployment.driver {
+            body["driver"] = json!(driver);
+        }
         Ok(())
     }
 }
@@ -188,14 +197,14 @@ pub async fn deploy(http: &str, json_out: bool, args: DeployArgs) -> Result<i32,
         "config": config,
     });
     args.rollout.fill(&mut body)?;
-    args.sign.sign(&mut body, Action::Deploy)?;
+    args.sign.sign(http, &mut body, Action::Deploy).await?;
     publish(http, json_out, "/v1/deploy", &body, args.rollout.timeout).await
 }
 
 pub async fn undeploy(http: &str, json_out: bool, args: UndeployArgs) -> Result<i32, CliError> {
     let mut body = json!({"module": args.module});
     args.rollout.fill(&mut body)?;
-    args.sign.sign(&mut body, Action::Undeploy)?;
+    args.sign.sign(http, &mut body, Action::Undeploy).await?;
     publish(http, json_out, "/v1/undeploy", &body, args.rollout.timeout).await
 }
 

@@ -8,7 +8,10 @@ use super::client::ApiClient;
 use super::members::{format_table, visible};
 use super::modules::uptime;
 use super::{CliError, EXIT_OK, EXIT_PARTIAL};
-use crate::deploy::view::{short_id, EntryView};
+use crate::command::operator_key::OperatorSecret;
+use crate::command::signature::OperatorSignature;
+use crate::deploy::steer::{Steer, SteerAction};
+use crate::deploy::view::{find_by, short_id, EntryView};
 use serde_json::Value;
 
 #[derive(Debug, clap::Args)]
@@ -18,6 +21,10 @@ pub struct DeploymentsArgs {
     /// Only the entries of this module.
     #[arg(long)]
     pub module: Option<String>,
+    /// Sign `pause`, `resume` or `revert` with this private operator key;
+    /// a node that trusts operator keys steers a rollout only when signed.
+    #[arg(long, global = true, env = "CONJOINER_OPERATOR_KEY", value_name = "FILE")]
+    pub operator_key: Option<std::path::PathBuf>,
 }
 
 /// What to do with a rollout (its entry's id, or a unique start of it).
@@ -40,13 +47,17 @@ pub async fn run(http: &str, json_out: bool, args: DeploymentsArgs) -> Result<i3
             client.get("/v1/deployments", &query).await?
         }
         Some(command) => {
-            let (verb, id) = match command {
-                SteerCommand::Pause { id } => ("pause", id),
-                SteerCommand::Resume { id } => ("resume", id),
-                SteerCommand::Revert { id } => ("revert", id),
+            let (action, id) = match command {
+                SteerCommand::Pause { id } => (SteerAction::Pause, id),
+                SteerCommand::Resume { id } => (SteerAction::Resume, id),
+                SteerCommand::Revert { id } => (SteerAction::Revert, id),
+            };
+            let body = match &args.operator_key {
+                None => Value::Null,
+                Some(file) => signed_steer(&client, file, action, id).await?,
             };
             let one: Value = client
-                .post(&format!("/v1/deployments/{id}/{verb}"), &Value::Null)
+                .post(&format!("/v1/deployments/{id}/{}", action.as_str()), &body)
                 .await?;
             Value::Array(vec![one])
         }
@@ -60,6 +71,35 @@ pub async fn run(http: &str, json_out: bool, args: DeploymentsArgs) -> Result<i3
     }
     let failed = entries.iter().any(|e| e.behind.iter().any(|b| b.failed));
     Ok(if failed { EXIT_PARTIAL } else { EXIT_OK })
+}
+
+/// A steer of entry `part` signed with the operator key in `file`, made
+/// for the node `client` talks to: that node drives the rollout from then
+/// on. The entry's full id is signed, so it is looked up first.
+async fn signed_steer(
+    client: &ApiClient,
+    file: &std::path::Path,
+    action: SteerAction,
+    part: &str,
+) -> Result<Value, CliError> {
+    let secret = OperatorSecret::load(file).map_err(CliError::usage)?;
+    let listed: Vec<EntryView> = client.get("/v1/deployments", &[]).await?;
+    let entry = find_by(&listed, |e| &e.id, part).map_err(CliError::usage)?;
+    let mut steer = Steer {
+        action,
+        entry: entry.id.to_string(),
+        driver: client.driver().await?,
+        id: uuid::Uuid::now_v7().to_string(),
+        ts: crate::wire::now_ms(),
+        signature: None,
+    };
+    steer.signature = Some(OperatorSignature::by(&secret, &steer.signed_bytes()));
+    Ok(serde_json::json!({
+        "id": steer.id,
+        "ts": steer.ts,
+        "driver": steer.driver,
+        "signature": steer.signature,
+    }))
 }
 
 /// The ROLLOUT cell: `-`, or its wave, share and state.

@@ -9,6 +9,8 @@
 //! by the sha256), and a rollout's progress (its wave, released share and
 //! state), which the node driving it writes as the waves go.
 
+use super::progress::check_progress;
+use super::steer::Driver;
 use super::table::{Amount, Deployment, RolloutPolicy, Row};
 use crate::audit::{AuditLine, Decision};
 use crate::command::canonical::signed_bytes;
@@ -24,7 +26,7 @@ use uuid::Uuid;
 
 /// The signed fields of command `id` asking for `d`, released with `policy`.
 pub fn signed_fields(id: &str, d: &Deployment, policy: Option<&RolloutPolicy>) -> Value {
-    json!({
+    let mut fields = json!({
         "id": id,
         "type": d.action.as_str(),
         "module": d.module,
@@ -34,7 +36,14 @@ pub fn signed_fields(id: &str, d: &Deployment, policy: Option<&RolloutPolicy>) -
         "config": d.config,
         "ts": d.ts,
         "rollout": policy,
-    })
+    });
+    // Only when named: commands signed before drivers were named keep
+    // their bytes, and so their signatures.
+    if let Some(driver) = &d.driver {
+        fields["driver"] = json!(driver.node);
+        fields["driver_key"] = json!(driver.key);
+    }
+    fields
 }
 
 /// The bytes an operator signs for command `id` asking for `d` with `policy`.
@@ -69,15 +78,17 @@ pub fn authorize_row(
 /// [`authorize_row`]'s answer, with the key's node scope.) So a host that
 /// holds only the cluster key cannot write an entry that prunes a signed
 /// one, or that any node keeps.
-pub fn admit_entry(trust: &Trust, row: &Row) -> Result<(), String> {
+///
+/// A rollout's progress is checked too, beside `held`, the version of the
+/// same entry the table holds now (see `deploy::progress`).
+pub fn admit_entry(trust: &Trust, row: &Row, held: Option<&Row>) -> Result<(), String> {
     if trust.is_open() {
         return Ok(());
     }
     let d = &row.deployment;
     let bytes = command_bytes(&row.id, d, d.rollout.as_ref().map(|r| &r.policy));
-    check_signer(trust, &bytes, d.signature.as_ref(), &d.module)
-        .map(|_| ())
-        .map_err(|r| format!("not_authorized: {r}"))
+    check_signer(trust, &bytes, d.signature.as_ref(), &d.module).map_err(|r| format!("not_authorized: {r}"))?;
+    check_progress(trust, row, held)
 }
 
 /// A rollout as a deploy or undeploy asks for it: amounts as a number of
@@ -139,12 +150,15 @@ impl RolloutAsked {
 }
 
 /// What a caller gives besides the deploy itself: for a signed command,
-/// its id, time and signature (all three); unsigned, at most an id.
+/// its id, time and signature (all three), and for a signed rollout its
+/// driver; unsigned, at most an id.
 #[derive(Deserialize, Default, Debug)]
 pub struct Given {
     pub id: Option<String>,
     pub ts: Option<u64>,
     pub signature: Option<OperatorSignature>,
+    /// For a signed rollout: the node that drives it, signed with it.
+    pub driver: Option<Driver>,
 }
 
 /// Why the origin did not take a command.
@@ -170,16 +184,19 @@ impl OriginRefusal {
     }
 }
 
-/// The origin takes command `given` asking for `d` with `policy`, against
-/// the table's `rows` and the `recent` commands, at `now_ms`: its id, and
-/// the entry body with its time and signature. A signed command keeps the
-/// time its operator signed; an unsigned one is timed after every entry
-/// of its module, so it wins as the newest even if some origin's clock ran
-/// ahead.
+/// The origin `me` takes command `given` asking for `d` with `policy`,
+/// against the table's `rows` and the `recent` commands, at `now_ms`: its
+/// id, and the entry body with its time and signature. A signed command
+/// keeps the time its operator signed; an unsigned one is timed after every
+/// entry of its module, so it wins as the newest even if some origin's
+/// clock ran ahead. A signed rollout must name this node as its driver; an
+/// unsigned one is driven by this node.
+#[allow(clippy::too_many_arguments)]
 pub fn take_at_origin(
     trust: &Trust,
     recent: &mut RecentIds,
     rows: &[Row],
+    me: &Driver,
     given: Given,
     mut d: Deployment,
     policy: Option<&RolloutPolicy>,
@@ -207,9 +224,34 @@ pub fn take_at_origin(
         (None, _) => d.ts = now_ms.max(newest.map_or(0, |t| t.saturating_add(1))),
     }
     d.signature = given.signature;
+    d.driver = match (&d.signature, policy) {
+        (Some(_), _) => given.driver,
+        (None, Some(_)) => Some(me.clone()),
+        (None, None) => None,
+    };
     let bytes = command_bytes(&id.to_string(), &d, policy);
     check_signer(trust, &bytes, d.signature.as_ref(), &d.module)?;
     if d.signature.is_some() {
+        match (&d.driver, policy) {
+            (Some(driver), Some(_)) if !driver.is(&me.node, &me.key) => {
+                return Err(Refusal(format!(
+                    "the rollout was signed to be driven by node `{}`, not by this node `{}`; give it to that node, \
+                     or sign it again for this one",
+                    cut(&driver.node),
+                    me.node
+                ))
+                .into())
+            }
+            (None, Some(_)) if !trust.is_open() => {
+                return Err(Refusal(
+                    "a signed rollout names the node that drives it (`driver`, `driver_key`), and this one names \
+                     none; sign it with this release's CLI"
+                        .into(),
+                )
+                .into())
+            }
+            _ => {}
+        }
         recent.take(&id.to_string(), d.ts, now_ms).map_err(Refusal)?;
         if let Some(newest) = newest.filter(|n| *n >= d.ts) {
             return Err(OriginRefusal::Stale(format!(

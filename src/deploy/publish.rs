@@ -6,12 +6,12 @@
 //! now is named in `absent`, with what will become of it.
 
 use super::order::DeployStatus;
-use super::rollout::first_wave;
+use super::rollout::{first_wave, write_sealed};
 use super::table::{placement, Deployment, RolloutPolicy};
-use crate::actors::cluster_bus::{ListMembers, Member, MemberStatus, WriteEntry};
+use crate::actors::cluster_bus::{ListMembers, Member, MemberStatus};
 use crate::actors::transponder::{AwaitReplies, NodeReply};
 use crate::actors::ModuleContext;
-use crate::cluster::protocol::SET_DEPLOYMENTS;
+use crate::cluster::node_key::NodeKey;
 use crate::wire::{MessageType, Target};
 use serde::Serialize;
 use serde_json::Value;
@@ -182,6 +182,7 @@ pub struct Reach {
 /// nodes it is in force for now, for up to `timeout`.
 pub async fn publish(
     ctx: &ModuleContext,
+    key: &NodeKey,
     id: Uuid,
     mut deployment: Deployment,
     rollout: Option<RolloutPolicy>,
@@ -230,17 +231,7 @@ pub async fn publish(
         absent: reach.absent.clone(),
         later: reach.later.clone(),
     });
-    let written = ctx
-        .cluster
-        .write_entry
-        .send(WriteEntry {
-            set: SET_DEPLOYMENTS,
-            key: id.to_string(),
-            body: deployment.to_body(),
-        })
-        .await
-        .map_err(|_| "the cluster side is not running".to_string())?;
-    if let Err(e) = written {
+    if let Err(e) = write_sealed(ctx, key, &id.to_string(), deployment.clone()).await {
         return Err(format!("the table did not take the entry: {e}"));
     }
     tokio::pin!(gathered);
@@ -340,6 +331,7 @@ mod tests {
             config: None,
             ts: 0,
             rollout: None,
+            driver: None,
             signature: None,
         };
         let r = reach(&d, "id", &members).unwrap();
@@ -362,6 +354,8 @@ mod tests {
             wave_at_ms: 0,
             wave: 1,
             reason: None,
+            steer: None,
+            seal: None,
         });
         let r = reach(&d, "id", &members).unwrap();
         assert!(r.now.is_empty());

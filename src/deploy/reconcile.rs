@@ -127,6 +127,7 @@ mod tests {
             config,
             ts: 1,
             rollout: None,
+            driver: None,
             signature: None,
         };
         Row::read(&Entry {

@@ -14,12 +14,17 @@
 //! deployments resume ID` on any node makes that node the driver.
 
 use super::converge::GoalState;
+use super::progress::seal;
+use super::steer::{Steer, SteerAction};
 use super::table::{placement, Amount, Deployment, Rollout, RolloutPolicy, RolloutState, Row};
 use crate::actors::cluster_bus::{ListEntries, ListMembers, Member, MemberStatus, WriteEntry};
 use crate::actors::ModuleContext;
-use crate::cluster::protocol::SET_DEPLOYMENTS;
+use crate::cluster::core::keyed::next_clock;
+use crate::cluster::node_key::NodeKey;
+use crate::cluster::protocol::{Entry, Version, SET_DEPLOYMENTS};
 use crate::monitor::board::{NodeView, StatusBoard};
 use crate::wire::{now_ms, Target};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn, Instrument};
 
@@ -69,6 +74,8 @@ pub fn first_wave(deployment: &Deployment, id: &str, members: &[Member], policy:
         wave_at_ms: now_ms(),
         wave: 1,
         reason: None,
+        steer: None,
+        seal: None,
     }
 }
 
@@ -182,13 +189,13 @@ pub fn decide(rollout: &Rollout, nodes: &[(String, f64, Option<Judged>)], now_ms
 
 /// Drives the rollout of entry `id` from this node until it is done,
 /// stopped, or another node drives it.
-pub async fn drive(ctx: ModuleContext, board: StatusBoard, id: String) {
+pub async fn drive(ctx: ModuleContext, board: StatusBoard, key: Arc<NodeKey>, id: String) {
     let span = ctx.identity.span("rollout");
     async move {
         info!(entry = %id, "driving the rollout");
         loop {
             tokio::time::sleep(DRIVE_EVERY).await;
-            match step(&ctx, &board, &id).await {
+            match step(&ctx, &board, &key, &id).await {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => warn!(entry = %id, error = %e, "cannot look at the rollout now; trying again"),
@@ -200,7 +207,7 @@ pub async fn drive(ctx: ModuleContext, board: StatusBoard, id: String) {
 }
 
 /// One look at the rollout; answers whether to keep driving it.
-async fn step(ctx: &ModuleContext, board: &StatusBoard, id: &str) -> Result<bool, String> {
+async fn step(ctx: &ModuleContext, board: &StatusBoard, key: &NodeKey, id: &str) -> Result<bool, String> {
     let gone = |_| "the cluster side is not running".to_string();
     let entries = ctx
         .cluster
@@ -264,49 +271,83 @@ async fn step(ctx: &ModuleContext, board: &StatusBoard, id: &str) -> Result<bool
             next.reason = Some(reason.clone());
         }
     }
-    write_rollout(ctx, &row, next).await?;
+    write_rollout(ctx, key, &row, next).await?;
     Ok(matches!(decision, Decision::Next { .. }))
 }
 
-/// Writes a new version of entry `row` with `rollout`.
-pub async fn write_rollout(ctx: &ModuleContext, row: &Row, rollout: Rollout) -> Result<(), String> {
+/// Writes a new version of entry `row` with `rollout`, sealed by this
+/// node's `key`.
+pub async fn write_rollout(ctx: &ModuleContext, key: &NodeKey, row: &Row, rollout: Rollout) -> Result<(), String> {
     let mut deployment = row.deployment.clone();
     deployment.rollout = Some(rollout);
+    write_sealed(ctx, key, &row.id, deployment).await.map(|_| ())
+}
+
+/// Writes `deployment` as entry `id` from this node; its rollout, if it has
+/// one, sealed by this node's `key` for the version it is written under
+/// (see `deploy::progress`).
+pub async fn write_sealed(
+    ctx: &ModuleContext,
+    key: &NodeKey,
+    id: &str,
+    mut deployment: Deployment,
+) -> Result<Arc<Entry>, String> {
+    let gone = |_| "the cluster side is not running".to_string();
+    let held = ctx
+        .cluster
+        .list_entries
+        .send(ListEntries(SET_DEPLOYMENTS))
+        .await
+        .map_err(gone)?;
+    let clock = next_clock(now_ms(), held.iter().map(|e| e.version.clock).max().unwrap_or(0));
+    let version = Version {
+        clock,
+        origin: ctx.identity.name.as_str().into(),
+    };
+    if let Some(rollout) = &mut deployment.rollout {
+        seal(key, id, &version, rollout);
+    }
     ctx.cluster
         .write_entry
         .send(WriteEntry {
             set: SET_DEPLOYMENTS,
-            key: row.id.to_string(),
+            key: id.to_string(),
             body: deployment.to_body(),
+            clock: Some(clock),
         })
         .await
-        .map_err(|_| "the cluster side is not running".to_string())?
-        .map(|_| ())
+        .map_err(gone)?
 }
 
-/// `pause`, `resume` or `revert`, from any node: the rollout's new state.
-pub fn steer(rollout: &Rollout, command: &str) -> Result<Rollout, String> {
+/// `pause`, `resume` or `revert`, from any node: the rollout's new state,
+/// which keeps the command (`steer`, signed or not) that asked for it.
+pub fn steer(rollout: &Rollout, steer: Steer) -> Result<Rollout, String> {
     let mut next = rollout.clone();
-    match (command, rollout.state) {
-        ("pause", RolloutState::Rolling) => {
+    let action = steer.action;
+    match (action, rollout.state) {
+        (SteerAction::Pause, RolloutState::Rolling) => {
             next.state = RolloutState::Paused;
             next.reason = Some("paused by an operator".into());
         }
-        ("resume", RolloutState::Paused | RolloutState::Rolling) => {
+        (SteerAction::Resume, RolloutState::Paused | RolloutState::Rolling) => {
             next.state = RolloutState::Rolling;
             next.reason = None;
             // The health window starts again: the driver watches anew.
             next.wave_at_ms = now_ms();
         }
-        ("revert", RolloutState::Rolling | RolloutState::Paused | RolloutState::Done) => {
+        (SteerAction::Revert, RolloutState::Rolling | RolloutState::Paused | RolloutState::Done) => {
             next.state = RolloutState::Reverted;
             next.reason = Some("reverted by an operator".into());
         }
-        ("pause" | "resume" | "revert", state) => {
-            return Err(format!("the rollout is {}; it cannot {command}", state.as_str()))
+        (_, state) => {
+            return Err(format!(
+                "the rollout is {}; it cannot {}",
+                state.as_str(),
+                action.as_str()
+            ))
         }
-        (other, _) => return Err(format!("`{other}` is not pause, resume or revert")),
     }
+    next.steer = Some(steer);
     Ok(next)
 }
 

@@ -16,6 +16,7 @@
 use super::manifest::check_module_name;
 use super::order::OrderSource;
 use super::package::parse_sha256;
+use super::steer::{Driver, Steer};
 use crate::cluster::core::hash::{combine, fnv1a, mix};
 use crate::cluster::core::keyed::{EntryRules, KeyedSet, Refused};
 use crate::cluster::protocol::{Entry, Version};
@@ -153,6 +154,15 @@ pub struct Rollout {
     /// Why it was paused or reverted, in a sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The newest operator command that steered it (pause, resume or
+    /// revert), with its signature: it names the node that drives the
+    /// rollout from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steer: Option<Steer>,
+    /// The driving node's signature over this progress and the version it
+    /// is written under (see `deploy::progress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }
 
 /// One entry's body: what the origin asked for.
@@ -176,6 +186,10 @@ pub struct Deployment {
     pub ts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// The node that drives its rollout (signed with the command when the
+    /// deploy is a signed rollout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<Driver>,
     /// The operator's signature over the command's fields (see
     /// `deploy::command`): kept in the entry, so a node that converges
     /// later checks it too.
@@ -359,7 +373,8 @@ pub struct DeploymentRules {
 
 /// A further check an entry passes before the table holds it (the node's
 /// operator keys: see `deploy::command::admit_entry`).
-pub type Admit = Box<dyn Fn(&Row) -> Result<(), String> + Send + Sync>;
+/// It sees the entry and the version of it held now, if any.
+pub type Admit = Box<dyn Fn(&Row, Option<&Row>) -> Result<(), String> + Send + Sync>;
 
 impl DeploymentRules {
     /// Rules that also hold an entry only if `admit` takes it.
@@ -392,7 +407,8 @@ impl EntryRules for DeploymentRules {
     fn check(&self, entry: &Entry, held: &KeyedSet, now_ms: u64) -> Result<(), Refused> {
         let row = Row::read(entry).map_err(Refused::Invalid)?;
         if let Some(admit) = &self.admit {
-            admit(&row).map_err(Refused::Invalid)?;
+            let held_row = held.get(&entry.key).and_then(|e| Row::read(e).ok());
+            admit(&row, held_row.as_ref()).map_err(Refused::Invalid)?;
         }
         if entry.version.clock > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
             return Err(Refused::Invalid(format!(

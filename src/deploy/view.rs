@@ -175,7 +175,13 @@ pub fn view(entries: &[Arc<Entry>], members: &[Member], views: &[NodeView], now_
 /// The entry `part` names: its id, or a unique start or end of it (four
 /// characters at least), such as the short id tables show.
 pub fn find<'a>(entries: &'a [Arc<Entry>], part: &str) -> Result<&'a Arc<Entry>, String> {
-    if let Some(e) = entries.iter().find(|e| &*e.key == part) {
+    find_by(entries, |e| &e.key, part)
+}
+
+/// [`find`] over anything that carries an entry's id (`id` reads it): the
+/// CLI finds the entry an operator signs a steer for in the listed table.
+pub fn find_by<'a, T>(items: &'a [T], id: impl Fn(&T) -> &str, part: &str) -> Result<&'a T, String> {
+    if let Some(e) = items.iter().find(|e| id(e) == part) {
         return Ok(e);
     }
     if part.len() < 4 {
@@ -183,9 +189,9 @@ pub fn find<'a>(entries: &'a [Arc<Entry>], part: &str) -> Result<&'a Arc<Entry>,
             "`{part}` is too short to name an entry: give four characters or more"
         ));
     }
-    let mut found = entries
+    let mut found = items
         .iter()
-        .filter(|e| e.key.starts_with(part) || e.key.ends_with(part));
+        .filter(|e| id(e).starts_with(part) || id(e).ends_with(part));
     match (found.next(), found.next()) {
         (Some(e), None) => Ok(e),
         (None, _) => Err(format!("no entry of the deployments table has an id like `{part}`")),

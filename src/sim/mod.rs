@@ -433,7 +433,7 @@ impl Sim {
         let now = self.instant();
         self.nodes[i]
             .core
-            .write_entry(SET_DEPLOYMENTS, key, Bytes::from(vec![b'd'; size]), now)
+            .write_entry(SET_DEPLOYMENTS, key, Bytes::from(vec![b'd'; size]), None, now)
             .expect("the simulator's table admits any entry");
         self.drain(i);
     }

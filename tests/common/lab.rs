@@ -5,10 +5,11 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
-use conjoiner::actors::cluster_bus::{ListMembers, MemberStatus};
+use conjoiner::actors::cluster_bus::{ListEntries, ListMembers, MemberStatus};
 use conjoiner::actors::monitor::MonitorConfig;
 use conjoiner::api::deployments::take_command;
 use conjoiner::cluster::memory::MemoryNetwork;
+use conjoiner::cluster::protocol::SET_DEPLOYMENTS;
 use conjoiner::cluster::{ClusterConfig, ClusterKey};
 use conjoiner::command::operator_key::OperatorSecret;
 use conjoiner::command::signature::OperatorSignature;
@@ -17,7 +18,7 @@ use conjoiner::deploy::command::{command_bytes, Given};
 use conjoiner::deploy::install::DeployerConfig;
 use conjoiner::deploy::origin::{self, DeployRequest};
 use conjoiner::deploy::publish::{publish, PublishOutcome};
-use conjoiner::deploy::table::{Action, Deployment, RolloutPolicy};
+use conjoiner::deploy::table::{Action, Deployment, RolloutPolicy, Row};
 use conjoiner::node::{NetworkConfig, Node, NodeConfig, CLUSTER_ADDR_FILE};
 use conjoiner::wire::now_ms;
 use serde_json::{json, Value};
@@ -301,6 +302,7 @@ pub async fn deployment_at(
         config: order.config,
         ts: 0,
         rollout: None,
+        driver: None,
         signature: None,
     }
 }
@@ -318,7 +320,16 @@ pub async fn command(
     let (id, deployment) = take_command(handle, given, deployment, rollout.as_ref())
         .await
         .map_err(|e| format!("{}: {}", e.code, e.message))?;
-    publish(&handle.ctx, id, deployment, rollout, Duration::from_secs(10), None).await
+    publish(
+        &handle.ctx,
+        &handle.settings.node_key,
+        id,
+        deployment,
+        rollout,
+        Duration::from_secs(10),
+        None,
+    )
+    .await
 }
 
 /// Signs `deployment` with `secret` as `conjoiner deploy --operator-key`
@@ -338,8 +349,21 @@ pub fn signed(
             key: secret.public().to_string(),
             sig: secret.sign(&bytes),
         }),
+        driver: deployment.driver.clone(),
     };
     (given, deployment)
+}
+
+/// Signs a rollout of `deployment` with `secret` to be driven by `origin`,
+/// as `conjoiner deploy --operator-key --canary …` does at that node.
+pub fn signed_rollout(
+    secret: &OperatorSecret,
+    origin: &Started,
+    mut deployment: Deployment,
+    rollout: &RolloutPolicy,
+) -> (Given, Deployment) {
+    deployment.driver = Some(origin.node.handle.driver());
+    signed(secret, deployment, Some(rollout))
 }
 
 pub async fn undeploy(origin: &Started, module: &str, target: Option<&str>) -> PublishOutcome {
@@ -352,6 +376,7 @@ pub async fn undeploy(origin: &Started, module: &str, target: Option<&str>) -> P
         config: None,
         ts: 0,
         rollout: None,
+        driver: None,
         signature: None,
     };
     command(origin, Given::default(), deployment, None)
@@ -394,4 +419,18 @@ pub fn names(outcome: &PublishOutcome) -> Vec<(String, String)> {
         .collect();
     r.sort();
     r
+}
+
+/// Entry `id` of the deployments table as node `n` holds it, read.
+pub async fn row_at(n: &Started, id: &str) -> Option<Row> {
+    let entries = n
+        .node
+        .handle
+        .ctx
+        .cluster
+        .list_entries
+        .send(ListEntries(SET_DEPLOYMENTS))
+        .await
+        .ok()?;
+    entries.iter().find(|e| &*e.key == id).and_then(|e| Row::read(e).ok())
 }

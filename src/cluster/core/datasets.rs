@@ -49,15 +49,27 @@ impl ClusterCore {
     /// it to every node. Its version is above every version held, so it
     /// wins wherever it arrives (unless another node wrote the same key at
     /// the same moment: then the higher origin name wins everywhere).
-    pub fn write_entry(&mut self, set: SetId, key: &str, body: Bytes, now: Instant) -> Result<Arc<Entry>, CoreError> {
+    ///
+    /// `clock` is the version's clock when the writer chose it (it signed
+    /// the body for that version); else the core chooses.
+    pub fn write_entry(
+        &mut self,
+        set: SetId,
+        key: &str,
+        body: Bytes,
+        clock: Option<u64>,
+        now: Instant,
+    ) -> Result<Arc<Entry>, CoreError> {
         self.now = now;
         self.check_size("entry", body.len() + key.len())?;
         let wall = self.wall_now();
         let held = self.held.get_mut(&set).ok_or(CoreError::UnknownSet(set))?;
-        let entry = held.write(key, body, &self.me.name, wall).map_err(|why| match why {
-            Refused::Invalid(why) => CoreError::Refused(why),
-            Refused::Obsolete => CoreError::Refused("a newer entry already supersedes it".into()),
-        })?;
+        let entry = held
+            .write(key, body, &self.me.name, wall, clock)
+            .map_err(|why| match why {
+                Refused::Invalid(why) => CoreError::Refused(why),
+                Refused::Obsolete => CoreError::Refused("a newer entry already supersedes it".into()),
+            })?;
         let clock = entry.version.clock;
         self.counters.entries_taken += 1;
         info!(set, key, clock, "wrote a dataset entry; spreading it");

@@ -198,15 +198,18 @@ impl HeldSet {
 
     /// A new version of `key`, written by `origin`: its clock is the wall
     /// clock, or above every version held if that is higher (a hybrid
-    /// clock), so it wins wherever it arrives. Held once the rules admit it.
+    /// clock), so it wins wherever it arrives; or `clock`, when the writer
+    /// signed the body for that version (see [`next_clock`]). Held once the
+    /// rules admit it.
     pub fn write(
         &mut self,
         key: &str,
         body: bytes::Bytes,
         origin: &Arc<str>,
         now_ms: u64,
+        clock: Option<u64>,
     ) -> Result<Arc<Entry>, Refused> {
-        let clock = now_ms.max(self.entries.max_clock().saturating_add(1));
+        let clock = clock.unwrap_or_else(|| next_clock(now_ms, self.entries.max_clock()));
         let entry = Arc::new(Entry {
             key: key.into(),
             version: Version {
@@ -227,6 +230,12 @@ impl HeldSet {
         let gone = self.rules.obsolete(&self.entries, now_ms);
         gone.into_iter().filter(|k| self.entries.remove(k).is_some()).collect()
     }
+}
+
+/// The clock of a new version written at wall time `now_ms` into a set
+/// whose highest version clock is `max_clock`.
+pub fn next_clock(now_ms: u64, max_clock: u64) -> u64 {
+    now_ms.max(max_clock.saturating_add(1))
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ fn web(config: Value, ts: u64) -> Deployment {
         config: Some(config),
         ts,
         rollout: None,
+        driver: None,
         signature: None,
     }
 }
@@ -54,6 +55,14 @@ fn entry(id: &str, clock: u64, d: &Deployment) -> Arc<Entry> {
         },
         body: d.to_body(),
     })
+}
+
+/// The origin of these cases, as a rollout's driver.
+fn me() -> Driver {
+    Driver {
+        node: "n1".into(),
+        key: "cjnode1one".into(),
+    }
 }
 
 fn trusting(secret: &OperatorSecret) -> Trust {
@@ -86,6 +95,8 @@ fn a_node_carries_out_only_what_a_trusted_key_signed_and_the_rollout_may_move() 
         wave_at_ms: NOW,
         wave: 1,
         reason: None,
+        steer: None,
+        seal: None,
     });
     let rolling = sign(&alice, "e2", rolling);
     let mut moved = rolling.clone();
@@ -124,7 +135,7 @@ fn a_node_carries_out_only_what_a_trusted_key_signed_and_the_rollout_may_move() 
         assert!(e.to_string().contains(why), "{what}: {e}");
         assert_eq!(e.code(), "not_authorized");
         assert!(
-            admit_entry(&trust, &r).is_err(),
+            admit_entry(&trust, &r, None).is_err(),
             "{what}: the table does not hold it either"
         );
     }
@@ -145,7 +156,10 @@ fn a_key_scoped_to_some_nodes_acts_only_there_and_its_table_entry_is_held_everyw
     assert!(authorize_row(&trust, &r, "n1", &staging).is_ok());
     let e = authorize_row(&trust, &r, "n2", &BTreeMap::new()).unwrap_err();
     assert!(e.to_string().contains("only nodes matching"), "{e}");
-    assert!(admit_entry(&trust, &r).is_ok(), "held, so it reaches the staging nodes");
+    assert!(
+        admit_entry(&trust, &r, None).is_ok(),
+        "held, so it reaches the staging nodes"
+    );
 }
 
 #[test]
@@ -191,6 +205,7 @@ fn the_origin_refuses_replays_stale_skewed_unsigned_and_forged_commands() {
             id: Some(id.to_string()),
             ts: Some(ts),
             signature: s,
+            driver: None,
         }
     };
     let d = web(json!({"v": 1}), 0);
@@ -200,6 +215,7 @@ fn the_origin_refuses_replays_stale_skewed_unsigned_and_forged_commands() {
         &trust,
         &mut recent,
         &[],
+        &me(),
         signed_given(&id, &d, NOW),
         d.clone(),
         None,
@@ -217,6 +233,7 @@ fn the_origin_refuses_replays_stale_skewed_unsigned_and_forged_commands() {
         &trust,
         &mut recent,
         &[],
+        &me(),
         signed_given(&id, &d, NOW),
         d.clone(),
         None,
@@ -227,6 +244,7 @@ fn the_origin_refuses_replays_stale_skewed_unsigned_and_forged_commands() {
         &trust,
         &mut RecentIds::default(),
         &held,
+        &me(),
         signed_given(&id, &d, NOW),
         d.clone(),
         None,
@@ -243,6 +261,7 @@ fn the_origin_refuses_replays_stale_skewed_unsigned_and_forged_commands() {
         &trust,
         &mut recent,
         &[],
+        &me(),
         signed_given(&old, &d, NOW - 6 * 60_000),
         d.clone(),
         None,
@@ -253,7 +272,16 @@ fn the_origin_refuses_replays_stale_skewed_unsigned_and_forged_commands() {
     // The signature names the id: the same command under a new id does not check.
     let mut new_id = signed_given(&id, &d, NOW);
     new_id.id = Some(Uuid::now_v7().to_string());
-    let (code, why) = refused(take_at_origin(&trust, &mut recent, &[], new_id, d.clone(), None, NOW));
+    let (code, why) = refused(take_at_origin(
+        &trust,
+        &mut recent,
+        &[],
+        &me(),
+        new_id,
+        d.clone(),
+        None,
+        NOW,
+    ));
     assert_eq!(
         (code, why.contains("does not match")),
         ("not_authorized", true),
@@ -265,6 +293,7 @@ fn the_origin_refuses_replays_stale_skewed_unsigned_and_forged_commands() {
         &trust,
         &mut recent,
         &held,
+        &me(),
         signed_given(&older, &d, NOW - 1000),
         d.clone(),
         None,
@@ -276,6 +305,7 @@ fn the_origin_refuses_replays_stale_skewed_unsigned_and_forged_commands() {
         &trust,
         &mut recent,
         &[],
+        &me(),
         Given::default(),
         d.clone(),
         None,
@@ -288,12 +318,32 @@ fn the_origin_refuses_replays_stale_skewed_unsigned_and_forged_commands() {
         ..signed_given(&Uuid::now_v7().to_string(), &d, NOW)
     };
     assert_eq!(
-        refused(take_at_origin(&trust, &mut recent, &[], no_ts, d.clone(), None, NOW)).0,
+        refused(take_at_origin(
+            &trust,
+            &mut recent,
+            &[],
+            &me(),
+            no_ts,
+            d.clone(),
+            None,
+            NOW
+        ))
+        .0,
         "invalid_request"
     );
 
     // Open: unsigned is taken, timed after every entry of its module.
     let ahead = vec![row("x", NOW, &web(json!({}), NOW + 5000))];
-    let (_, body) = take_at_origin(&Trust::default(), &mut recent, &ahead, Given::default(), d, None, NOW).unwrap();
+    let (_, body) = take_at_origin(
+        &Trust::default(),
+        &mut recent,
+        &ahead,
+        &me(),
+        Given::default(),
+        d,
+        None,
+        NOW,
+    )
+    .unwrap();
     assert_eq!(body.ts, NOW + 5001);
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::deploy::converge::Goal;
+use crate::deploy::steer::Driver;
 use crate::deploy::table::Action;
 use crate::monitor::board::{Health, ModuleReport, NodeReport, StatusBoard};
 use std::collections::BTreeMap;
@@ -51,6 +52,7 @@ fn the_first_wave_is_the_canary_and_a_canary_of_all_is_done_at_once() {
         config: None,
         ts: 0,
         rollout: None,
+        driver: None,
         signature: None,
     };
     let members: Vec<Member> = (0..10).map(|i| member(&format!("n{i}"))).collect();
@@ -84,6 +86,8 @@ fn rollout(released: f64, wave: u32, p: RolloutPolicy) -> Rollout {
         wave_at_ms: 10_000,
         wave,
         reason: None,
+        steer: None,
+        seal: None,
     }
 }
 
@@ -262,13 +266,36 @@ fn a_released_node_is_judged_by_its_fresh_report() {
 fn operators_steer_a_rollout_from_any_state_that_allows_it() {
     let p = policy(Amount::Nodes(1), Amount::Nodes(3), Amount::Nodes(0), true);
     let rolling = rollout(0.1, 1, p);
-    let paused = steer(&rolling, "pause").unwrap();
+    let paused = steer(&rolling, asked(SteerAction::Pause)).unwrap();
     assert_eq!(paused.state, RolloutState::Paused);
     assert_eq!(paused.released, 0.1, "a pause keeps what is released");
-    assert_eq!(steer(&paused, "resume").unwrap().state, RolloutState::Rolling);
-    assert_eq!(steer(&paused, "revert").unwrap().state, RolloutState::Reverted);
-    let reverted = steer(&paused, "revert").unwrap();
-    assert!(steer(&reverted, "resume").unwrap_err().contains("reverted"));
-    assert!(steer(&rolling, "explode").is_err());
+    assert_eq!(
+        paused.steer,
+        Some(asked(SteerAction::Pause)),
+        "the rollout keeps the command"
+    );
+    let resumed = steer(&paused, asked(SteerAction::Resume)).unwrap();
+    assert_eq!(resumed.state, RolloutState::Rolling);
+    let reverted = steer(&paused, asked(SteerAction::Revert)).unwrap();
+    assert_eq!(reverted.state, RolloutState::Reverted);
+    assert!(steer(&reverted, asked(SteerAction::Resume))
+        .unwrap_err()
+        .contains("reverted"));
+    assert!(steer(&reverted, asked(SteerAction::Pause)).is_err());
     assert!(describe_policy(&p).contains("canary 1, then 3 a wave"));
+}
+
+/// An unsigned steer of entry `e` from node `n1`.
+fn asked(action: SteerAction) -> Steer {
+    Steer {
+        action,
+        entry: "e".into(),
+        driver: Driver {
+            node: "n1".into(),
+            key: "cjnode1one".into(),
+        },
+        id: "s".into(),
+        ts: 1,
+        signature: None,
+    }
 }

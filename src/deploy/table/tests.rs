@@ -19,6 +19,7 @@ fn deployment(module: &str, target: Option<&str>, action: Action) -> Deployment 
         config: None,
         ts: 1_000,
         rollout: None,
+        driver: None,
         signature: None,
     }
 }
@@ -140,6 +141,8 @@ fn rollout(released: f64, state: RolloutState) -> Rollout {
         wave_at_ms: 0,
         wave: 1,
         reason: None,
+        steer: None,
+        seal: None,
     }
 }
 

@@ -23,6 +23,7 @@ fn entry(id: &str, clock: u64, module: &str, target: Option<&str>) -> Arc<Entry>
         config: None,
         ts: 1000,
         rollout: None,
+        driver: None,
         signature: None,
     };
     Arc::new(Entry {

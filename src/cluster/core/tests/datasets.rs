@@ -195,7 +195,7 @@ fn a_keyed_dataset_spreads_by_the_tree_and_is_repaired_by_digest() {
     net.advance(Duration::from_millis(500));
     let now = net.now;
     net.cores[a]
-        .write_entry(SET_DEPLOYMENTS, "first", Bytes::from_static(b"{\"n\":1}"), now)
+        .write_entry(SET_DEPLOYMENTS, "first", Bytes::from_static(b"{\"n\":1}"), None, now)
         .unwrap();
     net.settle();
     assert_eq!(net.cores[b].entries(SET_DEPLOYMENTS).len(), 1, "spread by the tree");
