@@ -3,11 +3,13 @@
 //! node before it may act there.
 //!
 //! Signed: the command's id (its table entry's key), its type, module,
-//! target, package URL and sha256, config, time and rollout policy: every
-//! field that decides what runs where. Not signed: where a node may also
-//! fetch the package (`source.peer`, `source.size`: hints, made harmless
-//! by the sha256), and a rollout's progress (its wave, released share and
-//! state), which the node driving it writes as the waves go.
+//! target, package URL and sha256, config, time and rollout policy, and
+//! for a rollout the node that drives it: every field that decides what
+//! runs where. Not signed by the operator: where a node may also fetch the
+//! package (`source.peer`, `source.size`: hints, made harmless by the
+//! sha256), and a rollout's progress (its wave, released share and state),
+//! which the driving node writes as the waves go and seals itself (see
+//! `deploy::progress`).
 
 use super::progress::check_progress;
 use super::steer::Driver;
