@@ -5,7 +5,7 @@
 
 use super::error::{list_members, parse_target, rejected, ApiError, MAX_REQUEST_TIMEOUT_MS};
 use crate::actors::cluster_bus::ListEntries;
-use crate::audit::{AuditLine, Decision};
+use crate::audit::Decision;
 use crate::cluster::identity::cut;
 use crate::cluster::protocol::SET_DEPLOYMENTS;
 use crate::command::signature::OperatorSignature;
@@ -439,20 +439,15 @@ pub async fn steer(
         ts: given.ts.unwrap_or_else(now_ms),
         signature: given.signature,
     };
-    let mut line = AuditLine {
-        ts: now_ms(),
-        node: me.node.clone(),
-        id: Some(steer.id.clone()),
-        kind: action.as_str().to_string(),
-        module: row.module().to_string(),
-        target: row.deployment.target.clone(),
-        origin: Some(me.node.clone()),
-        key: steer.signer_id(),
-        decision: Decision::Refused,
-        status: None,
-        reason: None,
-        sig: None,
-    };
+    let mut line = audit_line(
+        &me.node,
+        Some(steer.id.as_str()),
+        &row.deployment,
+        Some(me.node.as_str()),
+        Decision::Refused,
+    );
+    line.kind = action.as_str().to_string();
+    line.key = steer.signer_id();
     let taken = {
         let mut recent = node.deploy.recent_commands.lock().unwrap_or_else(|e| e.into_inner());
         steer.take_at_origin(

@@ -406,9 +406,10 @@ impl DeploymentRules {
 impl EntryRules for DeploymentRules {
     fn check(&self, entry: &Entry, held: &KeyedSet, now_ms: u64) -> Result<(), Refused> {
         let row = Row::read(entry).map_err(Refused::Invalid)?;
+        let rows = self.rows(held);
         if let Some(admit) = &self.admit {
-            let held_row = held.get(&entry.key).and_then(|e| Row::read(e).ok());
-            admit(&row, held_row.as_ref()).map_err(Refused::Invalid)?;
+            let held_row = rows.iter().find(|r| r.id == entry.key);
+            admit(&row, held_row.map(|r| &**r)).map_err(Refused::Invalid)?;
         }
         if entry.version.clock > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
             return Err(Refused::Invalid(format!(
@@ -422,10 +423,7 @@ impl EntryRules for DeploymentRules {
                 row.deployment.ts
             )));
         }
-        let superseded = self
-            .rows(held)
-            .iter()
-            .any(|newer| newer.id != row.id && newer.supersedes(&row));
+        let superseded = rows.iter().any(|newer| newer.id != row.id && newer.supersedes(&row));
         if superseded {
             return Err(Refused::Obsolete);
         }
