@@ -27,9 +27,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// records whose name or tags break their bounds, and hellos whose
 /// identity key the link did not prove or another key holds the name of,
 /// hellos without an admission this node accepts, member records that
-/// their member's own signed proof does not cover, and news of new members
-/// over its link's budget.
-pub const CLUSTER_INPUT_REASONS: [&str; 11] = [
+/// their member's own signed proof does not cover, news of new members
+/// over its link's budget, and new members a table full of live ones had
+/// no room for.
+pub const CLUSTER_INPUT_REASONS: [&str; 12] = [
     "entry_invalid",
     "entry_obsolete",
     "message_unknown",
@@ -41,6 +42,7 @@ pub const CLUSTER_INPUT_REASONS: [&str; 11] = [
     "not_admitted",
     "record_unproven",
     "news_over_budget",
+    "table_full",
 ];
 
 /// Why an envelope was dropped (the `reason` label).

@@ -374,48 +374,13 @@ fn a_forged_leave_or_death_does_not_shut_a_healthy_node_out() {
 /// burst, then a rate), and the rest is dropped, counted and logged.
 #[test]
 fn two_thousand_invented_members_in_one_frame_get_only_a_links_budget_in() {
-    use conjoiner::cluster::protocol::{Items, Record, Status, SyncMsg, SET_MEMBERS};
-
     const BURST: usize = 512;
     const FAKES: usize = 2_000;
     // Past its first moments, when a node takes all it hears (see
     // `new_members_grace`): the tests' nodes are new.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("conjoiner.toml");
-    std::fs::write(&config, "[membership]\nnew_members_grace = \"1ms\"\n").unwrap();
-    let flags = |seed: Option<&TestNode>| {
-        let mut extra = vec!["--config".to_string(), config.to_str().unwrap().to_string()];
-        if let Some(seed) = seed {
-            extra.extend(["--join".to_string(), seed.cluster_addr()]);
-        }
-        extra
-    };
-    let key = ClusterKey::generate();
-    let n1 = with_key("n1", &key, flags(None));
-    let n2 = with_key("n2", &key, flags(Some(&n1)));
-    let n3 = with_key("n3", &key, flags(Some(&n1)));
-    wait_converged(&[&n1, &n2, &n3], 3);
+    let (_dir, key, [n1, n2, n3]) = three_configured("[membership]\nnew_members_grace = \"1ms\"\n");
 
-    let fakes: Vec<Record> = (0..FAKES)
-        .map(|i| Record {
-            id: Arc::new(NodeId::new(
-                &format!("fake-{i}"),
-                format!("127.0.0.1:{}", 40_000 + i).parse().unwrap(),
-                1,
-                BTreeMap::new(),
-            )),
-            incarnation: 0,
-            status: Status::Alive,
-        })
-        .collect();
-    let attacker = lie_to(
-        &n1,
-        &key,
-        vec![Msg::Sync(SyncMsg::Items {
-            set: SET_MEMBERS,
-            items: Items::Records(fakes),
-        })],
-    );
+    let attacker = lie_to(&n1, &key, invented_members(FAKES));
     wait_for(Duration::from_secs(15), "n1 to drop the news over the budget", || {
         (refused_input(&n1, "news_over_budget") >= (FAKES - BURST) as u64).then_some(())
     });
@@ -427,15 +392,98 @@ fn two_thousand_invented_members_in_one_frame_get_only_a_links_budget_in() {
         n1.log_text()
     );
     for node in [&n1, &n2, &n3] {
-        let (code, members) = cli_json(node, &["members"]);
-        assert_eq!(code, 0, "{members}");
-        let fakes = members.as_array().map_or(0, |m| {
-            m.iter()
-                .filter(|m| m["name"].as_str().is_some_and(|n| n.starts_with("fake-")))
-                .count()
-        });
+        let fakes = invented_held(node);
         assert!(fakes <= BURST, "{} holds {fakes} invented members", node.name);
         let (_, health) = node.http("GET", "/v1/health", None);
         assert_eq!(health["status"], "ok", "{} {health}", node.name);
+    }
+}
+
+/// Three nodes sharing a new cluster key, each started with the config
+/// file `config`, converged (the directory holds the file).
+fn three_configured(config: &str) -> (tempfile::TempDir, ClusterKey, [TestNode; 3]) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("conjoiner.toml");
+    std::fs::write(&file, config).unwrap();
+    let flags = |seed: Option<&TestNode>| {
+        let mut extra = vec!["--config".to_string(), file.to_str().unwrap().to_string()];
+        if let Some(seed) = seed {
+            extra.extend(["--join".to_string(), seed.cluster_addr()]);
+        }
+        extra
+    };
+    let key = ClusterKey::generate();
+    let n1 = with_key("n1", &key, flags(None));
+    let n2 = with_key("n2", &key, flags(Some(&n1)));
+    let n3 = with_key("n3", &key, flags(Some(&n1)));
+    wait_converged(&[&n1, &n2, &n3], 3);
+    (dir, key, [n1, n2, n3])
+}
+
+/// One table exchange of `n` invented "alive" members, `fake-0` onwards.
+fn invented_members(n: usize) -> Vec<Msg> {
+    use conjoiner::cluster::protocol::{Items, Record, Status, SyncMsg, SET_MEMBERS};
+    let fakes: Vec<Record> = (0..n)
+        .map(|i| Record {
+            id: Arc::new(NodeId::new(
+                &format!("fake-{i}"),
+                format!("127.0.0.1:{}", 40_000 + i).parse().unwrap(),
+                1,
+                BTreeMap::new(),
+            )),
+            incarnation: 0,
+            status: Status::Alive,
+        })
+        .collect();
+    vec![Msg::Sync(SyncMsg::Items {
+        set: SET_MEMBERS,
+        items: Items::Records(fakes),
+    })]
+}
+
+/// How many invented members `conjoiner members` lists at `node`.
+fn invented_held(node: &TestNode) -> usize {
+    let (code, members) = cli_json(node, &["members"]);
+    assert_eq!(code, 0, "{members}");
+    members.as_array().map_or(0, |m| {
+        m.iter()
+            .filter(|m| m["name"].as_str().is_some_and(|n| n.starts_with("fake-")))
+            .count()
+    })
+}
+
+/// The per-link budget slows a flood; the table's bound caps what any
+/// flood, however long, can hold. Here nodes in their first moments (they
+/// take all news) meet 2,000 invented members with a bound of 100.
+#[test]
+fn a_node_holds_no_more_members_than_its_tables_bound() {
+    const BOUND: usize = 100;
+    const FAKES: usize = 2_000;
+    let (_dir, key, [n1, n2, n3]) = three_configured(&format!("[membership]\nmax_members = {BOUND}\n"));
+
+    let attacker = lie_to(&n1, &key, invented_members(FAKES));
+    wait_for(
+        Duration::from_secs(15),
+        "n1 to refuse the members it has no room for",
+        || (refused_input(&n1, "table_full") >= (FAKES - (BOUND - 3)) as u64).then_some(()),
+    );
+    attacker.join().unwrap();
+    assert!(
+        n1.log_text().contains("the member table is full of live members"),
+        "{}",
+        n1.log_text()
+    );
+    for node in [&n1, &n2, &n3] {
+        let fakes = invented_held(node);
+        assert!(fakes <= BOUND - 3, "{} holds {fakes} invented members", node.name);
+        let (_, health) = node.http("GET", "/v1/health", None);
+        assert_eq!(health["status"], "ok", "{} {health}", node.name);
+    }
+    // The real members stay listed alive everywhere.
+    for node in [&n1, &n2, &n3] {
+        let alive = alive_names(node);
+        for name in ["n1", "n2", "n3"] {
+            assert!(alive.iter().any(|n| n == name), "{} lists {alive:?}", node.name);
+        }
     }
 }

@@ -222,6 +222,7 @@ impl ClusterBridge {
             c.not_admitted,
             c.records_unproven,
             c.news_over_budget,
+            c.table_full,
         ];
         for ((reason, now), before) in CLUSTER_INPUT_REASONS.iter().zip(now).zip(self.exported.iter_mut()) {
             if now > *before {

@@ -129,6 +129,13 @@ pub struct ClusterConfig {
     /// table exchange brings nearly all of it over one link (a simulated
     /// start of 1,000 nodes dropped 10,429 news over a burst of 512).
     pub new_members_grace: Duration,
+    /// The most members this node holds, itself included, and the most
+    /// heap bytes their records may take. A full table forgets the dead and
+    /// departed members that went down longest ago to make room; with none
+    /// to forget, it refuses new members until some go down. However long
+    /// a flood of invented members lasts, memory stays bounded.
+    pub max_members: usize,
+    pub max_member_bytes: usize,
 }
 
 impl ClusterConfig {
@@ -177,6 +184,11 @@ impl ClusterConfig {
             new_members_burst: 512,
             new_members_per_sec: 64,
             new_members_grace: Duration::from_secs(30),
+            // Five times the largest fleet simulated (10,000 nodes). A
+            // record with its full share of tags takes about 16 KiB, so a
+            // flood of those meets the byte bound first.
+            max_members: 50_000,
+            max_member_bytes: 64 * 1024 * 1024,
         }
     }
 

@@ -133,6 +133,8 @@ section! {
         new_members_burst: u32 => new_members_burst,
         new_members_per_sec: u32 => new_members_per_sec,
         new_members_grace: Dur => new_members_grace,
+        max_members: usize => max_members,
+        max_member_bytes: Size => max_member_bytes,
     }
 }
 
@@ -214,8 +216,26 @@ pub fn check_cluster(c: &ClusterConfig) -> Result<(), (&'static str, String)> {
         };
         return Err((key, "must be at least 1".into()));
     }
+    if c.max_members < MIN_MEMBERS {
+        return Err(("membership.max_members", format!("must be at least {MIN_MEMBERS}")));
+    }
+    if c.max_member_bytes < MIN_MEMBER_BYTES {
+        return Err((
+            "membership.max_member_bytes",
+            format!(
+                "must be at least {}: room for 64 members with their full share of tags",
+                format_size(MIN_MEMBER_BYTES as u64)
+            ),
+        ));
+    }
     Ok(())
 }
+
+/// The smallest member table a file may ask for: this node and a few
+/// others (a smaller one could not hold even a test cluster).
+const MIN_MEMBERS: usize = 16;
+/// About 64 records of the largest size a name and tags may take.
+const MIN_MEMBER_BYTES: usize = 1024 * 1024;
 
 /// As [`check_cluster`], for the install pipeline.
 pub fn check_deployer(d: &DeployerConfig) -> Result<(), (&'static str, String)> {
@@ -258,8 +278,10 @@ mod tests {
             assert_eq!(check_cluster(&p.cluster), Ok(()), "{profile}");
             assert_eq!(check_deployer(&p.deployer), Ok(()), "{profile}");
         }
-        let cases: [(&str, &str); 5] = [
+        let cases: [(&str, &str); 7] = [
             ("max_links = 3", "membership.max_links"),
+            ("max_members = 15", "membership.max_members"),
+            ("max_member_bytes = \"512K\"", "membership.max_member_bytes"),
             ("link_cap = 24", "membership.link_cap"),
             ("probe_timeout = \"2s\"", "membership.probe_timeout"),
             ("suspicion_min = \"10s\"", "membership.suspicion_min"),

@@ -178,6 +178,9 @@ pub struct MemberTable {
     epoch: Instant,
     digest: Digest,
     up: usize,
+    /// The heap bytes of every member's identity, kept as entries change so
+    /// the table's bound is checked without a walk.
+    id_bytes: usize,
 }
 
 impl MemberTable {
@@ -189,6 +192,7 @@ impl MemberTable {
             epoch: now,
             digest: Digest::default(),
             up: 0,
+            id_bytes: 0,
         };
         let since_ms = table.millis(now);
         table.insert(Member::new(me, 0, Status::Alive, since_ms));
@@ -238,7 +242,9 @@ impl MemberTable {
         if let Some((b, v)) = m.contribution() {
             self.digest.toggle(b, v);
         }
+        let bytes_before = m.id.heap_bytes();
         change(m);
+        self.id_bytes = self.id_bytes - bytes_before + m.id.heap_bytes();
         if let Some((b, v)) = m.contribution() {
             self.digest.toggle(b, v);
         }
@@ -256,6 +262,7 @@ impl MemberTable {
         if member.status.is_up() {
             self.up += 1;
         }
+        self.id_bytes += member.id.heap_bytes();
         let hash = table_key(&member);
         let old = match self.members.entry(hash, |m| m.id.name == member.id.name, table_key) {
             Entry::Occupied(mut entry) => Some(std::mem::replace(entry.get_mut(), member)),
@@ -271,6 +278,7 @@ impl MemberTable {
             if old.status.is_up() {
                 self.up -= 1;
             }
+            self.id_bytes -= old.id.heap_bytes();
         }
     }
 
@@ -350,30 +358,71 @@ impl MemberTable {
     pub fn forget(&mut self, now: Instant, after: Duration) -> Vec<Arc<str>> {
         let now_ms = self.millis(now);
         let after_ms = after.as_millis() as u64;
+        self.forget_where(|m| now_ms.saturating_sub(m.since_ms) > after_ms)
+    }
+
+    /// Removes the `count` dead and left members that went down longest
+    /// ago (or all of them, if fewer); answers their names. This is how a
+    /// full table makes room for a new member.
+    pub fn forget_oldest_down(&mut self, count: usize) -> Vec<Arc<str>> {
+        let mut down: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|m| !m.status.is_up())
+            .map(|m| m.since_ms)
+            .collect();
+        if down.is_empty() || count == 0 {
+            return Vec::new();
+        }
+        let count = count.min(down.len());
+        // Everything down at or before this moment goes (ties may take a
+        // few more than `count`, which only makes more room).
+        let (_, &mut cutoff, _) = down.select_nth_unstable(count - 1);
+        self.forget_where(|m| m.since_ms <= cutoff)
+    }
+
+    /// Removes the dead and left members `old_enough` picks.
+    fn forget_where(&mut self, old_enough: impl Fn(&Member) -> bool) -> Vec<Arc<str>> {
         let mut gone: Vec<Arc<str>> = Vec::new();
+        let mut freed = 0;
         self.members.retain(|m| {
-            let forget = !m.status.is_up() && now_ms.saturating_sub(m.since_ms) > after_ms;
+            let forget = !m.status.is_up() && old_enough(m);
             if forget {
                 gone.push(m.id.name.clone());
+                freed += m.id.heap_bytes();
             }
             !forget
         });
+        self.id_bytes -= freed;
         if self.members.capacity() > 2 * self.members.len() + 64 {
             self.members.shrink_to_fit(table_key);
         }
         gone
     }
 
+    /// Whether one more member of `id_bytes` identity keeps the table within
+    /// `max_members` entries and `max_bytes` heap bytes.
+    pub fn has_room(&self, id_bytes: usize, max_members: usize, max_bytes: usize) -> bool {
+        self.members.len() < max_members && self.heap_bytes() + Self::ENTRY_BYTES + id_bytes <= max_bytes
+    }
+
+    /// Dead and left members held.
+    pub fn down_count(&self) -> usize {
+        self.members.len() - self.up
+    }
+
     pub fn snapshot(&self) -> Vec<Record> {
         self.members.iter().map(Member::record).collect()
     }
 
-    /// Roughly the bytes this table holds (for the simulator and `debug dump`).
+    /// What one entry costs besides its identity (its slot and the hash
+    /// table's control byte).
+    const ENTRY_BYTES: usize = std::mem::size_of::<Member>() + 1;
+
+    /// Roughly the bytes this table holds (for its bound, the simulator and
+    /// `debug dump`).
     pub fn heap_bytes(&self) -> usize {
-        self.members
-            .iter()
-            .map(|m| std::mem::size_of::<Member>() + 1 + m.id.heap_bytes())
-            .sum()
+        self.members.len() * Self::ENTRY_BYTES + self.id_bytes
     }
 }
 
@@ -446,6 +495,79 @@ mod tests {
             incarnation,
             status,
         }
+    }
+
+    /// The table's running byte count against a walk over its entries.
+    fn walked_bytes(table: &MemberTable) -> usize {
+        table.iter().map(|m| MemberTable::ENTRY_BYTES + m.id.heap_bytes()).sum()
+    }
+
+    fn named(name: &str, tags: usize) -> Arc<NodeId> {
+        let tags = (0..tags).map(|i| (format!("k{i}"), "v".repeat(100))).collect();
+        Arc::new(NodeId::new(name, "10.0.0.9:1".parse().unwrap(), 1, tags))
+    }
+
+    #[test]
+    fn a_full_table_forgets_the_members_down_longest_first_and_keeps_its_byte_count() {
+        let t0 = Instant::now();
+        let mut table = MemberTable::new(named("me", 0), t0);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        for (i, name) in ["m0", "m1", "m2", "m3", "m4"].iter().enumerate() {
+            let record = Record {
+                id: named(name, i),
+                incarnation: 0,
+                status: Status::Alive,
+            };
+            assert_eq!(table.apply(&record, at(0)), Applied::Added);
+        }
+        // They go down at different times: m3 first, then m1, then m4.
+        for (s, name, status) in [
+            (1, "m3", Status::Dead),
+            (2, "m1", Status::Left),
+            (3, "m4", Status::Dead),
+        ] {
+            let id = table.get(name).unwrap().id.clone();
+            table.apply(
+                &Record {
+                    id,
+                    incarnation: 0,
+                    status,
+                },
+                at(s),
+            );
+        }
+        // m2's tags change (its own later word).
+        table.apply(
+            &Record {
+                id: named("m2", 9),
+                incarnation: 1,
+                status: Status::Alive,
+            },
+            at(4),
+        );
+        assert_eq!(table.heap_bytes(), walked_bytes(&table));
+        assert_eq!(table.down_count(), 3);
+
+        let gone = table.forget_oldest_down(2);
+        assert_eq!(gone.len(), 2);
+        assert!(
+            gone.iter().any(|n| &**n == "m3") && gone.iter().any(|n| &**n == "m1"),
+            "{gone:?}"
+        );
+        assert!(table.get("m4").is_some() && table.get("m0").is_some());
+        assert_eq!(table.heap_bytes(), walked_bytes(&table));
+        // Live members are never forgotten, this node least of all.
+        assert_eq!(table.forget_oldest_down(10).len(), 1);
+        assert_eq!(table.forget_oldest_down(10).len(), 0);
+        assert_eq!(table.len(), 3, "this node, m0 and m2");
+        assert_eq!(table.heap_bytes(), walked_bytes(&table));
+
+        // Room by count and by bytes.
+        let bytes = table.heap_bytes();
+        assert!(table.has_room(0, 4, usize::MAX));
+        assert!(!table.has_room(0, 3, usize::MAX));
+        assert!(table.has_room(100, 4, bytes + MemberTable::ENTRY_BYTES + 100));
+        assert!(!table.has_room(101, 4, bytes + MemberTable::ENTRY_BYTES + 100));
     }
 
     #[test]

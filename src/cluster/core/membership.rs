@@ -163,6 +163,9 @@ impl ClusterCore {
         if !self.vouched(record, source) {
             return Applied::Stale;
         }
+        if self.table.get(&record.id.name).is_none() && !self.room_for(record) {
+            return Applied::Stale;
+        }
         let mut record = record.clone();
         // Anti-entropy carries others' opinions, not evidence: a member we
         // hold alive that another node holds dead is only suspected here, so

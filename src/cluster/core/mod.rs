@@ -40,6 +40,7 @@ pub mod rings;
 pub mod states;
 pub mod tree;
 
+mod bounds;
 mod broadcast;
 mod datasets;
 mod handshake;
@@ -279,6 +280,11 @@ pub struct CoreCounters {
     /// News of new members dropped because its link had introduced its
     /// budget's worth (see `news`).
     pub news_over_budget: u64,
+    /// New members refused because the member table was full of live ones
+    /// (see `bounds`).
+    pub table_full: u64,
+    /// Dead and departed members forgotten early to make room for new ones.
+    pub forgotten_for_room: u64,
     /// Signatures of members' proofs and seals checked (the CPU that
     /// signed records cost).
     pub signatures_checked: u64,
@@ -426,6 +432,8 @@ pub struct ClusterCore {
     unproven_log: LogThrottle,
     /// When news over a link's budget was last logged.
     news_log: LogThrottle,
+    /// When a full member table was last logged.
+    table_full_log: LogThrottle,
     /// Until then this node is learning the cluster, and news of new
     /// members is not limited (`new_members_grace`).
     learning_until: Instant,
@@ -502,6 +510,7 @@ impl ClusterCore {
             proofs: StableMap::default(),
             unproven_log: LogThrottle::new(Duration::from_secs(10), 1),
             news_log: LogThrottle::new(Duration::from_secs(10), 1),
+            table_full_log: LogThrottle::new(Duration::from_secs(10), 1),
             learning_until,
             seals: StableMap::default(),
             frame_seals: Vec::new(),
@@ -893,8 +902,7 @@ impl ClusterCore {
         }
         for name in self.table.forget(now, self.config.remember_dead_for) {
             debug!(member = %name, "forgetting a member gone for long");
-            self.detector.clear(&name);
-            self.states.remove(&name);
+            self.forgotten(&name);
         }
     }
 

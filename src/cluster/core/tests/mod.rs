@@ -2,6 +2,7 @@
 //! network under a mocked clock. (Many-node behaviour is tested on the
 //! simulator, in `tests/cluster_sim.rs`.)
 
+mod bounds;
 mod datasets;
 mod identities;
 mod links;

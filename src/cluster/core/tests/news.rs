@@ -29,7 +29,7 @@ fn three() -> (Net, [usize; 3]) {
 }
 
 /// `n` alive members nobody ever met, named `{prefix}{i}`.
-fn invented(prefix: &str, n: usize) -> Vec<Record> {
+pub(super) fn invented(prefix: &str, n: usize) -> Vec<Record> {
     (0..n)
         .map(|i| Record {
             id: Arc::new(NodeId::new(
@@ -45,14 +45,14 @@ fn invented(prefix: &str, n: usize) -> Vec<Record> {
 }
 
 /// A table exchange that brings `records`.
-fn table_exchange(records: Vec<Record>) -> Vec<Msg> {
+pub(super) fn table_exchange(records: Vec<Record>) -> Vec<Msg> {
     vec![Msg::Sync(SyncMsg::Items {
         set: SET_MEMBERS,
         items: Items::Records(records),
     })]
 }
 
-fn held(net: &Net, i: usize) -> usize {
+pub(super) fn held(net: &Net, i: usize) -> usize {
     net.cores[i].members().count()
 }
 
