@@ -162,10 +162,41 @@ fn loss_brings_no_false_death_and_a_partition_heals() {
     });
     eprintln!("every node runs the newer deploy {:?} after the heal", healed.elapsed());
     let (code, outcome) = cli_json(&nodes[0], &["request", "mod.echo", "{}", "--timeout", "5s"]);
-    assert_eq!(code, 0, "{outcome}");
-    assert_eq!(
-        outcome["missing"].as_array().map(Vec::len),
-        Some(0),
-        "every node answers after the heal: {outcome}"
+    let missing: Vec<&str> = outcome["missing"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|n| n.as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        code == 0 && missing.is_empty(),
+        "every node answers after the heal: {outcome}\n{}",
+        request_trail(&nodes, outcome["id"].as_str().unwrap_or("?"), &missing)
     );
+}
+
+/// What each node's debug log says about request `id`, and the end of the
+/// silent nodes' logs: the evidence a failure here needs (the nodes' data
+/// dirs are gone once the test ends).
+fn request_trail(nodes: &[TestNode], id: &str, silent: &[&str]) -> String {
+    let mut trail = String::new();
+    for node in nodes {
+        let log = node.log_text();
+        let about: Vec<&str> = log.lines().filter(|l| l.contains(id)).collect();
+        trail += &format!(
+            "--- {}: {} lines about {id}\n{}\n",
+            node.name,
+            about.len(),
+            about.join("\n")
+        );
+        if silent.contains(&node.name.as_str()) {
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            trail += &format!(
+                "--- {}: the last {} lines of its log\n{}\n",
+                node.name,
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+    }
+    trail
 }
