@@ -253,6 +253,33 @@ pub async fn take_command(
     })
 }
 
+/// Writes the entry and gathers its results; a rollout is then driven by
+/// this node, wave by wave.
+async fn publish_and_drive(
+    node: &NodeHandle,
+    id: uuid::Uuid,
+    deployment: Deployment,
+    policy: Option<RolloutPolicy>,
+    timeout: Duration,
+    progress: Option<tokio::sync::mpsc::UnboundedSender<publish::Progress>>,
+) -> Result<publish::PublishOutcome, String> {
+    let rolling = policy.is_some();
+    let outcome = publish::publish(
+        &node.ctx,
+        &node.settings.node_key,
+        id,
+        deployment,
+        policy,
+        timeout,
+        progress,
+    )
+    .await?;
+    if rolling {
+        node.drive_rollout(outcome.id);
+    }
+    Ok(outcome)
+}
+
 /// Writes the entry and answers its outcome as one JSON object, or, when
 /// the client accepts `application/x-ndjson`, streams one line per event as
 /// results arrive: `{"event":"start",…}`, `{"event":"result",…}` per node,
@@ -290,22 +317,10 @@ async fn run_publish(
         .get(actix_web::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/x-ndjson"));
-    let rolling = policy.is_some();
     if !streaming {
-        let outcome = publish::publish(
-            &node.ctx,
-            &node.settings.node_key,
-            id,
-            deployment,
-            policy,
-            timeout,
-            None,
-        )
-        .await
-        .map_err(ApiError::unavailable)?;
-        if rolling {
-            node.drive_rollout(outcome.id);
-        }
+        let outcome = publish_and_drive(&node, id, deployment, policy, timeout, None)
+            .await
+            .map_err(ApiError::unavailable)?;
         return Ok(HttpResponse::Ok().json(outcome));
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
@@ -318,21 +333,8 @@ async fn run_publish(
     });
     actix_rt::spawn(
         async move {
-            let last = match publish::publish(
-                &node.ctx,
-                &node.settings.node_key,
-                id,
-                deployment,
-                policy,
-                timeout,
-                Some(progress_tx),
-            )
-            .await
-            {
+            let last = match publish_and_drive(&node, id, deployment, policy, timeout, Some(progress_tx)).await {
                 Ok(outcome) => {
-                    if rolling {
-                        node.drive_rollout(outcome.id);
-                    }
                     let mut v = serde_json::to_value(outcome).unwrap_or(Value::Null);
                     if let Some(obj) = v.as_object_mut() {
                         obj.insert("event".into(), json!("done"));
