@@ -48,6 +48,7 @@ pub mod monitor;
 pub mod node;
 pub mod private_file;
 pub mod sim;
+pub mod swappable;
 pub mod tags;
 pub mod token_bucket;
 pub mod wire;

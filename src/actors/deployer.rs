@@ -209,7 +209,8 @@ impl Deployer {
             return self.parts.ctx.bus.do_send(Publish(reply));
         };
         let identity = &self.parts.ctx.identity;
-        let mut keyring = keys.current();
+        // A working copy: the change is checked and saved before anyone sees it.
+        let mut keyring = (*keys.current()).clone();
         let trust = self.parts.config.trust.current();
         let applied = change
             .apply(

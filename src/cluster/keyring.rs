@@ -13,7 +13,6 @@ use super::key::ClusterKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::path::Path;
-use std::sync::{Arc, RwLock};
 
 /// The file the keyring is kept in, in the data dir.
 pub const KEYRING_FILE: &str = "keyring";
@@ -170,25 +169,9 @@ impl Keyring {
     }
 }
 
-/// The keyring a node's links read at each handshake, changed in place.
-#[derive(Debug, Clone)]
-pub struct SharedKeyring(Arc<RwLock<Keyring>>);
-
-impl SharedKeyring {
-    pub fn new(keyring: Keyring) -> SharedKeyring {
-        SharedKeyring(Arc::new(RwLock::new(keyring)))
-    }
-
-    /// The keyring now.
-    pub fn current(&self) -> Keyring {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Links are made with `keyring` from now on (links up stay up).
-    pub fn replace(&self, keyring: Keyring) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = keyring;
-    }
-}
+/// The keyring a node's links read at each handshake, replaced whole
+/// (links up stay up).
+pub type SharedKeyring = crate::swappable::Swappable<Keyring>;
 
 impl From<Keyring> for SharedKeyring {
     fn from(keyring: Keyring) -> SharedKeyring {

@@ -153,24 +153,7 @@ impl Trust {
 /// The keys a node trusts right now, shared by every part that checks a
 /// command. A reload of the config file (SIGHUP) replaces them whole; a
 /// check in progress keeps the set it started with.
-#[derive(Debug, Clone, Default)]
-pub struct SharedTrust(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Trust>>>);
-
-impl SharedTrust {
-    pub fn new(trust: Trust) -> SharedTrust {
-        SharedTrust(std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(trust))))
-    }
-
-    /// The keys trusted now.
-    pub fn current(&self) -> std::sync::Arc<Trust> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Trusts `trust` from now on.
-    pub fn replace(&self, trust: Trust) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(trust);
-    }
-}
+pub type SharedTrust = crate::swappable::Swappable<Trust>;
 
 /// A key file: one `cjop1…` line, or a JSON scope.
 fn read_key_file(path: &Path) -> Result<TrustedKey, String> {
