@@ -370,6 +370,13 @@ fn a_trusting_node_steers_a_rollout_only_by_a_signed_command_made_for_it() {
             .count()
     };
     assert_eq!((reverts("taken"), reverts("refused")), (1, 3), "{trail}");
+    // The removal the revert caused here is audited too, though no entry
+    // is in force for hello any more.
+    let removed = lines
+        .iter()
+        .filter(|l| l["type"] == "undeploy" && l["decision"] == "carried_out" && l["status"] == "undeployed")
+        .count();
+    assert_eq!(removed, 1, "{trail}");
 }
 
 /// This node's tags, as its API answers them.

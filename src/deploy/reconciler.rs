@@ -300,18 +300,25 @@ impl Reconciler {
                     Err((code, error)) => warn!(module_name = %module, entry = %id, %code, %error, elapsed_ms,
                         "step failed; it is tried again after a backoff"),
                 }
-                if let Some(row) = &row {
-                    let mut line = audit_line(
-                        &me.installer.ctx.identity.name,
+                let node = &me.installer.ctx.identity.name;
+                let mut line = match &row {
+                    Some(row) => audit_line(
+                        node,
                         Some(&row.id),
                         &row.deployment,
                         Some(&row.version.origin),
                         Decision::CarriedOut,
-                    );
-                    line.status = Some(report.status.as_str().to_string());
-                    line.reason = result.as_ref().err().map(|(code, error)| format!("{code}: {error}"));
-                    me.installer.state.audit.append(&line);
+                    ),
+                    // No entry is in force for it here any more (its
+                    // rollout was reverted, its entry retargeted or
+                    // deleted): the removal is this node's own doing.
+                    None => removal_line(node, &module),
+                };
+                line.status = Some(report.status.as_str().to_string());
+                if let Err((code, error)) = &result {
+                    line.reason = Some(format!("{code}: {error}"));
                 }
+                me.installer.state.audit.append(&line);
                 me.installer
                     .state
                     .goals
@@ -387,5 +394,24 @@ impl Reconciler {
         if let Some(t) = self.installer.ctx.transponder() {
             let _ = t.send(SendDirect { node: origin, envelope }).await;
         }
+    }
+}
+
+/// The audit line of a module removed because no entry asks for it here
+/// any more: there is no command to name, only the module and the step.
+fn removal_line(node: &str, module: &str) -> crate::audit::AuditLine {
+    crate::audit::AuditLine {
+        ts: crate::wire::now_ms(),
+        node: node.to_string(),
+        id: None,
+        kind: "undeploy".into(),
+        module: module.to_string(),
+        target: None,
+        origin: None,
+        key: None,
+        decision: Decision::CarriedOut,
+        status: None,
+        reason: Some("no entry is in force for it here any more".into()),
+        sig: None,
     }
 }
