@@ -34,6 +34,11 @@ pub const MAX_TAGS: usize = 64;
 /// The longest tag key or value, in bytes.
 pub const MAX_TAG_BYTES: usize = 128;
 
+/// The most heap bytes ([`NodeId::heap_bytes`]) an identity within the
+/// bounds on names and tags can take.
+pub const MAX_ID_HEAP_BYTES: usize =
+    std::mem::size_of::<NodeId>() + MAX_NAME_BYTES + MAX_TAGS * (2 * MAX_TAG_BYTES + 48);
+
 /// A node name: 1 to 64 letters, digits, `_`, `-` or `.`; it goes into
 /// addresses (`<node>.host`) and selectors.
 pub fn check_name(name: &str) -> Result<(), String> {
@@ -147,6 +152,25 @@ mod tests {
 
         let tags = |n: usize| -> BTreeMap<String, String> { (0..n).map(|i| (format!("k{i}"), "v".into())).collect() };
         assert!(check_tags(&tags(MAX_TAGS)).is_ok());
+        let largest = NodeId::new(
+            &"n".repeat(MAX_NAME_BYTES),
+            "10.0.0.1:1".parse().unwrap(),
+            1,
+            (0..MAX_TAGS)
+                .map(|i| {
+                    (
+                        format!("{i:0>width$}", width = MAX_TAG_BYTES),
+                        "v".repeat(MAX_TAG_BYTES),
+                    )
+                })
+                .collect(),
+        );
+        assert!(largest.check().is_ok());
+        assert_eq!(
+            largest.heap_bytes(),
+            MAX_ID_HEAP_BYTES,
+            "the bound is the largest identity's size"
+        );
         assert!(check_tags(&tags(MAX_TAGS + 1)).is_err());
         assert!(check_tags(&BTreeMap::from([("role".into(), "v".repeat(MAX_TAG_BYTES + 1))])).is_err());
         assert!(check_tags(&BTreeMap::from([("bad key".into(), "v".into())])).is_err());

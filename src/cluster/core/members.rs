@@ -242,9 +242,13 @@ impl MemberTable {
         if let Some((b, v)) = m.contribution() {
             self.digest.toggle(b, v);
         }
-        let bytes_before = m.id.heap_bytes();
+        let id_before = m.id.clone();
         change(m);
-        self.id_bytes = self.id_bytes - bytes_before + m.id.heap_bytes();
+        // Most changes are of status or incarnation: the identity is only
+        // measured again when it was replaced.
+        if !Arc::ptr_eq(&id_before, &m.id) {
+            self.id_bytes = self.id_bytes - id_before.heap_bytes() + m.id.heap_bytes();
+        }
         if let Some((b, v)) = m.contribution() {
             self.digest.toggle(b, v);
         }
@@ -404,6 +408,13 @@ impl MemberTable {
     /// `max_members` entries and `max_bytes` heap bytes.
     pub fn has_room(&self, id_bytes: usize, max_members: usize, max_bytes: usize) -> bool {
         self.members.len() < max_members && self.heap_bytes() + Self::ENTRY_BYTES + id_bytes <= max_bytes
+    }
+
+    /// Whether one more member of any size a valid record may have keeps
+    /// the table within its bounds: the check every new record passes
+    /// while the table is far from full, with no lookup and no measuring.
+    pub fn has_room_for_any(&self, max_members: usize, max_bytes: usize) -> bool {
+        self.has_room(crate::cluster::identity::MAX_ID_HEAP_BYTES, max_members, max_bytes)
     }
 
     /// Dead and left members held.

@@ -163,7 +163,12 @@ impl ClusterCore {
         if !self.vouched(record, source) {
             return Applied::Stale;
         }
-        if self.table.get(&record.id.name).is_none() && !self.room_for(record) {
+        if !self
+            .table
+            .has_room_for_any(self.config.max_members, self.config.max_member_bytes)
+            && self.table.get(&record.id.name).is_none()
+            && !self.room_for(record)
+        {
             return Applied::Stale;
         }
         let mut record = record.clone();
