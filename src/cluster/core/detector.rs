@@ -8,7 +8,9 @@
 //!   suspects, is probed at once, out of turn.
 //! - **Local health.** A score from 0 to `max_health`: up by one for each
 //!   failed probe (and for each helper that did not even send its nack, a
-//!   sign that *this* node is the slow one), and for each suspicion of this
+//!   sign that *this* node is the slow one) unless no link to the subject
+//!   could be opened and every helper sent its nack (they could not reach
+//!   it either), and for each suspicion of this
 //!   node it has to refute; down by one for each probe answered. Probe
 //!   intervals and timeouts are stretched by `score + 1`, so a node that is
 //!   itself slow holds back its accusations instead of spreading them.
@@ -65,10 +67,14 @@ pub enum DetectorOut {
     },
     /// Neither a probe sent at `probed_at` nor its helpers reached
     /// `target`: suspect it (unless its host still answers, see
-    /// [`Detector::host_answered`]).
+    /// [`Detector::host_answered`]). `unreachable_by_all`: no link to it
+    /// could be opened, and helpers were asked and every one answered
+    /// that it could not reach it either, so this node's own network is
+    /// not the cause.
     Suspect {
         target: Arc<str>,
         probed_at: Instant,
+        unreachable_by_all: bool,
     },
     /// A suspicion ran out: declare the member dead.
     Dead {
@@ -147,6 +153,10 @@ pub struct Detector {
     /// `suspicions` by deadline.
     expiry: BTreeSet<(Instant, Arc<str>)>,
     stalls: StableMap<Arc<str>, Stall>,
+    /// When a dial to each member last failed, kept for two probe
+    /// intervals: a probe that follows sends no dial of its own (dials to
+    /// an address are spaced out), yet the failure is as fresh.
+    unreachable_at: StableMap<Arc<str>, Instant>,
     pub counters: DetectorCounters,
 }
 
@@ -165,6 +175,7 @@ impl Detector {
             suspicions: StableMap::default(),
             expiry: BTreeSet::new(),
             stalls: StableMap::default(),
+            unreachable_at: StableMap::default(),
             counters: DetectorCounters::default(),
         }
     }
@@ -209,6 +220,7 @@ impl Detector {
                 self.go_indirect(now, helpers, out);
             }
         }
+        self.unreachable_at.insert(Arc::from(name), now);
         let failed: Vec<u32> = self
             .helping
             .iter()
@@ -254,6 +266,9 @@ impl Detector {
         let grace = self.config.stall_grace;
         self.stalls
             .retain(|_, s| now.saturating_duration_since(s.last) <= grace);
+        let fresh = self.config.probe_interval * 2;
+        self.unreachable_at
+            .retain(|_, at| now.saturating_duration_since(*at) <= fresh);
         let mut expired = Vec::new();
         while let Some((at, name)) = self.expiry.first().cloned() {
             if at > now {
@@ -281,7 +296,7 @@ impl Detector {
                         let helpers = helpers(&p.target);
                         self.go_indirect(now, &helpers, out);
                     }
-                    Stage::Indirect { asked, nacks } => self.fail(asked.saturating_sub(nacks), out),
+                    Stage::Indirect { asked, nacks } => self.fail(asked.saturating_sub(nacks), false, out),
                 }
             }
         }
@@ -365,7 +380,7 @@ impl Detector {
             .cloned()
             .collect();
         if asked.is_empty() {
-            return self.fail(0, out);
+            return self.fail(0, false, out);
         }
         self.counters.indirect_probes += 1;
         p.stage = Stage::Indirect {
@@ -382,13 +397,29 @@ impl Detector {
         }
     }
 
-    fn fail(&mut self, missing_nacks: usize, out: &mut Vec<DetectorOut>) {
+    /// A probe failed. It costs local health unless no link to the target
+    /// could be opened and every helper asked answered that it could not
+    /// reach it either: then the failure is the target's, not this node's.
+    /// Without that, a peer that invents members nobody can reach would
+    /// have every node that probes them slow its own probing to the
+    /// slowest, and so its detection of real failures. (A probe lost on a
+    /// lossy link still costs health, as Lifeguard has it.)
+    fn fail(&mut self, missing_nacks: usize, helpers_agreed: bool, out: &mut Vec<DetectorOut>) {
         if let Some(p) = self.probe.take() {
             self.counters.probes_failed += 1;
-            self.worse(1 + missing_nacks as u32);
+            let fresh = self.config.probe_interval * 2;
+            let unreachable_by_all = helpers_agreed
+                && self
+                    .unreachable_at
+                    .get(&p.target)
+                    .is_some_and(|at| *at + fresh >= p.started);
+            if !unreachable_by_all {
+                self.worse(1 + missing_nacks as u32);
+            }
             out.push(DetectorOut::Suspect {
                 target: p.target,
                 probed_at: p.started,
+                unreachable_by_all,
             });
         }
     }
@@ -452,7 +483,7 @@ impl Detector {
         };
         if nacks + 1 >= asked {
             // Every helper answered no: no need to wait out the deadline.
-            self.fail(0, out);
+            self.fail(0, true, out);
         }
     }
 
@@ -465,8 +496,23 @@ impl Detector {
         now: Instant,
         out: &mut Vec<DetectorOut>,
     ) {
-        let my_seq = self.next_seq();
         self.counters.helped += 1;
+        let fresh = self.config.probe_interval * 2;
+        if self
+            .unreachable_at
+            .get(target)
+            .is_some_and(|at| now.saturating_duration_since(*at) <= fresh)
+        {
+            // A dial to it failed a moment ago, and another would not be
+            // sent yet: answer "no" now, not at the deadline.
+            out.push(DetectorOut::PingReqAck {
+                to: from.clone(),
+                seq,
+                reached: false,
+            });
+            return;
+        }
+        let my_seq = self.next_seq();
         // Answer "no" a little before the asker gives up on us.
         let deadline = now + self.scale(self.config.probe_timeout).mul_f32(0.8);
         self.helping.insert(
@@ -663,10 +709,39 @@ mod tests {
             out,
             vec![DetectorOut::Suspect {
                 target: name("s"),
-                probed_at: t0 + Duration::from_millis(500)
+                probed_at: t0 + Duration::from_millis(500),
+                unreachable_by_all: false,
             }]
         );
         assert_eq!(d.health(), 1, "a failed probe with every nack back costs one point");
+    }
+
+    #[test]
+    fn a_subject_no_one_can_reach_costs_no_health() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(config(), t0);
+        let subjects = [name("s")];
+        let mut out = Vec::new();
+        d.tick(t0 + Duration::from_millis(500), &subjects, helpers, &mut out);
+        let Some(DetectorOut::Ping { seq, .. }) = out.pop() else {
+            panic!("{out:?}")
+        };
+        // The dial to it fails at once: the helpers are asked without
+        // waiting out the timeout, and neither reaches it.
+        d.unreachable("s", t0 + Duration::from_millis(510), &helpers("s"), &mut out);
+        assert_eq!(out.len(), 2, "two helpers asked: {out:?}");
+        out.clear();
+        d.on_pingreq_ack(seq, false, &mut out);
+        d.on_pingreq_ack(seq, false, &mut out);
+        assert_eq!(
+            out,
+            vec![DetectorOut::Suspect {
+                target: name("s"),
+                probed_at: t0 + Duration::from_millis(500),
+                unreachable_by_all: true,
+            }]
+        );
+        assert_eq!(d.health(), 0, "the failure is the subject's, not this node's");
     }
 
     #[test]

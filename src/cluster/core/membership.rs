@@ -271,6 +271,7 @@ impl ClusterCore {
                 match (from.is_up(), record.status.is_up()) {
                     (true, false) => self.member_down(&name),
                     (false, true) => self.member_up(&name),
+                    (true, true) => self.take_back(&name),
                     _ => {}
                 }
                 self.event(&record.id, Change::Restarted);
@@ -308,6 +309,7 @@ impl ClusterCore {
                 if !from.is_up() {
                     self.member_up(&name);
                 }
+                self.take_back(&name);
                 info!(member = %name, incarnation = record.incarnation, was = %from.as_str(), "member alive");
             }
             Status::Suspect => {
@@ -383,13 +385,15 @@ impl ClusterCore {
     }
 
     pub(super) fn member_down(&mut self, name: &Arc<str>) {
+        self.drop_passed_over(name);
         let table = &self.table;
         let live: Vec<Arc<str>> = table
             .iter()
             .filter(|m| m.status.is_up())
             .map(|m| m.id.name.clone())
             .collect();
-        if self.rings.remove(name, live.iter()) {
+        let passed = &self.passed_over;
+        if self.rings.remove(name, live.iter().filter(|n| !passed.contains(*n))) {
             self.overlay_dirty = true;
         }
         self.wanted.remove(name);
@@ -456,7 +460,8 @@ impl ClusterCore {
     /// A probe of `target` and its helpers went unanswered. A suspicion
     /// already running is confirmed at once; otherwise, over a live link,
     /// the driver is first asked whether the host still answers.
-    pub(super) fn probe_failed(&mut self, target: Arc<str>, probed_at: Instant) {
+    /// `unreachable_by_all`: see [`DetectorOut::Suspect`].
+    pub(super) fn probe_failed(&mut self, target: Arc<str>, probed_at: Instant, unreachable_by_all: bool) {
         let Some(m) = self.table.get(&target) else { return };
         let running = m.status == Status::Suspect;
         // A dial to it is connected and waiting for the handshake, or one
@@ -473,7 +478,7 @@ impl ClusterCore {
         // it only because no link could be opened.
         let busy = self.busy_seen.get(&addr).is_some_and(|at| *at >= since);
         match self.by_peer.get(&target).copied() {
-            _ if running => self.accuse(&target),
+            _ if running => self.accuse(&target, unreachable_by_all),
             _ if busy => {
                 debug!(member = %target, "probe unanswered, but the member's process turned a link away as busy; not suspecting it");
             }
@@ -483,7 +488,7 @@ impl ClusterCore {
                 since: probed_at,
             }),
             None if host_seen => self.host_checked(&target, true, self.now),
-            None => self.accuse(&target),
+            None => self.accuse(&target, unreachable_by_all),
         }
     }
 
@@ -500,10 +505,12 @@ impl ClusterCore {
                 "probe unanswered, but the member's host acknowledges the link; not suspecting a stalled process yet");
             return;
         }
-        self.accuse(&target);
+        self.accuse(&target, false);
     }
 
-    pub(super) fn accuse(&mut self, target: &Arc<str>) {
+    /// Suspects `target` on this node's own evidence and passes over it on
+    /// the rings (`walk_on`: see [`ClusterCore::pass_over`]).
+    pub(super) fn accuse(&mut self, target: &Arc<str>, walk_on: bool) {
         let Some(m) = self.table.get(target).filter(|m| m.status.is_up()) else {
             return;
         };
@@ -518,6 +525,9 @@ impl ClusterCore {
         let me = self.me.name.clone();
         self.apply(&record, Source::Local { accuser: Some(&me) });
         self.spread(record, Some(me));
+        if self.table.get(target).is_some_and(|m| m.status == Status::Suspect) {
+            self.pass_over(target, walk_on);
+        }
     }
 
     /// A suspicion ran out: declare the member dead.
@@ -546,7 +556,11 @@ impl ClusterCore {
                 DetectorOut::PingReqAck { to, seq, reached } => {
                     self.send_to(&to, Lane::Control, Msg::Probe(ProbeMsg::PingReqAck { seq, reached }))
                 }
-                DetectorOut::Suspect { target, probed_at } => self.probe_failed(target, probed_at),
+                DetectorOut::Suspect {
+                    target,
+                    probed_at,
+                    unreachable_by_all,
+                } => self.probe_failed(target, probed_at, unreachable_by_all),
                 DetectorOut::Dead {
                     name,
                     boot,

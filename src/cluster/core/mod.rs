@@ -26,6 +26,8 @@
 //!   join on when a node is busy;
 //! - `membership.rs`: applying member records, suspicion and death,
 //!   refutation, leaving, and the overlay and root that follow from them;
+//! - `pass_over.rs`: a suspect this node accused stops being its ring
+//!   neighbour until it refutes or dies;
 //! - `sync.rs`: anti-entropy with a neighbour, and node states;
 //! - `broadcast.rs`: broadcasts and direct envelopes, and acting on what
 //!   the tree delivers.
@@ -48,6 +50,7 @@ mod join;
 mod links;
 mod membership;
 mod news;
+mod pass_over;
 mod proofs;
 mod seals;
 mod sync;
@@ -226,6 +229,9 @@ pub type AdmissionRule = Box<dyn Fn(&NodeId, &NodePublicKey, &str) -> Result<(),
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct CoreCounters {
     pub suspicions_raised: u64,
+    /// Suspects this node accused and passed over on its rings, taking the
+    /// next member on as subject (see `pass_over.rs`).
+    pub passed_over: u64,
     pub confirmations: u64,
     pub refutations: u64,
     pub deaths_declared: u64,
@@ -404,6 +410,9 @@ pub struct ClusterCore {
     /// The overlay neighbours this node wants (from the rings), and since when.
     wanted: StableMap<Arc<str>, Instant>,
     overlay_dirty: bool,
+    /// Members this node accused and passes over on its rings while the
+    /// suspicion runs (see `pass_over.rs`).
+    passed_over: StableSet<Arc<str>>,
     /// A member table came in answer to a join: until then, a joiner knows
     /// only its seed and probes nobody.
     has_table: bool,
@@ -498,6 +507,7 @@ impl ClusterCore {
             last_dial: StableMap::default(),
             wanted: StableMap::default(),
             overlay_dirty: false,
+            passed_over: StableSet::default(),
             has_table: false,
             state_version: 0,
             outbox: StableMap::default(),
@@ -683,6 +693,7 @@ impl ClusterCore {
             "standing": self.standing,
             "members": by_status,
             "subjects": self.rings.subjects().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "passed_over": self.passed_over.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             "neighbours": self.rings.neighbours().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             "tree": {
                 "root": self.tree.round().map(|r| r.root.to_string()),

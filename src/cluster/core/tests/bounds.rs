@@ -18,7 +18,7 @@ fn bounded(max_members: usize) -> ClusterConfig {
     }
 }
 
-fn three(config: ClusterConfig) -> (Net, [usize; 3]) {
+pub(super) fn three(config: ClusterConfig) -> (Net, [usize; 3]) {
     let mut net = Net::new();
     let a = net.add_configured("a", 1, 100, config.clone());
     let b = net.add_configured("b", 2, 100, config.clone());

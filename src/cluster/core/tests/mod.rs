@@ -9,4 +9,5 @@ mod links;
 mod membership;
 mod net;
 mod news;
+mod pass_over;
 mod proofs;
