@@ -290,7 +290,8 @@ fn conjoiner_death(line: &str) -> Option<(u128, String)> {
 }
 
 /// Prints what the start cost each node, from its core's counters: the
-/// signatures it checked (members' proofs and status-report seals),
+/// signatures it checked (members' proofs and status-report seals), the
+/// suspicions it raised and the suspects it passed over on its rings,
 /// refutations and links opened, mean and most.
 fn start_costs(nodes: &mut [ConjoinerNode]) {
     let counters: Vec<Value> = nodes
@@ -301,7 +302,13 @@ fn start_costs(nodes: &mut [ConjoinerNode]) {
         .map(|state| state["cluster"]["counters"].clone())
         .collect();
     let mut line = format!("conjoiner: the start, per node of {}, mean (max):", counters.len());
-    for name in ["signatures_checked", "refutations", "links_opened"] {
+    for name in [
+        "signatures_checked",
+        "suspicions_raised",
+        "passed_over",
+        "refutations",
+        "links_opened",
+    ] {
         let values: Vec<u64> = counters.iter().filter_map(|c| c[name].as_u64()).collect();
         let mean = values.iter().sum::<u64>() as f64 / values.len().max(1) as f64;
         let max = values.iter().max().copied().unwrap_or(0);

@@ -378,7 +378,7 @@ fn two_thousand_invented_members_in_one_frame_get_only_a_links_budget_in() {
     const FAKES: usize = 2_000;
     // Past its first moments, when a node takes all it hears (see
     // `new_members_grace`): the tests' nodes are new.
-    let (_dir, key, [n1, n2, n3]) = three_configured("[membership]\nnew_members_grace = \"1ms\"\n");
+    let (_dir, key, [n1, n2, mut n3]) = three_configured("[membership]\nnew_members_grace = \"1ms\"\n");
 
     let attacker = lie_to(&n1, &key, invented_members(FAKES));
     wait_for(Duration::from_secs(15), "n1 to drop the news over the budget", || {
@@ -397,6 +397,18 @@ fn two_thousand_invented_members_in_one_frame_get_only_a_links_budget_in() {
         let (_, health) = node.http("GET", "/v1/health", None);
         assert_eq!(health["status"], "ok", "{} {health}", node.name);
     }
+
+    // The invented members surround the real nodes on every ring; a real
+    // node that dies among them is still seen dead, not listed alive
+    // until they have all died (529 s on the in-process network, before
+    // accusers passed over their suspects).
+    n3.kill9();
+    wait_for(Duration::from_secs(90), "n1 and n2 to list the killed n3 dead", || {
+        [&n1, &n2]
+            .iter()
+            .all(|n| member_status(n, "n3").as_deref() == Some("dead"))
+            .then_some(())
+    });
 }
 
 /// Three nodes sharing a new cluster key, each started with the config
