@@ -266,9 +266,8 @@ impl Detector {
         let grace = self.config.stall_grace;
         self.stalls
             .retain(|_, s| now.saturating_duration_since(s.last) <= grace);
-        let fresh = self.config.probe_interval * 2;
-        self.unreachable_at
-            .retain(|_, at| now.saturating_duration_since(*at) <= fresh);
+        let fresh = self.unreachable_kept();
+        self.unreachable_at.retain(|_, at| *at + fresh >= now);
         let mut expired = Vec::new();
         while let Some((at, name)) = self.expiry.first().cloned() {
             if at > now {
@@ -397,6 +396,19 @@ impl Detector {
         }
     }
 
+    /// How long a failed dial to a member counts as fresh.
+    fn unreachable_kept(&self) -> Duration {
+        self.config.probe_interval * 2
+    }
+
+    /// Whether a dial to `name` failed fresh at `at` (see `unreachable_at`).
+    fn unreachable_since(&self, name: &str, at: Instant) -> bool {
+        let fresh = self.unreachable_kept();
+        self.unreachable_at
+            .get(name)
+            .is_some_and(|failed| *failed + fresh >= at)
+    }
+
     /// A probe failed. It costs local health unless no link to the target
     /// could be opened and every helper asked answered that it could not
     /// reach it either: then the failure is the target's, not this node's.
@@ -407,12 +419,7 @@ impl Detector {
     fn fail(&mut self, missing_nacks: usize, helpers_agreed: bool, out: &mut Vec<DetectorOut>) {
         if let Some(p) = self.probe.take() {
             self.counters.probes_failed += 1;
-            let fresh = self.config.probe_interval * 2;
-            let unreachable_by_all = helpers_agreed
-                && self
-                    .unreachable_at
-                    .get(&p.target)
-                    .is_some_and(|at| *at + fresh >= p.started);
+            let unreachable_by_all = helpers_agreed && self.unreachable_since(&p.target, p.started);
             if !unreachable_by_all {
                 self.worse(1 + missing_nacks as u32);
             }
@@ -497,12 +504,7 @@ impl Detector {
         out: &mut Vec<DetectorOut>,
     ) {
         self.counters.helped += 1;
-        let fresh = self.config.probe_interval * 2;
-        if self
-            .unreachable_at
-            .get(target)
-            .is_some_and(|at| now.saturating_duration_since(*at) <= fresh)
-        {
+        if self.unreachable_since(target, now) {
             // A dial to it failed a moment ago, and another would not be
             // sent yet: answer "no" now, not at the deadline.
             out.push(DetectorOut::PingReqAck {
