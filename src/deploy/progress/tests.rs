@@ -256,3 +256,33 @@ fn a_rollout_signed_before_drivers_were_named_keeps_the_older_rule() {
     d.signature = Some(OperatorSignature::by(&f.alice, &bytes));
     assert_eq!(f.admits(&written(done(d), "x", 6, None)), Ok(()));
 }
+
+/// A driver's seal covers the share released, a fraction that travels in
+/// the entry's JSON body: it must read back bit for bit, or a genuine step
+/// fails its own seal at the node that wrote it (a signed canary was
+/// refused so in about one run of the operators test in twelve).
+#[test]
+fn a_genuine_step_verifies_whatever_share_it_releases() {
+    let f = Fleet::new();
+    let d = f.signed_rollout();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut refused = Vec::new();
+    for _ in 0..2_000 {
+        // A place's share, as placement hashes give them.
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let share = (x >> 11) as f64 / (1u64 << 53) as f64;
+        let mut step = d.clone();
+        step.rollout.as_mut().unwrap().released = share;
+        if let Err(e) = f.admits(&written(step, "n1", 5, Some(&f.n1))) {
+            refused.push((share, e));
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of 2,000 refused, first {:?}",
+        refused.len(),
+        refused.first()
+    );
+}
