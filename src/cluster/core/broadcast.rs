@@ -66,16 +66,23 @@ impl ClusterCore {
         let mut out = Vec::new();
         match msg {
             TreeMsg::Gossip { id, hops, payload } => {
-                // A lie about a member, or news over its link's budget,
-                // goes no further than this node (a copy already had is
-                // dropped below, and costs no budget).
+                // A lie about a member, a state its node did not seal, or
+                // news over its link's budget goes no further than this
+                // node (a copy already had is dropped below, and costs no
+                // budget). A genuine state is taken here, before it is
+                // passed on, so its delivery below finds it held.
                 let unseen = !self.tree.has_seen(id);
-                if let (Payload::Update { record, .. }, true) = (&payload, unseen) {
-                    let link = self.by_peer.get(from).copied();
-                    if !self.news_fits(link, record) || !self.worth_passing_on(record) {
-                        self.tree.refuse(id, self.now);
-                        return;
+                let passed_on = match (&payload, unseen) {
+                    (Payload::Update { record, .. }, true) => {
+                        let link = self.by_peer.get(from).copied();
+                        self.news_fits(link, record) && self.worth_passing_on(record)
                     }
+                    (Payload::State(state), true) => self.on_state(state.clone()),
+                    _ => true,
+                };
+                if !passed_on {
+                    self.tree.refuse(id, self.now);
+                    return;
                 }
                 self.tree.on_gossip(from, id, hops, payload, self.now, &mut out)
             }
@@ -136,7 +143,11 @@ impl ClusterCore {
                     );
                 }
             }
-            Payload::State(state) => self.on_state(state),
+            Payload::State(state) => {
+                // Taken already when it came down the tree (see `on_tree`):
+                // held now, so this is a cheap no.
+                let _genuine = self.on_state(state);
+            }
             Payload::Entry { set, entry } => self.take_entries(None, set, vec![entry]),
             Payload::Envelope(envelope) => {
                 self.counters.delivered += 1;

@@ -4,6 +4,7 @@
 //! publishing this node's state.
 
 use super::members::Applied;
+use super::proofs::Claim;
 use super::replica::{compare_versions, within_budget, Replicated};
 use super::{Action, ClusterCore, CoreError, LinkId, Source};
 use crate::cluster::protocol::{
@@ -251,7 +252,7 @@ impl ClusterCore {
             }
             (SET_STATES, Items::States(states)) => {
                 for state in states {
-                    self.on_state(state);
+                    let _genuine = self.on_state(state);
                 }
             }
             (set, Items::Entries(entries)) if self.held.contains_key(&set) => self.take_entries(via, set, entries),
@@ -316,16 +317,34 @@ impl ClusterCore {
     }
 
     /// A member's new state, by the tree or by anti-entropy: kept if it is
-    /// for the boot of the member this node holds, and newer.
-    pub(super) fn on_state(&mut self, state: Arc<StateRecord>) {
+    /// for the boot of the member this node holds, newer, and sealed as its
+    /// node's key requires. Answers false only for a forgery (a new state
+    /// its keyed node did not seal), which the tree does not pass on; what
+    /// this node cannot judge (a member it does not hold, another boot, a
+    /// version it has) is not a forgery.
+    pub(super) fn on_state(&mut self, state: Arc<StateRecord>) -> bool {
         if state.name == self.me.name {
-            return;
+            // Only this node publishes its states: one of this boot above
+            // the last it published is forged.
+            let forged = state.boot == self.me.boot && state.version > self.state_version;
+            if forged {
+                let name = state.name.clone();
+                self.unproven(
+                    &name,
+                    Claim::Report(state.version),
+                    "a status report this node never published",
+                );
+            }
+            return !forged;
         }
         let Some(boot) = self.table.get(&state.name).map(|m| m.id.boot) else {
-            return;
+            return true;
         };
-        if state.boot != boot || self.states.version(&state.name, boot) >= state.version || !self.state_sealed(&state) {
-            return;
+        if state.boot != boot || self.states.version(&state.name, boot) >= state.version {
+            return true;
+        }
+        if !self.state_sealed(&state) {
+            return false;
         }
         if self.states.set(&state, boot) {
             self.actions.push_back(Action::State {
@@ -333,6 +352,7 @@ impl ClusterCore {
                 data: state.data.clone(),
             });
         }
+        true
     }
 }
 

@@ -341,6 +341,87 @@ fn a_state_is_taken_only_as_its_node_sealed_it() {
     }
 }
 
+/// A forged state goes no further than the node it was told to, as forged
+/// member updates do: the tree does not pass on what its receiver refused,
+/// and a node told a report of its own that it never published refuses it.
+#[test]
+fn a_forged_state_is_not_passed_on() {
+    use crate::cluster::node_key::NodeKey;
+    use crate::cluster::protocol::StateRecord;
+    let (mut net, [a, b, c]) = three_keyed();
+    for i in [b, c] {
+        let now = net.now;
+        let name = net.cores[i].me().name.clone();
+        net.cores[i]
+            .set_state(Bytes::from(format!("{name}: all ok")), now)
+            .unwrap();
+    }
+    net.advance(Duration::from_secs(2));
+    for (i, of) in [(a, "b"), (a, "c"), (b, "c"), (c, "b")] {
+        assert!(net.cores[i].state_of(of).is_some(), "node {i} holds {of}'s state");
+    }
+    let forged_about = |net: &Net, about: usize, version: u64| {
+        let me = net.cores[about].me();
+        Arc::new(StateRecord {
+            name: me.name.clone(),
+            boot: me.boot,
+            version,
+            data: Bytes::from_static(b"backdoor running"),
+        })
+    };
+    let unproven = |net: &Net| [a, b, c].map(|i| net.cores[i].counters.records_unproven);
+    let before = unproven(&net);
+    // At a, one about each of the others, sealed by no key of theirs:
+    // whichever neighbour a would pass them to, one is about the other.
+    let stranger = NodeKey::generate();
+    let mut msgs = Vec::new();
+    for (n, about) in [b, c].into_iter().enumerate() {
+        let state = forged_about(&net, about, 50);
+        let seal = crate::cluster::member_proof::StateSeal::seal(
+            "test",
+            &stranger,
+            state.name.clone(),
+            state.boot,
+            state.version,
+            &state.data,
+        );
+        msgs.push(Msg::Sync(SyncMsg::Proofs {
+            proofs: Vec::new(),
+            seals: vec![seal],
+        }));
+        msgs.push(Msg::Tree(TreeMsg::Gossip {
+            id: 0x5ea1_0000 + n as u128,
+            hops: 0,
+            payload: Payload::State(state),
+        }));
+    }
+    inject(&mut net, a, msgs);
+    net.advance(Duration::from_secs(2));
+    let after = unproven(&net);
+    assert_eq!(after[0], before[0] + 2, "a refused both");
+    assert_eq!(after[1..], before[1..], "b and c never heard them");
+    // At b, a report of b's own above the last it published.
+    let state = forged_about(&net, b, 60);
+    let msgs = vec![Msg::Tree(TreeMsg::Gossip {
+        id: 0x5ea1_0010,
+        hops: 0,
+        payload: Payload::State(state),
+    })];
+    inject(&mut net, b, msgs);
+    net.advance(Duration::from_secs(2));
+    let last = unproven(&net);
+    assert_eq!(last[1], after[1] + 1, "b refused a report in its name");
+    assert_eq!([last[0], last[2]], [after[0], after[2]], "a and c never heard it");
+    for (i, of) in [(a, "b"), (a, "c"), (b, "c"), (c, "b")] {
+        let held = net.cores[i].state_of(of).unwrap();
+        assert_eq!(
+            &held.data[..],
+            format!("{of}: all ok").as_bytes(),
+            "{of}'s state at node {i}"
+        );
+    }
+}
+
 /// A node that never linked with a name's holder still knows the holder's
 /// key from its proof, so a hello under that name with another key is
 /// refused there too.
