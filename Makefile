@@ -42,7 +42,7 @@ build:
 test:
 	$(CARGO) test --all-targets --no-fail-fast
 
-## bench: N node processes on loopback (and Serf, if installed): convergence, broadcast latency, failure detection, RSS
+## bench: N node processes on loopback (and Serf, if installed; SERF=off leaves it out): convergence and its CPU, broadcast latency, failure detection, RSS
 bench:
 	N=$(N) $(RELEASE) bench --target $(HOST) --bench cluster
 

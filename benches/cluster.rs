@@ -6,7 +6,9 @@
 //!   launched at once as soon as it answers) until the first, middle and last
 //!   node each list N alive; then how many of all N do. A run that does not
 //!   converge within `CONVERGE_LIMIT` seconds (default 180) is reported as
-//!   such, with the most alive members any of those three listed;
+//!   such, with the most alive members any of those three listed; beside
+//!   it, when the last node was launched, and the CPU all processes used
+//!   until then (a start's cost, less swayed by other load than its time);
 //! - a steady window (`STEADY_SECS`, default 60) with nothing happening:
 //!   `dead` verdicts logged by every node (all false: nothing failed), and
 //!   CPU per node from `/proc/PID/stat`; then idle RSS;
@@ -82,6 +84,12 @@ fn rfc3339_ns(stamp: &str) -> Option<u128> {
 #[derive(Debug, Default)]
 struct Figures {
     converge_ms: Option<f64>,
+    /// From launching the first node until the last one was launched.
+    launched_ms: f64,
+    /// The CPU all processes used from their start until convergence (or
+    /// the limit), in seconds: the start's cost, less swayed by the
+    /// machine's other load than its wall time.
+    start_cpu_s: f64,
     /// The most alive members one of the watched nodes listed, if it never
     /// reached N.
     best_alive: usize,
@@ -107,6 +115,8 @@ impl Figures {
         json!({
             "converged": self.converge_ms.is_some(),
             "converge_ms": self.converge_ms,
+            "launched_ms": self.launched_ms,
+            "start_cpu_s": self.start_cpu_s,
             "best_alive_if_not_converged": self.best_alive,
             "nodes_listing_all": self.listing_all,
             "steady_window_s": self.steady_s,
@@ -137,6 +147,11 @@ fn rss_figures(f: &mut Figures, pids: &[u32]) {
     let rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
     f.rss_mean_mib = rss.iter().sum::<u64>() as f64 / rss.len() as f64 / 1024.0;
     f.rss_max_mib = rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
+}
+
+/// The CPU `pids` used since they started, in seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>() as f64 / clock_ticks_per_s()
 }
 
 /// The quiet window: `dead` verdicts counted by `is_death` in the lines the
@@ -308,6 +323,11 @@ fn start_costs(nodes: &mut [ConjoinerNode]) {
         "passed_over",
         "refutations",
         "links_opened",
+        "links_closed_for_room",
+        "dials",
+        "dial_failures",
+        "joins_redirected",
+        "anti_entropy_repairs",
     ] {
         let values: Vec<u64> = counters.iter().filter_map(|c| c[name].as_u64()).collect();
         let mean = values.iter().sum::<u64>() as f64 / values.len().max(1) as f64;
@@ -339,18 +359,23 @@ fn bench_conjoiner(n: usize, broadcasts: usize, limit: Duration, steady: u64) ->
     for i in 2..=n {
         nodes.push(start_conjoiner(root.path(), i, &key, &binds[i - 1], &seed));
     }
+    f.launched_ms = started.elapsed().as_secs_f64() * 1000.0;
     converge(&mut f, n, started, limit, |i| {
         nodes[i].http().map(alive_count).unwrap_or(0)
     });
+    let pids: Vec<u32> = nodes.iter().map(|n| n.proc.child.id()).collect();
+    f.start_cpu_s = cpu_seconds(&pids);
     match f.converge_ms {
-        Some(ms) => eprintln!("conjoiner: {n} nodes converged in {ms:.0} ms"),
+        Some(ms) => eprintln!(
+            "conjoiner: {n} nodes converged in {ms:.0} ms (all launched at {:.0} ms), using {:.2} s of CPU",
+            f.launched_ms, f.start_cpu_s
+        ),
         None => eprintln!(
             "conjoiner: NOT converged within {limit:?} (best {} of {n} alive)",
             f.best_alive
         ),
     }
     start_costs(&mut nodes);
-    let pids: Vec<u32> = nodes.iter().map(|n| n.proc.child.id()).collect();
     let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
     eprintln!("conjoiner: steady window of {steady} s");
     steady_window(&mut f, steady, &pids, &logs, |l| conjoiner_death(l).is_some());
@@ -534,15 +559,20 @@ fn bench_serf(n: usize, broadcasts: usize, limit: Duration, steady: u64) -> Figu
             return f;
         }
     }
+    f.launched_ms = started.elapsed().as_secs_f64() * 1000.0;
     converge(&mut f, n, started, limit, |i| serf_members_alive(&rpcs[i]));
+    let pids: Vec<u32> = procs.iter().map(|p| p.child.id()).collect();
+    f.start_cpu_s = cpu_seconds(&pids);
     match f.converge_ms {
-        Some(ms) => eprintln!("serf: {n} nodes converged in {ms:.0} ms"),
+        Some(ms) => eprintln!(
+            "serf: {n} nodes converged in {ms:.0} ms (all launched at {:.0} ms), using {:.2} s of CPU",
+            f.launched_ms, f.start_cpu_s
+        ),
         None => eprintln!(
             "serf: NOT converged within {limit:?} (best {} of {n} alive)",
             f.best_alive
         ),
     }
-    let pids: Vec<u32> = procs.iter().map(|p| p.child.id()).collect();
     let fail_logs: Vec<PathBuf> = (1..=n).map(|i| failures.join(format!("s{i}.log"))).collect();
     eprintln!("serf: steady window of {steady} s");
     steady_window(&mut f, steady, &pids, &fail_logs, |l| !l.trim().is_empty());
@@ -665,7 +695,12 @@ fn main() {
     let steady = env_usize("STEADY_SECS", 60) as u64;
     eprintln!("benchmark: {n} nodes, {broadcasts} broadcasts, steady window {steady} s");
     let ours = bench_conjoiner(n, broadcasts, limit, steady);
-    let serf = if serf_present() {
+    // `SERF=off` leaves Serf out, for runs that compare two builds of ours.
+    let serf_wanted = std::env::var("SERF").map_or(true, |v| v != "off");
+    let serf = if !serf_wanted {
+        eprintln!("SERF=off — skipping the comparison");
+        None
+    } else if serf_present() {
         Some(bench_serf(n, broadcasts, limit, steady))
     } else {
         eprintln!("serf not found on PATH (apt-get install serf) — skipping the comparison");
