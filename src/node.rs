@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::modules::registry::{self, BoxedFactory, Builtins, CORE_MODULES};
 use crate::monitor::board::StatusBoard;
 use crate::tags::TagChanges;
+use crate::wire::{Envelope, MessageType, Source};
 use actix::prelude::*;
 use anyhow::Context as _;
 use serde_json::{json, Value};
@@ -680,11 +681,13 @@ impl Node {
             holders: Arc::new(move |sha: &str| board.holders_of(sha)),
             keys: parts.as_ref().map(|p| p.keys.clone()),
         };
+        let boot_done = monitor::BootDone::default();
         let monitor = MonitorParts {
             ctx: ctx.clone(),
             config: config.monitor.clone(),
             board: status.clone(),
             deploy: deploy.clone(),
+            boot_done: boot_done.clone(),
         };
 
         // The Transponder first (it is the border), then the other core modules.
@@ -719,6 +722,18 @@ impl Node {
         }
         // Then whatever was deployed here before the node last stopped.
         deployer::start_installed(&deployer).await;
+        // Now the Monitor's first report can list them all.
+        boot_done.store(true, std::sync::atomic::Ordering::Release);
+        ctx.bus.do_send(crate::actors::modbus::Publish(Envelope::new(
+            MessageType::Event,
+            Source {
+                node: ctx.identity.name.clone(),
+                module: "node".into(),
+            },
+            ctx.identity.local_address(),
+            None,
+            json!({"event": monitor::NODE_STARTED}),
+        )));
 
         let handle = NodeHandle {
             ctx,

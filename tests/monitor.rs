@@ -135,6 +135,57 @@ fn a_module_restart_reaches_other_nodes_at_once_not_on_the_next_round() {
     eprintln!("rs-b saw the restart {:?} after the crash: {seen}", crashed.elapsed());
 }
 
+/// A process module that answers every status request.
+const STEADY_MODULE: &str = r#"#!/bin/sh
+while IFS= read -r line; do
+    case "$line" in
+    *'"type":"status_request"'*) printf '{"op":"status","body":{"up":true}}\n' ;;
+    esac
+done
+"#;
+
+/// The modules `node`'s own first report lists, as soon as there is one.
+fn first_report(node: &TestNode) -> Vec<String> {
+    wait_for(LIMIT, "the node's first report", || {
+        let (_, nodes) = cli_json(node, &["modules"]);
+        let mine = nodes
+            .as_array()?
+            .iter()
+            .find(|n| n["node"] == node.name.as_str())?
+            .clone();
+        let names = mine["modules"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["name"].as_str().map(String::from));
+        Some(names.collect())
+    })
+}
+
+/// A node's first report lists every module it runs: the core modules, and
+/// those installed here before it last stopped. (It used to list only the
+/// modules started before the Monitor, and that report stood for a whole
+/// round, however long, until a second one went out.)
+#[test]
+fn a_nodes_first_report_lists_every_module_it_runs() {
+    // Rounds a minute apart: any report seen sooner is the first.
+    let mut node = TestNode::start("first-report", &["--status-interval", "60s"]);
+    let listed = first_report(&node);
+    for core in ["transponder", "deployer", "monitor", "echo"] {
+        assert!(listed.iter().any(|m| m == core), "{core} missing from {listed:?}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = module_dir(tmp.path(), "steady", "1.0.0", STEADY_MODULE, json!({}));
+    let (code, out) = cli_json(&node, &["deploy", "steady", "--from", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    node.restart();
+    let listed = first_report(&node);
+    assert!(
+        listed.iter().any(|m| m == "steady"),
+        "the module installed before the restart is missing from {listed:?}"
+    );
+    assert_eq!(listed.len(), 5, "{listed:?}");
+}
+
 #[test]
 fn statuses_reach_every_node_and_failures_show_in_status() {
     let key = ClusterKey::generate();

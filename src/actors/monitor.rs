@@ -33,6 +33,7 @@ use crate::wire::{Envelope, MessageType, Source};
 use actix::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -71,6 +72,18 @@ impl Default for MonitorConfig {
     }
 }
 
+/// The local event (on the node's own address) that says the node has
+/// started the modules it boots with: the core ones, then those installed
+/// here before it last stopped.
+pub const NODE_STARTED: &str = "node_started";
+
+/// Set once the node has started the modules it boots with, just before
+/// [`NODE_STARTED`] is sent. Until then the Monitor makes no round: its
+/// first report lists every module the node runs, instead of leaving out
+/// the ones started after the Monitor for a whole interval and being sent
+/// to the cluster twice in the node's first seconds.
+pub type BootDone = Arc<AtomicBool>;
+
 /// What the Monitor works with, handed to it by whoever assembles the node.
 #[derive(Clone)]
 pub struct MonitorParts {
@@ -81,6 +94,7 @@ pub struct MonitorParts {
     /// The installed modules (for the package each one runs) and where
     /// each module the deployments table names stands.
     pub deploy: Arc<DeployState>,
+    pub boot_done: BootDone,
 }
 
 /// The factory of the node's Monitor.
@@ -116,6 +130,7 @@ pub struct Monitor {
     publication: Publication,
     /// A round is scheduled to publish a change held back by the gap.
     held_round: bool,
+    boot_done: BootDone,
     counters: Counters,
 }
 
@@ -137,6 +152,7 @@ impl Monitor {
             last_unresponsive: Vec::new(),
             publication: Publication::default(),
             held_round: false,
+            boot_done: parts.boot_done,
             counters: Counters::default(),
         }
     }
@@ -154,6 +170,9 @@ impl Monitor {
 
     /// Starts a round unless one is running (then one more follows it).
     fn start_round(&mut self, ctx: &mut Context<Self>) {
+        if !self.boot_done.load(Ordering::Acquire) {
+            return debug!("the node is still starting its modules; no round before it has");
+        }
         if self.running {
             self.again = true;
             return;
@@ -450,7 +469,10 @@ impl Handler<Deliver> for Monitor {
             kind if envelope.dst.address == self.ctx.identity.local_address() => {
                 let event = envelope.body.get("event").and_then(Value::as_str);
                 let changed = kind.as_str() == "deployment_changed"
-                    || matches!(event, Some("module_failed" | "module_restarting" | "module_restarted"));
+                    || matches!(
+                        event,
+                        Some("module_failed" | "module_restarting" | "module_restarted" | NODE_STARTED)
+                    );
                 if changed {
                     debug!(envelope = %envelope.id, kind = %kind, "local change; reporting now");
                     self.start_round(ctx);
