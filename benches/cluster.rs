@@ -195,8 +195,15 @@ fn detection(files: &[PathBuf], killed_ns: u128, seen_at: impl Fn(&str) -> Optio
 /// up on Linux), so no node's outgoing connection can take one of them
 /// between this check and the node binding it.
 /// Convergence, the same way for both systems: the first, middle and last
-/// node each list `n` alive (`alive(i)`), polled every 250 ms.
-fn converge(f: &mut Figures, n: usize, started: Instant, limit: Duration, mut alive: impl FnMut(usize) -> usize) {
+/// node each list `n` alive (`alive(i)`), polled every 250 ms; the CPU the
+/// processes `pids` used by then.
+fn converge(
+    f: &mut Figures,
+    (n, pids): (usize, &[u32]),
+    started: Instant,
+    limit: Duration,
+    mut alive: impl FnMut(usize) -> usize,
+) {
     let watched = [0, n / 2, n - 1];
     let mut done: HashSet<usize> = HashSet::new();
     let converged = poll(limit, Duration::from_millis(250), || {
@@ -212,6 +219,7 @@ fn converge(f: &mut Figures, n: usize, started: Instant, limit: Duration, mut al
         (done.len() == watched.len()).then_some(())
     });
     f.converge_ms = converged.map(|()| started.elapsed().as_secs_f64() * 1000.0);
+    f.start_cpu_s = cpu_seconds(pids);
     // Under a storm one query can take seconds (Serf at 200: up to the
     // client limit of 5 s each), so the count stops at a deadline; a node
     // not asked by then is not counted as listing all.
@@ -360,11 +368,10 @@ fn bench_conjoiner(n: usize, broadcasts: usize, limit: Duration, steady: u64) ->
         nodes.push(start_conjoiner(root.path(), i, &key, &binds[i - 1], &seed));
     }
     f.launched_ms = started.elapsed().as_secs_f64() * 1000.0;
-    converge(&mut f, n, started, limit, |i| {
+    let pids: Vec<u32> = nodes.iter().map(|n| n.proc.child.id()).collect();
+    converge(&mut f, (n, &pids), started, limit, |i| {
         nodes[i].http().map(alive_count).unwrap_or(0)
     });
-    let pids: Vec<u32> = nodes.iter().map(|n| n.proc.child.id()).collect();
-    f.start_cpu_s = cpu_seconds(&pids);
     match f.converge_ms {
         Some(ms) => eprintln!(
             "conjoiner: {n} nodes converged in {ms:.0} ms (all launched at {:.0} ms), using {:.2} s of CPU",
@@ -560,9 +567,8 @@ fn bench_serf(n: usize, broadcasts: usize, limit: Duration, steady: u64) -> Figu
         }
     }
     f.launched_ms = started.elapsed().as_secs_f64() * 1000.0;
-    converge(&mut f, n, started, limit, |i| serf_members_alive(&rpcs[i]));
     let pids: Vec<u32> = procs.iter().map(|p| p.child.id()).collect();
-    f.start_cpu_s = cpu_seconds(&pids);
+    converge(&mut f, (n, &pids), started, limit, |i| serf_members_alive(&rpcs[i]));
     match f.converge_ms {
         Some(ms) => eprintln!(
             "serf: {n} nodes converged in {ms:.0} ms (all launched at {:.0} ms), using {:.2} s of CPU",
