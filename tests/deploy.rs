@@ -245,6 +245,16 @@ fn bad_packages_are_refused_and_the_running_version_stays() {
     let huge = tmp.path().join("huge.json");
     std::fs::write(&huge, json!({"pad": "x".repeat(300 * 1024)}).to_string()).unwrap();
     refused(&url(&good), &["--config", &format!("@{}", huge.display())], "too_large");
+    // The node audits it as refused, with why, and not as taken: only the
+    // good deploy above was.
+    let (code, trail) = cli_json(&node, &["audit", "--module", "hello", "--since", "1h"]);
+    assert_eq!(code, 0, "{trail}");
+    let lines = trail["lines"].as_array().cloned().unwrap_or_default();
+    let taken = lines.iter().filter(|l| l["decision"] == "taken").count();
+    assert_eq!(taken, 1, "{trail}");
+    let too_large =
+        |l: &&Value| l["decision"] == "refused" && l["reason"].as_str().unwrap_or_default().contains("over the limit");
+    assert!(lines.iter().any(|l| too_large(&l)), "{trail}");
 
     // Files outside `--package-dir` are not even opened: neither a file://
     // source, nor a path given to the API, however it is spelled.

@@ -5,7 +5,7 @@
 
 use super::error::{list_members, parse_target, rejected, ApiError, MAX_REQUEST_TIMEOUT_MS};
 use crate::actors::cluster_bus::ListEntries;
-use crate::audit::Decision;
+use crate::audit::{AuditLine, Decision};
 use crate::cluster::identity::cut;
 use crate::cluster::protocol::SET_DEPLOYMENTS;
 use crate::command::signature::OperatorSignature;
@@ -203,15 +203,24 @@ pub async fn undeploy(
     .await
 }
 
-/// This node, as the origin, takes a command (see
-/// [`take_at_origin`]): its id and the entry body to write, or the refusal
-/// as an API error (logged, and counted when unauthorized).
-pub async fn take_command(
+/// A command this node took as its origin, not yet in the table.
+struct Taken {
+    id: uuid::Uuid,
+    deployment: Deployment,
+    /// Its audit line, appended once the table took the entry (as taken)
+    /// or did not (as refused, with why): until then it is only checked.
+    audit: AuditLine,
+}
+
+/// This node, as the origin, checks a command (see [`take_at_origin`]):
+/// its id and the entry body to write, or the refusal as an API error
+/// (audited, logged, and counted when unauthorized).
+async fn take_command(
     node: &NodeHandle,
     given: Given,
     deployment: Deployment,
     policy: Option<&RolloutPolicy>,
-) -> Result<(uuid::Uuid, Deployment), ApiError> {
+) -> Result<Taken, ApiError> {
     let rows = read_all(&table(node).await?).0;
     let me = node.ctx.identity.name.clone();
     let mut line = audit_line(&me, given.id.as_deref(), &deployment, Some(&me), Decision::Refused);
@@ -231,53 +240,120 @@ pub async fn take_command(
             now_ms(),
         )
     };
-    if let Ok((id, _)) = &taken {
-        line.id = Some(id.to_string());
-        line.decision = Decision::Taken;
-    }
-    if let Err(e) = &taken {
-        line.reason = Some(e.to_string());
-    }
+    let refusal = match taken {
+        Ok((id, deployment)) => {
+            line.id = Some(id.to_string());
+            return Ok(Taken {
+                id,
+                deployment,
+                audit: line,
+            });
+        }
+        Err(refusal) => refusal,
+    };
+    line.reason = Some(refusal.to_string());
     node.deploy.audit.append(&line);
-    taken.map_err(|e| {
-        let status = match e {
-            OriginRefusal::NotAuthorized(_) => {
-                node.ctx.metrics.dropped(crate::metrics::DropReason::Unauthorized);
-                StatusCode::FORBIDDEN
-            }
-            OriginRefusal::Stale(_) => StatusCode::CONFLICT,
-            OriginRefusal::Invalid(_) => StatusCode::BAD_REQUEST,
+    let status = match refusal {
+        OriginRefusal::NotAuthorized(_) => {
+            node.ctx.metrics.dropped(crate::metrics::DropReason::Unauthorized);
+            StatusCode::FORBIDDEN
+        }
+        OriginRefusal::Stale(_) => StatusCode::CONFLICT,
+        OriginRefusal::Invalid(_) => StatusCode::BAD_REQUEST,
+    };
+    warn!(code = refusal.code(), error = %refusal, "refused a command at its origin");
+    Err(ApiError::new(status, refusal.code(), refusal.to_string()))
+}
+
+/// The command checked at its origin (see [`take_command`]), and its entry
+/// checked as every node will check it, before anything is written. A
+/// refusal is audited.
+async fn take_checked(
+    node: &NodeHandle,
+    given: Given,
+    deployment: Deployment,
+    policy: Option<&RolloutPolicy>,
+) -> Result<Taken, ApiError> {
+    let mut taken = take_command(node, given, deployment, policy).await?;
+    let provisional = crate::cluster::protocol::Entry {
+        key: "check".into(),
+        version: crate::cluster::protocol::Version {
+            clock: now_ms(),
+            origin: node.ctx.identity.name.as_str().into(),
+        },
+        body: taken.deployment.to_body(),
+    };
+    if let Err(why) = Row::read(&provisional) {
+        let code = if why.contains("over the limit") {
+            "too_large"
+        } else {
+            "invalid_request"
         };
-        warn!(code = e.code(), error = %e, "refused a command at its origin");
-        ApiError::new(status, e.code(), e.to_string())
-    })
+        taken.audit.reason = Some(why.clone());
+        node.deploy.audit.append(&taken.audit);
+        return Err(rejected(code, why));
+    }
+    Ok(taken)
+}
+
+/// What `POST /v1/deploy` and `/v1/undeploy` do with a command, without
+/// HTTP and without driving a rollout's later waves (for in-process
+/// tests): checked, written, audited, its results gathered; or why not, as
+/// `code: message`.
+pub async fn take_and_write(
+    node: &NodeHandle,
+    given: Given,
+    deployment: Deployment,
+    policy: Option<RolloutPolicy>,
+    timeout: Duration,
+) -> Result<publish::PublishOutcome, String> {
+    let taken = take_checked(node, given, deployment, policy.as_ref())
+        .await
+        .map_err(|e| format!("{}: {}", e.code, e.message))?;
+    write_taken(node, taken, policy, timeout, None).await
 }
 
 /// Writes the entry and gathers its results; a rollout is then driven by
 /// this node, wave by wave.
 async fn publish_and_drive(
     node: &NodeHandle,
-    id: uuid::Uuid,
-    deployment: Deployment,
+    taken: Taken,
     policy: Option<RolloutPolicy>,
     timeout: Duration,
     progress: Option<tokio::sync::mpsc::UnboundedSender<publish::Progress>>,
 ) -> Result<publish::PublishOutcome, String> {
     let rolling = policy.is_some();
-    let outcome = publish::publish(
-        &node.ctx,
-        &node.settings.node_key,
-        id,
-        deployment,
-        policy,
-        timeout,
-        progress,
-    )
-    .await?;
+    let outcome = write_taken(node, taken, policy, timeout, progress).await?;
     if rolling {
         node.drive_rollout(outcome.id);
     }
     Ok(outcome)
+}
+
+/// Writes a taken command's entry and gathers its results. The command is
+/// audited as taken as soon as the table took its entry, else as refused
+/// with why.
+async fn write_taken(
+    node: &NodeHandle,
+    taken: Taken,
+    policy: Option<RolloutPolicy>,
+    timeout: Duration,
+    progress: Option<tokio::sync::mpsc::UnboundedSender<publish::Progress>>,
+) -> Result<publish::PublishOutcome, String> {
+    let audit = publish::OriginAudit {
+        log: &node.deploy.audit,
+        line: taken.audit,
+    };
+    publish::publish(
+        &node.ctx,
+        &node.settings.node_key,
+        (taken.id, Some(audit)),
+        taken.deployment,
+        policy,
+        timeout,
+        progress,
+    )
+    .await
 }
 
 /// Writes the entry and answers its outcome as one JSON object, or, when
@@ -294,31 +370,14 @@ async fn run_publish(
     policy: Option<RolloutPolicy>,
     timeout: Duration,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, deployment) = take_command(&node, given, deployment, policy.as_ref()).await?;
-    // Checked as every node will check it, before anything is written.
-    let provisional = crate::cluster::protocol::Entry {
-        key: "check".into(),
-        version: crate::cluster::protocol::Version {
-            clock: now_ms(),
-            origin: node.ctx.identity.name.as_str().into(),
-        },
-        body: deployment.to_body(),
-    };
-    if let Err(why) = Row::read(&provisional) {
-        let code = if why.contains("over the limit") {
-            "too_large"
-        } else {
-            "invalid_request"
-        };
-        return Err(rejected(code, why));
-    }
+    let taken = take_checked(&node, given, deployment, policy.as_ref()).await?;
     let streaming = http
         .headers()
         .get(actix_web::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/x-ndjson"));
     if !streaming {
-        let outcome = publish_and_drive(&node, id, deployment, policy, timeout, None)
+        let outcome = publish_and_drive(&node, taken, policy, timeout, None)
             .await
             .map_err(ApiError::unavailable)?;
         return Ok(HttpResponse::Ok().json(outcome));
@@ -333,7 +392,7 @@ async fn run_publish(
     });
     actix_rt::spawn(
         async move {
-            let last = match publish_and_drive(&node, id, deployment, policy, timeout, Some(progress_tx)).await {
+            let last = match publish_and_drive(&node, taken, policy, timeout, Some(progress_tx)).await {
                 Ok(outcome) => {
                     let mut v = serde_json::to_value(outcome).unwrap_or(Value::Null);
                     if let Some(obj) = v.as_object_mut() {

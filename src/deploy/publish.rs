@@ -11,6 +11,7 @@ use super::table::{placement, Deployment, RolloutPolicy};
 use crate::actors::cluster_bus::{ListMembers, Member, MemberStatus};
 use crate::actors::transponder::{AwaitReplies, NodeReply};
 use crate::actors::ModuleContext;
+use crate::audit::{AuditLine, AuditLog, Decision};
 use crate::cluster::node_key::NodeKey;
 use crate::wire::{MessageType, Target};
 use serde::Serialize;
@@ -177,31 +178,56 @@ pub struct Reach {
     pub absent: Vec<Absent>,
 }
 
+/// The origin's audit line for a command it took, appended as `taken`
+/// the moment the table takes the entry (before any result comes back),
+/// or as `refused`, with why, if the entry is not written.
+pub struct OriginAudit<'a> {
+    pub log: &'a AuditLog,
+    pub line: AuditLine,
+}
+
+impl OriginAudit<'_> {
+    fn append(mut self, written: Result<(), &str>) {
+        match written {
+            Ok(()) => self.line.decision = Decision::Taken,
+            Err(why) => self.line.reason = Some(why.to_string()),
+        }
+        self.log.append(&self.line);
+    }
+}
+
 /// Writes `deployment` into the table under `id` (released to its first
 /// wave only, with a `rollout` policy), and gathers the results of the
-/// nodes it is in force for now, for up to `timeout`.
+/// nodes it is in force for now, for up to `timeout`. `audit`, if given,
+/// is appended as soon as it is known whether the table took the entry.
 pub async fn publish(
     ctx: &ModuleContext,
     key: &NodeKey,
-    id: Uuid,
+    (id, mut audit): (Uuid, Option<OriginAudit<'_>>),
     mut deployment: Deployment,
     rollout: Option<RolloutPolicy>,
     timeout: Duration,
     progress: Option<mpsc::UnboundedSender<Progress>>,
 ) -> Result<PublishOutcome, String> {
-    let members = ctx
-        .cluster
-        .members
-        .send(ListMembers)
-        .await
-        .map_err(|_| "the cluster side is not running".to_string())?;
+    let mut not_written = |why: String| {
+        if let Some(audit) = audit.take() {
+            audit.append(Err(&why));
+        }
+        why
+    };
+    let members = match ctx.cluster.members.send(ListMembers).await {
+        Ok(members) => members,
+        Err(_) => return Err(not_written("the cluster side is not running".into())),
+    };
     if let Some(policy) = rollout {
         deployment.rollout = Some(first_wave(&deployment, &id.to_string(), &members, policy));
     }
-    let reach = reach(&deployment, &id.to_string(), &members)?;
-    let transponder = ctx
-        .transponder()
-        .ok_or("the transponder is restarting; try again in a moment")?;
+    let reach = reach(&deployment, &id.to_string(), &members).map_err(&mut not_written)?;
+    let Some(transponder) = ctx.transponder() else {
+        return Err(not_written(
+            "the transponder is restarting; try again in a moment".into(),
+        ));
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let kind = match &deployment.action {
         super::table::Action::Deploy => MessageType::Deploy,
@@ -232,7 +258,10 @@ pub async fn publish(
         later: reach.later.clone(),
     });
     if let Err(e) = write_sealed(ctx, key, &id.to_string(), deployment.clone()).await {
-        return Err(format!("the table did not take the entry: {e}"));
+        return Err(not_written(format!("the table did not take the entry: {e}")));
+    }
+    if let Some(audit) = audit.take() {
+        audit.append(Ok(()));
     }
     tokio::pin!(gathered);
     let outcome = loop {

@@ -7,7 +7,7 @@
 
 use conjoiner::actors::cluster_bus::{ListEntries, ListMembers, MemberStatus};
 use conjoiner::actors::monitor::MonitorConfig;
-use conjoiner::api::deployments::take_command;
+use conjoiner::api::deployments::take_and_write;
 use conjoiner::cluster::memory::MemoryNetwork;
 use conjoiner::cluster::protocol::SET_DEPLOYMENTS;
 use conjoiner::cluster::{ClusterConfig, ClusterKey};
@@ -17,7 +17,7 @@ use conjoiner::command::trust::{SharedTrust, Trust};
 use conjoiner::deploy::command::{command_bytes, Given};
 use conjoiner::deploy::install::DeployerConfig;
 use conjoiner::deploy::origin::{self, DeployRequest};
-use conjoiner::deploy::publish::{publish, PublishOutcome};
+use conjoiner::deploy::publish::PublishOutcome;
 use conjoiner::deploy::table::{Action, Deployment, RolloutPolicy, Row};
 use conjoiner::node::{NetworkConfig, Node, NodeConfig, CLUSTER_ADDR_FILE};
 use conjoiner::wire::now_ms;
@@ -309,27 +309,14 @@ pub async fn deployment_at(
 
 /// What `POST /v1/deploy` and `/v1/undeploy` do with a request at the
 /// origin: the command is taken (checked, timed) and its entry written;
-/// or the reason it was refused.
+/// or the reason it was refused. A rollout's later waves are not driven.
 pub async fn command(
     origin: &Started,
     given: Given,
     deployment: Deployment,
     rollout: Option<RolloutPolicy>,
 ) -> Result<PublishOutcome, String> {
-    let handle = &origin.node.handle;
-    let (id, deployment) = take_command(handle, given, deployment, rollout.as_ref())
-        .await
-        .map_err(|e| format!("{}: {}", e.code, e.message))?;
-    publish(
-        &handle.ctx,
-        &handle.settings.node_key,
-        id,
-        deployment,
-        rollout,
-        Duration::from_secs(10),
-        None,
-    )
-    .await
+    take_and_write(&origin.node.handle, given, deployment, rollout, Duration::from_secs(10)).await
 }
 
 /// Signs `deployment` with `secret` as `conjoiner deploy --operator-key`
