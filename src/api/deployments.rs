@@ -347,7 +347,7 @@ async fn write_taken(
     publish::publish(
         &node.ctx,
         &node.settings.node_key,
-        (taken.id, Some(audit)),
+        (taken.id, audit),
         taken.deployment,
         policy,
         timeout,

@@ -198,17 +198,19 @@ impl OriginAudit<'_> {
 
 /// Writes `deployment` into the table under `id` (released to its first
 /// wave only, with a `rollout` policy), and gathers the results of the
-/// nodes it is in force for now, for up to `timeout`. `audit`, if given,
-/// is appended as soon as it is known whether the table took the entry.
+/// nodes it is in force for now, for up to `timeout`. The command's
+/// `audit` line is appended as soon as it is known whether the table took
+/// the entry.
 pub async fn publish(
     ctx: &ModuleContext,
     key: &NodeKey,
-    (id, mut audit): (Uuid, Option<OriginAudit<'_>>),
+    (id, audit): (Uuid, OriginAudit<'_>),
     mut deployment: Deployment,
     rollout: Option<RolloutPolicy>,
     timeout: Duration,
     progress: Option<mpsc::UnboundedSender<Progress>>,
 ) -> Result<PublishOutcome, String> {
+    let mut audit = Some(audit);
     let mut not_written = |why: String| {
         if let Some(audit) = audit.take() {
             audit.append(Err(&why));
