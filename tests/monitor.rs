@@ -17,18 +17,17 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// The harness runs every node with `--status-interval 1s`.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The modules on `node` as `observer`'s `modules --json` lists them, if
+/// it has `node`'s report.
+fn modules_of(observer: &TestNode, node: &str) -> Option<Vec<Value>> {
+    let (_, nodes) = cli_json(observer, &["modules"]);
+    let modules = nodes.as_array()?.iter().find(|n| n["node"] == node)?.get("modules")?;
+    modules.as_array().cloned()
+}
+
 /// The module `module` on `node` as `observer`'s `modules --json` lists it.
 fn module_on(observer: &TestNode, node: &str, module: &str) -> Option<Value> {
-    let (_, nodes) = cli_json(observer, &["modules"]);
-    nodes
-        .as_array()?
-        .iter()
-        .find(|n| n["node"] == node)?
-        .get("modules")?
-        .as_array()?
-        .iter()
-        .find(|m| m["name"] == module)
-        .cloned()
+    modules_of(observer, node)?.into_iter().find(|m| m["name"] == module)
 }
 
 /// `node` as `observer`'s `status --json` shows it, with the exit code.
@@ -135,29 +134,16 @@ fn a_module_restart_reaches_other_nodes_at_once_not_on_the_next_round() {
     eprintln!("rs-b saw the restart {:?} after the crash: {seen}", crashed.elapsed());
 }
 
-/// A process module that answers every status request.
-const STEADY_MODULE: &str = r#"#!/bin/sh
-while IFS= read -r line; do
-    case "$line" in
-    *'"type":"status_request"'*) printf '{"op":"status","body":{"up":true}}\n' ;;
-    esac
-done
-"#;
-
 /// The modules `node`'s own first report lists, as soon as there is one.
 fn first_report(node: &TestNode) -> Vec<String> {
     wait_for(LIMIT, "the node's first report", || {
-        let (_, nodes) = cli_json(node, &["modules"]);
-        let mine = nodes
-            .as_array()?
-            .iter()
-            .find(|n| n["node"] == node.name.as_str())?
-            .clone();
-        let names = mine["modules"]
-            .as_array()?
-            .iter()
-            .filter_map(|m| m["name"].as_str().map(String::from));
-        Some(names.collect())
+        let modules = modules_of(node, &node.name)?;
+        Some(
+            modules
+                .iter()
+                .filter_map(|m| m["name"].as_str().map(String::from))
+                .collect(),
+        )
     })
 }
 
@@ -174,7 +160,8 @@ fn a_nodes_first_report_lists_every_module_it_runs() {
         assert!(listed.iter().any(|m| m == core), "{core} missing from {listed:?}");
     }
     let tmp = tempfile::tempdir().unwrap();
-    let dir = module_dir(tmp.path(), "steady", "1.0.0", STEADY_MODULE, json!({}));
+    // It answers status requests, and is sent nothing else here.
+    let dir = module_dir(tmp.path(), "steady", "1.0.0", CRASH_ON_REQUEST, json!({}));
     let (code, out) = cli_json(&node, &["deploy", "steady", "--from", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     node.restart();
