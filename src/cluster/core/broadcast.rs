@@ -143,11 +143,9 @@ impl ClusterCore {
                     );
                 }
             }
-            Payload::State(state) => {
-                // Taken already when it came down the tree (see `on_tree`):
-                // held now, so this is a cheap no.
-                let _genuine = self.on_state(state);
-            }
+            // Judged and taken in `on_tree`, before it was passed on: the
+            // tree delivers only what `on_tree` let through.
+            Payload::State(_) => {}
             Payload::Entry { set, entry } => self.take_entries(None, set, vec![entry]),
             Payload::Envelope(envelope) => {
                 self.counters.delivered += 1;
