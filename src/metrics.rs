@@ -57,7 +57,8 @@ pub enum DropReason {
     /// Nobody on the ModBus handles its address.
     NoHandler,
     /// From a peer that failed the encrypted handshake (wrong cluster
-    /// key), or a command that no trusted operator key allowed.
+    /// key), a command that no trusted operator key allowed, or a deploy
+    /// or undeploy sent as an envelope instead of a table entry.
     Unauthorized,
     /// A target selector that does not parse.
     BadTarget,

@@ -4,7 +4,7 @@
 use conjoiner::actors::cluster_bus::FromCluster;
 use conjoiner::actors::event_tap::{ReaderWants, TapStream};
 use conjoiner::actors::supervisor::ListModules;
-use conjoiner::actors::transponder::{PublishToCluster, RequestCluster};
+use conjoiner::actors::transponder::{PublishRefused, PublishToCluster, RequestCluster};
 use conjoiner::actors::{ModuleState, StopModule, TransponderConfig};
 use conjoiner::node::{Node, NodeConfig};
 use conjoiner::wire::{Envelope, MessageType, Source};
@@ -177,6 +177,47 @@ async fn duplicates_and_envelopes_for_other_nodes_are_dropped() {
         }
     }
     assert_eq!(seen, [ours.id, marker.id], "one copy of ours, none of the other node's");
+    node.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn orders_as_envelopes_are_refused_whether_published_here_or_sent_by_a_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start("inproc-5", &dir).await;
+    let mut tap = Tap::of(&node);
+    let transponder = node.handle.transponder().unwrap();
+
+    for kind in [MessageType::Deploy, MessageType::Undeploy] {
+        let refused = transponder
+            .send(PublishToCluster {
+                kind: kind.clone(),
+                module: "test".into(),
+                address: "mod.deployer".into(),
+                target: None,
+                body: json!({"name": "echo"}),
+            })
+            .await
+            .unwrap();
+        assert_eq!(refused, Err(PublishRefused::Order(kind)));
+    }
+    // A peer's undeploy of echo never reaches the ModBus; the marker after it does.
+    let mut order = from_peer("mod.deployer", 1, None);
+    order.kind = MessageType::Undeploy;
+    order.body = json!({"name": "echo"});
+    let marker = from_peer("orders.marker", 2, None);
+    transponder.send(FromCluster(order.clone())).await.unwrap();
+    transponder.send(FromCluster(marker.clone())).await.unwrap();
+    let first = next_where(&mut tap, |e| e.id == order.id || e.id == marker.id).await;
+    assert_eq!(first.id, marker.id, "the peer's order was delivered on the ModBus");
+
+    let metrics = node.handle.ctx.metrics.render();
+    assert!(
+        metrics.contains("conjoiner_envelopes_dropped_total{reason=\"unauthorized\"} 3"),
+        "each refusal counted: {metrics}"
+    );
+    let modules = node.handle.ctx.supervisor.send(ListModules).await.unwrap();
+    let echo = modules.iter().find(|m| m.name == "echo").expect("echo is listed");
+    assert_eq!(echo.state, ModuleState::Running);
     node.shutdown().await;
 }
 

@@ -522,3 +522,122 @@ fn a_node_that_trusts_no_key_says_so_at_start_and_in_status() {
     let (_, status) = node.http("GET", "/v1/status", None);
     assert_eq!(status["operator_keys"], json!([]));
 }
+
+/// A module that, once asked, publishes a deploy of `hello` and an
+/// undeploy of itself as envelopes, then replies; it answers status
+/// requests with `ok`.
+fn module_sending_orders(hello: &std::path::Path) -> String {
+    let deploy = json!({"op": "publish", "address": "mod.deployer", "type": "deploy",
+        "body": {"name": "hello", "source": {"path": hello}}});
+    let undeploy = json!({"op": "publish", "address": "mod.deployer", "type": "undeploy",
+        "body": {"name": "sneaky"}});
+    format!(
+        r#"#!/bin/sh
+while IFS= read -r line; do
+  case "$line" in
+  *'"type":"request"'*)
+    id=$(printf '%s\n' "$line" | sed -n 's/^{{"v":1,"id":"\([^"]*\)".*/\1/p')
+    printf '%s\n' '{deploy}' '{undeploy}'
+    printf '{{"op":"reply","to":"%s","body":{{"sent":2}}}}\n' "$id"
+    ;;
+  *'"type":"status_request"'*)
+    printf '{{"op":"status","body":{{"health":"ok"}}}}\n'
+    ;;
+  esac
+done
+"#
+    )
+}
+
+#[test]
+fn orders_dressed_as_envelopes_are_refused_on_every_other_path() {
+    let keys = tempfile::tempdir().unwrap();
+    let alice = OperatorSecret::generate();
+    let alice_file = keys.path().join("alice.key");
+    alice.write_pair(&alice_file).unwrap();
+    let trusted = alice.public().to_string();
+    let node = TestNode::start("og1", &["--trust-operator", &trusted]);
+    let hello = hello_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let sneaky = module_dir(tmp.path(), "sneaky", "1.0.0", &module_sending_orders(&hello), json!({}));
+    let out = node.cli(&[
+        "deploy",
+        "sneaky",
+        "--from",
+        sneaky.to_str().unwrap(),
+        "--operator-key",
+        alice_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    wait_module(&node, "sneaky", "running", |m| m["state"] == "running");
+
+    // Through the control API (and so the CLI), with a target or without.
+    for (kind, body) in [
+        ("deploy", json!({"name": "hello", "source": {"path": hello}})),
+        ("undeploy", json!({"name": "sneaky"})),
+    ] {
+        for target in [None, Some("name=og1")] {
+            let request = json!({"address": "mod.deployer", "type": kind, "body": body, "target": target});
+            let (status, answer) = node.http("POST", "/v1/publish", Some(request.to_string().as_bytes()));
+            assert_eq!(
+                (status, answer["code"].as_str()),
+                (403, Some("not_authorized")),
+                "{kind} {target:?}: {answer}"
+            );
+            assert!(
+                answer["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("travels only as a deployments-table entry"),
+                "{answer}"
+            );
+        }
+    }
+    let out = node.cli(&["publish", "mod.deployer", r#"{"name":"sneaky"}"#, "--type", "undeploy"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(stderr(&out).contains("not_authorized"), "{}", stderr(&out));
+
+    // As a request to the Deployer: no such operation.
+    let (code, out) = cli_json(&node, &["request", "mod.deployer", r#"{"op":"deploy","name":"hello"}"#]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out["replies"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`deploy`"),
+        "{out}"
+    );
+
+    // From a module's stdout: a protocol error, which its health shows.
+    let (code, out) = cli_json(&node, &["request", "mod.sneaky", "{}"]);
+    assert_eq!((code, &out["replies"][0]["body"]), (0, &json!({"sent": 2})), "{out}");
+    let m = wait_module(&node, "sneaky", "degraded", |m| m["health"] == "degraded");
+    let reason = m["health_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("broke the stdio protocol 2 time(s)")
+            && reason.contains("a publish of type `undeploy` is refused"),
+        "{m}"
+    );
+
+    // Nothing was installed or removed, and every refusal is counted and logged.
+    assert_eq!(m["state"], "running", "{m}");
+    assert!(!hello_runs(&node), "hello runs");
+    assert!(module_state(&node, "hello").is_none(), "hello is installed");
+    let (_, metrics) = node.http("GET", "/metrics", None);
+    let refused = metrics
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("conjoiner_envelopes_dropped_total{reason=\"unauthorized\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(refused, Some(7), "4 API publishes, 1 from the CLI, 2 module lines");
+    let log = node.log_text();
+    assert!(
+        log.contains("refused a `deploy` envelope"),
+        "the API's refusal is logged"
+    );
+    assert!(
+        log.contains("a publish of type `deploy` is refused"),
+        "the module's line is logged"
+    );
+}

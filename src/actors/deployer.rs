@@ -543,9 +543,11 @@ impl Handler<Deliver> for Deployer {
         let _g = self.span.clone().entered();
         match &envelope.kind {
             MessageType::Deploy | MessageType::Undeploy => {
+                // The Transponder refuses these from peers and from every
+                // publisher; only a built-in module on this node's ModBus
+                // could still hand one over.
                 warn!(envelope = %envelope.id, from = %envelope.src.node, kind = %envelope.kind,
-                    "a deploy order as an envelope is ignored: deploys travel as deployments-table entries \
-                     (is that node of an older release?)");
+                    "a deploy order as an envelope is ignored: deploys travel as deployments-table entries");
             }
             MessageType::StatusRequest => {
                 let body = self.parts.state.summary();

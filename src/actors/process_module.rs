@@ -31,6 +31,7 @@ use crate::modules::module_line::{self, LineError, LogLevel, ModuleLine};
 use crate::modules::process_tree::{self, ProcessRef};
 use crate::modules::stdin_queue::{self, Refused, StdinQueue};
 use crate::token_bucket::TokenBucket;
+use crate::wire::envelope::ORDER_AS_ENVELOPE;
 use crate::wire::{Envelope, MessageType, Source};
 use actix::prelude::*;
 use serde::Serialize;
@@ -482,6 +483,14 @@ impl ProcessModule {
                 kind,
                 body,
             } => {
+                // Orders travel only as deployments-table entries: a module
+                // that publishes one is told so, like any other misuse of
+                // the protocol, and nothing is sent.
+                if kind.is_order() {
+                    self.setup.metrics.dropped(DropReason::Unauthorized);
+                    let why = format!("a publish of type `{kind}` is refused: {ORDER_AS_ENVELOPE}");
+                    return self.broke_protocol(&why, line, None, None, false);
+                }
                 let now = Instant::now();
                 if !self.publish_limit.take(now) {
                     self.counters.publish_dropped += 1;

@@ -5,7 +5,10 @@
 //!   hands them to the ClusterBus.
 //! - Incoming: drops duplicates, advances the lamport clock, checks
 //!   `dst.target` against this node's name and tags, and delivers what is
-//!   meant for this node to the ModBus. A `request` is answered: the reply (or
+//!   meant for this node to the ModBus.
+//! - Both ways, it refuses envelopes of an order's type (`deploy`,
+//!   `undeploy`): orders travel only as deployments-table entries, so the
+//!   command gate has no way around it. A `request` is answered: the reply (or
 //!   an `error` envelope, e.g. `no_handler`) goes straight back to the origin.
 //! - Requests it sends are gathered per node: one reply per targeted alive
 //!   member, and the silent ones are named in `missing`.
@@ -19,7 +22,9 @@ use super::cluster_bus::{
 use super::messages::{state_handlers, Deliver, ShowState};
 use super::modbus::{self, BusError, ModBus};
 use super::NodeIdentity;
+use crate::logging::LogThrottle;
 use crate::metrics::{DropReason, Metrics};
+use crate::wire::envelope::ORDER_AS_ENVELOPE;
 use crate::wire::{now_ms, Envelope, MessageType, SeenIds, Source, Target};
 use actix::prelude::*;
 use serde::Serialize;
@@ -73,9 +78,27 @@ impl Default for TransponderConfig {
     }
 }
 
+/// Why the Transponder sends no envelope for a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishRefused {
+    /// The target selector does not parse: why.
+    BadTarget(String),
+    /// An order's type (see [`MessageType::is_order`]).
+    Order(MessageType),
+}
+
+impl std::fmt::Display for PublishRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishRefused::BadTarget(why) => f.write_str(why),
+            PublishRefused::Order(kind) => write!(f, "refused a `{kind}` envelope: {ORDER_AS_ENVELOPE}"),
+        }
+    }
+}
+
 /// Send an envelope to the cluster (an event, by default).
 #[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Uuid, String>")]
+#[rtype(result = "Result<Uuid, PublishRefused>")]
 pub struct PublishToCluster {
     pub kind: MessageType,
     pub module: String,
@@ -90,7 +113,8 @@ pub struct PublishToCluster {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<RequestOutcome, String>")]
 pub struct RequestCluster {
-    /// `request` for module requests; `deploy`/`undeploy` for the Deployer.
+    /// `request` for module requests, `status_request` for status; never
+    /// an order's type (refused).
     pub kind: MessageType,
     pub module: String,
     pub address: String,
@@ -226,6 +250,8 @@ struct Counters {
     late_replies: u64,
     requests_answered: u64,
     states_published: u64,
+    /// Envelopes of an order's type, refused: published here or sent by a peer.
+    orders_refused: u64,
 }
 
 pub struct Transponder {
@@ -241,6 +267,8 @@ pub struct Transponder {
     metrics: Metrics,
     /// The module name it answers `status_request` under (`mod.<name>`).
     name: String,
+    /// Refused orders are logged at most once per 10 s.
+    orders_log: LogThrottle,
 }
 
 impl Transponder {
@@ -265,7 +293,39 @@ impl Transponder {
             counters: Counters::default(),
             metrics: Metrics::default(),
             name: "transponder".to_string(),
+            orders_log: LogThrottle::new(Duration::from_secs(10), 1),
         }
+    }
+
+    /// Refuses an envelope of an order's type, published here by `module`
+    /// or sent by peer `from`: counted, and logged once per 10 s.
+    fn refuse_order(&mut self, kind: &MessageType, address: &str, module: &str, from: &str) {
+        self.counters.orders_refused += 1;
+        self.metrics.dropped(DropReason::Unauthorized);
+        if self.orders_log.event(Instant::now()).is_some() {
+            warn!(%kind, %address, %module, %from, refused_so_far = self.counters.orders_refused,
+                "refused a `{kind}` envelope: orders travel only as deployments-table entries");
+        }
+    }
+
+    /// Whether an envelope of `kind` to `target` may leave this node: the
+    /// parsed target, or why not.
+    fn check_publish(
+        &mut self,
+        kind: &MessageType,
+        address: &str,
+        module: &str,
+        target: Option<&str>,
+    ) -> Result<Option<Target>, PublishRefused> {
+        if kind.is_order() {
+            let me = self.identity.name.clone();
+            self.refuse_order(kind, address, module, &me);
+            return Err(PublishRefused::Order(kind.clone()));
+        }
+        target
+            .map(Target::parse)
+            .transpose()
+            .map_err(|e| PublishRefused::BadTarget(e.to_string()))
     }
 
     fn source(&self, module: &str) -> Source {
@@ -487,6 +547,13 @@ impl Handler<FromCluster> for Transponder {
         self.counters.delivered += 1;
 
         match envelope.kind {
+            // No peer hands this node an order as an envelope: a node of
+            // this release sends none, and the Deployer takes orders only
+            // from the deployments table, past the command gate.
+            ref kind if kind.is_order() => {
+                let (kind, address, from) = (kind.clone(), envelope.dst.address.clone(), envelope.src.node.clone());
+                self.refuse_order(&kind, &address, &envelope.src.module, &from);
+            }
             // Status reports: the Monitor listens; a node without one is normal.
             MessageType::Status if envelope.reply_to.is_none() => {
                 let _ = self.bus.try_send(modbus::Publish(envelope));
@@ -521,13 +588,11 @@ impl Handler<FromCluster> for Transponder {
 }
 
 impl Handler<PublishToCluster> for Transponder {
-    type Result = Result<Uuid, String>;
+    type Result = Result<Uuid, PublishRefused>;
 
     fn handle(&mut self, msg: PublishToCluster, _ctx: &mut Self::Context) -> Self::Result {
         let _g = self.span.clone().entered();
-        if let Some(target) = &msg.target {
-            Target::parse(target).map_err(|e| e.to_string())?;
-        }
+        self.check_publish(&msg.kind, &msg.address, &msg.module, msg.target.as_deref())?;
         let envelope = Envelope::new(msg.kind, self.source(&msg.module), msg.address, msg.target, msg.body);
         Ok(self.broadcast(envelope))
     }
@@ -579,7 +644,11 @@ impl Handler<RequestCluster> for Transponder {
     type Result = ResponseActFuture<Self, Result<RequestOutcome, String>>;
 
     fn handle(&mut self, msg: RequestCluster, _ctx: &mut Self::Context) -> Self::Result {
-        let target = match msg.target.as_deref().map(Target::parse).transpose() {
+        let checked = {
+            let _g = self.span.clone().entered();
+            self.check_publish(&msg.kind, &msg.address, &msg.module, msg.target.as_deref())
+        };
+        let target = match checked {
             Ok(t) => t,
             Err(e) => return Box::pin(fut::ready(Err(e.to_string()))),
         };

@@ -16,7 +16,7 @@ mod tags;
 use self::error::{list_members, parse_target, ApiError, DEFAULT_REQUEST_TIMEOUT_MS, MAX_REQUEST_TIMEOUT_MS};
 use crate::actors::cluster_bus::{ClusterStatus, MemberStatus};
 use crate::actors::event_tap::ReaderWants;
-use crate::actors::transponder::{PublishToCluster, RequestCluster};
+use crate::actors::transponder::{PublishRefused, PublishToCluster, RequestCluster};
 use crate::monitor::answer::{Isolation, StatusAnswer};
 use crate::monitor::board::{summarize, NodeView};
 use crate::node::NodeHandle;
@@ -367,7 +367,14 @@ async fn publish(node: web::Data<NodeHandle>, req: web::Json<PublishBody>) -> Re
         })
         .await
         .map_err(|_| ApiError::unavailable("the transponder stopped while publishing"))?
-        .map_err(|e| ApiError::bad_request("bad_selector", e))?;
+        .map_err(|e| match e {
+            PublishRefused::BadTarget(why) => ApiError::bad_request("bad_selector", why),
+            order @ PublishRefused::Order(_) => ApiError::new(
+                actix_web::http::StatusCode::FORBIDDEN,
+                "not_authorized",
+                order.to_string(),
+            ),
+        })?;
     debug!(envelope = %id, "published through the API");
     Ok(HttpResponse::Accepted().json(json!({"id": id})))
 }
