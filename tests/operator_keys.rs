@@ -30,6 +30,16 @@ fn hello_runs(node: &TestNode) -> bool {
     })
 }
 
+/// What `node` counted as `unauthorized` among the envelopes it dropped.
+fn unauthorized_count(node: &TestNode) -> Option<u64> {
+    let (_, metrics) = node.http("GET", "/metrics", None);
+    metrics
+        .as_str()?
+        .lines()
+        .find_map(|l| l.strip_prefix("conjoiner_envelopes_dropped_total{reason=\"unauthorized\"} "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// An undeploy of `hello` as the API takes it, signed by `secret` over
 /// `signed_module` at `ts`.
 fn signed_undeploy(secret: &OperatorSecret, signed_module: &str, sent_module: &str, ts: u64) -> Value {
@@ -252,12 +262,7 @@ fn a_node_that_trusts_an_operator_key_takes_only_commands_it_signed() {
     );
     assert!(stdout(&out).contains("INVALID"), "{}", stdout(&out));
 
-    let (_, metrics) = node.http("GET", "/metrics", None);
-    let text = metrics.as_str().unwrap_or_default().to_string();
-    let refused = text
-        .lines()
-        .find_map(|l| l.strip_prefix("conjoiner_envelopes_dropped_total{reason=\"unauthorized\"} "))
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let refused = unauthorized_count(&node);
     assert!(refused >= Some(7), "every refusal counted: {refused:?}");
 }
 
@@ -497,13 +502,7 @@ fn a_trusting_node_changes_its_tags_only_by_a_signed_change_that_keeps_it_in_sco
         "{trail}"
     );
 
-    let (_, metrics) = node.http("GET", "/metrics", None);
-    let refused = metrics
-        .as_str()
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("conjoiner_envelopes_dropped_total{reason=\"unauthorized\"} "))
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let refused = unauthorized_count(&node);
     assert_eq!(refused, Some(7), "every refusal counted");
 }
 
@@ -623,13 +622,7 @@ fn orders_dressed_as_envelopes_are_refused_on_every_other_path() {
     assert_eq!(m["state"], "running", "{m}");
     assert!(!hello_runs(&node), "hello runs");
     assert!(module_state(&node, "hello").is_none(), "hello is installed");
-    let (_, metrics) = node.http("GET", "/metrics", None);
-    let refused = metrics
-        .as_str()
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("conjoiner_envelopes_dropped_total{reason=\"unauthorized\"} "))
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let refused = unauthorized_count(&node);
     assert_eq!(refused, Some(7), "4 API publishes, 1 from the CLI, 2 module lines");
     let log = node.log_text();
     assert!(

@@ -5,11 +5,11 @@
 //!   hands them to the ClusterBus.
 //! - Incoming: drops duplicates, advances the lamport clock, checks
 //!   `dst.target` against this node's name and tags, and delivers what is
-//!   meant for this node to the ModBus.
+//!   meant for this node to the ModBus. A `request` is answered: the reply (or
+//!   an `error` envelope, e.g. `no_handler`) goes straight back to the origin.
 //! - Both ways, it refuses envelopes of an order's type (`deploy`,
 //!   `undeploy`): orders travel only as deployments-table entries, so the
-//!   command gate has no way around it. A `request` is answered: the reply (or
-//!   an `error` envelope, e.g. `no_handler`) goes straight back to the origin.
+//!   command gate has no way around it.
 //! - Requests it sends are gathered per node: one reply per targeted alive
 //!   member, and the silent ones are named in `missing`.
 //! - The Monitor's report leaves through it as this node's *state*, which

@@ -31,15 +31,16 @@ fn b64() -> base64::engine::GeneralPurpose {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NodePublicKey([u8; 32]);
 
-/// Keys held decompressed, by their bytes, at most this many.
-const DECOMPRESSED_KEYS: usize = 16_384;
+/// Keys held decompressed, by their bytes, at most this many: every
+/// member of a fleet of 4,096, in under 2 MiB.
+const DECOMPRESSED_KEYS: usize = 4_096;
 
 /// Decompressed keys by their bytes. Reading 32 bytes as a point costs a
 /// square root in the field, a third of a signature check, and a node meets
 /// the same few hundred keys again and again: in every proof beside a
 /// record, in each seal it checks, in each hello. A 200-node start spent
 /// about 7% of its CPU decompressing the same keys. Emptied when full, so a
-/// flood of new keys costs what it did without it, and no more memory.
+/// flood of new keys costs what it did without it, and memory stays bounded.
 static DECOMPRESSED: std::sync::LazyLock<std::sync::Mutex<HashMap<[u8; 32], VerifyingKey>>> =
     std::sync::LazyLock::new(Default::default);
 
