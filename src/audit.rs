@@ -61,7 +61,9 @@ pub struct AuditLine {
     /// The command's id (its table entry's key), if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// `deploy`, `undeploy`, `keyring` or `tags`.
+    /// `deploy`, `undeploy`, `pause`, `resume`, `revert`, `keyring` or
+    /// `tags`; `entry` for a table entry a peer offered that does not read
+    /// as any of them.
     #[serde(rename = "type")]
     pub kind: String,
     pub module: String,

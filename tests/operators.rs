@@ -150,6 +150,46 @@ async fn only_signed_deploys_run_on_trusting_nodes_even_one_that_was_down_and_fo
         );
         assert!(!holds(n, &tampered_id).await, "{} holds the tampered entry", n.name);
     }
+
+    // Each trusting node audits both refusals, with why: each once,
+    // though x offers them again at every table exchange.
+    let refusals = |n: &Started, id: &str| {
+        n.node
+            .handle
+            .deploy
+            .audit
+            .read(&Default::default())
+            .into_iter()
+            .filter(|l| l.id.as_deref() == Some(id) && l.decision == conjoiner::audit::Decision::Refused)
+            .collect::<Vec<_>>()
+    };
+    for n in [&nodes[0], &nodes[1], &a3] {
+        for id in ["forged-1", tampered_id.as_str()] {
+            eventually(LIMIT, &format!("{} to audit refusing {id}", n.name), || async {
+                (!refusals(n, id).is_empty()).then_some(())
+            })
+            .await;
+        }
+    }
+    let offered = refused_count(&nodes[0], "entry_invalid");
+    eventually(LIMIT, "x to offer a1 the refused entries again", || async {
+        (refused_count(&nodes[0], "entry_invalid") >= offered + 2).then_some(())
+    })
+    .await;
+    for id in ["forged-1", tampered_id.as_str()] {
+        let lines = refusals(&nodes[0], id);
+        assert_eq!(lines.len(), 1, "a1 audits the refusal of {id} once: {lines:?}");
+        let line = &lines[0];
+        assert_eq!((line.kind.as_str(), line.module.as_str()), ("deploy", "clock"));
+        assert_eq!(line.origin.as_deref(), Some("x"));
+        let reason = line.reason.as_deref().unwrap_or_default();
+        assert!(reason.contains("not_authorized"), "{reason}");
+    }
+    assert_eq!(
+        refusals(&nodes[0], "forged-1")[0].key,
+        None,
+        "the forged entry was signed by no key"
+    );
 }
 
 /// `conjoiner_cluster_input_refused_total{reason}` on `n`.
@@ -323,6 +363,7 @@ async fn a_signed_rollout_moves_only_as_the_node_its_operator_named_seals_it() {
         signature: None,
     };
     pause.signature = Some(OperatorSignature::by(&alice, &pause.signed_bytes()));
+    let pause_id = pause.id.clone();
     let next = steer(row.deployment.rollout.as_ref().unwrap(), pause).unwrap();
     let handle = &nodes[2].node.handle;
     write_rollout(&handle.ctx, &handle.settings.node_key, &row, next)
@@ -338,4 +379,35 @@ async fn a_signed_rollout_moves_only_as_the_node_its_operator_named_seals_it() {
         Some(())
     })
     .await;
+
+    // Every trusting node audits the pause it now holds, once, with the
+    // key that signed it.
+    for n in &nodes {
+        let audit = n.node.handle.deploy.audit.read(&Default::default());
+        let pauses: Vec<_> = audit
+            .iter()
+            .filter(|l| l.id.as_deref() == Some(pause_id.as_str()))
+            .collect();
+        assert_eq!(pauses.len(), 1, "{}: {pauses:?}", n.name);
+        let line = pauses[0];
+        assert_eq!(
+            (line.kind.as_str(), line.decision, line.status.as_deref()),
+            ("pause", conjoiner::audit::Decision::CarriedOut, Some("paused")),
+            "{}",
+            n.name
+        );
+        assert_eq!(line.key.as_deref(), Some(alice.public().id().as_str()));
+        assert_eq!(line.origin.as_deref(), Some("a3"), "the node that drives it now");
+    }
+    // a2, which was seen to refuse x's progress, audited that too.
+    let audit = nodes[1].node.handle.deploy.audit.read(&Default::default());
+    assert!(
+        audit.iter().any(|l| l.id.as_deref() == Some(id.as_str())
+            && l.decision == conjoiner::audit::Decision::Refused
+            && l.origin.as_deref() == Some("x")
+            && l.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("the node that drives it"))),
+        "{audit:?}"
+    );
 }

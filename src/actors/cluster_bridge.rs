@@ -277,9 +277,24 @@ impl ClusterBridge {
                 },
                 Action::Member { id, change } => self.member_changed(&id, change),
                 Action::Entries { set, changed, removed } => match self.watchers.get(&set) {
-                    Some(watcher) => watcher.do_send(EntriesChanged { set, changed, removed }),
+                    Some(watcher) => watcher.do_send(EntriesChanged {
+                        set,
+                        changed,
+                        removed,
+                        refused: Vec::new(),
+                    }),
                     None => debug!(set, changed = changed.len(), "dataset changed; nobody watches it yet"),
                 },
+                Action::EntriesRefused { set, refused } => {
+                    if let Some(watcher) = self.watchers.get(&set) {
+                        watcher.do_send(EntriesChanged {
+                            set,
+                            changed: Vec::new(),
+                            removed: Vec::new(),
+                            refused,
+                        });
+                    }
+                }
                 Action::CheckHost { link, name, since } => {
                     let now = Instant::now();
                     let window = now.saturating_duration_since(since);
@@ -781,6 +796,7 @@ impl Handler<WatchEntries> for ClusterBridge {
                 set: msg.set,
                 changed: held,
                 removed: Vec::new(),
+                refused: Vec::new(),
             });
         }
         self.watchers.insert(msg.set, msg.watcher);

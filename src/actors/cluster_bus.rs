@@ -129,13 +129,15 @@ pub struct WatchEntries {
 }
 
 /// Entries of a keyed dataset that this node holds now (new, or newer
-/// versions), and keys it dropped as obsolete.
+/// versions), keys it dropped as obsolete, and entries peers offered that
+/// its rules refused, each with why (see the core's `EntriesRefused`).
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct EntriesChanged {
     pub set: SetId,
     pub changed: Vec<Arc<Entry>>,
     pub removed: Vec<Arc<str>>,
+    pub refused: Vec<(Arc<Entry>, String)>,
 }
 
 /// This node's tags changed: tell every member (selectors everywhere see

@@ -18,7 +18,7 @@ use super::modbus::answer_status;
 use super::modbus::{Publish, Subscribe, Unsubscribe};
 use super::supervisor::{spawn_module, RunningModule, StartModule};
 use crate::audit::{AuditLine, Decision};
-use crate::cluster::protocol::SET_DEPLOYMENTS;
+use crate::cluster::protocol::{Entry, SET_DEPLOYMENTS};
 use crate::cluster::SharedKeyring;
 use crate::command::keyring_change::{KeyringAnswer, KeyringChange, KeyringOp, KeyringRefusal};
 use crate::command::replay::RecentIds;
@@ -27,8 +27,11 @@ use crate::deploy::install::{blocking, DeployerConfig, Installer};
 use crate::deploy::order::{PeerNews, PeerRequest};
 use crate::deploy::package::parse_sha256;
 use crate::deploy::reconciler::{Holders, PassSummary, Reconciler};
+use crate::deploy::refused_entries::{refusal_line, Verdict};
 use crate::deploy::serve::{elsewhere, read_chunk, ServeError};
 use crate::deploy::state::DeployState;
+use crate::deploy::steer_audit::steer_line;
+use crate::deploy::table::Row;
 use crate::deploy::table_file::{self, Loaded};
 use crate::modules::registry::Builtins;
 use crate::wire::{now_ms, Envelope, MessageType, Source};
@@ -286,6 +289,68 @@ impl Deployer {
     }
 
     /// Someone (`conjoiner audit`) asks for this node's audit lines.
+    /// Writes an audit line for each entry a peer offered that the table
+    /// refused, once per version and within a budget (`refused_entries`).
+    fn audit_refused(&self, refused: &[(Arc<Entry>, String)]) {
+        let state = &self.parts.state;
+        let me = &self.parts.ctx.identity.name;
+        let now = Instant::now();
+        for (entry, why) in refused {
+            let verdict = state
+                .refused_entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .judge(entry, now);
+            match verdict {
+                Verdict::Write => {
+                    debug!(entry = %entry.key, origin = %entry.version.origin, "audited a table entry a peer offered and the table refused");
+                    state.audit.append(&refusal_line(me, entry, why));
+                }
+                Verdict::Written => {}
+                Verdict::Skipped { first } => {
+                    if first {
+                        warn!(entry = %entry.key, origin = %entry.version.origin,
+                            "peers offer more refused table entries than the audit trail takes ({} a minute); \
+                             those past it are logged by the cluster layer but not audited",
+                            crate::deploy::refused_entries::PER_MINUTE)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the `carried_out` line of each new steer among the rollouts
+    /// the table took (`deploy::steer_audit`).
+    fn audit_steers(&self, changed: &[Arc<Entry>]) {
+        let state = &self.parts.state;
+        let me = &self.parts.ctx.identity.name;
+        for entry in changed {
+            let Some(line) = Row::read(entry).ok().and_then(|row| steer_line(me, &row)) else {
+                continue;
+            };
+            let in_file = || {
+                let query = crate::audit::AuditQuery {
+                    module: Some(line.module.clone()),
+                    since_ms: None,
+                };
+                state.audit.read(&query).iter().any(|l| {
+                    l.node == line.node && l.id == line.id && l.kind == line.kind && l.decision == Decision::CarriedOut
+                })
+            };
+            let id = line.id.as_deref().unwrap_or_default();
+            let first = state
+                .audited_steers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .first(id, in_file);
+            if first {
+                info!(entry = %entry.key, steer = id, action = %line.kind, state = line.status.as_deref().unwrap_or("-"),
+                    "holds a steered rollout; audited the steer");
+                state.audit.append(&line);
+            }
+        }
+    }
+
     fn answer_audit(&self, request: Envelope, query: crate::audit::AuditQuery) {
         let state = self.parts.state.clone();
         let (bus, source) = (self.parts.ctx.bus.clone(), self.source());
@@ -484,11 +549,18 @@ impl Handler<EntriesChanged> for Deployer {
     type Result = ();
     fn handle(&mut self, msg: EntriesChanged, ctx: &mut Self::Context) {
         let _g = self.span.clone().entered();
+        if !msg.refused.is_empty() {
+            self.audit_refused(&msg.refused);
+        }
+        if msg.changed.is_empty() && msg.removed.is_empty() {
+            return;
+        }
         debug!(changed = msg.changed.len(), removed = msg.removed.len(), table = ?self.table, "deployments table changed");
         // Their origins wait for this node's results; not for entries read
         // from disk or held from before (the table was still being read).
         if self.table != TableStanding::Loading {
             self.parts.state.mark_fresh(msg.changed.iter().map(|e| e.key.clone()));
+            self.audit_steers(&msg.changed);
         }
         self.save_soon(ctx);
         ctx.notify(Reconcile);

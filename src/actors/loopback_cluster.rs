@@ -59,7 +59,12 @@ impl LoopbackCluster {
 
     fn changed(&self, set: SetId, changed: Vec<Arc<Entry>>, removed: Vec<Arc<str>>) {
         if let Some(watcher) = self.watchers.get(&set) {
-            watcher.do_send(EntriesChanged { set, changed, removed });
+            watcher.do_send(EntriesChanged {
+                set,
+                changed,
+                removed,
+                refused: Vec::new(),
+            });
         }
     }
 
@@ -202,6 +207,7 @@ impl Handler<WatchEntries> for LoopbackCluster {
                 set: msg.set,
                 changed: held,
                 removed: Vec::new(),
+                refused: Vec::new(),
             });
         }
         self.watchers.insert(msg.set, msg.watcher);

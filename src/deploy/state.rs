@@ -47,6 +47,11 @@ pub struct DeployState {
     /// Table entries (id and version clock) this node refused to carry
     /// out, so each refusal is logged, counted and audited once.
     refused: Mutex<HashSet<(Arc<str>, u64)>>,
+    /// Entries peers offered that this node's table refused outright:
+    /// which were audited, and the budget for more.
+    pub refused_entries: Mutex<super::refused_entries::RefusedEntries>,
+    /// The steers of rollouts this node holds that it has audited.
+    pub audited_steers: Mutex<super::steer_audit::AuditedSteers>,
     /// Each command this node took, carried out or refused.
     pub audit: crate::audit::AuditLog,
 }
@@ -108,6 +113,8 @@ impl DeployState {
             originated: Mutex::new(HashSet::new()),
             recent_commands: Mutex::default(),
             refused: Mutex::default(),
+            refused_entries: Mutex::new(super::refused_entries::RefusedEntries::new(std::time::Instant::now())),
+            audited_steers: Mutex::default(),
             audit: crate::audit::AuditLog::open(data_dir),
         })
     }

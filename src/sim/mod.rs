@@ -753,7 +753,7 @@ impl Sim {
                 let now = self.base + self.now;
                 self.nodes[i].core.host_checked(&name, answered, now);
             }
-            Action::State { .. } | Action::Joined { .. } | Action::Entries { .. } => {}
+            Action::State { .. } | Action::Joined { .. } | Action::Entries { .. } | Action::EntriesRefused { .. } => {}
             Action::Member { id, change } => {
                 if change == Change::Suspect {
                     self.suspicions += 1;

@@ -1,6 +1,7 @@
 //! What travels to many nodes or to one: ClusterBus broadcasts along the
 //! tree, direct envelopes, and acting on what the tree delivers.
 
+use super::datasets::EntriesVia;
 use super::tree::{Round, TreeOut};
 use super::{Action, ClusterCore, CoreError, Source};
 use crate::cluster::protocol::{Frame, Lane, Msg, MsgId, Payload, TreeMsg};
@@ -146,7 +147,7 @@ impl ClusterCore {
             // Judged and taken in `on_tree`, before it was passed on: the
             // tree delivers only what `on_tree` let through.
             Payload::State(_) => {}
-            Payload::Entry { set, entry } => self.take_entries(None, set, vec![entry]),
+            Payload::Entry { set, entry } => self.take_entries(EntriesVia::Peer(None), set, vec![entry]),
             Payload::Envelope(envelope) => {
                 self.counters.delivered += 1;
                 self.actions.push_back(Action::Deliver {

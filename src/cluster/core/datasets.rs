@@ -100,14 +100,14 @@ impl ClusterCore {
     pub fn load_entries(&mut self, set: SetId, entries: Vec<Arc<Entry>>, now: Instant) -> usize {
         self.now = now;
         let before = self.counters.entries_taken;
-        self.take_entries(None, set, entries);
+        self.take_entries(EntriesVia::Disk, set, entries);
         (self.counters.entries_taken - before) as usize
     }
 
     /// Entries of `set` from a peer (by the tree or by anti-entropy), or
     /// from disk: each is taken by the dataset's rules, and what changed is
     /// handed to the driver.
-    pub(super) fn take_entries(&mut self, via: Option<LinkId>, set: SetId, entries: Vec<Arc<Entry>>) {
+    pub(super) fn take_entries(&mut self, via: EntriesVia, set: SetId, entries: Vec<Arc<Entry>>) {
         let wall = self.wall_now();
         let Some(held) = self.held.get_mut(&set) else {
             self.counters.unknown_sets += 1;
@@ -115,6 +115,7 @@ impl ClusterCore {
             return;
         };
         let mut changed = Vec::new();
+        let mut refused = Vec::new();
         for entry in entries {
             match held.take(entry.clone(), wall) {
                 Taken::New => changed.push(entry),
@@ -124,6 +125,9 @@ impl ClusterCore {
                     self.counters.entries_refused += 1;
                     warn!(?via, set, key = %entry.key, origin = %entry.version.origin, clock = entry.version.clock,
                         reason = %why, "refused a dataset entry from a peer; it is not held or spread");
+                    if via != EntriesVia::Disk {
+                        refused.push((entry, why));
+                    }
                 }
             }
         }
@@ -135,6 +139,9 @@ impl ClusterCore {
                 changed,
                 removed: Vec::new(),
             });
+        }
+        if !refused.is_empty() {
+            self.actions.push_back(Action::EntriesRefused { set, refused });
         }
     }
 
@@ -158,6 +165,16 @@ impl ClusterCore {
             });
         }
     }
+}
+
+/// Where entries come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EntriesVia {
+    /// This node's own table file.
+    Disk,
+    /// A peer: by anti-entropy over this link, or by the broadcast tree
+    /// (`None`: a broadcast is passed on by many).
+    Peer(Option<LinkId>),
 }
 
 /// The broadcast id of an entry's version: the same version from two nodes

@@ -178,6 +178,15 @@ pub enum Action {
         changed: Vec<Arc<Entry>>,
         removed: Vec<Arc<str>>,
     },
+    /// Entries of a keyed dataset that peers offered and its rules refused
+    /// (not held, not spread), each with why: the driver tells whoever owns
+    /// the dataset, which may keep a record (the deployments table's
+    /// Deployer writes audit lines). Peers offer a refused entry again at
+    /// every exchange, so the same one comes here again and again.
+    EntriesRefused {
+        set: SetId,
+        refused: Vec<(Arc<Entry>, String)>,
+    },
     Member {
         id: Arc<NodeId>,
         change: Change,

@@ -3,6 +3,7 @@
 //! entries; and what applying each dataset's entries means here. Also
 //! publishing this node's state.
 
+use super::datasets::EntriesVia;
 use super::members::Applied;
 use super::proofs::Claim;
 use super::replica::{compare_versions, within_budget, Replicated};
@@ -255,7 +256,9 @@ impl ClusterCore {
                     let _genuine = self.on_state(state);
                 }
             }
-            (set, Items::Entries(entries)) if self.held.contains_key(&set) => self.take_entries(via, set, entries),
+            (set, Items::Entries(entries)) if self.held.contains_key(&set) => {
+                self.take_entries(EntriesVia::Peer(via), set, entries)
+            }
             (set, items) => {
                 self.counters.unknown_sets += 1;
                 debug!(

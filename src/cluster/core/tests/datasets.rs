@@ -268,3 +268,70 @@ fn a_neighbour_whose_digest_lies_is_counted() {
     assert!(net.links.contains_key(&a_end), "the link stays");
     assert_eq!(net.cores[a].counters.malformed, 0);
 }
+
+/// Refuses bodies that say "bad".
+struct RefuseBad;
+impl crate::cluster::core::keyed::EntryRules for RefuseBad {
+    fn check(
+        &self,
+        entry: &Entry,
+        _held: &crate::cluster::core::keyed::KeyedSet,
+        _now_ms: u64,
+    ) -> Result<(), crate::cluster::core::keyed::Refused> {
+        match &entry.body[..] {
+            b"bad" => Err(crate::cluster::core::keyed::Refused::Invalid("a bad body".into())),
+            _ => Ok(()),
+        }
+    }
+    fn obsolete(&self, _held: &crate::cluster::core::keyed::KeyedSet, _now_ms: u64) -> Vec<Arc<str>> {
+        Vec::new()
+    }
+}
+
+/// An entry a peer offers that the rules refuse is handed to the driver
+/// with why (its owner audits it), each time it is offered; one read from
+/// this node's own disk is not a peer's offer.
+#[test]
+fn entries_a_peer_offers_that_the_rules_refuse_are_handed_to_the_driver() {
+    let mut net = Net::new();
+    let a = net.add("a", 1, 100);
+    let b = net.add("b", 2, 100);
+    net.cores[a].hold(SET_DEPLOYMENTS, Box::new(RefuseBad));
+    net.cores[b].hold(SET_DEPLOYMENTS, Box::new(AnyEntry));
+    net.join(b, a);
+    net.advance(Duration::from_millis(500));
+    let now = net.now;
+    net.cores[b]
+        .write_entry(SET_DEPLOYMENTS, "forged", Bytes::from_static(b"bad"), None, now)
+        .unwrap();
+    net.advance(Duration::from_secs(5));
+    let refused: Vec<(Arc<str>, String)> = net
+        .log
+        .iter()
+        .filter(|(node, _)| *node == a)
+        .filter_map(|(_, act)| match act {
+            Action::EntriesRefused { set, refused } if *set == SET_DEPLOYMENTS => Some(refused.clone()),
+            _ => None,
+        })
+        .flatten()
+        .map(|(e, why)| (e.key.clone(), why))
+        .collect();
+    assert!(
+        refused.len() >= 2,
+        "by the tree, then again by anti-entropy: {refused:?}"
+    );
+    assert!(
+        refused.iter().all(|(k, why)| &**k == "forged" && why == "a bad body"),
+        "{refused:?}"
+    );
+    assert!(net.cores[a].entries(SET_DEPLOYMENTS).is_empty());
+
+    let mut disk = entry("from-disk", 3);
+    Arc::make_mut(&mut disk).body = Bytes::from_static(b"bad");
+    net.cores[a].load_entries(SET_DEPLOYMENTS, vec![disk], net.now);
+    let after = drain(&mut net.cores[a]);
+    assert!(
+        !after.iter().any(|act| matches!(act, Action::EntriesRefused { .. })),
+        "{after:?}"
+    );
+}
