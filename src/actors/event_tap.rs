@@ -7,10 +7,12 @@
 //! it, and counted. (A shared ring of 1,024 envelopes held 900 MB of 900 KB
 //! events for 200 readers that never read, and never let them go.) Readers
 //! that did not show the node's API token get frames without bodies, which
-//! may carry a deploy's secrets. Frames are handed to the HTTP server in
+//! may carry a deploy's secrets; those that did still never see the
+//! cluster key in a keyring change (`keyring_change::hide_key`). Frames are handed to the HTTP server in
 //! pieces of at most [`PIECE_BYTES`], so its buffer for a reader that does
 //! not read holds a piece, not a whole envelope.
 
+use crate::command::keyring_change::hide_key;
 use crate::wire::Envelope;
 use bytes::Bytes;
 use std::pin::Pin;
@@ -146,7 +148,14 @@ impl EventTap {
 /// One Server-Sent Events frame: `id:` and one `data:` line with the
 /// envelope, whole or with its body left out (`"body_hidden": true`).
 fn frame_of(envelope: &Envelope, bodies: bool) -> Bytes {
-    let json = if bodies {
+    let json = if bodies && envelope.body.get("op").and_then(serde_json::Value::as_str) == Some("keyring") {
+        serde_json::to_value(envelope).and_then(|mut value| {
+            if let Some(body) = value.get_mut("body") {
+                hide_key(body);
+            }
+            serde_json::to_string(&value)
+        })
+    } else if bodies {
         serde_json::to_string(envelope)
     } else {
         serde_json::to_value(envelope).and_then(|mut value| {
@@ -253,6 +262,29 @@ mod tests {
         assert_eq!(seen.matches(r#""body_hidden":true"#).count(), 2, "{seen}");
         let seen = ready_text(&mut only_b).await;
         assert!(!seen.contains("secret") && seen.contains(r#""n":2"#), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn a_keyring_change_shows_its_key_to_no_reader() {
+        let tap = EventTap::default();
+        let mut trusted = tap
+            .subscribe(ReaderWants {
+                bodies: true,
+                ..ReaderWants::default()
+            })
+            .unwrap();
+        let key = "c2VjcmV0IGNsdXN0ZXIga2V5IG9mIDMyIGJ5dGVzISE=";
+        let change = json!({"op": "keyring", "change": {"op": "install", "key": key, "id": "i", "ts": 1}});
+        tap.emit(&envelope("mod.deployer", change));
+        let list = json!({"op": "keyring", "change": {"op": "list", "id": "j", "ts": 2}});
+        tap.emit(&envelope("mod.deployer", list));
+        let seen = ready_text(&mut trusted).await;
+        assert!(!seen.contains(key), "{seen}");
+        assert!(seen.contains(crate::command::keyring_change::KEY_HIDDEN), "{seen}");
+        assert!(
+            seen.contains(r#""op":"install""#) && seen.contains(r#""op":"list""#),
+            "the rest is shown: {seen}"
+        );
     }
 
     #[tokio::test]

@@ -62,6 +62,27 @@ pub struct KeyringChange {
     pub signature: Option<OperatorSignature>,
 }
 
+/// What a reader of a node's live envelopes (`conjoiner tail`) sees in
+/// place of the key of a keyring change.
+pub const KEY_HIDDEN: &str = "(hidden: a cluster key)";
+
+/// Hides the cluster key in `body` if it is a keyring command (`{"op":
+/// "keyring", "change": {"key": …}}`, as sent to `mod.deployer`); true if
+/// it hid one. The API token lets its holder read envelope bodies, but
+/// not become a member: a key read there would let any host link.
+pub fn hide_key(body: &mut serde_json::Value) -> bool {
+    if body.get("op").and_then(serde_json::Value::as_str) != Some("keyring") {
+        return false;
+    }
+    match body.pointer_mut("/change/key") {
+        Some(key) if !key.is_null() => {
+            *key = KEY_HIDDEN.into();
+            true
+        }
+        _ => false,
+    }
+}
+
 /// A node's keyring as it answers: ids only, never a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyringAnswer {
