@@ -62,8 +62,9 @@ pub struct AuditLine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// `deploy`, `undeploy`, `pause`, `resume`, `revert`, `keyring` or
-    /// `tags`; `entry` for a table entry a peer offered that does not read
-    /// as any of them.
+    /// `tags`; `operators` for a reload that changed the trusted keys;
+    /// `entry` for a table entry a peer offered that does not read as any
+    /// of them.
     #[serde(rename = "type")]
     pub kind: String,
     pub module: String,

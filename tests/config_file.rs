@@ -175,6 +175,34 @@ fn sighup_takes_tags_log_level_and_operators_refuses_the_rest_by_name_and_surviv
     wait_for(LIMIT, "debug lines after the reload", || {
         log_since(&node, mark).contains(" DEBUG ").then_some(())
     });
+    // Who may command this node, and which tags it has, changed: both
+    // are in its signed audit trail, as carried out by its own settings.
+    let (_, audit) = node.http("GET", "/v1/audit", None);
+    let lines = audit["lines"].as_array().cloned().unwrap_or_default();
+    let line_of = |kind: &str| {
+        lines
+            .iter()
+            .find(|l| l["type"] == kind && l["decision"] == "carried_out" && l["status"] == "reloaded")
+            .unwrap_or_else(|| panic!("no {kind} line: {audit}"))
+            .clone()
+    };
+    let alice_id = std::fs::read_to_string(dir.path().join("alice.key.pub")).unwrap();
+    let alice_id = conjoiner::command::operator_key::OperatorKey::parse(alice_id.trim())
+        .unwrap()
+        .id();
+    let trust = line_of("operators");
+    let reason = trust["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("added {alice_id}")) && reason.contains("removed none"),
+        "{trust}"
+    );
+    assert!(trust["sig"].is_string(), "signed by the node: {trust}");
+    let tags = line_of("tags");
+    let reason = tags["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("{dc=ams,role=db}") && reason.contains("zone=b"),
+        "{tags}"
+    );
     // The trusted key is enforced at once: an unsigned deploy is refused.
     let hello = hello_dir();
     let out = node.cli(&["deploy", "hello", "--from", hello.to_str().unwrap()]);

@@ -390,16 +390,48 @@ async fn reload(node: &Node, sources: &Sources, running: &mut AgentSettings) {
     if outcome.taken.iter().any(|k| k == "tags") {
         let tags = node.handle.set_given_tags(next.tags.clone()).await;
         info!(tags = ?tags, "tags given by the settings changed; run-time changes still lie over them");
+        let show = |t: &std::collections::BTreeMap<String, String>| {
+            t.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+        };
+        audit_reload(
+            node,
+            "tags",
+            format!(
+                "the settings now give the tags {{{}}} (run-time changes lie over them): {{{}}}",
+                show(&next.tags),
+                show(&tags)
+            ),
+        );
     }
     let shared = &node.handle.settings.deployer.trust;
     let describe = |t: &Trust| t.keys.iter().map(|k| k.describe()).collect::<Vec<_>>();
-    if describe(&shared.current()) != describe(&trust) {
+    let (was, now) = (describe(&shared.current()), describe(&trust));
+    if was != now {
         if trust.is_open() {
             warn!("this node now trusts no operator key: any holder of the cluster key can deploy code to it");
         } else {
-            info!(keys = %describe(&trust).join("; "), "trusted operator keys changed");
+            info!(keys = %now.join("; "), "trusted operator keys changed");
         }
         shared.replace(trust);
+        let added: Vec<&str> = now.iter().filter(|k| !was.contains(k)).map(String::as_str).collect();
+        let removed: Vec<&str> = was.iter().filter(|k| !now.contains(k)).map(String::as_str).collect();
+        let none = |list: &[&str]| {
+            if list.is_empty() {
+                "none".to_string()
+            } else {
+                list.join("; ")
+            }
+        };
+        audit_reload(
+            node,
+            OPERATORS_SCOPE,
+            format!(
+                "the settings changed the trusted operator keys: added {}; removed {}{}",
+                none(&added),
+                none(&removed),
+                if now.is_empty() { " (it now trusts none)" } else { "" }
+            ),
+        );
     }
     if !outcome.refused.is_empty() {
         warn!(keys = %outcome.refused.join(", "),
@@ -409,6 +441,31 @@ async fn reload(node: &Node, sources: &Sources, running: &mut AgentSettings) {
         info!("settings reloaded: nothing to change");
     }
     *running = next;
+}
+
+/// The audit name of a change of the trusted operator keys.
+const OPERATORS_SCOPE: &str = "operators";
+
+/// A change that a reload of the host's own settings made (trusted keys,
+/// given tags) is no operator's command, but it changes who may command
+/// this node or which entries it runs, so it goes into the node's signed
+/// audit trail too, where `conjoiner audit` shows it fleet-wide.
+fn audit_reload(node: &Node, kind: &str, what: String) {
+    let me = node.handle.ctx.identity.name.to_string();
+    node.handle.deploy.audit.append(&crate::audit::AuditLine {
+        ts: crate::wire::now_ms(),
+        node: me.clone(),
+        id: None,
+        kind: kind.into(),
+        module: kind.into(),
+        target: None,
+        origin: Some(me),
+        key: None,
+        decision: crate::audit::Decision::CarriedOut,
+        status: Some("reloaded".into()),
+        reason: Some(what),
+        sig: None,
+    });
 }
 
 /// How often the agent checks that the node's own parts still run.
