@@ -221,6 +221,15 @@ mod tests {
         Envelope::new(MessageType::Event, src, address, None, body)
     }
 
+    /// A reader that showed the API token, of everything.
+    fn token_reader(tap: &EventTap) -> TapStream {
+        tap.subscribe(ReaderWants {
+            bodies: true,
+            ..ReaderWants::default()
+        })
+        .unwrap()
+    }
+
     /// Everything the stream has ready now, joined.
     async fn ready_text(stream: &mut TapStream) -> String {
         let mut text = Vec::new();
@@ -234,12 +243,7 @@ mod tests {
     #[tokio::test]
     async fn readers_get_what_they_asked_for_and_bodies_only_with_the_token() {
         let tap = EventTap::default();
-        let mut trusted = tap
-            .subscribe(ReaderWants {
-                bodies: true,
-                ..ReaderWants::default()
-            })
-            .unwrap();
+        let mut trusted = token_reader(&tap);
         let mut anyone = tap.subscribe(ReaderWants::default()).unwrap();
         let mut only_b = tap
             .subscribe(ReaderWants {
@@ -267,12 +271,7 @@ mod tests {
     #[tokio::test]
     async fn a_keyring_change_shows_its_key_to_no_reader() {
         let tap = EventTap::default();
-        let mut trusted = tap
-            .subscribe(ReaderWants {
-                bodies: true,
-                ..ReaderWants::default()
-            })
-            .unwrap();
+        let mut trusted = token_reader(&tap);
         let key = "c2VjcmV0IGNsdXN0ZXIga2V5IG9mIDMyIGJ5dGVzISE=";
         let change = json!({"op": "keyring", "change": {"op": "install", "key": key, "id": "i", "ts": 1}});
         tap.emit(&envelope("mod.deployer", change));
@@ -290,18 +289,8 @@ mod tests {
     #[tokio::test]
     async fn a_reader_that_does_not_read_is_dropped_at_the_bound_and_counted() {
         let tap = EventTap::default();
-        let mut reading = tap
-            .subscribe(ReaderWants {
-                bodies: true,
-                ..ReaderWants::default()
-            })
-            .unwrap();
-        let mut idle = tap
-            .subscribe(ReaderWants {
-                bodies: true,
-                ..ReaderWants::default()
-            })
-            .unwrap();
+        let mut reading = token_reader(&tap);
+        let mut idle = token_reader(&tap);
         let body = json!({"blob": "x".repeat(900_000)});
         for _ in 0..20 {
             tap.emit(&envelope("a", body.clone()));
