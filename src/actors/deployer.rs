@@ -288,7 +288,6 @@ impl Deployer {
         self.parts.ctx.bus.do_send(Publish(reply));
     }
 
-    /// Someone (`conjoiner audit`) asks for this node's audit lines.
     /// Writes an audit line for each entry a peer offered that the table
     /// refused, once per version and within a budget (`refused_entries`).
     fn audit_refused(&self, refused: &[(Arc<Entry>, String)]) {
@@ -351,6 +350,7 @@ impl Deployer {
         }
     }
 
+    /// Someone (`conjoiner audit`) asks for this node's audit lines.
     fn answer_audit(&self, request: Envelope, query: crate::audit::AuditQuery) {
         let state = self.parts.state.clone();
         let (bus, source) = (self.parts.ctx.bus.clone(), self.source());
