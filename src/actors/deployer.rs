@@ -30,8 +30,6 @@ use crate::deploy::reconciler::{Holders, PassSummary, Reconciler};
 use crate::deploy::refused_entries::{refusal_line, Verdict};
 use crate::deploy::serve::{elsewhere, read_chunk, ServeError};
 use crate::deploy::state::DeployState;
-use crate::deploy::steer_audit::steer_line;
-use crate::deploy::table::Row;
 use crate::deploy::table_file::{self, Loaded};
 use crate::modules::registry::Builtins;
 use crate::wire::{now_ms, Envelope, MessageType, Source};
@@ -318,38 +316,6 @@ impl Deployer {
         }
     }
 
-    /// Writes the `carried_out` line of each new steer among the rollouts
-    /// the table took (`deploy::steer_audit`).
-    fn audit_steers(&self, changed: &[Arc<Entry>]) {
-        let state = &self.parts.state;
-        let me = &self.parts.ctx.identity.name;
-        for entry in changed {
-            let Some(line) = Row::read(entry).ok().and_then(|row| steer_line(me, &row)) else {
-                continue;
-            };
-            let in_file = || {
-                let query = crate::audit::AuditQuery {
-                    module: Some(line.module.clone()),
-                    since_ms: None,
-                };
-                state.audit.read(&query).iter().any(|l| {
-                    l.node == line.node && l.id == line.id && l.kind == line.kind && l.decision == Decision::CarriedOut
-                })
-            };
-            let id = line.id.as_deref().unwrap_or_default();
-            let first = state
-                .audited_steers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .first(id, in_file);
-            if first {
-                info!(entry = %entry.key, steer = id, action = %line.kind, state = line.status.as_deref().unwrap_or("-"),
-                    "holds a steered rollout; audited the steer");
-                state.audit.append(&line);
-            }
-        }
-    }
-
     /// Someone (`conjoiner audit`) asks for this node's audit lines.
     fn answer_audit(&self, request: Envelope, query: crate::audit::AuditQuery) {
         let state = self.parts.state.clone();
@@ -560,7 +526,6 @@ impl Handler<EntriesChanged> for Deployer {
         // from disk or held from before (the table was still being read).
         if self.table != TableStanding::Loading {
             self.parts.state.mark_fresh(msg.changed.iter().map(|e| e.key.clone()));
-            self.audit_steers(&msg.changed);
         }
         self.save_soon(ctx);
         ctx.notify(Reconcile);

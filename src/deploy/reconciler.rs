@@ -11,6 +11,7 @@ use super::command::{audit_line, authorize_row};
 use super::install::{blocking, Installer};
 use super::order::{DeployOrder, DeployReport, DeployStatus};
 use super::reconcile::{plan, Installed, Step};
+use super::steer_audit::steer_line;
 use super::table::{read_all, winners, Action, Row};
 use crate::actors::cluster_bus::ListEntries;
 use crate::actors::transponder::SendDirect;
@@ -59,6 +60,7 @@ impl Reconciler {
             warn!(entry = %id, reason = %why, "a table entry this node cannot read is ignored");
         }
         let me = ctx.identity.name.clone();
+        self.audit_steers(&rows, &me);
         let tags = ctx.identity.tags.get();
         let (rows, refused) = self.gate(rows, &me, &tags);
         let won = winners(&rows, &me, &tags);
@@ -196,6 +198,35 @@ impl Reconciler {
             }
         }
         Ok(summary)
+    }
+
+    /// Writes the `carried_out` line of each steer of a rollout held here
+    /// that this node has not audited yet (`deploy::steer_audit`).
+    fn audit_steers(&self, rows: &[Row], me: &str) {
+        let state = &self.installer.state;
+        for row in rows {
+            let Some(line) = steer_line(me, row) else { continue };
+            let in_file = || {
+                let query = crate::audit::AuditQuery {
+                    module: Some(line.module.clone()),
+                    since_ms: None,
+                };
+                state.audit.read(&query).iter().any(|l| {
+                    l.node == line.node && l.id == line.id && l.kind == line.kind && l.decision == Decision::CarriedOut
+                })
+            };
+            let id = line.id.as_deref().unwrap_or_default();
+            let first = state
+                .audited_steers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .first(id, in_file);
+            if first {
+                info!(entry = %row.id, steer = id, action = %line.kind, state = line.status.as_deref().unwrap_or("-"),
+                    "holds a steered rollout; audited the steer");
+                state.audit.append(&line);
+            }
+        }
     }
 
     /// The command gate, for every entry in force here: the entries this

@@ -72,14 +72,7 @@ impl MessageType {
             other => MessageType::Other(other.to_string()),
         })
     }
-}
 
-/// Why no envelope may carry an order: the answer a publisher gets.
-pub const ORDER_AS_ENVELOPE: &str = "a deploy or undeploy is not an envelope: it travels only as a \
-     deployments-table entry, through `conjoiner deploy` / `conjoiner undeploy` or `POST /v1/deploy` / \
-     `POST /v1/undeploy` (signed where a node trusts operator keys)";
-
-impl MessageType {
     /// Whether this is an order to install or remove a module. Orders
     /// travel only as deployments-table entries, which pass the command
     /// gate on every node; an envelope of an order's type is published by
@@ -88,6 +81,11 @@ impl MessageType {
         matches!(self, MessageType::Deploy | MessageType::Undeploy)
     }
 }
+
+/// Why no envelope may carry an order: the answer a publisher gets.
+pub const ORDER_AS_ENVELOPE: &str = "a deploy or undeploy is not an envelope: it travels only as a \
+     deployments-table entry, through `conjoiner deploy` / `conjoiner undeploy` or `POST /v1/deploy` / \
+     `POST /v1/undeploy` (signed where a node trusts operator keys)";
 
 impl fmt::Display for MessageType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
