@@ -62,7 +62,8 @@ pub struct AuditLine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// `deploy`, `undeploy`, `pause`, `resume`, `revert`, `keyring` or
-    /// `tags`; `operators` for a reload that changed the trusted keys;
+    /// `tags`; `operators` for a reload or a restart that changed the
+    /// trusted keys;
     /// `entry` for a table entry a peer offered that does not read as any
     /// of them.
     #[serde(rename = "type")]
@@ -117,6 +118,25 @@ impl LineCheck {
 }
 
 impl AuditLine {
+    /// A line of `node`, now, about `kind` on `module`, with every other
+    /// field empty for the caller to fill (`..AuditLine::of(…)`).
+    pub fn of(node: &str, kind: &str, module: &str, decision: Decision) -> AuditLine {
+        AuditLine {
+            ts: crate::wire::now_ms(),
+            node: node.to_string(),
+            id: None,
+            kind: kind.to_string(),
+            module: module.to_string(),
+            target: None,
+            origin: None,
+            key: None,
+            decision,
+            status: None,
+            reason: None,
+            sig: None,
+        }
+    }
+
     /// The bytes signed: a domain line, then every field but `sig` in
     /// canonical JSON.
     pub fn signed_bytes(&self) -> Vec<u8> {

@@ -24,6 +24,7 @@
 //! - [`sim`]: the cluster core of many nodes on a virtual network.
 //! - [`metrics`]: the node's Prometheus metrics.
 //! - [`tags`]: a node's tags, and the changes made to them at run time.
+//! - [`shown`]: text from elsewhere, cut to a bound for errors and logs.
 //! - [`token_bucket`]: so many a second, with a burst (publishes, news of
 //!   new members).
 //! - [`api`]: the control API (HTTP) the CLI talks to.
@@ -47,6 +48,7 @@ pub mod modules;
 pub mod monitor;
 pub mod node;
 pub mod private_file;
+pub mod shown;
 pub mod sim;
 pub mod swappable;
 pub mod tags;

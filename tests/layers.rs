@@ -1,6 +1,6 @@
 //! The layers of `src/` and the direction of their imports:
 //!
-//! 0. `wire`, `token_bucket`, `swappable`
+//! 0. `wire`, `token_bucket`, `swappable`, `shown`
 //! 1. `cluster`, `sim`, `logging`, `metrics`, `private_file`, `data_dir`, `api_token`,
 //!    `tags`, `command` (operator keys and the command gate), `audit`
 //! 2. the runtime: the supervisor, ModBus, module messages, the cluster
@@ -36,7 +36,7 @@ const RUNTIME_ACTORS: &[&str] = &[
 /// The layer of a module path such as `actors::deployer` or `wire`.
 fn layer(path: &[&str]) -> Option<usize> {
     Some(match path.first().copied()? {
-        "wire" | "token_bucket" | "swappable" => 0,
+        "wire" | "token_bucket" | "swappable" | "shown" => 0,
         "cluster" | "sim" | "logging" | "metrics" | "private_file" | "data_dir" | "cgroup" | "api_token" | "tags"
         | "command" | "audit" => 1,
         "discovery" => 2,

@@ -260,18 +260,12 @@ impl Deployer {
                     reason = %refusal.message, "keyring command refused"),
             }
             self.parts.state.audit.append(&AuditLine {
-                ts: now_ms(),
-                node: identity.name.clone(),
                 id: Some(change.id.clone()),
-                kind: "keyring".into(),
-                module: "keyring".into(),
-                target: None,
                 origin: Some(request.src.node.clone()),
                 key: signer,
-                decision,
                 status,
                 reason,
-                sig: None,
+                ..AuditLine::of(&identity.name, "keyring", "keyring", decision)
             });
         }
         let reply = match applied {

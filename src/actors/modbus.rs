@@ -15,6 +15,7 @@
 use super::event_tap::EventTap;
 use super::messages::{state_handlers, Deliver, QueueGauge, ShowState};
 use crate::metrics::{DropReason, Metrics};
+use crate::shown::shown;
 use crate::wire::Envelope;
 use actix::prelude::*;
 use serde_json::{json, Value};
@@ -24,21 +25,10 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-/// The most of an unknown address an error or a log line repeats.
-const SHOWN_ADDRESS_BYTES: usize = 256;
-
-/// `address`, cut to [`SHOWN_ADDRESS_BYTES`]: an address nobody handles
-/// comes from the sender, and a 1 MB one was echoed whole in every reply.
-fn clip(address: &str) -> String {
-    if address.len() <= SHOWN_ADDRESS_BYTES {
-        return address.to_string();
-    }
-    let mut end = SHOWN_ADDRESS_BYTES;
-    while !address.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &address[..end], address.len())
-}
+/// The most of an unknown address an error or a log line repeats: an
+/// address nobody handles comes from the sender, and a 1 MB one was
+/// echoed whole in every reply.
+const SHOWN_ADDRESS_CHARS: usize = 256;
 
 /// Why the ModBus could not deliver.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -172,7 +162,7 @@ impl ModBus {
     fn no_handler(&mut self, envelope: &Envelope) -> BusError {
         self.counters.no_handler += 1;
         self.metrics.dropped(DropReason::NoHandler);
-        let address = clip(&envelope.dst.address);
+        let address = shown(&envelope.dst.address, SHOWN_ADDRESS_CHARS);
         debug!(envelope = %envelope.id, address = %address, kind = %envelope.kind,
             "no subscriber for address");
         BusError::NoHandler {

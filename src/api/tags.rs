@@ -50,18 +50,12 @@ pub async fn change(node: web::Data<NodeHandle>, body: web::Json<TagChange>) -> 
         ),
     };
     node.deploy.audit.append(&AuditLine {
-        ts: now_ms(),
-        node: me.to_string(),
         id: (!change.id.is_empty()).then(|| change.id.clone()),
-        kind: "tags".into(),
-        module: TAGS_SCOPE.into(),
-        target: None,
         origin: Some(me.to_string()),
         key: change.signer_id(),
-        decision,
         status,
         reason,
-        sig: None,
+        ..AuditLine::of(&me, "tags", TAGS_SCOPE, decision)
     });
     match changed {
         Ok(tags) => {

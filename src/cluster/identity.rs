@@ -102,11 +102,7 @@ pub fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), String> {
 /// The start of a text for an error message, marked when cut: what a peer
 /// sent may be a megabyte long.
 pub fn cut(text: &str) -> String {
-    const SHOWN: usize = 40;
-    match text.char_indices().nth(SHOWN) {
-        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()),
-        None => text.to_string(),
-    }
+    crate::shown::shown(text, 40)
 }
 
 impl NodeId {

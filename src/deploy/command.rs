@@ -275,23 +275,17 @@ pub fn signer_id(d: &Deployment) -> Option<String> {
 /// `origin` took.
 pub fn audit_line(node: &str, id: Option<&str>, d: &Deployment, origin: Option<&str>, decision: Decision) -> AuditLine {
     AuditLine {
-        ts: crate::wire::now_ms(),
-        node: node.to_string(),
         id: id.map(str::to_string),
-        kind: d.action.as_str().to_string(),
-        module: d.module.clone(),
         target: d.target.clone(),
         origin: origin.map(str::to_string),
         key: signer_id(d),
-        decision,
-        status: None,
-        reason: None,
-        sig: None,
+        ..AuditLine::of(node, d.action.as_str(), &d.module, decision)
     }
 }
 
+/// What a client or a peer sent, as this file's errors repeat it.
 fn cut(text: &str) -> String {
-    text.chars().take(80).collect()
+    crate::shown::shown(text, 80)
 }
 
 #[cfg(test)]

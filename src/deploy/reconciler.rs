@@ -432,17 +432,7 @@ impl Reconciler {
 /// any more: there is no command to name, only the module and the step.
 fn removal_line(node: &str, module: &str) -> crate::audit::AuditLine {
     crate::audit::AuditLine {
-        ts: crate::wire::now_ms(),
-        node: node.to_string(),
-        id: None,
-        kind: "undeploy".into(),
-        module: module.to_string(),
-        target: None,
-        origin: None,
-        key: None,
-        decision: Decision::CarriedOut,
-        status: None,
         reason: Some("no entry is in force for it here any more".into()),
-        sig: None,
+        ..crate::audit::AuditLine::of(node, "undeploy", module, Decision::CarriedOut)
     }
 }

@@ -97,18 +97,9 @@ pub fn refusal_line(node: &str, entry: &Entry, why: &str) -> AuditLine {
             Decision::Refused,
         ),
         Err(_) => AuditLine {
-            ts: crate::wire::now_ms(),
-            node: node.to_string(),
-            id: Some(cut(&entry.key)),
-            kind: "entry".into(),
-            module: "-".into(),
-            target: None,
-            origin: Some(cut(&entry.version.origin)),
-            key: None,
-            decision: Decision::Refused,
-            status: None,
-            reason: None,
-            sig: None,
+            id: Some(entry.key.to_string()),
+            origin: Some(entry.version.origin.to_string()),
+            ..AuditLine::of(node, "entry", "-", Decision::Refused)
         },
     };
     line.id = line.id.as_deref().map(cut);
@@ -120,12 +111,9 @@ pub fn refusal_line(node: &str, entry: &Entry, why: &str) -> AuditLine {
     line
 }
 
+/// A peer's words, as the audit line repeats them.
 fn cut(text: &str) -> String {
-    const MOST: usize = 200;
-    match text.char_indices().nth(MOST) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_string(),
-    }
+    crate::shown::shown(text, 200)
 }
 
 #[cfg(test)]
@@ -198,7 +186,7 @@ mod tests {
         let line = refusal_line("n1", &entry(&long, 1, "x", b"not json"), "it does not read");
         assert_eq!(line.kind, "entry");
         assert_eq!(line.decision, Decision::Refused);
-        assert_eq!(line.id.as_deref().map(|i| i.chars().count()), Some(201));
+        assert_eq!(line.id, Some(format!("{}… (5000 bytes)", &long[..200])));
         assert_eq!(line.origin.as_deref(), Some("x"));
         assert!(
             line.reason.as_deref().unwrap().ends_with("it does not read"),
