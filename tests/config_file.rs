@@ -226,6 +226,42 @@ fn sighup_takes_tags_log_level_and_operators_refuses_the_rest_by_name_and_surviv
     assert_eq!(code, 200);
     let (_, status) = node.http("GET", "/v1/status", None);
     assert_eq!(status["operator_keys"].as_array().map(Vec::len), Some(1));
+
+    // A restart with other settings changes whom the node obeys as a
+    // reload does, and is audited the same way, against the last run.
+    let mut node = node;
+    write(&file, "cluster = \"cf\"\n[tags]\nrole = \"api\"\n");
+    node.restart();
+    let started = |node: &TestNode| -> Vec<serde_json::Value> {
+        let (_, audit) = node.http("GET", "/v1/audit", None);
+        let lines = audit["lines"].as_array().cloned().unwrap_or_default();
+        lines.into_iter().filter(|l| l["status"] == "started").collect()
+    };
+    let lines = started(&node);
+    let of = |kind: &str| {
+        lines
+            .iter()
+            .find(|l| l["type"] == kind && l["decision"] == "carried_out")
+            .unwrap_or_else(|| panic!("no {kind} line at the restart: {lines:?}"))
+            .clone()
+    };
+    let trust = of("operators");
+    let reason = trust["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("since the last start")
+            && reason.contains(&format!("removed {alice_id}"))
+            && reason.ends_with("(it now trusts none)"),
+        "{trust}"
+    );
+    assert!(trust["sig"].is_string(), "signed by the node: {trust}");
+    let tags = of("tags");
+    let reason = tags["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("from {dc=ams,role=db} to {role=api}"), "{tags}");
+    // The same settings again: nothing changed, and nothing is written.
+    node.restart();
+    let (_, status) = node.http("GET", "/v1/status", None);
+    assert_eq!(status["operator_keys"].as_array().map(Vec::len), Some(0), "{status}");
+    assert_eq!(started(&node).len(), 2, "{:?}", started(&node));
 }
 
 /// The settings the operator guide shows `--check` printing come from

@@ -7,6 +7,7 @@ use crate::command::trust::{SharedTrust, Trust};
 use crate::config::file::{OperatorEntry, ProfileName};
 use crate::config::units::{parse_duration, parse_size, Dur, Size};
 use crate::config::{AgentFile, AgentSettings, ConfigFile};
+use crate::deploy::trust_record::{Seen, TrustRecord, TRUST_RECORD_FILE};
 use crate::logging::{self, LogFormat};
 use crate::node::{NetworkConfig, Node, NodeConfig, DEFAULT_MAX_BODY, HTTP_ADDR_FILE};
 use anyhow::Context as _;
@@ -287,6 +288,7 @@ async fn run_node(
     let data_dir = config.data_dir.clone();
     let node = Node::start(config).await?;
     let span = node.handle.ctx.identity.span("node");
+    span.in_scope(|| audit_trust_at_start(&node, &settings.tags));
     let token = crate::api_token::load_or_create(&data_dir).with_context(|| {
         format!(
             "cannot read or make the API token in {}",
@@ -387,52 +389,21 @@ async fn reload(node: &Node, sources: &Sources, running: &mut AgentSettings) {
             error!(error = %e, "the log level stays as it was");
         }
     }
+    let was = TrustRecord::of(&node.handle.settings.deployer.trust.current(), &running.tags);
     if outcome.taken.iter().any(|k| k == "tags") {
         let tags = node.handle.set_given_tags(next.tags.clone()).await;
         info!(tags = ?tags, "tags given by the settings changed; run-time changes still lie over them");
-        let show = |t: &std::collections::BTreeMap<String, String>| {
-            t.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-        };
-        audit_reload(
-            node,
-            "tags",
-            format!(
-                "the settings now give the tags {{{}}} (run-time changes lie over them): {{{}}}",
-                show(&next.tags),
-                show(&tags)
-            ),
-        );
     }
-    let shared = &node.handle.settings.deployer.trust;
-    let describe = |t: &Trust| t.keys.iter().map(|k| k.describe()).collect::<Vec<_>>();
-    let (was, now) = (describe(&shared.current()), describe(&trust));
-    if was != now {
+    let now = TrustRecord::of(&trust, &next.tags);
+    if now.operators != was.operators {
         if trust.is_open() {
             warn!("this node now trusts no operator key: any holder of the cluster key can deploy code to it");
         } else {
-            info!(keys = %now.join("; "), "trusted operator keys changed");
+            info!(keys = %now.operators.join("; "), "trusted operator keys changed");
         }
-        shared.replace(trust);
-        let added: Vec<&str> = now.iter().filter(|k| !was.contains(k)).map(String::as_str).collect();
-        let removed: Vec<&str> = was.iter().filter(|k| !now.contains(k)).map(String::as_str).collect();
-        let none = |list: &[&str]| {
-            if list.is_empty() {
-                "none".to_string()
-            } else {
-                list.join("; ")
-            }
-        };
-        audit_reload(
-            node,
-            OPERATORS_SCOPE,
-            format!(
-                "the settings changed the trusted operator keys: added {}; removed {}{}",
-                none(&added),
-                none(&removed),
-                if now.is_empty() { " (it now trusts none)" } else { "" }
-            ),
-        );
+        node.handle.settings.deployer.trust.replace(trust);
     }
+    audit_trust_changes(node, &now, &was, Seen::Reload);
     if !outcome.refused.is_empty() {
         warn!(keys = %outcome.refused.join(", "),
             "these settings change only at the next start; the node keeps its running values");
@@ -443,29 +414,34 @@ async fn reload(node: &Node, sources: &Sources, running: &mut AgentSettings) {
     *running = next;
 }
 
-/// The audit name of a change of the trusted operator keys.
-const OPERATORS_SCOPE: &str = "operators";
-
-/// A change that a reload of the host's own settings made (trusted keys,
-/// given tags) is no operator's command, but it changes who may command
-/// this node or which entries it runs, so it goes into the node's signed
-/// audit trail too, where `conjoiner audit` shows it fleet-wide.
-fn audit_reload(node: &Node, kind: &str, what: String) {
+/// Writes the audit lines of what the settings changed about whom the
+/// node obeys (see [`TrustRecord`]), and keeps `now` for the next start.
+fn audit_trust_changes(node: &Node, now: &TrustRecord, was: &TrustRecord, seen: Seen) {
     let me = node.handle.ctx.identity.name.to_string();
-    node.handle.deploy.audit.append(&crate::audit::AuditLine {
-        ts: crate::wire::now_ms(),
-        node: me.clone(),
-        id: None,
-        kind: kind.into(),
-        module: kind.into(),
-        target: None,
-        origin: Some(me),
-        key: None,
-        decision: crate::audit::Decision::CarriedOut,
-        status: Some("reloaded".into()),
-        reason: Some(what),
-        sig: None,
-    });
+    let effective = node.handle.ctx.identity.tags.get();
+    for line in now.changes_since(was, seen, &me, &effective, crate::wire::now_ms()) {
+        node.handle.deploy.audit.append(&line);
+    }
+    if let Err(e) = now.save(&node.handle.settings.data_dir) {
+        warn!(error = %e, file = TRUST_RECORD_FILE,
+            "cannot keep the trusted keys and given tags; a change of them at the next start is not audited");
+    }
+}
+
+/// At start: audits what the settings changed about whom the node obeys
+/// since the run before, which a restart would otherwise pass silently.
+fn audit_trust_at_start(node: &Node, given_tags: &std::collections::BTreeMap<String, String>) {
+    let now = TrustRecord::of(&node.handle.settings.deployer.trust.current(), given_tags);
+    match TrustRecord::load(&node.handle.settings.data_dir) {
+        // The first start: nothing to compare with.
+        Ok(None) => audit_trust_changes(node, &now, &now, Seen::Start),
+        Ok(Some(was)) => audit_trust_changes(node, &now, &was, Seen::Start),
+        Err(e) => {
+            warn!(error = %e, "cannot tell whether the trusted keys or given tags changed since the last start; \
+                keeping those of this start");
+            audit_trust_changes(node, &now, &now, Seen::Start);
+        }
+    }
 }
 
 /// How often the agent checks that the node's own parts still run.

@@ -25,6 +25,8 @@
 //!   the results gathered.
 //! - [`rollout`]: rollouts without a server: waves, health, revert.
 //! - [`view`]: the table with its convergence, as the API shows it.
+//! - [`trust_record`]: whom the settings told the node to obey, audited
+//!   when a reload or a restart changes it.
 
 pub mod command;
 pub mod converge;
@@ -49,6 +51,7 @@ pub mod steer_audit;
 pub mod store;
 pub mod table;
 pub mod table_file;
+pub mod trust_record;
 pub mod uploads;
 pub mod view;
 
