@@ -398,6 +398,33 @@ fn two_thousand_invented_members_in_one_frame_get_only_a_links_budget_in() {
         assert_eq!(health["status"], "ok", "{} {health}", node.name);
     }
 
+    // The cluster is not split: a request to all, asked while the invented
+    // members live, is answered by every real node (it once got only its
+    // asker's reply for minutes), and the invented ones are named silent.
+    let invented_alive = invented_held(&n2);
+    let answer = wait_for(Duration::from_secs(30), "n2's request to reach all real nodes", || {
+        let (_, answer) = cli_json(&n2, &["request", "mod.echo", "{}", "--timeout", "5s"]);
+        let repliers = answer["replies"].as_array().map_or_else(Vec::new, |replies| {
+            replies
+                .iter()
+                .filter_map(|r| r["node"].as_str().map(str::to_string))
+                .collect()
+        });
+        ["n1", "n2", "n3"]
+            .iter()
+            .all(|real| repliers.iter().any(|r| r == real))
+            .then_some(answer)
+    });
+    if invented_alive > 0 {
+        let silent = answer["missing"].as_array().cloned().unwrap_or_default();
+        assert!(
+            silent
+                .iter()
+                .any(|m| m.as_str().is_some_and(|n| n.starts_with("fake-"))),
+            "the invented members live, and none is named silent: {answer}"
+        );
+    }
+
     // The invented members surround the real nodes on every ring; a real
     // node that dies among them is still seen dead, not listed alive
     // until they have all died (529 s on the in-process network, before
