@@ -403,7 +403,7 @@ async fn reload(node: &Node, sources: &Sources, running: &mut AgentSettings) {
         }
         node.handle.settings.deployer.trust.replace(trust);
     }
-    audit_trust_changes(node, &now, &was, Seen::Reload);
+    audit_trust_changes(node, &now, Some(&was), Seen::Reload);
     if !outcome.refused.is_empty() {
         warn!(keys = %outcome.refused.join(", "),
             "these settings change only at the next start; the node keeps its running values");
@@ -415,12 +415,18 @@ async fn reload(node: &Node, sources: &Sources, running: &mut AgentSettings) {
 }
 
 /// Writes the audit lines of what the settings changed about whom the
-/// node obeys (see [`TrustRecord`]), and keeps `now` for the next start.
-fn audit_trust_changes(node: &Node, now: &TrustRecord, was: &TrustRecord, seen: Seen) {
-    let me = node.handle.ctx.identity.name.to_string();
-    let effective = node.handle.ctx.identity.tags.get();
-    for line in now.changes_since(was, seen, &me, &effective, crate::wire::now_ms()) {
-        node.handle.deploy.audit.append(&line);
+/// node obeys (see [`TrustRecord`]) since `was` (none: nothing to compare
+/// with), and keeps `now` for the next start when it differs.
+fn audit_trust_changes(node: &Node, now: &TrustRecord, was: Option<&TrustRecord>, seen: Seen) {
+    if was == Some(now) {
+        return;
+    }
+    if let Some(was) = was {
+        let me = node.handle.ctx.identity.name.to_string();
+        let effective = node.handle.ctx.identity.tags.get();
+        for line in now.changes_since(was, seen, &me, &effective, crate::wire::now_ms()) {
+            node.handle.deploy.audit.append(&line);
+        }
     }
     if let Err(e) = now.save(&node.handle.settings.data_dir) {
         warn!(error = %e, file = TRUST_RECORD_FILE,
@@ -432,16 +438,12 @@ fn audit_trust_changes(node: &Node, now: &TrustRecord, was: &TrustRecord, seen: 
 /// since the run before, which a restart would otherwise pass silently.
 fn audit_trust_at_start(node: &Node, given_tags: &std::collections::BTreeMap<String, String>) {
     let now = TrustRecord::of(&node.handle.settings.deployer.trust.current(), given_tags);
-    match TrustRecord::load(&node.handle.settings.data_dir) {
-        // The first start: nothing to compare with.
-        Ok(None) => audit_trust_changes(node, &now, &now, Seen::Start),
-        Ok(Some(was)) => audit_trust_changes(node, &now, &was, Seen::Start),
-        Err(e) => {
-            warn!(error = %e, "cannot tell whether the trusted keys or given tags changed since the last start; \
-                keeping those of this start");
-            audit_trust_changes(node, &now, &now, Seen::Start);
-        }
-    }
+    let was = TrustRecord::load(&node.handle.settings.data_dir).unwrap_or_else(|e| {
+        warn!(error = %e, "cannot tell whether the trusted keys or given tags changed since the last start; \
+            keeping those of this start");
+        None
+    });
+    audit_trust_changes(node, &now, was.as_ref(), Seen::Start);
 }
 
 /// How often the agent checks that the node's own parts still run.
